@@ -1,0 +1,101 @@
+"""Names of the shared-memory objects, and the sweep of stale ones.
+
+A name is ``/mlxtrio<pid>_<random><suffix>``: short enough for macOS (which
+refuses POSIX IPC names longer than 31 bytes including the slash), unique per
+server instance, and carrying the creator's pid so that a later server can tell
+whether the objects it finds belong to a process that is still alive.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import sys
+
+import attrs
+import posix_ipc
+
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "NAME_PREFIX",
+    "SharedObject",
+    "list_objects",
+    "new_base_name",
+    "pid_alive",
+    "sweep_stale_objects",
+]
+
+NAME_PREFIX = "mlxtrio"
+# macOS: PSHMNAMLEN is 31 bytes including the leading slash; keep a margin.
+MAX_NAME_LENGTH = 30
+# Linux keeps shared memory and named semaphores ("sem." + name) in /dev/shm.
+_SHM_DIR = "/dev/shm"
+_OBJECT_RE = re.compile(rf"^(sem\.)?({NAME_PREFIX}(\d+)_[0-9a-f]+[a-z]*)$")
+
+
+def new_base_name(*, pid: int | None = None) -> str:
+    """A fresh base name; callers append a short suffix of lowercase letters."""
+    pid = os.getpid() if pid is None else pid
+    name = f"/{NAME_PREFIX}{pid}_{secrets.token_hex(4)}"
+    # Leave room for a three-letter suffix (ring + object kind).
+    assert len(name) + 3 <= MAX_NAME_LENGTH, name
+    return name
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        # Alive, but someone else's.
+        return True
+    return True
+
+
+@attrs.frozen
+class SharedObject:
+    """One mlxtrio object as listed in /dev/shm."""
+
+    entry: str  # the file name in /dev/shm
+    name: str  # the POSIX name, with its slash
+    is_semaphore: bool
+    creator_pid: int
+
+
+def list_objects(*, shm_dir: str = _SHM_DIR) -> list[SharedObject]:
+    """Every mlxtrio object visible in ``shm_dir`` (Linux); empty where IPC objects cannot be listed."""
+    if not sys.platform.startswith("linux") or not os.path.isdir(shm_dir):
+        return []
+    found = []
+    for entry in sorted(os.listdir(shm_dir)):
+        match = _OBJECT_RE.match(entry)
+        if match is not None:
+            found.append(SharedObject(entry, "/" + match.group(2), bool(match.group(1)), int(match.group(3))))
+    return found
+
+
+def sweep_stale_objects(*, shm_dir: str = _SHM_DIR) -> list[str]:
+    """Unlink the objects of mlxtrio instances whose creating process is dead.
+
+    Objects are normally unlinked as soon as both sides have attached, so this
+    only finds the leftovers of a process killed in the few milliseconds between
+    creating a channel and its worker attaching. Returns the entries removed.
+
+    macOS has no directory listing of POSIX IPC objects, so there this is a
+    no-op; the immediate unlink is what keeps the system clean there.
+    """
+    removed = []
+    for found in list_objects(shm_dir=shm_dir):
+        if pid_alive(found.creator_pid):
+            continue
+        try:
+            if found.is_semaphore:
+                posix_ipc.unlink_semaphore(found.name)
+            else:
+                posix_ipc.unlink_shared_memory(found.name)
+        except posix_ipc.ExistentialError:
+            continue  # Someone else swept it first.
+        removed.append(found.entry)
+    return removed
