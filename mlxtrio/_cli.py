@@ -1,0 +1,60 @@
+"""The ``mlxtrio`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import trio
+
+from ._config import Config
+from ._server import main as serve_main
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlxtrio", description="OpenAI-compatible LLM server for MLX")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the server in the foreground")
+    serve.add_argument("--host", help="OpenAI API address (MLX_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="OpenAI API port, 0 for any free one (MLX_PORT, default 11440)")
+    serve.add_argument("--admin-host", help="admin API address (MLX_ADMIN_HOST, default 127.0.0.1)")
+    serve.add_argument("--admin-port", type=int, help="admin API port (MLX_ADMIN_PORT, default 11441)")
+    serve.add_argument("--model", help="default model: a local directory or a Hugging Face repo id (MLX_MODEL)")
+    serve.add_argument("--idle-timeout", type=float, help="unload a model idle this many seconds (MLX_IDLE_TIMEOUT)")
+    serve.add_argument("--request-timeout", type=float, help="answer 504 past this many seconds (MLX_REQUEST_TIMEOUT)")
+    serve.add_argument("--pid-file", type=Path, help="write the server's pid here (MLX_PID_FILE)")
+    serve.add_argument("--state-dir", type=Path, help="write status.json here (MLX_STATE_DIR)")
+    serve.add_argument(
+        "--allow-downloads", action="store_true", default=None, help="fetch repo ids missing from the cache (MLX_ALLOW_DOWNLOADS)"
+    )
+    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = Config.from_environment(
+        host=args.host,
+        port=args.port,
+        admin_host=args.admin_host,
+        admin_port=args.admin_port,
+        model=args.model,
+        idle_timeout=args.idle_timeout,
+        request_timeout=args.request_timeout,
+        pid_file=args.pid_file,
+        state_dir=args.state_dir,
+        allow_downloads=args.allow_downloads,
+    )
+    return trio.run(serve_main, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Settings: flags, environment variables, and defaults that follow the machine's RAM.
+
+Precedence: an explicit flag, then its environment variable, then the RAM
+tier's default. The tier is part of the effective configuration that
+/admin/status reports.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+
+__all__ = ["Config", "RamTier", "ram_tier", "total_ram_bytes"]
+
+GB = 1_000_000_000
+
+
+@attrs.frozen
+class RamTier:
+    name: str
+    idle_timeout: float
+    request_timeout: float
+    memory_budget_bytes: int
+
+
+def total_ram_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def ram_tier(ram_bytes: int) -> RamTier:
+    """Defaults by RAM (decimal GB): >= 64, 24-63, < 24."""
+    if ram_bytes >= 64 * GB:
+        return RamTier(">=64GB", 600.0, 600.0, ram_bytes - 20 * GB)
+    if ram_bytes >= 24 * GB:
+        return RamTier("24-63GB", 300.0, 300.0, ram_bytes - 8 * GB)
+    return RamTier("<24GB", 180.0, 180.0, max(ram_bytes - 4 * GB, ram_bytes // 2))
+
+
+def _default_cache_dir(env: Mapping[str, str]) -> Path:
+    if "MLX_CACHE_DIR" in env:
+        return Path(env["MLX_CACHE_DIR"])
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mlxtrio"
+
+
+def _default_hf_hub(env: Mapping[str, str]) -> Path:
+    if "HF_HUB_CACHE" in env:
+        return Path(env["HF_HUB_CACHE"])
+    home = env.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
+    return Path(home) / "hub"
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 11440
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 11441
+    # The default model: a local directory or a Hugging Face repo id; None serves the demo.
+    model: str | None = None
+    idle_timeout: float
+    request_timeout: float
+    memory_budget_bytes: int
+    ram_bytes: int
+    ram_tier: str
+    # A worker with work that sends nothing for this long is killed and restarted.
+    hang_timeout: float = 60.0
+    # SIGTERM/SIGINT: how long in-flight requests may take to finish.
+    grace_period: float = 30.0
+    cache_dir: Path
+    hf_hub_cache: Path
+    # Hugging Face repo ids not in the local cache may be fetched only if allowed.
+    allow_downloads: bool = False
+    pid_file: Path | None = None
+    # Where the status snapshot (status.json) is written; None: nowhere.
+    state_dir: Path | None = None
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Config:
+        """Settings from ``env`` (default: os.environ), then ``overrides`` (flags; None means unset)."""
+        env = os.environ if env is None else env
+        ram = total_ram_bytes()
+        tier = ram_tier(ram)
+        values: dict[str, object] = {
+            "host": env.get("MLX_HOST", "127.0.0.1"),
+            "port": int(env.get("MLX_PORT", 11440)),
+            "admin_host": env.get("MLX_ADMIN_HOST", "127.0.0.1"),
+            "admin_port": int(env.get("MLX_ADMIN_PORT", 11441)),
+            "model": env.get("MLX_MODEL") or None,
+            "idle_timeout": float(env.get("MLX_IDLE_TIMEOUT", tier.idle_timeout)),
+            "request_timeout": float(env.get("MLX_REQUEST_TIMEOUT", tier.request_timeout)),
+            "memory_budget_bytes": int(env.get("MLX_MEMORY_BUDGET", tier.memory_budget_bytes)),
+            "hang_timeout": float(env.get("MLX_HANG_TIMEOUT", 60.0)),
+            "grace_period": float(env.get("MLX_GRACE_PERIOD", 30.0)),
+            "cache_dir": _default_cache_dir(env),
+            "hf_hub_cache": _default_hf_hub(env),
+            "allow_downloads": _flag(env.get("MLX_ALLOW_DOWNLOADS", "0")),
+            "pid_file": Path(env["MLX_PID_FILE"]) if env.get("MLX_PID_FILE") else None,
+            "state_dir": Path(env["MLX_STATE_DIR"]) if env.get("MLX_STATE_DIR") else None,
+            "ram_bytes": ram,
+            "ram_tier": tier.name,
+        }
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)
+
+    def describe(self) -> dict:
+        """The effective settings, for /admin/status."""
+        return {
+            key: (str(value) if isinstance(value, Path) else value)
+            for key, value in attrs.asdict(self, recurse=False).items()
+        }

@@ -1,0 +1,156 @@
+"""Messages between the orchestrator and a worker: the narrow interface between the two rooms.
+
+Both sides import this module and nothing of each other. The orchestrator
+never imports MLX; the worker never imports Trio or HTTP. Every message is a
+tagged msgspec Struct encoded as MessagePack arrays (``array_like``): compact,
+and validated as it is decoded (``mlxtrio.ipc.Codec``).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from .ipc import Codec
+
+__all__ = [
+    "Cancel",
+    "ChatMessage",
+    "Delta",
+    "Generate",
+    "Hello",
+    "LoadFailed",
+    "Ping",
+    "Pong",
+    "Ready",
+    "RequestFailed",
+    "SamplingParams",
+    "Shutdown",
+    "Step",
+    "WorkerConfig",
+    "TO_ORCHESTRATOR",
+    "TO_WORKER",
+    "ToOrchestrator",
+    "ToWorker",
+]
+
+
+class _Message(msgspec.Struct, array_like=True, frozen=True, tag=True):
+    pass
+
+
+class WorkerConfig(msgspec.Struct, frozen=True):
+    """What a worker is started with (JSON on its command line, beside the channel spec).
+
+    The orchestrator has already decided that this model may be loaded: a
+    request never names a filesystem path the worker opens.
+    """
+
+    model_id: str
+    # "demo" (built into cache_dir), "local" (a directory) or "hub" (a Hugging Face repo id).
+    source: str
+    location: str
+    cache_dir: str
+    memory_budget_bytes: int
+    prefill_step_size: int = 512
+
+
+# --- orchestrator -> worker ----------------------------------------------------
+
+
+class ChatMessage(msgspec.Struct, array_like=True, frozen=True):
+    role: str
+    content: str
+
+
+class SamplingParams(msgspec.Struct, array_like=True, frozen=True):
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+class Generate(_Message, tag="generate"):
+    """Start a sequence. Exactly one of ``messages`` (chat) and ``prompt`` (completion)."""
+
+    request_id: int
+    params: SamplingParams
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+
+
+class Cancel(_Message, tag="cancel"):
+    """Drop a sequence (its client left, or it timed out). Unknown ids are ignored."""
+
+    request_id: int
+
+
+class Ping(_Message, tag="ping"):
+    nonce: int
+
+
+class Shutdown(_Message, tag="shutdown"):
+    """Finish nothing, free everything, exit 0."""
+
+
+ToWorker = Generate | Cancel | Ping | Shutdown
+
+
+# --- worker -> orchestrator ----------------------------------------------------
+
+
+class Hello(_Message, tag="hello"):
+    """First message: the worker has attached (the orchestrator may unlink the names)."""
+
+    pid: int
+
+
+class Ready(_Message, tag="ready"):
+    model: str
+    load_seconds: float
+    # Bytes of weights resident for this model, as MLX reports them.
+    memory_bytes: int
+
+
+class LoadFailed(_Message, tag="load_failed"):
+    """The model could not be loaded. ``kind``: "not_found", "too_large", "invalid" or "error"."""
+
+    kind: str
+    message: str
+
+
+class Delta(msgspec.Struct, array_like=True, frozen=True):
+    """What one sequence produced in one step."""
+
+    request_id: int
+    text: str
+    # Totals so far, so the last delta carries the usage.
+    prompt_tokens: int
+    completion_tokens: int
+    # None while the sequence goes on; "stop" or "length" on its last delta.
+    finish_reason: str | None = None
+
+
+class Step(_Message, tag="step"):
+    """One decode step's output for every sequence that produced something: one frame per step."""
+
+    deltas: tuple[Delta, ...]
+
+
+class RequestFailed(_Message, tag="request_failed"):
+    """One sequence failed; the others go on. ``status`` is the HTTP status to answer with."""
+
+    request_id: int
+    status: int
+    message: str
+
+
+class Pong(_Message, tag="pong"):
+    nonce: int
+    active_sequences: int
+
+
+ToOrchestrator = Hello | Ready | LoadFailed | Step | RequestFailed | Pong
+
+TO_WORKER: Codec[ToWorker] = Codec(ToWorker)
+TO_ORCHESTRATOR: Codec[ToOrchestrator] = Codec(ToOrchestrator)

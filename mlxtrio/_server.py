@@ -1,0 +1,142 @@
+"""The server's root: one nursery holding the two HTTP servers, the supervisor and the signal task.
+
+``main(config, *, task_status)`` can run inside a test's nursery: it reports
+the bound addresses through ``task_status`` and returns when stopped.
+
+Stopping (SIGTERM, SIGINT, or ``ServerHandle.shutdown()``): /health turns 503,
+both servers stop accepting and give in-flight requests ``grace_period``
+seconds, then every worker is stopped (Shutdown, a bounded wait, SIGKILL) and
+every shared-memory object is gone. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from functools import partial
+
+import attrs
+import hypercorn.config
+import hypercorn.trio
+import msgspec
+import trio
+
+from ._config import Config
+from ._state_files import remove_quietly, write_atomically
+from .api import ServerState, create_admin_app, create_openai_app
+from .ipc import sweep_stale_objects
+from .orchestrator import ModelCatalog, Supervisor
+
+__all__ = ["ServerHandle", "main"]
+
+log = logging.getLogger("mlxtrio")
+# How long stopping the workers may take before the root is cancelled (which SIGKILLs them).
+_WORKER_STOP_LIMIT = 10.0
+_SNAPSHOT_INTERVAL = 1.0
+
+
+@attrs.define(eq=False)
+class ServerHandle:
+    """What ``main`` reports once both servers listen."""
+
+    openai_url: str
+    admin_url: str
+    state: ServerState
+    _stop: trio.Event
+
+    def shutdown(self) -> None:
+        """Begin a graceful stop, as SIGTERM would."""
+        self.state.shutting_down = True
+        self._stop.set()
+
+
+def _hypercorn_config(host: str, port: int, grace_period: float) -> hypercorn.config.Config:
+    config = hypercorn.config.Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.graceful_timeout = grace_period
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+async def _watch_signals(handle: ServerHandle, root: trio.CancelScope, forced: list[bool]) -> None:
+    # trio.open_signal_receiver rides on Trio's wakeup fd: no work in a signal handler.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if not handle.state.shutting_down:
+                log.info("%s: stopping gracefully (send it again to stop at once)", signal.Signals(signum).name)
+                handle.shutdown()
+            else:
+                log.warning("%s again: stopping now", signal.Signals(signum).name)
+                forced.append(True)
+                root.cancel()
+                return
+
+
+async def _write_snapshots(config: Config, state: ServerState) -> None:
+    assert config.state_dir is not None
+    path = config.state_dir / "status.json"
+    last = b""
+    while True:
+        snapshot = msgspec.json.encode(
+            {"pid": os.getpid(), "shutting_down": state.shutting_down, "workers": state.supervisor.describe()}
+        )
+        if snapshot != last:
+            await trio.to_thread.run_sync(write_atomically, path, snapshot)
+            last = snapshot
+        await trio.sleep(_SNAPSHOT_INTERVAL)
+
+
+async def main(
+    config: Config,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[ServerHandle] = trio.TASK_STATUS_IGNORED,
+) -> int:
+    """Run the server until stopped. Returns the process exit status (0: graceful)."""
+    swept = sweep_stale_objects()
+    if swept:
+        log.info("removed %d shared-memory objects left by dead mlxtrio processes", len(swept))
+    supervisor = Supervisor(config, ModelCatalog(config))
+    state = ServerState(config, supervisor)
+    stop = trio.Event()
+    forced: list[bool] = []
+    if config.pid_file is not None:
+        write_atomically(config.pid_file, f"{os.getpid()}\n".encode())
+    try:
+        async with trio.open_nursery() as root:
+            await root.start(supervisor.run)
+            async with trio.open_nursery() as http:
+                openai_binds = await http.start(
+                    partial(
+                        hypercorn.trio.serve,
+                        create_openai_app(state),
+                        _hypercorn_config(config.host, config.port, config.grace_period),
+                        shutdown_trigger=stop.wait,
+                    )
+                )
+                admin_binds = await http.start(
+                    partial(
+                        hypercorn.trio.serve,
+                        create_admin_app(state),
+                        _hypercorn_config(config.admin_host, config.admin_port, config.grace_period),
+                        shutdown_trigger=stop.wait,
+                    )
+                )
+                handle = ServerHandle(openai_binds[0], admin_binds[0], state, stop)
+                if handle_signals:
+                    root.start_soon(_watch_signals, handle, root.cancel_scope, forced)
+                if config.state_dir is not None:
+                    root.start_soon(_write_snapshots, config, state)
+                log.info("OpenAI API on %s, admin API on %s", handle.openai_url, handle.admin_url)
+                task_status.started(handle)
+            # Both servers have drained (or hit their grace period).
+            log.info("HTTP servers stopped; stopping workers")
+            with trio.move_on_after(_WORKER_STOP_LIMIT):
+                await supervisor.unload_all()
+            root.cancel_scope.cancel()
+    finally:
+        if config.pid_file is not None:
+            remove_quietly(config.pid_file)
+    return 1 if forced else 0

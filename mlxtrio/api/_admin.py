@@ -1,0 +1,83 @@
+"""The admin API (its own port, loopback by default): status, load, unload, worker health."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from .._errors import ServerError
+from ._common import ServerState, install_error_handlers, json_response
+
+__all__ = ["create_admin_app"]
+
+
+class _ModelBody(msgspec.Struct):
+    model: str | None = None
+
+
+async def _model_from_body(state: ServerState, *, required: bool) -> str | None:
+    body = await request.get_data(cache=False)
+    if not body.strip():
+        parsed = _ModelBody()
+    else:
+        try:
+            parsed = msgspec.json.decode(body, type=_ModelBody)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise ServerError(400, f"invalid request: {exc}") from None
+    if parsed.model is None and required:
+        return state.supervisor.catalog.default_model
+    return parsed.model
+
+
+def create_admin_app(state: ServerState) -> QuartTrio:
+    app = QuartTrio("mlxtrio.admin")
+    install_error_handlers(app)
+    supervisor = state.supervisor
+    started_at = time.time()
+
+    @app.get("/admin/status")
+    async def status() -> Response:
+        return json_response(
+            {
+                "started_at": started_at,
+                "shutting_down": state.shutting_down,
+                "workers": supervisor.describe(),
+                "config": state.config.describe(),
+            }
+        )
+
+    @app.post("/admin/load")
+    async def load() -> Response:
+        model = await _model_from_body(state, required=True)
+        assert model is not None
+        worker = await supervisor.worker(model)
+        await worker.ensure_ready()
+        return json_response({"model": model, "state": worker.statistics().state, "pid": worker.statistics().pid})
+
+    @app.post("/admin/unload")
+    async def unload() -> Response:
+        model = await _model_from_body(state, required=False)
+        workers = supervisor.loaded_workers() if model is None else [await supervisor.worker(model)]
+        for worker in workers:
+            await worker.unload()
+        return json_response({"unloaded": [worker.model_id for worker in workers]})
+
+    @app.get("/admin/health")
+    async def health() -> Response:
+        report = []
+        for worker in supervisor.loaded_workers():
+            entry: dict = {"model": worker.model_id, "state": worker.statistics().state}
+            if entry["state"] == "ready":
+                try:
+                    seconds, active = await worker.ping()
+                    entry.update(ok=True, round_trip_ms=round(seconds * 1000, 3), active_sequences=active)
+                except ServerError as exc:
+                    entry.update(ok=False, error=exc.message)
+            report.append(entry)
+        healthy = all(entry.get("ok", True) for entry in report)
+        return json_response({"ok": healthy, "workers": report}, 200 if healthy else 503)
+
+    return app

@@ -1,0 +1,64 @@
+"""What both HTTP apps share: the server state they see, JSON responses, OpenAI-shaped errors."""
+
+from __future__ import annotations
+
+import logging
+
+import attrs
+import msgspec
+from quart import Response
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from .._config import Config
+from .._errors import ServerError
+from ..orchestrator import Supervisor
+
+__all__ = ["ServerState", "error_response", "install_error_handlers", "json_response"]
+
+log = logging.getLogger("mlxtrio.api")
+_json = msgspec.json.Encoder()
+
+
+@attrs.define(eq=False)
+class ServerState:
+    """The little the HTTP side knows of the server."""
+
+    config: Config
+    supervisor: Supervisor
+    shutting_down: bool = False
+    config_max_body_bytes: int = 16 * 1024 * 1024
+
+
+def json_response(payload: object, status: int = 200) -> Response:
+    return Response(_json.encode(payload), status=status, content_type="application/json")
+
+
+def error_response(error: ServerError) -> Response:
+    response = json_response(error.body(), error.status)
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    return response
+
+
+def install_error_handlers(app: QuartTrio) -> None:
+    """Every error leaves in OpenAI's shape, with its status; nothing is a bare 500 page."""
+
+    @app.errorhandler(ServerError)
+    async def server_error(error: ServerError) -> Response:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        message = {
+            404: "no such endpoint",
+            405: "method not allowed on this endpoint",
+            413: "the request body is too large",
+        }.get(status, error.description or error.name)
+        return error_response(ServerError(status, message))
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        log.exception("unexpected error while handling a request")
+        return error_response(ServerError(500, f"internal error: {type(error).__name__}"))

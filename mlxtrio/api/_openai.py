@@ -1,0 +1,221 @@
+"""The OpenAI-compatible API (main port): chat completions, completions, models, health.
+
+Handlers know one thing of the rest of the server: ``Supervisor.worker(model)``
+and its ``generate()``, a context manager yielding the request's events.
+They know nothing about rings or processes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+
+import msgspec
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from .._errors import ServerError
+from ..orchestrator import Supervisor
+from ..orchestrator._worker import Events
+from ._common import ServerState, install_error_handlers, json_response
+from ._requests import ChatCompletionRequest, CompletionRequest, decode_request
+
+__all__ = ["create_openai_app"]
+
+_json = msgspec.json.Encoder()
+
+
+def _sse(payload: dict) -> bytes:
+    return b"data: " + _json.encode(payload) + b"\n\n"
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def create_openai_app(state: ServerState) -> QuartTrio:
+    app = QuartTrio("mlxtrio.openai")
+    app.config["MAX_CONTENT_LENGTH"] = state.config_max_body_bytes
+    install_error_handlers(app)
+    supervisor: Supervisor = state.supervisor
+    request_timeout = state.config.request_timeout
+
+    @app.get("/health")
+    async def health() -> Response:
+        if state.shutting_down:
+            return json_response({"status": "shutting_down"}, 503)
+        return json_response({"status": "ok"})
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        entries = supervisor.catalog.list()
+        return json_response({"object": "list", "data": [_model_object(entry) for entry in entries]})
+
+    @app.get("/v1/models/<path:model_id>")
+    async def get_model(model_id: str) -> Response:
+        return json_response(_model_object(supervisor.catalog.resolve(model_id)))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions() -> Response:
+        body = await request.get_data(cache=False)
+        parsed: ChatCompletionRequest = decode_request(body, ChatCompletionRequest)
+        worker = await _worker_for(supervisor, state, parsed.model)
+        completion_id = "chatcmpl-" + secrets.token_hex(12)
+        created = int(time.time())
+        opened = worker.generate(parsed.sampling(), messages=parsed.chat_messages())
+
+        def chunk(delta: dict, finish_reason: str | None) -> dict:
+            return {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": parsed.model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            }
+
+        if parsed.stream:
+            return await _stream(
+                opened,
+                request_timeout,
+                first=lambda: chunk({"role": "assistant", "content": ""}, None),
+                each=lambda delta: chunk({"content": delta.text} if delta.text else {}, delta.finish_reason),
+                usage=(lambda usage: {**chunk({}, None), "choices": [], "usage": usage}) if parsed.include_usage else None,
+            )
+        text, last = await _collect(opened, request_timeout)
+        return json_response(
+            {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": parsed.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": last.finish_reason,
+                    }
+                ],
+                "usage": _usage(last.prompt_tokens, last.completion_tokens),
+            }
+        )
+
+    @app.post("/v1/completions")
+    async def completions() -> Response:
+        body = await request.get_data(cache=False)
+        parsed: CompletionRequest = decode_request(body, CompletionRequest)
+        worker = await _worker_for(supervisor, state, parsed.model)
+        completion_id = "cmpl-" + secrets.token_hex(12)
+        created = int(time.time())
+        opened = worker.generate(parsed.sampling(), prompt=parsed.prompt)
+
+        def chunk(text: str, finish_reason: str | None) -> dict:
+            return {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": created,
+                "model": parsed.model,
+                "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
+            }
+
+        if parsed.stream:
+            return await _stream(
+                opened,
+                request_timeout,
+                first=None,
+                each=lambda delta: chunk(delta.text, delta.finish_reason),
+                usage=(lambda usage: {**chunk("", None), "choices": [], "usage": usage}) if parsed.include_usage else None,
+            )
+        text, last = await _collect(opened, request_timeout)
+        return json_response({**chunk(text, last.finish_reason), "usage": _usage(last.prompt_tokens, last.completion_tokens)})
+
+    return app
+
+
+def _model_object(entry) -> dict:  # noqa: ANN001
+    return {"id": entry.id, "object": "model", "created": 0, "owned_by": entry.description}
+
+
+async def _worker_for(supervisor: Supervisor, state: ServerState, model_id: str):  # noqa: ANN202
+    if state.shutting_down:
+        raise ServerError(503, "the server is shutting down", code="shutting_down")
+    return await supervisor.worker(model_id)
+
+
+def _timed_out(timeout: float) -> ServerError:
+    return ServerError(504, f"the request did not finish within the request timeout ({timeout:g} s)", code="timeout")
+
+
+async def _collect(opened, timeout: float):  # noqa: ANN001, ANN202
+    """A non-streaming request: every delta, joined; 504 past the request timeout."""
+    parts: list[str] = []
+    last = None
+    with trio.move_on_after(timeout) as scope:
+        async with opened as events:
+            async for delta in events:
+                parts.append(delta.text)
+                last = delta
+    if scope.cancelled_caught or last is None:
+        raise _timed_out(timeout)
+    return "".join(parts), last
+
+
+async def _stream(
+    opened,  # noqa: ANN001
+    timeout: float,
+    *,
+    first: Callable[[], dict] | None,
+    each: Callable,
+    usage: Callable[[dict], dict] | None,
+) -> Response:
+    """A streaming request: SSE chunks, then ``data: [DONE]``; an error event if it fails midway.
+
+    The model is loaded and the request admitted before the 200 goes out, so a
+    load failure or a full queue is still an ordinary error response.
+    """
+    deadline = trio.current_time() + timeout
+    with trio.move_on_at(deadline) as scope:
+        events: Events = await opened.__aenter__()
+    if scope.cancelled_caught:
+        raise _timed_out(timeout)
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            if first is not None:
+                yield _sse(first())
+            last = None
+            while True:
+                # A fresh scope per wait: no cancel scope may stay open across a yield.
+                with trio.move_on_at(deadline) as scope:
+                    try:
+                        delta = await events.__anext__()
+                    except StopAsyncIteration:
+                        break
+                if scope.cancelled_caught:
+                    yield _sse(_timed_out(timeout).body())
+                    return
+                last = delta
+                yield _sse(each(delta))
+            if usage is not None and last is not None:
+                yield _sse(usage(_usage(last.prompt_tokens, last.completion_tokens)))
+            yield b"data: [DONE]\n\n"
+        except ServerError as exc:
+            yield _sse(exc.body())
+        finally:
+            # Leaving early (client gone, timeout) cancels the sequence in the worker.
+            with trio.CancelScope(shield=True):
+                await opened.__aexit__(None, None, None)
+
+    response = Response(body(), status=200, content_type="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    # Quart would otherwise cut a stream after RESPONSE_TIMEOUT (60 s).
+    response.timeout = None
+    return response
+

@@ -1,0 +1,157 @@
+"""Request bodies of the OpenAI API: decoded and validated in one pass by msgspec.
+
+Anything malformed becomes a 400 in OpenAI's shape, naming the field
+(``param``) when there is one. Unknown fields are ignored, as OpenAI's own
+clients send fields a server may not know.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from .. import _protocol as p
+from .._errors import ServerError
+
+__all__ = ["ChatCompletionRequest", "CompletionRequest", "decode_request"]
+
+DEFAULT_MAX_TOKENS = 1024
+MAX_STOP_SEQUENCES = 4
+_ROLES = {"system", "developer", "user", "assistant", "tool"}
+_PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
+_MISSING_RE = re.compile(r"missing required field `([^`]*)`")
+
+
+class _ContentPart(msgspec.Struct):
+    type: str
+    text: str | None = None
+
+
+class _Message(msgspec.Struct):
+    role: str
+    content: str | list[_ContentPart] | None = None
+    name: str | None = None
+
+
+class _StreamOptions(msgspec.Struct):
+    include_usage: bool = False
+
+
+class _Common(msgspec.Struct, kw_only=True):
+    model: str
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: _StreamOptions | None = None
+    n: int = 1
+
+    def _max_tokens(self) -> int:
+        return self.max_tokens if self.max_tokens is not None else DEFAULT_MAX_TOKENS
+
+    def sampling(self) -> p.SamplingParams:
+        return p.SamplingParams(
+            max_tokens=self._max_tokens(),
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            stop=tuple([self.stop] if isinstance(self.stop, str) else self.stop or ()),
+            seed=self.seed,
+        )
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ServerError(400, "model must not be empty", param="model")
+        max_tokens = self._max_tokens()
+        if max_tokens < 1:
+            raise ServerError(400, f"max_tokens must be at least 1, not {max_tokens}", param="max_tokens")
+        if self.temperature is not None and not 0 <= self.temperature <= 2:
+            raise ServerError(400, f"temperature must be within [0, 2], not {self.temperature}", param="temperature")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ServerError(400, f"top_p must be within (0, 1], not {self.top_p}", param="top_p")
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise ServerError(400, f"at most {MAX_STOP_SEQUENCES} stop sequences, not {len(stops)}", param="stop")
+        if any(stop == "" for stop in stops):
+            raise ServerError(400, "stop sequences must not be empty", param="stop")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**63:
+            raise ServerError(400, "seed must fit in 64 bits", param="seed")
+        if self.n != 1:
+            raise ServerError(400, f"n must be 1 for now, not {self.n}", param="n")
+        if self.stream_options is not None and not self.stream:
+            raise ServerError(400, "stream_options is only allowed with stream: true", param="stream_options")
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class ChatCompletionRequest(_Common, kw_only=True):
+    messages: list[_Message]
+    max_completion_tokens: int | None = None
+
+    def _max_tokens(self) -> int:
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens
+        return super()._max_tokens()
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.messages:
+            raise ServerError(400, "messages must not be empty", param="messages")
+        for index, message in enumerate(self.messages):
+            if message.role not in _ROLES:
+                raise ServerError(
+                    400, f"messages[{index}].role {message.role!r} is not one of {sorted(_ROLES)}", param=f"messages[{index}].role"
+                )
+            if isinstance(message.content, list):
+                for part in message.content:
+                    if part.type != "text" or part.text is None:
+                        raise ServerError(
+                            400,
+                            f"messages[{index}].content: only text parts are supported, not {part.type!r}",
+                            param=f"messages[{index}].content",
+                        )
+
+    def chat_messages(self) -> tuple[p.ChatMessage, ...]:
+        def text(content: str | list[_ContentPart] | None) -> str:
+            if content is None:
+                return ""
+            if isinstance(content, str):
+                return content
+            return "".join(part.text or "" for part in content)
+
+        return tuple(p.ChatMessage(message.role, text(message.content)) for message in self.messages)
+
+
+class CompletionRequest(_Common, kw_only=True):
+    prompt: str
+
+    def validate(self) -> None:
+        super().validate()
+        if self.prompt == "":
+            raise ServerError(400, "prompt must not be empty", param="prompt")
+
+
+def _param_of(message: str) -> str | None:
+    """The offending field, as OpenAI names it ("messages[0].role"), from msgspec's message."""
+    at = _PATH_RE.search(message)
+    path = at.group(1) if at else ""
+    missing = _MISSING_RE.search(message)
+    if missing:
+        path = f"{path}.{missing.group(1)}" if path else missing.group(1)
+    return path or None
+
+
+def decode_request(body: bytes, request_type: type[msgspec.Struct]):  # noqa: ANN201
+    """Decode and validate a JSON body; any problem is a 400 ServerError."""
+    try:
+        request = msgspec.json.decode(body, type=request_type)
+    except msgspec.ValidationError as exc:
+        raise ServerError(400, f"invalid request: {exc}", param=_param_of(str(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise ServerError(400, f"the body is not valid JSON: {exc}") from None
+    request.validate()
+    return request

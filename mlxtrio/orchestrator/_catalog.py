@@ -1,0 +1,121 @@
+"""Which model ids may be served, and where each one's weights come from.
+
+The only doors to the filesystem: the operator's configured model (a
+directory or a repo id), the built-in demo, and repo ids present in the local
+Hugging Face cache (or fetched, when the operator allows downloads). A model
+id in a request is never used as a path: a repo id is checked against a
+strict pattern and mapped to its cache directory, and the resolved files
+must lie inside the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import attrs
+
+from .._config import Config
+from .._errors import ServerError
+from .._protocol import WorkerConfig
+
+__all__ = ["DEMO_MODEL_ID", "ModelCatalog", "ModelEntry"]
+
+DEMO_MODEL_ID = "demo"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+@attrs.frozen
+class ModelEntry:
+    id: str
+    source: str  # "demo", "local", "hub"
+    location: str
+    description: str
+
+
+class ModelCatalog:
+    def __init__(self, config: Config) -> None:
+        self._config = config
+
+    @property
+    def default_model(self) -> str:
+        return self._config.model or DEMO_MODEL_ID
+
+    def _cached_snapshot(self, repo_id: str) -> Path | None:
+        if not _REPO_ID.match(repo_id) or ".." in repo_id:
+            return None
+        hub = self._config.hf_hub_cache
+        repo_dir = hub / ("models--" + repo_id.replace("/", "--"))
+        ref = repo_dir / "refs" / "main"
+        snapshots = repo_dir / "snapshots"
+        candidates = []
+        if ref.is_file():
+            candidates.append(snapshots / ref.read_text().strip())
+        if snapshots.is_dir():
+            candidates.extend(sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True))
+        hub_real = os.path.realpath(hub)
+        for snapshot in candidates:
+            config = snapshot / "config.json"
+            if not config.is_file():
+                continue
+            # Snapshot files are links into blobs/; none may lead out of the cache.
+            if os.path.commonpath([hub_real, os.path.realpath(config)]) != hub_real:
+                continue
+            return snapshot
+        return None
+
+    def resolve(self, model_id: str) -> ModelEntry:
+        """The entry for ``model_id``, or a 404 ServerError."""
+        if model_id == DEMO_MODEL_ID:
+            return ModelEntry(DEMO_MODEL_ID, "demo", "", "built-in demo model: random weights, nonsense text")
+        if self._config.model is not None and model_id == self._config.model:
+            path = Path(model_id).expanduser()
+            if path.is_dir():
+                return ModelEntry(model_id, "local", str(path.resolve()), "configured model (local directory)")
+            snapshot = self._cached_snapshot(model_id)
+            if snapshot is not None:
+                return ModelEntry(model_id, "local", str(snapshot), "configured model (Hugging Face cache)")
+            if self._config.allow_downloads and _REPO_ID.match(model_id):
+                return ModelEntry(model_id, "hub", model_id, "configured model (to download)")
+            raise ServerError(
+                404,
+                f"the configured model {model_id!r} is neither a directory nor in the Hugging Face cache "
+                "(and downloads are off)",
+                code="model_not_found",
+                param="model",
+            )
+        snapshot = self._cached_snapshot(model_id)
+        if snapshot is not None:
+            return ModelEntry(model_id, "local", str(snapshot), "Hugging Face cache")
+        if self._config.allow_downloads and _REPO_ID.match(model_id) and ".." not in model_id:
+            return ModelEntry(model_id, "hub", model_id, "Hugging Face Hub (to download)")
+        raise ServerError(404, f"the model {model_id!r} does not exist", code="model_not_found", param="model")
+
+    def list(self) -> list[ModelEntry]:
+        entries = [self.resolve(DEMO_MODEL_ID)]
+        if self._config.model is not None and self._config.model != DEMO_MODEL_ID:
+            try:
+                entries.append(self.resolve(self._config.model))
+            except ServerError:
+                pass
+        hub = self._config.hf_hub_cache
+        if hub.is_dir():
+            for repo_dir in sorted(hub.glob("models--*--*")):
+                repo_id = repo_dir.name[len("models--") :].replace("--", "/", 1)
+                if repo_id == self._config.model:
+                    continue
+                snapshot = self._cached_snapshot(repo_id)
+                if snapshot is not None and any(snapshot.glob("*.safetensors")):
+                    entries.append(ModelEntry(repo_id, "local", str(snapshot), "Hugging Face cache"))
+        return entries
+
+    def worker_config(self, entry: ModelEntry, *, prefill_step_size: int = 512) -> WorkerConfig:
+        return WorkerConfig(
+            model_id=entry.id,
+            source=entry.source,
+            location=entry.location,
+            cache_dir=str(self._config.cache_dir),
+            memory_budget_bytes=self._config.memory_budget_bytes,
+            prefill_step_size=prefill_step_size,
+        )

@@ -1,0 +1,430 @@
+"""One model's worker process, across its loads, crashes and restarts.
+
+Lifecycle: ``unloaded → loading → ready → unloaded``, or ``failed`` (with a
+back-off) when a load fails. One long-lived task (``run``) owns the process:
+it spawns it when a request wants the model, reads and routes its messages,
+stops it when idle or told to, kills it when it hangs, and turns its death
+into an error on every open request at once.
+
+HTTP handlers see only ``generate()``: an async context manager yielding the
+request's events; leaving it early tells the worker to drop the sequence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import itertools
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import attrs
+import msgspec
+import trio
+
+from .. import _protocol as p
+from .._config import Config
+from .._errors import ServerError
+from ..ipc import Channel, IPCError, MessageRouter, PeerGoneError, ProtocolError, TrioChannel
+from ._catalog import ModelEntry
+
+__all__ = ["Events", "ModelWorker", "WorkerState", "WorkerStatus"]
+
+# Graceful stop: how long the worker may take to exit after Shutdown.
+_EXIT_WAIT = 5.0
+# Back-off after failed loads: 1 s, 2 s, 4 s ... capped.
+_BACKOFF_BASE = 1.0
+_BACKOFF_CAP = 60.0
+_LOAD_FAILURE_STATUS = {"not_found": 404, "too_large": 507, "invalid": 400}
+
+
+class WorkerState(str, enum.Enum):
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@attrs.frozen
+class WorkerStatus:
+    model: str
+    pid: int | None
+    state: str
+    restarts: int
+    loaded_at: float | None
+    last_used_at: float | None
+    memory_bytes: int | None
+    active_requests: int
+    failure: str | None
+    retry_at: float | None
+
+
+@attrs.define(eq=False)
+class _Attempt:
+    """One load: everyone who asked for the model while it loads waits for the same one."""
+
+    done: trio.Event = attrs.Factory(trio.Event)
+    error: ServerError | None = None
+
+    def finish(self, error: ServerError | None = None) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+
+@attrs.frozen
+class _WorkerGone:
+    """The last thing an open request receives when its worker dies."""
+
+    error: ServerError
+
+
+@attrs.define(eq=False)
+class _Run:
+    """State of one process's life."""
+
+    channel: TrioChannel
+    router: MessageRouter
+    process: trio.Process
+    attempt: _Attempt
+    # Why we stopped it, if we did (then its exit is no crash).
+    stop_reason: str | None = None
+    crash_reason: str | None = None
+
+
+class Events:
+    """A request's stream of Deltas; raises ServerError if the request fails or the worker dies."""
+
+    def __init__(self, route: trio.MemoryReceiveChannel) -> None:
+        self._route = route
+        self.finished = False
+
+    def __aiter__(self) -> Events:
+        return self
+
+    async def __anext__(self) -> p.Delta:
+        if self.finished:
+            raise StopAsyncIteration
+        try:
+            message = await self._route.receive()
+        except trio.EndOfChannel:
+            self.finished = True
+            raise ServerError(503, "the model worker stopped", code="worker_unavailable") from None
+        if isinstance(message, _WorkerGone):
+            self.finished = True
+            raise message.error
+        if isinstance(message, p.RequestFailed):
+            self.finished = True
+            raise ServerError(message.status, message.message)
+        if message.finish_reason is not None:
+            self.finished = True
+        return message
+
+
+class ModelWorker:
+    def __init__(self, entry: ModelEntry, worker_config: p.WorkerConfig, *, config: Config) -> None:
+        self.model_id = entry.id
+        self._worker_config = worker_config
+        self._config = config
+        self._state = WorkerState.UNLOADED
+        self._run: _Run | None = None
+        self._attempt: _Attempt | None = None
+        self._wake = trio.Event()
+        self._run_ended = trio.Event()
+        self._changed = trio.Event()  # activity changed: the monitor recomputes its deadlines
+        self._ids = itertools.count(1)
+        self._nonces = itertools.count(1)
+        self._pings: dict[int, tuple[trio.Event, list]] = {}
+        self._active = 0
+        self._restarts = 0
+        self._failures = 0
+        self._failure: ServerError | None = None
+        self._retry_at: float | None = None  # trio clock
+        self._pid: int | None = None
+        self._loaded_at: float | None = None  # wall clock, for people
+        self._last_used_at: float | None = None
+        self._memory_bytes: int | None = None
+        self._last_used = trio.current_time()
+        self._last_progress = trio.current_time()
+        self._unload_requested = False
+
+    # --- for the HTTP side -----------------------------------------------------
+
+    async def ensure_ready(self) -> None:
+        """Start the worker if needed and wait for it; raise ServerError if it cannot load."""
+        while True:
+            if self._state is WorkerState.READY and self._run is not None and self._run.stop_reason is None:
+                return
+            if self._run is not None and self._run.stop_reason is not None:
+                # Stopping (idle, unload): wait for it to be gone, then load afresh.
+                await self._run_ended.wait()
+                continue
+            if self._state is WorkerState.FAILED and self._retry_at is not None:
+                wait = self._retry_at - trio.current_time()
+                if wait > 0:
+                    assert self._failure is not None
+                    raise ServerError(
+                        self._failure.status,
+                        f"{self._failure.message} (next attempt in {wait:.1f} s)",
+                        code=self._failure.code,
+                        retry_after=wait,
+                    )
+            if self._attempt is None:
+                self._attempt = _Attempt()
+                self._unload_requested = False
+                self._wake.set()
+            attempt = self._attempt
+            await attempt.done.wait()
+            if attempt.error is not None:
+                raise attempt.error
+
+    @contextlib.asynccontextmanager
+    async def generate(
+        self, params: p.SamplingParams, *, messages: tuple[p.ChatMessage, ...] | None = None, prompt: str | None = None
+    ) -> AsyncIterator[Events]:
+        await self.ensure_ready()
+        run = self._run
+        assert run is not None
+        request_id = next(self._ids)
+        with run.router.open_route(request_id) as route:
+            self._active += 1
+            if self._active == 1:
+                self._last_progress = trio.current_time()
+            self._changed.set()
+            events = Events(route)
+            try:
+                try:
+                    await run.channel.send(p.TO_WORKER.encode(p.Generate(request_id, params, messages, prompt)))
+                except IPCError as exc:
+                    raise ServerError(503, f"the model worker is unavailable: {exc}", code="worker_unavailable") from exc
+                yield events
+            finally:
+                self._active -= 1
+                self._last_used = trio.current_time()
+                self._last_used_at = time.time()
+                self._changed.set()
+                if not events.finished:
+                    # The client left or timed out: free the worker's slot now.
+                    with trio.CancelScope(shield=True), trio.move_on_after(1):
+                        with contextlib.suppress(IPCError):
+                            await run.channel.send(p.TO_WORKER.encode(p.Cancel(request_id)))
+
+    async def ping(self) -> tuple[float, int]:
+        """Round trip through the worker: (seconds, active sequences). Raises ServerError if not loaded."""
+        run = self._run
+        if run is None or self._state is not WorkerState.READY:
+            raise ServerError(503, f"model {self.model_id!r} is not loaded", code="worker_unavailable")
+        nonce = next(self._nonces)
+        done, result = trio.Event(), []
+        self._pings[nonce] = (done, result)
+        started = trio.current_time()
+        try:
+            await run.channel.send(p.TO_WORKER.encode(p.Ping(nonce)))
+            with trio.move_on_after(5):
+                await done.wait()
+        except IPCError as exc:
+            raise ServerError(503, f"the model worker is unavailable: {exc}", code="worker_unavailable") from exc
+        finally:
+            self._pings.pop(nonce, None)
+        if not result:
+            raise ServerError(504, "the model worker did not answer a ping within 5 s", code="worker_timeout")
+        return trio.current_time() - started, result[0]
+
+    async def unload(self) -> None:
+        """Stop the worker (if any) and wait until it is gone. In-flight requests get a 503."""
+        self._unload_requested = True
+        run = self._run
+        if run is not None:
+            self._changed.set()
+            await self._run_ended.wait()
+
+    async def wait_stopped(self) -> None:
+        """Return once the current worker process (if any) is gone and cleaned up."""
+        if self._run is not None:
+            await self._run_ended.wait()
+
+    def statistics(self) -> WorkerStatus:
+        return WorkerStatus(
+            model=self.model_id,
+            pid=self._pid,
+            state=self._state.value,
+            restarts=self._restarts,
+            loaded_at=self._loaded_at,
+            last_used_at=self._last_used_at,
+            memory_bytes=self._memory_bytes,
+            active_requests=self._active,
+            failure=self._failure.message if self._failure is not None else None,
+            retry_at=None if self._retry_at is None else time.time() + max(0.0, self._retry_at - trio.current_time()),
+        )
+
+    @property
+    def idle(self) -> bool:
+        return self._active == 0
+
+    # --- the worker's life ------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The lifetime task: one process after another, as long as the supervisor runs."""
+        task_status.started()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                attempt = self._attempt
+                if attempt is None:
+                    continue
+                self._run_ended = trio.Event()
+                try:
+                    await self._run_process(attempt)
+                finally:
+                    self._attempt = None
+                    self._run_ended.set()
+        finally:
+            if self._attempt is not None:
+                self._attempt.finish(ServerError(503, "the server is shutting down", code="shutting_down"))
+
+    async def _run_process(self, attempt: _Attempt) -> None:
+        channel = Channel.create()
+        trio_channel = TrioChannel(channel, send_timeout=self._config.hang_timeout)
+        command = [
+            sys.executable,
+            "-m",
+            "mlxtrio.worker",
+            msgspec.json.encode(self._worker_config).decode(),
+            channel.spec.to_json(),
+        ]
+        try:
+            # Its own session: a terminal's Ctrl-C reaches the orchestrator, which decides.
+            process = await trio.lowlevel.open_process(command, pass_fds=channel.pass_fds, start_new_session=True)
+        except OSError as exc:
+            with trio.CancelScope(shield=True):
+                await trio_channel.aclose()
+            self._load_failed(attempt, ServerError(503, f"could not start a worker: {exc}", code="worker_unavailable"))
+            return
+        finally:
+            channel.close_worker_fds()
+        run = _Run(trio_channel, MessageRouter(key=lambda message: message.request_id), process, attempt)
+        self._run = run
+        self._state = WorkerState.LOADING
+        self._pid = process.pid
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read, run)
+                nursery.start_soon(self._monitor, run)
+                await process.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._clean_up(run)
+
+    async def _clean_up(self, run: _Run) -> None:
+        process = run.process
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+        if run.stop_reason is not None:
+            error = ServerError(503, f"the model was unloaded ({run.stop_reason})", code="model_unloaded")
+        else:
+            reason = run.crash_reason or f"the model worker exited unexpectedly (status {process.returncode})"
+            error = ServerError(503, reason, code="worker_crashed")
+        run.channel.stop(PeerGoneError(error.message))
+        run.router.close_all(lambda request_id: _WorkerGone(error))
+        for done, _ in self._pings.values():
+            done.set()
+        await run.channel.aclose()
+        self._run = None
+        self._pid = None
+        self._memory_bytes = None
+        if not run.attempt.done.is_set():
+            # Died or was stopped while loading.
+            self._load_failed(
+                run.attempt,
+                ServerError(503, f"the model worker died while loading {self.model_id!r}: {error.message}", code="load_failed"),
+            )
+        elif self._state is not WorkerState.FAILED:
+            if run.stop_reason is None:
+                self._restarts += 1
+            self._state = WorkerState.UNLOADED
+
+    def _load_failed(self, attempt: _Attempt, error: ServerError) -> None:
+        self._failures += 1
+        self._failure = error
+        self._state = WorkerState.FAILED
+        self._retry_at = trio.current_time() + min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (self._failures - 1))
+        attempt.finish(error)
+
+    async def _read(self, run: _Run) -> None:
+        decode = p.TO_ORCHESTRATOR.decode
+        try:
+            while True:
+                message = decode(await run.channel.receive())
+                self._last_progress = trio.current_time()
+                if isinstance(message, p.Step):
+                    for delta in message.deltas:
+                        run.router.route(delta)
+                elif isinstance(message, p.RequestFailed):
+                    run.router.route(message)
+                elif isinstance(message, p.Hello):
+                    # Both sides are attached: nothing needs a name in /dev/shm any more.
+                    run.channel.channel.unlink()
+                elif isinstance(message, p.Ready):
+                    self._state = WorkerState.READY
+                    self._failures = 0
+                    self._failure = None
+                    self._retry_at = None
+                    self._loaded_at = time.time()
+                    self._memory_bytes = message.memory_bytes
+                    self._last_used = trio.current_time()
+                    run.attempt.finish()
+                elif isinstance(message, p.LoadFailed):
+                    status = _LOAD_FAILURE_STATUS.get(message.kind, 500)
+                    run.stop_reason = "load failed"
+                    self._load_failed(run.attempt, ServerError(status, message.message, code=f"model_{message.kind}"))
+                elif isinstance(message, p.Pong):
+                    waiter = self._pings.get(message.nonce)
+                    if waiter is not None:
+                        waiter[1].append(message.active_sequences)
+                        waiter[0].set()
+        except ProtocolError as exc:
+            run.crash_reason = f"the model worker sent a corrupt message ({exc}); it was restarted"
+            run.process.kill()
+        except IPCError:
+            pass  # The process's exit is what ends this run.
+
+    async def _monitor(self, run: _Run) -> None:
+        """Idle timeout, hang detection and unload requests, as deadlines."""
+        while True:
+            self._changed = trio.Event()
+            if self._unload_requested:
+                await self._stop(run, "unloaded on request")
+                return
+            now = trio.current_time()
+            if self._state is WorkerState.READY and self._active == 0:
+                deadline = self._last_used + self._config.idle_timeout
+                if now >= deadline:
+                    await self._stop(run, f"idle for {self._config.idle_timeout:g} s")
+                    return
+            elif self._state is WorkerState.READY:
+                deadline = self._last_progress + self._config.hang_timeout
+                if now >= deadline:
+                    run.crash_reason = (
+                        f"the model worker made no progress for {self._config.hang_timeout:g} s "
+                        "and was killed; it will be restarted"
+                    )
+                    run.process.kill()
+                    return
+            else:
+                deadline = float("inf")
+            with trio.move_on_at(deadline):
+                await self._changed.wait()
+
+    async def _stop(self, run: _Run, reason: str) -> None:
+        run.stop_reason = reason
+        self._state = WorkerState.UNLOADED
+        with contextlib.suppress(IPCError), trio.move_on_after(1):
+            await run.channel.send(p.TO_WORKER.encode(p.Shutdown()))
+        with trio.move_on_after(_EXIT_WAIT):
+            await run.process.wait()
+        if run.process.returncode is None:
+            run.process.kill()

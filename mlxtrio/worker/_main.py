@@ -1,0 +1,136 @@
+"""The worker's main loop: poll the request ring, admit, one step, one frame, repeat.
+
+Plain synchronous Python on the main thread, where MLX runs. Idle, it blocks
+on the request ring (in 50 ms slices that check the orchestrator is still
+there); busy, it polls the ring without blocking between steps. It exits when
+told to, when the orchestrator is gone, or when the channel breaks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+
+from .. import _protocol as p
+from .._models import weights_size
+from ..ipc import Channel, ChannelSpec, IPCError, PeerGoneError, parent_watch
+
+EXIT_OK = 0
+EXIT_LOAD_FAILED = 3
+EXIT_CHANNEL_BROKEN = 4
+
+
+class _LoadError(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context length)
+    import mlx.core as mx
+    import mlx_lm
+
+    if config.source == "demo":
+        from ._demo import ensure_demo_model
+
+        path = ensure_demo_model(Path(config.cache_dir))
+    elif config.source == "local":
+        path = Path(config.location)
+    elif config.source == "hub":
+        from mlx_lm.utils import _download
+
+        try:
+            path = Path(_download(config.location))
+        except Exception as exc:  # noqa: BLE001
+            raise _LoadError("not_found", f"could not fetch {config.location!r}: {exc}") from exc
+    else:
+        raise _LoadError("invalid", f"unknown model source {config.source!r}")
+    size = weights_size(path)
+    if size > config.memory_budget_bytes:
+        raise _LoadError(
+            "too_large",
+            f"model {config.model_id!r} has {size} bytes of weights; the memory budget is "
+            f"{config.memory_budget_bytes} bytes",
+        )
+    try:
+        model, tokenizer, model_config = mlx_lm.load(str(path), return_config=True)
+    except FileNotFoundError as exc:
+        raise _LoadError("not_found", str(exc)) from exc
+    except ValueError as exc:
+        raise _LoadError("invalid", str(exc)) from exc
+    context = model_config.get("max_position_embeddings")
+    return model, tokenizer, context, mx.get_active_memory()
+
+
+def main(argv: list[str]) -> int:
+    config = msgspec.json.decode(argv[0], type=p.WorkerConfig)
+    channel = Channel.attach(ChannelSpec.from_json(argv[1]))
+    watch = parent_watch()
+    encode = p.TO_ORCHESTRATOR.encode
+
+    def send(message: p.ToOrchestrator) -> None:
+        channel.writer.send(encode(message), interrupt=watch)
+
+    try:
+        send(p.Hello(os.getpid()))
+        started = time.monotonic()
+        try:
+            model, tokenizer, context, memory = _load(config)
+        except _LoadError as exc:
+            send(p.LoadFailed(exc.kind, str(exc)))
+            return EXIT_LOAD_FAILED
+        except Exception as exc:  # noqa: BLE001 - any load failure is reported, not swallowed
+            send(p.LoadFailed("error", f"{type(exc).__name__}: {exc}"))
+            return EXIT_LOAD_FAILED
+        from ._engine import Engine, RequestError
+
+        def heartbeat() -> None:
+            # An empty step: progress during a long prefill.
+            send(p.Step(()))
+
+        engine = Engine(
+            model, tokenizer, context_length=context, prefill_step_size=config.prefill_step_size, progress=heartbeat
+        )
+        send(p.Ready(config.model_id, time.monotonic() - started, memory))
+        return _serve(channel, engine, send, watch, RequestError)
+    except PeerGoneError:
+        return EXIT_OK
+    except IPCError as exc:
+        print(f"mlxtrio worker: channel broken: {exc}", file=sys.stderr)
+        return EXIT_CHANNEL_BROKEN
+    finally:
+        channel.close()
+
+
+def _serve(channel, engine, send, watch, RequestError) -> int:  # noqa: ANN001, N803
+    decode = p.TO_WORKER.decode
+    receive = channel.reader.receive
+    while True:
+        # Busy: take what is there and go on generating. Idle: wait for work.
+        frame = receive(timeout=0) if engine.active else receive(timeout=None, interrupt=watch)
+        while frame is not None:
+            message = decode(frame)
+            if isinstance(message, p.Generate):
+                try:
+                    engine.admit(message)
+                except RequestError as exc:
+                    send(p.RequestFailed(message.request_id, exc.status, str(exc)))
+            elif isinstance(message, p.Cancel):
+                engine.cancel(message.request_id)
+            elif isinstance(message, p.Ping):
+                send(p.Pong(message.nonce, engine.active))
+            elif isinstance(message, p.Shutdown):
+                engine.cancel_all()
+                return EXIT_OK
+            frame = receive(timeout=0)
+        if engine.active:
+            watch()
+            deltas, failures = engine.step()
+            for request_id, error in failures:
+                send(p.RequestFailed(request_id, error.status, str(error)))
+            if deltas:
+                send(p.Step(tuple(deltas)))
