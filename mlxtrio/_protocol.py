@@ -68,6 +68,8 @@ class SamplingParams(msgspec.Struct, array_like=True, frozen=True):
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # Generate exactly max_tokens, ignoring end-of-sequence (vLLM's extension; benchmarks use it).
+    ignore_eos: bool = False
 
 
 class Generate(_Message, tag="generate"):

@@ -48,6 +48,8 @@ class _Common(msgspec.Struct, kw_only=True):
     stream: bool = False
     stream_options: _StreamOptions | None = None
     n: int = 1
+    # Extension (vLLM's name): generate exactly max_tokens.
+    ignore_eos: bool = False
 
     def _max_tokens(self) -> int:
         return self.max_tokens if self.max_tokens is not None else DEFAULT_MAX_TOKENS
@@ -59,6 +61,7 @@ class _Common(msgspec.Struct, kw_only=True):
             top_p=1.0 if self.top_p is None else self.top_p,
             stop=tuple([self.stop] if isinstance(self.stop, str) else self.stop or ()),
             seed=self.seed,
+            ignore_eos=self.ignore_eos,
         )
 
     def validate(self) -> None:

@@ -163,7 +163,7 @@ class Engine:
         except StopIteration:
             return self._finish(sequence, "length")
         token = int(token.item() if hasattr(token, "item") else token)
-        if token in self._tokenizer.eos_token_ids:
+        if token in self._tokenizer.eos_token_ids and not sequence.params.ignore_eos:
             return self._finish(sequence, "stop")
         sequence.completion_tokens += 1
         sequence.detokenizer.add_token(token)

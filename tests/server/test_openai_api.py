@@ -9,7 +9,8 @@ import trio
 from ..helpers import bounded
 from .conftest import sse_events
 
-CHAT = {"model": "demo", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 12}
+# ignore_eos: the demo model samples its end token now and then; these tests count tokens.
+CHAT = {"model": "demo", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 12, "ignore_eos": True}
 
 
 @bounded(120)
@@ -70,10 +71,10 @@ async def test_streamed_text_equals_non_streamed_text(client):
 
 @bounded(120)
 async def test_completions(client, openapi):
-    body = (await client.post("/v1/completions", json={"model": "demo", "prompt": "Once upon", "max_tokens": 8})).json()
+    body = (await client.post("/v1/completions", json={"model": "demo", "prompt": "Once upon", "max_tokens": 8, "ignore_eos": True})).json()
     openapi.validate(body, "CreateCompletionResponse")
     assert body["object"] == "text_completion" and body["usage"]["completion_tokens"] == 8
-    request = {"model": "demo", "prompt": "Once upon", "max_tokens": 8, "stream": True}
+    request = {"model": "demo", "prompt": "Once upon", "max_tokens": 8, "stream": True, "ignore_eos": True}
     async with client.stream("POST", "/v1/completions", json=request) as response:
         events = sse_events((await response.aread()).decode())
     assert events[-1] == "[DONE]"
@@ -102,6 +103,7 @@ async def test_seeded_sampling_is_reproducible(client):
 @bounded(120)
 async def test_stop_string_ends_output_and_is_not_sent(client):
     request = {**CHAT, "temperature": 0, "max_tokens": 40}
+    assert request["ignore_eos"]
     full = (await client.post("/v1/chat/completions", json=request)).json()["choices"][0]["message"]["content"]
     # A stop string taken from the middle of the greedy output, spanning tokens.
     stop = full[5:8]
@@ -116,14 +118,17 @@ async def test_stop_string_ends_output_and_is_not_sent(client):
 async def test_official_openai_client(server):
     client = openai.AsyncOpenAI(base_url=server.openai_url + "/v1", api_key="unused", max_retries=0)
     try:
-        chat = await client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+        exact = {"extra_body": {"ignore_eos": True}}
+        chat = await client.chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=5, **exact
+        )
         assert chat.choices[0].finish_reason == "length" and chat.usage.completion_tokens == 5
         stream = await client.chat.completions.create(
-            model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=5, stream=True
+            model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=5, stream=True, **exact
         )
         reasons = [chunk.choices[0].finish_reason async for chunk in stream if chunk.choices]
         assert reasons[-1] == "length"
-        completion = await client.completions.create(model="demo", prompt="abc", max_tokens=3)
+        completion = await client.completions.create(model="demo", prompt="abc", max_tokens=3, **exact)
         assert completion.usage.completion_tokens == 3
         models = await client.models.list()
         assert "demo" in [model.id for model in models.data]
@@ -198,7 +203,7 @@ async def test_concurrent_requests_each_get_their_own_output(client):
     prompts = [f"question number {index}: {'why ' * index}" for index in range(6)]
 
     async def alone(prompt: str) -> str:
-        request = {"model": "demo", "prompt": prompt, "max_tokens": 16, "temperature": 0}
+        request = {"model": "demo", "prompt": prompt, "max_tokens": 16, "temperature": 0, "ignore_eos": True}
         return (await client.post("/v1/completions", json=request)).json()["choices"][0]["text"]
 
     expected = [await alone(prompt) for prompt in prompts]
@@ -213,3 +218,34 @@ async def test_concurrent_requests_each_get_their_own_output(client):
             nursery.start_soon(run, index)
     assert [got[index] for index in range(len(prompts))] == expected
 
+
+
+@bounded(120)
+async def test_ignore_eos_generates_exactly_max_tokens(client):
+    # Find a seeded request that reaches the end token by itself (the demo model
+    # samples it now and then at a high temperature), then forbid that ending.
+    for seed in range(40):
+        request = {"model": "demo", "prompt": "x", "max_tokens": 300, "temperature": 2.0, "seed": seed}
+        natural = (await client.post("/v1/completions", json=request)).json()
+        if natural["choices"][0]["finish_reason"] == "stop":
+            break
+    else:
+        pytest.fail("no seed reached the end token: the test needs another prompt")
+    assert natural["usage"]["completion_tokens"] < 300
+    forced = (await client.post("/v1/completions", json={**request, "ignore_eos": True})).json()
+    assert forced["choices"][0]["finish_reason"] == "length" and forced["usage"]["completion_tokens"] == 300
+    # The same tokens up to where the natural one ended.
+    assert forced["choices"][0]["text"].startswith(natural["choices"][0]["text"])
+
+
+@bounded(60)
+async def test_health_is_503_and_requests_refused_while_shutting_down(server, client, openapi):
+    # Flip the flag only (not the listeners), as the first moment of a graceful stop looks.
+    server.state.shutting_down = True
+    try:
+        assert (await client.get("/health")).status_code == 503
+        refused = await client.post("/v1/chat/completions", json=CHAT)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "shutting_down"
+        openapi.validate(refused.json(), "ErrorResponse")
+    finally:
+        server.state.shutting_down = False

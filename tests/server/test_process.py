@@ -1,0 +1,110 @@
+"""``mlxtrio serve`` as a real process: signals, exit status, pid file, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+import trio
+
+from mlxtrio.ipc import list_objects
+
+from ..helpers import bounded
+
+LONG_STREAM = {"model": "demo", "prompt": "go", "max_tokens": 1500, "ignore_eos": True, "stream": True}
+
+
+async def _start_server(cache_dir: Path, tmp_path: Path, *extra: str) -> tuple[trio.Process, str, str, list[bytes]]:
+    """Start ``python -m mlxtrio serve`` on free ports; return it, its two URLs and its log so far."""
+    env = {
+        **os.environ,
+        "MLX_CACHE_DIR": str(cache_dir),
+        "HF_HOME": str(tmp_path / "hf"),
+        "MLX_PORT": "0",
+        "MLX_ADMIN_PORT": "0",
+    }
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "mlxtrio", "serve", *extra], env=env, stderr=-1
+    )
+    log: list[bytes] = []
+    buffer = b""
+    with trio.fail_after(30):
+        while (match := re.search(rb"OpenAI API on (\S+), admin API on (\S+)", buffer)) is None:
+            chunk = await process.stderr.receive_some()
+            assert chunk, b"".join(log).decode()
+            log.append(chunk)
+            buffer += chunk
+    return process, match.group(1).decode(), match.group(2).decode(), log
+
+
+async def _drain(process: trio.Process, log: list[bytes]) -> None:
+    while chunk := await process.stderr.receive_some():
+        log.append(chunk)
+
+
+@bounded(120)
+async def test_sigterm_lets_the_request_in_flight_finish_then_exits_clean(cache_dir, tmp_path):
+    pid_file = tmp_path / "state" / "mlxtrio.pid"
+    process, url, admin_url, log = await _start_server(
+        cache_dir, tmp_path, "--pid-file", str(pid_file), "--state-dir", str(tmp_path / "state")
+    )
+    try:
+        assert pid_file.read_text().strip() == str(process.pid)
+        assert oct(pid_file.stat().st_mode & 0o777) == oct(0o600)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, process, log)
+            async with httpx.AsyncClient(timeout=60) as client:
+                async with client.stream("POST", url + "/v1/completions", json=LONG_STREAM) as response:
+                    lines = response.aiter_lines()
+                    async for line in lines:
+                        if line.startswith("data: {"):
+                            break
+                    worker_pid = (await client.get(admin_url + "/admin/status")).json()["workers"][0]["pid"]
+                    process.send_signal(signal.SIGTERM)
+                    rest = [line async for line in lines if line.startswith("data: ")]
+            with trio.fail_after(30):
+                status = await process.wait()
+        assert rest[-1] == "data: [DONE]", rest[-3:]
+        assert json.loads(rest[-2][len("data: ") :])["choices"][0]["finish_reason"] == "length"
+        assert status == 0, b"".join(log).decode()
+        assert not pid_file.exists()
+        assert not [found for found in list_objects() if found.creator_pid == process.pid]
+        assert worker_pid is not None and not Path(f"/proc/{worker_pid}").exists()
+        snapshot = json.loads((tmp_path / "state" / "status.json").read_text())
+        assert snapshot["pid"] == process.pid
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@bounded(120)
+async def test_a_second_signal_stops_at_once(cache_dir, tmp_path):
+    process, url, _admin_url, log = await _start_server(cache_dir, tmp_path)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, process, log)
+            async with httpx.AsyncClient(timeout=60) as client:
+                async with client.stream("POST", url + "/v1/completions", json=LONG_STREAM) as response:
+                    async for line in response.aiter_lines():
+                        if line.startswith("data: {"):
+                            break
+                    process.send_signal(signal.SIGTERM)
+                    with trio.fail_after(10):
+                        while b"stopping gracefully" not in b"".join(log):
+                            await trio.sleep(0.01)
+                    process.send_signal(signal.SIGTERM)
+                    with trio.fail_after(10):
+                        status = await process.wait()
+        assert status == 1, b"".join(log).decode()
+        assert b"stopping now" in b"".join(log)
+        assert not [found for found in list_objects() if found.creator_pid == process.pid]
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
