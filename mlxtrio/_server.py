@@ -108,22 +108,20 @@ async def main(
         async with trio.open_nursery() as root:
             await root.start(supervisor.run)
             async with trio.open_nursery() as http:
-                openai_binds = await http.start(
-                    partial(
-                        hypercorn.trio.serve,
-                        create_openai_app(state),
-                        _hypercorn_config(config.host, config.port, config.grace_period),
-                        shutdown_trigger=stop.wait,
+                openai_binds, admin_binds = [
+                    await http.start(
+                        partial(
+                            hypercorn.trio.serve,
+                            app,
+                            _hypercorn_config(host, port, config.grace_period),
+                            shutdown_trigger=stop.wait,
+                        )
                     )
-                )
-                admin_binds = await http.start(
-                    partial(
-                        hypercorn.trio.serve,
-                        create_admin_app(state),
-                        _hypercorn_config(config.admin_host, config.admin_port, config.grace_period),
-                        shutdown_trigger=stop.wait,
+                    for app, host, port in (
+                        (create_openai_app(state), config.host, config.port),
+                        (create_admin_app(state), config.admin_host, config.admin_port),
                     )
-                )
+                ]
                 handle = ServerHandle(openai_binds[0], admin_binds[0], state, stop)
                 if handle_signals:
                     root.start_soon(_watch_signals, handle, root.cancel_scope, forced)

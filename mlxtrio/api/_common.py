@@ -56,7 +56,11 @@ def install_error_handlers(app: QuartTrio) -> None:
             405: "method not allowed on this endpoint",
             413: "the request body is too large",
         }.get(status, error.description or error.name)
-        return error_response(ServerError(status, message))
+        response = error_response(ServerError(status, message))
+        if status == 413:
+            # The rest of the body was never read: this connection cannot carry another request.
+            response.headers["Connection"] = "close"
+        return response
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:

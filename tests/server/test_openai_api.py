@@ -249,3 +249,12 @@ async def test_health_is_503_and_requests_refused_while_shutting_down(server, cl
         openapi.validate(refused.json(), "ErrorResponse")
     finally:
         server.state.shutting_down = False
+
+
+@bounded(60)
+async def test_oversized_body_is_a_413(client, openapi):
+    huge = b'{"model": "demo", "prompt": "' + b"x" * (17 * 1024 * 1024) + b'"}'
+    response = await client.post("/v1/completions", content=huge, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    openapi.validate(response.json(), "ErrorResponse")
+    assert (await client.get("/health")).status_code == 200
