@@ -14,6 +14,8 @@ from ._server import main as serve_main
 
 __all__ = ["main"]
 
+log = logging.getLogger("mlxtrio")
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlxtrio", description="OpenAI-compatible LLM server for MLX")
@@ -35,25 +37,44 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    config = Config.from_environment(
-        host=args.host,
-        port=args.port,
-        admin_host=args.admin_host,
-        admin_port=args.admin_port,
-        model=args.model,
-        idle_timeout=args.idle_timeout,
-        request_timeout=args.request_timeout,
-        pid_file=args.pid_file,
-        state_dir=args.state_dir,
-        allow_downloads=args.allow_downloads,
-    )
-    return trio.run(serve_main, config)
+    try:
+        config = Config.from_environment(
+            host=args.host,
+            port=args.port,
+            admin_host=args.admin_host,
+            admin_port=args.admin_port,
+            model=args.model,
+            idle_timeout=args.idle_timeout,
+            request_timeout=args.request_timeout,
+            pid_file=args.pid_file,
+            state_dir=args.state_dir,
+            allow_downloads=args.allow_downloads,
+        )
+    except ValueError as exc:
+        log.error("invalid setting: %s", exc)
+        return 2
+    failure: BaseException | None = None
+    try:
+        status = trio.run(serve_main, config)
+    except* OSError as group:
+        # Typically the port is taken; say so plainly instead of a traceback.
+        failure = _first_leaf(group)
+    if failure is not None:
+        log.error("cannot serve: %s", failure)
+        return 1
+    return status
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ class Supervisor:
             statuses.insert(
                 0,
                 WorkerStatus(
-                    model=default, pid=None, state="unloaded", restarts=0, loaded_at=None, last_used_at=None,
+                    model=default, pid=None, state="unloaded", restarts=0, loads=0, loaded_at=None, last_used_at=None,
                     memory_bytes=None, active_requests=0, failure=None, retry_at=None,
                 ),
             )

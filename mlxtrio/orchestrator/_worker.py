@@ -52,6 +52,8 @@ class WorkerStatus:
     pid: int | None
     state: str
     restarts: int
+    # Worker processes started for this model so far.
+    loads: int
     loaded_at: float | None
     last_used_at: float | None
     memory_bytes: int | None
@@ -138,6 +140,7 @@ class ModelWorker:
         self._pings: dict[int, tuple[trio.Event, list]] = {}
         self._active = 0
         self._restarts = 0
+        self._loads = 0
         self._failures = 0
         self._failure: ServerError | None = None
         self._retry_at: float | None = None  # trio clock
@@ -250,6 +253,7 @@ class ModelWorker:
             pid=self._pid,
             state=self._state.value,
             restarts=self._restarts,
+            loads=self._loads,
             loaded_at=self._loaded_at,
             last_used_at=self._last_used_at,
             memory_bytes=self._memory_bytes,
@@ -304,6 +308,7 @@ class ModelWorker:
             return
         finally:
             channel.close_worker_fds()
+        self._loads += 1
         run = _Run(trio_channel, MessageRouter(key=lambda message: message.request_id), process, attempt)
         self._run = run
         self._state = WorkerState.LOADING

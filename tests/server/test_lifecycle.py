@@ -175,7 +175,7 @@ async def test_admin_status_load_health_unload(admin, openapi):
     body = await status(admin)
     assert body["workers"] == [
         {
-            "model": "demo", "pid": None, "state": "unloaded", "restarts": 0, "loaded_at": None,
+            "model": "demo", "pid": None, "state": "unloaded", "restarts": 0, "loads": 0, "loaded_at": None,
             "last_used_at": None, "memory_bytes": None, "active_requests": 0, "failure": None, "retry_at": None,
         }
     ]
@@ -194,3 +194,17 @@ async def test_admin_status_load_health_unload(admin, openapi):
     bad = await admin.post("/admin/load", json={"model": "../../etc"})
     assert bad.status_code == 404
     openapi.validate(bad.json(), "ErrorResponse")
+
+
+@bounded(60)
+async def test_concurrent_first_requests_share_one_load(client, admin):
+    codes: list[int] = []
+
+    async def one() -> None:
+        codes.append((await client.post("/v1/completions", json={**LONG, "max_tokens": 2})).status_code)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(one)
+    assert codes == [200] * 5
+    assert (await worker_entry(admin))["loads"] == 1

@@ -19,7 +19,9 @@ from ..helpers import bounded
 LONG_STREAM = {"model": "demo", "prompt": "go", "max_tokens": 1500, "ignore_eos": True, "stream": True}
 
 
-async def _start_server(cache_dir: Path, tmp_path: Path, *extra: str) -> tuple[trio.Process, str, str, list[bytes]]:
+async def _start_server(
+    cache_dir: Path, tmp_path: Path, *extra: str, own_session: bool = False
+) -> tuple[trio.Process, str, str, list[bytes]]:
     """Start ``python -m mlxtrio serve`` on free ports; return it, its two URLs and its log so far."""
     env = {
         **os.environ,
@@ -29,7 +31,7 @@ async def _start_server(cache_dir: Path, tmp_path: Path, *extra: str) -> tuple[t
         "MLX_ADMIN_PORT": "0",
     }
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "mlxtrio", "serve", *extra], env=env, stderr=-1
+        [sys.executable, "-m", "mlxtrio", "serve", *extra], env=env, stderr=-1, start_new_session=own_session
     )
     log: list[bytes] = []
     buffer = b""
@@ -108,3 +110,60 @@ async def test_a_second_signal_stops_at_once(cache_dir, tmp_path):
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@bounded(120)
+async def test_ctrl_c_to_the_terminal_reaches_the_orchestrator_only(cache_dir, tmp_path):
+    """A terminal's Ctrl-C signals its whole process group; the worker has its own session."""
+    process, url, _admin_url, log = await _start_server(cache_dir, tmp_path, own_session=True)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, process, log)
+            async with httpx.AsyncClient(timeout=60) as client:
+                async with client.stream("POST", url + "/v1/completions", json=LONG_STREAM) as response:
+                    lines = response.aiter_lines()
+                    async for line in lines:
+                        if line.startswith("data: {"):
+                            break
+                    os.killpg(process.pid, signal.SIGINT)
+                    rest = [line async for line in lines if line.startswith("data: ")]
+            with trio.fail_after(30):
+                status = await process.wait()
+        # Had the worker got the SIGINT too, the stream would have ended in an error.
+        assert rest[-1] == "data: [DONE]", rest[-3:]
+        assert status == 0, b"".join(log).decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@bounded(60)
+async def test_orchestrator_never_imports_mlx():
+    code = (
+        "import sys, mlxtrio, mlxtrio._cli, mlxtrio._server, mlxtrio.api, mlxtrio.orchestrator\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'mlx', 'mlx_lm', 'transformers'})\n"
+        "assert not heavy, heavy"
+    )
+    result = await trio.run_process([sys.executable, "-c", code], capture_stderr=True, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+
+
+@bounded(60)
+async def test_cli_says_plainly_what_is_wrong(tmp_path):
+    bad = await trio.run_process(
+        [sys.executable, "-m", "mlxtrio", "serve"], env={**os.environ, "MLX_PORT": "abc"}, capture_stderr=True, check=False
+    )
+    assert bad.returncode == 2 and b"invalid setting" in bad.stderr and b"Traceback" not in bad.stderr
+    with trio.socket.socket() as taken:
+        await taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = await trio.run_process(
+            [sys.executable, "-m", "mlxtrio", "serve", "--port", str(port), "--admin-port", "0"],
+            env={**os.environ, "MLX_CACHE_DIR": str(tmp_path)},
+            capture_stderr=True,
+            check=False,
+        )
+    assert busy.returncode == 1 and b"Address already in use" in busy.stderr, busy.stderr.decode()
+    assert b"Traceback" not in busy.stderr
