@@ -74,6 +74,11 @@ class Config:
     hang_timeout: float = 60.0
     # SIGTERM/SIGINT: how long in-flight requests may take to finish.
     grace_period: float = 30.0
+    # Continuous batching: sequences decoded together (1: no batching), prompts
+    # prefilled together, prompt tokens per prefill chunk.
+    decode_concurrency: int = 32
+    prefill_batch_size: int = 8
+    prefill_step_size: int = 512
     cache_dir: Path
     hf_hub_cache: Path
     # Hugging Face repo ids not in the local cache may be fetched only if allowed.
@@ -99,6 +104,9 @@ class Config:
             "memory_budget_bytes": int(env.get("MLX_MEMORY_BUDGET", tier.memory_budget_bytes)),
             "hang_timeout": float(env.get("MLX_HANG_TIMEOUT", 60.0)),
             "grace_period": float(env.get("MLX_GRACE_PERIOD", 30.0)),
+            "decode_concurrency": int(env.get("MLX_DECODE_CONCURRENCY", 32)),
+            "prefill_batch_size": int(env.get("MLX_PREFILL_BATCH_SIZE", 8)),
+            "prefill_step_size": int(env.get("MLX_PREFILL_STEP_SIZE", 512)),
             "cache_dir": _default_cache_dir(env),
             "hf_hub_cache": _default_hf_hub(env),
             "allow_downloads": _flag(env.get("MLX_ALLOW_DOWNLOADS", "0")),
@@ -108,7 +116,11 @@ class Config:
             "ram_tier": tier.name,
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
-        return cls(**values)
+        config = cls(**values)
+        for name in ("decode_concurrency", "prefill_batch_size", "prefill_step_size"):
+            if getattr(config, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
+        return config
 
     def describe(self) -> dict:
         """The effective settings, for /admin/status."""

@@ -52,6 +52,10 @@ class WorkerConfig(msgspec.Struct, frozen=True):
     cache_dir: str
     memory_budget_bytes: int
     prefill_step_size: int = 512
+    # Sequences decoded together; 1 means no batching (the sequential path).
+    decode_concurrency: int = 32
+    # Prompts prefilled together.
+    prefill_batch_size: int = 8
 
 
 # --- orchestrator -> worker ----------------------------------------------------
@@ -70,6 +74,13 @@ class SamplingParams(msgspec.Struct, array_like=True, frozen=True):
     seed: int | None = None
     # Generate exactly max_tokens, ignoring end-of-sequence (vLLM's extension; benchmarks use it).
     ignore_eos: bool = False
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # (token id, bias) pairs.
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
 
 class Generate(_Message, tag="generate"):
@@ -112,6 +123,8 @@ class Ready(_Message, tag="ready"):
     load_seconds: float
     # Bytes of weights resident for this model, as MLX reports them.
     memory_bytes: int
+    # "batched" (continuous batching) or "sequential" (the fallback).
+    engine: str = "batched"
 
 
 class LoadFailed(_Message, tag="load_failed"):

@@ -50,6 +50,13 @@ class _Common(msgspec.Struct, kw_only=True):
     n: int = 1
     # Extension (vLLM's name): generate exactly max_tokens.
     ignore_eos: bool = False
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    # Extensions (as in vLLM and mlx-lm's server).
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
 
     def _max_tokens(self) -> int:
         return self.max_tokens if self.max_tokens is not None else DEFAULT_MAX_TOKENS
@@ -62,6 +69,12 @@ class _Common(msgspec.Struct, kw_only=True):
             stop=tuple([self.stop] if isinstance(self.stop, str) else self.stop or ()),
             seed=self.seed,
             ignore_eos=self.ignore_eos,
+            top_k=self.top_k or 0,
+            min_p=self.min_p or 0.0,
+            repetition_penalty=self.repetition_penalty or 0.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            logit_bias=tuple((int(token), bias) for token, bias in (self.logit_bias or {}).items()),
         )
 
     def validate(self) -> None:
@@ -81,6 +94,23 @@ class _Common(msgspec.Struct, kw_only=True):
             raise ServerError(400, "stop sequences must not be empty", param="stop")
         if self.seed is not None and not -(2**63) <= self.seed < 2**63:
             raise ServerError(400, "seed must fit in 64 bits", param="seed")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if value is not None and not -2 <= value <= 2:
+                raise ServerError(400, f"{name} must be within [-2, 2], not {value}", param=name)
+        if self.top_k is not None and self.top_k < 0:
+            raise ServerError(400, f"top_k must be 0 (off) or more, not {self.top_k}", param="top_k")
+        if self.min_p is not None and not 0 <= self.min_p <= 1:
+            raise ServerError(400, f"min_p must be within [0, 1], not {self.min_p}", param="min_p")
+        if self.repetition_penalty is not None and not 0 < self.repetition_penalty <= 10:
+            raise ServerError(
+                400, f"repetition_penalty must be within (0, 10], not {self.repetition_penalty}", param="repetition_penalty"
+            )
+        for token, bias in (self.logit_bias or {}).items():
+            if not token.isdigit():
+                raise ServerError(400, f"logit_bias keys are token ids, not {token!r}", param="logit_bias")
+            if not -100 <= bias <= 100:
+                raise ServerError(400, f"logit_bias values must be within [-100, 100], not {bias}", param="logit_bias")
         if self.n != 1:
             raise ServerError(400, f"n must be 1 for now, not {self.n}", param="n")
         if self.stream_options is not None and not self.stream:

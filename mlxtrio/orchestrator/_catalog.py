@@ -110,12 +110,15 @@ class ModelCatalog:
                     entries.append(ModelEntry(repo_id, "local", str(snapshot), "Hugging Face cache"))
         return entries
 
-    def worker_config(self, entry: ModelEntry, *, prefill_step_size: int = 512) -> WorkerConfig:
+    def worker_config(self, entry: ModelEntry) -> WorkerConfig:
+        config = self._config
         return WorkerConfig(
             model_id=entry.id,
             source=entry.source,
             location=entry.location,
-            cache_dir=str(self._config.cache_dir),
-            memory_budget_bytes=self._config.memory_budget_bytes,
-            prefill_step_size=prefill_step_size,
+            cache_dir=str(config.cache_dir),
+            memory_budget_bytes=config.memory_budget_bytes,
+            prefill_step_size=config.prefill_step_size,
+            decode_concurrency=config.decode_concurrency,
+            prefill_batch_size=config.prefill_batch_size,
         )

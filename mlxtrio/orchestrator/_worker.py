@@ -57,6 +57,8 @@ class WorkerStatus:
     loaded_at: float | None
     last_used_at: float | None
     memory_bytes: int | None
+    # "batched" or "sequential" while loaded.
+    engine: str | None
     active_requests: int
     failure: str | None
     retry_at: float | None
@@ -148,6 +150,7 @@ class ModelWorker:
         self._loaded_at: float | None = None  # wall clock, for people
         self._last_used_at: float | None = None
         self._memory_bytes: int | None = None
+        self._engine: str | None = None
         self._last_used = trio.current_time()
         self._last_progress = trio.current_time()
         self._unload_requested = False
@@ -257,6 +260,7 @@ class ModelWorker:
             loaded_at=self._loaded_at,
             last_used_at=self._last_used_at,
             memory_bytes=self._memory_bytes,
+            engine=self._engine,
             active_requests=self._active,
             failure=self._failure.message if self._failure is not None else None,
             retry_at=None if self._retry_at is None else time.time() + max(0.0, self._retry_at - trio.current_time()),
@@ -341,6 +345,7 @@ class ModelWorker:
         self._run = None
         self._pid = None
         self._memory_bytes = None
+        self._engine = None
         if not run.attempt.done.is_set():
             # Died or was stopped while loading.
             self._load_failed(
@@ -380,6 +385,7 @@ class ModelWorker:
                     self._retry_at = None
                     self._loaded_at = time.time()
                     self._memory_bytes = message.memory_bytes
+                    self._engine = message.engine
                     self._last_used = trio.current_time()
                     run.attempt.finish()
                 elif isinstance(message, p.LoadFailed):

@@ -1,10 +1,17 @@
-"""Generation in the worker: sequences advanced one token per step, round robin.
+"""Generation in the worker: continuous batching with mlx-lm, one step at a time.
 
-Each sequence is mlx-lm's own ``generate_step`` (its KV cache, prefill and
-sampling loop) with a per-request sampler and streaming detokenizer. A step
-advances every live sequence by one token and returns what each produced, so
-the worker sends one frame per step for all of them, and new requests join
-between steps.
+``BatchEngine`` drives mlx-lm's ``BatchGenerator``: new requests join between
+steps, prefill of newcomers is interleaved with decoding of the rest, finished
+sequences leave. Each sequence keeps its own sampler (a random key of its own,
+so a seeded request samples the same tokens whatever shares its batch), its
+own logits processors and its own streaming detokenizer.
+
+``SequentialEngine`` is the fallback for models whose KV caches cannot be
+merged into a batch: each sequence is mlx-lm's ``generate_step``, and a step
+advances every live sequence by one token, round robin.
+
+Both answer ``step()`` with what every sequence produced, so the worker sends
+one frame per step for all of them.
 """
 
 from __future__ import annotations
@@ -15,12 +22,13 @@ from typing import Any
 
 import attrs
 import mlx.core as mx
-from mlx_lm.generate import generate_step
-from mlx_lm.sample_utils import apply_top_p
+from mlx_lm.generate import BatchGenerator, StopSequences, generate_step
+from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
 from .._protocol import Delta, Generate, SamplingParams
 
-__all__ = ["Engine", "RequestError"]
+__all__ = ["BatchEngine", "RequestError", "SequentialEngine", "make_engine"]
 
 
 class RequestError(Exception):
@@ -31,44 +39,246 @@ class RequestError(Exception):
         self.status = status
 
 
-def _make_sampler(params: SamplingParams) -> Callable[[mx.array], mx.array]:
+def _greedy(logprobs: mx.array) -> mx.array:
+    return mx.argmax(logprobs, axis=-1)
+
+
+def make_sampler(params: SamplingParams) -> Callable[[mx.array], mx.array]:
+    """The request's sampler. Greedy requests share one function: a batch of them samples in one call."""
     if params.temperature == 0:
-        return lambda logprobs: mx.argmax(logprobs, axis=-1)
-    # A key of the request's own, so a seeded request samples the same tokens
-    # whatever else runs beside it (the global MLX key is shared by all).
+        return _greedy
+    # A key of the request's own: the global MLX key is shared by every sequence.
     key = mx.random.key(params.seed if params.seed is not None else secrets.randbits(63))
     inverse_temperature = 1 / params.temperature
-    top_p = params.top_p
+    filters: list[Callable[[mx.array], mx.array]] = []
+    if 0 < params.top_p < 1:
+        filters.append(lambda logprobs: apply_top_p(logprobs, params.top_p))
+    if params.min_p > 0:
+        filters.append(lambda logprobs: apply_min_p(logprobs, params.min_p))
+    if params.top_k > 0:
+        filters.append(lambda logprobs: apply_top_k(logprobs, params.top_k))
 
     def sample(logprobs: mx.array) -> mx.array:
         nonlocal key
-        if 0 < top_p < 1:
-            logprobs = apply_top_p(logprobs, top_p)
+        for keep in filters:
+            logprobs = keep(logprobs)
         key, subkey = mx.random.split(key)
         return mx.random.categorical(logprobs * inverse_temperature, key=subkey)
 
     return sample
 
 
+def make_processors(params: SamplingParams) -> list[Callable[[mx.array, mx.array], mx.array]]:
+    return make_logits_processors(
+        logit_bias=dict(params.logit_bias) if params.logit_bias else None,
+        repetition_penalty=params.repetition_penalty or None,
+        presence_penalty=params.presence_penalty or None,
+        frequency_penalty=params.frequency_penalty or None,
+    )
+
+
 @attrs.define(eq=False)
 class _Sequence:
+    """One request's output side: detokenizer, stop strings, counts."""
+
     request_id: int
     params: SamplingParams
-    tokens: Iterator[tuple[mx.array, mx.array]]
     detokenizer: Any
     prompt_tokens: int
     completion_tokens: int = 0
     # Text not sent yet because it might be the start of a stop string.
     held: str = ""
 
-    def close(self) -> None:
-        close = getattr(self.tokens, "close", None)
-        if close is not None:
-            close()
+    def accept(self, token: int | None, finish_reason: str | None) -> Delta | None:
+        """Take one generated token (None: no token, just the end) and say what to send."""
+        if token is not None:
+            self.completion_tokens += 1
+            self.detokenizer.add_token(token)
+            self.held += self.detokenizer.last_segment
+            text, stopped = self._release(final=False)
+            if stopped:
+                return self._delta(text, "stop")
+            if self.completion_tokens >= self.params.max_tokens:
+                finish_reason = "length"
+        else:
+            text = ""
+        if finish_reason is None:
+            return self._delta(text, None) if text else None
+        self.detokenizer.finalize()
+        self.held += self.detokenizer.last_segment
+        rest, stopped = self._release(final=True)
+        return self._delta(text + rest, "stop" if stopped else finish_reason)
+
+    def _release(self, *, final: bool) -> tuple[str, bool]:
+        """Text safe to send now, and whether a stop string ended the sequence.
+
+        Stop strings may span tokens: text that could still be the start of
+        one is held back, and a stop string itself is never sent.
+        """
+        held = self.held
+        stops = self.params.stop
+        if stops:
+            found = [index for index in (held.find(stop) for stop in stops) if index >= 0]
+            if found:
+                self.held = ""
+                return held[: min(found)], True
+        if final or not stops:
+            self.held = ""
+            return held, False
+        keep = max(len(stop) for stop in stops) - 1
+        cut = max(0, len(held) - keep)
+        self.held = held[cut:]
+        return held[:cut], False
+
+    def _delta(self, text: str, finish_reason: str | None) -> Delta:
+        return Delta(self.request_id, text, self.prompt_tokens, self.completion_tokens, finish_reason)
 
 
-class Engine:
-    """The model, its tokenizer, and the live sequences."""
+class _EngineBase:
+    def __init__(self, model: Any, tokenizer: Any, *, context_length: int | None) -> None:
+        self._model = model
+        self._tokenizer = tokenizer
+        self._context_length = context_length
+        self._eos = frozenset(tokenizer.eos_token_ids)
+
+    def _prompt_tokens(self, request: Generate) -> list[int]:
+        tokenizer = self._tokenizer
+        if request.messages is not None:
+            if not getattr(tokenizer, "has_chat_template", False):
+                raise RequestError(400, "this model has no chat template; use /v1/completions")
+            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            try:
+                prompt = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+            except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
+                raise RequestError(400, f"the chat template rejected these messages: {exc}") from exc
+        else:
+            text = request.prompt or ""
+            bos = getattr(tokenizer, "bos_token", None)
+            prompt = list(tokenizer.encode(text, add_special_tokens=bos is None or not text.startswith(bos)))
+        if not prompt:
+            raise RequestError(400, "the prompt is empty")
+        if self._context_length is not None and len(prompt) + request.params.max_tokens > self._context_length:
+            raise RequestError(
+                400,
+                f"this model's context is {self._context_length} tokens; the prompt has {len(prompt)} "
+                f"and max_tokens asks for {request.params.max_tokens} more",
+            )
+        vocabulary = getattr(tokenizer, "vocab_size", None)
+        if vocabulary and any(not 0 <= token < vocabulary for token, _ in request.params.logit_bias):
+            raise RequestError(400, f"logit_bias names a token outside the vocabulary (0..{vocabulary - 1})")
+        return prompt
+
+    def _new_sequence(self, request: Generate, prompt: list[int]) -> _Sequence:
+        # One detokenizer per sequence (the tokenizer's own is shared).
+        detokenizer = type(self._tokenizer.detokenizer)(self._tokenizer._tokenizer)  # noqa: SLF001
+        return _Sequence(request.request_id, request.params, detokenizer, len(prompt))
+
+
+class BatchEngine(_EngineBase):
+    """Continuous batching through mlx-lm's BatchGenerator."""
+
+    kind = "batched"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        context_length: int | None,
+        decode_concurrency: int = 32,
+        prefill_batch_size: int = 8,
+        prefill_step_size: int = 512,
+    ) -> None:
+        super().__init__(model, tokenizer, context_length=context_length)
+        self._settings = (decode_concurrency, prefill_batch_size, prefill_step_size)
+        self._stop_at_eos = StopSequences([[token] for token in self._eos])
+        self._never_stop = StopSequences(None)
+        self._generator = self._new_generator()
+        self._by_uid: dict[int, _Sequence] = {}
+        self._uid_of: dict[int, int] = {}
+
+    def _new_generator(self) -> BatchGenerator:
+        decode_concurrency, prefill_batch_size, prefill_step_size = self._settings
+        return BatchGenerator(
+            self._model,
+            max_tokens=1,
+            completion_batch_size=decode_concurrency,
+            prefill_batch_size=prefill_batch_size,
+            prefill_step_size=prefill_step_size,
+        )
+
+    @property
+    def active(self) -> int:
+        return len(self._by_uid)
+
+    def admit(self, request: Generate) -> None:
+        if request.request_id in self._uid_of:
+            raise RequestError(400, f"duplicate request id {request.request_id}")
+        prompt = self._prompt_tokens(request)
+        params = request.params
+        (uid,) = self._generator.insert(
+            [prompt],
+            max_tokens=[params.max_tokens],
+            samplers=[make_sampler(params)],
+            logits_processors=[make_processors(params)],
+            stop_sequences=[self._never_stop if params.ignore_eos else self._stop_at_eos],
+        )
+        self._by_uid[uid] = self._new_sequence(request, prompt)
+        self._uid_of[request.request_id] = uid
+
+    def cancel(self, request_id: int) -> bool:
+        uid = self._uid_of.pop(request_id, None)
+        if uid is None:
+            return False
+        del self._by_uid[uid]
+        self._generator.remove([uid])
+        return True
+
+    def cancel_all(self) -> None:
+        for request_id in list(self._uid_of):
+            self.cancel(request_id)
+
+    def step(self) -> tuple[list[Delta], list[tuple[int, RequestError]]]:
+        try:
+            _, responses = self._generator.next()
+        except Exception as exc:  # noqa: BLE001 - the batch failed as a whole
+            # Every sequence in the generator shared the failed step: fail them
+            # all and start from a clean generator (its state is unknown now).
+            status = 507 if "memory" in str(exc).lower() else 500
+            failures = [(request_id, RequestError(status, f"generation failed: {exc}")) for request_id in self._uid_of]
+            self._by_uid.clear()
+            self._uid_of.clear()
+            self._generator = self._new_generator()
+            return [], failures
+        deltas = []
+        for response in responses:
+            sequence = self._by_uid.get(response.uid)
+            if sequence is None:
+                continue
+            finish_reason = response.finish_reason
+            # A stop token ends the sequence and is not part of its text.
+            token = None if finish_reason == "stop" else response.token
+            delta = sequence.accept(token, finish_reason)
+            if delta is not None:
+                deltas.append(delta)
+                if delta.finish_reason is not None:
+                    if finish_reason is None:  # ended by a stop string: leave the batch
+                        self._generator.remove([response.uid])
+                    del self._by_uid[response.uid]
+                    del self._uid_of[sequence.request_id]
+        return deltas, []
+
+
+@attrs.define(eq=False)
+class _Running:
+    sequence: _Sequence
+    tokens: Iterator[tuple[mx.array, mx.array]]
+
+
+class SequentialEngine(_EngineBase):
+    """One ``generate_step`` per sequence, round robin: for models that cannot batch."""
+
+    kind = "sequential"
 
     def __init__(
         self,
@@ -79,132 +289,97 @@ class Engine:
         prefill_step_size: int = 512,
         progress: Callable[[], None] = lambda: None,
     ) -> None:
-        self._model = model
-        self._tokenizer = tokenizer
-        self._context_length = context_length
+        super().__init__(model, tokenizer, context_length=context_length)
         self._prefill_step_size = prefill_step_size
         # Called between prefill chunks: a long prompt must not look like a hang.
         self._progress = progress
-        self._sequences: dict[int, _Sequence] = {}
+        self._running: dict[int, _Running] = {}
 
     @property
     def active(self) -> int:
-        return len(self._sequences)
-
-    def _prompt_tokens(self, request: Generate) -> list[int]:
-        tokenizer = self._tokenizer
-        if request.messages is not None:
-            if not getattr(tokenizer, "has_chat_template", False):
-                raise RequestError(400, "this model has no chat template; use /v1/completions")
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
-            try:
-                return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
-            except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
-                raise RequestError(400, f"the chat template rejected these messages: {exc}") from exc
-        prompt = request.prompt or ""
-        bos = getattr(tokenizer, "bos_token", None)
-        return list(tokenizer.encode(prompt, add_special_tokens=bos is None or not prompt.startswith(bos)))
+        return len(self._running)
 
     def admit(self, request: Generate) -> None:
-        if request.request_id in self._sequences:
+        if request.request_id in self._running:
             raise RequestError(400, f"duplicate request id {request.request_id}")
         prompt = self._prompt_tokens(request)
-        if not prompt:
-            raise RequestError(400, "the prompt is empty")
-        if self._context_length is not None and len(prompt) + request.params.max_tokens > self._context_length:
-            raise RequestError(
-                400,
-                f"this model's context is {self._context_length} tokens; the prompt has {len(prompt)} "
-                f"and max_tokens asks for {request.params.max_tokens} more",
-            )
         tokens = generate_step(
             mx.array(prompt),
             self._model,
             max_tokens=request.params.max_tokens,
-            sampler=_make_sampler(request.params),
+            sampler=make_sampler(request.params),
+            logits_processors=make_processors(request.params),
             prefill_step_size=self._prefill_step_size,
             prompt_progress_callback=lambda done, total: self._progress(),
         )
-        detokenizer = type(self._tokenizer.detokenizer)(self._tokenizer._tokenizer)  # noqa: SLF001 - one per sequence
-        self._sequences[request.request_id] = _Sequence(request.request_id, request.params, tokens, detokenizer, len(prompt))
+        self._running[request.request_id] = _Running(self._new_sequence(request, prompt), tokens)
 
     def cancel(self, request_id: int) -> bool:
-        sequence = self._sequences.pop(request_id, None)
-        if sequence is None:
+        running = self._running.pop(request_id, None)
+        if running is None:
             return False
-        sequence.close()
+        close = getattr(running.tokens, "close", None)
+        if close is not None:
+            close()
         return True
 
     def cancel_all(self) -> None:
-        for request_id in list(self._sequences):
+        for request_id in list(self._running):
             self.cancel(request_id)
 
     def step(self) -> tuple[list[Delta], list[tuple[int, RequestError]]]:
-        """Advance every live sequence by one token."""
         deltas: list[Delta] = []
         failures: list[tuple[int, RequestError]] = []
-        for sequence in list(self._sequences.values()):
+        for request_id, running in list(self._running.items()):
             try:
-                delta = self._advance(sequence)
+                delta = self._advance(running)
             except Exception as exc:  # noqa: BLE001 - one sequence's failure is not the others'
-                self.cancel(sequence.request_id)
+                self.cancel(request_id)
                 status = 507 if "memory" in str(exc).lower() else 500
-                failures.append((sequence.request_id, RequestError(status, f"generation failed: {exc}")))
+                failures.append((request_id, RequestError(status, f"generation failed: {exc}")))
                 continue
             if delta is not None:
                 deltas.append(delta)
                 if delta.finish_reason is not None:
-                    self.cancel(sequence.request_id)
+                    self.cancel(request_id)
         return deltas, failures
 
-    def _advance(self, sequence: _Sequence) -> Delta | None:
+    def _advance(self, running: _Running) -> Delta | None:
+        sequence = running.sequence
         try:
-            token, _ = next(sequence.tokens)
+            token, _ = next(running.tokens)
         except StopIteration:
-            return self._finish(sequence, "length")
+            return sequence.accept(None, "length")
         token = int(token.item() if hasattr(token, "item") else token)
-        if token in self._tokenizer.eos_token_ids and not sequence.params.ignore_eos:
-            return self._finish(sequence, "stop")
-        sequence.completion_tokens += 1
-        sequence.detokenizer.add_token(token)
-        sequence.held += sequence.detokenizer.last_segment
-        text, stopped = self._release(sequence, final=False)
-        if stopped:
-            return self._delta(sequence, text, "stop")
-        if sequence.completion_tokens >= sequence.params.max_tokens:
-            return self._finish(sequence, "length", text)
-        if not text:
-            return None
-        return self._delta(sequence, text, None)
+        if token in self._eos and not sequence.params.ignore_eos:
+            return sequence.accept(None, "stop")
+        return sequence.accept(token, None)
 
-    def _finish(self, sequence: _Sequence, reason: str, text: str = "") -> Delta:
-        sequence.detokenizer.finalize()
-        sequence.held += sequence.detokenizer.last_segment
-        rest, stopped = self._release(sequence, final=True)
-        return self._delta(sequence, text + rest, "stop" if stopped else reason)
 
-    @staticmethod
-    def _release(sequence: _Sequence, *, final: bool) -> tuple[str, bool]:
-        """Text safe to send now, and whether a stop string ended the sequence.
+def can_batch(model: Any) -> bool:
+    """Whether every layer's KV cache can be merged into (and split out of) a batch."""
+    return all(callable(getattr(cache, "merge", None)) for cache in make_prompt_cache(model))
 
-        Stop strings may span tokens: text that could still be the start of
-        one is held back, and a stop string itself is never sent.
-        """
-        held = sequence.held
-        stops = sequence.params.stop
-        if stops:
-            found = [index for index in (held.find(stop) for stop in stops) if index >= 0]
-            if found:
-                sequence.held = ""
-                return held[: min(found)], True
-        if final or not stops:
-            sequence.held = ""
-            return held, False
-        keep = max(len(stop) for stop in stops) - 1
-        cut = max(0, len(held) - keep)
-        sequence.held = held[cut:]
-        return held[:cut], False
 
-    @staticmethod
-    def _delta(sequence: _Sequence, text: str, finish_reason: str | None) -> Delta:
-        return Delta(sequence.request_id, text, sequence.prompt_tokens, sequence.completion_tokens, finish_reason)
+def make_engine(
+    model: Any,
+    tokenizer: Any,
+    *,
+    context_length: int | None,
+    decode_concurrency: int,
+    prefill_batch_size: int,
+    prefill_step_size: int,
+    progress: Callable[[], None],
+) -> BatchEngine | SequentialEngine:
+    if decode_concurrency > 1 and can_batch(model):
+        return BatchEngine(
+            model,
+            tokenizer,
+            context_length=context_length,
+            decode_concurrency=decode_concurrency,
+            prefill_batch_size=prefill_batch_size,
+            prefill_step_size=prefill_step_size,
+        )
+    return SequentialEngine(
+        model, tokenizer, context_length=context_length, prefill_step_size=prefill_step_size, progress=progress
+    )

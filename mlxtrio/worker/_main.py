@@ -86,16 +86,22 @@ def main(argv: list[str]) -> int:
         except Exception as exc:  # noqa: BLE001 - any load failure is reported, not swallowed
             send(p.LoadFailed("error", f"{type(exc).__name__}: {exc}"))
             return EXIT_LOAD_FAILED
-        from ._engine import Engine, RequestError
+        from ._engine import RequestError, make_engine
 
         def heartbeat() -> None:
             # An empty step: progress during a long prefill.
             send(p.Step(()))
 
-        engine = Engine(
-            model, tokenizer, context_length=context, prefill_step_size=config.prefill_step_size, progress=heartbeat
+        engine = make_engine(
+            model,
+            tokenizer,
+            context_length=context,
+            decode_concurrency=config.decode_concurrency,
+            prefill_batch_size=config.prefill_batch_size,
+            prefill_step_size=config.prefill_step_size,
+            progress=heartbeat,
         )
-        send(p.Ready(config.model_id, time.monotonic() - started, memory))
+        send(p.Ready(config.model_id, time.monotonic() - started, memory, engine.kind))
         return _serve(channel, engine, send, watch, RequestError)
     except PeerGoneError:
         return EXIT_OK
@@ -132,5 +138,5 @@ def _serve(channel, engine, send, watch, RequestError) -> int:  # noqa: ANN001, 
             deltas, failures = engine.step()
             for request_id, error in failures:
                 send(p.RequestFailed(request_id, error.status, str(error)))
-            if deltas:
-                send(p.Step(tuple(deltas)))
+            # An empty step is a heartbeat: a prefill chunk went by without output.
+            send(p.Step(tuple(deltas)))

@@ -1,0 +1,128 @@
+"""Benchmark models built here: real architectures and shapes, seeded random weights.
+
+Decode speed does not depend on weight values, so a model of Qwen2.5-0.5B's
+or Qwen2.5-7B's exact shape with random weights costs what the real one costs
+per token. Its tokenizer is a byte-level BPE synthesised to the real vocabulary
+size (151,936), so the embedding, the output layer and mlx-lm's BPE streaming
+detokenizer do the real amount of work. Nothing is downloaded.
+
+    python bench/bench_models.py NAME DEST     # NAME: demo, qwen2.5-0.5b-bf16, qwen2.5-0.5b-4bit, qwen2.5-7b-bf16, qwen2.5-7b-4bit
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+from pathlib import Path
+
+SHAPES = {
+    "qwen2.5-0.5b": {
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": True,
+    },
+    "qwen2.5-7b": {
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "tie_word_embeddings": False,
+    },
+}
+VOCAB_SIZE = 151936
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+MODEL_NAMES = ["demo"] + [f"{shape}-{dtype}" for shape in SHAPES for dtype in ("bf16", "4bit")]
+
+
+def build_tokenizer(directory: Path) -> int:
+    """A byte-level BPE of the real vocabulary size; returns the end-of-sequence id."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    rng = random.Random(0)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {symbol: index for index, symbol in enumerate(alphabet)}
+    tokens = list(alphabet)
+    merges = []
+    target = VOCAB_SIZE - len(SPECIAL)
+    while len(vocab) < target:
+        left = tokens[rng.randrange(min(len(tokens), 4096))]
+        right = tokens[rng.randrange(len(alphabet))]
+        merged = left + right
+        if merged in vocab or len(merged) > 12:
+            continue
+        vocab[merged] = len(vocab)
+        tokens.append(merged)
+        merges.append((left, right))
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(SPECIAL)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+                "chat_template": CHAT_TEMPLATE,
+                "model_max_length": 32768,
+            }
+        )
+    )
+    return tokenizer.token_to_id("<|im_end|>")
+
+
+def build(name: str, dest: Path, *, cache_dir: Path | None = None) -> Path:
+    """Build ``name`` into ``dest`` (kept if already complete) and return its directory."""
+    if name == "demo":
+        from mlxtrio.worker._demo import ensure_demo_model
+
+        return ensure_demo_model(cache_dir or dest.parent)
+    if (dest / "config.json").exists():
+        return dest
+    shape_name, dtype = name.rsplit("-", 1)
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import qwen2
+
+    staging = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    eos = build_tokenizer(staging)
+    config = {
+        "model_type": "qwen2",
+        "architectures": ["Qwen2ForCausalLM"],
+        "vocab_size": VOCAB_SIZE,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "max_position_embeddings": 32768,
+        "eos_token_id": eos,
+        **SHAPES[shape_name],
+    }
+    mx.random.seed(0)
+    model = qwen2.Model(qwen2.ModelArgs.from_dict(config))
+    model.set_dtype(mx.bfloat16)
+    if dtype == "4bit":
+        nn.quantize(model, group_size=64, bits=4)
+        config["quantization"] = {"group_size": 64, "bits": 4}
+    weights = dict(tree_flatten(model.parameters()))
+    mx.eval(weights)
+    mx.save_safetensors(str(staging / "model.safetensors"), weights, metadata={"format": "mlx"})
+    (staging / "config.json").write_text(json.dumps(config, indent=2))
+    staging.rename(dest)
+    return dest
+
+
+if __name__ == "__main__":
+    print(build(sys.argv[1], Path(sys.argv[2])))

@@ -1,0 +1,319 @@
+"""Side by side, same model, same prompts: in-process mlx-lm, mlx_lm.server, mlxtrio.
+
+    python bench/serve_bench.py --model demo [--concurrency 1 8 32] [--max-tokens 128] [--json OUT]
+
+1. in-process mlx-lm: ``stream_generate`` for one stream, ``BatchGenerator``
+   for many — the ceiling (no HTTP, no IPC);
+2. ``mlx_lm.server`` — what most users would run instead;
+3. mlxtrio (``python -m mlxtrio serve``).
+
+For each it reports single-stream decode tokens/s, time to first token
+(p50, p95) and aggregate tokens/s at each concurrency, with ratios against (1)
+and (2). The load comes from one async client (Trio + httpx, streaming) in
+this process; its CPU use is reported so a starved client shows. Every
+request is greedy with the same prompt set and ``max_tokens``; tokens are
+counted as they arrive, so a sequence that ends early is counted as it is.
+
+Models are built by bench/bench_models.py (no downloads). Runs the same on
+a Linux CUDA machine with the offline bundle of ../shared/gpu/stage.sh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import trio
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_models import MODEL_NAMES, build  # noqa: E402
+
+PROMPT_WORDS = (
+    "Explain how a server keeps many clients happy at once, why each token should reach its "
+    "client quickly, and what happens when a worker process fails in the middle of a request"
+).split()
+
+
+def prompts(count: int) -> list[str]:
+    """Distinct prompts of similar length (about 60 tokens for a real tokenizer)."""
+    return [f"Request {index}: " + " ".join(PROMPT_WORDS[index % 7 :] + PROMPT_WORDS[: index % 7]) for index in range(count)]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
+
+
+# --- (1) in-process mlx-lm, in a subprocess of its own (its memory goes when it ends) --------
+
+
+def in_process(model_path: str, concurrencies: list[int], max_tokens: int) -> dict:
+    import mlx.core as mx
+    import mlx_lm
+    from mlx_lm.generate import BatchGenerator
+
+    model, tokenizer = mlx_lm.load(model_path)
+    texts = prompts(max(concurrencies))
+    encoded = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True) for t in texts]
+    # Warm up (kernels, caches).
+    for _ in mlx_lm.stream_generate(model, tokenizer, encoded[0], max_tokens=16):
+        pass
+    result: dict = {}
+    ttfts, rates = [], []
+    for prompt in encoded[:3]:
+        start = time.perf_counter()
+        first = None
+        count = 0
+        for response in mlx_lm.stream_generate(model, tokenizer, prompt, max_tokens=max_tokens):
+            count += 1
+            if first is None:
+                first = time.perf_counter()
+        end = time.perf_counter()
+        ttfts.append(first - start)
+        rates.append((count - 1) / (end - first))
+    result["single_stream_tps"] = statistics.median(rates)
+    result["ttft_p50_s"] = {1: statistics.median(ttfts)}
+    result["aggregate_tps"] = {}
+
+    def run_batch(batch: list, tokens_each: int) -> int:
+        generator = BatchGenerator(model, max_tokens=tokens_each, completion_batch_size=max(32, len(batch)))
+        generator.insert(batch, max_tokens=[tokens_each] * len(batch))
+        tokens = finished = 0
+        while finished < len(batch):
+            for response in generator.next_generated():
+                tokens += 1
+                finished += response.finish_reason is not None
+        mx.synchronize()
+        generator.close()
+        return tokens
+
+    for concurrency in concurrencies:
+        batch = (encoded * (concurrency // len(encoded) + 1))[:concurrency]
+        run_batch(batch, max_tokens)  # warm-up: kernels for this batch size
+        start = time.perf_counter()
+        tokens = run_batch(batch, max_tokens)
+        result["aggregate_tps"][concurrency] = tokens / (time.perf_counter() - start)
+    return result
+
+
+
+# --- (2) and (3): servers over HTTP ----------------------------------------------------------
+
+
+async def wait_ready(url: str, process: subprocess.Popen, limit: float = 600) -> None:
+    deadline = time.monotonic() + limit
+    async with httpx.AsyncClient(timeout=5) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}")
+            try:
+                if (await client.get(url + "/v1/models")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await trio.sleep(0.2)
+    raise RuntimeError("server did not become ready")
+
+
+async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> tuple[float, float, int]:
+    """(time to first token, seconds from first to last token, tokens) of one streaming request.
+
+    A request the server refuses or drops counts as an error (tokens -1), not a crash of the run.
+    """
+    try:
+        return await _stream_one(client, url, model, prompt, max_tokens)
+    except httpx.HTTPError:
+        return float("nan"), 0.0, -1
+
+
+async def _stream_one(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> tuple[float, float, int]:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+    start = time.perf_counter()
+    first = last = None
+    tokens = 0
+    async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line[6:])
+            choices = event.get("choices") or []
+            if choices and choices[0].get("delta", {}).get("content"):
+                now = time.perf_counter()
+                first = first or now
+                last = now
+                tokens += 1
+    if first is None:
+        return float("nan"), 0.0, 0
+    return first - start, last - first, tokens
+
+
+async def load(url: str, model: str, concurrency: int, max_tokens: int, rounds: int) -> dict:
+    texts = prompts(max(concurrency, 8))
+    results: list[tuple[float, float, int]] = []
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+
+        async def user(index: int, rounds: int, sink: list) -> None:
+            for round_ in range(rounds):
+                prompt = texts[(index + round_ * concurrency) % len(texts)]
+                sink.append(await one_request(client, url, model, prompt, max_tokens))
+
+        # An unmeasured pass at the same concurrency first: MLX compiles kernels
+        # per shape (on CUDA at run time), which is not what this measures.
+        async with trio.open_nursery() as nursery:
+            for index in range(concurrency):
+                nursery.start_soon(user, index, 1, [])
+        cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for index in range(concurrency):
+                nursery.start_soon(user, index, rounds, results)
+        wall = time.perf_counter() - start
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    errors = sum(1 for _, _, tokens in results if tokens < 0)
+    results = [result for result in results if result[2] >= 0]
+    ttfts = [ttft for ttft, _, _ in results]
+    per_stream = [(tokens - 1) / span for _, span, tokens in results if tokens > 1 and span > 0]
+    return {
+        "errors": errors,
+        "aggregate_tps": sum(tokens for _, _, tokens in results) / wall,
+        "stream_tps_median": statistics.median(per_stream) if per_stream else float("nan"),
+        "ttft_p50_s": percentile(ttfts, 0.5),
+        "ttft_p95_s": percentile(ttfts, 0.95),
+        "requests": len(results),
+        "client_cpu_cores": cpu / wall,
+    }
+
+
+async def bench_server(kind: str, model_path: str, concurrencies: list[int], max_tokens: int, rounds: int, port: int) -> dict:
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ)
+    if kind == "mlx_lm.server":
+        command = [sys.executable, "-m", "mlx_lm", "server", "--model", model_path, "--port", str(port),
+                   "--max-tokens", str(max_tokens), "--decode-concurrency", str(max(32, max(concurrencies))),
+                   "--log-level", "WARNING"]
+        model_id = model_path
+    else:
+        command = [sys.executable, "-m", "mlxtrio", "serve", "--model", model_path, "--port", str(port),
+                   "--admin-port", str(port + 1), "--log-level", "WARNING"]
+        env["MLX_CACHE_DIR"] = env.get("MLX_CACHE_DIR", "/tmp/mlxtrio-bench-cache")
+        model_id = model_path
+    log = open(os.environ.get("SERVE_BENCH_LOGS", "/tmp") + f"/serve_bench.{kind}.log", "w+b")  # noqa: SIM115
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+    try:
+        try:
+            await wait_ready(url, process)
+        except RuntimeError:
+            log.seek(0)
+            sys.stderr.write(log.read()[-4000:].decode(errors="replace"))
+            raise
+        result: dict = {"aggregate_tps": {}, "ttft_p50_s": {}, "ttft_p95_s": {}, "client_cpu_cores": {}, "errors": {}}
+        for concurrency in concurrencies:
+            measured = await load(url, model_id, concurrency, max_tokens, rounds)
+            if concurrency == 1:
+                result["single_stream_tps"] = measured["stream_tps_median"]
+            result["aggregate_tps"][concurrency] = measured["aggregate_tps"]
+            result["ttft_p50_s"][concurrency] = measured["ttft_p50_s"]
+            result["ttft_p95_s"][concurrency] = measured["ttft_p95_s"]
+            result["client_cpu_cores"][concurrency] = measured["client_cpu_cores"]
+            result["errors"][concurrency] = measured["errors"]
+            print(f"  {kind}, {concurrency} streams: {measured}", file=sys.stderr, flush=True)
+        return result
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def report(results: dict) -> str:
+    base, rival, ours = results["in_process"], results["mlx_lm.server"], results["mlxtrio"]
+    lines = [
+        f"model {results['model']}, max_tokens {results['max_tokens']}, {results['machine']}",
+        "",
+        "| measure | in-process mlx-lm | mlx_lm.server | mlxtrio | mlxtrio / in-process | mlxtrio / mlx_lm.server |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def row(name: str, a: float, b: float, c: float, fmt: str = "{:.1f}") -> None:
+        lines.append(f"| {name} | {fmt.format(a)} | {fmt.format(b)} | {fmt.format(c)} | {c / a:.2f}× | {c / b:.2f}× |")
+
+    row("single-stream decode tok/s", base["single_stream_tps"], rival["single_stream_tps"], ours["single_stream_tps"])
+    for concurrency in results["concurrency"]:
+        row(f"aggregate tok/s, {concurrency} streams", base["aggregate_tps"][concurrency],
+            rival["aggregate_tps"][concurrency], ours["aggregate_tps"][concurrency])
+    for concurrency in results["concurrency"]:
+        lines.append(
+            f"| TTFT p50 / p95 ms, {concurrency} streams | — | "
+            f"{rival['ttft_p50_s'][concurrency] * 1e3:.0f} / {rival['ttft_p95_s'][concurrency] * 1e3:.0f} | "
+            f"{ours['ttft_p50_s'][concurrency] * 1e3:.0f} / {ours['ttft_p95_s'][concurrency] * 1e3:.0f} | — | "
+            f"{ours['ttft_p50_s'][concurrency] / rival['ttft_p50_s'][concurrency]:.2f}× |"
+        )
+    for name, result in (("mlx_lm.server", rival), ("mlxtrio", ours)):
+        failed = {c: n for c, n in result["errors"].items() if n}
+        if failed:
+            lines.append(f"| failed requests, {name} | " + ", ".join(f"{n} of {c * results['rounds']} at {c} streams" for c, n in failed.items()) + " | | | | |")
+    cores = {c: max(rival["client_cpu_cores"][c], ours["client_cpu_cores"][c]) for c in results["concurrency"]}
+    lines.append("")
+    lines.append("client CPU (cores busy, worst of the two servers): " + ", ".join(f"{c} streams {v:.2f}" for c, v in cores.items()))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--in-process"]:
+        print(json.dumps(in_process(sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo", choices=MODEL_NAMES)
+    parser.add_argument("--models-dir", type=Path, default=Path("/tmp/mlxtrio-bench-models"))
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=2, help="requests per client at each concurrency")
+    parser.add_argument("--port", type=int, default=18600)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    model_path = str(build(args.model, args.models_dir / args.model, cache_dir=args.models_dir))
+    results: dict = {
+        "model": args.model,
+        "max_tokens": args.max_tokens,
+        "concurrency": args.concurrency,
+        "rounds": args.rounds,
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+    }
+    baseline = subprocess.run(
+        [sys.executable, __file__, "--in-process", model_path, json.dumps(args.concurrency), str(args.max_tokens)],
+        capture_output=True, text=True, check=True,
+    )
+    results["in_process"] = json.loads(baseline.stdout.strip().splitlines()[-1])
+    results["in_process"]["aggregate_tps"] = {int(k): v for k, v in results["in_process"]["aggregate_tps"].items()}
+    for kind, port in (("mlx_lm.server", args.port), ("mlxtrio", args.port + 10)):
+        results[kind] = trio.run(bench_server, kind, model_path, args.concurrency, args.max_tokens, args.rounds, port)
+    text = report(results)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Continuous batching and the sampling surface, on both engines (batched and sequential fallback)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from ..helpers import bounded
+
+ENGINES = pytest.mark.parametrize(
+    "server_settings", [{}, {"decode_concurrency": 1}], ids=["batched", "sequential"]
+)
+
+
+async def _text(client, **overrides) -> str:  # noqa: ANN001
+    request = {"model": "demo", "prompt": "The sea is", "max_tokens": 24, "ignore_eos": True, **overrides}
+    response = await client.post("/v1/completions", json=request)
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]["text"]
+
+
+async def _concurrently(client, requests: list[dict]) -> list[str]:  # noqa: ANN001
+    results: dict[int, str] = {}
+
+    async def one(index: int) -> None:
+        results[index] = await _text(client, **requests[index])
+
+    async with trio.open_nursery() as nursery:
+        for index in range(len(requests)):
+            nursery.start_soon(one, index)
+    return [results[index] for index in range(len(requests))]
+
+
+@ENGINES
+@bounded(120)
+async def test_seeded_request_gives_the_same_text_alone_and_in_a_batch(client):
+    seeded = {"prompt": "Once upon a time", "temperature": 1.0, "seed": 4242}
+    alone = await _text(client, **seeded)
+    others = [{"prompt": f"noise {index} " * (index + 1), "temperature": 1.0} for index in range(5)]
+    together = await _concurrently(client, [*others[:2], seeded, *others[2:]])
+    assert together[2] == alone
+
+
+@ENGINES
+@bounded(120)
+async def test_greedy_output_is_the_same_alone_and_in_a_batch(client, admin, server_settings):
+    requests = [{"prompt": f"prompt number {index}: " + "why " * index, "temperature": 0} for index in range(8)]
+    alone = [await _text(client, **request) for request in requests]
+    assert len(set(alone)) > 1
+    assert await _concurrently(client, requests) == alone
+    engine = (await admin.get("/admin/status")).json()["workers"][0]["engine"]
+    assert engine == ("sequential" if server_settings else "batched")
+
+
+@ENGINES
+@bounded(60)
+async def test_logit_bias_forces_a_token(client):
+    forced = await _text(client, temperature=0, max_tokens=12, logit_bias={"300": 100})
+    piece = forced[: len(forced) // 12]
+    assert piece and forced == piece * 12
+    banned = await _text(client, temperature=0, max_tokens=12, logit_bias={"300": -100})
+    assert piece not in banned
+
+
+@ENGINES
+@bounded(60)
+async def test_top_k_one_is_greedy_and_penalties_change_the_text(client):
+    greedy = await _text(client, temperature=0, max_tokens=40)
+    assert await _text(client, temperature=1.0, top_k=1, max_tokens=40, seed=1) == greedy
+    assert await _text(client, temperature=1.0, min_p=1.0, max_tokens=40, seed=2) == greedy
+    assert await _text(client, temperature=0, max_tokens=40, repetition_penalty=5.0) != greedy
+    assert await _text(client, temperature=0, max_tokens=40, frequency_penalty=2.0) != greedy
+
+
+@bounded(60)
+async def test_sampling_parameters_out_of_range_are_400s(client):
+    bad = [
+        ({"top_k": -1}, "top_k"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"presence_penalty": 3}, "presence_penalty"),
+        ({"frequency_penalty": -2.5}, "frequency_penalty"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"logit_bias": {"5": 101}}, "logit_bias"),
+    ]
+    for fields, param in bad:
+        request = {"model": "demo", "prompt": "x", "max_tokens": 2, **fields}
+        response = await client.post("/v1/completions", json=request)
+        assert response.status_code == 400 and response.json()["error"]["param"] == param, (fields, response.text)
+    outside = await client.post("/v1/completions", json={"model": "demo", "prompt": "x", "logit_bias": {"999999": 5}})
+    assert outside.status_code == 400 and "vocabulary" in outside.json()["error"]["message"]
