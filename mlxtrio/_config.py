@@ -79,6 +79,8 @@ class Config:
     decode_concurrency: int = 32
     prefill_batch_size: int = 8
     prefill_step_size: int = 512
+    # Requests that may wait beyond those being decoded; past that: 429.
+    max_queue: int = 128
     cache_dir: Path
     hf_hub_cache: Path
     # Hugging Face repo ids not in the local cache may be fetched only if allowed.
@@ -107,6 +109,7 @@ class Config:
             "decode_concurrency": int(env.get("MLX_DECODE_CONCURRENCY", 32)),
             "prefill_batch_size": int(env.get("MLX_PREFILL_BATCH_SIZE", 8)),
             "prefill_step_size": int(env.get("MLX_PREFILL_STEP_SIZE", 512)),
+            "max_queue": int(env.get("MLX_MAX_QUEUE", 128)),
             "cache_dir": _default_cache_dir(env),
             "hf_hub_cache": _default_hf_hub(env),
             "allow_downloads": _flag(env.get("MLX_ALLOW_DOWNLOADS", "0")),
@@ -120,6 +123,8 @@ class Config:
         for name in ("decode_concurrency", "prefill_batch_size", "prefill_step_size"):
             if getattr(config, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
+        if config.max_queue < 0:
+            raise ValueError(f"max_queue must be 0 or more, not {config.max_queue}")
         return config
 
     def describe(self) -> dict:

@@ -58,7 +58,7 @@ class Supervisor:
                 0,
                 WorkerStatus(
                     model=default, pid=None, state="unloaded", restarts=0, loads=0, loaded_at=None, last_used_at=None,
-                    memory_bytes=None, engine=None, active_requests=0, failure=None, retry_at=None,
+                    memory_bytes=None, engine=None, active_requests=0, queued_requests=0, failure=None, retry_at=None,
                 ),
             )
         return statuses

@@ -59,7 +59,9 @@ class WorkerStatus:
     memory_bytes: int | None
     # "batched" or "sequential" while loaded.
     engine: str | None
+    # Requests in flight: decoding (at most the decode concurrency) and waiting beyond it.
     active_requests: int
+    queued_requests: int
     failure: str | None
     retry_at: float | None
 
@@ -185,11 +187,25 @@ class ModelWorker:
             if attempt.error is not None:
                 raise attempt.error
 
+    def _admit(self) -> None:
+        """Admission control: a bounded queue in front of the worker, then 429."""
+        limit = self._config.decode_concurrency + self._config.max_queue
+        if self._active >= limit:
+            raise ServerError(
+                429,
+                f"model {self.model_id!r} is at capacity ({self._config.decode_concurrency} decoding, "
+                f"{self._config.max_queue} waiting); retry shortly",
+                code="queue_full",
+                retry_after=1.0,
+            )
+
     @contextlib.asynccontextmanager
     async def generate(
         self, params: p.SamplingParams, *, messages: tuple[p.ChatMessage, ...] | None = None, prompt: str | None = None
     ) -> AsyncIterator[Events]:
+        self._admit()
         await self.ensure_ready()
+        self._admit()  # again: others may have come in while it loaded
         run = self._run
         assert run is not None
         request_id = next(self._ids)
@@ -262,6 +278,7 @@ class ModelWorker:
             memory_bytes=self._memory_bytes,
             engine=self._engine,
             active_requests=self._active,
+            queued_requests=max(0, self._active - self._config.decode_concurrency),
             failure=self._failure.message if self._failure is not None else None,
             retry_at=None if self._retry_at is None else time.time() + max(0.0, self._retry_at - trio.current_time()),
         )

@@ -89,3 +89,27 @@ async def test_sampling_parameters_out_of_range_are_400s(client):
         assert response.status_code == 400 and response.json()["error"]["param"] == param, (fields, response.text)
     outside = await client.post("/v1/completions", json={"model": "demo", "prompt": "x", "logit_bias": {"999999": 5}})
     assert outside.status_code == 400 and "vocabulary" in outside.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("server_settings", [{"decode_concurrency": 1, "max_queue": 1}])
+@bounded(120)
+async def test_a_full_queue_answers_429_with_retry_after(client, admin, openapi):
+    long = {"model": "demo", "prompt": "go", "max_tokens": 3000, "ignore_eos": True}
+    assert (await admin.post("/admin/load", json={"model": "demo"})).status_code == 200
+    finished: list[int] = []
+
+    async def occupy() -> None:
+        finished.append((await client.post("/v1/completions", json=long)).status_code)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(occupy)
+        nursery.start_soon(occupy)
+        while (entry := (await admin.get("/admin/status")).json()["workers"][0])["active_requests"] < 2:
+            await trio.sleep(0.01)
+        assert entry["queued_requests"] == 1  # one decoding, one waiting
+        refused = await client.post("/v1/completions", json=long)
+        assert refused.status_code == 429
+        assert int(refused.headers["Retry-After"]) >= 1
+        openapi.validate(refused.json(), "ErrorResponse")
+        assert refused.json()["error"]["code"] == "queue_full"
+    assert finished == [200, 200]  # those admitted were served
