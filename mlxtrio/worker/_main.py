@@ -86,7 +86,9 @@ def main(argv: list[str]) -> int:
         except Exception as exc:  # noqa: BLE001 - any load failure is reported, not swallowed
             send(p.LoadFailed("error", f"{type(exc).__name__}: {exc}"))
             return EXIT_LOAD_FAILED
-        from ._engine import RequestError, make_engine
+        # MLX comes in only now: Hello went out first, so the orchestrator
+        # could unlink the channel's names while this imports and loads.
+        from ._engine import make_engine
 
         def heartbeat() -> None:
             # An empty step: progress during a long prefill.
@@ -102,7 +104,7 @@ def main(argv: list[str]) -> int:
             progress=heartbeat,
         )
         send(p.Ready(config.model_id, time.monotonic() - started, memory, engine.kind))
-        return _serve(channel, engine, send, watch, RequestError)
+        return _serve(channel, engine, send, watch)
     except PeerGoneError:
         return EXIT_OK
     except IPCError as exc:
@@ -112,7 +114,9 @@ def main(argv: list[str]) -> int:
         channel.close()
 
 
-def _serve(channel, engine, send, watch, RequestError) -> int:  # noqa: ANN001, N803
+def _serve(channel, engine, send, watch) -> int:  # noqa: ANN001
+    from ._engine import RequestError
+
     decode = p.TO_WORKER.decode
     receive = channel.reader.receive
     while True:
@@ -125,6 +129,8 @@ def _serve(channel, engine, send, watch, RequestError) -> int:  # noqa: ANN001, 
                     engine.admit(message)
                 except RequestError as exc:
                     send(p.RequestFailed(message.request_id, exc.status, str(exc)))
+                except Exception as exc:  # noqa: BLE001 - one bad request must not take the others down
+                    send(p.RequestFailed(message.request_id, 500, f"could not start generation: {type(exc).__name__}: {exc}"))
             elif isinstance(message, p.Cancel):
                 engine.cancel(message.request_id)
             elif isinstance(message, p.Ping):
