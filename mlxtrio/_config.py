@@ -81,6 +81,8 @@ class Config:
     prefill_step_size: int = 512
     # Requests that may wait beyond those being decoded; past that: 429.
     max_queue: int = 128
+    # Byte cap of each worker's prompt (KV) cache; 0 turns it off.
+    prompt_cache_bytes: int = 1 << 30
     cache_dir: Path
     hf_hub_cache: Path
     # Hugging Face repo ids not in the local cache may be fetched only if allowed.
@@ -110,6 +112,7 @@ class Config:
             "prefill_batch_size": int(env.get("MLX_PREFILL_BATCH_SIZE", 8)),
             "prefill_step_size": int(env.get("MLX_PREFILL_STEP_SIZE", 512)),
             "max_queue": int(env.get("MLX_MAX_QUEUE", 128)),
+            "prompt_cache_bytes": int(env.get("MLX_PROMPT_CACHE_BYTES", 1 << 30)),
             "cache_dir": _default_cache_dir(env),
             "hf_hub_cache": _default_hf_hub(env),
             "allow_downloads": _flag(env.get("MLX_ALLOW_DOWNLOADS", "0")),

@@ -56,6 +56,8 @@ class WorkerConfig(msgspec.Struct, frozen=True):
     decode_concurrency: int = 32
     # Prompts prefilled together.
     prefill_batch_size: int = 8
+    # Byte cap of the prompt (KV) cache kept across requests; 0 turns it off.
+    prompt_cache_bytes: int = 1 << 30
 
 
 # --- orchestrator -> worker ----------------------------------------------------
@@ -144,6 +146,8 @@ class Delta(msgspec.Struct, array_like=True, frozen=True):
     completion_tokens: int
     # None while the sequence goes on; "stop" or "length" on its last delta.
     finish_reason: str | None = None
+    # Prompt tokens whose KV cache came from the prompt cache.
+    cached_tokens: int = 0
 
 
 class Step(_Message, tag="step"):
@@ -163,6 +167,7 @@ class RequestFailed(_Message, tag="request_failed"):
 class Pong(_Message, tag="pong"):
     nonce: int
     active_sequences: int
+    prompt_cache_bytes: int = 0
 
 
 ToOrchestrator = Hello | Ready | LoadFailed | Step | RequestFailed | Pong

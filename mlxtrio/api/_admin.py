@@ -72,8 +72,13 @@ def create_admin_app(state: ServerState) -> QuartTrio:
             entry: dict = {"model": worker.model_id, "state": worker.statistics().state}
             if entry["state"] == "ready":
                 try:
-                    seconds, active = await worker.ping()
-                    entry.update(ok=True, round_trip_ms=round(seconds * 1000, 3), active_sequences=active)
+                    seconds, pong = await worker.ping()
+                    entry.update(
+                        ok=True,
+                        round_trip_ms=round(seconds * 1000, 3),
+                        active_sequences=pong.active_sequences,
+                        prompt_cache_bytes=pong.prompt_cache_bytes,
+                    )
                 except ServerError as exc:
                     entry.update(ok=False, error=exc.message)
             report.append(entry)

@@ -31,11 +31,12 @@ def _sse(payload: dict) -> bytes:
     return b"data: " + _json.encode(payload) + b"\n\n"
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def _usage(last) -> dict:  # noqa: ANN001 - the request's last Delta
     return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens": last.prompt_tokens,
+        "completion_tokens": last.completion_tokens,
+        "total_tokens": last.prompt_tokens + last.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": last.cached_tokens},
     }
 
 
@@ -102,7 +103,7 @@ def create_openai_app(state: ServerState) -> QuartTrio:
                         "finish_reason": last.finish_reason,
                     }
                 ],
-                "usage": _usage(last.prompt_tokens, last.completion_tokens),
+                "usage": _usage(last),
             }
         )
 
@@ -133,7 +134,7 @@ def create_openai_app(state: ServerState) -> QuartTrio:
                 usage=(lambda usage: {**chunk("", None), "choices": [], "usage": usage}) if parsed.include_usage else None,
             )
         text, last = await _collect(opened, request_timeout)
-        return json_response({**chunk(text, last.finish_reason), "usage": _usage(last.prompt_tokens, last.completion_tokens)})
+        return json_response({**chunk(text, last.finish_reason), "usage": _usage(last)})
 
     return app
 
@@ -203,7 +204,7 @@ async def _stream(
                 last = delta
                 yield _sse(each(delta))
             if usage is not None and last is not None:
-                yield _sse(usage(_usage(last.prompt_tokens, last.completion_tokens)))
+                yield _sse(usage(_usage(last)))
             yield b"data: [DONE]\n\n"
         except ServerError as exc:
             yield _sse(exc.body())

@@ -121,4 +121,5 @@ class ModelCatalog:
             prefill_step_size=config.prefill_step_size,
             decode_concurrency=config.decode_concurrency,
             prefill_batch_size=config.prefill_batch_size,
+            prompt_cache_bytes=config.prompt_cache_bytes,
         )

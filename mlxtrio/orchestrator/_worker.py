@@ -232,8 +232,8 @@ class ModelWorker:
                         with contextlib.suppress(IPCError):
                             await run.channel.send(p.TO_WORKER.encode(p.Cancel(request_id)))
 
-    async def ping(self) -> tuple[float, int]:
-        """Round trip through the worker: (seconds, active sequences). Raises ServerError if not loaded."""
+    async def ping(self) -> tuple[float, p.Pong]:
+        """Round trip through the worker: (seconds, its answer). Raises ServerError if not loaded."""
         run = self._run
         if run is None or self._state is not WorkerState.READY:
             raise ServerError(503, f"model {self.model_id!r} is not loaded", code="worker_unavailable")
@@ -412,7 +412,7 @@ class ModelWorker:
                 elif isinstance(message, p.Pong):
                     waiter = self._pings.get(message.nonce)
                     if waiter is not None:
-                        waiter[1].append(message.active_sequences)
+                        waiter[1].append(message)
                         waiter[0].set()
         except ProtocolError as exc:
             run.crash_reason = f"the model worker sent a corrupt message ({exc}); it was restarted"

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, StopSequences, generate_step
-from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
 from .._protocol import Delta, Generate, SamplingParams
@@ -37,6 +37,10 @@ class RequestError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+# The prompt cache is per worker, and a worker serves one model.
+_MODEL_KEY = "model"
 
 
 def _greedy(logprobs: mx.array) -> mx.array:
@@ -85,6 +89,7 @@ class _Sequence:
     params: SamplingParams
     detokenizer: Any
     prompt_tokens: int
+    cached_tokens: int = 0
     completion_tokens: int = 0
     # Text not sent yet because it might be the start of a stop string.
     held: str = ""
@@ -131,7 +136,9 @@ class _Sequence:
         return held[:cut], False
 
     def _delta(self, text: str, finish_reason: str | None) -> Delta:
-        return Delta(self.request_id, text, self.prompt_tokens, self.completion_tokens, finish_reason)
+        return Delta(
+            self.request_id, text, self.prompt_tokens, self.completion_tokens, finish_reason, self.cached_tokens
+        )
 
 
 class _EngineBase:
@@ -168,10 +175,14 @@ class _EngineBase:
             raise RequestError(400, f"logit_bias names a token outside the vocabulary (0..{vocabulary - 1})")
         return prompt
 
-    def _new_sequence(self, request: Generate, prompt: list[int]) -> _Sequence:
+    def _new_sequence(self, request: Generate, prompt: list[int], cached: int = 0) -> _Sequence:
         # One detokenizer per sequence (the tokenizer's own is shared).
         detokenizer = type(self._tokenizer.detokenizer)(self._tokenizer._tokenizer)  # noqa: SLF001
-        return _Sequence(request.request_id, request.params, detokenizer, len(prompt))
+        return _Sequence(request.request_id, request.params, detokenizer, len(prompt), cached)
+
+    @property
+    def prompt_cache_bytes(self) -> int:
+        return 0
 
 
 class BatchEngine(_EngineBase):
@@ -188,9 +199,16 @@ class BatchEngine(_EngineBase):
         decode_concurrency: int = 32,
         prefill_batch_size: int = 8,
         prefill_step_size: int = 512,
+        prompt_cache_bytes: int = 1 << 30,
     ) -> None:
         super().__init__(model, tokenizer, context_length=context_length)
         self._settings = (decode_concurrency, prefill_batch_size, prefill_step_size)
+        # KV caches of finished sequences, by their tokens, bounded in bytes on
+        # every insert: a later prompt that shares a prefix (the next turn of a
+        # chat, a shared system prompt) skips that prefix's prefill.
+        self._prompt_cache = (
+            LRUPromptCache(max_size=1 << 20, max_bytes=prompt_cache_bytes) if prompt_cache_bytes > 0 else None
+        )
         self._stop_at_eos = StopSequences([[token] for token in self._eos])
         self._never_stop = StopSequences(None)
         self._generator = self._new_generator()
@@ -216,15 +234,38 @@ class BatchEngine(_EngineBase):
             raise RequestError(400, f"duplicate request id {request.request_id}")
         prompt = self._prompt_tokens(request)
         params = request.params
+        cache, cached = self._cached_prefix(prompt)
         (uid,) = self._generator.insert(
-            [prompt],
+            [prompt[cached:]],
+            caches=[cache],
+            all_tokens=[prompt[:cached]],
             max_tokens=[params.max_tokens],
             samplers=[make_sampler(params)],
             logits_processors=[make_processors(params)],
             stop_sequences=[self._never_stop if params.ignore_eos else self._stop_at_eos],
         )
-        self._by_uid[uid] = self._new_sequence(request, prompt)
+        self._by_uid[uid] = self._new_sequence(request, prompt, cached)
         self._uid_of[request.request_id] = uid
+
+    def _cached_prefix(self, prompt: list[int]) -> tuple[list[Any] | None, int]:
+        """The nearest cached KV cache for ``prompt`` and how many of its tokens it holds."""
+        if self._prompt_cache is None:
+            return None, 0
+        cache, rest = self._prompt_cache.fetch_nearest_cache(_MODEL_KEY, prompt)
+        if cache is None:
+            return None, 0
+        if not rest:
+            # The whole prompt is cached, but generation needs the logits of its
+            # last token: give that token back to be computed again.
+            if not can_trim_prompt_cache(cache):
+                return None, 0
+            trim_prompt_cache(cache, 1)
+            rest = prompt[-1:]
+        return cache, len(prompt) - len(rest)
+
+    @property
+    def prompt_cache_bytes(self) -> int:
+        return 0 if self._prompt_cache is None else self._prompt_cache.nbytes
 
     def cancel(self, request_id: int) -> bool:
         uid = self._uid_of.pop(request_id, None)
@@ -256,6 +297,8 @@ class BatchEngine(_EngineBase):
             if sequence is None:
                 continue
             finish_reason = response.finish_reason
+            if response.prompt_cache is not None and self._prompt_cache is not None:
+                self._prompt_cache.insert_cache(_MODEL_KEY, list(response.all_tokens), response.prompt_cache)
             # A stop token ends the sequence and is not part of its text.
             token = None if finish_reason == "stop" else response.token
             delta = sequence.accept(token, finish_reason)
@@ -369,6 +412,7 @@ def make_engine(
     decode_concurrency: int,
     prefill_batch_size: int,
     prefill_step_size: int,
+    prompt_cache_bytes: int,
     progress: Callable[[], None],
 ) -> BatchEngine | SequentialEngine:
     if decode_concurrency > 1 and can_batch(model):
@@ -379,6 +423,7 @@ def make_engine(
             decode_concurrency=decode_concurrency,
             prefill_batch_size=prefill_batch_size,
             prefill_step_size=prefill_step_size,
+            prompt_cache_bytes=prompt_cache_bytes,
         )
     return SequentialEngine(
         model, tokenizer, context_length=context_length, prefill_step_size=prefill_step_size, progress=progress

@@ -101,6 +101,7 @@ def main(argv: list[str]) -> int:
             decode_concurrency=config.decode_concurrency,
             prefill_batch_size=config.prefill_batch_size,
             prefill_step_size=config.prefill_step_size,
+            prompt_cache_bytes=config.prompt_cache_bytes,
             progress=heartbeat,
         )
         send(p.Ready(config.model_id, time.monotonic() - started, memory, engine.kind))
@@ -134,7 +135,7 @@ def _serve(channel, engine, send, watch) -> int:  # noqa: ANN001
             elif isinstance(message, p.Cancel):
                 engine.cancel(message.request_id)
             elif isinstance(message, p.Ping):
-                send(p.Pong(message.nonce, engine.active))
+                send(p.Pong(message.nonce, engine.active, engine.prompt_cache_bytes))
             elif isinstance(message, p.Shutdown):
                 engine.cancel_all()
                 return EXIT_OK

@@ -113,3 +113,49 @@ async def test_a_full_queue_answers_429_with_retry_after(client, admin, openapi)
         openapi.validate(refused.json(), "ErrorResponse")
         assert refused.json()["error"]["code"] == "queue_full"
     assert finished == [200, 200]  # those admitted were served
+
+
+async def _chat(client, messages: list[dict], max_tokens: int = 16) -> dict:  # noqa: ANN001
+    request = {"model": "demo", "messages": messages, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+    response = await client.post("/v1/chat/completions", json=request)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@bounded(120)
+async def test_prompt_cache_hits_are_reported_and_change_nothing(client, openapi):
+    messages = [{"role": "system", "content": "You are a terse assistant. " * 20}, {"role": "user", "content": "Hello"}]
+    first = await _chat(client, messages)
+    openapi.validate(first, "CreateChatCompletionResponse")
+    assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    again = await _chat(client, messages)
+    # All but the last prompt token came from the cache, and the text is the same.
+    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == first["usage"]["prompt_tokens"] - 1
+    assert again["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+    # The next turn of the conversation reuses the shared prefix.
+    reply = {"role": "assistant", "content": first["choices"][0]["message"]["content"]}
+    turn = await _chat(client, [*messages, reply, {"role": "user", "content": "And then?"}])
+    assert turn["usage"]["prompt_tokens_details"]["cached_tokens"] >= first["usage"]["prompt_tokens"] - 1
+
+
+@pytest.mark.parametrize("server_settings", [{"prompt_cache_bytes": 0}])
+@bounded(60)
+async def test_prompt_cache_can_be_turned_off(client):
+    messages = [{"role": "user", "content": "Hello " * 30}]
+    await _chat(client, messages)
+    assert (await _chat(client, messages))["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+
+
+CAP = 600_000
+
+
+@pytest.mark.parametrize("server_settings", [{"prompt_cache_bytes": CAP}])
+@bounded(120)
+async def test_prompt_cache_stays_within_its_byte_cap(client, admin):
+    sizes = []
+    for index in range(12):
+        await _chat(client, [{"role": "user", "content": f"{index} " + "distinct words " * (20 + index * 7)}], max_tokens=4)
+        sizes.append((await admin.get("/admin/health")).json()["workers"][0]["prompt_cache_bytes"])
+        assert 0 < sizes[-1] <= CAP, sizes
+    # The prompts outgrew the cap: older entries were evicted to keep under it.
+    assert any(later < earlier for earlier, later in zip(sizes, sizes[1:])), sizes
