@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 import msgspec
 import trio
@@ -17,8 +18,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from .._errors import ServerError
-from ..orchestrator import Supervisor
-from ..orchestrator._worker import Events
+from ..orchestrator import Events, ModelWorker, Supervisor
 from ._common import ServerState, install_error_handlers, json_response
 from ._requests import ChatCompletionRequest, CompletionRequest, decode_request
 
@@ -69,7 +69,8 @@ def create_openai_app(state: ServerState) -> QuartTrio:
         worker = await _worker_for(supervisor, state, parsed.model)
         completion_id = "chatcmpl-" + secrets.token_hex(12)
         created = int(time.time())
-        opened = worker.generate(parsed.sampling(), messages=parsed.chat_messages())
+        def generation():  # noqa: ANN202
+            return worker.generate(parsed.sampling(), messages=parsed.chat_messages())
 
         def chunk(delta: dict, finish_reason: str | None) -> dict:
             return {
@@ -82,13 +83,14 @@ def create_openai_app(state: ServerState) -> QuartTrio:
 
         if parsed.stream:
             return await _stream(
-                opened,
+                worker,
+                generation,
                 request_timeout,
                 first=lambda: chunk({"role": "assistant", "content": ""}, None),
                 each=lambda delta: chunk({"content": delta.text} if delta.text else {}, delta.finish_reason),
                 usage=(lambda usage: {**chunk({}, None), "choices": [], "usage": usage}) if parsed.include_usage else None,
             )
-        text, last = await _collect(opened, request_timeout)
+        text, last = await _collect(generation(), request_timeout)
         return json_response(
             {
                 "id": completion_id,
@@ -114,7 +116,8 @@ def create_openai_app(state: ServerState) -> QuartTrio:
         worker = await _worker_for(supervisor, state, parsed.model)
         completion_id = "cmpl-" + secrets.token_hex(12)
         created = int(time.time())
-        opened = worker.generate(parsed.sampling(), prompt=parsed.prompt)
+        def generation():  # noqa: ANN202
+            return worker.generate(parsed.sampling(), prompt=parsed.prompt)
 
         def chunk(text: str, finish_reason: str | None) -> dict:
             return {
@@ -127,13 +130,14 @@ def create_openai_app(state: ServerState) -> QuartTrio:
 
         if parsed.stream:
             return await _stream(
-                opened,
+                worker,
+                generation,
                 request_timeout,
                 first=None,
                 each=lambda delta: chunk(delta.text, delta.finish_reason),
                 usage=(lambda usage: {**chunk("", None), "choices": [], "usage": usage}) if parsed.include_usage else None,
             )
-        text, last = await _collect(opened, request_timeout)
+        text, last = await _collect(generation(), request_timeout)
         return json_response({**chunk(text, last.finish_reason), "usage": _usage(last)})
 
     return app
@@ -153,7 +157,7 @@ def _timed_out(timeout: float) -> ServerError:
     return ServerError(504, f"the request did not finish within the request timeout ({timeout:g} s)", code="timeout")
 
 
-async def _collect(opened, timeout: float):  # noqa: ANN001, ANN202
+async def _collect(opened: AbstractAsyncContextManager[Events], timeout: float):  # noqa: ANN202
     """A non-streaming request: every delta, joined; 504 past the request timeout."""
     parts: list[str] = []
     last = None
@@ -168,7 +172,8 @@ async def _collect(opened, timeout: float):  # noqa: ANN001, ANN202
 
 
 async def _stream(
-    opened,  # noqa: ANN001
+    worker: ModelWorker,
+    generation: Callable[[], AbstractAsyncContextManager[Events]],
     timeout: float,
     *,
     first: Callable[[], dict] | None,
@@ -177,41 +182,42 @@ async def _stream(
 ) -> Response:
     """A streaming request: SSE chunks, then ``data: [DONE]``; an error event if it fails midway.
 
-    The model is loaded and the request admitted before the 200 goes out, so a
-    load failure or a full queue is still an ordinary error response.
+    The model is loaded and capacity checked before the 200 goes out, so a
+    load failure or a full queue is still an ordinary error response. The
+    generation itself is entered inside the body: if the client leaves before
+    the body starts, nothing was entered and nothing can leak.
     """
     deadline = trio.current_time() + timeout
+    worker.check_capacity()
     with trio.move_on_at(deadline) as scope:
-        events: Events = await opened.__aenter__()
+        await worker.ensure_ready()
     if scope.cancelled_caught:
         raise _timed_out(timeout)
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            if first is not None:
-                yield _sse(first())
-            last = None
-            while True:
-                # A fresh scope per wait: no cancel scope may stay open across a yield.
-                with trio.move_on_at(deadline) as scope:
-                    try:
-                        delta = await events.__anext__()
-                    except StopAsyncIteration:
-                        break
-                if scope.cancelled_caught:
-                    yield _sse(_timed_out(timeout).body())
-                    return
-                last = delta
-                yield _sse(each(delta))
+            # No cancel scope may stay open across a yield: a fresh one per wait.
+            async with generation() as events:
+                if first is not None:
+                    yield _sse(first())
+                last = None
+                while True:
+                    with trio.move_on_at(deadline) as scope:
+                        try:
+                            delta = await events.__anext__()
+                        except StopAsyncIteration:
+                            break
+                    if scope.cancelled_caught:
+                        # Leaving the block cancels the sequence in the worker.
+                        yield _sse(_timed_out(timeout).body())
+                        return
+                    last = delta
+                    yield _sse(each(delta))
             if usage is not None and last is not None:
                 yield _sse(usage(_usage(last)))
             yield b"data: [DONE]\n\n"
         except ServerError as exc:
             yield _sse(exc.body())
-        finally:
-            # Leaving early (client gone, timeout) cancels the sequence in the worker.
-            with trio.CancelScope(shield=True):
-                await opened.__aexit__(None, None, None)
 
     response = Response(body(), status=200, content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
@@ -219,4 +225,3 @@ async def _stream(
     # Quart would otherwise cut a stream after RESPONSE_TIMEOUT (60 s).
     response.timeout = None
     return response
-

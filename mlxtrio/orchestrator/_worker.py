@@ -187,7 +187,7 @@ class ModelWorker:
             if attempt.error is not None:
                 raise attempt.error
 
-    def _admit(self) -> None:
+    def check_capacity(self) -> None:
         """Admission control: a bounded queue in front of the worker, then 429."""
         limit = self._config.decode_concurrency + self._config.max_queue
         if self._active >= limit:
@@ -203,9 +203,9 @@ class ModelWorker:
     async def generate(
         self, params: p.SamplingParams, *, messages: tuple[p.ChatMessage, ...] | None = None, prompt: str | None = None
     ) -> AsyncIterator[Events]:
-        self._admit()
+        self.check_capacity()
         await self.ensure_ready()
-        self._admit()  # again: others may have come in while it loaded
+        self.check_capacity()  # again: others may have come in while it loaded
         run = self._run
         assert run is not None
         request_id = next(self._ids)

@@ -208,3 +208,21 @@ async def test_concurrent_first_requests_share_one_load(client, admin):
             nursery.start_soon(one)
     assert codes == [200] * 5
     assert (await worker_entry(admin))["loads"] == 1
+
+
+@bounded(60)
+async def test_clients_that_hang_up_at_once_leave_nothing_behind(server, admin):
+    """Requests whose client is gone before (or while) the response starts must not hold a slot."""
+    assert (await admin.post("/admin/load", json={"model": "demo"})).status_code == 200
+    host, port = server.openai_url.removeprefix("http://").rsplit(":", 1)
+    body = json.dumps({**LONG, "stream": True}).encode()
+    head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    for index in range(20):
+        stream = await trio.open_tcp_stream(host, int(port))
+        await stream.send_all(head.encode() + body)
+        if index % 2:
+            await stream.receive_some(1)  # some hang up once the response has begun
+        await stream.aclose()
+    with trio.fail_after(10):
+        while (await worker_entry(admin))["active_requests"] or await _active_sequences(admin):
+            await trio.sleep(0.02)
