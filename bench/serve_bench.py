@@ -259,7 +259,8 @@ def report(results: dict) -> str:
     def row(name: str, a: float, b: float, c: float, fmt: str = "{:.1f}") -> None:
         lines.append(f"| {name} | {fmt.format(a)} | {fmt.format(b)} | {fmt.format(c)} | {c / a:.2f}× | {c / b:.2f}× |")
 
-    row("single-stream decode tok/s", base["single_stream_tps"], rival["single_stream_tps"], ours["single_stream_tps"])
+    if "single_stream_tps" in rival:  # measured when 1 is among the concurrencies
+        row("single-stream decode tok/s", base["single_stream_tps"], rival["single_stream_tps"], ours["single_stream_tps"])
     for concurrency in results["concurrency"]:
         row(f"aggregate tok/s, {concurrency} streams", base["aggregate_tps"][concurrency],
             rival["aggregate_tps"][concurrency], ours["aggregate_tps"][concurrency])
