@@ -31,12 +31,15 @@ def _sse(payload: dict) -> bytes:
     return b"data: " + _json.encode(payload) + b"\n\n"
 
 
-def _usage(last) -> dict:  # noqa: ANN001 - the request's last Delta
+def _usage(lasts: list) -> dict:
+    """Usage from the last Delta of every choice: one prompt, every choice's completion."""
+    prompt = lasts[0].prompt_tokens
+    completion = sum(last.completion_tokens for last in lasts)
     return {
-        "prompt_tokens": last.prompt_tokens,
-        "completion_tokens": last.completion_tokens,
-        "total_tokens": last.prompt_tokens + last.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": last.cached_tokens},
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": max(last.cached_tokens for last in lasts)},
     }
 
 
@@ -70,15 +73,15 @@ def create_openai_app(state: ServerState) -> QuartTrio:
         completion_id = "chatcmpl-" + secrets.token_hex(12)
         created = int(time.time())
         def generation():  # noqa: ANN202
-            return worker.generate(parsed.sampling(), messages=parsed.chat_messages())
+            return worker.generate(parsed.sampling(), messages=parsed.chat_messages(), n=parsed.n)
 
-        def chunk(delta: dict, finish_reason: str | None) -> dict:
+        def chunk(index: int, delta: dict, finish_reason: str | None) -> dict:
             return {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": parsed.model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+                "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
             }
 
         if parsed.stream:
@@ -86,11 +89,12 @@ def create_openai_app(state: ServerState) -> QuartTrio:
                 worker,
                 generation,
                 request_timeout,
-                first=lambda: chunk({"role": "assistant", "content": ""}, None),
-                each=lambda delta: chunk({"content": delta.text} if delta.text else {}, delta.finish_reason),
-                usage=(lambda usage: {**chunk({}, None), "choices": [], "usage": usage}) if parsed.include_usage else None,
+                choices=parsed.n,
+                first=lambda index: chunk(index, {"role": "assistant", "content": ""}, None),
+                each=lambda index, delta: chunk(index, {"content": delta.text} if delta.text else {}, delta.finish_reason),
+                usage=(lambda usage: {**chunk(0, {}, None), "choices": [], "usage": usage}) if parsed.include_usage else None,
             )
-        text, last = await _collect(generation(), request_timeout)
+        texts, lasts = await _collect(generation(), parsed.n, request_timeout)
         return json_response(
             {
                 "id": completion_id,
@@ -99,13 +103,14 @@ def create_openai_app(state: ServerState) -> QuartTrio:
                 "model": parsed.model,
                 "choices": [
                     {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text, "refusal": None},
+                        "index": index,
+                        "message": {"role": "assistant", "content": texts[index], "refusal": None},
                         "logprobs": None,
-                        "finish_reason": last.finish_reason,
+                        "finish_reason": lasts[index].finish_reason,
                     }
+                    for index in range(parsed.n)
                 ],
-                "usage": _usage(last),
+                "usage": _usage(lasts),
             }
         )
 
@@ -117,15 +122,18 @@ def create_openai_app(state: ServerState) -> QuartTrio:
         completion_id = "cmpl-" + secrets.token_hex(12)
         created = int(time.time())
         def generation():  # noqa: ANN202
-            return worker.generate(parsed.sampling(), prompt=parsed.prompt)
+            return worker.generate(parsed.sampling(), prompt=parsed.prompt, n=parsed.n)
 
-        def chunk(text: str, finish_reason: str | None) -> dict:
+        def choice(index: int, text: str, finish_reason: str | None) -> dict:
+            return {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+
+        def chunk(index: int, text: str, finish_reason: str | None) -> dict:
             return {
                 "id": completion_id,
                 "object": "text_completion",
                 "created": created,
                 "model": parsed.model,
-                "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
+                "choices": [choice(index, text, finish_reason)],
             }
 
         if parsed.stream:
@@ -133,12 +141,19 @@ def create_openai_app(state: ServerState) -> QuartTrio:
                 worker,
                 generation,
                 request_timeout,
+                choices=parsed.n,
                 first=None,
-                each=lambda delta: chunk(delta.text, delta.finish_reason),
-                usage=(lambda usage: {**chunk("", None), "choices": [], "usage": usage}) if parsed.include_usage else None,
+                each=lambda index, delta: chunk(index, delta.text, delta.finish_reason),
+                usage=(lambda usage: {**chunk(0, "", None), "choices": [], "usage": usage}) if parsed.include_usage else None,
             )
-        text, last = await _collect(generation(), request_timeout)
-        return json_response({**chunk(text, last.finish_reason), "usage": _usage(last)})
+        texts, lasts = await _collect(generation(), parsed.n, request_timeout)
+        return json_response(
+            {
+                **chunk(0, "", None),
+                "choices": [choice(index, texts[index], lasts[index].finish_reason) for index in range(parsed.n)],
+                "usage": _usage(lasts),
+            }
+        )
 
     return app
 
@@ -157,18 +172,19 @@ def _timed_out(timeout: float) -> ServerError:
     return ServerError(504, f"the request did not finish within the request timeout ({timeout:g} s)", code="timeout")
 
 
-async def _collect(opened: AbstractAsyncContextManager[Events], timeout: float):  # noqa: ANN202
-    """A non-streaming request: every delta, joined; 504 past the request timeout."""
-    parts: list[str] = []
-    last = None
+async def _collect(opened: AbstractAsyncContextManager[Events], choices: int, timeout: float):  # noqa: ANN202
+    """A non-streaming request: each choice's deltas, joined; 504 past the request timeout."""
+    parts: list[list[str]] = [[] for _ in range(choices)]
+    lasts: list = [None] * choices
     with trio.move_on_after(timeout) as scope:
         async with opened as events:
             async for delta in events:
-                parts.append(delta.text)
-                last = delta
-    if scope.cancelled_caught or last is None:
+                index = events.choice(delta)
+                parts[index].append(delta.text)
+                lasts[index] = delta
+    if scope.cancelled_caught or any(last is None for last in lasts):
         raise _timed_out(timeout)
-    return "".join(parts), last
+    return ["".join(part) for part in parts], lasts
 
 
 async def _stream(
@@ -176,7 +192,8 @@ async def _stream(
     generation: Callable[[], AbstractAsyncContextManager[Events]],
     timeout: float,
     *,
-    first: Callable[[], dict] | None,
+    choices: int,
+    first: Callable[[int], dict] | None,
     each: Callable,
     usage: Callable[[dict], dict] | None,
 ) -> Response:
@@ -188,7 +205,7 @@ async def _stream(
     the body starts, nothing was entered and nothing can leak.
     """
     deadline = trio.current_time() + timeout
-    worker.check_capacity()
+    worker.check_capacity(choices)
     with trio.move_on_at(deadline) as scope:
         await worker.ensure_ready()
     if scope.cancelled_caught:
@@ -199,8 +216,9 @@ async def _stream(
             # No cancel scope may stay open across a yield: a fresh one per wait.
             async with generation() as events:
                 if first is not None:
-                    yield _sse(first())
-                last = None
+                    for index in range(choices):
+                        yield _sse(first(index))
+                lasts: list = [None] * choices
                 while True:
                     with trio.move_on_at(deadline) as scope:
                         try:
@@ -211,10 +229,11 @@ async def _stream(
                         # Leaving the block cancels the sequence in the worker.
                         yield _sse(_timed_out(timeout).body())
                         return
-                    last = delta
-                    yield _sse(each(delta))
-            if usage is not None and last is not None:
-                yield _sse(usage(_usage(last)))
+                    index = events.choice(delta)
+                    lasts[index] = delta
+                    yield _sse(each(index, delta))
+            if usage is not None and all(last is not None for last in lasts):
+                yield _sse(usage(_usage(lasts)))
             yield b"data: [DONE]\n\n"
         except ServerError as exc:
             yield _sse(exc.body())

@@ -18,6 +18,7 @@ __all__ = ["ChatCompletionRequest", "CompletionRequest", "decode_request"]
 
 DEFAULT_MAX_TOKENS = 1024
 MAX_STOP_SEQUENCES = 4
+MAX_CHOICES = 16
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
 _MISSING_RE = re.compile(r"missing required field `([^`]*)`")
@@ -111,8 +112,8 @@ class _Common(msgspec.Struct, kw_only=True):
                 raise ServerError(400, f"logit_bias keys are token ids, not {token!r}", param="logit_bias")
             if not -100 <= bias <= 100:
                 raise ServerError(400, f"logit_bias values must be within [-100, 100], not {bias}", param="logit_bias")
-        if self.n != 1:
-            raise ServerError(400, f"n must be 1 for now, not {self.n}", param="n")
+        if not 1 <= self.n <= MAX_CHOICES:
+            raise ServerError(400, f"n must be within [1, {MAX_CHOICES}], not {self.n}", param="n")
         if self.stream_options is not None and not self.stream:
             raise ServerError(400, "stream_options is only allowed with stream: true", param="stream_options")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 import attrs
@@ -54,16 +54,25 @@ class MessageRouter(Generic[M]):
 
     @contextlib.contextmanager
     def open_route(self, key: Hashable) -> Iterator[trio.MemoryReceiveChannel[M]]:
-        if key in self._routes:
-            raise KeyError(f"a route for {key!r} is already open")
+        with self.open_routes([key]) as receive:
+            yield receive
+
+    @contextlib.contextmanager
+    def open_routes(self, keys: Sequence[Hashable]) -> Iterator[trio.MemoryReceiveChannel[M]]:
+        """One channel for the messages of several keys (a request with several choices)."""
+        taken = [key for key in keys if key in self._routes]
+        if taken or len(set(keys)) != len(keys):
+            raise KeyError(f"routes already open, or keys repeated: {taken or list(keys)}")
         send, receive = trio.open_memory_channel[M](math.inf)
-        self._routes[key] = send
+        for key in keys:
+            self._routes[key] = send
         try:
             with receive:
                 yield receive
         finally:
-            if self._routes.get(key) is send:
-                del self._routes[key]
+            for key in keys:
+                if self._routes.get(key) is send:
+                    del self._routes[key]
             send.close()
 
     def route(self, message: M) -> None:
@@ -89,7 +98,11 @@ class MessageRouter(Generic[M]):
         request learns of it at once.
         """
         routes, self._routes = self._routes, {}
+        closed: set[int] = set()
         for key, send in routes.items():
+            if id(send) in closed:
+                continue  # a channel shared by several keys gets one final message
+            closed.add(id(send))
             if final is not None:
                 with contextlib.suppress(trio.BrokenResourceError):
                     send.send_nowait(final(key))

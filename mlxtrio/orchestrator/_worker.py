@@ -17,7 +17,7 @@ import enum
 import itertools
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import attrs
 import msgspec
@@ -100,11 +100,23 @@ class _Run:
 
 
 class Events:
-    """A request's stream of Deltas; raises ServerError if the request fails or the worker dies."""
+    """A request's Deltas, from all its choices; raises ServerError if it fails or the worker dies."""
 
-    def __init__(self, route: trio.MemoryReceiveChannel) -> None:
+    def __init__(self, route: trio.MemoryReceiveChannel, request_ids: Sequence[int]) -> None:
         self._route = route
-        self.finished = False
+        self._choice_of = {request_id: index for index, request_id in enumerate(request_ids)}
+        self._unfinished = set(request_ids)
+
+    @property
+    def finished(self) -> bool:
+        return not self._unfinished
+
+    def unfinished(self) -> list[int]:
+        return sorted(self._unfinished)
+
+    def choice(self, delta: p.Delta) -> int:
+        """The choice index (0 .. n-1) a delta belongs to."""
+        return self._choice_of[delta.request_id]
 
     def __aiter__(self) -> Events:
         return self
@@ -115,16 +127,17 @@ class Events:
         try:
             message = await self._route.receive()
         except trio.EndOfChannel:
-            self.finished = True
+            self._unfinished.clear()
             raise ServerError(503, "the model worker stopped", code="worker_unavailable") from None
         if isinstance(message, _WorkerGone):
-            self.finished = True
+            self._unfinished.clear()
             raise message.error
         if isinstance(message, p.RequestFailed):
-            self.finished = True
+            # One failed choice fails the request; the others are cancelled on the way out.
+            self._unfinished.discard(message.request_id)
             raise ServerError(message.status, message.message)
         if message.finish_reason is not None:
-            self.finished = True
+            self._unfinished.discard(message.request_id)
         return message
 
 
@@ -187,10 +200,10 @@ class ModelWorker:
             if attempt.error is not None:
                 raise attempt.error
 
-    def check_capacity(self) -> None:
+    def check_capacity(self, sequences: int = 1) -> None:
         """Admission control: a bounded queue in front of the worker, then 429."""
         limit = self._config.decode_concurrency + self._config.max_queue
-        if self._active >= limit:
+        if self._active + sequences > limit:
             raise ServerError(
                 429,
                 f"model {self.model_id!r} is at capacity ({self._config.decode_concurrency} decoding, "
@@ -201,36 +214,49 @@ class ModelWorker:
 
     @contextlib.asynccontextmanager
     async def generate(
-        self, params: p.SamplingParams, *, messages: tuple[p.ChatMessage, ...] | None = None, prompt: str | None = None
+        self,
+        params: p.SamplingParams,
+        *,
+        messages: tuple[p.ChatMessage, ...] | None = None,
+        prompt: str | None = None,
+        n: int = 1,
     ) -> AsyncIterator[Events]:
-        self.check_capacity()
+        """Start ``n`` sequences (choices) of one prompt; their deltas arrive through one Events.
+
+        With a seed, choice ``i`` samples with ``seed + i``: choices differ, and
+        the same request gives the same choices again.
+        """
+        self.check_capacity(n)
         await self.ensure_ready()
-        self.check_capacity()  # again: others may have come in while it loaded
+        self.check_capacity(n)  # again: others may have come in while it loaded
         run = self._run
         assert run is not None
-        request_id = next(self._ids)
-        with run.router.open_route(request_id) as route:
-            self._active += 1
-            if self._active == 1:
+        request_ids = [next(self._ids) for _ in range(n)]
+        with run.router.open_routes(request_ids) as route:
+            self._active += n
+            if self._active == n:
                 self._last_progress = trio.current_time()
             self._changed.set()
-            events = Events(route)
+            events = Events(route, request_ids)
             try:
                 try:
-                    await run.channel.send(p.TO_WORKER.encode(p.Generate(request_id, params, messages, prompt)))
+                    for index, request_id in enumerate(request_ids):
+                        choice = params if params.seed is None or index == 0 else msgspec.structs.replace(params, seed=params.seed + index)
+                        await run.channel.send(p.TO_WORKER.encode(p.Generate(request_id, choice, messages, prompt)))
                 except IPCError as exc:
                     raise ServerError(503, f"the model worker is unavailable: {exc}", code="worker_unavailable") from exc
                 yield events
             finally:
-                self._active -= 1
+                self._active -= n
                 self._last_used = trio.current_time()
                 self._last_used_at = time.time()
                 self._changed.set()
                 if not events.finished:
-                    # The client left or timed out: free the worker's slot now.
+                    # The client left, timed out, or one choice failed: free the worker's slots now.
                     with trio.CancelScope(shield=True), trio.move_on_after(1):
                         with contextlib.suppress(IPCError):
-                            await run.channel.send(p.TO_WORKER.encode(p.Cancel(request_id)))
+                            for request_id in events.unfinished():
+                                await run.channel.send(p.TO_WORKER.encode(p.Cancel(request_id)))
 
     async def ping(self) -> tuple[float, p.Pong]:
         """Round trip through the worker: (seconds, its answer). Raises ServerError if not loaded."""

@@ -52,7 +52,8 @@ def make_sampler(params: SamplingParams) -> Callable[[mx.array], mx.array]:
     if params.temperature == 0:
         return _greedy
     # A key of the request's own: the global MLX key is shared by every sequence.
-    key = mx.random.key(params.seed if params.seed is not None else secrets.randbits(63))
+    # Seeds are signed 64-bit in the API; MLX keys take unsigned.
+    key = mx.random.key(params.seed % (1 << 63) if params.seed is not None else secrets.randbits(63))
     inverse_temperature = 1 / params.temperature
     filters: list[Callable[[mx.array], mx.array]] = []
     if 0 < params.top_p < 1:

@@ -299,3 +299,20 @@ time.sleep(3600)
             await middle.stdout.aclose()
     finally:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+@bounded(30)
+async def test_router_several_keys_share_one_route_and_get_one_final_message():
+    router: MessageRouter[tuple] = MessageRouter(key=lambda message: message[0])
+    with router.open_routes([1, 2]) as route:
+        for message in ((1, "a"), (2, "b"), (3, "nobody's")):
+            router.route(message)
+        assert [route.receive_nowait(), route.receive_nowait()] == [(1, "a"), (2, "b")]
+        router.close_all(lambda key: ("worker died", key))
+        assert route.receive_nowait()[0] == "worker died"
+        with pytest.raises(trio.EndOfChannel):
+            route.receive_nowait()
+    assert router.statistics().unrouted == 1
+    with pytest.raises(KeyError):
+        with router.open_routes([5, 5]):
+            pass

@@ -155,7 +155,8 @@ BAD_BODIES = [
     (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "temperature": 7}', "temperature"),
     (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "top_p": 0}', "top_p"),
     (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "stop": ["a","b","c","d","e"]}', "stop"),
-    (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "n": 3}', "n"),
+    (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "n": 0}', "n"),
+    (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "n": 17}', "n"),
     (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream"),
     (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "seed": 99999999999999999999999}', None),
     (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 999999}', None),
@@ -258,3 +259,33 @@ async def test_oversized_body_is_a_413(client, openapi):
     assert response.status_code == 413
     openapi.validate(response.json(), "ErrorResponse")
     assert (await client.get("/health")).status_code == 200
+
+
+@bounded(120)
+async def test_n_choices_streaming_and_not(client, openapi):
+    request = {**CHAT, "n": 3, "temperature": 1.0, "seed": 11, "max_tokens": 10}
+    body = (await client.post("/v1/chat/completions", json=request)).json()
+    openapi.validate(body, "CreateChatCompletionResponse")
+    assert [choice["index"] for choice in body["choices"]] == [0, 1, 2]
+    texts = [choice["message"]["content"] for choice in body["choices"]]
+    assert len(set(texts)) == 3  # seed + index: different choices
+    assert body["usage"]["completion_tokens"] == 30
+    again = (await client.post("/v1/chat/completions", json=request)).json()
+    assert [choice["message"]["content"] for choice in again["choices"]] == texts  # and reproducible
+    async with client.stream("POST", "/v1/chat/completions", json={**request, "stream": True, "stream_options": {"include_usage": True}}) as response:
+        events = sse_events((await response.aread()).decode())
+    assert events[-1] == "[DONE]"
+    streamed = ["", "", ""]
+    finishes = []
+    for chunk in events[:-1]:
+        openapi.validate(chunk, "CreateChatCompletionStreamResponse")
+        for choice in chunk["choices"]:
+            streamed[choice["index"]] += choice["delta"].get("content", "")
+            if choice["finish_reason"]:
+                finishes.append(choice["index"])
+    assert streamed == texts and sorted(finishes) == [0, 1, 2]
+    assert events[-2]["usage"]["completion_tokens"] == 30
+    completions = (await client.post("/v1/completions", json={"model": "demo", "prompt": "a", "n": 2, "max_tokens": 4, "ignore_eos": True})).json()
+    openapi.validate(completions, "CreateCompletionResponse")
+    assert [choice["index"] for choice in completions["choices"]] == [0, 1]
+    assert completions["usage"]["completion_tokens"] == 8
