@@ -26,6 +26,7 @@ __all__ = [
     "SamplingParams",
     "Shutdown",
     "Step",
+    "TokenLogprob",
     "WorkerConfig",
     "TO_ORCHESTRATOR",
     "TO_WORKER",
@@ -83,6 +84,9 @@ class SamplingParams(msgspec.Struct, array_like=True, frozen=True):
     frequency_penalty: float = 0.0
     # (token id, bias) pairs.
     logit_bias: tuple[tuple[int, float], ...] = ()
+    # Report each generated token's log probability, and this many alternatives.
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 class Generate(_Message, tag="generate"):
@@ -136,6 +140,14 @@ class LoadFailed(_Message, tag="load_failed"):
     message: str
 
 
+class TokenLogprob(msgspec.Struct, array_like=True, frozen=True):
+    """One generated token's log probability, and the most likely alternatives at that step."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
 class Delta(msgspec.Struct, array_like=True, frozen=True):
     """What one sequence produced in one step."""
 
@@ -148,6 +160,8 @@ class Delta(msgspec.Struct, array_like=True, frozen=True):
     finish_reason: str | None = None
     # Prompt tokens whose KV cache came from the prompt cache.
     cached_tokens: int = 0
+    # For the tokens this delta covers, when the request asked for them.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class Step(_Message, tag="step"):

@@ -31,6 +31,33 @@ def _sse(payload: dict) -> bytes:
     return b"data: " + _json.encode(payload) + b"\n\n"
 
 
+def _chat_logprobs(entries) -> dict:  # noqa: ANN001 - TokenLogprobs
+    def one(token: str, logprob: float) -> dict:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return {
+        "content": [
+            {**one(entry.token, entry.logprob), "top_logprobs": [one(token, value) for token, value in entry.top]}
+            for entry in entries
+        ],
+        "refusal": None,
+    }
+
+
+def _legacy_logprobs(entries, offset: int = 0) -> dict:  # noqa: ANN001 - TokenLogprobs
+    """The completions API's older shape: parallel lists, and each token's offset in the text."""
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry.token)
+    return {
+        "tokens": [entry.token for entry in entries],
+        "token_logprobs": [entry.logprob for entry in entries],
+        "top_logprobs": [dict(entry.top) for entry in entries],
+        "text_offset": offsets,
+    }
+
+
 def _usage(lasts: list) -> dict:
     """Usage from the last Delta of every choice: one prompt, every choice's completion."""
     prompt = lasts[0].prompt_tokens
@@ -75,13 +102,20 @@ def create_openai_app(state: ServerState) -> QuartTrio:
         def generation():  # noqa: ANN202
             return worker.generate(parsed.sampling(), messages=parsed.chat_messages(), n=parsed.n)
 
-        def chunk(index: int, delta: dict, finish_reason: str | None) -> dict:
+        def chunk(index: int, delta: dict, finish_reason: str | None, logprobs=()) -> dict:  # noqa: ANN001
             return {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": parsed.model,
-                "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+                "choices": [
+                    {
+                        "index": index,
+                        "delta": delta,
+                        "logprobs": _chat_logprobs(logprobs) if parsed.logprobs else None,
+                        "finish_reason": finish_reason,
+                    }
+                ],
             }
 
         if parsed.stream:
@@ -91,10 +125,12 @@ def create_openai_app(state: ServerState) -> QuartTrio:
                 request_timeout,
                 choices=parsed.n,
                 first=lambda index: chunk(index, {"role": "assistant", "content": ""}, None),
-                each=lambda index, delta: chunk(index, {"content": delta.text} if delta.text else {}, delta.finish_reason),
+                each=lambda index, delta: chunk(
+                    index, {"content": delta.text} if delta.text else {}, delta.finish_reason, delta.logprobs
+                ),
                 usage=(lambda usage: {**chunk(0, {}, None), "choices": [], "usage": usage}) if parsed.include_usage else None,
             )
-        texts, lasts = await _collect(generation(), parsed.n, request_timeout)
+        texts, lasts, logprobs = await _collect(generation(), parsed.n, request_timeout)
         return json_response(
             {
                 "id": completion_id,
@@ -105,7 +141,7 @@ def create_openai_app(state: ServerState) -> QuartTrio:
                     {
                         "index": index,
                         "message": {"role": "assistant", "content": texts[index], "refusal": None},
-                        "logprobs": None,
+                        "logprobs": _chat_logprobs(logprobs[index]) if parsed.logprobs else None,
                         "finish_reason": lasts[index].finish_reason,
                     }
                     for index in range(parsed.n)
@@ -124,16 +160,26 @@ def create_openai_app(state: ServerState) -> QuartTrio:
         def generation():  # noqa: ANN202
             return worker.generate(parsed.sampling(), prompt=parsed.prompt, n=parsed.n)
 
-        def choice(index: int, text: str, finish_reason: str | None) -> dict:
-            return {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+        wants_logprobs = parsed.logprobs is not None
+        offsets = [0] * parsed.n  # streamed: where each choice's next chunk starts
 
-        def chunk(index: int, text: str, finish_reason: str | None) -> dict:
+        def choice(index: int, text: str, finish_reason: str | None, logprobs=(), offset: int = 0) -> dict:  # noqa: ANN001
+            return {
+                "text": text,
+                "index": index,
+                "logprobs": _legacy_logprobs(logprobs, offset) if wants_logprobs else None,
+                "finish_reason": finish_reason,
+            }
+
+        def chunk(index: int, text: str, finish_reason: str | None, logprobs=()) -> dict:  # noqa: ANN001
+            offset = offsets[index]
+            offsets[index] += len(text)
             return {
                 "id": completion_id,
                 "object": "text_completion",
                 "created": created,
                 "model": parsed.model,
-                "choices": [choice(index, text, finish_reason)],
+                "choices": [choice(index, text, finish_reason, logprobs, offset)],
             }
 
         if parsed.stream:
@@ -143,14 +189,16 @@ def create_openai_app(state: ServerState) -> QuartTrio:
                 request_timeout,
                 choices=parsed.n,
                 first=None,
-                each=lambda index, delta: chunk(index, delta.text, delta.finish_reason),
+                each=lambda index, delta: chunk(index, delta.text, delta.finish_reason, delta.logprobs),
                 usage=(lambda usage: {**chunk(0, "", None), "choices": [], "usage": usage}) if parsed.include_usage else None,
             )
-        texts, lasts = await _collect(generation(), parsed.n, request_timeout)
+        texts, lasts, logprobs = await _collect(generation(), parsed.n, request_timeout)
         return json_response(
             {
                 **chunk(0, "", None),
-                "choices": [choice(index, texts[index], lasts[index].finish_reason) for index in range(parsed.n)],
+                "choices": [
+                    choice(index, texts[index], lasts[index].finish_reason, logprobs[index]) for index in range(parsed.n)
+                ],
                 "usage": _usage(lasts),
             }
         )
@@ -175,16 +223,18 @@ def _timed_out(timeout: float) -> ServerError:
 async def _collect(opened: AbstractAsyncContextManager[Events], choices: int, timeout: float):  # noqa: ANN202
     """A non-streaming request: each choice's deltas, joined; 504 past the request timeout."""
     parts: list[list[str]] = [[] for _ in range(choices)]
+    logprobs: list[list] = [[] for _ in range(choices)]
     lasts: list = [None] * choices
     with trio.move_on_after(timeout) as scope:
         async with opened as events:
             async for delta in events:
                 index = events.choice(delta)
                 parts[index].append(delta.text)
+                logprobs[index].extend(delta.logprobs)
                 lasts[index] = delta
     if scope.cancelled_caught or any(last is None for last in lasts):
         raise _timed_out(timeout)
-    return ["".join(part) for part in parts], lasts
+    return ["".join(part) for part in parts], lasts, logprobs
 
 
 async def _stream(

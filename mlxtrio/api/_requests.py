@@ -62,8 +62,15 @@ class _Common(msgspec.Struct, kw_only=True):
     def _max_tokens(self) -> int:
         return self.max_tokens if self.max_tokens is not None else DEFAULT_MAX_TOKENS
 
+    def _logprobs(self) -> tuple[bool, int]:
+        """(report log probabilities, how many alternatives): each API spells it its own way."""
+        return False, 0
+
     def sampling(self) -> p.SamplingParams:
+        wanted, top = self._logprobs()
         return p.SamplingParams(
+            logprobs=wanted,
+            top_logprobs=top,
             max_tokens=self._max_tokens(),
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
@@ -125,6 +132,11 @@ class _Common(msgspec.Struct, kw_only=True):
 class ChatCompletionRequest(_Common, kw_only=True):
     messages: list[_Message]
     max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+    def _logprobs(self) -> tuple[bool, int]:
+        return self.logprobs, self.top_logprobs or 0
 
     def _max_tokens(self) -> int:
         if self.max_completion_tokens is not None:
@@ -133,6 +145,11 @@ class ChatCompletionRequest(_Common, kw_only=True):
 
     def validate(self) -> None:
         super().validate()
+        if self.top_logprobs is not None:
+            if not 0 <= self.top_logprobs <= 20:
+                raise ServerError(400, f"top_logprobs must be within [0, 20], not {self.top_logprobs}", param="top_logprobs")
+            if not self.logprobs:
+                raise ServerError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         if not self.messages:
             raise ServerError(400, "messages must not be empty", param="messages")
         for index, message in enumerate(self.messages):
@@ -162,9 +179,16 @@ class ChatCompletionRequest(_Common, kw_only=True):
 
 class CompletionRequest(_Common, kw_only=True):
     prompt: str
+    # The legacy API's logprobs: how many alternatives per token (0 to 5), or null for none.
+    logprobs: int | None = None
+
+    def _logprobs(self) -> tuple[bool, int]:
+        return self.logprobs is not None, self.logprobs or 0
 
     def validate(self) -> None:
         super().validate()
+        if self.logprobs is not None and not 0 <= self.logprobs <= 5:
+            raise ServerError(400, f"logprobs must be within [0, 5], not {self.logprobs}", param="logprobs")
         if self.prompt == "":
             raise ServerError(400, "prompt must not be empty", param="prompt")
 

@@ -26,7 +26,7 @@ from mlx_lm.generate import BatchGenerator, StopSequences, generate_step
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
-from .._protocol import Delta, Generate, SamplingParams
+from .._protocol import Delta, Generate, SamplingParams, TokenLogprob
 
 __all__ = ["BatchEngine", "RequestError", "SequentialEngine", "make_engine"]
 
@@ -94,9 +94,15 @@ class _Sequence:
     completion_tokens: int = 0
     # Text not sent yet because it might be the start of a stop string.
     held: str = ""
+    # Log probabilities of tokens not yet sent with a delta.
+    pending_logprobs: list[TokenLogprob] = attrs.Factory(list)
 
-    def accept(self, token: int | None, finish_reason: str | None) -> Delta | None:
+    def accept(
+        self, token: int | None, finish_reason: str | None, logprob: TokenLogprob | None = None
+    ) -> Delta | None:
         """Take one generated token (None: no token, just the end) and say what to send."""
+        if logprob is not None:
+            self.pending_logprobs.append(logprob)
         if token is not None:
             self.completion_tokens += 1
             self.detokenizer.add_token(token)
@@ -137,8 +143,10 @@ class _Sequence:
         return held[:cut], False
 
     def _delta(self, text: str, finish_reason: str | None) -> Delta:
+        logprobs = tuple(self.pending_logprobs)
+        self.pending_logprobs.clear()
         return Delta(
-            self.request_id, text, self.prompt_tokens, self.completion_tokens, finish_reason, self.cached_tokens
+            self.request_id, text, self.prompt_tokens, self.completion_tokens, finish_reason, self.cached_tokens, logprobs
         )
 
 
@@ -175,6 +183,18 @@ class _EngineBase:
         if vocabulary and any(not 0 <= token < vocabulary for token, _ in request.params.logit_bias):
             raise RequestError(400, f"logit_bias names a token outside the vocabulary (0..{vocabulary - 1})")
         return prompt
+
+    def _logprob(self, params: SamplingParams, token: int, logprobs: mx.array) -> TokenLogprob | None:
+        """The token's log probability and the top alternatives, only when the request asked."""
+        if not params.logprobs:
+            return None
+        top: tuple[tuple[str, float], ...] = ()
+        if params.top_logprobs > 0:
+            ids = mx.argpartition(-logprobs, params.top_logprobs - 1)[: params.top_logprobs]
+            values = logprobs[ids]
+            pairs = sorted(zip(ids.tolist(), values.tolist()), key=lambda pair: -pair[1])
+            top = tuple((self._tokenizer.decode([tid]), value) for tid, value in pairs)
+        return TokenLogprob(self._tokenizer.decode([token]), float(logprobs[token].item()), top)
 
     def _new_sequence(self, request: Generate, prompt: list[int], cached: int = 0) -> _Sequence:
         # One detokenizer per sequence (the tokenizer's own is shared).
@@ -302,7 +322,8 @@ class BatchEngine(_EngineBase):
                 self._prompt_cache.insert_cache(_MODEL_KEY, list(response.all_tokens), response.prompt_cache)
             # A stop token ends the sequence and is not part of its text.
             token = None if finish_reason == "stop" else response.token
-            delta = sequence.accept(token, finish_reason)
+            logprob = None if token is None else self._logprob(sequence.params, token, response.logprobs)
+            delta = sequence.accept(token, finish_reason, logprob)
             if delta is not None:
                 deltas.append(delta)
                 if delta.finish_reason is not None:
@@ -391,13 +412,13 @@ class SequentialEngine(_EngineBase):
     def _advance(self, running: _Running) -> Delta | None:
         sequence = running.sequence
         try:
-            token, _ = next(running.tokens)
+            token, logprobs = next(running.tokens)
         except StopIteration:
             return sequence.accept(None, "length")
         token = int(token.item() if hasattr(token, "item") else token)
         if token in self._eos and not sequence.params.ignore_eos:
             return sequence.accept(None, "stop")
-        return sequence.accept(token, None)
+        return sequence.accept(token, None, self._logprob(sequence.params, token, logprobs))
 
 
 def can_batch(model: Any) -> bool:

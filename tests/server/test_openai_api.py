@@ -289,3 +289,33 @@ async def test_n_choices_streaming_and_not(client, openapi):
     openapi.validate(completions, "CreateCompletionResponse")
     assert [choice["index"] for choice in completions["choices"]] == [0, 1]
     assert completions["usage"]["completion_tokens"] == 8
+
+
+@bounded(120)
+async def test_logprobs_chat_and_legacy_completions(client, openapi):
+    request = {**CHAT, "temperature": 0, "max_tokens": 6, "logprobs": True, "top_logprobs": 3}
+    body = (await client.post("/v1/chat/completions", json=request)).json()
+    openapi.validate(body, "CreateChatCompletionResponse")
+    content = body["choices"][0]["logprobs"]["content"]
+    assert len(content) == 6
+    for entry in content:
+        assert entry["logprob"] <= 0 and len(entry["top_logprobs"]) == 3
+        # Greedy: the chosen token is the most likely one.
+        assert entry["logprob"] == pytest.approx(entry["top_logprobs"][0]["logprob"], abs=1e-5)
+        assert entry["bytes"] == list(entry["token"].encode())
+    async with client.stream("POST", "/v1/chat/completions", json={**request, "stream": True}) as response:
+        events = sse_events((await response.aread()).decode())
+    streamed = [entry for chunk in events[1:-1] for entry in chunk["choices"][0]["logprobs"]["content"]]
+    for chunk in events[:-1]:
+        openapi.validate(chunk, "CreateChatCompletionStreamResponse")
+    assert [entry["token"] for entry in streamed] == [entry["token"] for entry in content]
+    plain = (await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 2})).json()
+    assert plain["choices"][0]["logprobs"] is None
+    legacy = (await client.post("/v1/completions", json={"model": "demo", "prompt": "x", "max_tokens": 5, "logprobs": 2, "ignore_eos": True, "temperature": 0})).json()
+    openapi.validate(legacy, "CreateCompletionResponse")
+    logprobs = legacy["choices"][0]["logprobs"]
+    assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"]) == len(logprobs["text_offset"]) == 5
+    assert all(len(top) <= 2 for top in logprobs["top_logprobs"])
+    assert "".join(logprobs["tokens"]) == legacy["choices"][0]["text"]
+    bad = await client.post("/v1/chat/completions", json={**CHAT, "top_logprobs": 2})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "top_logprobs"
