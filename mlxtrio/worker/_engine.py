@@ -151,11 +151,41 @@ class _Sequence:
 
 
 class _EngineBase:
-    def __init__(self, model: Any, tokenizer: Any, *, context_length: int | None) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, context_length: int | None, prompt_cache_bytes: int) -> None:
         self._model = model
         self._tokenizer = tokenizer
         self._context_length = context_length
         self._eos = frozenset(tokenizer.eos_token_ids)
+        # KV caches of finished sequences, by their tokens, bounded in bytes on
+        # every insert: a later prompt that shares a prefix (the next turn of a
+        # chat, a shared system prompt) skips that prefix's prefill.
+        self._prompt_cache = (
+            LRUPromptCache(max_size=1 << 20, max_bytes=prompt_cache_bytes) if prompt_cache_bytes > 0 else None
+        )
+
+    def _cached_prefix(self, prompt: list[int]) -> tuple[list[Any] | None, int]:
+        """The nearest cached KV cache for ``prompt`` and how many of its tokens it holds."""
+        if self._prompt_cache is None:
+            return None, 0
+        cache, rest = self._prompt_cache.fetch_nearest_cache(_MODEL_KEY, prompt)
+        if cache is None:
+            return None, 0
+        if not rest:
+            # The whole prompt is cached, but generation needs the logits of its
+            # last token: give that token back to be computed again.
+            if not can_trim_prompt_cache(cache):
+                return None, 0
+            trim_prompt_cache(cache, 1)
+            rest = prompt[-1:]
+        return cache, len(prompt) - len(rest)
+
+    def _remember(self, tokens: list[int], cache: list[Any]) -> None:
+        if self._prompt_cache is not None:
+            self._prompt_cache.insert_cache(_MODEL_KEY, tokens, cache)
+
+    @property
+    def prompt_cache_bytes(self) -> int:
+        return 0 if self._prompt_cache is None else self._prompt_cache.nbytes
 
     def _prompt_tokens(self, request: Generate) -> list[int]:
         tokenizer = self._tokenizer
@@ -201,10 +231,6 @@ class _EngineBase:
         detokenizer = type(self._tokenizer.detokenizer)(self._tokenizer._tokenizer)  # noqa: SLF001
         return _Sequence(request.request_id, request.params, detokenizer, len(prompt), cached)
 
-    @property
-    def prompt_cache_bytes(self) -> int:
-        return 0
-
 
 class BatchEngine(_EngineBase):
     """Continuous batching through mlx-lm's BatchGenerator."""
@@ -222,14 +248,8 @@ class BatchEngine(_EngineBase):
         prefill_step_size: int = 512,
         prompt_cache_bytes: int = 1 << 30,
     ) -> None:
-        super().__init__(model, tokenizer, context_length=context_length)
+        super().__init__(model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes)
         self._settings = (decode_concurrency, prefill_batch_size, prefill_step_size)
-        # KV caches of finished sequences, by their tokens, bounded in bytes on
-        # every insert: a later prompt that shares a prefix (the next turn of a
-        # chat, a shared system prompt) skips that prefix's prefill.
-        self._prompt_cache = (
-            LRUPromptCache(max_size=1 << 20, max_bytes=prompt_cache_bytes) if prompt_cache_bytes > 0 else None
-        )
         self._stop_at_eos = StopSequences([[token] for token in self._eos])
         self._never_stop = StopSequences(None)
         self._generator = self._new_generator()
@@ -268,26 +288,6 @@ class BatchEngine(_EngineBase):
         self._by_uid[uid] = self._new_sequence(request, prompt, cached)
         self._uid_of[request.request_id] = uid
 
-    def _cached_prefix(self, prompt: list[int]) -> tuple[list[Any] | None, int]:
-        """The nearest cached KV cache for ``prompt`` and how many of its tokens it holds."""
-        if self._prompt_cache is None:
-            return None, 0
-        cache, rest = self._prompt_cache.fetch_nearest_cache(_MODEL_KEY, prompt)
-        if cache is None:
-            return None, 0
-        if not rest:
-            # The whole prompt is cached, but generation needs the logits of its
-            # last token: give that token back to be computed again.
-            if not can_trim_prompt_cache(cache):
-                return None, 0
-            trim_prompt_cache(cache, 1)
-            rest = prompt[-1:]
-        return cache, len(prompt) - len(rest)
-
-    @property
-    def prompt_cache_bytes(self) -> int:
-        return 0 if self._prompt_cache is None else self._prompt_cache.nbytes
-
     def cancel(self, request_id: int) -> bool:
         uid = self._uid_of.pop(request_id, None)
         if uid is None:
@@ -318,8 +318,8 @@ class BatchEngine(_EngineBase):
             if sequence is None:
                 continue
             finish_reason = response.finish_reason
-            if response.prompt_cache is not None and self._prompt_cache is not None:
-                self._prompt_cache.insert_cache(_MODEL_KEY, list(response.all_tokens), response.prompt_cache)
+            if response.prompt_cache is not None:
+                self._remember(list(response.all_tokens), response.prompt_cache)
             # A stop token ends the sequence and is not part of its text.
             token = None if finish_reason == "stop" else response.token
             logprob = None if token is None else self._logprob(sequence.params, token, response.logprobs)
@@ -338,6 +338,9 @@ class BatchEngine(_EngineBase):
 class _Running:
     sequence: _Sequence
     tokens: Iterator[tuple[mx.array, mx.array]]
+    cache: list[Any]
+    # Every token the cache may hold: the prompt, then each token generated.
+    seen: list[int]
 
 
 class SequentialEngine(_EngineBase):
@@ -352,9 +355,10 @@ class SequentialEngine(_EngineBase):
         *,
         context_length: int | None,
         prefill_step_size: int = 512,
+        prompt_cache_bytes: int = 1 << 30,
         progress: Callable[[], None] = lambda: None,
     ) -> None:
-        super().__init__(model, tokenizer, context_length=context_length)
+        super().__init__(model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes)
         self._prefill_step_size = prefill_step_size
         # Called between prefill chunks: a long prompt must not look like a hang.
         self._progress = progress
@@ -368,16 +372,20 @@ class SequentialEngine(_EngineBase):
         if request.request_id in self._running:
             raise RequestError(400, f"duplicate request id {request.request_id}")
         prompt = self._prompt_tokens(request)
+        cache, cached = self._cached_prefix(prompt)
+        if cache is None:
+            cache = make_prompt_cache(self._model)
         tokens = generate_step(
-            mx.array(prompt),
+            mx.array(prompt[cached:]),
             self._model,
+            prompt_cache=cache,
             max_tokens=request.params.max_tokens,
             sampler=make_sampler(request.params),
             logits_processors=make_processors(request.params),
             prefill_step_size=self._prefill_step_size,
             prompt_progress_callback=lambda done, total: self._progress(),
         )
-        self._running[request.request_id] = _Running(self._new_sequence(request, prompt), tokens)
+        self._running[request.request_id] = _Running(self._new_sequence(request, prompt, cached), tokens, cache, list(prompt))
 
     def cancel(self, request_id: int) -> bool:
         running = self._running.pop(request_id, None)
@@ -406,8 +414,18 @@ class SequentialEngine(_EngineBase):
             if delta is not None:
                 deltas.append(delta)
                 if delta.finish_reason is not None:
+                    self._remember_running(running)
                     self.cancel(request_id)
         return deltas, failures
+
+    def _remember_running(self, running: _Running) -> None:
+        # generate_step runs a step ahead; the cache's own offset says how many
+        # of the tokens seen it holds.
+        if not can_trim_prompt_cache(running.cache):
+            return
+        held = running.cache[0].offset
+        if 0 < held <= len(running.seen):
+            self._remember(running.seen[:held], running.cache)
 
     def _advance(self, running: _Running) -> Delta | None:
         sequence = running.sequence
@@ -416,6 +434,7 @@ class SequentialEngine(_EngineBase):
         except StopIteration:
             return sequence.accept(None, "length")
         token = int(token.item() if hasattr(token, "item") else token)
+        running.seen.append(token)
         if token in self._eos and not sequence.params.ignore_eos:
             return sequence.accept(None, "stop")
         return sequence.accept(token, None, self._logprob(sequence.params, token, logprobs))
@@ -448,5 +467,10 @@ def make_engine(
             prompt_cache_bytes=prompt_cache_bytes,
         )
     return SequentialEngine(
-        model, tokenizer, context_length=context_length, prefill_step_size=prefill_step_size, progress=progress
+        model,
+        tokenizer,
+        context_length=context_length,
+        prefill_step_size=prefill_step_size,
+        prompt_cache_bytes=prompt_cache_bytes,
+        progress=progress,
     )

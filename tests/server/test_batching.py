@@ -122,6 +122,7 @@ async def _chat(client, messages: list[dict], max_tokens: int = 16) -> dict:  # 
     return response.json()
 
 
+@ENGINES
 @bounded(120)
 async def test_prompt_cache_hits_are_reported_and_change_nothing(client, openapi):
     messages = [{"role": "system", "content": "You are a terse assistant. " * 20}, {"role": "user", "content": "Hello"}]
@@ -149,13 +150,17 @@ async def test_prompt_cache_can_be_turned_off(client):
 CAP = 600_000
 
 
-@pytest.mark.parametrize("server_settings", [{"prompt_cache_bytes": CAP}])
+@pytest.mark.parametrize(
+    "server_settings", [{"prompt_cache_bytes": CAP}, {"prompt_cache_bytes": CAP, "decode_concurrency": 1}], ids=["batched", "sequential"]
+)
 @bounded(120)
 async def test_prompt_cache_stays_within_its_byte_cap(client, admin):
     sizes = []
     for index in range(12):
         await _chat(client, [{"role": "user", "content": f"{index} " + "distinct words " * (20 + index * 7)}], max_tokens=4)
         sizes.append((await admin.get("/admin/health")).json()["workers"][0]["prompt_cache_bytes"])
-        assert 0 < sizes[-1] <= CAP, sizes
+        # Never over the cap (an entry bigger than the cap on its own is not kept).
+        assert 0 <= sizes[-1] <= CAP, sizes
+    assert max(sizes) > 0, sizes
     # The prompts outgrew the cap: older entries were evicted to keep under it.
     assert any(later < earlier for earlier, later in zip(sizes, sizes[1:])), sizes
