@@ -94,11 +94,8 @@ def create_openai_app(state: ServerState) -> QuartTrio:
 
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
-        body = await request.get_data(cache=False)
-        parsed: ChatCompletionRequest = decode_request(body, ChatCompletionRequest)
-        worker = await _worker_for(supervisor, state, parsed.model)
-        completion_id = "chatcmpl-" + secrets.token_hex(12)
-        created = int(time.time())
+        parsed, worker, completion_id, created = await _begin(supervisor, state, ChatCompletionRequest, "chatcmpl-")
+
         def generation():  # noqa: ANN202
             return worker.generate(parsed.sampling(), messages=parsed.chat_messages(), n=parsed.n)
 
@@ -152,11 +149,8 @@ def create_openai_app(state: ServerState) -> QuartTrio:
 
     @app.post("/v1/completions")
     async def completions() -> Response:
-        body = await request.get_data(cache=False)
-        parsed: CompletionRequest = decode_request(body, CompletionRequest)
-        worker = await _worker_for(supervisor, state, parsed.model)
-        completion_id = "cmpl-" + secrets.token_hex(12)
-        created = int(time.time())
+        parsed, worker, completion_id, created = await _begin(supervisor, state, CompletionRequest, "cmpl-")
+
         def generation():  # noqa: ANN202
             return worker.generate(parsed.sampling(), prompt=parsed.prompt, n=parsed.n)
 
@@ -210,10 +204,13 @@ def _model_object(entry) -> dict:  # noqa: ANN001
     return {"id": entry.id, "object": "model", "created": 0, "owned_by": entry.description}
 
 
-async def _worker_for(supervisor: Supervisor, state: ServerState, model_id: str):  # noqa: ANN202
+async def _begin(supervisor: Supervisor, state: ServerState, request_type: type, id_prefix: str):  # noqa: ANN202
+    """What every generation request starts with: its body validated, its model's worker, an id and a time."""
+    parsed = decode_request(await request.get_data(cache=False), request_type)
     if state.shutting_down:
         raise ServerError(503, "the server is shutting down", code="shutting_down")
-    return await supervisor.worker(model_id)
+    worker = await supervisor.worker(parsed.model)
+    return parsed, worker, id_prefix + secrets.token_hex(12), int(time.time())
 
 
 def _timed_out(timeout: float) -> ServerError:
