@@ -94,6 +94,8 @@ class _Run:
     router: MessageRouter
     process: trio.Process
     attempt: _Attempt
+    # The worker's Ready message, once it has loaded.
+    ready: p.Ready | None = None
     # Why we stopped it, if we did (then its exit is no crash).
     stop_reason: str | None = None
     crash_reason: str | None = None
@@ -161,11 +163,8 @@ class ModelWorker:
         self._failures = 0
         self._failure: ServerError | None = None
         self._retry_at: float | None = None  # trio clock
-        self._pid: int | None = None
         self._loaded_at: float | None = None  # wall clock, for people
         self._last_used_at: float | None = None
-        self._memory_bytes: int | None = None
-        self._engine: str | None = None
         self._last_used = trio.current_time()
         self._last_progress = trio.current_time()
         self._unload_requested = False
@@ -293,25 +292,23 @@ class ModelWorker:
             await self._run_ended.wait()
 
     def statistics(self) -> WorkerStatus:
+        run = self._run
+        ready = run.ready if run is not None else None
         return WorkerStatus(
             model=self.model_id,
-            pid=self._pid,
+            pid=run.process.pid if run is not None else None,
             state=self._state.value,
             restarts=self._restarts,
             loads=self._loads,
             loaded_at=self._loaded_at,
             last_used_at=self._last_used_at,
-            memory_bytes=self._memory_bytes,
-            engine=self._engine,
+            memory_bytes=ready.memory_bytes if ready is not None else None,
+            engine=ready.engine if ready is not None else None,
             active_requests=self._active,
             queued_requests=max(0, self._active - self._config.decode_concurrency),
             failure=self._failure.message if self._failure is not None else None,
             retry_at=None if self._retry_at is None else time.time() + max(0.0, self._retry_at - trio.current_time()),
         )
-
-    @property
-    def idle(self) -> bool:
-        return self._active == 0
 
     # --- the worker's life ------------------------------------------------------
 
@@ -359,7 +356,6 @@ class ModelWorker:
         run = _Run(trio_channel, MessageRouter(key=lambda message: message.request_id), process, attempt)
         self._run = run
         self._state = WorkerState.LOADING
-        self._pid = process.pid
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read, run)
@@ -386,9 +382,6 @@ class ModelWorker:
             done.set()
         await run.channel.aclose()
         self._run = None
-        self._pid = None
-        self._memory_bytes = None
-        self._engine = None
         if not run.attempt.done.is_set():
             # Died or was stopped while loading.
             self._load_failed(
@@ -427,8 +420,7 @@ class ModelWorker:
                     self._failure = None
                     self._retry_at = None
                     self._loaded_at = time.time()
-                    self._memory_bytes = message.memory_bytes
-                    self._engine = message.engine
+                    run.ready = message
                     self._last_used = trio.current_time()
                     run.attempt.finish()
                 elif isinstance(message, p.LoadFailed):

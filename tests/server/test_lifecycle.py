@@ -24,6 +24,21 @@ async def _first_content(lines) -> None:  # noqa: ANN001
             return
 
 
+async def _signal_worker_mid_stream(client, admin, signum: int) -> tuple[int, float, list[str]]:  # noqa: ANN001
+    """Stream a long request, signal its worker after the first text, and read the stream out.
+
+    Returns the worker's pid, seconds from the signal to the stream's end, and its remaining events.
+    """
+    async with client.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as response:
+        lines = response.aiter_lines()
+        await _first_content(lines)
+        pid = (await worker_entry(admin))["pid"]
+        os.kill(pid, signum)
+        signalled_at = time.monotonic()
+        rest = [line async for line in lines if line.startswith("data: ")]
+        return pid, time.monotonic() - signalled_at, rest
+
+
 async def _active_sequences(admin) -> int:  # noqa: ANN001
     report = (await admin.get("/admin/health")).json()
     return report["workers"][0]["active_sequences"]
@@ -37,14 +52,7 @@ async def _wait_until_idle_in_worker(admin) -> None:  # noqa: ANN001
 
 @bounded(120)
 async def test_worker_sigkill_mid_stream_fails_fast_and_next_request_succeeds(client, admin):
-    async with client.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as response:
-        lines = response.aiter_lines()
-        await _first_content(lines)
-        pid = (await worker_entry(admin))["pid"]
-        os.kill(pid, signal.SIGKILL)
-        killed_at = time.monotonic()
-        rest = [line async for line in lines if line.startswith("data: ")]
-        ended_after = time.monotonic() - killed_at
+    pid, ended_after, rest = await _signal_worker_mid_stream(client, admin, signal.SIGKILL)
     assert ended_after < 1.0, ended_after
     last = json.loads(rest[-1][len("data: ") :])
     assert last["error"]["code"] == "worker_crashed", last
@@ -125,14 +133,8 @@ async def test_client_disconnect_stops_generation_in_the_worker(client, admin):
 @pytest.mark.parametrize("server_settings", [{"hang_timeout": 1.0}])
 @bounded(60)
 async def test_hung_worker_is_killed_and_restarted(client, admin):
-    async with client.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as response:
-        lines = response.aiter_lines()
-        await _first_content(lines)
-        pid = (await worker_entry(admin))["pid"]
-        os.kill(pid, signal.SIGSTOP)
-        stopped_at = time.monotonic()
-        rest = [line async for line in lines if line.startswith("data: ")]
-    assert 0.9 < time.monotonic() - stopped_at < 3.0
+    _, ended_after, rest = await _signal_worker_mid_stream(client, admin, signal.SIGSTOP)
+    assert 0.9 < ended_after < 3.0
     error = json.loads(rest[-1][len("data: ") :])["error"]
     assert "no progress" in error["message"]
     assert (await worker_entry(admin))["restarts"] == 1

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -49,6 +50,25 @@ async def _drain(process: trio.Process, log: list[bytes]) -> None:
         log.append(chunk)
 
 
+async def _signal_mid_stream(
+    process: trio.Process, url: str, log: list[bytes], deliver: Callable[[httpx.AsyncClient], Awaitable[None]]
+) -> tuple[list[str], int]:
+    """Stream a long request, ``deliver`` a signal after its first event, read the stream out, wait for the exit."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_drain, process, log)
+        async with httpx.AsyncClient(timeout=60) as client:
+            async with client.stream("POST", url + "/v1/completions", json=LONG_STREAM) as response:
+                lines = response.aiter_lines()
+                async for line in lines:
+                    if line.startswith("data: {"):
+                        break
+                await deliver(client)
+                rest = [line async for line in lines if line.startswith("data: ")]
+        with trio.fail_after(30):
+            status = await process.wait()
+    return rest, status
+
+
 @bounded(120)
 async def test_sigterm_lets_the_request_in_flight_finish_then_exits_clean(cache_dir, tmp_path):
     pid_file = tmp_path / "state" / "mlxtrio.pid"
@@ -58,19 +78,14 @@ async def test_sigterm_lets_the_request_in_flight_finish_then_exits_clean(cache_
     try:
         assert pid_file.read_text().strip() == str(process.pid)
         assert oct(pid_file.stat().st_mode & 0o777) == oct(0o600)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, process, log)
-            async with httpx.AsyncClient(timeout=60) as client:
-                async with client.stream("POST", url + "/v1/completions", json=LONG_STREAM) as response:
-                    lines = response.aiter_lines()
-                    async for line in lines:
-                        if line.startswith("data: {"):
-                            break
-                    worker_pid = (await client.get(admin_url + "/admin/status")).json()["workers"][0]["pid"]
-                    process.send_signal(signal.SIGTERM)
-                    rest = [line async for line in lines if line.startswith("data: ")]
-            with trio.fail_after(30):
-                status = await process.wait()
+        worker_pids = []
+
+        async def sigterm(client: httpx.AsyncClient) -> None:
+            worker_pids.append((await client.get(admin_url + "/admin/status")).json()["workers"][0]["pid"])
+            process.send_signal(signal.SIGTERM)
+
+        rest, status = await _signal_mid_stream(process, url, log, sigterm)
+        worker_pid = worker_pids[0]
         assert rest[-1] == "data: [DONE]", rest[-3:]
         assert json.loads(rest[-2][len("data: ") :])["choices"][0]["finish_reason"] == "length"
         assert status == 0, b"".join(log).decode()
@@ -117,18 +132,10 @@ async def test_ctrl_c_to_the_terminal_reaches_the_orchestrator_only(cache_dir, t
     """A terminal's Ctrl-C signals its whole process group; the worker has its own session."""
     process, url, _admin_url, log = await _start_server(cache_dir, tmp_path, own_session=True)
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, process, log)
-            async with httpx.AsyncClient(timeout=60) as client:
-                async with client.stream("POST", url + "/v1/completions", json=LONG_STREAM) as response:
-                    lines = response.aiter_lines()
-                    async for line in lines:
-                        if line.startswith("data: {"):
-                            break
-                    os.killpg(process.pid, signal.SIGINT)
-                    rest = [line async for line in lines if line.startswith("data: ")]
-            with trio.fail_after(30):
-                status = await process.wait()
+        async def ctrl_c(client: httpx.AsyncClient) -> None:
+            os.killpg(process.pid, signal.SIGINT)
+
+        rest, status = await _signal_mid_stream(process, url, log, ctrl_c)
         # Had the worker got the SIGINT too, the stream would have ended in an error.
         assert rest[-1] == "data: [DONE]", rest[-3:]
         assert status == 0, b"".join(log).decode()
