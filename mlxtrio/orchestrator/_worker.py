@@ -275,6 +275,8 @@ class ModelWorker:
         finally:
             self._pings.pop(nonce, None)
         if not result:
+            if self._run is not run:
+                raise ServerError(503, "the model worker stopped before answering", code="worker_unavailable")
             raise ServerError(504, "the model worker did not answer a ping within 5 s", code="worker_timeout")
         return trio.current_time() - started, result[0]
 
