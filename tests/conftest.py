@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +26,9 @@ def no_leftover_shared_memory():
     yield
     left = sorted(set(leftover_shared_objects()) - before)
     assert not left, f"the test suite left shared-memory objects behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the session: the demo model is built once."""
+    return tmp_path_factory.mktemp("mlxtrio-cache")

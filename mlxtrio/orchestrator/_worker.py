@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import itertools
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -37,6 +38,25 @@ _EXIT_WAIT = 5.0
 _BACKOFF_BASE = 1.0
 _BACKOFF_CAP = 60.0
 _LOAD_FAILURE_STATUS = {"not_found": 404, "too_large": 507, "invalid": 400}
+# A request the worker failed: OpenAI's error code for its status.
+_FAILURE_CODES = {400: "invalid_request", 500: "generation_failed", 507: "out_of_memory"}
+# The worker's own exit statuses (worker/_main.py) that say why it stopped.
+_EXIT_REASONS = {
+    4: ("protocol", "the model worker lost its channel to the server"),
+    5: ("generation", "the model worker exited after repeated generation failures; it will be restarted"),
+    6: ("protocol", "the model worker received a message it could not read, and exited"),
+}
+
+
+def _exit_reason(returncode: int) -> tuple[str, str]:
+    """(cause, reason) for a worker's unexpected exit."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return "crash", f"the model worker was killed by {name}"
+    return _EXIT_REASONS.get(returncode, ("crash", f"the model worker exited unexpectedly (status {returncode})"))
 
 
 class WorkerState(str, enum.Enum):
@@ -64,6 +84,9 @@ class WorkerStatus:
     queued_requests: int
     failure: str | None
     retry_at: float | None
+    # Unexpected exits by cause (crash, hang, protocol, generation), and the last one's reason.
+    restart_causes: dict[str, int] = attrs.field(factory=dict)
+    last_crash: str | None = None
 
 
 @attrs.define(eq=False)
@@ -98,6 +121,8 @@ class _Run:
     ready: p.Ready | None = None
     # Why we stopped it, if we did (then its exit is no crash).
     stop_reason: str | None = None
+    # Set when the orchestrator kills it for cause ("hang", "protocol").
+    crash_cause: str | None = None
     crash_reason: str | None = None
 
 
@@ -137,7 +162,7 @@ class Events:
         if isinstance(message, p.RequestFailed):
             # One failed choice fails the request; the others are cancelled on the way out.
             self._unfinished.discard(message.request_id)
-            raise ServerError(message.status, message.message)
+            raise ServerError(message.status, message.message, code=_FAILURE_CODES.get(message.status))
         if message.finish_reason is not None:
             self._unfinished.discard(message.request_id)
         return message
@@ -159,6 +184,8 @@ class ModelWorker:
         self._pings: dict[int, tuple[trio.Event, list]] = {}
         self._active = 0
         self._restarts = 0
+        self._restart_causes: dict[str, int] = {}
+        self._last_crash: str | None = None
         self._loads = 0
         self._failures = 0
         self._failure: ServerError | None = None
@@ -310,6 +337,8 @@ class ModelWorker:
             queued_requests=max(0, self._active - self._config.decode_concurrency),
             failure=self._failure.message if self._failure is not None else None,
             retry_at=None if self._retry_at is None else time.time() + max(0.0, self._retry_at - trio.current_time()),
+            restart_causes=dict(self._restart_causes),
+            last_crash=self._last_crash,
         )
 
     # --- the worker's life ------------------------------------------------------
@@ -376,8 +405,12 @@ class ModelWorker:
         if run.stop_reason is not None:
             error = ServerError(503, f"the model was unloaded ({run.stop_reason})", code="model_unloaded")
         else:
-            reason = run.crash_reason or f"the model worker exited unexpectedly (status {process.returncode})"
+            cause, reason = _exit_reason(process.returncode)
+            if run.crash_cause is not None:
+                cause, reason = run.crash_cause, run.crash_reason or reason
             error = ServerError(503, reason, code="worker_crashed")
+            self._restart_causes[cause] = self._restart_causes.get(cause, 0) + 1
+            self._last_crash = reason
         run.channel.stop(PeerGoneError(error.message))
         run.router.close_all(lambda request_id: _WorkerGone(error))
         for done, _ in self._pings.values():
@@ -385,21 +418,25 @@ class ModelWorker:
         await run.channel.aclose()
         self._run = None
         if not run.attempt.done.is_set():
-            # Died or was stopped while loading.
+            # Died or was stopped while loading. Once may be bad luck (the
+            # kernel's OOM killer, an operator): try again at once. Again is a
+            # crash loop: back off.
             self._load_failed(
                 run.attempt,
                 ServerError(503, f"the model worker died while loading {self.model_id!r}: {error.message}", code="load_failed"),
+                retry_at_once=run.stop_reason is None and self._failures == 0,
             )
         elif self._state is not WorkerState.FAILED:
             if run.stop_reason is None:
                 self._restarts += 1
             self._state = WorkerState.UNLOADED
 
-    def _load_failed(self, attempt: _Attempt, error: ServerError) -> None:
+    def _load_failed(self, attempt: _Attempt, error: ServerError, *, retry_at_once: bool = False) -> None:
         self._failures += 1
         self._failure = error
         self._state = WorkerState.FAILED
-        self._retry_at = trio.current_time() + min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (self._failures - 1))
+        wait = 0.0 if retry_at_once else min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (self._failures - 1))
+        self._retry_at = trio.current_time() + wait
         attempt.finish(error)
 
     async def _read(self, run: _Run) -> None:
@@ -435,7 +472,8 @@ class ModelWorker:
                         waiter[1].append(message)
                         waiter[0].set()
         except ProtocolError as exc:
-            run.crash_reason = f"the model worker sent a corrupt message ({exc}); it was restarted"
+            run.crash_cause = "protocol"
+            run.crash_reason = f"the model worker sent a corrupt message ({exc}); it was killed and will be restarted"
             run.process.kill()
         except IPCError:
             pass  # The process's exit is what ends this run.
@@ -456,6 +494,7 @@ class ModelWorker:
             elif self._state is WorkerState.READY:
                 deadline = self._last_progress + self._config.hang_timeout
                 if now >= deadline:
+                    run.crash_cause = "hang"
                     run.crash_reason = (
                         f"the model worker made no progress for {self._config.hang_timeout:g} s "
                         "and was killed; it will be restarted"

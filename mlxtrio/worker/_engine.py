@@ -16,6 +16,7 @@ one frame per step for all of them.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,8 +28,16 @@ from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, make_prom
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
 from .._protocol import Delta, Generate, SamplingParams, TokenLogprob
+from ._failpoints import failpoint
 
 __all__ = ["BatchEngine", "RequestError", "SequentialEngine", "make_engine"]
+
+# A worker whose generation fails this many times in a row, with no good step
+# between, is in a state no request can fix: it exits and is started afresh.
+MAX_CONSECUTIVE_FAILURES = 3
+# How MLX says an allocation failed: mlx/allocator.cpp ("[malloc] Unable to
+# allocate"), the Metal and CUDA allocators, and Metal's command buffer errors.
+_OUT_OF_MEMORY = ("unable to allocate", "out of memory", "insufficient memory", "[metal::malloc]", "resource limit")
 
 
 class RequestError(Exception):
@@ -150,8 +159,18 @@ class _Sequence:
         )
 
 
+def generation_failure(exc: Exception) -> RequestError:
+    """The error a request gets when generation fails under it: 507 for memory, 500 otherwise."""
+    if isinstance(exc, MemoryError) or any(marker in str(exc).lower() for marker in _OUT_OF_MEMORY):
+        # Give what MLX holds in its cache back before anything else runs.
+        mx.clear_cache()
+        return RequestError(507, f"generation ran out of memory: {exc}")
+    return RequestError(500, f"generation failed: {type(exc).__name__}: {exc}")
+
+
 class _EngineBase:
     def __init__(self, model: Any, tokenizer: Any, *, context_length: int | None, prompt_cache_bytes: int) -> None:
+        self._consecutive_failures = 0
         self._model = model
         self._tokenizer = tokenizer
         self._context_length = context_length
@@ -182,6 +201,15 @@ class _EngineBase:
     def _remember(self, tokens: list[int], cache: list[Any]) -> None:
         if self._prompt_cache is not None:
             self._prompt_cache.insert_cache(_MODEL_KEY, tokens, cache)
+
+    @property
+    def broken(self) -> bool:
+        """Whether generation keeps failing whatever runs: time for a fresh process."""
+        return self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES
+
+    def _failed(self, exc: Exception) -> RequestError:
+        self._consecutive_failures += 1
+        return generation_failure(exc)
 
     @property
     def prompt_cache_bytes(self) -> int:
@@ -255,6 +283,10 @@ class BatchEngine(_EngineBase):
         self._generator = self._new_generator()
         self._by_uid: dict[int, _Sequence] = {}
         self._uid_of: dict[int, int] = {}
+        # Requests as admitted: one that has sent nothing yet can start again
+        # after a failed step (once), instead of failing with the step.
+        self._requests: dict[int, Generate] = {}
+        self._retried: set[int] = set()
 
     def _new_generator(self) -> BatchGenerator:
         decode_concurrency, prefill_batch_size, prefill_step_size = self._settings
@@ -287,12 +319,19 @@ class BatchEngine(_EngineBase):
         )
         self._by_uid[uid] = self._new_sequence(request, prompt, cached)
         self._uid_of[request.request_id] = uid
+        self._requests[request.request_id] = request
+
+    def _forget(self, request_id: int) -> None:
+        uid = self._uid_of.pop(request_id)
+        del self._by_uid[uid]
+        del self._requests[request_id]
+        self._retried.discard(request_id)
 
     def cancel(self, request_id: int) -> bool:
-        uid = self._uid_of.pop(request_id, None)
+        uid = self._uid_of.get(request_id)
         if uid is None:
             return False
-        del self._by_uid[uid]
+        self._forget(request_id)
         self._generator.remove([uid])
         return True
 
@@ -302,16 +341,11 @@ class BatchEngine(_EngineBase):
 
     def step(self) -> tuple[list[Delta], list[tuple[int, RequestError]]]:
         try:
+            failpoint("step")
             _, responses = self._generator.next()
         except Exception as exc:  # noqa: BLE001 - the batch failed as a whole
-            # Every sequence in the generator shared the failed step: fail them
-            # all and start from a clean generator (its state is unknown now).
-            status = 507 if "memory" in str(exc).lower() else 500
-            failures = [(request_id, RequestError(status, f"generation failed: {exc}")) for request_id in self._uid_of]
-            self._by_uid.clear()
-            self._uid_of.clear()
-            self._generator = self._new_generator()
-            return [], failures
+            return [], self._recover(self._failed(exc))
+        self._consecutive_failures = 0
         deltas = []
         for response in responses:
             sequence = self._by_uid.get(response.uid)
@@ -329,9 +363,38 @@ class BatchEngine(_EngineBase):
                 if delta.finish_reason is not None:
                     if finish_reason is None:  # ended by a stop string: leave the batch
                         self._generator.remove([response.uid])
-                    del self._by_uid[response.uid]
-                    del self._uid_of[sequence.request_id]
+                    self._forget(sequence.request_id)
         return deltas, []
+
+    def _recover(self, error: RequestError) -> list[tuple[int, RequestError]]:
+        """After a failed step: a clean generator (the old one's state is unknown).
+
+        Sequences that have sent output fail with the step; those that have sent
+        nothing yet (waiting, or in prefill) start again in the new generator,
+        once: a prompt that fails twice is the likely cause and fails too.
+        """
+        failures: list[tuple[int, RequestError]] = []
+        again: list[Generate] = []
+        for request_id, uid in self._uid_of.items():
+            if self._by_uid[uid].completion_tokens == 0 and request_id not in self._retried:
+                again.append(self._requests[request_id])
+            else:
+                failures.append((request_id, error))
+        self._by_uid.clear()
+        self._uid_of.clear()
+        self._requests.clear()
+        self._retried.clear()
+        with contextlib.suppress(Exception):
+            self._generator.close()
+        self._generator = self._new_generator()
+        for request in again:
+            try:
+                self.admit(request)
+            except RequestError as exc:
+                failures.append((request.request_id, exc))
+            else:
+                self._retried.add(request.request_id)
+        return failures
 
 
 @attrs.define(eq=False)
@@ -405,12 +468,13 @@ class SequentialEngine(_EngineBase):
         failures: list[tuple[int, RequestError]] = []
         for request_id, running in list(self._running.items()):
             try:
+                failpoint("step")
                 delta = self._advance(running)
             except Exception as exc:  # noqa: BLE001 - one sequence's failure is not the others'
                 self.cancel(request_id)
-                status = 507 if "memory" in str(exc).lower() else 500
-                failures.append((request_id, RequestError(status, f"generation failed: {exc}")))
+                failures.append((request_id, self._failed(exc)))
                 continue
+            self._consecutive_failures = 0
             if delta is not None:
                 deltas.append(delta)
                 if delta.finish_reason is not None:

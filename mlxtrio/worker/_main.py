@@ -17,11 +17,17 @@ import msgspec
 
 from .. import _protocol as p
 from .._models import weights_size
-from ..ipc import Channel, ChannelSpec, IPCError, PeerGoneError, parent_watch
+from ..ipc import Channel, ChannelSpec, IPCError, PeerGoneError, ProtocolError, parent_watch
+from ._failpoints import failpoint
 
+# Exit statuses the orchestrator turns into reasons (orchestrator/_worker.py).
 EXIT_OK = 0
 EXIT_LOAD_FAILED = 3
 EXIT_CHANNEL_BROKEN = 4
+EXIT_GENERATION_BROKEN = 5
+EXIT_PROTOCOL_ERROR = 6
+# Not a message: 0xc1 is the one byte MessagePack never uses.
+_CORRUPT_FRAME = b"\xc1 not a message"
 
 
 class _LoadError(Exception):
@@ -73,12 +79,15 @@ def main(argv: list[str]) -> int:
     encode = p.TO_ORCHESTRATOR.encode
 
     def send(message: p.ToOrchestrator) -> None:
+        if failpoint("send") == "corrupt":
+            channel.writer.send(_CORRUPT_FRAME, interrupt=watch)
         channel.writer.send(encode(message), interrupt=watch)
 
     try:
         send(p.Hello(os.getpid()))
         started = time.monotonic()
         try:
+            failpoint("load")
             model, tokenizer, context, memory = _load(config)
         except _LoadError as exc:
             send(p.LoadFailed(exc.kind, str(exc)))
@@ -108,6 +117,9 @@ def main(argv: list[str]) -> int:
         return _serve(channel, engine, send, watch)
     except PeerGoneError:
         return EXIT_OK
+    except ProtocolError as exc:
+        print(f"mlxtrio worker: unreadable message from the server: {exc}", file=sys.stderr)
+        return EXIT_PROTOCOL_ERROR
     except IPCError as exc:
         print(f"mlxtrio worker: channel broken: {exc}", file=sys.stderr)
         return EXIT_CHANNEL_BROKEN
@@ -147,3 +159,7 @@ def _serve(channel, engine, send, watch) -> int:  # noqa: ANN001
                 send(p.RequestFailed(request_id, error.status, str(error)))
             # An empty step is a heartbeat: a prefill chunk went by without output.
             send(p.Step(tuple(deltas)))
+            if engine.broken:
+                # Failures with no good step between: a fresh process is the cure.
+                print("mlxtrio worker: generation keeps failing; exiting to be restarted", file=sys.stderr)
+                return EXIT_GENERATION_BROKEN

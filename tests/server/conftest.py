@@ -18,12 +18,6 @@ from mlxtrio import Config, ServerHandle, main
 OPENAPI = Path(__file__).resolve().parents[2].parent / "shared" / "openai" / "openapi.json"
 
 
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache for the session: the demo model is built once."""
-    return tmp_path_factory.mktemp("mlxtrio-cache")
-
-
 def make_config(cache_dir: Path, tmp_path: Path, **overrides: object) -> Config:
     settings: dict[str, object] = {
         "port": 0,

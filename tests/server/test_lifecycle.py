@@ -154,13 +154,16 @@ async def test_model_over_the_memory_budget_is_refused_with_507(client, admin, o
 
 @bounded(60)
 async def test_failed_loads_back_off_instead_of_looping(client, admin):
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(admin.post, "/admin/load", json={"model": "demo"}))
-        while (entry := await worker_entry(admin))["state"] != "loading" or entry["pid"] is None:
-            await trio.sleep(0.01)
-        os.kill(entry["pid"], signal.SIGKILL)  # dies while loading
-    entry = await worker_entry(admin)
-    assert entry["state"] == "failed" and entry["retry_at"] is not None
+    for attempt in (1, 2):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(admin.post, "/admin/load", json={"model": "demo"}))
+            while (entry := await worker_entry(admin))["state"] != "loading" or entry["pid"] is None:
+                await trio.sleep(0.01)
+            os.kill(entry["pid"], signal.SIGKILL)  # dies while loading
+        entry = await worker_entry(admin)
+        assert entry["state"] == "failed" and entry["loads"] == attempt
+    # The first death was retried at once; the second backs off.
+    assert entry["retry_at"] - time.time() > 1.0
     # Within the back-off: refused at once, with Retry-After, and no new worker.
     started = time.monotonic()
     response = await client.post("/v1/completions", json={**LONG, "max_tokens": 2})
@@ -179,6 +182,7 @@ async def test_admin_status_load_health_unload(admin, openapi):
         {
             "model": "demo", "pid": None, "state": "unloaded", "restarts": 0, "loads": 0, "loaded_at": None,
             "last_used_at": None, "memory_bytes": None, "engine": None, "active_requests": 0, "queued_requests": 0, "failure": None, "retry_at": None,
+            "restart_causes": {}, "last_crash": None,
         }
     ]
     for key in ("ram_tier", "ram_bytes", "memory_budget_bytes", "idle_timeout", "request_timeout", "model"):

@@ -174,3 +174,46 @@ async def test_cli_says_plainly_what_is_wrong(tmp_path):
         )
     assert busy.returncode == 1 and b"Address already in use" in busy.stderr, busy.stderr.decode()
     assert b"Traceback" not in busy.stderr
+
+
+@bounded(120)
+async def test_orchestrator_sigkill_the_worker_exits_and_the_next_start_sweeps(cache_dir, tmp_path):
+    first, _url, admin_url, _log = await _start_server(cache_dir, tmp_path)
+    try:
+        async with httpx.AsyncClient(timeout=60) as client:
+            worker_pid = (await client.post(admin_url + "/admin/load", json={"model": "demo"})).json()["pid"]
+        # The worker is not our child: a pidfd tells us when it exits.
+        exited = os.pidfd_open(worker_pid)
+        try:
+            first.kill()
+            killed_at = trio.current_time()
+            with trio.fail_after(1):
+                await trio.lowlevel.wait_readable(exited)
+            assert trio.current_time() - killed_at < 1.0
+        finally:
+            os.close(exited)
+    finally:
+        if first.returncode is None:
+            first.kill()
+        await first.wait()
+
+    # What a server killed while it held shared memory (before its worker said Hello) leaves behind.
+    code = (
+        "import os, signal\nfrom mlxtrio.ipc import Channel\nChannel.create()\n"
+        "print(os.getpid(), flush=True)\nos.kill(os.getpid(), signal.SIGKILL)"
+    )
+    dead = await trio.run_process([sys.executable, "-c", code], capture_stdout=True, check=False)
+    assert dead.returncode == -signal.SIGKILL
+    dead_pid = int(dead.stdout)
+    assert [found for found in list_objects() if found.creator_pid == dead_pid]
+
+    second, _url, _admin_url, log = await _start_server(cache_dir, tmp_path)
+    try:
+        assert not [found for found in list_objects() if found.creator_pid in (dead_pid, first.pid)]
+        assert b"shared-memory objects left by dead mlxtrio processes" in b"".join(log), b"".join(log).decode()
+    finally:
+        second.send_signal(signal.SIGTERM)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, second, log)
+            with trio.fail_after(30):
+                assert await second.wait() == 0
