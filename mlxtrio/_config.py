@@ -7,6 +7,7 @@ tier's default. The tier is part of the effective configuration that
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,6 +58,24 @@ def _flag(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: whatever it resolves to, assume the network
+
+
+def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
+    """MLX_API_KEY (comma-separated) and MLX_API_KEY_FILE (one per line): a file keeps keys out of ``ps``."""
+    keys = [key.strip() for key in env.get("MLX_API_KEY", "").split(",")]
+    if env.get("MLX_API_KEY_FILE"):
+        keys += [line.strip() for line in Path(env["MLX_API_KEY_FILE"]).read_text().splitlines()]
+    return tuple(key for key in keys if key and not key.startswith("#"))
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     host: str = "127.0.0.1"
@@ -83,6 +102,14 @@ class Config:
     max_queue: int = 128
     # Byte cap of each worker's prompt (KV) cache; 0 turns it off.
     prompt_cache_bytes: int = 1 << 30
+    # Request limits: body size (413 past it), max_tokens and n (400 past them).
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_tokens_limit: int = 32768
+    max_choices: int = 16
+    # Bearer tokens: any of api_keys for the OpenAI API (none: open), admin_token
+    # for the admin API. Never shown in /admin/status or a repr.
+    api_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
+    admin_token: str | None = attrs.field(default=None, repr=False)
     cache_dir: Path
     hf_hub_cache: Path
     # Hugging Face repo ids not in the local cache may be fetched only if allowed.
@@ -113,6 +140,11 @@ class Config:
             "prefill_step_size": int(env.get("MLX_PREFILL_STEP_SIZE", 512)),
             "max_queue": int(env.get("MLX_MAX_QUEUE", 128)),
             "prompt_cache_bytes": int(env.get("MLX_PROMPT_CACHE_BYTES", 1 << 30)),
+            "max_body_bytes": int(env.get("MLX_MAX_BODY_BYTES", 16 * 1024 * 1024)),
+            "max_tokens_limit": int(env.get("MLX_MAX_TOKENS", 32768)),
+            "max_choices": int(env.get("MLX_MAX_CHOICES", 16)),
+            "api_keys": _api_keys(env),
+            "admin_token": env.get("MLX_ADMIN_TOKEN") or None,
             "cache_dir": _default_cache_dir(env),
             "hf_hub_cache": _default_hf_hub(env),
             "allow_downloads": _flag(env.get("MLX_ALLOW_DOWNLOADS", "0")),
@@ -123,16 +155,24 @@ class Config:
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         config = cls(**values)
-        for name in ("decode_concurrency", "prefill_batch_size", "prefill_step_size"):
+        for name in ("decode_concurrency", "prefill_batch_size", "prefill_step_size", "max_body_bytes", "max_tokens_limit", "max_choices"):
             if getattr(config, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
         if config.max_queue < 0:
             raise ValueError(f"max_queue must be 0 or more, not {config.max_queue}")
+        if not is_loopback(config.admin_host) and not config.admin_token:
+            raise ValueError(
+                f"the admin API would listen on {config.admin_host}, beyond this machine, with no token: "
+                "set MLX_ADMIN_TOKEN, or keep MLX_ADMIN_HOST on 127.0.0.1"
+            )
         return config
 
     def describe(self) -> dict:
-        """The effective settings, for /admin/status."""
-        return {
+        """The effective settings, for /admin/status: secrets only as whether they are set."""
+        settings = {
             key: (str(value) if isinstance(value, Path) else value)
             for key, value in attrs.asdict(self, recurse=False).items()
         }
+        settings["api_keys"] = len(self.api_keys)
+        settings["admin_token"] = self.admin_token is not None
+        return settings

@@ -6,7 +6,7 @@ __all__ = ["ServerError"]
 
 _TYPES = {
     400: "invalid_request_error",
-    401: "authentication_error",
+    401: "invalid_request_error",  # as OpenAI answers a bad key
     404: "not_found_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
@@ -27,6 +27,7 @@ class ServerError(Exception):
         code: str | None = None,
         param: str | None = None,
         retry_after: float | None = None,
+        www_authenticate: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -35,6 +36,8 @@ class ServerError(Exception):
         self.code = code
         self.param = param
         self.retry_after = retry_after
+        # A 401 names the scheme it wants (RFC 9110).
+        self.www_authenticate = www_authenticate
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

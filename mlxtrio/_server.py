@@ -22,7 +22,7 @@ import hypercorn.trio
 import msgspec
 import trio
 
-from ._config import Config
+from ._config import Config, is_loopback
 from ._state_files import remove_quietly, write_atomically
 from .api import ServerState, create_admin_app, create_openai_app
 from .ipc import sweep_stale_objects
@@ -98,6 +98,8 @@ async def main(
     swept = sweep_stale_objects()
     if swept:
         log.info("removed %d shared-memory objects left by dead mlxtrio processes", len(swept))
+    if not is_loopback(config.host) and not config.api_keys:
+        log.warning("the OpenAI API listens on %s with no API key: anyone who can reach it can use it", config.host)
     supervisor = Supervisor(config, ModelCatalog(config))
     state = ServerState(config, supervisor)
     stop = trio.Event()

@@ -9,6 +9,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from .._errors import ServerError
+from ._auth import require_bearer_token
 from ._common import ServerState, install_error_handlers, json_response
 
 __all__ = ["create_admin_app"]
@@ -34,7 +35,10 @@ async def _model_from_body(state: ServerState, *, required: bool) -> str | None:
 
 def create_admin_app(state: ServerState) -> QuartTrio:
     app = QuartTrio("mlxtrio.admin")
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     install_error_handlers(app)
+    admin_token = [state.config.admin_token] if state.config.admin_token else []
+    require_bearer_token(app, admin_token, code="invalid_admin_token")
     supervisor = state.supervisor
     started_at = time.time()
 

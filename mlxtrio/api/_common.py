@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from .._config import Config
 from .._errors import ServerError
 from ..orchestrator import Supervisor
+from ._requests import RequestLimits
 
 __all__ = ["ServerState", "error_response", "install_error_handlers", "json_response"]
 
@@ -27,7 +28,10 @@ class ServerState:
     config: Config
     supervisor: Supervisor
     shutting_down: bool = False
-    config_max_body_bytes: int = 16 * 1024 * 1024
+
+    @property
+    def limits(self) -> RequestLimits:
+        return RequestLimits(max_tokens=self.config.max_tokens_limit, max_choices=self.config.max_choices)
 
 
 def json_response(payload: object, status: int = 200) -> Response:
@@ -38,6 +42,8 @@ def error_response(error: ServerError) -> Response:
     response = json_response(error.body(), error.status)
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    if error.www_authenticate:
+        response.headers["WWW-Authenticate"] = "Bearer"
     return response
 
 

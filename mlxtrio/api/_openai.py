@@ -19,6 +19,7 @@ from quart_trio import QuartTrio
 
 from .._errors import ServerError
 from ..orchestrator import Events, ModelWorker, Supervisor
+from ._auth import require_bearer_token
 from ._common import ServerState, install_error_handlers, json_response
 from ._requests import ChatCompletionRequest, CompletionRequest, decode_request
 
@@ -72,8 +73,10 @@ def _usage(lasts: list) -> dict:
 
 def create_openai_app(state: ServerState) -> QuartTrio:
     app = QuartTrio("mlxtrio.openai")
-    app.config["MAX_CONTENT_LENGTH"] = state.config_max_body_bytes
+    app.config["MAX_CONTENT_LENGTH"] = state.config.max_body_bytes
     install_error_handlers(app)
+    # /health stays open: load balancers and the daemon script probe it without a key.
+    require_bearer_token(app, state.config.api_keys, code="invalid_api_key", open_paths={"/health"})
     supervisor: Supervisor = state.supervisor
     request_timeout = state.config.request_timeout
 
@@ -97,7 +100,7 @@ def create_openai_app(state: ServerState) -> QuartTrio:
         parsed, worker, completion_id, created = await _begin(supervisor, state, ChatCompletionRequest, "chatcmpl-")
 
         def generation():  # noqa: ANN202
-            return worker.generate(parsed.sampling(), messages=parsed.chat_messages(), n=parsed.n)
+            return worker.generate(parsed.sampling(state.limits), messages=parsed.chat_messages(), n=parsed.n)
 
         def chunk(index: int, delta: dict, finish_reason: str | None, logprobs=()) -> dict:  # noqa: ANN001
             return {
@@ -152,7 +155,7 @@ def create_openai_app(state: ServerState) -> QuartTrio:
         parsed, worker, completion_id, created = await _begin(supervisor, state, CompletionRequest, "cmpl-")
 
         def generation():  # noqa: ANN202
-            return worker.generate(parsed.sampling(), prompt=parsed.prompt, n=parsed.n)
+            return worker.generate(parsed.sampling(state.limits), prompt=parsed.prompt, n=parsed.n)
 
         wants_logprobs = parsed.logprobs is not None
         offsets = [0] * parsed.n  # streamed: where each choice's next chunk starts
@@ -206,7 +209,7 @@ def _model_object(entry) -> dict:  # noqa: ANN001
 
 async def _begin(supervisor: Supervisor, state: ServerState, request_type: type, id_prefix: str):  # noqa: ANN202
     """What every generation request starts with: its body validated, its model's worker, an id and a time."""
-    parsed = decode_request(await request.get_data(cache=False), request_type)
+    parsed = decode_request(await request.get_data(cache=False), request_type, state.limits)
     if state.shutting_down:
         raise ServerError(503, "the server is shutting down", code="shutting_down")
     worker = await supervisor.worker(parsed.model)

@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import re
 
+import attrs
 import msgspec
 
 from .. import _protocol as p
 from .._errors import ServerError
 
-__all__ = ["ChatCompletionRequest", "CompletionRequest", "decode_request"]
+__all__ = ["ChatCompletionRequest", "CompletionRequest", "RequestLimits", "decode_request"]
 
 DEFAULT_MAX_TOKENS = 1024
 MAX_STOP_SEQUENCES = 4
-MAX_CHOICES = 16
+MAX_STOP_LENGTH = 512
+
+
+@attrs.frozen(kw_only=True)
+class RequestLimits:
+    """What one request may ask for (MLX_MAX_TOKENS, MLX_MAX_CHOICES)."""
+
+    max_tokens: int = 32768
+    max_choices: int = 16
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
 _MISSING_RE = re.compile(r"missing required field `([^`]*)`")
@@ -59,19 +68,23 @@ class _Common(msgspec.Struct, kw_only=True):
     min_p: float | None = None
     repetition_penalty: float | None = None
 
-    def _max_tokens(self) -> int:
-        return self.max_tokens if self.max_tokens is not None else DEFAULT_MAX_TOKENS
+    def _max_tokens(self, limits: RequestLimits) -> int:
+        # The server's cap applies to the default too.
+        return self.max_tokens if self.max_tokens is not None else min(DEFAULT_MAX_TOKENS, limits.max_tokens)
+
+    def _max_tokens_param(self) -> str:
+        return "max_tokens"
 
     def _logprobs(self) -> tuple[bool, int]:
         """(report log probabilities, how many alternatives): each API spells it its own way."""
         return False, 0
 
-    def sampling(self) -> p.SamplingParams:
+    def sampling(self, limits: RequestLimits) -> p.SamplingParams:
         wanted, top = self._logprobs()
         return p.SamplingParams(
             logprobs=wanted,
             top_logprobs=top,
-            max_tokens=self._max_tokens(),
+            max_tokens=self._max_tokens(limits),
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
             stop=tuple([self.stop] if isinstance(self.stop, str) else self.stop or ()),
@@ -85,12 +98,12 @@ class _Common(msgspec.Struct, kw_only=True):
             logit_bias=tuple((int(token), bias) for token, bias in (self.logit_bias or {}).items()),
         )
 
-    def validate(self) -> None:
+    def validate(self, limits: RequestLimits) -> None:
         if not self.model:
             raise ServerError(400, "model must not be empty", param="model")
-        max_tokens = self._max_tokens()
-        if max_tokens < 1:
-            raise ServerError(400, f"max_tokens must be at least 1, not {max_tokens}", param="max_tokens")
+        max_tokens, param = self._max_tokens(limits), self._max_tokens_param()
+        if not 1 <= max_tokens <= limits.max_tokens:
+            raise ServerError(400, f"{param} must be within [1, {limits.max_tokens}], not {max_tokens}", param=param)
         if self.temperature is not None and not 0 <= self.temperature <= 2:
             raise ServerError(400, f"temperature must be within [0, 2], not {self.temperature}", param="temperature")
         if self.top_p is not None and not 0 < self.top_p <= 1:
@@ -98,8 +111,8 @@ class _Common(msgspec.Struct, kw_only=True):
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
         if len(stops) > MAX_STOP_SEQUENCES:
             raise ServerError(400, f"at most {MAX_STOP_SEQUENCES} stop sequences, not {len(stops)}", param="stop")
-        if any(stop == "" for stop in stops):
-            raise ServerError(400, "stop sequences must not be empty", param="stop")
+        if any(not 0 < len(stop) <= MAX_STOP_LENGTH for stop in stops):
+            raise ServerError(400, f"stop sequences must have 1 to {MAX_STOP_LENGTH} characters", param="stop")
         if self.seed is not None and not -(2**63) <= self.seed < 2**63:
             raise ServerError(400, "seed must fit in 64 bits", param="seed")
         for name in ("presence_penalty", "frequency_penalty"):
@@ -119,8 +132,8 @@ class _Common(msgspec.Struct, kw_only=True):
                 raise ServerError(400, f"logit_bias keys are token ids, not {token!r}", param="logit_bias")
             if not -100 <= bias <= 100:
                 raise ServerError(400, f"logit_bias values must be within [-100, 100], not {bias}", param="logit_bias")
-        if not 1 <= self.n <= MAX_CHOICES:
-            raise ServerError(400, f"n must be within [1, {MAX_CHOICES}], not {self.n}", param="n")
+        if not 1 <= self.n <= limits.max_choices:
+            raise ServerError(400, f"n must be within [1, {limits.max_choices}], not {self.n}", param="n")
         if self.stream_options is not None and not self.stream:
             raise ServerError(400, "stream_options is only allowed with stream: true", param="stream_options")
 
@@ -138,13 +151,16 @@ class ChatCompletionRequest(_Common, kw_only=True):
     def _logprobs(self) -> tuple[bool, int]:
         return self.logprobs, self.top_logprobs or 0
 
-    def _max_tokens(self) -> int:
+    def _max_tokens(self, limits: RequestLimits) -> int:
         if self.max_completion_tokens is not None:
             return self.max_completion_tokens
-        return super()._max_tokens()
+        return super()._max_tokens(limits)
 
-    def validate(self) -> None:
-        super().validate()
+    def _max_tokens_param(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+
+    def validate(self, limits: RequestLimits) -> None:
+        super().validate(limits)
         if self.top_logprobs is not None:
             if not 0 <= self.top_logprobs <= 20:
                 raise ServerError(400, f"top_logprobs must be within [0, 20], not {self.top_logprobs}", param="top_logprobs")
@@ -185,8 +201,8 @@ class CompletionRequest(_Common, kw_only=True):
     def _logprobs(self) -> tuple[bool, int]:
         return self.logprobs is not None, self.logprobs or 0
 
-    def validate(self) -> None:
-        super().validate()
+    def validate(self, limits: RequestLimits) -> None:
+        super().validate(limits)
         if self.logprobs is not None and not 0 <= self.logprobs <= 5:
             raise ServerError(400, f"logprobs must be within [0, 5], not {self.logprobs}", param="logprobs")
         if self.prompt == "":
@@ -203,7 +219,7 @@ def _param_of(message: str) -> str | None:
     return path or None
 
 
-def decode_request(body: bytes, request_type: type[msgspec.Struct]):  # noqa: ANN201
+def decode_request(body: bytes, request_type: type[msgspec.Struct], limits: RequestLimits):  # noqa: ANN201
     """Decode and validate a JSON body; any problem is a 400 ServerError."""
     try:
         request = msgspec.json.decode(body, type=request_type)
@@ -211,5 +227,7 @@ def decode_request(body: bytes, request_type: type[msgspec.Struct]):  # noqa: AN
         raise ServerError(400, f"invalid request: {exc}", param=_param_of(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise ServerError(400, f"the body is not valid JSON: {exc}") from None
-    request.validate()
+    except RecursionError:
+        raise ServerError(400, "the body's JSON is nested too deeply") from None
+    request.validate(limits)
     return request

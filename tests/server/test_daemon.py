@@ -33,7 +33,7 @@ async def _daemon(env: dict[str, str], *args: str) -> subprocess.CompletedProces
 
 @bounded(120)
 async def test_start_status_request_stop(cache_dir, tmp_path):
-    env = _env(cache_dir, tmp_path)
+    env = {**_env(cache_dir, tmp_path), "MLX_ADMIN_TOKEN": "admin-secret", "MLX_API_KEY": "key-1"}
     started = await _daemon(env, "start")
     assert started.returncode == 0, started.stderr
     pid = int((tmp_path / "state" / "mlxtrio.pid").read_text())
@@ -44,8 +44,10 @@ async def test_start_status_request_stop(cache_dir, tmp_path):
         status = await _daemon(env, "status")
         assert status.returncode == 0
         assert b'health: {"status":"ok"}' in status.stdout
+        # The script passes MLX_ADMIN_TOKEN on: the admin API answered with the status.
+        assert b'status: {"started_at"' in status.stdout, status.stdout
         url = re.search(rb"OpenAI API on (\S+),", status.stdout).group(1).decode()
-        async with httpx.AsyncClient(timeout=60) as client:
+        async with httpx.AsyncClient(timeout=60, headers={"Authorization": "Bearer key-1"}) as client:
             response = await client.post(url + "/v1/completions", json={"model": "demo", "prompt": "hi", "max_tokens": 3})
             assert response.status_code == 200
         stopped = await _daemon(env, "stop")

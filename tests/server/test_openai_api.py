@@ -162,6 +162,12 @@ BAD_BODIES = [
     (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 999999}', None),
     (b"\xff\xfe not utf-8", None),
     (b"[" * 10000 + b"]" * 10000, None),
+    # Deep nesting inside an ignored field: msgspec recurses while skipping it.
+    (b'{"model": "demo", "extra": ' + b"[" * 100000 + b"]" * 100000 + b"}", None),
+    (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "temperature": 1e400}', "temperature"),
+    (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}', "max_tokens"),
+    (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}', "stop"),
+    (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "n": 1000}', "n"),
 ]
 
 
