@@ -28,6 +28,7 @@ class ServerError(Exception):
         param: str | None = None,
         retry_after: float | None = None,
         www_authenticate: bool = False,
+        close_connection: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -38,6 +39,8 @@ class ServerError(Exception):
         self.retry_after = retry_after
         # A 401 names the scheme it wants (RFC 9110).
         self.www_authenticate = www_authenticate
+        # Answered before the body was read: the connection cannot carry another request.
+        self.close_connection = close_connection
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

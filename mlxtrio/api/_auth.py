@@ -24,7 +24,11 @@ def _digest(token: str) -> bytes:
 
 
 def require_bearer_token(app: QuartTrio, tokens: Collection[str], *, code: str, open_paths: Collection[str] = ()) -> None:
-    """Answer 401 in OpenAI's shape, before the body is read, unless a request carries one of ``tokens``."""
+    """Answer 401 in OpenAI's shape, before the body is read, unless a request carries one of ``tokens``.
+
+    The body is never read for a refused request, so the 401 also closes the
+    connection: what is left of the body must not be parsed as a next request.
+    """
     if not tokens:
         return
     digests = tuple(_digest(token) for token in tokens)
@@ -36,11 +40,15 @@ def require_bearer_token(app: QuartTrio, tokens: Collection[str], *, code: str, 
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             raise ServerError(
-                401, "no API key: send it as 'Authorization: Bearer <key>'", code=code, www_authenticate=True
+                401,
+                "no API key: send it as 'Authorization: Bearer <key>'",
+                code=code,
+                www_authenticate=True,
+                close_connection=True,
             )
         wanted = _digest(presented.strip())
         matched = False
         for digest in digests:
             matched |= hmac.compare_digest(wanted, digest)
         if not matched:
-            raise ServerError(401, "the API key is not valid", code=code, www_authenticate=True)
+            raise ServerError(401, "the API key is not valid", code=code, www_authenticate=True, close_connection=True)

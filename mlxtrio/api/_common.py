@@ -44,6 +44,8 @@ def error_response(error: ServerError) -> Response:
         response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
     if error.www_authenticate:
         response.headers["WWW-Authenticate"] = "Bearer"
+    if error.close_connection:
+        response.headers["Connection"] = "close"
     return response
 
 
@@ -62,11 +64,7 @@ def install_error_handlers(app: QuartTrio) -> None:
             405: "method not allowed on this endpoint",
             413: "the request body is too large",
         }.get(status, error.description or error.name)
-        response = error_response(ServerError(status, message))
-        if status == 413:
-            # The rest of the body was never read: this connection cannot carry another request.
-            response.headers["Connection"] = "close"
-        return response
+        return error_response(ServerError(status, message, close_connection=status == 413))
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:

@@ -30,7 +30,7 @@ async def test_api_keys_guard_the_openai_api(server, client, openapi):
             assert response.json()["error"]["code"] == "invalid_api_key"
     # Refused before the body is read: an unauthenticated 20 MiB body is a 401, not a 413.
     big = await client.post("/v1/completions", content=b"x" * (20 << 20), headers={"content-type": "application/json"})
-    assert big.status_code == 401
+    assert big.status_code == 401 and big.headers["Connection"] == "close"
     assert (await client.get("/health")).status_code == 200  # open, for load balancers
     for key in KEYS:
         response = await client.post("/v1/completions", json=COMPLETION, headers={"Authorization": f"Bearer {key}"})
