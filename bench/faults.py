@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import signal
 import statistics
 import subprocess
@@ -30,34 +29,20 @@ from pathlib import Path
 import httpx
 import trio
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from server_process import mlxtrio_server  # noqa: E402
+
 LONG = {"model": "demo", "prompt": "Tell me everything.", "max_tokens": 4000, "ignore_eos": True}
 SHORT = {"model": "demo", "prompt": "hi", "max_tokens": 2}
 
 
 @contextlib.asynccontextmanager
 async def running_server(cache: Path, **env: str) -> AsyncIterator[tuple[subprocess.Popen, httpx.AsyncClient, httpx.AsyncClient]]:
-    log_path = Path(tempfile.mkstemp(prefix="mlxtrio-faults-", suffix=".log")[1])
-    environment = {**os.environ, "MLX_CACHE_DIR": str(cache), "MLX_PORT": "0", "MLX_ADMIN_PORT": "0", "PYTHONPATH": str(ROOT), **env}
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "mlxtrio", "serve"], env=environment, stderr=log, cwd=ROOT)
-    try:
-        with trio.fail_after(60):
-            while not (found := re.search(r"OpenAI API on (\S+), admin API on (\S+)", log_path.read_text())):
-                await trio.sleep(0.05)
-        async with httpx.AsyncClient(base_url=found.group(1), timeout=120) as client, httpx.AsyncClient(
-            base_url=found.group(2), timeout=30
+    async with mlxtrio_server(cache, **env) as server:
+        async with httpx.AsyncClient(base_url=server.openai_url, timeout=120) as client, httpx.AsyncClient(
+            base_url=server.admin_url, timeout=30
         ) as admin:
-            yield server, client, admin
-    finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-        log_path.unlink()
+            yield server.process, client, admin
 
 
 async def worker_pid(admin: httpx.AsyncClient, state: str = "ready") -> int:

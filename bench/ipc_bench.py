@@ -17,8 +17,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import struct
 import subprocess
 import sys
 import time

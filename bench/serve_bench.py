@@ -37,6 +37,7 @@ import trio
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_models import MODEL_NAMES, build  # noqa: E402
+from server_process import stop  # noqa: E402
 
 PROMPT_WORDS = (
     "Explain how a server keeps many clients happy at once, why each token should reach its "
@@ -238,12 +239,7 @@ async def bench_server(kind: str, model_path: str, concurrencies: list[int], max
             print(f"  {kind}, {concurrency} streams: {measured}", file=sys.stderr, flush=True)
         return result
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         log.close()
 
 

@@ -25,9 +25,7 @@ import argparse
 import json
 import os
 import random
-import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,8 +34,10 @@ from pathlib import Path
 import httpx
 import trio
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+from server_process import mlxtrio_server  # noqa: E402
+
 from mlxtrio.ipc import list_objects  # noqa: E402
 
 # Per request: past this it counts as hung.
@@ -165,17 +165,8 @@ async def _killer(admin: str, kills: int, requests: int, started: list[int], kil
 
 async def soak(args: argparse.Namespace) -> dict:
     cache = Path(args.cache_dir or tempfile.mkdtemp(prefix="mlxtrio-soak-"))
-    env = {**os.environ, "MLX_CACHE_DIR": str(cache), "MLX_PORT": "0", "MLX_ADMIN_PORT": "0", "PYTHONPATH": str(ROOT)}
-    log_path = cache / "soak-server.log"
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "mlxtrio", "serve"], env=env, stderr=log, cwd=ROOT)
-    try:
-        with trio.fail_after(120):
-            while not (found := re.search(r"OpenAI API on (\S+), admin API on (\S+)", log_path.read_text())):
-                if server.poll() is not None:
-                    raise RuntimeError(f"the server exited: {log_path.read_text()}")
-                await trio.sleep(0.1)
-        url, admin = found.group(1), found.group(2)
+    async with mlxtrio_server(cache) as started_server:
+        server, url, admin = started_server.process, started_server.openai_url, started_server.admin_url
         rng = random.Random(args.seed)
         tally = Tally()
         limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
@@ -235,13 +226,6 @@ async def soak(args: argparse.Namespace) -> dict:
             "checks": checks,
             "passed": all(checks.values()),
         }
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def main() -> int:

@@ -15,10 +15,10 @@ import pytest
 import trio
 import trio.testing
 
-from mlxtrio.ipc import Channel, Codec, MessageRouter, PeerGoneError, RingTimeoutError, TrioChannel
+from mlxtrio.ipc import Codec, MessageRouter, PeerGoneError, RingTimeoutError
 
 from ..helpers import bounded
-from .conftest import open_peer, start_peer
+from .conftest import open_peer
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process APIs")
 
