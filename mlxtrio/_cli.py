@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 import trio
 
 from ._config import Config
+from ._logging import LOG_FORMATS, configure_logging
 from ._server import main as serve_main
 
 __all__ = ["main"]
@@ -34,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-downloads", action="store_true", default=None, help="fetch repo ids missing from the cache (MLX_ALLOW_DOWNLOADS)"
     )
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    serve.add_argument("--log-format", choices=LOG_FORMATS, help="text or json, one object per line (MLX_LOG_FORMAT, default text)")
     return parser
 
 
@@ -45,10 +48,11 @@ def _first_leaf(error: BaseException) -> BaseException:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        configure_logging(args.log_level, log_format=args.log_format or os.environ.get("MLX_LOG_FORMAT", "text"))
+    except ValueError as exc:
+        print(f"mlxtrio: invalid setting: {exc}", file=sys.stderr)
+        return 2
     try:
         config = Config.from_environment(
             host=args.host,

@@ -23,6 +23,7 @@ import msgspec
 import trio
 
 from ._config import Config, is_loopback
+from ._metrics import Metrics
 from ._state_files import remove_quietly, write_atomically
 from .api import ServerState, create_admin_app, create_openai_app
 from .ipc import sweep_stale_objects
@@ -101,7 +102,7 @@ async def main(
     if not is_loopback(config.host) and not config.api_keys:
         log.warning("the OpenAI API listens on %s with no API key: anyone who can reach it can use it", config.host)
     supervisor = Supervisor(config, ModelCatalog(config))
-    state = ServerState(config, supervisor)
+    state = ServerState(config, supervisor, Metrics(supervisor.statistics))
     stop = trio.Event()
     forced: list[bool] = []
     if config.pid_file is not None:

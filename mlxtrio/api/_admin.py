@@ -11,6 +11,7 @@ from quart_trio import QuartTrio
 from .._errors import ServerError
 from ._auth import require_bearer_token
 from ._common import ServerState, install_error_handlers, json_response
+from ._observe import install_observability
 
 __all__ = ["create_admin_app"]
 
@@ -37,6 +38,7 @@ def create_admin_app(state: ServerState) -> QuartTrio:
     app = QuartTrio("mlxtrio.admin")
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     install_error_handlers(app)
+    install_observability(app, state.metrics)
     admin_token = [state.config.admin_token] if state.config.admin_token else []
     require_bearer_token(app, admin_token, code="invalid_admin_token")
     supervisor = state.supervisor
@@ -68,6 +70,11 @@ def create_admin_app(state: ServerState) -> QuartTrio:
         for worker in workers:
             await worker.unload()
         return json_response({"unloaded": [worker.model_id for worker in workers]})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        body, content_type = state.metrics.exposition()
+        return Response(body, status=200, content_type=content_type)
 
     @app.get("/admin/health")
     async def health() -> Response:

@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from .._config import Config
 from .._errors import ServerError
+from .._metrics import Metrics
 from ..orchestrator import Supervisor
 from ._requests import RequestLimits
 
@@ -27,6 +28,7 @@ class ServerState:
 
     config: Config
     supervisor: Supervisor
+    metrics: Metrics
     shutting_down: bool = False
 
     @property

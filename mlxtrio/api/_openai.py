@@ -21,6 +21,7 @@ from .._errors import ServerError
 from ..orchestrator import Events, ModelWorker, Supervisor
 from ._auth import require_bearer_token
 from ._common import ServerState, install_error_handlers, json_response
+from ._observe import CLIENT_CLOSED_REQUEST, current_record, install_observability
 from ._requests import ChatCompletionRequest, CompletionRequest, decode_request
 
 __all__ = ["create_openai_app"]
@@ -75,6 +76,7 @@ def create_openai_app(state: ServerState) -> QuartTrio:
     app = QuartTrio("mlxtrio.openai")
     app.config["MAX_CONTENT_LENGTH"] = state.config.max_body_bytes
     install_error_handlers(app)
+    install_observability(app, state.metrics)
     # /health stays open: load balancers and the daemon script probe it without a key.
     require_bearer_token(app, state.config.api_keys, code="invalid_api_key", open_paths={"/health"})
     supervisor: Supervisor = state.supervisor
@@ -213,6 +215,7 @@ async def _begin(supervisor: Supervisor, state: ServerState, request_type: type,
     if state.shutting_down:
         raise ServerError(503, "the server is shutting down", code="shutting_down")
     worker = await supervisor.worker(parsed.model)
+    current_record().model = parsed.model
     return parsed, worker, id_prefix + secrets.token_hex(12), int(time.time())
 
 
@@ -222,6 +225,7 @@ def _timed_out(timeout: float) -> ServerError:
 
 async def _collect(opened: AbstractAsyncContextManager[Events], choices: int, timeout: float):  # noqa: ANN202
     """A non-streaming request: each choice's deltas, joined; 504 past the request timeout."""
+    record = current_record()
     parts: list[list[str]] = [[] for _ in range(choices)]
     logprobs: list[list] = [[] for _ in range(choices)]
     lasts: list = [None] * choices
@@ -229,6 +233,7 @@ async def _collect(opened: AbstractAsyncContextManager[Events], choices: int, ti
         async with opened as events:
             async for delta in events:
                 index = events.choice(delta)
+                record.on_delta(index, delta)
                 parts[index].append(delta.text)
                 logprobs[index].extend(delta.logprobs)
                 lasts[index] = delta
@@ -261,7 +266,11 @@ async def _stream(
     if scope.cancelled_caught:
         raise _timed_out(timeout)
 
+    record = current_record()
+
     async def body() -> AsyncIterator[bytes]:
+        # Until it ends otherwise, the client left (the generator is closed mid-yield).
+        status = CLIENT_CLOSED_REQUEST
         try:
             # No cancel scope may stay open across a yield: a fresh one per wait.
             async with generation() as events:
@@ -277,17 +286,24 @@ async def _stream(
                             break
                     if scope.cancelled_caught:
                         # Leaving the block cancels the sequence in the worker.
+                        status = 504
                         yield _sse(_timed_out(timeout).body())
                         return
                     index = events.choice(delta)
+                    record.on_delta(index, delta)
                     lasts[index] = delta
                     yield _sse(each(index, delta))
+            status = 200
             if usage is not None and all(last is not None for last in lasts):
                 yield _sse(usage(_usage(lasts)))
             yield b"data: [DONE]\n\n"
         except ServerError as exc:
+            status = exc.status
             yield _sse(exc.body())
+        finally:
+            record.finish(status)
 
+    record.streaming = True
     response = Response(body(), status=200, content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"

@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import enum
 import itertools
+import logging
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -31,6 +33,12 @@ from ..ipc import Channel, IPCError, MessageRouter, PeerGoneError, ProtocolError
 from ._catalog import ModelEntry
 
 __all__ = ["Events", "ModelWorker", "WorkerState", "WorkerStatus"]
+
+log = logging.getLogger("mlxtrio.orchestrator")
+# What the worker writes to stderr (warnings, tracebacks) goes to this logger, line by line.
+worker_log = logging.getLogger("mlxtrio.worker")
+# While a model loads, a line this often says it still is.
+_LOADING_REPORT_INTERVAL = 10.0
 
 # Graceful stop: how long the worker may take to exit after Shutdown.
 _EXIT_WAIT = 5.0
@@ -87,6 +95,8 @@ class WorkerStatus:
     # Unexpected exits by cause (crash, hang, protocol, generation), and the last one's reason.
     restart_causes: dict[str, int] = attrs.field(factory=dict)
     last_crash: str | None = None
+    # How long the latest successful load took.
+    load_seconds: float | None = None
 
 
 @attrs.define(eq=False)
@@ -186,6 +196,7 @@ class ModelWorker:
         self._restarts = 0
         self._restart_causes: dict[str, int] = {}
         self._last_crash: str | None = None
+        self._load_seconds: float | None = None
         self._loads = 0
         self._failures = 0
         self._failure: ServerError | None = None
@@ -339,6 +350,7 @@ class ModelWorker:
             retry_at=None if self._retry_at is None else time.time() + max(0.0, self._retry_at - trio.current_time()),
             restart_causes=dict(self._restart_causes),
             last_crash=self._last_crash,
+            load_seconds=self._load_seconds,
         )
 
     # --- the worker's life ------------------------------------------------------
@@ -375,7 +387,9 @@ class ModelWorker:
         ]
         try:
             # Its own session: a terminal's Ctrl-C reaches the orchestrator, which decides.
-            process = await trio.lowlevel.open_process(command, pass_fds=channel.pass_fds, start_new_session=True)
+            process = await trio.lowlevel.open_process(
+                command, pass_fds=channel.pass_fds, start_new_session=True, stderr=subprocess.PIPE
+            )
         except OSError as exc:
             with trio.CancelScope(shield=True):
                 await trio_channel.aclose()
@@ -387,21 +401,55 @@ class ModelWorker:
         run = _Run(trio_channel, MessageRouter(key=lambda message: message.request_id), process, attempt)
         self._run = run
         self._state = WorkerState.LOADING
+        log.info("loading model %r (worker pid %d)", self.model_id, process.pid)
         try:
             async with trio.open_nursery() as nursery:
+                relayed = trio.Event()
                 nursery.start_soon(self._read, run)
                 nursery.start_soon(self._monitor, run)
+                nursery.start_soon(self._relay_stderr, run, relayed)
+                nursery.start_soon(self._report_loading, run)
                 await process.wait()
+                # Its last words (a traceback, say) are in the pipe: read them out, briefly.
+                with trio.move_on_after(1):
+                    await relayed.wait()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await self._clean_up(run)
+
+    async def _relay_stderr(self, run: _Run, done: trio.Event) -> None:
+        """The worker's stderr into the server's log, a line at a time, with its pid."""
+        stream, pid, pending = run.process.stderr, run.process.pid, b""
+        assert stream is not None
+        try:
+            while chunk := await stream.receive_some(65536):
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        worker_log.warning("worker %d (%s): %s", pid, self.model_id, line.decode(errors="replace").rstrip())
+            if pending.strip():
+                worker_log.warning("worker %d (%s): %s", pid, self.model_id, pending.decode(errors="replace").rstrip())
+        except trio.ClosedResourceError:
+            pass
+        finally:
+            done.set()
+
+    async def _report_loading(self, run: _Run) -> None:
+        started = trio.current_time()
+        while True:
+            await trio.sleep(_LOADING_REPORT_INTERVAL)
+            if run.ready is not None or run.attempt.done.is_set():
+                return
+            log.info("still loading model %r (%.0f s so far)", self.model_id, trio.current_time() - started)
 
     async def _clean_up(self, run: _Run) -> None:
         process = run.process
         if process.returncode is None:
             process.kill()
         await process.wait()
+        if process.stderr is not None:
+            await process.stderr.aclose()
         if run.stop_reason is not None:
             error = ServerError(503, f"the model was unloaded ({run.stop_reason})", code="model_unloaded")
         else:
@@ -411,6 +459,7 @@ class ModelWorker:
             error = ServerError(503, reason, code="worker_crashed")
             self._restart_causes[cause] = self._restart_causes.get(cause, 0) + 1
             self._last_crash = reason
+            log.warning("model %r: %s (worker pid %d)", self.model_id, reason, process.pid)
         run.channel.stop(PeerGoneError(error.message))
         run.router.close_all(lambda request_id: _WorkerGone(error))
         for done, _ in self._pings.values():
@@ -459,7 +508,12 @@ class ModelWorker:
                     self._failure = None
                     self._retry_at = None
                     self._loaded_at = time.time()
+                    self._load_seconds = message.load_seconds
                     run.ready = message
+                    log.info(
+                        "model %r ready in %.1f s (worker pid %d, %s engine, %.1f MiB)",
+                        self.model_id, message.load_seconds, run.process.pid, message.engine, message.memory_bytes / 2**20,
+                    )
                     self._last_used = trio.current_time()
                     run.attempt.finish()
                 elif isinstance(message, p.LoadFailed):
@@ -509,6 +563,7 @@ class ModelWorker:
     async def _stop(self, run: _Run, reason: str) -> None:
         run.stop_reason = reason
         self._state = WorkerState.UNLOADED
+        log.info("unloading model %r: %s", self.model_id, reason)
         with contextlib.suppress(IPCError), trio.move_on_after(1):
             await run.channel.send(p.TO_WORKER.encode(p.Shutdown()))
         with trio.move_on_after(_EXIT_WAIT):

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
+import msgspec
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, StopSequences, generate_step
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
@@ -242,6 +243,18 @@ class _EngineBase:
             raise RequestError(400, f"logit_bias names a token outside the vocabulary (0..{vocabulary - 1})")
         return prompt
 
+    def _sampling(self, params: SamplingParams) -> SamplingParams:
+        """The request's parameters as the model can take them.
+
+        top_k as large as the vocabulary keeps every token, which is no top_k
+        at all; mlx-lm would raise inside the step instead, and a step failure
+        is the whole batch's.
+        """
+        vocabulary = getattr(self._tokenizer, "vocab_size", None)
+        if vocabulary and params.top_k >= vocabulary:
+            return msgspec.structs.replace(params, top_k=0)
+        return params
+
     def _logprob(self, params: SamplingParams, token: int, logprobs: mx.array) -> TokenLogprob | None:
         """The token's log probability and the top alternatives, only when the request asked."""
         if not params.logprobs:
@@ -306,7 +319,7 @@ class BatchEngine(_EngineBase):
         if request.request_id in self._uid_of:
             raise RequestError(400, f"duplicate request id {request.request_id}")
         prompt = self._prompt_tokens(request)
-        params = request.params
+        params = self._sampling(request.params)
         cache, cached = self._cached_prefix(prompt)
         (uid,) = self._generator.insert(
             [prompt[cached:]],
@@ -443,7 +456,7 @@ class SequentialEngine(_EngineBase):
             self._model,
             prompt_cache=cache,
             max_tokens=request.params.max_tokens,
-            sampler=make_sampler(request.params),
+            sampler=make_sampler(self._sampling(request.params)),
             logits_processors=make_processors(request.params),
             prefill_step_size=self._prefill_step_size,
             prompt_progress_callback=lambda done, total: self._progress(),

@@ -46,7 +46,7 @@ async def test_api_keys_guard_the_openai_api(server, client, openapi):
 @pytest.mark.parametrize("server_settings", [{"admin_token": ADMIN_TOKEN, "api_keys": KEYS}])
 @bounded(60)
 async def test_admin_token_guards_the_admin_api_and_no_secret_is_shown(admin, openapi):
-    for path in ("/admin/status", "/admin/health"):
+    for path in ("/admin/status", "/admin/health", "/metrics"):
         refused = await admin.get(path)
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_admin_token"
         openapi.validate(refused.json(), "ErrorResponse")

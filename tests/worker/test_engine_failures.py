@@ -123,3 +123,19 @@ def test_sequential_failure_is_the_failing_sequence_s_alone(demo, armed):
     texts, failed = _run(engine, {1, 2})
     assert failed == {1: 507}
     assert texts[2] == expected[2]
+
+
+def test_top_k_as_large_as_the_vocabulary_is_no_top_k(demo):
+    """Found by the generated-input test: mlx-lm raised inside the step, failing the whole batch."""
+    model, tokenizer = demo
+    huge_k = p.SamplingParams(max_tokens=4, temperature=1.0, seed=7, top_k=tokenizer.vocab_size, ignore_eos=True)
+    no_k = p.SamplingParams(max_tokens=4, temperature=1.0, seed=7, ignore_eos=True)
+    for engine_type in (BatchEngine, SequentialEngine):
+        texts = []
+        for params in (huge_k, no_k):
+            engine = engine_type(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
+            engine.admit(_generate(1, "hi", params))
+            done, failed = _run(engine, {1})
+            assert failed == {}
+            texts.append(done[1])
+        assert texts[0] == texts[1]
