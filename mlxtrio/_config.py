@@ -25,6 +25,7 @@ class RamTier:
     idle_timeout: float
     request_timeout: float
     memory_budget_bytes: int
+    max_loaded_models: int
 
 
 def total_ram_bytes() -> int:
@@ -34,10 +35,10 @@ def total_ram_bytes() -> int:
 def ram_tier(ram_bytes: int) -> RamTier:
     """Defaults by RAM (decimal GB): >= 64, 24-63, < 24."""
     if ram_bytes >= 64 * GB:
-        return RamTier(">=64GB", 600.0, 600.0, ram_bytes - 20 * GB)
+        return RamTier(">=64GB", 600.0, 600.0, ram_bytes - 20 * GB, 4)
     if ram_bytes >= 24 * GB:
-        return RamTier("24-63GB", 300.0, 300.0, ram_bytes - 8 * GB)
-    return RamTier("<24GB", 180.0, 180.0, max(ram_bytes - 4 * GB, ram_bytes // 2))
+        return RamTier("24-63GB", 300.0, 300.0, ram_bytes - 8 * GB, 2)
+    return RamTier("<24GB", 180.0, 180.0, max(ram_bytes - 4 * GB, ram_bytes // 2), 1)
 
 
 def _default_cache_dir(env: Mapping[str, str]) -> Path:
@@ -87,6 +88,8 @@ class Config:
     idle_timeout: float
     request_timeout: float
     memory_budget_bytes: int
+    # Models resident at once (each its own worker); one more evicts the least recently used idle one.
+    max_loaded_models: int
     ram_bytes: int
     ram_tier: str
     # A worker with work that sends nothing for this long is killed and restarted.
@@ -133,6 +136,7 @@ class Config:
             "idle_timeout": float(env.get("MLX_IDLE_TIMEOUT", tier.idle_timeout)),
             "request_timeout": float(env.get("MLX_REQUEST_TIMEOUT", tier.request_timeout)),
             "memory_budget_bytes": int(env.get("MLX_MEMORY_BUDGET", tier.memory_budget_bytes)),
+            "max_loaded_models": int(env.get("MLX_MAX_LOADED_MODELS", tier.max_loaded_models)),
             "hang_timeout": float(env.get("MLX_HANG_TIMEOUT", 60.0)),
             "grace_period": float(env.get("MLX_GRACE_PERIOD", 30.0)),
             "decode_concurrency": int(env.get("MLX_DECODE_CONCURRENCY", 32)),
@@ -155,7 +159,7 @@ class Config:
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         config = cls(**values)
-        for name in ("decode_concurrency", "prefill_batch_size", "prefill_step_size", "max_body_bytes", "max_tokens_limit", "max_choices"):
+        for name in ("decode_concurrency", "prefill_batch_size", "prefill_step_size", "max_body_bytes", "max_tokens_limit", "max_choices", "max_loaded_models"):
             if getattr(config, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
         if config.max_queue < 0:

@@ -57,13 +57,15 @@ class RequestRecord:
             return
         if self.first_token_at is None:
             self.first_token_at = now
+        # As the client sees it: the first token of a delta after the gap since
+        # the previous delta, tokens that came with it (held back together: a
+        # character split across tokens, a possible stop string) after none.
+        histogram = self.metrics.inter_token_latency.labels(self.model)
         previous = self._last_token_at.get(choice)
         if previous is not None:
-            # Tokens held back together (a character split across tokens, a
-            # possible stop string) arrive in one delta: each gets the mean gap.
-            histogram = self.metrics.inter_token_latency.labels(self.model)
-            for _ in range(new_tokens):
-                histogram.observe((now - previous) / new_tokens)
+            histogram.observe(now - previous)
+        for _ in range(new_tokens - 1):
+            histogram.observe(0.0)
         self._last_token_at[choice] = now
 
     @property

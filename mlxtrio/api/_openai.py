@@ -102,7 +102,12 @@ def create_openai_app(state: ServerState) -> QuartTrio:
         parsed, worker, completion_id, created = await _begin(supervisor, state, ChatCompletionRequest, "chatcmpl-")
 
         def generation():  # noqa: ANN202
-            return worker.generate(parsed.sampling(state.limits), messages=parsed.chat_messages(), n=parsed.n)
+            return worker.generate(
+                parsed.sampling(state.limits),
+                messages=parsed.chat_messages(),
+                n=parsed.n,
+                keep_alive=parsed.keep_alive_seconds(),
+            )
 
         def chunk(index: int, delta: dict, finish_reason: str | None, logprobs=()) -> dict:  # noqa: ANN001
             return {
@@ -157,7 +162,9 @@ def create_openai_app(state: ServerState) -> QuartTrio:
         parsed, worker, completion_id, created = await _begin(supervisor, state, CompletionRequest, "cmpl-")
 
         def generation():  # noqa: ANN202
-            return worker.generate(parsed.sampling(state.limits), prompt=parsed.prompt, n=parsed.n)
+            return worker.generate(
+                parsed.sampling(state.limits), prompt=parsed.prompt, n=parsed.n, keep_alive=parsed.keep_alive_seconds()
+            )
 
         wants_logprobs = parsed.logprobs is not None
         offsets = [0] * parsed.n  # streamed: where each choice's next chunk starts

@@ -29,6 +29,10 @@ class RequestLimits:
     max_tokens: int = 32768
     max_choices: int = 16
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
+# Ollama's keep_alive: seconds, or a Go-style duration ("5m", "1h30m", "-1s").
+_DURATION_RE = re.compile(r"(-?)((?:\d+(?:\.\d+)?(?:ms|s|m|h))+)")
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
 _MISSING_RE = re.compile(r"missing required field `([^`]*)`")
 
@@ -67,6 +71,8 @@ class _Common(msgspec.Struct, kw_only=True):
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
+    # Extension (Ollama's): how long the model stays loaded after this request.
+    keep_alive: float | str | None = None
 
     def _max_tokens(self, limits: RequestLimits) -> int:
         # The server's cap applies to the default too.
@@ -136,6 +142,20 @@ class _Common(msgspec.Struct, kw_only=True):
             raise ServerError(400, f"n must be within [1, {limits.max_choices}], not {self.n}", param="n")
         if self.stream_options is not None and not self.stream:
             raise ServerError(400, "stream_options is only allowed with stream: true", param="stream_options")
+        self.keep_alive_seconds()
+
+    def keep_alive_seconds(self) -> float | None:
+        """``keep_alive`` in seconds (negative: stay loaded; 0: unload when idle); None: the idle timeout."""
+        value = self.keep_alive
+        if value is None or isinstance(value, float | int):
+            return value
+        match = _DURATION_RE.fullmatch(value.strip())
+        if match is None:
+            raise ServerError(
+                400, f"keep_alive is seconds or a duration like '5m' or '1h30m', not {value!r}", param="keep_alive"
+            )
+        seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART_RE.findall(match.group(2)))
+        return -seconds if match.group(1) else seconds
 
     @property
     def include_usage(self) -> bool:

@@ -18,6 +18,7 @@ import attrs
 
 from .._config import Config
 from .._errors import ServerError
+from .._models import weights_size
 from .._protocol import WorkerConfig
 
 __all__ = ["DEMO_MODEL_ID", "ModelCatalog", "ModelEntry"]
@@ -32,6 +33,11 @@ class ModelEntry:
     source: str  # "demo", "local", "hub"
     location: str
     description: str
+
+    @property
+    def weights_bytes(self) -> int:
+        """The weight files' size, where they are on disk already (0: not known before loading)."""
+        return weights_size(Path(self.location)) if self.source == "local" else 0
 
 
 class ModelCatalog:

@@ -1,4 +1,11 @@
-"""The supervisor: one ModelWorker per model, each with its lifetime task in the supervisor's nursery."""
+"""The supervisor: one ModelWorker per model, each with its lifetime task in the supervisor's nursery.
+
+It also decides which models may be resident at once: at most
+``max_loaded_models`` workers, whose weights fit the memory budget together.
+Loading one more first unloads the least recently used idle ones; if the
+others are all busy, the load is refused (503, Retry-After) rather than
+taking memory the machine does not have.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import attrs
 import trio
 
 from .._config import Config
+from .._errors import ServerError
 from ._catalog import ModelCatalog
 from ._worker import ModelWorker, WorkerStatus
 
@@ -20,6 +28,8 @@ class Supervisor:
         self.catalog = catalog
         self._workers: dict[str, ModelWorker] = {}
         self._nursery: trio.Nursery | None = None
+        # One load decision at a time: two new models must not both see the same free room.
+        self._room = trio.Lock()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own every worker's lifetime task until cancelled (which kills any worker left)."""
@@ -35,11 +45,44 @@ class Supervisor:
             entry = self.catalog.resolve(model_id)
             worker = self._workers.get(model_id)  # resolve() does not checkpoint, but be plain about it
             if worker is None:
-                worker = ModelWorker(entry, self.catalog.worker_config(entry), config=self._config)
+                worker = ModelWorker(
+                    entry, self.catalog.worker_config(entry), config=self._config, admit_load=self._admit_load
+                )
                 self._workers[model_id] = worker
                 assert self._nursery is not None, "the supervisor is not running"
                 await self._nursery.start(worker.run)
         return worker
+
+    async def _admit_load(self, incoming: ModelWorker) -> None:
+        """Make room for ``incoming`` (evicting least recently used idle models), then let it load."""
+        config = self._config
+        async with self._room:
+            if incoming.resident:
+                return  # someone else started it while we waited
+            need = incoming.estimated_bytes
+            if need > config.memory_budget_bytes:
+                raise ServerError(
+                    507,
+                    f"model {incoming.model_id!r} has {need} bytes of weights; the memory budget is "
+                    f"{config.memory_budget_bytes} bytes",
+                    code="model_too_large",
+                )
+            while True:
+                others = [worker for worker in self._workers.values() if worker is not incoming and worker.resident]
+                used = sum(worker.resident_bytes for worker in others)
+                if len(others) < config.max_loaded_models and used + need <= config.memory_budget_bytes:
+                    break
+                idle = sorted((worker for worker in others if worker.idle), key=lambda worker: worker.last_used)
+                if not idle:
+                    raise ServerError(
+                        503,
+                        f"cannot load {incoming.model_id!r} now: {len(others)} other models are loaded and busy "
+                        f"(at most {config.max_loaded_models} at once, {config.memory_budget_bytes} bytes in all)",
+                        code="no_room",
+                        retry_after=1.0,
+                    )
+                await idle[0].unload(f"evicted to make room for {incoming.model_id!r} (least recently used)")
+            incoming.begin_load()
 
     def loaded_workers(self) -> list[ModelWorker]:
         return list(self._workers.values())

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import attrs
 import msgspec
@@ -178,11 +178,29 @@ class Events:
         return message
 
 
+async def _load_without_limits(worker: ModelWorker) -> None:
+    worker.begin_load()
+
+
 class ModelWorker:
-    def __init__(self, entry: ModelEntry, worker_config: p.WorkerConfig, *, config: Config) -> None:
+    def __init__(
+        self,
+        entry: ModelEntry,
+        worker_config: p.WorkerConfig,
+        *,
+        config: Config,
+        admit_load: Callable[[ModelWorker], Awaitable[None]] = _load_without_limits,
+    ) -> None:
         self.model_id = entry.id
         self._worker_config = worker_config
         self._config = config
+        # Called before each load: the supervisor makes room (evicts) or refuses, then begin_load().
+        self._admit_load = admit_load
+        # Bytes of weights, when the files can be measured before loading (0: unknown).
+        self.estimated_bytes = entry.weights_bytes
+        # Ollama's keep_alive of the latest request: seconds idle before unloading (None: the default).
+        self._keep_alive: float | None = None
+        self._unload_reason = "unloaded on request"
         self._state = WorkerState.UNLOADED
         self._run: _Run | None = None
         self._attempt: _Attempt | None = None
@@ -229,13 +247,42 @@ class ModelWorker:
                         retry_after=wait,
                     )
             if self._attempt is None:
-                self._attempt = _Attempt()
-                self._unload_requested = False
-                self._wake.set()
+                await self._admit_load(self)
+                if self._attempt is None:
+                    continue
             attempt = self._attempt
             await attempt.done.wait()
             if attempt.error is not None:
                 raise attempt.error
+
+    def begin_load(self) -> None:
+        """Start loading (if nobody has): the run task spawns the process."""
+        if self._attempt is None and self._run is None:
+            self._attempt = _Attempt()
+            self._unload_requested = False
+            self._unload_reason = "unloaded on request"
+            self._wake.set()
+
+    @property
+    def resident(self) -> bool:
+        """Loading or loaded: it holds (or is about to hold) memory."""
+        return self._attempt is not None or self._run is not None
+
+    @property
+    def idle(self) -> bool:
+        """Loaded, serving nothing, and not already stopping: free to evict."""
+        run = self._run
+        return self._state is WorkerState.READY and self._active == 0 and run is not None and run.stop_reason is None
+
+    @property
+    def resident_bytes(self) -> int:
+        run = self._run
+        measured = run.ready.memory_bytes if run is not None and run.ready is not None else 0
+        return max(self.estimated_bytes, measured)
+
+    @property
+    def last_used(self) -> float:
+        return self._last_used
 
     def check_capacity(self, sequences: int = 1) -> None:
         """Admission control: a bounded queue in front of the worker, then 429."""
@@ -257,12 +304,15 @@ class ModelWorker:
         messages: tuple[p.ChatMessage, ...] | None = None,
         prompt: str | None = None,
         n: int = 1,
+        keep_alive: float | None = None,
     ) -> AsyncIterator[Events]:
         """Start ``n`` sequences (choices) of one prompt; their deltas arrive through one Events.
 
         With a seed, choice ``i`` samples with ``seed + i``: choices differ, and
-        the same request gives the same choices again.
+        the same request gives the same choices again. ``keep_alive`` (seconds;
+        negative: forever; None: the idle timeout) replaces the model's, as in Ollama.
         """
+        self._keep_alive = keep_alive
         self.check_capacity(n)
         await self.ensure_ready()
         self.check_capacity(n)  # again: others may have come in while it loaded
@@ -318,8 +368,9 @@ class ModelWorker:
             raise ServerError(504, "the model worker did not answer a ping within 5 s", code="worker_timeout")
         return trio.current_time() - started, result[0]
 
-    async def unload(self) -> None:
+    async def unload(self, reason: str = "unloaded on request") -> None:
         """Stop the worker (if any) and wait until it is gone. In-flight requests get a 503."""
+        self._unload_reason = reason
         self._unload_requested = True
         run = self._run
         if run is not None:
@@ -537,13 +588,14 @@ class ModelWorker:
         while True:
             self._changed = trio.Event()
             if self._unload_requested:
-                await self._stop(run, "unloaded on request")
+                await self._stop(run, self._unload_reason)
                 return
             now = trio.current_time()
             if self._state is WorkerState.READY and self._active == 0:
-                deadline = self._last_used + self._config.idle_timeout
+                idle_timeout = self._config.idle_timeout if self._keep_alive is None else self._keep_alive
+                deadline = float("inf") if idle_timeout < 0 else self._last_used + idle_timeout
                 if now >= deadline:
-                    await self._stop(run, f"idle for {self._config.idle_timeout:g} s")
+                    await self._stop(run, f"idle for {idle_timeout:g} s")
                     return
             elif self._state is WorkerState.READY:
                 deadline = self._last_progress + self._config.hang_timeout
