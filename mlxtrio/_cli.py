@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlxtrio", description="OpenAI-compatible LLM server for MLX")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server in the foreground")
+    serve.add_argument("--config", type=Path, help="a TOML file of settings and model aliases (MLX_CONFIG)")
     serve.add_argument("--host", help="OpenAI API address (MLX_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="OpenAI API port, 0 for any free one (MLX_PORT, default 11440)")
     serve.add_argument("--admin-host", help="admin API address (MLX_ADMIN_HOST, default 127.0.0.1)")
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         config = Config.from_environment(
+            config_file=args.config,
             host=args.host,
             port=args.port,
             admin_host=args.admin_host,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+import re
+import tomllib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import attrs
 
-__all__ = ["Config", "RamTier", "ram_tier", "total_ram_bytes"]
+__all__ = ["Config", "ModelSettings", "RamTier", "ram_tier", "total_ram_bytes"]
 
 GB = 1_000_000_000
 
@@ -69,6 +71,116 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: whatever it resolves to, assume the network
 
 
+def _path(value: object) -> Path:
+    return Path(str(value)).expanduser()
+
+
+def _boolean(value: object) -> bool:
+    return value if isinstance(value, bool) else _flag(str(value))
+
+
+def _number(convert: Callable[[str], object]) -> Callable[[object], object]:
+    def checked(value: object) -> object:
+        if isinstance(value, bool):  # TOML's true is no number
+            raise ValueError(f"expected a number, not {value!r}")
+        return convert(str(value))
+
+    return checked
+
+
+# Each setting: its environment variable, and how a value (a string, or a TOML value) becomes it.
+# Its key in the config file is its name here.
+_SETTINGS: dict[str, tuple[str | None, Callable[[object], object]]] = {
+    "host": ("MLX_HOST", str),
+    "port": ("MLX_PORT", _number(int)),
+    "admin_host": ("MLX_ADMIN_HOST", str),
+    "admin_port": ("MLX_ADMIN_PORT", _number(int)),
+    "model": ("MLX_MODEL", str),
+    "idle_timeout": ("MLX_IDLE_TIMEOUT", _number(float)),
+    "request_timeout": ("MLX_REQUEST_TIMEOUT", _number(float)),
+    "memory_budget_bytes": ("MLX_MEMORY_BUDGET", _number(int)),
+    "max_loaded_models": ("MLX_MAX_LOADED_MODELS", _number(int)),
+    "hang_timeout": ("MLX_HANG_TIMEOUT", _number(float)),
+    "grace_period": ("MLX_GRACE_PERIOD", _number(float)),
+    "decode_concurrency": ("MLX_DECODE_CONCURRENCY", _number(int)),
+    "prefill_batch_size": ("MLX_PREFILL_BATCH_SIZE", _number(int)),
+    "prefill_step_size": ("MLX_PREFILL_STEP_SIZE", _number(int)),
+    "max_queue": ("MLX_MAX_QUEUE", _number(int)),
+    "prompt_cache_bytes": ("MLX_PROMPT_CACHE_BYTES", _number(int)),
+    "max_body_bytes": ("MLX_MAX_BODY_BYTES", _number(int)),
+    "max_tokens_limit": ("MLX_MAX_TOKENS", _number(int)),
+    "max_choices": ("MLX_MAX_CHOICES", _number(int)),
+    "cache_dir": ("MLX_CACHE_DIR", _path),
+    "hf_hub_cache": (None, _path),
+    "allow_downloads": ("MLX_ALLOW_DOWNLOADS", _boolean),
+    "pid_file": ("MLX_PID_FILE", _path),
+    "state_dir": ("MLX_STATE_DIR", _path),
+}
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
+_MODEL_KEYS = {"path", "idle_timeout", "decode_concurrency", "chat_template"}
+
+
+@attrs.frozen(kw_only=True)
+class ModelSettings:
+    """A model the config file names: ``alias = "path or repo id"``, or a table with per-model settings."""
+
+    name: str
+    path: str
+    idle_timeout: float | None = None
+    decode_concurrency: int | None = None
+    # A Jinja chat template to use instead of the tokenizer's.
+    chat_template: str | None = None
+
+
+def _read_config_file(path: Path) -> tuple[dict[str, object], tuple[ModelSettings, ...]]:
+    """The settings and the models of a TOML config file; ValueError, naming the file, if it is wrong."""
+    try:
+        document = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read the config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from None
+    table = document.pop("models", {})
+    unknown = sorted(set(document) - set(_SETTINGS))
+    if unknown:
+        hint = " (API keys and tokens go in MLX_API_KEY_FILE and MLX_ADMIN_TOKEN)" if {"api_keys", "admin_token"} & set(unknown) else ""
+        raise ValueError(f"{path}: unknown settings {', '.join(unknown)}{hint}")
+    settings = {}
+    for key, value in document.items():
+        try:
+            settings[key] = _SETTINGS[key][1](value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: {key} = {value!r}: {exc}") from None
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: [models] must be a table of aliases")
+    models = []
+    for name, entry in table.items():
+        if not _MODEL_ID.fullmatch(name) or name == "demo":
+            raise ValueError(f"{path}: {name!r} cannot name a model")
+        if isinstance(entry, str):
+            entry = {"path": entry}
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise ValueError(f"{path}: models.{name} needs a path (a directory or a Hugging Face repo id)")
+        unknown = sorted(set(entry) - _MODEL_KEYS)
+        if unknown:
+            raise ValueError(f"{path}: models.{name}: unknown settings {', '.join(unknown)}")
+        try:
+            models.append(
+                ModelSettings(
+                    name=name,
+                    path=entry["path"],
+                    idle_timeout=None if "idle_timeout" not in entry else float(_number(float)(entry["idle_timeout"])),
+                    decode_concurrency=None if "decode_concurrency" not in entry else int(_number(int)(entry["decode_concurrency"])),
+                    chat_template=entry.get("chat_template"),
+                )
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: models.{name}: {exc}") from None
+        if models[-1].decode_concurrency is not None and models[-1].decode_concurrency < 1:
+            raise ValueError(f"{path}: models.{name}: decode_concurrency must be at least 1")
+    return settings, tuple(models)
+
+
 def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
     """MLX_API_KEY (comma-separated) and MLX_API_KEY_FILE (one per line): a file keeps keys out of ``ps``."""
     keys = [key.strip() for key in env.get("MLX_API_KEY", "").split(",")]
@@ -120,43 +232,49 @@ class Config:
     pid_file: Path | None = None
     # Where the status snapshot (status.json) is written; None: nowhere.
     state_dir: Path | None = None
+    # The TOML file the settings came from (--config, MLX_CONFIG), and the models it names.
+    config_file: Path | None = None
+    models: tuple[ModelSettings, ...] = ()
+
+    def model_settings(self, name: str) -> ModelSettings | None:
+        return next((model for model in self.models if model.name == name), None)
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Config:
-        """Settings from ``env`` (default: os.environ), then ``overrides`` (flags; None means unset)."""
+        """Settings from the config file, then ``env`` (default: os.environ), then ``overrides`` (flags; None: unset).
+
+        The config file is ``overrides["config_file"]`` or ``MLX_CONFIG``.
+        """
         env = os.environ if env is None else env
         ram = total_ram_bytes()
         tier = ram_tier(ram)
-        values: dict[str, object] = {
-            "host": env.get("MLX_HOST", "127.0.0.1"),
-            "port": int(env.get("MLX_PORT", 11440)),
-            "admin_host": env.get("MLX_ADMIN_HOST", "127.0.0.1"),
-            "admin_port": int(env.get("MLX_ADMIN_PORT", 11441)),
-            "model": env.get("MLX_MODEL") or None,
-            "idle_timeout": float(env.get("MLX_IDLE_TIMEOUT", tier.idle_timeout)),
-            "request_timeout": float(env.get("MLX_REQUEST_TIMEOUT", tier.request_timeout)),
-            "memory_budget_bytes": int(env.get("MLX_MEMORY_BUDGET", tier.memory_budget_bytes)),
-            "max_loaded_models": int(env.get("MLX_MAX_LOADED_MODELS", tier.max_loaded_models)),
-            "hang_timeout": float(env.get("MLX_HANG_TIMEOUT", 60.0)),
-            "grace_period": float(env.get("MLX_GRACE_PERIOD", 30.0)),
-            "decode_concurrency": int(env.get("MLX_DECODE_CONCURRENCY", 32)),
-            "prefill_batch_size": int(env.get("MLX_PREFILL_BATCH_SIZE", 8)),
-            "prefill_step_size": int(env.get("MLX_PREFILL_STEP_SIZE", 512)),
-            "max_queue": int(env.get("MLX_MAX_QUEUE", 128)),
-            "prompt_cache_bytes": int(env.get("MLX_PROMPT_CACHE_BYTES", 1 << 30)),
-            "max_body_bytes": int(env.get("MLX_MAX_BODY_BYTES", 16 * 1024 * 1024)),
-            "max_tokens_limit": int(env.get("MLX_MAX_TOKENS", 32768)),
-            "max_choices": int(env.get("MLX_MAX_CHOICES", 16)),
-            "api_keys": _api_keys(env),
-            "admin_token": env.get("MLX_ADMIN_TOKEN") or None,
-            "cache_dir": _default_cache_dir(env),
-            "hf_hub_cache": _default_hf_hub(env),
-            "allow_downloads": _flag(env.get("MLX_ALLOW_DOWNLOADS", "0")),
-            "pid_file": Path(env["MLX_PID_FILE"]) if env.get("MLX_PID_FILE") else None,
-            "state_dir": Path(env["MLX_STATE_DIR"]) if env.get("MLX_STATE_DIR") else None,
-            "ram_bytes": ram,
-            "ram_tier": tier.name,
+        config_file = overrides.get("config_file") or env.get("MLX_CONFIG") or None
+        from_file, models = _read_config_file(Path(str(config_file))) if config_file else ({}, ())
+        defaults = {
+            "idle_timeout": tier.idle_timeout,
+            "request_timeout": tier.request_timeout,
+            "memory_budget_bytes": tier.memory_budget_bytes,
+            "max_loaded_models": tier.max_loaded_models,
         }
+        values: dict[str, object] = {}
+        for key, (variable, convert) in _SETTINGS.items():
+            if variable is not None and env.get(variable):
+                values[key] = convert(env[variable])
+            elif key in from_file:
+                values[key] = convert(from_file[key])
+            elif key in defaults:
+                values[key] = defaults[key]
+        values.setdefault("cache_dir", _default_cache_dir(env))
+        if "hf_hub_cache" not in values or "HF_HUB_CACHE" in env or "HF_HOME" in env:
+            values["hf_hub_cache"] = _default_hf_hub(env)
+        values.update(
+            api_keys=_api_keys(env),
+            admin_token=env.get("MLX_ADMIN_TOKEN") or None,
+            ram_bytes=ram,
+            ram_tier=tier.name,
+            models=models,
+            config_file=Path(str(config_file)) if config_file else None,
+        )
         values.update({key: value for key, value in overrides.items() if value is not None})
         config = cls(**values)
         for name in ("decode_concurrency", "prefill_batch_size", "prefill_step_size", "max_body_bytes", "max_tokens_limit", "max_choices", "max_loaded_models"):
@@ -177,6 +295,7 @@ class Config:
             key: (str(value) if isinstance(value, Path) else value)
             for key, value in attrs.asdict(self, recurse=False).items()
         }
+        settings["models"] = {model.name: attrs.asdict(model) for model in self.models}
         settings["api_keys"] = len(self.api_keys)
         settings["admin_token"] = self.admin_token is not None
         return settings

@@ -59,6 +59,8 @@ class WorkerConfig(msgspec.Struct, frozen=True):
     prefill_batch_size: int = 8
     # Byte cap of the prompt (KV) cache kept across requests; 0 turns it off.
     prompt_cache_bytes: int = 1 << 30
+    # A Jinja chat template to use instead of the tokenizer's (the config file's, per model).
+    chat_template: str | None = None
 
 
 # --- orchestrator -> worker ----------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import attrs
 
-from .._config import Config
+from .._config import Config, ModelSettings
 from .._errors import ServerError
 from .._models import weights_size
 from .._protocol import WorkerConfig
@@ -33,6 +33,8 @@ class ModelEntry:
     source: str  # "demo", "local", "hub"
     location: str
     description: str
+    # Per-model settings from the config file, for an alias.
+    settings: ModelSettings | None = None
 
     @property
     def weights_bytes(self) -> int:
@@ -71,10 +73,32 @@ class ModelCatalog:
             return snapshot
         return None
 
+    def _alias(self, settings: ModelSettings) -> ModelEntry:
+        """An alias from the config file: the operator's path or repo id, under the alias's name."""
+        target = settings.path
+        path = Path(target).expanduser()
+        if path.is_dir():
+            return ModelEntry(settings.name, "local", str(path.resolve()), f"alias for {target}", settings)
+        snapshot = self._cached_snapshot(target)
+        if snapshot is not None:
+            return ModelEntry(settings.name, "local", str(snapshot), f"alias for {target} (Hugging Face cache)", settings)
+        if self._config.allow_downloads and _REPO_ID.match(target):
+            return ModelEntry(settings.name, "hub", target, f"alias for {target} (to download)", settings)
+        raise ServerError(
+            404,
+            f"the model {settings.name!r} is an alias for {target!r}, which is neither a directory nor in the "
+            "Hugging Face cache (and downloads are off)",
+            code="model_not_found",
+            param="model",
+        )
+
     def resolve(self, model_id: str) -> ModelEntry:
         """The entry for ``model_id``, or a 404 ServerError."""
         if model_id == DEMO_MODEL_ID:
             return ModelEntry(DEMO_MODEL_ID, "demo", "", "built-in demo model: random weights, nonsense text")
+        alias = self._config.model_settings(model_id)
+        if alias is not None:
+            return self._alias(alias)
         if self._config.model is not None and model_id == self._config.model:
             path = Path(model_id).expanduser()
             if path.is_dir():
@@ -100,7 +124,13 @@ class ModelCatalog:
 
     def list(self) -> list[ModelEntry]:
         entries = [self.resolve(DEMO_MODEL_ID)]
-        if self._config.model is not None and self._config.model != DEMO_MODEL_ID:
+        for alias in self._config.models:
+            try:
+                entries.append(self._alias(alias))
+            except ServerError:
+                pass  # a target that is not there (yet): not offered
+        aliases = {alias.name for alias in self._config.models}
+        if self._config.model is not None and self._config.model not in aliases | {DEMO_MODEL_ID}:
             try:
                 entries.append(self.resolve(self._config.model))
             except ServerError:
@@ -117,7 +147,7 @@ class ModelCatalog:
         return entries
 
     def worker_config(self, entry: ModelEntry) -> WorkerConfig:
-        config = self._config
+        config, settings = self._config, entry.settings
         return WorkerConfig(
             model_id=entry.id,
             source=entry.source,
@@ -125,7 +155,18 @@ class ModelCatalog:
             cache_dir=str(config.cache_dir),
             memory_budget_bytes=config.memory_budget_bytes,
             prefill_step_size=config.prefill_step_size,
-            decode_concurrency=config.decode_concurrency,
+            decode_concurrency=decode_concurrency(config, entry),
             prefill_batch_size=config.prefill_batch_size,
             prompt_cache_bytes=config.prompt_cache_bytes,
+            chat_template=settings.chat_template if settings is not None else None,
         )
+
+
+def decode_concurrency(config: Config, entry: ModelEntry) -> int:
+    settings = entry.settings
+    return settings.decode_concurrency if settings is not None and settings.decode_concurrency else config.decode_concurrency
+
+
+def idle_timeout(config: Config, entry: ModelEntry) -> float:
+    settings = entry.settings
+    return settings.idle_timeout if settings is not None and settings.idle_timeout is not None else config.idle_timeout

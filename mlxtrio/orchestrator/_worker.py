@@ -30,7 +30,7 @@ from .. import _protocol as p
 from .._config import Config
 from .._errors import ServerError
 from ..ipc import Channel, IPCError, MessageRouter, PeerGoneError, ProtocolError, TrioChannel
-from ._catalog import ModelEntry
+from ._catalog import ModelEntry, decode_concurrency, idle_timeout
 
 __all__ = ["Events", "ModelWorker", "WorkerState", "WorkerStatus"]
 
@@ -194,6 +194,9 @@ class ModelWorker:
         self.model_id = entry.id
         self._worker_config = worker_config
         self._config = config
+        # Per-model settings (the config file's) over the server's.
+        self._idle_timeout = idle_timeout(config, entry)
+        self._decode_concurrency = decode_concurrency(config, entry)
         # Called before each load: the supervisor makes room (evicts) or refuses, then begin_load().
         self._admit_load = admit_load
         # Bytes of weights, when the files can be measured before loading (0: unknown).
@@ -286,11 +289,11 @@ class ModelWorker:
 
     def check_capacity(self, sequences: int = 1) -> None:
         """Admission control: a bounded queue in front of the worker, then 429."""
-        limit = self._config.decode_concurrency + self._config.max_queue
+        limit = self._decode_concurrency + self._config.max_queue
         if self._active + sequences > limit:
             raise ServerError(
                 429,
-                f"model {self.model_id!r} is at capacity ({self._config.decode_concurrency} decoding, "
+                f"model {self.model_id!r} is at capacity ({self._decode_concurrency} decoding, "
                 f"{self._config.max_queue} waiting); retry shortly",
                 code="queue_full",
                 retry_after=1.0,
@@ -396,7 +399,7 @@ class ModelWorker:
             memory_bytes=ready.memory_bytes if ready is not None else None,
             engine=ready.engine if ready is not None else None,
             active_requests=self._active,
-            queued_requests=max(0, self._active - self._config.decode_concurrency),
+            queued_requests=max(0, self._active - self._decode_concurrency),
             failure=self._failure.message if self._failure is not None else None,
             retry_at=None if self._retry_at is None else time.time() + max(0.0, self._retry_at - trio.current_time()),
             restart_causes=dict(self._restart_causes),
@@ -592,7 +595,7 @@ class ModelWorker:
                 return
             now = trio.current_time()
             if self._state is WorkerState.READY and self._active == 0:
-                idle_timeout = self._config.idle_timeout if self._keep_alive is None else self._keep_alive
+                idle_timeout = self._idle_timeout if self._keep_alive is None else self._keep_alive
                 deadline = float("inf") if idle_timeout < 0 else self._last_used + idle_timeout
                 if now >= deadline:
                     await self._stop(run, f"idle for {idle_timeout:g} s")

@@ -68,6 +68,10 @@ def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context 
         raise _LoadError("not_found", str(exc)) from exc
     except ValueError as exc:
         raise _LoadError("invalid", str(exc)) from exc
+    if config.chat_template is not None:
+        # The operator's template replaces the tokenizer's (mlx-lm reads it from the HF tokenizer).
+        tokenizer._tokenizer.chat_template = config.chat_template  # noqa: SLF001
+        tokenizer.has_chat_template = True
     context = model_config.get("max_position_embeddings")
     return model, tokenizer, context, mx.get_active_memory()
 
