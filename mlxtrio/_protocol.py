@@ -89,6 +89,8 @@ class SamplingParams(msgspec.Struct, array_like=True, frozen=True):
     # Report each generated token's log probability, and this many alternatives.
     logprobs: bool = False
     top_logprobs: int = 0
+    # A regex the output must match (response_format, compiled from its JSON schema); None: free text.
+    grammar: str | None = None
 
 
 class Generate(_Message, tag="generate"):

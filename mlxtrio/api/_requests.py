@@ -14,6 +14,7 @@ import msgspec
 
 from .. import _protocol as p
 from .._errors import ServerError
+from ._structured import JSON_OBJECT, schema_regex
 
 __all__ = ["ChatCompletionRequest", "CompletionRequest", "RequestLimits", "decode_request"]
 
@@ -46,6 +47,21 @@ class _Message(msgspec.Struct):
     role: str
     content: str | list[_ContentPart] | None = None
     name: str | None = None
+
+
+class _JsonSchemaFormat(msgspec.Struct):
+    name: str
+    schema: dict[str, object] | None = None
+    strict: bool | None = None
+    description: str | None = None
+
+
+class _ResponseFormat(msgspec.Struct):
+    type: str
+    json_schema: _JsonSchemaFormat | None = None
+
+
+_FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class _StreamOptions(msgspec.Struct):
@@ -85,9 +101,14 @@ class _Common(msgspec.Struct, kw_only=True):
         """(report log probabilities, how many alternatives): each API spells it its own way."""
         return False, 0
 
+    def _grammar(self) -> str | None:
+        """The regex the output must match (response_format), if any."""
+        return None
+
     def sampling(self, limits: RequestLimits) -> p.SamplingParams:
         wanted, top = self._logprobs()
         return p.SamplingParams(
+            grammar=self._grammar(),
             logprobs=wanted,
             top_logprobs=top,
             max_tokens=self._max_tokens(limits),
@@ -167,6 +188,27 @@ class ChatCompletionRequest(_Common, kw_only=True):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
+    response_format: _ResponseFormat | None = None
+
+    def _grammar(self) -> str | None:
+        response_format = self.response_format
+        if response_format is None or response_format.type == "text":
+            return None
+        if response_format.type == "json_object":
+            return schema_regex(JSON_OBJECT)
+        if response_format.type == "json_schema":
+            if response_format.json_schema is None:
+                raise ServerError(400, "response_format json_schema needs its json_schema", param="response_format.json_schema")
+            if not _FORMAT_NAME.fullmatch(response_format.json_schema.name):
+                raise ServerError(
+                    400, "response_format.json_schema.name must be 1 to 64 of a-z, A-Z, 0-9, _ and -", param="response_format.json_schema.name"
+                )
+            return schema_regex(response_format.json_schema.schema or JSON_OBJECT)
+        raise ServerError(
+            400,
+            f"response_format.type is one of text, json_object, json_schema, not {response_format.type!r}",
+            param="response_format.type",
+        )
 
     def _logprobs(self) -> tuple[bool, int]:
         return self.logprobs, self.top_logprobs or 0
@@ -188,6 +230,7 @@ class ChatCompletionRequest(_Common, kw_only=True):
                 raise ServerError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         if not self.messages:
             raise ServerError(400, "messages must not be empty", param="messages")
+        self._grammar()
         for index, message in enumerate(self.messages):
             if message.role not in _ROLES:
                 raise ServerError(

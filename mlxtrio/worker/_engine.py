@@ -30,6 +30,7 @@ from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logi
 
 from .._protocol import Delta, Generate, SamplingParams, TokenLogprob
 from ._failpoints import failpoint
+from ._grammar import GrammarCompiler
 
 __all__ = ["BatchEngine", "RequestError", "SequentialEngine", "make_engine"]
 
@@ -182,6 +183,7 @@ class _EngineBase:
         self._prompt_cache = (
             LRUPromptCache(max_size=1 << 20, max_bytes=prompt_cache_bytes) if prompt_cache_bytes > 0 else None
         )
+        self._grammars = GrammarCompiler(tokenizer, tokenizer.eos_token_id)
 
     def _cached_prefix(self, prompt: list[int]) -> tuple[list[Any] | None, int]:
         """The nearest cached KV cache for ``prompt`` and how many of its tokens it holds."""
@@ -252,8 +254,20 @@ class _EngineBase:
         """
         vocabulary = getattr(self._tokenizer, "vocab_size", None)
         if vocabulary and params.top_k >= vocabulary:
-            return msgspec.structs.replace(params, top_k=0)
+            params = msgspec.structs.replace(params, top_k=0)
+        if params.grammar is not None and params.ignore_eos:
+            # A finished grammar allows only the end token: it must end the sequence.
+            params = msgspec.structs.replace(params, ignore_eos=False)
         return params
+
+    def _processors(self, params: SamplingParams) -> list[Callable[[mx.array, mx.array], mx.array]]:
+        processors = make_processors(params)
+        if params.grammar is not None:
+            try:
+                processors.append(self._grammars.processor(params.grammar))
+            except ValueError as exc:
+                raise RequestError(400, f"response_format cannot be enforced for this model: {exc}") from exc
+        return processors
 
     def _logprob(self, params: SamplingParams, token: int, logprobs: mx.array) -> TokenLogprob | None:
         """The token's log probability and the top alternatives, only when the request asked."""
@@ -267,10 +281,10 @@ class _EngineBase:
             top = tuple((self._tokenizer.decode([tid]), value) for tid, value in pairs)
         return TokenLogprob(self._tokenizer.decode([token]), float(logprobs[token].item()), top)
 
-    def _new_sequence(self, request: Generate, prompt: list[int], cached: int = 0) -> _Sequence:
+    def _new_sequence(self, request: Generate, params: SamplingParams, prompt: list[int], cached: int = 0) -> _Sequence:
         # One detokenizer per sequence (the tokenizer's own is shared).
         detokenizer = type(self._tokenizer.detokenizer)(self._tokenizer._tokenizer)  # noqa: SLF001
-        return _Sequence(request.request_id, request.params, detokenizer, len(prompt), cached)
+        return _Sequence(request.request_id, params, detokenizer, len(prompt), cached)
 
 
 class BatchEngine(_EngineBase):
@@ -327,10 +341,10 @@ class BatchEngine(_EngineBase):
             all_tokens=[prompt[:cached]],
             max_tokens=[params.max_tokens],
             samplers=[make_sampler(params)],
-            logits_processors=[make_processors(params)],
+            logits_processors=[self._processors(params)],
             stop_sequences=[self._never_stop if params.ignore_eos else self._stop_at_eos],
         )
-        self._by_uid[uid] = self._new_sequence(request, prompt, cached)
+        self._by_uid[uid] = self._new_sequence(request, params, prompt, cached)
         self._uid_of[request.request_id] = uid
         self._requests[request.request_id] = request
 
@@ -448,6 +462,7 @@ class SequentialEngine(_EngineBase):
         if request.request_id in self._running:
             raise RequestError(400, f"duplicate request id {request.request_id}")
         prompt = self._prompt_tokens(request)
+        params = self._sampling(request.params)
         cache, cached = self._cached_prefix(prompt)
         if cache is None:
             cache = make_prompt_cache(self._model)
@@ -455,13 +470,13 @@ class SequentialEngine(_EngineBase):
             mx.array(prompt[cached:]),
             self._model,
             prompt_cache=cache,
-            max_tokens=request.params.max_tokens,
-            sampler=make_sampler(self._sampling(request.params)),
-            logits_processors=make_processors(request.params),
+            max_tokens=params.max_tokens,
+            sampler=make_sampler(params),
+            logits_processors=self._processors(params),
             prefill_step_size=self._prefill_step_size,
             prompt_progress_callback=lambda done, total: self._progress(),
         )
-        self._running[request.request_id] = _Running(self._new_sequence(request, prompt, cached), tokens, cache, list(prompt))
+        self._running[request.request_id] = _Running(self._new_sequence(request, params, prompt, cached), tokens, cache, list(prompt))
 
     def cancel(self, request_id: int) -> bool:
         running = self._running.pop(request_id, None)

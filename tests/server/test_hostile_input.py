@@ -74,6 +74,16 @@ CHAT_BODIES = st.fixed_dictionaries(
         "logprobs": either(st.booleans()),
         "top_logprobs": either(st.integers(0, 20), st.integers(-5, 100)),
         "max_completion_tokens": either(st.integers(1, 6), st.integers(-5, 2**40)),
+        "response_format": either(
+            st.sampled_from(
+                [
+                    {"type": "text"},
+                    {"type": "json_object"},
+                    {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "boolean"}}}}},
+                ]
+            ),
+            st.fixed_dictionaries({"type": st.sampled_from(["json_schema", "json_object", "xml"]), "json_schema": json_values}),
+        ),
     },
 )
 COMPLETION_BODIES = st.fixed_dictionaries(

@@ -80,11 +80,18 @@ async def test_loading_one_more_evicts_the_least_recently_used(client, admin, se
 async def test_busy_models_are_not_evicted(client, admin, server):
     assert server.state.config.max_loaded_models == 1
     async with client.stream("POST", "/v1/completions", json={"model": "demo", **LONG, "stream": True}) as streamed:
-        async for line in streamed.aiter_lines():
+        # Held until the end: a dropped line iterator is finalized, which closes the stream.
+        lines = streamed.aiter_lines()
+        async for line in lines:
             if line.startswith("data: {"):
                 break
+        assert '"error"' not in line, line
+        busy = await worker_entry(admin, "demo")
+        assert (busy["state"], busy["active_requests"]) == ("ready", 1), busy
         refused = await client.post("/v1/completions", json={"model": A, "prompt": "hi", "max_tokens": 2})
-        assert refused.status_code == 503 and refused.json()["error"]["code"] == "no_room"
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "no_room", (
+            refused.text, await worker_entry(admin, "demo"), await worker_entry(admin, A)
+        )
         assert int(refused.headers["Retry-After"]) >= 1
         assert (await worker_entry(admin, "demo"))["state"] == "ready"
     # The stream is gone; demo is idle now and gives way.

@@ -73,7 +73,8 @@ async def test_metrics_count_requests_tokens_latencies_and_workers(client, admin
 @bounded(60)
 async def test_active_sequences_are_a_gauge(client, admin):
     async with client.stream("POST", "/v1/completions", json={**COMPLETION, "max_tokens": 4000, "stream": True}) as response:
-        async for line in response.aiter_lines():
+        lines = response.aiter_lines()  # held: a dropped iterator is finalized, closing the stream
+        async for line in lines:
             if line.startswith("data: {"):
                 break
         assert _value(await _metrics(admin), "mlxtrio_active_sequences", model="demo") == 1

@@ -108,7 +108,8 @@ async def test_a_second_signal_stops_at_once(cache_dir, tmp_path):
             nursery.start_soon(_drain, process, log)
             async with httpx.AsyncClient(timeout=60) as client:
                 async with client.stream("POST", url + "/v1/completions", json=LONG_STREAM) as response:
-                    async for line in response.aiter_lines():
+                    lines = response.aiter_lines()  # held: a dropped iterator is finalized, closing the stream
+                    async for line in lines:
                         if line.startswith("data: {"):
                             break
                     process.send_signal(signal.SIGTERM)
