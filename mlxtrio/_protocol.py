@@ -66,9 +66,21 @@ class WorkerConfig(msgspec.Struct, frozen=True):
 # --- orchestrator -> worker ----------------------------------------------------
 
 
+class ToolCall(msgspec.Struct, array_like=True, frozen=True):
+    """A function call: its name and its arguments as JSON text (OpenAI's shape)."""
+
+    name: str
+    arguments: str
+    # The id the client was given for it (earlier turns); "" where none was.
+    id: str = ""
+
+
 class ChatMessage(msgspec.Struct, array_like=True, frozen=True):
     role: str
     content: str
+    # An assistant turn's calls, and the call a tool message answers.
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 class SamplingParams(msgspec.Struct, array_like=True, frozen=True):
@@ -100,6 +112,10 @@ class Generate(_Message, tag="generate"):
     params: SamplingParams
     messages: tuple[ChatMessage, ...] | None = None
     prompt: str | None = None
+    # The request's tools (OpenAI's list, as JSON text) for the chat template,
+    # and whether to turn the model's tool-call syntax into ToolCalls.
+    tools: str | None = None
+    parse_tool_calls: bool = False
 
 
 class Cancel(_Message, tag="cancel"):
@@ -135,6 +151,8 @@ class Ready(_Message, tag="ready"):
     memory_bytes: int
     # "batched" (continuous batching) or "sequential" (the fallback).
     engine: str = "batched"
+    # The model's tool-call format (mlx-lm's parser: "json_tools", ...); None: no tool calling.
+    tool_format: str | None = None
 
 
 class LoadFailed(_Message, tag="load_failed"):
@@ -166,6 +184,8 @@ class Delta(msgspec.Struct, array_like=True, frozen=True):
     cached_tokens: int = 0
     # For the tokens this delta covers, when the request asked for them.
     logprobs: tuple[TokenLogprob, ...] = ()
+    # Calls completed in this delta (their text is not in ``text``).
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class Step(_Message, tag="step"):

@@ -60,6 +60,10 @@ def _legacy_logprobs(entries, offset: int = 0) -> dict:  # noqa: ANN001 - TokenL
     }
 
 
+def _tool_call(call) -> dict:  # noqa: ANN001 - ToolCall
+    return {"id": "call_" + secrets.token_hex(12), "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
 def _usage(lasts: list) -> dict:
     """Usage from the last Delta of every choice: one prompt, every choice's completion."""
     prompt = lasts[0].prompt_tokens
@@ -100,6 +104,19 @@ def create_openai_app(state: ServerState) -> QuartTrio:
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
         parsed, worker, completion_id, created = await _begin(supervisor, state, ChatCompletionRequest, "chatcmpl-")
+        if parsed.forces_tool_call:
+            # The forcing grammar writes the json_tools syntax: only a model that reads it back may be forced.
+            with trio.move_on_after(request_timeout) as loading:
+                await worker.ensure_ready()
+            if loading.cancelled_caught:
+                raise _timed_out(request_timeout)
+            if worker.tool_format != "json_tools":
+                raise ServerError(
+                    400,
+                    f"tool_choice {parsed.tool_choice!r} needs a model with <tool_call> JSON tool calls; "
+                    f"{parsed.model!r} has {worker.tool_format or 'no tool calling'}",
+                    param="tool_choice",
+                )
 
         def generation():  # noqa: ANN202
             return worker.generate(
@@ -107,7 +124,20 @@ def create_openai_app(state: ServerState) -> QuartTrio:
                 messages=parsed.chat_messages(),
                 n=parsed.n,
                 keep_alive=parsed.keep_alive_seconds(),
+                tools=parsed.tools_json(),
+                parse_tool_calls=parsed.parse_tool_calls,
             )
+
+        calls_so_far = [0] * parsed.n  # streamed: each choice's tool calls are numbered from 0
+
+        def stream_delta(index: int, delta) -> dict:  # noqa: ANN001 - Delta
+            content: dict = {"content": delta.text} if delta.text else {}
+            if delta.tool_calls:
+                content["tool_calls"] = [
+                    {"index": calls_so_far[index] + number, **_tool_call(call)} for number, call in enumerate(delta.tool_calls)
+                ]
+                calls_so_far[index] += len(delta.tool_calls)
+            return content
 
         def chunk(index: int, delta: dict, finish_reason: str | None, logprobs=()) -> dict:  # noqa: ANN001
             return {
@@ -132,12 +162,21 @@ def create_openai_app(state: ServerState) -> QuartTrio:
                 request_timeout,
                 choices=parsed.n,
                 first=lambda index: chunk(index, {"role": "assistant", "content": ""}, None),
-                each=lambda index, delta: chunk(
-                    index, {"content": delta.text} if delta.text else {}, delta.finish_reason, delta.logprobs
-                ),
+                each=lambda index, delta: chunk(index, stream_delta(index, delta), delta.finish_reason, delta.logprobs),
                 usage=(lambda usage: {**chunk(0, {}, None), "choices": [], "usage": usage}) if parsed.include_usage else None,
             )
-        texts, lasts, logprobs = await _collect(generation(), parsed.n, request_timeout)
+        texts, lasts, logprobs, calls = await _collect(generation(), parsed.n, request_timeout)
+
+        def message(index: int) -> dict:
+            if not calls[index]:
+                return {"role": "assistant", "content": texts[index], "refusal": None}
+            return {
+                "role": "assistant",
+                "content": texts[index] or None,
+                "refusal": None,
+                "tool_calls": [_tool_call(call) for call in calls[index]],
+            }
+
         return json_response(
             {
                 "id": completion_id,
@@ -147,7 +186,7 @@ def create_openai_app(state: ServerState) -> QuartTrio:
                 "choices": [
                     {
                         "index": index,
-                        "message": {"role": "assistant", "content": texts[index], "refusal": None},
+                        "message": message(index),
                         "logprobs": _chat_logprobs(logprobs[index]) if parsed.logprobs else None,
                         "finish_reason": lasts[index].finish_reason,
                     }
@@ -198,7 +237,7 @@ def create_openai_app(state: ServerState) -> QuartTrio:
                 each=lambda index, delta: chunk(index, delta.text, delta.finish_reason, delta.logprobs),
                 usage=(lambda usage: {**chunk(0, "", None), "choices": [], "usage": usage}) if parsed.include_usage else None,
             )
-        texts, lasts, logprobs = await _collect(generation(), parsed.n, request_timeout)
+        texts, lasts, logprobs, _ = await _collect(generation(), parsed.n, request_timeout)
         return json_response(
             {
                 **chunk(0, "", None),
@@ -235,6 +274,7 @@ async def _collect(opened: AbstractAsyncContextManager[Events], choices: int, ti
     record = current_record()
     parts: list[list[str]] = [[] for _ in range(choices)]
     logprobs: list[list] = [[] for _ in range(choices)]
+    calls: list[list] = [[] for _ in range(choices)]
     lasts: list = [None] * choices
     with trio.move_on_after(timeout) as scope:
         async with opened as events:
@@ -243,10 +283,11 @@ async def _collect(opened: AbstractAsyncContextManager[Events], choices: int, ti
                 record.on_delta(index, delta)
                 parts[index].append(delta.text)
                 logprobs[index].extend(delta.logprobs)
+                calls[index].extend(delta.tool_calls)
                 lasts[index] = delta
     if scope.cancelled_caught or any(last is None for last in lasts):
         raise _timed_out(timeout)
-    return ["".join(part) for part in parts], lasts, logprobs
+    return ["".join(part) for part in parts], lasts, logprobs, calls
 
 
 async def _stream(

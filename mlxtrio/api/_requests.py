@@ -43,10 +43,44 @@ class _ContentPart(msgspec.Struct):
     text: str | None = None
 
 
+class _FunctionCall(msgspec.Struct):
+    name: str
+    arguments: str
+
+
+class _ToolCallIn(msgspec.Struct):
+    id: str
+    function: _FunctionCall
+    type: str = "function"
+
+
 class _Message(msgspec.Struct):
     role: str
     content: str | list[_ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[_ToolCallIn] | None = None
+    tool_call_id: str | None = None
+
+
+class _FunctionDefinition(msgspec.Struct):
+    name: str
+    description: str | None = None
+    parameters: dict[str, object] | None = None
+    strict: bool | None = None
+
+
+class _Tool(msgspec.Struct):
+    type: str
+    function: _FunctionDefinition
+
+
+class _FunctionName(msgspec.Struct):
+    name: str
+
+
+class _NamedToolChoice(msgspec.Struct):
+    type: str
+    function: _FunctionName
 
 
 class _JsonSchemaFormat(msgspec.Struct):
@@ -189,8 +223,67 @@ class ChatCompletionRequest(_Common, kw_only=True):
     logprobs: bool = False
     top_logprobs: int | None = None
     response_format: _ResponseFormat | None = None
+    tools: list[_Tool] | None = None
+    tool_choice: str | _NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+
+    def _tool_mode(self) -> str | None:
+        """None (no tools offered), "none", "auto", "required", or the one function's name."""
+        if not self.tools:
+            if self.tool_choice not in (None, "none", "auto"):
+                raise ServerError(400, "tool_choice needs tools", param="tool_choice")
+            return None
+        choice = self.tool_choice if self.tool_choice is not None else "auto"
+        if isinstance(choice, str):
+            if choice not in ("none", "auto", "required"):
+                raise ServerError(400, f"tool_choice is none, auto, required or a function, not {choice!r}", param="tool_choice")
+            return choice
+        names = {tool.function.name for tool in self.tools}
+        if choice.type != "function" or choice.function.name not in names:
+            raise ServerError(400, f"tool_choice names {choice.function.name!r}, which is not among the tools", param="tool_choice")
+        return choice.function.name
+
+    def tools_json(self) -> str | None:
+        """The tools for the chat template (none when tool_choice is "none": the model is not to call them)."""
+        if self._tool_mode() in (None, "none"):
+            return None
+        assert self.tools is not None
+        return msgspec.json.encode(
+            [{"type": "function", "function": msgspec.structs.asdict(tool.function)} for tool in self.tools]
+        ).decode()
+
+    @property
+    def parse_tool_calls(self) -> bool:
+        return self._tool_mode() not in (None, "none")
+
+    @property
+    def forces_tool_call(self) -> bool:
+        return self._tool_mode() not in (None, "none", "auto")
+
+    def _forced_call_regex(self) -> str:
+        """A call in the json_tools syntax (<tool_call>{"name": ..., "arguments": ...}</tool_call>) of an allowed function."""
+        mode = self._tool_mode()
+        assert self.tools is not None
+        schemas = [
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"const": tool.function.name},
+                    "arguments": tool.function.parameters or {"type": "object"},
+                },
+                "required": ["name", "arguments"],
+            }
+            for tool in self.tools
+            if mode == "required" or tool.function.name == mode
+        ]
+        call = schema_regex(schemas[0] if len(schemas) == 1 else {"anyOf": schemas}, param="tools")
+        return re.escape("<tool_call>") + r"\n?" + call + r"\n?" + re.escape("</tool_call>")
 
     def _grammar(self) -> str | None:
+        if self.forces_tool_call:
+            if self.response_format is not None and self.response_format.type != "text":
+                raise ServerError(400, "response_format cannot be combined with a required tool call", param="response_format")
+            return self._forced_call_regex()
         response_format = self.response_format
         if response_format is None or response_format.type == "text":
             return None
@@ -230,6 +323,13 @@ class ChatCompletionRequest(_Common, kw_only=True):
                 raise ServerError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         if not self.messages:
             raise ServerError(400, "messages must not be empty", param="messages")
+        for index, tool in enumerate(self.tools or ()):
+            if tool.type != "function":
+                raise ServerError(400, f"tools[{index}].type must be function, not {tool.type!r}", param=f"tools[{index}].type")
+            if not _FORMAT_NAME.fullmatch(tool.function.name):
+                raise ServerError(
+                    400, "a function name is 1 to 64 of a-z, A-Z, 0-9, _ and -", param=f"tools[{index}].function.name"
+                )
         self._grammar()
         for index, message in enumerate(self.messages):
             if message.role not in _ROLES:
@@ -253,7 +353,15 @@ class ChatCompletionRequest(_Common, kw_only=True):
                 return content
             return "".join(part.text or "" for part in content)
 
-        return tuple(p.ChatMessage(message.role, text(message.content)) for message in self.messages)
+        return tuple(
+            p.ChatMessage(
+                message.role,
+                text(message.content),
+                tuple(p.ToolCall(call.function.name, call.function.arguments, call.id) for call in message.tool_calls or ()),
+                message.tool_call_id,
+            )
+            for message in self.messages
+        )
 
 
 class CompletionRequest(_Common, kw_only=True):

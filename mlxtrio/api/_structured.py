@@ -38,7 +38,8 @@ def _unsupported(schema: Any, path: str, found: list[str]) -> None:
     if isinstance(schema, bool):
         return
     if not isinstance(schema, dict):
-        raise ServerError(400, f"response_format: the schema at {path} is not an object", param="response_format")
+        found.append(f"{path} (not an object)")
+        return
     for key, value in schema.items():
         where = f"{path}.{key}"
         if key not in _ENFORCED and key not in _ANNOTATIONS:
@@ -57,24 +58,22 @@ def _unsupported(schema: Any, path: str, found: list[str]) -> None:
 
 
 @functools.lru_cache(maxsize=256)
-def _compile(schema_json: str) -> str:
+def _compile(schema_json: str) -> str | ValueError:
     try:
         return build_regex_from_schema(schema_json)
     except BaseException as exc:  # noqa: BLE001 - a Rust panic surfaces as a BaseException
         if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
             raise
-        message = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise ServerError(400, f"response_format: the schema cannot be enforced: {message}", param="response_format") from None
+        return ValueError((str(exc).splitlines() or [type(exc).__name__])[0])
 
 
-def schema_regex(schema: Any) -> str:
-    """The regex for ``schema``, or a 400 that says which of its parts cannot be enforced."""
+def schema_regex(schema: Any, *, param: str = "response_format") -> str:
+    """The regex for ``schema``, or a 400 (naming ``param``) that says which of its parts cannot be enforced."""
     found: list[str] = []
     _unsupported(schema, "schema", found)
     if found:
-        raise ServerError(
-            400,
-            f"response_format: these schema keywords are not supported: {', '.join(found)}",
-            param="response_format",
-        )
-    return _compile(json.dumps(schema, sort_keys=True))
+        raise ServerError(400, f"{param}: these schema keywords are not supported: {', '.join(found)}", param=param)
+    compiled = _compile(json.dumps(schema, sort_keys=True))
+    if isinstance(compiled, ValueError):
+        raise ServerError(400, f"{param}: the schema cannot be enforced: {compiled}", param=param)
+    return compiled

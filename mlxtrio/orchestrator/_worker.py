@@ -284,6 +284,12 @@ class ModelWorker:
         return max(self.estimated_bytes, measured)
 
     @property
+    def tool_format(self) -> str | None:
+        """The loaded model's tool-call format (None: none, or not loaded)."""
+        run = self._run
+        return run.ready.tool_format if run is not None and run.ready is not None else None
+
+    @property
     def last_used(self) -> float:
         return self._last_used
 
@@ -308,6 +314,8 @@ class ModelWorker:
         prompt: str | None = None,
         n: int = 1,
         keep_alive: float | None = None,
+        tools: str | None = None,
+        parse_tool_calls: bool = False,
     ) -> AsyncIterator[Events]:
         """Start ``n`` sequences (choices) of one prompt; their deltas arrive through one Events.
 
@@ -332,7 +340,9 @@ class ModelWorker:
                 try:
                     for index, request_id in enumerate(request_ids):
                         choice = params if params.seed is None or index == 0 else msgspec.structs.replace(params, seed=params.seed + index)
-                        await run.channel.send(p.TO_WORKER.encode(p.Generate(request_id, choice, messages, prompt)))
+                        await run.channel.send(
+                            p.TO_WORKER.encode(p.Generate(request_id, choice, messages, prompt, tools, parse_tool_calls))
+                        )
                 except IPCError as exc:
                     raise ServerError(503, f"the model worker is unavailable: {exc}", code="worker_unavailable") from exc
                 yield events

@@ -17,13 +17,26 @@ from pathlib import Path
 
 DEMO_MODEL_ID = "demo"
 # Bump when anything below changes: a new version is a new directory.
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 _VOCAB_SIZE = 512
 _SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+# Tools in the json_tools syntax (Hermes, Qwen 2.5): "<tool_call>" and
+# "tool_call.name" are what mlx-lm recognises it by.
 _CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}<|system|>You may call functions: answer with "
+    '<tool_call>{"name": ..., "arguments": {...}}</tool_call>.'
+    "{% for tool in tools %}\n{{ tool | tojson }}{% endfor %}<|end|>{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% if message['role'] == 'assistant' and message['tool_calls'] is defined and message['tool_calls'] %}"
+    "<|assistant|>{{ message['content'] or '' }}"
+    "{% for tool_call in message['tool_calls'] %}"
+    "{% if tool_call.function is defined %}{% set tool_call = tool_call.function %}{% endif %}"
+    '<tool_call>{"name": "{{ tool_call.name }}", "arguments": {{ tool_call.arguments | tojson }}}</tool_call>'
+    "{% endfor %}<|end|>"
+    "{% else %}"
+    "{{ '<|' + message['role'] + '|>' + (message['content'] or '') + '<|end|>' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )

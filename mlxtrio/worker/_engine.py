@@ -17,6 +17,7 @@ one frame per step for all of them.
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,9 +29,10 @@ from mlx_lm.generate import BatchGenerator, StopSequences, generate_step
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
-from .._protocol import Delta, Generate, SamplingParams, TokenLogprob
+from .._protocol import Delta, Generate, SamplingParams, TokenLogprob, ToolCall
 from ._failpoints import failpoint
 from ._grammar import GrammarCompiler
+from ._tools import ToolCallExtractor, chat_messages, tool_format
 
 __all__ = ["BatchEngine", "RequestError", "SequentialEngine", "make_engine"]
 
@@ -107,6 +109,8 @@ class _Sequence:
     held: str = ""
     # Log probabilities of tokens not yet sent with a delta.
     pending_logprobs: list[TokenLogprob] = attrs.Factory(list)
+    # Tool calls parsed out of the text, when the request has tools.
+    tools: ToolCallExtractor | None = None
 
     def accept(
         self, token: int | None, finish_reason: str | None, logprob: TokenLogprob | None = None
@@ -126,7 +130,7 @@ class _Sequence:
         else:
             text = ""
         if finish_reason is None:
-            return self._delta(text, None) if text else None
+            return self._delta(text, None)
         self.detokenizer.finalize()
         self.held += self.detokenizer.last_segment
         rest, stopped = self._release(final=True)
@@ -153,11 +157,20 @@ class _Sequence:
         self.held = held[cut:]
         return held[:cut], False
 
-    def _delta(self, text: str, finish_reason: str | None) -> Delta:
+    def _delta(self, text: str, finish_reason: str | None) -> Delta | None:
+        """What to send, or None while there is nothing (text held back, no end yet)."""
+        calls: tuple[ToolCall, ...] = ()
+        if self.tools is not None:
+            text, found = self.tools.feed(text, final=finish_reason is not None)
+            calls = tuple(found)
+            if finish_reason == "stop" and self.tools.calls_made:
+                finish_reason = "tool_calls"
+        if not text and not calls and finish_reason is None:
+            return None
         logprobs = tuple(self.pending_logprobs)
         self.pending_logprobs.clear()
         return Delta(
-            self.request_id, text, self.prompt_tokens, self.completion_tokens, finish_reason, self.cached_tokens, logprobs
+            self.request_id, text, self.prompt_tokens, self.completion_tokens, finish_reason, self.cached_tokens, logprobs, calls
         )
 
 
@@ -223,9 +236,10 @@ class _EngineBase:
         if request.messages is not None:
             if not getattr(tokenizer, "has_chat_template", False):
                 raise RequestError(400, "this model has no chat template; use /v1/completions")
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            messages = chat_messages(request.messages)
+            extra = {"tools": json.loads(request.tools)} if request.tools else {}
             try:
-                prompt = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+                prompt = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, **extra))
             except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
                 raise RequestError(400, f"the chat template rejected these messages: {exc}") from exc
         else:
@@ -284,7 +298,14 @@ class _EngineBase:
     def _new_sequence(self, request: Generate, params: SamplingParams, prompt: list[int], cached: int = 0) -> _Sequence:
         # One detokenizer per sequence (the tokenizer's own is shared).
         detokenizer = type(self._tokenizer.detokenizer)(self._tokenizer._tokenizer)  # noqa: SLF001
-        return _Sequence(request.request_id, params, detokenizer, len(prompt), cached)
+        sequence = _Sequence(request.request_id, params, detokenizer, len(prompt), cached)
+        if request.parse_tool_calls and self.tool_format is not None:
+            sequence.tools = ToolCallExtractor(self._tokenizer, json.loads(request.tools) if request.tools else None)
+        return sequence
+
+    @property
+    def tool_format(self) -> str | None:
+        return tool_format(self._tokenizer)
 
 
 class BatchEngine(_EngineBase):

@@ -117,7 +117,7 @@ def main(argv: list[str]) -> int:
             prompt_cache_bytes=config.prompt_cache_bytes,
             progress=heartbeat,
         )
-        send(p.Ready(config.model_id, time.monotonic() - started, memory, engine.kind))
+        send(p.Ready(config.model_id, time.monotonic() - started, memory, engine.kind, engine.tool_format))
         return _serve(channel, engine, send, watch)
     except PeerGoneError:
         return EXIT_OK
