@@ -55,7 +55,9 @@ async def test_curl_examples(server, name, block):
     output = result.stdout.decode()
     assert result.returncode == 0, result.stderr.decode()
     assert '"error"' not in output, output[-500:]
-    assert '"choices"' in output
+    assert output.strip(), "the example printed nothing"
+    if "/v1/" in block and "/v1/models" not in block:
+        assert '"choices"' in output
     if '"stream": true' in block:
         assert output.rstrip().endswith("data: [DONE]")
 
