@@ -182,3 +182,23 @@ def test_the_log_format_is_checked():
         [sys.executable, "-m", "mlxtrio", "serve", "--log-format", "xml"], capture_output=True, check=False
     )
     assert result.returncode == 2 and b"invalid choice" in result.stderr
+
+
+@bounded(60)
+async def test_a_load_says_it_is_still_loading(admin, monkeypatch):
+    from mlxtrio.orchestrator import _worker
+
+    monkeypatch.setattr(_worker, "_LOADING_REPORT_INTERVAL", 0.1)  # the demo loads in about a second
+    logger = logging.getLogger("mlxtrio.orchestrator")
+    handler, level = _Records(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        assert (await admin.post("/admin/load", json={"model": "demo"})).status_code == 200
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    messages = [record.getMessage() for record in handler.records]
+    assert messages[0].startswith("loading model 'demo' (worker pid")
+    assert any(message.startswith("still loading model 'demo'") for message in messages), messages
+    assert "ready in" in messages[-1]
