@@ -289,6 +289,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="requests per client at each concurrency")
     parser.add_argument("--port", type=int, default=18600)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--servers", nargs="+", default=["in-process", "mlx_lm.server", "mlxtrio"],
+        choices=["in-process", "mlx_lm.server", "mlxtrio"], help="which of the three to run (default: all)",
+    )
     args = parser.parse_args()
     model_path = str(build(args.model, args.models_dir / args.model, cache_dir=args.models_dir))
     results: dict = {
@@ -298,16 +302,20 @@ def main() -> None:
         "rounds": args.rounds,
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
     }
-    baseline = subprocess.run(
-        [sys.executable, __file__, "--in-process", model_path, json.dumps(args.concurrency), str(args.max_tokens)],
-        capture_output=True, text=True, check=True,
-    )
-    results["in_process"] = json.loads(baseline.stdout.strip().splitlines()[-1])
-    results["in_process"]["aggregate_tps"] = {int(k): v for k, v in results["in_process"]["aggregate_tps"].items()}
+    if "in-process" in args.servers:
+        baseline = subprocess.run(
+            [sys.executable, __file__, "--in-process", model_path, json.dumps(args.concurrency), str(args.max_tokens)],
+            capture_output=True, text=True, check=True,
+        )
+        results["in_process"] = json.loads(baseline.stdout.strip().splitlines()[-1])
+        results["in_process"]["aggregate_tps"] = {int(k): v for k, v in results["in_process"]["aggregate_tps"].items()}
     for kind, port in (("mlx_lm.server", args.port), ("mlxtrio", args.port + 10)):
-        results[kind] = trio.run(bench_server, kind, model_path, args.concurrency, args.max_tokens, args.rounds, port)
-    text = report(results)
-    print(text)
+        if kind in args.servers:
+            results[kind] = trio.run(bench_server, kind, model_path, args.concurrency, args.max_tokens, args.rounds, port)
+    if set(args.servers) == {"in-process", "mlx_lm.server", "mlxtrio"}:
+        print(report(results))
+    else:
+        print(json.dumps({key: value for key, value in results.items() if key in ("in_process", "mlx_lm.server", "mlxtrio")}, indent=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
