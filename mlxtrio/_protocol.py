@@ -116,6 +116,8 @@ class Generate(_Message, tag="generate"):
     # and whether to turn the model's tool-call syntax into ToolCalls.
     tools: str | None = None
     parse_tool_calls: bool = False
+    # parallel_tool_calls false: the sequence ends at its first call (0: no limit).
+    max_tool_calls: int = 0
 
 
 class Cancel(_Message, tag="cancel"):

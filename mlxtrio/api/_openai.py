@@ -126,6 +126,7 @@ def create_openai_app(state: ServerState) -> QuartTrio:
                 keep_alive=parsed.keep_alive_seconds(),
                 tools=parsed.tools_json(),
                 parse_tool_calls=parsed.parse_tool_calls,
+                max_tool_calls=1 if parsed.parallel_tool_calls is False else 0,
             )
 
         calls_so_far = [0] * parsed.n  # streamed: each choice's tool calls are numbered from 0

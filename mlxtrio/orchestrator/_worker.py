@@ -316,6 +316,7 @@ class ModelWorker:
         keep_alive: float | None = None,
         tools: str | None = None,
         parse_tool_calls: bool = False,
+        max_tool_calls: int = 0,
     ) -> AsyncIterator[Events]:
         """Start ``n`` sequences (choices) of one prompt; their deltas arrive through one Events.
 
@@ -341,7 +342,7 @@ class ModelWorker:
                     for index, request_id in enumerate(request_ids):
                         choice = params if params.seed is None or index == 0 else msgspec.structs.replace(params, seed=params.seed + index)
                         await run.channel.send(
-                            p.TO_WORKER.encode(p.Generate(request_id, choice, messages, prompt, tools, parse_tool_calls))
+                            p.TO_WORKER.encode(p.Generate(request_id, choice, messages, prompt, tools, parse_tool_calls, max_tool_calls))
                         )
                 except IPCError as exc:
                     raise ServerError(503, f"the model worker is unavailable: {exc}", code="worker_unavailable") from exc

@@ -163,7 +163,7 @@ class _Sequence:
         if self.tools is not None:
             text, found = self.tools.feed(text, final=finish_reason is not None)
             calls = tuple(found)
-            if finish_reason == "stop" and self.tools.calls_made:
+            if self.tools.done or (finish_reason == "stop" and self.tools.calls_made):
                 finish_reason = "tool_calls"
         if not text and not calls and finish_reason is None:
             return None
@@ -300,7 +300,9 @@ class _EngineBase:
         detokenizer = type(self._tokenizer.detokenizer)(self._tokenizer._tokenizer)  # noqa: SLF001
         sequence = _Sequence(request.request_id, params, detokenizer, len(prompt), cached)
         if request.parse_tool_calls and self.tool_format is not None:
-            sequence.tools = ToolCallExtractor(self._tokenizer, json.loads(request.tools) if request.tools else None)
+            sequence.tools = ToolCallExtractor(
+                self._tokenizer, json.loads(request.tools) if request.tools else None, limit=request.max_tool_calls
+            )
         return sequence
 
     @property

@@ -51,7 +51,9 @@ def chat_messages(messages) -> list[dict]:  # noqa: ANN001 - ChatMessages
 class ToolCallExtractor:
     """Splits released text into content and tool calls, one sequence's worth."""
 
-    def __init__(self, tokenizer: Any, tools: list[dict] | None) -> None:
+    def __init__(self, tokenizer: Any, tools: list[dict] | None, *, limit: int = 0) -> None:
+        # After ``limit`` calls (0: no limit) the sequence is done: the rest is not read.
+        self._limit = limit
         self._start = tokenizer.tool_call_start
         self._end = tokenizer.tool_call_end
         self._parse = tokenizer.tool_parser
@@ -59,6 +61,7 @@ class ToolCallExtractor:
         self._pending = ""
         self._inside = False
         self.calls_made = 0
+        self.done = False
 
     def feed(self, text: str, *, final: bool) -> tuple[str, list[ToolCall]]:
         content: list[str] = []
@@ -90,6 +93,11 @@ class ToolCallExtractor:
                     calls.extend(parsed)
                 pending = pending[at + len(self._end) :]
                 self._inside = False
+                if self._limit and self.calls_made + len(calls) >= self._limit:
+                    del calls[self._limit - self.calls_made :]
+                    pending = ""
+                    self.done = True
+                    break
         self._pending = pending
         self.calls_made += len(calls)
         return "".join(content), calls

@@ -113,3 +113,15 @@ async def test_bad_tools_are_400s(client, openapi, extra, param):
     assert response.status_code == 400, response.text
     openapi.validate(response.json(), "ErrorResponse")
     assert response.json()["error"]["param"] == param
+
+
+@bounded(60)
+async def test_without_parallel_calls_the_answer_ends_at_the_first_call(client, admin, openapi):
+    body = _chat(tool_choice="required", parallel_tool_calls=False)
+    response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    openapi.validate(response.json(), "CreateChatCompletionResponse")
+    choice = response.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and len(choice["message"]["tool_calls"]) == 1
+    # The sequence left the batch when its call closed: nothing is left running in the worker.
+    assert [worker["active_sequences"] for worker in (await admin.get("/admin/health")).json()["workers"]] == [0]

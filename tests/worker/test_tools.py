@@ -52,3 +52,11 @@ def test_a_block_with_several_calls_gives_them_all():
     extractor = ToolCallExtractor(tokenizer, None)
     content, calls = extractor.feed("<|tool_call_start|>[a(x=1), b(y='z')]<|tool_call_end|>", final=True)
     assert content == "" and calls == [ToolCall("a", '{"x": 1}'), ToolCall("b", '{"y": "z"}')]
+
+
+def test_with_a_limit_of_one_the_first_call_ends_it():
+    extractor = ToolCallExtractor(TOKENIZER, None, limit=1)
+    content, calls = extractor.feed(
+        'ok <tool_call>{"name": "a", "arguments": {}}</tool_call><tool_call>{"name": "b", "arguments": {}}</tool_call>', final=False
+    )
+    assert (content, [call.name for call in calls], extractor.done) == ("ok ", ["a"], True)
