@@ -13,6 +13,7 @@ import logging
 import re
 import secrets
 import time
+from typing import Any
 
 import attrs
 from quart import Response, g, request
@@ -45,6 +46,8 @@ class RequestRecord:
     first_token_at: float | None = None
     _completion_tokens: dict[int, int] = attrs.Factory(dict)
     _last_token_at: dict[int, float] = attrs.Factory(dict)
+    # This request's inter-token histogram, looked up once (on_delta runs per token).
+    _token_gaps: Any = None
     _finished: bool = False
 
     def on_delta(self, choice: int, delta: Delta) -> None:
@@ -60,7 +63,9 @@ class RequestRecord:
         # As the client sees it: the first token of a delta after the gap since
         # the previous delta, tokens that came with it (held back together: a
         # character split across tokens, a possible stop string) after none.
-        histogram = self.metrics.inter_token_latency.labels(self.model)
+        if self._token_gaps is None:
+            self._token_gaps = self.metrics.inter_token_latency.labels(self.model)
+        histogram = self._token_gaps
         previous = self._last_token_at.get(choice)
         if previous is not None:
             histogram.observe(now - previous)
