@@ -105,6 +105,7 @@ _SETTINGS: dict[str, tuple[str | None, Callable[[object], object]]] = {
     "decode_concurrency": ("MLX_DECODE_CONCURRENCY", _number(int)),
     "prefill_batch_size": ("MLX_PREFILL_BATCH_SIZE", _number(int)),
     "prefill_step_size": ("MLX_PREFILL_STEP_SIZE", _number(int)),
+    "prefill_bucket": ("MLX_PREFILL_BUCKET", _number(int)),
     "max_queue": ("MLX_MAX_QUEUE", _number(int)),
     "prompt_cache_bytes": ("MLX_PROMPT_CACHE_BYTES", _number(int)),
     "max_body_bytes": ("MLX_MAX_BODY_BYTES", _number(int)),
@@ -213,6 +214,10 @@ class Config:
     decode_concurrency: int = 32
     prefill_batch_size: int = 8
     prefill_step_size: int = 512
+    # Prefill lengths rounded up to multiples of this (0: off), so that backends
+    # that compile per shape (MLX CUDA) see few shapes. Off until a benchmark
+    # that measures time to first token cleanly says it helps.
+    prefill_bucket: int = 0
     # Requests that may wait beyond those being decoded; past that: 429.
     max_queue: int = 128
     # Byte cap of each worker's prompt (KV) cache; 0 turns it off.
@@ -280,6 +285,8 @@ class Config:
         for name in ("decode_concurrency", "prefill_batch_size", "prefill_step_size", "max_body_bytes", "max_tokens_limit", "max_choices", "max_loaded_models"):
             if getattr(config, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
+        if config.prefill_bucket < 0:
+            raise ValueError(f"prefill_bucket must be 0 (off) or more, not {config.prefill_bucket}")
         if config.max_queue < 0:
             raise ValueError(f"max_queue must be 0 or more, not {config.max_queue}")
         if not is_loopback(config.admin_host) and not config.admin_token:

@@ -57,6 +57,8 @@ class WorkerConfig(msgspec.Struct, frozen=True):
     decode_concurrency: int = 32
     # Prompts prefilled together.
     prefill_batch_size: int = 8
+    # Prefill lengths rounded up to multiples of this (0: off).
+    prefill_bucket: int = 0
     # Byte cap of the prompt (KV) cache kept across requests; 0 turns it off.
     prompt_cache_bytes: int = 1 << 30
     # A Jinja chat template to use instead of the tokenizer's (the config file's, per model).

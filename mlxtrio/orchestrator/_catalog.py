@@ -157,6 +157,7 @@ class ModelCatalog:
             prefill_step_size=config.prefill_step_size,
             decode_concurrency=decode_concurrency(config, entry),
             prefill_batch_size=config.prefill_batch_size,
+            prefill_bucket=config.prefill_bucket,
             prompt_cache_bytes=config.prompt_cache_bytes,
             chat_template=settings.chat_template if settings is not None else None,
         )

@@ -30,6 +30,7 @@ from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, make_prom
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
 from .._protocol import Delta, Generate, SamplingParams, TokenLogprob, ToolCall
+from ._buckets import BucketedPromptBatch
 from ._failpoints import failpoint
 from ._grammar import GrammarCompiler
 from ._tools import ToolCallExtractor, chat_messages, tool_format
@@ -325,9 +326,12 @@ class BatchEngine(_EngineBase):
         prefill_batch_size: int = 8,
         prefill_step_size: int = 512,
         prompt_cache_bytes: int = 1 << 30,
+        prefill_bucket: int = 0,
     ) -> None:
         super().__init__(model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes)
         self._settings = (decode_concurrency, prefill_batch_size, prefill_step_size)
+        # Prefill lengths rounded up to multiples of this (0: off): see _buckets.py.
+        self._prefill_bucket = prefill_bucket
         self._stop_at_eos = StopSequences([[token] for token in self._eos])
         self._never_stop = StopSequences(None)
         self._generator = self._new_generator()
@@ -340,13 +344,20 @@ class BatchEngine(_EngineBase):
 
     def _new_generator(self) -> BatchGenerator:
         decode_concurrency, prefill_batch_size, prefill_step_size = self._settings
-        return BatchGenerator(
+        generator = BatchGenerator(
             self._model,
             max_tokens=1,
             completion_batch_size=decode_concurrency,
             prefill_batch_size=prefill_batch_size,
             prefill_step_size=prefill_step_size,
         )
+        if self._prefill_bucket > 0:
+            # The generator's prompt batch, empty still, becomes a bucketed one; batches
+            # it takes in are merged into it, and its splits keep its class.
+            bucketed = BucketedPromptBatch.empty(self._model, generator.sampler, prefill_step_size=prefill_step_size)
+            bucketed.bucket = self._prefill_bucket
+            generator._prompt_batch = bucketed  # noqa: SLF001 - mlx-lm is pinned; _buckets.py says why
+        return generator
 
     @property
     def active(self) -> int:
@@ -570,6 +581,7 @@ def make_engine(
     prefill_step_size: int,
     prompt_cache_bytes: int,
     progress: Callable[[], None],
+    prefill_bucket: int = 0,
 ) -> BatchEngine | SequentialEngine:
     if decode_concurrency > 1 and can_batch(model):
         return BatchEngine(
@@ -580,6 +592,7 @@ def make_engine(
             prefill_batch_size=prefill_batch_size,
             prefill_step_size=prefill_step_size,
             prompt_cache_bytes=prompt_cache_bytes,
+            prefill_bucket=prefill_bucket,
         )
     return SequentialEngine(
         model,

@@ -116,6 +116,7 @@ def main(argv: list[str]) -> int:
             prefill_step_size=config.prefill_step_size,
             prompt_cache_bytes=config.prompt_cache_bytes,
             progress=heartbeat,
+            prefill_bucket=config.prefill_bucket,
         )
         send(p.Ready(config.model_id, time.monotonic() - started, memory, engine.kind, engine.tool_format))
         return _serve(channel, engine, send, watch)
