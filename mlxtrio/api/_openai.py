@@ -106,10 +106,7 @@ def create_openai_app(state: ServerState) -> QuartTrio:
         parsed, worker, completion_id, created = await _begin(supervisor, state, ChatCompletionRequest, "chatcmpl-")
         if parsed.forces_tool_call:
             # The forcing grammar writes the json_tools syntax: only a model that reads it back may be forced.
-            with trio.move_on_after(request_timeout) as loading:
-                await worker.ensure_ready()
-            if loading.cancelled_caught:
-                raise _timed_out(request_timeout)
+            await _ensure_ready_by(worker, trio.current_time() + request_timeout, request_timeout)
             if worker.tool_format != "json_tools":
                 raise ServerError(
                     400,
@@ -270,6 +267,14 @@ def _timed_out(timeout: float) -> ServerError:
     return ServerError(504, f"the request did not finish within the request timeout ({timeout:g} s)", code="timeout")
 
 
+async def _ensure_ready_by(worker: ModelWorker, deadline: float, timeout: float) -> None:
+    """The model loaded (if it was not) by ``deadline``, the request's; a 504 past it."""
+    with trio.move_on_at(deadline) as scope:
+        await worker.ensure_ready()
+    if scope.cancelled_caught:
+        raise _timed_out(timeout)
+
+
 async def _collect(opened: AbstractAsyncContextManager[Events], choices: int, timeout: float):  # noqa: ANN202
     """A non-streaming request: each choice's deltas, joined; 504 past the request timeout."""
     record = current_record()
@@ -310,10 +315,7 @@ async def _stream(
     """
     deadline = trio.current_time() + timeout
     worker.check_capacity(choices)
-    with trio.move_on_at(deadline) as scope:
-        await worker.ensure_ready()
-    if scope.cancelled_caught:
-        raise _timed_out(timeout)
+    await _ensure_ready_by(worker, deadline, timeout)
 
     record = current_record()
 

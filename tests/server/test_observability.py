@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ..helpers import bounded
 from .conftest import sse_events, worker_entry
-from .test_process import _drain, _start_server
+from .test_process import _drain, _kill_if_running, _start_server
 
 COMPLETION = {"model": "demo", "prompt": "Once upon a time", "max_tokens": 8, "ignore_eos": True}
 
@@ -162,9 +162,7 @@ async def test_json_logs_with_worker_stderr_and_loading_lines(cache_dir, tmp_pat
             with trio.fail_after(30):
                 await process.wait()
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await _kill_if_running(process)
     lines = [json.loads(line) for line in b"".join(log).decode().splitlines() if line.strip()]
     assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
     request = next(line for line in lines if line.get("request_id") == "json-1")

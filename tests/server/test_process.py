@@ -45,6 +45,13 @@ async def _start_server(
     return process, match.group(1).decode(), match.group(2).decode(), log
 
 
+async def _kill_if_running(process: trio.Process) -> None:
+    """A test's last word on its server: whatever happened, it is not left behind."""
+    if process.returncode is None:
+        process.kill()
+    await process.wait()
+
+
 async def _drain(process: trio.Process, log: list[bytes]) -> None:
     while chunk := await process.stderr.receive_some():
         log.append(chunk)
@@ -95,9 +102,7 @@ async def test_sigterm_lets_the_request_in_flight_finish_then_exits_clean(cache_
         snapshot = json.loads((tmp_path / "state" / "status.json").read_text())
         assert snapshot["pid"] == process.pid
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await _kill_if_running(process)
 
 
 @bounded(120)
@@ -123,9 +128,7 @@ async def test_a_second_signal_stops_at_once(cache_dir, tmp_path):
         assert b"stopping now" in b"".join(log)
         assert not [found for found in list_objects() if found.creator_pid == process.pid]
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await _kill_if_running(process)
 
 
 @bounded(120)
@@ -141,9 +144,7 @@ async def test_ctrl_c_to_the_terminal_reaches_the_orchestrator_only(cache_dir, t
         assert rest[-1] == "data: [DONE]", rest[-3:]
         assert status == 0, b"".join(log).decode()
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await _kill_if_running(process)
 
 
 @bounded(60)
@@ -194,9 +195,7 @@ async def test_orchestrator_sigkill_the_worker_exits_and_the_next_start_sweeps(c
         finally:
             os.close(exited)
     finally:
-        if first.returncode is None:
-            first.kill()
-        await first.wait()
+        await _kill_if_running(first)
 
     # What a server killed while it held shared memory (before its worker said Hello) leaves behind.
     code = (
