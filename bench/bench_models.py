@@ -6,6 +6,15 @@ per token. Its tokenizer is a byte-level BPE synthesised to the real vocabulary
 size (151,936), so the embedding, the output layer and mlx-lm's BPE streaming
 detokenizer do the real amount of work. Nothing is downloaded.
 
+Like a trained model's, its output is text a client can see token by token.
+Merged tokens are built from printable ASCII only, and the output rows of the
+special tokens and of the single bytes outside printable ASCII are zero, so
+greedy decoding never picks them (any other token's logit is the maximum of
+150,000 random ones, well above zero). Without that, a random model emits byte
+fragments that every streaming detokenizer rightly holds back until they form
+characters, and a benchmark timing the first visible text measures that
+hold-back instead of the server (version 1 of these models did exactly that).
+
     python bench/bench_models.py NAME DEST     # NAME: demo, qwen2.5-0.5b-bf16, qwen2.5-0.5b-4bit, qwen2.5-7b-bf16, qwen2.5-7b-4bit
 """
 
@@ -36,12 +45,36 @@ SHAPES = {
     },
 }
 VOCAB_SIZE = 151936
+BUILD_VERSION = 2  # 2: text-only merges, never-picked fragments; older builds are rebuilt
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 MODEL_NAMES = ["demo"] + [f"{shape}-{dtype}" for shape in SHAPES for dtype in ("bf16", "4bit")]
+
+
+def _byte_of() -> dict[str, int]:
+    """The byte each symbol of the byte-level alphabet stands for (GPT-2's table)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols = list(printable)
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            symbols.append(256 + extra)
+            extra += 1
+    return {chr(symbol): byte for byte, symbol in zip(printable, symbols)}
+
+
+_BYTE_OF = _byte_of()
+
+
+def never_picked(directory: Path) -> list[int]:
+    """Ids greedy decoding must not pick: special tokens and single non-text bytes."""
+    vocab = json.loads((directory / "tokenizer.json").read_text())["model"]["vocab"]
+    ids = [index for symbol, index in vocab.items() if len(symbol) == 1 and not 32 <= _BYTE_OF[symbol] <= 126]
+    return ids + list(range(VOCAB_SIZE - len(SPECIAL), VOCAB_SIZE))
 
 
 def build_tokenizer(directory: Path) -> int:
@@ -51,12 +84,13 @@ def build_tokenizer(directory: Path) -> int:
     rng = random.Random(0)
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {symbol: index for index, symbol in enumerate(alphabet)}
-    tokens = list(alphabet)
+    text = [symbol for symbol in alphabet if 32 <= _BYTE_OF[symbol] <= 126]
+    tokens = list(text)
     merges = []
     target = VOCAB_SIZE - len(SPECIAL)
     while len(vocab) < target:
         left = tokens[rng.randrange(min(len(tokens), 4096))]
-        right = tokens[rng.randrange(len(alphabet))]
+        right = text[rng.randrange(len(text))]
         merged = left + right
         if merged in vocab or len(merged) > 12:
             continue
@@ -89,7 +123,9 @@ def build(name: str, dest: Path, *, cache_dir: Path | None = None) -> Path:
 
         return ensure_demo_model(cache_dir or dest.parent)
     if (dest / "config.json").exists():
-        return dest
+        if json.loads((dest / "config.json").read_text()).get("mlxtrio_bench_version") == BUILD_VERSION:
+            return dest
+        shutil.rmtree(dest)
     shape_name, dtype = name.rsplit("-", 1)
     import mlx.core as mx
     import mlx.nn as nn
@@ -108,10 +144,13 @@ def build(name: str, dest: Path, *, cache_dir: Path | None = None) -> Path:
         "rope_theta": 1000000.0,
         "max_position_embeddings": 32768,
         "eos_token_id": eos,
+        "mlxtrio_bench_version": BUILD_VERSION,
         **SHAPES[shape_name],
     }
     mx.random.seed(0)
     model = qwen2.Model(qwen2.ModelArgs.from_dict(config))
+    output = model.model.embed_tokens if config["tie_word_embeddings"] else model.lm_head
+    output.weight[mx.array(never_picked(staging))] = 0
     model.set_dtype(mx.bfloat16)
     if dtype == "4bit":
         nn.quantize(model, group_size=64, bits=4)

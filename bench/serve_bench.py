@@ -11,8 +11,11 @@ For each it reports single-stream decode tokens/s, time to first token
 (p50, p95) and aggregate tokens/s at each concurrency, with ratios against (1)
 and (2). The load comes from one async client (Trio + httpx, streaming) in
 this process; its CPU use is reported so a starved client shows. Every
-request is greedy with the same prompt set and ``max_tokens``; tokens are
-counted as they arrive, so a sequence that ends early is counted as it is.
+request is greedy with the same prompt set and ``max_tokens``. Tokens are
+the servers' own counts (``stream_options.include_usage``), so a sequence
+that ends early counts as it is and text a detokenizer holds back is not
+undercounted; time to first token is to the first event with text, and
+``tokens_per_text_event`` says how far apart the two are (1.0: none).
 
 Models are built by bench/bench_models.py (no downloads). Runs the same on
 a Linux CUDA machine with the offline bundle of ../shared/gpu/stage.sh.
@@ -31,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+import attrs
 import httpx
 import trio
 
@@ -126,48 +130,69 @@ async def wait_ready(url: str, process: subprocess.Popen, limit: float = 600) ->
     raise RuntimeError("server did not become ready")
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> tuple[float, float, int]:
-    """(time to first token, seconds from first to last token, tokens) of one streaming request.
+@attrs.frozen
+class Outcome:
+    """One streaming request as the client saw it."""
 
-    A request the server refuses or drops counts as an error (tokens -1), not a crash of the run.
-    """
+    ttft: float  # seconds from sending to the first event with text
+    span: float  # seconds from that event to the last one
+    tokens: int  # completion tokens, from the server's own usage count; -1: the request failed
+    text_events: int  # events that carried text (fewer than tokens if text was held back)
+
+
+FAILED = Outcome(float("nan"), 0.0, -1, 0)
+
+
+async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> Outcome:
+    """A request the server refuses or drops counts as an error, not a crash of the run."""
     try:
         return await _stream_one(client, url, model, prompt, max_tokens)
     except httpx.HTTPError:
-        return float("nan"), 0.0, -1
+        return FAILED
 
 
-async def _stream_one(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> tuple[float, float, int]:
+async def _stream_one(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> Outcome:
     body = {
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
+        "stream_options": {"include_usage": True},
     }
     start = time.perf_counter()
     first = last = None
-    tokens = 0
+    text_events = 0
+    usage = None
     async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: {"):
                 continue
             event = json.loads(line[6:])
+            usage = event.get("usage") or usage
             choices = event.get("choices") or []
-            if choices and choices[0].get("delta", {}).get("content"):
-                now = time.perf_counter()
+            if not choices:
+                continue
+            now = time.perf_counter()
+            if choices[0].get("delta", {}).get("content"):
                 first = first or now
+                text_events += 1
                 last = now
-                tokens += 1
+            elif choices[0].get("finish_reason") and first is not None:
+                last = now
+    # Tokens are the server's own count: text events undercount whenever a
+    # detokenizer holds bytes back and sends several tokens' text at once.
+    if usage is None:
+        raise RuntimeError("the server sent no usage although stream_options.include_usage was set")
     if first is None:
-        return float("nan"), 0.0, 0
-    return first - start, last - first, tokens
+        return Outcome(float("nan"), 0.0, usage["completion_tokens"], 0)
+    return Outcome(first - start, last - first, usage["completion_tokens"], text_events)
 
 
 async def load(url: str, model: str, concurrency: int, max_tokens: int, rounds: int) -> dict:
     texts = prompts(max(concurrency, 8))
-    results: list[tuple[float, float, int]] = []
+    results: list[Outcome] = []
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
 
@@ -189,13 +214,16 @@ async def load(url: str, model: str, concurrency: int, max_tokens: int, rounds: 
         wall = time.perf_counter() - start
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-    errors = sum(1 for _, _, tokens in results if tokens < 0)
-    results = [result for result in results if result[2] >= 0]
-    ttfts = [ttft for ttft, _, _ in results]
-    per_stream = [(tokens - 1) / span for _, span, tokens in results if tokens > 1 and span > 0]
+    errors = sum(1 for result in results if result.tokens < 0)
+    results = [result for result in results if result.tokens >= 0]
+    ttfts = [result.ttft for result in results]
+    per_stream = [(result.tokens - 1) / result.span for result in results if result.tokens > 1 and result.span > 0]
+    tokens = sum(result.tokens for result in results)
     return {
         "errors": errors,
-        "aggregate_tps": sum(tokens for _, _, tokens in results) / wall,
+        "aggregate_tps": tokens / wall,
+        # 1.0 when every token's text reached the client in an event of its own.
+        "tokens_per_text_event": tokens / max(1, sum(result.text_events for result in results)),
         "stream_tps_median": statistics.median(per_stream) if per_stream else float("nan"),
         "ttft_p50_s": percentile(ttfts, 0.5),
         "ttft_p95_s": percentile(ttfts, 0.95),
@@ -226,7 +254,8 @@ async def bench_server(kind: str, model_path: str, concurrencies: list[int], max
             log.seek(0)
             sys.stderr.write(log.read()[-4000:].decode(errors="replace"))
             raise
-        result: dict = {"aggregate_tps": {}, "ttft_p50_s": {}, "ttft_p95_s": {}, "client_cpu_cores": {}, "errors": {}}
+        result: dict = {"aggregate_tps": {}, "ttft_p50_s": {}, "ttft_p95_s": {}, "client_cpu_cores": {}, "errors": {},
+                        "tokens_per_text_event": {}}
         for concurrency in concurrencies:
             measured = await load(url, model_id, concurrency, max_tokens, rounds)
             if concurrency == 1:
@@ -236,6 +265,7 @@ async def bench_server(kind: str, model_path: str, concurrencies: list[int], max
             result["ttft_p95_s"][concurrency] = measured["ttft_p95_s"]
             result["client_cpu_cores"][concurrency] = measured["client_cpu_cores"]
             result["errors"][concurrency] = measured["errors"]
+            result["tokens_per_text_event"][concurrency] = measured["tokens_per_text_event"]
             print(f"  {kind}, {concurrency} streams: {measured}", file=sys.stderr, flush=True)
         return result
     finally:
@@ -274,6 +304,8 @@ def report(results: dict) -> str:
     cores = {c: max(rival["client_cpu_cores"][c], ours["client_cpu_cores"][c]) for c in results["concurrency"]}
     lines.append("")
     lines.append("client CPU (cores busy, worst of the two servers): " + ", ".join(f"{c} streams {v:.2f}" for c, v in cores.items()))
+    worst = max(value for result in (rival, ours) for value in result["tokens_per_text_event"].values())
+    lines.append(f"tokens per text event, worst of all phases: {worst:.2f} (1.00: no text held back)")
     return "\n".join(lines)
 
 
