@@ -63,6 +63,9 @@ class WorkerConfig(msgspec.Struct, frozen=True):
     prompt_cache_bytes: int = 1 << 30
     # A Jinja chat template to use instead of the tokenizer's (the config file's, per model).
     chat_template: str | None = None
+    # CPUs to pin the worker to (empty: none), and whether only when MLX runs on the CPU.
+    cpus: tuple[int, ...] = ()
+    cpus_for_cpu_backend_only: bool = True
 
 
 # --- orchestrator -> worker ----------------------------------------------------
@@ -157,6 +160,8 @@ class Ready(_Message, tag="ready"):
     engine: str = "batched"
     # The model's tool-call format (mlx-lm's parser: "json_tools", ...); None: no tool calling.
     tool_format: str | None = None
+    # The CPUs the worker is pinned to; empty: not pinned.
+    cpus: tuple[int, ...] = ()
 
 
 class LoadFailed(_Message, tag="load_failed"):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import attrs
 
+from .._affinity import parse_worker_cpus
 from .._config import Config, ModelSettings
 from .._errors import ServerError
 from .._models import weights_size
@@ -146,8 +147,10 @@ class ModelCatalog:
                     entries.append(ModelEntry(repo_id, "local", str(snapshot), "Hugging Face cache"))
         return entries
 
-    def worker_config(self, entry: ModelEntry) -> WorkerConfig:
+    def worker_config(self, entry: ModelEntry, *, slot: int = 0) -> WorkerConfig:
+        """How to start ``entry``'s worker; ``slot`` numbers the models, so that each gets its own core."""
         config, settings = self._config, entry.settings
+        cpus, cpu_backend_only = parse_worker_cpus(config.worker_cpus).for_worker(slot)
         return WorkerConfig(
             model_id=entry.id,
             source=entry.source,
@@ -160,6 +163,8 @@ class ModelCatalog:
             prefill_bucket=config.prefill_bucket,
             prompt_cache_bytes=config.prompt_cache_bytes,
             chat_template=settings.chat_template if settings is not None else None,
+            cpus=cpus,
+            cpus_for_cpu_backend_only=cpu_backend_only,
         )
 
 

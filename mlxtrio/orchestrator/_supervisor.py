@@ -46,7 +46,10 @@ class Supervisor:
             worker = self._workers.get(model_id)  # resolve() does not checkpoint, but be plain about it
             if worker is None:
                 worker = ModelWorker(
-                    entry, self.catalog.worker_config(entry), config=self._config, admit_load=self._admit_load
+                    entry,
+                    self.catalog.worker_config(entry, slot=len(self._workers)),
+                    config=self._config,
+                    admit_load=self._admit_load,
                 )
                 self._workers[model_id] = worker
                 assert self._nursery is not None, "the supervisor is not running"

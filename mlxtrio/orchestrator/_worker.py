@@ -97,6 +97,8 @@ class WorkerStatus:
     last_crash: str | None = None
     # How long the latest successful load took.
     load_seconds: float | None = None
+    # The CPUs the loaded worker is pinned to (MLX_WORKER_CPUS); empty: not pinned.
+    cpus: tuple[int, ...] = ()
 
 
 @attrs.define(eq=False)
@@ -416,6 +418,7 @@ class ModelWorker:
             restart_causes=dict(self._restart_causes),
             last_crash=self._last_crash,
             load_seconds=self._load_seconds,
+            cpus=ready.cpus if ready is not None else (),
         )
 
     # --- the worker's life ------------------------------------------------------
@@ -576,8 +579,9 @@ class ModelWorker:
                     self._load_seconds = message.load_seconds
                     run.ready = message
                     log.info(
-                        "model %r ready in %.1f s (worker pid %d, %s engine, %.1f MiB)",
+                        "model %r ready in %.1f s (worker pid %d, %s engine, %.1f MiB, %s)",
                         self.model_id, message.load_seconds, run.process.pid, message.engine, message.memory_bytes / 2**20,
+                        f"pinned to CPU {','.join(map(str, message.cpus))}" if message.cpus else "not pinned",
                     )
                     self._last_used = trio.current_time()
                     run.attempt.finish()

@@ -16,6 +16,7 @@ from pathlib import Path
 import msgspec
 
 from .. import _protocol as p
+from .._affinity import pin_this_process
 from .._models import weights_size
 from ..ipc import Channel, ChannelSpec, IPCError, PeerGoneError, ProtocolError, parent_watch
 from ._failpoints import failpoint
@@ -34,6 +35,22 @@ class _LoadError(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+def _pin(config: p.WorkerConfig) -> tuple[int, ...]:
+    """Pin this process as configured (see mlxtrio/_affinity.py); the CPUs it is pinned to."""
+    import mlx.core as mx
+
+    if not config.cpus:
+        return ()
+    if config.cpus_for_cpu_backend_only and mx.default_device().type != mx.DeviceType.cpu:
+        return ()
+    try:
+        return config.cpus if pin_this_process(config.cpus) else ()
+    except OSError as exc:
+        # A speed-up, not a condition of serving: say so and go on unpinned.
+        print(f"mlxtrio worker: could not pin to CPUs {config.cpus}: {exc}; running unpinned", file=sys.stderr)
+        return ()
 
 
 def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context length)
@@ -92,6 +109,7 @@ def main(argv: list[str]) -> int:
         started = time.monotonic()
         try:
             failpoint("load")
+            cpus = _pin(config)
             model, tokenizer, context, memory = _load(config)
         except _LoadError as exc:
             send(p.LoadFailed(exc.kind, str(exc)))
@@ -118,7 +136,7 @@ def main(argv: list[str]) -> int:
             progress=heartbeat,
             prefill_bucket=config.prefill_bucket,
         )
-        send(p.Ready(config.model_id, time.monotonic() - started, memory, engine.kind, engine.tool_format))
+        send(p.Ready(config.model_id, time.monotonic() - started, memory, engine.kind, engine.tool_format, cpus))
         return _serve(channel, engine, send, watch)
     except PeerGoneError:
         return EXIT_OK

@@ -1,0 +1,88 @@
+"""Which CPUs a worker runs on (Linux; elsewhere nothing is pinned).
+
+On MLX's CPU backend the worker's Python thread hands every evaluation to
+MLX's scheduler thread and waits for it: two threads taking turns, never
+working at once. When they sit on different cores each turn is a cross-core
+wake-up, which on a virtual machine goes through the hypervisor; on the
+2-core CI VM that cost a third of single-stream decode speed
+(docs/PERFORMANCE.md). One core for the whole worker removes it, and costs
+nothing there, since the CPU backend's matrix work is single-threaded too.
+
+``worker_cpus`` (MLX_WORKER_CPUS):
+
+- ``auto`` (default): each model's worker on one core of its own, from the
+  last allowed core down, but only when MLX runs on the CPU: a GPU backend
+  keeps the whole machine;
+- ``none``: no pinning;
+- a CPU list such as ``2,3`` or ``4-7``: every worker on those CPUs, whatever
+  the backend.
+"""
+
+from __future__ import annotations
+
+import os
+
+import attrs
+
+__all__ = ["WorkerCpus", "allowed_cpus", "parse_worker_cpus"]
+
+
+def allowed_cpus() -> tuple[int, ...]:
+    """The CPUs this process may run on; () where the platform cannot say (macOS)."""
+    getter = getattr(os, "sched_getaffinity", None)
+    return tuple(sorted(getter(0))) if getter is not None else ()
+
+
+@attrs.frozen
+class WorkerCpus:
+    """A parsed ``worker_cpus`` setting."""
+
+    mode: str  # "auto", "none" or "list"
+    cpus: tuple[int, ...] = ()
+
+    def for_worker(self, slot: int) -> tuple[tuple[int, ...], bool]:
+        """(CPUs, whether only on the CPU backend) for the ``slot``-th model's worker; () for none."""
+        if self.mode == "list":
+            return self.cpus, False
+        allowed = allowed_cpus()
+        if self.mode == "none" or not allowed:
+            return (), False
+        return (allowed[-1 - slot % len(allowed)],), True
+
+
+def parse_worker_cpus(value: str) -> WorkerCpus:
+    """``auto``, ``none`` or a CPU list (``0-3,6``) of CPUs this process may use; ValueError otherwise."""
+    text = value.strip().lower()
+    if text in {"auto", "none"}:
+        return WorkerCpus(text)
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            low, high = int(first), int(last or first)
+            if low < 0 or high < low:
+                raise ValueError
+            cpus.update(range(low, high + 1))
+    except ValueError:
+        raise ValueError(f"worker_cpus must be 'auto', 'none' or a CPU list like '0-3,6', not {value!r}") from None
+    allowed = allowed_cpus()
+    if allowed and not cpus <= set(allowed):
+        raise ValueError(
+            f"worker_cpus names CPUs this process may not use: {sorted(cpus - set(allowed))} "
+            f"(allowed: {','.join(map(str, allowed))})"
+        )
+    return WorkerCpus("list", tuple(sorted(cpus)))
+
+
+def pin_this_process(cpus: tuple[int, ...]) -> bool:
+    """Every thread of this process onto ``cpus`` (threads started later inherit it); False if unsupported."""
+    setter = getattr(os, "sched_setaffinity", None)
+    if setter is None or not cpus:
+        return False
+    # sched_setaffinity applies to one thread: MLX's threads already exist.
+    for task in os.listdir("/proc/self/task"):
+        try:
+            setter(int(task), cpus)
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile
+    return True

@@ -1,0 +1,90 @@
+"""Worker CPU pinning (MLX_WORKER_CPUS), against the real server and a real worker.
+
+Linux only: os.sched_setaffinity does not exist on macOS, where nothing is pinned.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mlxtrio._affinity import allowed_cpus, parse_worker_cpus
+
+from ..helpers import bounded
+from .conftest import make_config
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+
+
+def thread_cpus(pid: int) -> list[set[int]]:
+    """The CPUs each thread of ``pid`` may run on."""
+    return [os.sched_getaffinity(int(task)) for task in os.listdir(f"/proc/{pid}/task")]
+
+
+async def _loaded(admin) -> dict:  # noqa: ANN001
+    response = await admin.post("/admin/load", json={"model": "demo"})
+    assert response.status_code == 200, response.text
+    status = (await admin.get("/admin/status")).json()
+    (entry,) = [worker for worker in status["workers"] if worker["model"] == "demo"]
+    return entry
+
+
+@bounded(120)
+async def test_by_default_a_cpu_worker_is_pinned_to_one_core_with_all_its_threads(admin):
+    entry = await _loaded(admin)
+    expected = allowed_cpus()[-1]
+    assert entry["cpus"] == [expected]
+    threads = thread_cpus(entry["pid"])
+    assert len(threads) > 1  # MLX's own threads are there, and pinned too
+    assert all(cpus == {expected} for cpus in threads)
+    # The orchestrator itself is not pinned.
+    assert os.sched_getaffinity(0) == set(allowed_cpus())
+
+
+@pytest.mark.parametrize("server_settings", [{"worker_cpus": "none"}])
+@bounded(120)
+async def test_none_leaves_the_worker_on_every_cpu(admin):
+    entry = await _loaded(admin)
+    assert entry["cpus"] == []
+    assert all(cpus == set(allowed_cpus()) for cpus in thread_cpus(entry["pid"]))
+
+
+@pytest.mark.parametrize("server_settings", [{"worker_cpus": str(allowed_cpus()[0])}])
+@bounded(120)
+async def test_a_cpu_list_is_used_as_given(admin):
+    entry = await _loaded(admin)
+    assert entry["cpus"] == [allowed_cpus()[0]]
+    assert all(cpus == {allowed_cpus()[0]} for cpus in thread_cpus(entry["pid"]))
+
+
+def test_auto_gives_each_model_its_own_core_from_the_last_down():
+    cpus = allowed_cpus()
+    auto = parse_worker_cpus("auto")
+    assert [auto.for_worker(slot) for slot in range(len(cpus) + 1)] == [
+        *(((cpu,), True) for cpu in reversed(cpus)),
+        ((cpus[-1],), True),
+    ]
+    assert parse_worker_cpus("none").for_worker(0) == ((), False)
+    assert parse_worker_cpus(f" {cpus[0]}-{cpus[-1]} ").for_worker(5) == (cpus, False)
+
+
+@pytest.mark.parametrize("value", ["", "fast", "1-0", "-1", "0,,1", "0-x", "100000"])
+def test_bad_settings_are_refused_at_start(value: str, cache_dir: Path, tmp_path: Path):
+    with pytest.raises(ValueError, match="worker_cpus"):
+        make_config(cache_dir, tmp_path, worker_cpus=value)
+    with pytest.raises(ValueError, match="worker_cpus"):
+        parse_worker_cpus(value)
+
+
+def test_a_worker_that_cannot_pin_goes_on_unpinned(capsys: pytest.CaptureFixture[str]):
+    """Pinning speeds a worker up; failing to pin (a CPU taken away since the start) must not stop it loading."""
+    from mlxtrio._protocol import WorkerConfig
+    from mlxtrio.worker._main import _pin
+
+    before = os.sched_getaffinity(0)
+    config = WorkerConfig("demo", "demo", "", "/nowhere", 1, cpus=(1 << 16,), cpus_for_cpu_backend_only=False)
+    assert _pin(config) == ()
+    assert "running unpinned" in capsys.readouterr().err
+    assert os.sched_getaffinity(0) == before
