@@ -276,7 +276,9 @@ async def bench_server(kind: str, model_path: str, concurrencies: list[int], max
 def report(results: dict) -> str:
     base, rival, ours = results["in_process"], results["mlx_lm.server"], results["mlxtrio"]
     lines = [
-        f"model {results['model']}, max_tokens {results['max_tokens']}, {results['machine']}",
+        f"model {results['model']}, max_tokens {results['max_tokens']}, {results['machine']}, "
+        f"in-process {'pinned to one core' if results['in_process_pinned'] else 'not pinned'}, "
+        f"MLX_WORKER_CPUS={results['mlx_worker_cpus']}",
         "",
         "| measure | in-process mlx-lm | mlx_lm.server | mlxtrio | mlxtrio / in-process | mlxtrio / mlx_lm.server |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -311,6 +313,9 @@ def report(results: dict) -> str:
 
 def main() -> None:
     if sys.argv[1:2] == ["--in-process"]:
+        if sys.argv[5:6] == ["pin"]:
+            # Before MLX starts its threads: all of them on one core, as mlxtrio's worker.
+            os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
         print(json.dumps(in_process(sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]))))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -322,6 +327,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=18600)
     parser.add_argument("--json", type=Path)
     parser.add_argument(
+        "--pin-in-process", action="store_true",
+        help="run the in-process baseline on one core, as mlxtrio pins its worker on the CPU backend (Linux)",
+    )
+    parser.add_argument(
         "--servers", nargs="+", default=["in-process", "mlx_lm.server", "mlxtrio"],
         choices=["in-process", "mlx_lm.server", "mlxtrio"], help="which of the three to run (default: all)",
     )
@@ -332,11 +341,14 @@ def main() -> None:
         "max_tokens": args.max_tokens,
         "concurrency": args.concurrency,
         "rounds": args.rounds,
+        "in_process_pinned": args.pin_in_process,
+        "mlx_worker_cpus": os.environ.get("MLX_WORKER_CPUS", "auto"),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
     }
     if "in-process" in args.servers:
         baseline = subprocess.run(
-            [sys.executable, __file__, "--in-process", model_path, json.dumps(args.concurrency), str(args.max_tokens)],
+            [sys.executable, __file__, "--in-process", model_path, json.dumps(args.concurrency), str(args.max_tokens),
+             "pin" if args.pin_in_process else "free"],
             capture_output=True, text=True, check=True,
         )
         results["in_process"] = json.loads(baseline.stdout.strip().splitlines()[-1])
