@@ -335,6 +335,8 @@ def main() -> None:
         choices=["in-process", "mlx_lm.server", "mlxtrio"], help="which of the three to run (default: all)",
     )
     args = parser.parse_args()
+    if args.pin_in_process and not hasattr(os, "sched_setaffinity"):
+        parser.error("--pin-in-process needs Linux (os.sched_setaffinity)")
     model_path = str(build(args.model, args.models_dir / args.model, cache_dir=args.models_dir))
     results: dict = {
         "model": args.model,
