@@ -3,10 +3,11 @@
 On MLX's CPU backend the worker's Python thread hands every evaluation to
 MLX's scheduler thread and waits for it: two threads taking turns, never
 working at once. When they sit on different cores each turn is a cross-core
-wake-up, which on a virtual machine goes through the hypervisor; on the
-2-core CI VM that cost a third of single-stream decode speed
-(docs/PERFORMANCE.md). One core for the whole worker removes it, and costs
-nothing there, since the CPU backend's matrix work is single-threaded too.
+wake-up, which on a virtual machine goes through the hypervisor. On the
+2-core CI VM pinning gave the serving worker 13-15% more single-stream decode
+(in-process, ``stream_generate`` ran 573 tok/s on two cores and 863 on one;
+docs/PERFORMANCE.md). It costs nothing there, since the CPU backend's matrix
+work is single-threaded too.
 
 ``worker_cpus`` (MLX_WORKER_CPUS):
 
@@ -24,7 +25,7 @@ import os
 
 import attrs
 
-__all__ = ["WorkerCpus", "allowed_cpus", "parse_worker_cpus"]
+__all__ = ["WorkerCpus", "allowed_cpus", "parse_worker_cpus", "pin_this_process"]
 
 
 def allowed_cpus() -> tuple[int, ...]:
