@@ -4,7 +4,9 @@
 steps, prefill of newcomers is interleaved with decoding of the rest, finished
 sequences leave. Each sequence keeps its own sampler (a random key of its own,
 so a seeded request samples the same tokens whatever shares its batch), its
-own logits processors and its own streaming detokenizer.
+own logits processors and its own streaming detokenizer. A request that finds
+the engine idle is decoded alone on a plain KV cache, faster, and moves into
+the batch when a second arrives (``_solo.py``); its output is the same.
 
 ``SequentialEngine`` is the fallback for models whose KV caches cannot be
 merged into a batch: each sequence is mlx-lm's ``generate_step``, and a step
@@ -33,6 +35,7 @@ from .._protocol import Delta, Generate, SamplingParams, TokenLogprob, ToolCall
 from ._buckets import BucketedPromptBatch
 from ._failpoints import failpoint
 from ._grammar import GrammarCompiler
+from ._solo import SoloDecoder
 from ._tools import ToolCallExtractor, chat_messages, tool_format
 
 __all__ = ["BatchEngine", "RequestError", "SequentialEngine", "make_engine"]
@@ -329,9 +332,19 @@ class BatchEngine(_EngineBase):
         prefill_step_size: int = 512,
         prompt_cache_bytes: int = 1 << 30,
         prefill_bucket: int = 0,
+        progress: Callable[[], None] = lambda: None,
+        solo: bool = True,
     ) -> None:
         super().__init__(model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes)
         self._settings = (decode_concurrency, prefill_batch_size, prefill_step_size)
+        # A request that finds nothing else running is decoded alone on a plain
+        # cache until a second arrives (see _solo.py); False: always in the batch.
+        self._solo = solo
+        self._alone: _Alone | None = None
+        # Deltas made outside a step (the token a sequence brings into the batch), sent with the next.
+        self._carried: list[Delta] = []
+        # Called between prefill chunks of a sequence decoded alone.
+        self._progress = progress
         # Prefill lengths rounded up to multiples of this (0: off): see _buckets.py.
         self._prefill_bucket = prefill_bucket
         self._stop_at_eos = StopSequences([[token] for token in self._eos])
@@ -363,26 +376,132 @@ class BatchEngine(_EngineBase):
 
     @property
     def active(self) -> int:
-        return len(self._by_uid)
+        # Carried deltas count as work: they go out with the next step.
+        return len(self._by_uid) + (self._alone is not None) + (len(self._carried) > 0)
 
     def admit(self, request: Generate) -> None:
-        if request.request_id in self._uid_of:
+        alone = self._alone
+        if request.request_id in self._uid_of or (alone is not None and alone.request.request_id == request.request_id):
             raise RequestError(400, f"duplicate request id {request.request_id}")
         prompt = self._prompt_tokens(request)
         params = self._sampling(request.params)
+        sampler, processors = make_sampler(params), self._processors(params)
         cache, cached = self._cached_prefix(prompt)
+        sequence = self._new_sequence(request, params, prompt, cached)
+        if self._solo and alone is None and not self._uid_of:
+            decoder = SoloDecoder(
+                self._model,
+                cache if cache is not None else make_prompt_cache(self._model),
+                prompt[cached:],
+                list(prompt),
+                sampler,
+                processors,
+                self._settings[2],
+                self._progress,
+            )
+            self._alone = _Alone(request, params, sequence, decoder, cache)
+            return
+        if alone is not None:
+            self._join_batch()
+        self._insert(request, params, sequence, prompt[cached:], cache, prompt[:cached], params.max_tokens, sampler, processors)
+
+    def _insert(
+        self,
+        request: Generate,
+        params: SamplingParams,
+        sequence: _Sequence,
+        rest: list[int],
+        cache: list[Any] | None,
+        cached_tokens: list[int],
+        max_tokens: int,
+        sampler: Callable[[mx.array], mx.array],
+        processors: list[Callable[[mx.array, mx.array], mx.array]],
+    ) -> None:
+        """Into the generator: ``rest`` of the prompt to prefill, after ``cache`` holding ``cached_tokens``."""
         (uid,) = self._generator.insert(
-            [prompt[cached:]],
+            [rest],
             caches=[cache],
-            all_tokens=[prompt[:cached]],
-            max_tokens=[params.max_tokens],
-            samplers=[make_sampler(params)],
-            logits_processors=[self._processors(params)],
+            all_tokens=[cached_tokens],
+            max_tokens=[max_tokens],
+            samplers=[sampler],
+            logits_processors=[processors],
             stop_sequences=[self._never_stop if params.ignore_eos else self._stop_at_eos],
         )
-        self._by_uid[uid] = self._new_sequence(request, params, prompt, cached)
+        self._by_uid[uid] = sequence
         self._uid_of[request.request_id] = uid
         self._requests[request.request_id] = request
+
+    def _join_batch(self) -> None:
+        """The sequence decoded alone moves into the batch, as if it had been there all along."""
+        alone, self._alone = self._alone, None
+        assert alone is not None
+        decoder, params, sequence = alone.decoder, alone.params, alone.sequence
+        if not decoder.started:
+            # Not prefilled yet: it joins as any prompt does.
+            cached = len(decoder.seen) - len(decoder.rest)
+            self._insert(
+                alone.request, params, sequence, decoder.rest, alone.prompt_cache, decoder.seen[:cached],
+                params.max_tokens, decoder.sampler, decoder.processors,
+            )
+            return
+        # The cache holds decoder.seen; the token sampled next is not fed yet.
+        # It is this sequence's next output, and the batch's first input for it.
+        token, logprobs = decoder.take_pending()
+        delta = self._accept_alone(alone, token, logprobs)
+        if delta is not None:
+            self._carried.append(delta)
+            if delta.finish_reason is not None:
+                self._remember_alone(alone)
+                return
+        self._insert(
+            alone.request, params, sequence, [token], decoder.cache, list(decoder.seen),
+            params.max_tokens - sequence.completion_tokens, decoder.sampler, decoder.processors,
+        )
+
+    def _accept_alone(self, alone: _Alone, token: int, logprobs: mx.array) -> Delta | None:
+        sequence = alone.sequence
+        if token in self._eos and not alone.params.ignore_eos:
+            return sequence.accept(None, "stop")
+        return sequence.accept(token, None, self._logprob(alone.params, token, logprobs))
+
+    def _remember_alone(self, alone: _Alone) -> None:
+        # The cache may run a token ahead or behind what was read; its offset says what it holds.
+        cache, seen = alone.decoder.cache, alone.decoder.seen
+        if can_trim_prompt_cache(cache):
+            held = cache[0].offset
+            if 0 < held <= len(seen):
+                self._remember(seen[:held], cache)
+
+    def _step_alone(self) -> tuple[Delta | None, tuple[int, RequestError] | None]:
+        alone = self._alone
+        assert alone is not None
+        try:
+            failpoint("step")
+            last = alone.sequence.completion_tokens + 1 >= alone.params.max_tokens
+            token, logprobs = alone.decoder.next(last=last)
+        except Exception as exc:  # noqa: BLE001 - this sequence's failure, handled as a batch's would be
+            self._alone = None
+            error = self._failed(exc)
+            request_id = alone.request.request_id
+            if alone.sequence.completion_tokens > 0 or request_id in self._retried:
+                self._retried.discard(request_id)
+                return None, (request_id, error)
+            # Nothing sent yet: it starts again, once, from a fresh cache.
+            try:
+                self.admit(alone.request)
+            except RequestError as again:
+                return None, (request_id, again)
+            except Exception as again:  # noqa: BLE001 - as the first failure
+                return None, (request_id, generation_failure(again))
+            self._retried.add(request_id)
+            return None, None
+        self._consecutive_failures = 0
+        delta = self._accept_alone(alone, token, logprobs)
+        if delta is not None and delta.finish_reason is not None:
+            self._alone = None
+            self._retried.discard(alone.request.request_id)
+            self._remember_alone(alone)
+        return delta, None
 
     def _forget(self, request_id: int) -> None:
         uid = self._uid_of.pop(request_id)
@@ -391,6 +510,11 @@ class BatchEngine(_EngineBase):
         self._retried.discard(request_id)
 
     def cancel(self, request_id: int) -> bool:
+        self._carried = [delta for delta in self._carried if delta.request_id != request_id]
+        if self._alone is not None and self._alone.request.request_id == request_id:
+            self._alone = None
+            self._retried.discard(request_id)
+            return True
         uid = self._uid_of.get(request_id)
         if uid is None:
             return False
@@ -399,10 +523,27 @@ class BatchEngine(_EngineBase):
         return True
 
     def cancel_all(self) -> None:
+        if self._alone is not None:
+            self.cancel(self._alone.request.request_id)
         for request_id in list(self._uid_of):
             self.cancel(request_id)
 
     def step(self) -> tuple[list[Delta], list[tuple[int, RequestError]]]:
+        deltas, self._carried = self._carried, []
+        failures: list[tuple[int, RequestError]] = []
+        if self._alone is not None:
+            delta, failure = self._step_alone()
+            if delta is not None:
+                deltas.append(delta)
+            if failure is not None:
+                failures.append(failure)
+        if self._uid_of:
+            batch_deltas, batch_failures = self._step_batch()
+            deltas.extend(batch_deltas)
+            failures.extend(batch_failures)
+        return deltas, failures
+
+    def _step_batch(self) -> tuple[list[Delta], list[tuple[int, RequestError]]]:
         try:
             failpoint("step")
             _, responses = self._generator.next()
@@ -458,6 +599,18 @@ class BatchEngine(_EngineBase):
             else:
                 self._retried.add(request.request_id)
         return failures
+
+
+@attrs.define(eq=False)
+class _Alone:
+    """The one sequence decoded alone, outside the batch (see _solo.py)."""
+
+    request: Generate
+    params: SamplingParams
+    sequence: _Sequence
+    decoder: SoloDecoder
+    # The prompt cache hit it started from (None: none), should it join before its prefill.
+    prompt_cache: list[Any] | None
 
 
 @attrs.define(eq=False)
@@ -595,6 +748,7 @@ def make_engine(
             prefill_step_size=prefill_step_size,
             prompt_cache_bytes=prompt_cache_bytes,
             prefill_bucket=prefill_bucket,
+            progress=progress,
         )
     return SequentialEngine(
         model,

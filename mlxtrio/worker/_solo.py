@@ -1,0 +1,104 @@
+"""One sequence decoded alone, on a plain KV cache, until a second one arrives.
+
+mlx-lm's ``BatchGenerator`` serves one sequence as a batch of one: a batch KV
+cache, an attention mask, per-sequence bookkeeping. On the 2-core CI machine
+that made one stream 12% slower than ``stream_generate`` in-process, and 17%
+slower through the server than the sequential engine (docs/PERFORMANCE.md).
+So a request that finds the engine idle is decoded like ``generate_step``
+does: a plain cache, the next step launched before the current token is
+read. When another request arrives, the sequence joins the batch: its cache
+and the token sampled next (not yet fed to the model) go into the generator
+as a prompt cache and a one-token prompt, exactly where a batched sequence
+would have been. The sampler and the logits processors are called once per
+token either way, so seeded sampling and grammars do not notice the move.
+
+``generate_step`` itself cannot be used: it keeps the sampled-but-not-fed
+token to itself, and without it the move would cost a token's sampling twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import mlx.core as mx
+
+__all__ = ["SoloDecoder"]
+
+Sampler = Callable[[mx.array], mx.array]
+Processor = Callable[[mx.array, mx.array], mx.array]
+
+
+@attrs.define(eq=False)
+class SoloDecoder:
+    """The model side of one sequence: prefill, then one token per ``next()``."""
+
+    model: Any
+    cache: list[Any]
+    # Prompt tokens not in ``cache`` yet; prefilled by the first next().
+    rest: list[int]
+    # Every token the cache holds or is about to: the prompt, then each token generated.
+    seen: list[int]
+    sampler: Sampler
+    processors: list[Processor]
+    prefill_step_size: int
+    progress: Callable[[], None] = lambda: None
+    # The next token (and its log probabilities), sampled, not yet fed to the model.
+    pending: tuple[mx.array, mx.array] | None = None
+    _context: mx.array | None = None
+
+    def next(self, *, last: bool) -> tuple[int, mx.array]:
+        """The next token and its log probabilities; ``last``: no token will be asked for after it."""
+        if self.pending is None:
+            self._prefill()
+        token, logprobs = self.pending
+        # Launch the step after this one before waiting for this one's token
+        # (as generate_step does), unless this is the last.
+        self.pending = None if last else self._forward(token)
+        value = int(token.item())
+        self.seen.append(value)
+        return value, logprobs
+
+    @property
+    def started(self) -> bool:
+        """Whether the prompt is in the cache (the first next() has run)."""
+        return self._context is not None
+
+    def take_pending(self) -> tuple[int, mx.array]:
+        """The sampled, unfed token, for the batch to take over from here (after the first next())."""
+        if self.pending is None:
+            raise RuntimeError("no token is pending: the sequence has not started, or has ended")
+        token, logprobs = self.pending
+        self.pending = None
+        return int(token.item()), logprobs
+
+    def _prefill(self) -> None:
+        rest = self.rest
+        # The processors see every token, the prompt's too, as in the batch.
+        self._context = mx.array(self.seen[: len(self.seen) - len(rest)])
+        done = 0
+        while len(rest) - done > 1:
+            chunk = mx.array(rest[done : done + min(self.prefill_step_size, len(rest) - done - 1)])
+            self.model(chunk[None], cache=self.cache)
+            mx.eval([c.state for c in self.cache])
+            self._extend_context(chunk)
+            done += chunk.size
+            self.progress()
+        self.pending = self._forward(mx.array(rest[done:]))
+
+    def _extend_context(self, tokens: mx.array) -> None:
+        self._context = tokens if self._context is None or self._context.size == 0 else mx.concatenate([self._context, tokens])
+
+    def _forward(self, tokens: mx.array) -> tuple[mx.array, mx.array]:
+        tokens = tokens.reshape(-1)
+        logits = self.model(tokens[None], cache=self.cache)[:, -1, :]
+        if self.processors:
+            self._extend_context(tokens)
+            for processor in self.processors:
+                logits = processor(self._context, logits)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        token = self.sampler(logprobs)
+        logprobs = logprobs.squeeze(0)
+        mx.async_eval(token, logprobs)
+        return token, logprobs

@@ -1,0 +1,171 @@
+"""A sequence decoded alone (mlxtrio/worker/_solo.py) and its move into the batch, in-process, demo model.
+
+The property that matters: a request's output does not depend on whether,
+or when, another request arrived. Each case runs a request three ways: in
+the batch from its start (solo off), alone to its end, and alone until a
+second request joins after a few tokens; the texts must be the same.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import mlx_lm
+import pytest
+
+from mlxtrio import _protocol as p
+from mlxtrio.worker._demo import ensure_demo_model
+from mlxtrio.worker._engine import BatchEngine
+
+from .test_engine_failures import _generate
+
+PROMPT = "the worker keeps"
+CASES = {
+    "greedy": p.SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True),
+    "seeded": p.SamplingParams(max_tokens=24, temperature=1.0, seed=11, ignore_eos=True),
+    "filtered and penalised": p.SamplingParams(
+        max_tokens=24, temperature=0.8, seed=5, top_p=0.9, top_k=40, repetition_penalty=1.3, presence_penalty=0.5,
+        logit_bias=((7, 2.0),), ignore_eos=True,
+    ),
+    "grammar": p.SamplingParams(max_tokens=40, temperature=1.0, seed=3, grammar=r'\{"n": [0-9]{1,6}\}'),
+    "logprobs": p.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, logprobs=True, top_logprobs=2),
+}
+
+
+@pytest.fixture(scope="module")
+def demo(cache_dir: Path):  # noqa: ANN201
+    return mlx_lm.load(str(ensure_demo_model(cache_dir)))
+
+
+def _engine(demo, **options) -> BatchEngine:  # noqa: ANN001, ANN003
+    model, tokenizer = demo
+    return BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0, **options)
+
+
+def _collect(engine: BatchEngine, texts: dict, extras: dict | None = None, *, until: set[int], join: tuple[int, p.Generate] | None = None) -> None:
+    steps = 0
+    while until:
+        if join is not None and steps == join[0]:
+            engine.admit(join[1])
+            until.add(join[1].request_id)
+        deltas, failures = engine.step()
+        assert failures == []
+        steps += 1
+        for delta in deltas:
+            texts[delta.request_id] = texts.get(delta.request_id, "") + delta.text
+            if extras is not None:
+                extras.setdefault(delta.request_id, []).extend(delta.logprobs)
+                if delta.finish_reason is not None:
+                    extras[delta.request_id].append((delta.finish_reason, delta.completion_tokens))
+            if delta.finish_reason is not None:
+                until.discard(delta.request_id)
+        assert steps < 500
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("join_after", [0, 1, 5])
+def test_output_is_the_same_alone_joined_and_batched(demo, case: str, join_after: int):
+    params = CASES[case]
+    other = _generate(2, "a second prompt", CASES["greedy"])
+    runs = {}
+    for name, options, join in (
+        ("batched", {"solo": False}, None),
+        ("alone", {}, None),
+        ("joined", {}, (join_after, other)),
+    ):
+        engine = _engine(demo, **options)
+        texts: dict = {}
+        extras: dict = {}
+        engine.admit(_generate(1, PROMPT, params))
+        assert engine.active == 1
+        _collect(engine, texts, extras, until={1}, join=join)
+        if join is not None:
+            _collect(engine, texts, extras, until={2} - {r for r, e in extras.items() if e and isinstance(e[-1], tuple)})
+        runs[name] = (texts[1], extras[1])
+        assert engine.active == 0
+    assert runs["alone"] == runs["batched"]
+    assert runs["joined"] == runs["batched"]
+    if params.grammar is not None:
+        assert re.fullmatch(params.grammar, runs["joined"][0])
+
+
+def test_the_request_that_joins_gets_what_it_gets_alone(demo):
+    second = _generate(2, "a second prompt", CASES["seeded"])
+    alone: dict = {}
+    engine = _engine(demo)
+    engine.admit(second)
+    _collect(engine, alone, until={2})
+    joined: dict = {}
+    engine = _engine(demo)
+    engine.admit(_generate(1, PROMPT, CASES["greedy"]))
+    _collect(engine, joined, until={1, 2}, join=(3, second))
+    assert joined[2] == alone[2]
+
+
+@pytest.mark.parametrize("max_tokens", [1, 2, 3])
+def test_joining_at_the_last_token_ends_the_sequence_there(demo, max_tokens: int):
+    """The token the batch would take over may be the sequence's last: it ends instead of joining."""
+    params = p.SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    expected: dict = {}
+    engine = _engine(demo, solo=False)
+    engine.admit(_generate(1, PROMPT, params))
+    _collect(engine, expected, until={1})
+    texts: dict = {}
+    extras: dict = {}
+    engine = _engine(demo)
+    engine.admit(_generate(1, PROMPT, params))
+    _collect(engine, texts, extras, until={1}, join=(max_tokens - 1, _generate(2, "x", CASES["greedy"])))
+    assert texts[1] == expected[1]
+    assert extras[1][-1] == ("length", max_tokens)
+
+
+def test_stop_strings_hold_across_the_move(demo):
+    free: dict = {}
+    engine = _engine(demo, solo=False)
+    engine.admit(_generate(1, PROMPT, CASES["greedy"]))
+    _collect(engine, free, until={1})
+    stop = free[1][6:9]
+    params = p.SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, stop=(stop,))
+    for join_after in range(0, 8):
+        texts: dict = {}
+        engine = _engine(demo)
+        engine.admit(_generate(1, PROMPT, params))
+        _collect(engine, texts, until={1}, join=(join_after, _generate(2, "x", CASES["greedy"])))
+        assert texts[1] == free[1][: free[1].index(stop)]
+
+
+def test_a_sequence_decoded_alone_feeds_the_prompt_cache(demo):
+    model, tokenizer = demo
+    engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=1 << 26)
+    engine.admit(_generate(1, PROMPT, CASES["greedy"]))
+    first: dict = {}
+    _collect(engine, first, until={1})
+    assert engine.prompt_cache_bytes > 0
+    engine.admit(_generate(2, PROMPT, CASES["greedy"]))
+    deltas, _ = engine.step()
+    assert deltas[0].cached_tokens > 0
+    again = {2: deltas[0].text}
+    _collect(engine, again, until={2} if deltas[0].finish_reason is None else set())
+    assert again[2] == first[1]
+
+
+def test_cancelling_the_sequence_decoded_alone(demo):
+    engine = _engine(demo)
+    engine.admit(_generate(1, PROMPT, CASES["greedy"]))
+    engine.step()
+    assert engine.cancel(1)
+    assert engine.active == 0
+    assert not engine.cancel(1)
+    # The engine is free again: the next request is decoded alone, as the first was.
+    texts: dict = {}
+    engine.admit(_generate(2, PROMPT, CASES["greedy"]))
+    _collect(engine, texts, until={2})
+    assert len(texts[2]) > 0
+
+
+def test_a_duplicate_id_is_refused_while_alone(demo):
+    engine = _engine(demo)
+    engine.admit(_generate(1, PROMPT, CASES["greedy"]))
+    with pytest.raises(Exception, match="duplicate request id 1"):
+        engine.admit(_generate(1, PROMPT, CASES["greedy"]))
