@@ -341,8 +341,9 @@ class BatchEngine(_EngineBase):
         # cache until a second arrives (see _solo.py); False: always in the batch.
         self._solo = solo
         self._alone: _Alone | None = None
-        # Deltas made outside a step (the token a sequence brings into the batch), sent with the next.
+        # Deltas and failures made outside a step (moving a sequence into the batch), sent with the next.
         self._carried: list[Delta] = []
+        self._carried_failures: list[tuple[int, RequestError]] = []
         # Called between prefill chunks of a sequence decoded alone.
         self._progress = progress
         # Prefill lengths rounded up to multiples of this (0: off): see _buckets.py.
@@ -376,8 +377,8 @@ class BatchEngine(_EngineBase):
 
     @property
     def active(self) -> int:
-        # Carried deltas count as work: they go out with the next step.
-        return len(self._by_uid) + (self._alone is not None) + (len(self._carried) > 0)
+        # Carried deltas and failures count as work: they go out with the next step.
+        return len(self._by_uid) + (self._alone is not None) + (len(self._carried) + len(self._carried_failures) > 0)
 
     def admit(self, request: Generate) -> None:
         alone = self._alone
@@ -402,7 +403,10 @@ class BatchEngine(_EngineBase):
             self._alone = _Alone(request, params, sequence, decoder, cache)
             return
         if alone is not None:
-            self._join_batch()
+            try:
+                self._join_batch()
+            except Exception as exc:  # noqa: BLE001 - the moving sequence fails, not the newcomer
+                self._carried_failures.append((alone.request.request_id, self._failed(exc)))
         self._insert(request, params, sequence, prompt[cached:], cache, prompt[:cached], params.max_tokens, sampler, processors)
 
     def _insert(
@@ -530,7 +534,7 @@ class BatchEngine(_EngineBase):
 
     def step(self) -> tuple[list[Delta], list[tuple[int, RequestError]]]:
         deltas, self._carried = self._carried, []
-        failures: list[tuple[int, RequestError]] = []
+        failures, self._carried_failures = self._carried_failures, []
         if self._alone is not None:
             delta, failure = self._step_alone()
             if delta is not None:

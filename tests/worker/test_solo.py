@@ -169,3 +169,26 @@ def test_a_duplicate_id_is_refused_while_alone(demo):
     engine.admit(_generate(1, PROMPT, CASES["greedy"]))
     with pytest.raises(Exception, match="duplicate request id 1"):
         engine.admit(_generate(1, PROMPT, CASES["greedy"]))
+
+
+def test_a_sequence_that_fails_to_move_fails_alone(demo, monkeypatch: pytest.MonkeyPatch):
+    """If moving into the batch fails (the pending token's computation ran out of memory, say), that
+    sequence fails with its error on the next step; the newcomer goes on."""
+    from mlxtrio.worker import _solo
+
+    engine = _engine(demo)
+    engine.admit(_generate(1, PROMPT, CASES["greedy"]))
+    engine.step()
+
+    def fail(self) -> None:  # noqa: ANN001
+        raise RuntimeError("[malloc] Unable to allocate 1024 bytes")
+
+    monkeypatch.setattr(_solo.SoloDecoder, "take_pending", fail)
+    engine.admit(_generate(2, "x", CASES["greedy"]))
+    assert engine.active == 2
+    deltas, failures = engine.step()
+    assert [(request_id, error.status) for request_id, error in failures] == [(1, 507)]
+    texts: dict = {2: "".join(delta.text for delta in deltas if delta.request_id == 2)}
+    _collect(engine, texts, until={2})
+    assert len(texts[2]) > 0
+    assert engine.active == 0
