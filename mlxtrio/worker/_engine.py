@@ -515,6 +515,7 @@ class BatchEngine(_EngineBase):
 
     def cancel(self, request_id: int) -> bool:
         self._carried = [delta for delta in self._carried if delta.request_id != request_id]
+        self._carried_failures = [failure for failure in self._carried_failures if failure[0] != request_id]
         if self._alone is not None and self._alone.request.request_id == request_id:
             self._alone = None
             self._retried.discard(request_id)
