@@ -332,7 +332,6 @@ class BatchEngine(_EngineBase):
         prefill_step_size: int = 512,
         prompt_cache_bytes: int = 1 << 30,
         prefill_bucket: int = 0,
-        progress: Callable[[], None] = lambda: None,
         solo: bool = True,
     ) -> None:
         super().__init__(model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes)
@@ -344,8 +343,6 @@ class BatchEngine(_EngineBase):
         # Deltas and failures made outside a step (moving a sequence into the batch), sent with the next.
         self._carried: list[Delta] = []
         self._carried_failures: list[tuple[int, RequestError]] = []
-        # Called between prefill chunks of a sequence decoded alone.
-        self._progress = progress
         # Prefill lengths rounded up to multiples of this (0: off): see _buckets.py.
         self._prefill_bucket = prefill_bucket
         self._stop_at_eos = StopSequences([[token] for token in self._eos])
@@ -398,7 +395,6 @@ class BatchEngine(_EngineBase):
                 sampler,
                 processors,
                 self._settings[2],
-                self._progress,
             )
             self._alone = _Alone(request, params, sequence, decoder, cache)
             return
@@ -440,11 +436,12 @@ class BatchEngine(_EngineBase):
         alone, self._alone = self._alone, None
         assert alone is not None
         decoder, params, sequence = alone.decoder, alone.params, alone.sequence
-        if not decoder.started:
-            # Not prefilled yet: it joins as any prompt does.
-            cached = len(decoder.seen) - len(decoder.rest)
+        if not decoder.prefilled:
+            # Its prompt is not all in yet: it joins as a prompt does, from what its cache holds.
+            held = len(decoder.seen) - len(decoder.rest) + decoder.done
+            cache = decoder.cache if decoder.done or alone.prompt_cache is not None else None
             self._insert(
-                alone.request, params, sequence, decoder.rest, alone.prompt_cache, decoder.seen[:cached],
+                alone.request, params, sequence, decoder.rest[decoder.done :], cache, decoder.seen[:held],
                 params.max_tokens, decoder.sampler, decoder.processors,
             )
             return
@@ -481,6 +478,9 @@ class BatchEngine(_EngineBase):
         assert alone is not None
         try:
             failpoint("step")
+            if not alone.decoder.prefilled and not alone.decoder.prefill_step():
+                self._consecutive_failures = 0
+                return None, None  # more of the prompt to go; the worker sends a heartbeat
             last = alone.sequence.completion_tokens + 1 >= alone.params.max_tokens
             token, logprobs = alone.decoder.next(last=last)
         except Exception as exc:  # noqa: BLE001 - this sequence's failure, handled as a batch's would be
@@ -753,7 +753,6 @@ def make_engine(
             prefill_step_size=prefill_step_size,
             prompt_cache_bytes=prompt_cache_bytes,
             prefill_bucket=prefill_bucket,
-            progress=progress,
         )
     return SequentialEngine(
         model,

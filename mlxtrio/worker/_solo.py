@@ -6,7 +6,7 @@ that made one stream 12% slower than ``stream_generate`` in-process, and 17%
 slower through the server than the sequential engine (docs/PERFORMANCE.md).
 So a request that finds the engine idle is decoded like ``generate_step``
 does: a plain cache, the next step launched before the current token is
-read. When another request arrives, the sequence joins the batch: its cache
+read; its prompt goes in a chunk per engine step, as in the batch. When another request arrives, the sequence joins the batch: its cache
 and the token sampled next (not yet fed to the model) go into the generator
 as a prompt cache and a one-token prompt, exactly where a batched sequence
 would have been. The sampler and the logits processors are called once per
@@ -32,26 +32,54 @@ Processor = Callable[[mx.array, mx.array], mx.array]
 
 @attrs.define(eq=False)
 class SoloDecoder:
-    """The model side of one sequence: prefill, then one token per ``next()``."""
+    """The model side of one sequence: the prompt a chunk per ``prefill_step()``, then a token per ``next()``."""
 
     model: Any
     cache: list[Any]
-    # Prompt tokens not in ``cache`` yet; prefilled by the first next().
+    # Prompt tokens not in ``cache`` when it started; ``done`` of them are in it now.
     rest: list[int]
     # Every token the cache holds or is about to: the prompt, then each token generated.
     seen: list[int]
     sampler: Sampler
     processors: list[Processor]
     prefill_step_size: int
-    progress: Callable[[], None] = lambda: None
+    done: int = 0
     # The next token (and its log probabilities), sampled, not yet fed to the model.
     pending: tuple[mx.array, mx.array] | None = None
     _context: mx.array | None = None
 
+    @property
+    def prefilled(self) -> bool:
+        """Whether the whole prompt is in the cache and the first token is on its way (or out)."""
+        return self.done == len(self.rest)
+
+    def prefill_step(self) -> bool:
+        """One chunk of the prompt into the cache, as the batch does between steps; True once it is all in.
+
+        A chunk at a time, so that the worker answers pings, cancellations and
+        newcomers between chunks of a long prompt, as it does for the batch.
+        """
+        if self._context is None:
+            # The processors see every token, the prompt's too, as in the batch.
+            self._context = mx.array(self.seen[: len(self.seen) - len(self.rest)])
+        remaining = len(self.rest) - self.done
+        if remaining > 1:
+            chunk = mx.array(self.rest[self.done : self.done + min(self.prefill_step_size, remaining - 1)])
+            self.model(chunk[None], cache=self.cache)
+            mx.eval([c.state for c in self.cache])
+            self._extend_context(chunk)
+            self.done += chunk.size
+            if len(self.rest) - self.done > 1:
+                return False
+        # The prompt's last token: the first forward step, sampling the first token.
+        self.pending = self._forward(mx.array(self.rest[self.done :]))
+        self.done = len(self.rest)
+        return True
+
     def next(self, *, last: bool) -> tuple[int, mx.array]:
         """The next token and its log probabilities; ``last``: no token will be asked for after it."""
         if self.pending is None:
-            self._prefill()
+            raise RuntimeError("no token is on its way: the prompt is not in yet, or the sequence has ended")
         token, logprobs = self.pending
         # Launch the step after this one before waiting for this one's token
         # (as generate_step does), unless this is the last.
@@ -60,32 +88,13 @@ class SoloDecoder:
         self.seen.append(value)
         return value, logprobs
 
-    @property
-    def started(self) -> bool:
-        """Whether the prompt is in the cache (the first next() has run)."""
-        return self._context is not None
-
     def take_pending(self) -> tuple[int, mx.array]:
-        """The sampled, unfed token, for the batch to take over from here (after the first next())."""
+        """The sampled, unfed token, for the batch to take over from here."""
         if self.pending is None:
-            raise RuntimeError("no token is pending: the sequence has not started, or has ended")
+            raise RuntimeError("no token is on its way: the prompt is not in yet, or the sequence has ended")
         token, logprobs = self.pending
         self.pending = None
         return int(token.item()), logprobs
-
-    def _prefill(self) -> None:
-        rest = self.rest
-        # The processors see every token, the prompt's too, as in the batch.
-        self._context = mx.array(self.seen[: len(self.seen) - len(rest)])
-        done = 0
-        while len(rest) - done > 1:
-            chunk = mx.array(rest[done : done + min(self.prefill_step_size, len(rest) - done - 1)])
-            self.model(chunk[None], cache=self.cache)
-            mx.eval([c.state for c in self.cache])
-            self._extend_context(chunk)
-            done += chunk.size
-            self.progress()
-        self.pending = self._forward(mx.array(rest[done:]))
 
     def _extend_context(self, tokens: mx.array) -> None:
         self._context = tokens if self._context is None or self._context.size == 0 else mx.concatenate([self._context, tokens])

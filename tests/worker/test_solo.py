@@ -192,3 +192,36 @@ def test_a_sequence_that_fails_to_move_fails_alone(demo, monkeypatch: pytest.Mon
     _collect(engine, texts, until={2})
     assert len(texts[2]) > 0
     assert engine.active == 0
+
+
+@pytest.mark.parametrize("join_after", [1, 2, 3, 6])
+def test_a_long_prompt_is_prefilled_a_chunk_a_step_and_can_join_midway(demo, join_after: int):
+    """A chunk per step, as in the batch: the worker answers pings, cancellations and newcomers
+    between chunks. A sequence that joins before its prompt is all in brings what its cache holds."""
+    long_prompt = " ".join(["the worker keeps the batch going"] * 6)
+    params = CASES["seeded"]
+    runs = {}
+    for name, options, join in (
+        ("batched", {"solo": False}, None),
+        ("joined", {}, (join_after, _generate(2, "x", CASES["greedy"]))),
+    ):
+        engine = _engine(demo, prefill_step_size=8, **options)
+        engine.admit(_generate(1, long_prompt, params))
+        texts: dict = {}
+        first_text_at = None
+        steps = 0
+        while engine.active:
+            if join is not None and steps == join[0]:
+                engine.admit(join[1])
+            deltas, failures = engine.step()
+            assert failures == []
+            steps += 1
+            for delta in deltas:
+                texts[delta.request_id] = texts.get(delta.request_id, "") + delta.text
+                if delta.request_id == 1 and first_text_at is None:
+                    first_text_at = steps
+            assert steps < 500
+        runs[name] = texts[1]
+        if name == "joined" and join_after == 6:
+            assert first_text_at > 2  # several prefill steps came before the first token
+    assert runs["joined"] == runs["batched"]
