@@ -2,11 +2,12 @@
 
 mlx-lm's ``BatchGenerator`` serves one sequence as a batch of one: a batch KV
 cache, an attention mask, per-sequence bookkeeping. On the 2-core CI machine
-that made one stream 12% slower than ``stream_generate`` in-process, and 17%
-slower through the server than the sequential engine (docs/PERFORMANCE.md).
-So a request that finds the engine idle is decoded like ``generate_step``
-does: a plain cache, the next step launched before the current token is
-read; its prompt goes in a chunk per engine step, as in the batch. When another request arrives, the sequence joins the batch: its cache
+that made one stream 13% slower than ``stream_generate`` in-process, and
+through the server the sequential engine was 15-20% faster for one stream
+(docs/PERFORMANCE.md). So a request that finds the engine idle is decoded as
+``generate_step`` does: a plain cache, the next step launched before the
+current token is read. Its prompt goes in a chunk per engine step, as in the
+batch. When another request arrives, the sequence joins the batch: its cache
 and the token sampled next (not yet fed to the model) go into the generator
 as a prompt cache and a one-token prompt, exactly where a batched sequence
 would have been. The sampler and the logits processors are called once per
