@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import trio
 
@@ -50,6 +52,32 @@ async def test_greedy_output_is_the_same_alone_and_in_a_batch(client, admin, ser
     assert await _concurrently(client, requests) == alone
     engine = (await admin.get("/admin/status")).json()["workers"][0]["engine"]
     assert engine == ("sequential" if server_settings else "batched")
+
+
+@bounded(120)
+async def test_a_stream_decoded_alone_keeps_its_text_when_others_join_midway(client):
+    """The first request on an idle worker is decoded alone (worker/_solo.py) and moves into the
+    batch when the others arrive, here while it streams: through the real worker, nothing changes."""
+    first = {"model": "demo", "prompt": "Once upon a time", "max_tokens": 64, "ignore_eos": True, "temperature": 1.0, "seed": 99}
+    alone = await _text(client, **first)
+    pieces: list[str] = []
+    others: list[str] = []
+    async with trio.open_nursery() as nursery:
+        async with client.stream("POST", "/v1/completions", json={**first, "stream": True}) as response:
+            lines = response.aiter_lines()
+            async for line in lines:
+                if not line.startswith("data: {"):
+                    continue
+                choice = json.loads(line[6:])["choices"][0]
+                pieces.append(choice["text"])
+                if len(pieces) == 3:
+                    async def join(index: int) -> None:
+                        others.append(await _text(client, prompt=f"joining {index}", temperature=0))
+
+                    for index in range(3):
+                        nursery.start_soon(join, index)
+    assert "".join(pieces) == alone
+    assert len(others) == 3
 
 
 @ENGINES
