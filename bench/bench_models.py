@@ -26,6 +26,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from mlxtrio.worker._grammar import byte_decoder
+
 SHAPES = {
     "qwen2.5-0.5b": {
         "hidden_size": 896,
@@ -54,26 +56,11 @@ CHAT_TEMPLATE = (
 MODEL_NAMES = ["demo"] + [f"{shape}-{dtype}" for shape in SHAPES for dtype in ("bf16", "4bit")]
 
 
-def _byte_of() -> dict[str, int]:
-    """The byte each symbol of the byte-level alphabet stands for (GPT-2's table)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    symbols = list(printable)
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            symbols.append(256 + extra)
-            extra += 1
-    return {chr(symbol): byte for byte, symbol in zip(printable, symbols)}
-
-
-_BYTE_OF = _byte_of()
-
-
 def never_picked(directory: Path) -> list[int]:
     """Ids greedy decoding must not pick: special tokens and single non-text bytes."""
     vocab = json.loads((directory / "tokenizer.json").read_text())["model"]["vocab"]
-    ids = [index for symbol, index in vocab.items() if len(symbol) == 1 and not 32 <= _BYTE_OF[symbol] <= 126]
+    byte_of = byte_decoder()
+    ids = [index for symbol, index in vocab.items() if len(symbol) == 1 and not 32 <= byte_of[symbol] <= 126]
     return ids + list(range(VOCAB_SIZE - len(SPECIAL), VOCAB_SIZE))
 
 
@@ -84,7 +71,8 @@ def build_tokenizer(directory: Path) -> int:
     rng = random.Random(0)
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {symbol: index for index, symbol in enumerate(alphabet)}
-    text = [symbol for symbol in alphabet if 32 <= _BYTE_OF[symbol] <= 126]
+    byte_of = byte_decoder()
+    text = [symbol for symbol in alphabet if 32 <= byte_of[symbol] <= 126]
     tokens = list(text)
     merges = []
     target = VOCAB_SIZE - len(SPECIAL)

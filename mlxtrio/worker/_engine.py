@@ -222,6 +222,23 @@ class _EngineBase:
         if self._prompt_cache is not None:
             self._prompt_cache.insert_cache(_MODEL_KEY, tokens, cache)
 
+    def _remember_held(self, cache: list[Any], seen: list[int]) -> None:
+        """Keep a finished sequence's cache. A pipelined decoder runs a step ahead
+        of (or behind) what was read: the cache's own offset says how many of the
+        tokens seen it holds."""
+        if not can_trim_prompt_cache(cache):
+            return
+        held = cache[0].offset
+        if 0 < held <= len(seen):
+            self._remember(seen[:held], cache)
+
+    def _accept_token(self, sequence: _Sequence, token: int, logprobs: mx.array) -> Delta | None:
+        """A token decoded outside mlx-lm's BatchGenerator (which stops at end tokens itself):
+        an end token ends the sequence and is not part of its text."""
+        if token in self._eos and not sequence.params.ignore_eos:
+            return sequence.accept(None, "stop")
+        return sequence.accept(token, None, self._logprob(sequence.params, token, logprobs))
+
     @property
     def broken(self) -> bool:
         """Whether generation keeps failing whatever runs: time for a fresh process."""
@@ -396,7 +413,7 @@ class BatchEngine(_EngineBase):
                 processors,
                 self._settings[2],
             )
-            self._alone = _Alone(request, params, sequence, decoder, cache)
+            self._alone = _Alone(request, sequence, decoder, cache)
             return
         if alone is not None:
             try:
@@ -435,7 +452,8 @@ class BatchEngine(_EngineBase):
         """The sequence decoded alone moves into the batch, as if it had been there all along."""
         alone, self._alone = self._alone, None
         assert alone is not None
-        decoder, params, sequence = alone.decoder, alone.params, alone.sequence
+        decoder, sequence = alone.decoder, alone.sequence
+        params = sequence.params
         if not decoder.prefilled:
             # Its prompt is not all in yet: it joins as a prompt does, from what its cache holds.
             held = len(decoder.seen) - len(decoder.rest) + decoder.done
@@ -448,30 +466,16 @@ class BatchEngine(_EngineBase):
         # The cache holds decoder.seen; the token sampled next is not fed yet.
         # It is this sequence's next output, and the batch's first input for it.
         token, logprobs = decoder.take_pending()
-        delta = self._accept_alone(alone, token, logprobs)
+        delta = self._accept_token(sequence, token, logprobs)
         if delta is not None:
             self._carried.append(delta)
             if delta.finish_reason is not None:
-                self._remember_alone(alone)
+                self._remember_held(decoder.cache, decoder.seen)
                 return
         self._insert(
             alone.request, params, sequence, [token], decoder.cache, list(decoder.seen),
             params.max_tokens - sequence.completion_tokens, decoder.sampler, decoder.processors,
         )
-
-    def _accept_alone(self, alone: _Alone, token: int, logprobs: mx.array) -> Delta | None:
-        sequence = alone.sequence
-        if token in self._eos and not alone.params.ignore_eos:
-            return sequence.accept(None, "stop")
-        return sequence.accept(token, None, self._logprob(alone.params, token, logprobs))
-
-    def _remember_alone(self, alone: _Alone) -> None:
-        # The cache may run a token ahead or behind what was read; its offset says what it holds.
-        cache, seen = alone.decoder.cache, alone.decoder.seen
-        if can_trim_prompt_cache(cache):
-            held = cache[0].offset
-            if 0 < held <= len(seen):
-                self._remember(seen[:held], cache)
 
     def _step_alone(self) -> tuple[Delta | None, tuple[int, RequestError] | None]:
         alone = self._alone
@@ -481,7 +485,7 @@ class BatchEngine(_EngineBase):
             if not alone.decoder.prefilled and not alone.decoder.prefill_step():
                 self._consecutive_failures = 0
                 return None, None  # more of the prompt to go; the worker sends a heartbeat
-            last = alone.sequence.completion_tokens + 1 >= alone.params.max_tokens
+            last = alone.sequence.completion_tokens + 1 >= alone.sequence.params.max_tokens
             token, logprobs = alone.decoder.next(last=last)
         except Exception as exc:  # noqa: BLE001 - this sequence's failure, handled as a batch's would be
             self._alone = None
@@ -500,11 +504,11 @@ class BatchEngine(_EngineBase):
             self._retried.add(request_id)
             return None, None
         self._consecutive_failures = 0
-        delta = self._accept_alone(alone, token, logprobs)
+        delta = self._accept_token(alone.sequence, token, logprobs)
         if delta is not None and delta.finish_reason is not None:
             self._alone = None
             self._retried.discard(alone.request.request_id)
-            self._remember_alone(alone)
+            self._remember_held(alone.decoder.cache, alone.decoder.seen)
         return delta, None
 
     def _forget(self, request_id: int) -> None:
@@ -611,7 +615,6 @@ class _Alone:
     """The one sequence decoded alone, outside the batch (see _solo.py)."""
 
     request: Generate
-    params: SamplingParams
     sequence: _Sequence
     decoder: SoloDecoder
     # The prompt cache hit it started from (None: none), should it join before its prefill.
@@ -700,18 +703,9 @@ class SequentialEngine(_EngineBase):
             if delta is not None:
                 deltas.append(delta)
                 if delta.finish_reason is not None:
-                    self._remember_running(running)
+                    self._remember_held(running.cache, running.seen)
                     self.cancel(request_id)
         return deltas, failures
-
-    def _remember_running(self, running: _Running) -> None:
-        # generate_step runs a step ahead; the cache's own offset says how many
-        # of the tokens seen it holds.
-        if not can_trim_prompt_cache(running.cache):
-            return
-        held = running.cache[0].offset
-        if 0 < held <= len(running.seen):
-            self._remember(running.seen[:held], running.cache)
 
     def _advance(self, running: _Running) -> Delta | None:
         sequence = running.sequence
@@ -721,9 +715,7 @@ class SequentialEngine(_EngineBase):
             return sequence.accept(None, "length")
         token = int(token.item() if hasattr(token, "item") else token)
         running.seen.append(token)
-        if token in self._eos and not sequence.params.ignore_eos:
-            return sequence.accept(None, "stop")
-        return sequence.accept(token, None, self._logprob(sequence.params, token, logprobs))
+        return self._accept_token(sequence, token, logprobs)
 
 
 def can_batch(model: Any) -> bool:

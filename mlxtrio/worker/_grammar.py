@@ -28,7 +28,7 @@ _INDEX_CACHE_SIZE = 32
 
 
 @functools.cache
-def _byte_decoder() -> dict[str, int]:
+def byte_decoder() -> dict[str, int]:
     """GPT-2's byte-level alphabet, backwards: each printable stand-in to the byte it stands for."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     stand_ins = dict(zip(printable, printable))
@@ -42,7 +42,7 @@ def _byte_decoder() -> dict[str, int]:
 
 def _token_bytes(token: str, byte_level: bool) -> bytes:
     if byte_level:
-        decoder = _byte_decoder()
+        decoder = byte_decoder()
         if all(char in decoder for char in token):
             return bytes(decoder[char] for char in token)
     if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
@@ -65,7 +65,7 @@ class GrammarCompiler:
             special = set(getattr(hf, "all_special_ids", ()))
             vocabulary = hf.get_vocab()
             # Byte-level when the tokens are written in GPT-2's alphabet ("Ġ" for a space).
-            decoder = _byte_decoder()
+            decoder = byte_decoder()
             byte_level = sum(all(char in decoder for char in token) for token in vocabulary) > 0.9 * len(vocabulary)
             tokens: dict[bytes, list[int]] = {}
             for token, token_id in vocabulary.items():

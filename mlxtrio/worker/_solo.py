@@ -47,7 +47,12 @@ class SoloDecoder:
     done: int = 0
     # The next token (and its log probabilities), sampled, not yet fed to the model.
     pending: tuple[mx.array, mx.array] | None = None
+    # What the processors see, only when there are any: every token, the prompt's too, as in the batch.
     _context: mx.array | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.processors:
+            self._context = mx.array(self.seen[: len(self.seen) - len(self.rest)])
 
     @property
     def prefilled(self) -> bool:
@@ -60,9 +65,6 @@ class SoloDecoder:
         A chunk at a time, so that the worker answers pings, cancellations and
         newcomers between chunks of a long prompt, as it does for the batch.
         """
-        if self._context is None:
-            # The processors see every token, the prompt's too, as in the batch.
-            self._context = mx.array(self.seen[: len(self.seen) - len(self.rest)])
         remaining = len(self.rest) - self.done
         if remaining > 1:
             chunk = mx.array(self.rest[self.done : self.done + min(self.prefill_step_size, remaining - 1)])
@@ -98,15 +100,15 @@ class SoloDecoder:
         return int(token.item()), logprobs
 
     def _extend_context(self, tokens: mx.array) -> None:
-        self._context = tokens if self._context is None or self._context.size == 0 else mx.concatenate([self._context, tokens])
+        if self._context is not None:
+            self._context = tokens if self._context.size == 0 else mx.concatenate([self._context, tokens])
 
     def _forward(self, tokens: mx.array) -> tuple[mx.array, mx.array]:
         tokens = tokens.reshape(-1)
         logits = self.model(tokens[None], cache=self.cache)[:, -1, :]
-        if self.processors:
-            self._extend_context(tokens)
-            for processor in self.processors:
-                logits = processor(self._context, logits)
+        self._extend_context(tokens)
+        for processor in self.processors:
+            logits = processor(self._context, logits)
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         token = self.sampler(logprobs)
         logprobs = logprobs.squeeze(0)
