@@ -26,8 +26,6 @@ import shutil
 import sys
 from pathlib import Path
 
-from mlxtrio.worker._grammar import byte_decoder
-
 SHAPES = {
     "qwen2.5-0.5b": {
         "hidden_size": 896,
@@ -58,6 +56,8 @@ MODEL_NAMES = ["demo"] + [f"{shape}-{dtype}" for shape in SHAPES for dtype in ("
 
 def never_picked(directory: Path) -> list[int]:
     """Ids greedy decoding must not pick: special tokens and single non-text bytes."""
+    from mlxtrio.worker._grammar import byte_decoder  # here: the load client needs no MLX
+
     vocab = json.loads((directory / "tokenizer.json").read_text())["model"]["vocab"]
     byte_of = byte_decoder()
     ids = [index for symbol, index in vocab.items() if len(symbol) == 1 and not 32 <= byte_of[symbol] <= 126]
@@ -67,6 +67,8 @@ def never_picked(directory: Path) -> list[int]:
 def build_tokenizer(directory: Path) -> int:
     """A byte-level BPE of the real vocabulary size; returns the end-of-sequence id."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from mlxtrio.worker._grammar import byte_decoder
 
     rng = random.Random(0)
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())

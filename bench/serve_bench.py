@@ -62,30 +62,39 @@ def percentile(values: list[float], fraction: float) -> float:
 # --- (1) in-process mlx-lm, in a subprocess of its own (its memory goes when it ends) --------
 
 
-def in_process(model_path: str, concurrencies: list[int], max_tokens: int) -> dict:
+def timed_stream_generate(model, tokenizer, prompt: list[int], max_tokens: int) -> tuple[float, float]:  # noqa: ANN001
+    """One ``stream_generate``: seconds to its first token, and tokens/s after it."""
+    import mlx_lm
+
+    start = time.perf_counter()
+    first = None
+    count = 0
+    for _ in mlx_lm.stream_generate(model, tokenizer, prompt, max_tokens=max_tokens):
+        count += 1
+        if first is None:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    return first - start, (count - 1) / (end - first)
+
+
+def in_process(model_path: str, concurrencies: list[int], max_tokens: int, samples: int = 3) -> dict:
     import mlx.core as mx
     import mlx_lm
     from mlx_lm.generate import BatchGenerator
 
     model, tokenizer = mlx_lm.load(model_path)
-    texts = prompts(max(concurrencies))
+    texts = prompts(max(*concurrencies, samples, 3))
     encoded = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True) for t in texts]
     # Warm up (kernels, caches).
     for _ in mlx_lm.stream_generate(model, tokenizer, encoded[0], max_tokens=16):
         pass
     result: dict = {}
     ttfts, rates = [], []
-    for prompt in encoded[:3]:
-        start = time.perf_counter()
-        first = None
-        count = 0
-        for response in mlx_lm.stream_generate(model, tokenizer, prompt, max_tokens=max_tokens):
-            count += 1
-            if first is None:
-                first = time.perf_counter()
-        end = time.perf_counter()
-        ttfts.append(first - start)
-        rates.append((count - 1) / (end - first))
+    # As many single streams as a server gets (--rounds), at least 3: one run is noise on a GPU.
+    for prompt in encoded[: max(3, samples)]:
+        ttft, rate = timed_stream_generate(model, tokenizer, prompt, max_tokens)
+        ttfts.append(ttft)
+        rates.append(rate)
     result["single_stream_tps"] = statistics.median(rates)
     result["ttft_p50_s"] = {1: statistics.median(ttfts)}
     result["aggregate_tps"] = {}
@@ -316,7 +325,7 @@ def main() -> None:
         if sys.argv[5:6] == ["pin"]:
             # Before MLX starts its threads: all of them on one core, as mlxtrio's worker.
             os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
-        print(json.dumps(in_process(sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]))))
+        print(json.dumps(in_process(sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]), int(sys.argv[6]))))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo", choices=MODEL_NAMES)
@@ -350,7 +359,7 @@ def main() -> None:
     if "in-process" in args.servers:
         baseline = subprocess.run(
             [sys.executable, __file__, "--in-process", model_path, json.dumps(args.concurrency), str(args.max_tokens),
-             "pin" if args.pin_in_process else "free"],
+             "pin" if args.pin_in_process else "free", str(args.rounds)],
             capture_output=True, text=True, check=True,
         )
         results["in_process"] = json.loads(baseline.stdout.strip().splitlines()[-1])

@@ -1,0 +1,168 @@
+"""Single-stream decode in-process, no server: mlx-lm against mlxtrio's engine.
+
+    python bench/decode_probe.py --model demo [--models-dir DIR] [--tokens 128] [--repeats 5] [--json OUT]
+
+Through HTTP, the server figures of bench/serve_bench.py mix the engine's
+own speed with everything around it (the process boundary, the rings, the
+orchestrator, the client). This probe takes all of that away: in one
+process, on one prompt of serve_bench's, it decodes ``--tokens`` greedy
+tokens one way after another, round-robin, ``--repeats`` times, and reports
+each way's decode rate (tokens after the first, per second of the span after
+the first), median and every sample:
+
+- ``stream_generate``: mlx-lm's ``stream_generate``, the ceiling;
+- ``batch_generator``: mlx-lm's ``BatchGenerator`` with one sequence;
+- ``engine_alone``: mlxtrio's ``BatchEngine`` with one request, which it
+  decodes alone (worker/_solo.py), driven as the worker drives it;
+- ``engine_batched``: the same engine with the lone-request path off;
+- ``bare_default_stream`` / ``bare_own_stream``: the smallest pipelined loop
+  (model, argmax, ``async_eval``, ``item``) on MLX's default stream and on a
+  stream of its own (mlx-lm's generation functions use one of their own).
+
+It also times one decode step split in two, synchronously: building the
+step's graph in Python (``model(...)`` returns before anything runs) and
+evaluating it. Where building takes about as long as a pipelined step, the
+decode is bound by the CPU thread, not by the accelerator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import mlx_lm
+from mlx_lm.generate import BatchGenerator
+from mlx_lm.models.cache import make_prompt_cache
+from bench_models import MODEL_NAMES, build
+from serve_bench import prompts, timed_stream_generate
+
+from mlxtrio import _protocol as p
+from mlxtrio.worker._engine import BatchEngine
+
+
+def rate(first: float, last: float, tokens: int) -> float:
+    return (tokens - 1) / (last - first)
+
+
+def with_stream_generate(model, tokenizer, prompt: list[int], tokens: int) -> float:  # noqa: ANN001
+    return timed_stream_generate(model, tokenizer, prompt, tokens)[1]
+
+
+def with_batch_generator(model, tokenizer, prompt: list[int], tokens: int) -> float:  # noqa: ANN001, ARG001
+    generator = BatchGenerator(model, max_tokens=tokens, completion_batch_size=32)
+    generator.insert([prompt], max_tokens=[tokens])
+    first = None
+    count = 0
+    done = False
+    while not done:
+        for response in generator.next_generated():
+            count += 1
+            if first is None:
+                first = time.perf_counter()
+            done = response.finish_reason is not None
+    last = time.perf_counter()
+    generator.close()
+    return rate(first, last, count)
+
+
+def with_engine(model, tokenizer, prompt: list[int], tokens: int, *, solo: bool) -> float:  # noqa: ANN001
+    engine = BatchEngine(model, tokenizer, context_length=32768, prompt_cache_bytes=0, solo=solo)
+    text = tokenizer.decode(prompt)
+    params = p.SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+    engine.admit(p.Generate(1, params, None, text))
+    first = None
+    count = 0
+    while engine.active:
+        deltas, failures = engine.step()
+        assert not failures, failures
+        for delta in deltas:
+            if first is None and delta.completion_tokens:
+                first = time.perf_counter()
+            count = delta.completion_tokens
+    return rate(first, time.perf_counter(), count)
+
+
+def bare(model, tokenizer, prompt: list[int], tokens: int, *, stream: mx.Stream | None) -> float:  # noqa: ANN001, ARG001
+    cache = make_prompt_cache(model)
+
+    def forward(y: mx.array) -> mx.array:
+        token = mx.argmax(model(y[None], cache=cache)[:, -1, :], axis=-1)
+        mx.async_eval(token)
+        return token
+
+    with mx.stream(stream or mx.default_stream(mx.default_device())):
+        pending = forward(mx.array(prompt))
+        first = None
+        for count in range(1, tokens + 1):
+            following = forward(pending) if count < tokens else None
+            pending.item()
+            if first is None:
+                first = time.perf_counter()
+            pending = following
+    return rate(first, time.perf_counter(), tokens)
+
+
+def step_split(model, prompt: list[int], steps: int = 32) -> dict:  # noqa: ANN001
+    """Median ms to build one decode step's graph, and to evaluate it, synchronously."""
+    cache = make_prompt_cache(model)
+    logits = model(mx.array(prompt)[None], cache=cache)
+    token = mx.argmax(logits[:, -1, :], axis=-1)
+    mx.eval(token)
+    build, run = [], []
+    for _ in range(steps):
+        started = time.perf_counter()
+        logits = model(token[None], cache=cache)
+        token = mx.argmax(logits[:, -1, :], axis=-1)
+        built = time.perf_counter()
+        mx.eval(token)
+        build.append(built - started)
+        run.append(time.perf_counter() - built)
+    return {"build_ms": statistics.median(build) * 1e3, "eval_ms": statistics.median(run) * 1e3}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo", choices=MODEL_NAMES)
+    parser.add_argument("--models-dir", type=Path, default=Path("/tmp/mlxtrio-bench-models"))
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    model_path = build(args.model, args.models_dir / args.model, cache_dir=args.models_dir)
+    model, tokenizer = mlx_lm.load(str(model_path))
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompts(1)[0]}], add_generation_prompt=True)
+    own = mx.new_stream(mx.default_device())
+    ways = {
+        "stream_generate": with_stream_generate,
+        "batch_generator": with_batch_generator,
+        "engine_alone": lambda *a: with_engine(*a, solo=True),
+        "engine_batched": lambda *a: with_engine(*a, solo=False),
+        "bare_default_stream": lambda *a: bare(*a, stream=None),
+        "bare_own_stream": lambda *a: bare(*a, stream=own),
+    }
+    for way in ways.values():  # every shape compiled once before timing
+        way(model, tokenizer, prompt, 16)
+    samples: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(args.repeats):
+        for name, way in ways.items():
+            samples[name].append(way(model, tokenizer, prompt, args.tokens))
+    result = {
+        "model": args.model,
+        "device": str(mx.default_device()),
+        "tokens": args.tokens,
+        "prompt_tokens": len(prompt),
+        "tok_per_s_median": {name: statistics.median(values) for name, values in samples.items()},
+        "tok_per_s_samples": samples,
+        "one_step": step_split(model, prompt),
+    }
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

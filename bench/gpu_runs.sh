@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The GPU figures of docs/PERFORMANCE.md, as run on a lent Linux CUDA machine.
+#
+#   bash bench/gpu_runs.sh STEP...     STEP: install, models, probe, serve05, serve7b, profile, pin05, pack
+#
+# The machine has no registry: `install` takes the offline bundle of
+# ../shared/gpu/stage.sh (first half parked in /tmp by .gpu/a/keep.sh, second
+# half in .gpu/b) and, if present, py-spy's wheel in .whl/. Each step writes
+# its JSON and logs into /tmp/gpu-results, and carries on if another step
+# failed; `pack` puts them all into one file in $OUT (the device tool brings
+# back only a few files).
+set -uo pipefail
+RESULTS=/tmp/gpu-results
+MODELS=/tmp/bm
+mkdir -p "$RESULTS"
+export PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH PYTHONPATH=/tmp/site:$PWD SERVE_BENCH_LOGS=$RESULTS
+
+step() { echo "=== $* ($(date +%T))"; }
+
+install() {
+    step install
+    [ -f /tmp/site/mlx/core.cpython-312-x86_64-linux-gnu.so ] || bash .gpu/b/install.sh /tmp/site >/dev/null
+    if compgen -G ".whl/*.whl" >/dev/null; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+    fi
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
+    python3 -c "import mlx.core as mx; print(mx.__version__, mx.default_device())"
+}
+
+models() {
+    step models
+    for name in qwen2.5-0.5b-bf16 qwen2.5-7b-4bit; do
+        /usr/bin/time -f "$name built in %e s" python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; \
+from bench_models import build; build('$name', Path('$MODELS/$name'), cache_dir=Path('$MODELS'))"
+    done
+}
+
+probe() {
+    step probe
+    python3 bench/decode_probe.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --repeats 5 --json "$RESULTS/probe-qwen05.json" | tail -25
+    python3 bench/decode_probe.py --model qwen2.5-7b-4bit --models-dir $MODELS --repeats 3 --json "$RESULTS/probe-qwen7b.json" | tail -25
+}
+
+serve05() {
+    step serve05
+    python3 bench/serve_bench.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --max-tokens 128 --rounds 4 \
+        --concurrency 1 8 32 --json "$RESULTS/serve-qwen05.json"
+}
+
+serve7b() {
+    step serve7b
+    python3 bench/serve_bench.py --model qwen2.5-7b-4bit --models-dir $MODELS --max-tokens 64 --rounds 4 \
+        --concurrency 1 8 32 --json "$RESULTS/serve-qwen7b.json"
+}
+
+profile() {
+    step profile
+    python3 bench/profile_worker.py --model qwen2.5-7b-4bit --models-dir $MODELS --seconds 4 --tokens 800 \
+        --out /tmp/profile7b | head -60 && cp /tmp/profile7b/profile.json "$RESULTS/profile-qwen7b.json"
+}
+
+pin05() {
+    # Worker pinning on a GPU: one core against none, alternating, single stream and 8.
+    step pin05
+    for run in 1 2; do
+        for cpus in none 15; do
+            MLX_WORKER_CPUS=$cpus python3 bench/serve_bench.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
+                --max-tokens 128 --rounds 8 --concurrency 1 8 --servers mlxtrio --json "$RESULTS/pin-$cpus-r$run.json" \
+                | grep -E '"single_stream_tps"|"8":' | head -3
+        done
+    done
+}
+
+pack() {
+    tar czf "${OUT:-/tmp}/gpu-results-$(date +%H%M%S).tgz" -C "$RESULTS" .
+}
+
+for name in "$@"; do "$name"; done
+echo "=== done ($(date +%T))"
