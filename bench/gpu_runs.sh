@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/PERFORMANCE.md, as run on a lent Linux CUDA machine.
 #
-#   bash bench/gpu_runs.sh STEP...     STEP: install, models, probe, serve05, serve7b, profile, pin05, pack
+#   bash bench/gpu_runs.sh STEP...     STEP: install, models, probe, serve05, serve7b, profile, burst, serve7b_c8, pin05, pack
 #
 # The machine has no registry: `install` takes the offline bundle of
 # ../shared/gpu/stage.sh (first half parked in /tmp by .gpu/a/keep.sh, second
@@ -57,6 +57,22 @@ profile() {
     step profile
     python3 bench/profile_worker.py --model qwen2.5-7b-4bit --models-dir $MODELS --seconds 4 --tokens 800 \
         --out /tmp/profile7b | head -60 && cp /tmp/profile7b/profile.json "$RESULTS/profile-qwen7b.json"
+}
+
+burst() {
+    step burst
+    for name in qwen2.5-0.5b-bf16 qwen2.5-7b-4bit; do
+        python3 bench/burst_probe.py --model $name --models-dir $MODELS --repeats 3 --json "$RESULTS/burst-$name.json" | tail -6
+    done
+}
+
+serve7b_c8() {
+    # TTFT at 8 streams, both servers, 64 requests each, twice.
+    step serve7b_c8
+    for run in 1 2; do
+        python3 bench/serve_bench.py --model qwen2.5-7b-4bit --models-dir $MODELS --max-tokens 64 --rounds 8 \
+            --concurrency 8 --servers mlx_lm.server mlxtrio --json "$RESULTS/serve-qwen7b-c8-r$run.json" | grep -A2 ttft_p
+    done
 }
 
 pin05() {
