@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/PERFORMANCE.md, as run on a lent Linux CUDA machine.
 #
-#   bash bench/gpu_runs.sh STEP...     STEP: install, models, probe, serve05, serve7b, profile, burst, serve7b_c8, pin05, pack
+#   bash bench/gpu_runs.sh STEP...     STEP: install, models, probe, serve05, serve7b, profile, burst, serve7b_c8, single05, scaling, burstspy, pin05, pack
 #
 # The machine has no registry: `install` takes the offline bundle of
 # ../shared/gpu/stage.sh (first half parked in /tmp by .gpu/a/keep.sh, second
@@ -21,7 +21,7 @@ install() {
     step install
     [ -f /tmp/site/mlx/core.cpython-312-x86_64-linux-gnu.so ] || bash .gpu/b/install.sh /tmp/site >/dev/null
     if compgen -G ".whl/*.whl" >/dev/null; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+        python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
     fi
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
     python3 -c "import mlx.core as mx; print(mx.__version__, mx.default_device())"
@@ -73,6 +73,29 @@ serve7b_c8() {
         python3 bench/serve_bench.py --model qwen2.5-7b-4bit --models-dir $MODELS --max-tokens 64 --rounds 8 \
             --concurrency 8 --servers mlx_lm.server mlxtrio --json "$RESULTS/serve-qwen7b-c8-r$run.json" | grep -A2 ttft_p
     done
+}
+
+single05() {
+    # Single stream, in-process and mlxtrio alternating, 8 requests each, three times.
+    step single05
+    for run in 1 2 3; do
+        python3 bench/serve_bench.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --max-tokens 128 --rounds 8 \
+            --concurrency 1 --servers in-process mlxtrio --json "$RESULTS/single-qwen05-r$run.json" | grep single_stream_tps
+    done
+}
+
+scaling() {
+    step scaling
+    for name in qwen2.5-7b-4bit qwen2.5-0.5b-bf16; do
+        timeout 120 python3 bench/batch_scaling_probe.py --model $name --models-dir $MODELS --json "$RESULTS/scaling-$name.json" | head -6
+    done
+}
+
+burstspy() {
+    # Where a cached burst's first steps go on the 7B shape: py-spy with native frames over burst_probe.
+    step burstspy
+    timeout 200 py-spy record --native -r 200 -f raw -o "$RESULTS/burst7b-stacks.txt" -- \
+        python3 bench/burst_probe.py --model qwen2.5-7b-4bit --models-dir $MODELS --repeats 2 | tail -6
 }
 
 pin05() {
