@@ -10,6 +10,9 @@ BatchGenerator:
 
 - ``step_ms``: one decode step (one token per sequence, a plain KV cache
   holding 128 tokens of each) of the whole model, at batch sizes 1 to 32;
+- ``step_ms_folded``: the same after mlxtrio's worker has folded the
+  quantized projections' inputs into matrices (mlxtrio/worker/_quantized.py;
+  no change for a model that is not quantized);
 - ``mlp_up_ms``: the model's largest projection alone, (B x hidden) times
   (intermediate x hidden), as the model stores it (quantized or not) and, for
   a quantized model, again in bf16.
@@ -30,6 +33,8 @@ import mlx.nn as nn
 import mlx_lm
 from bench_models import MODEL_NAMES, build
 from mlx_lm.models.cache import make_prompt_cache
+
+from mlxtrio.worker._quantized import fold_quantized_inputs
 
 BATCHES = (1, 2, 4, 8, 16, 32)
 
@@ -68,7 +73,9 @@ def main() -> None:
     model_path = build(args.model, args.models_dir / args.model, cache_dir=args.models_dir)
     model, _ = mlx_lm.load(str(model_path))
     up = model.layers[0].mlp.up_proj
-    result: dict = {"model": args.model, "device": str(mx.default_device()), "step_ms": {}, "mlp_up_ms": {}}
+    result: dict = {
+        "model": args.model, "device": str(mx.default_device()), "step_ms": {}, "step_ms_folded": {}, "mlp_up_ms": {},
+    }
     dense = None
     if isinstance(up, nn.QuantizedLinear):
         result["mlp_up_bf16_ms"] = {}
@@ -81,9 +88,12 @@ def main() -> None:
         if dense is not None:
             result["mlp_up_bf16_ms"][batch] = round(timed(lambda: x @ dense.T), 3)  # noqa: B023
         print(json.dumps({key: value.get(batch) for key, value in result.items() if isinstance(value, dict)}), flush=True)
-    print(json.dumps(result, indent=1))
+    fold_quantized_inputs(model)
+    for batch in BATCHES:
+        result["step_ms_folded"][batch] = round(step_ms(model, batch), 2)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ single05() {
 scaling() {
     step scaling
     for name in qwen2.5-7b-4bit qwen2.5-0.5b-bf16; do
-        timeout 120 python3 bench/batch_scaling_probe.py --model $name --models-dir $MODELS --json "$RESULTS/scaling-$name.json" | head -6
+        timeout 120 python3 bench/batch_scaling_probe.py --model $name --models-dir $MODELS --json "$RESULTS/scaling-$name.json"
     done
 }
 

@@ -85,6 +85,10 @@ def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context 
         raise _LoadError("not_found", str(exc)) from exc
     except ValueError as exc:
         raise _LoadError("invalid", str(exc)) from exc
+    from ._quantized import fold_quantized_inputs
+
+    # Batched decode of a quantized model as one product per projection, not one per sequence.
+    fold_quantized_inputs(model)
     if config.chat_template is not None:
         # The operator's template replaces the tokenizer's (mlx-lm reads it from the HF tokenizer).
         tokenizer._tokenizer.chat_template = config.chat_template  # noqa: SLF001

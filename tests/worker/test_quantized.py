@@ -1,0 +1,103 @@
+"""Quantized projections see one matrix of rows (mlxtrio/worker/_quantized.py), demo model quantized to 4 bits.
+
+What matters: in a batched step the quantized kernel is handed (rows, K)
+matrices, never a batch of one-row matrices (which MLX's CUDA backend
+multiplies one by one), and no output changes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx_lm
+import pytest
+
+from mlxtrio import _protocol as p
+from mlxtrio.worker._demo import ensure_demo_model
+from mlxtrio.worker._main import _load
+from mlxtrio.worker._quantized import fold_quantized_inputs
+
+
+@pytest.fixture
+def quantized_demo(cache_dir: Path):  # noqa: ANN201
+    model, _ = mlx_lm.load(str(ensure_demo_model(cache_dir)))
+    nn.quantize(model, group_size=64, bits=4)
+    return model
+
+
+@pytest.fixture
+def kernel_inputs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The shape of every input mx.quantized_matmul is called with."""
+    shapes: list[tuple[int, ...]] = []
+    original = mx.quantized_matmul
+
+    def recording(x, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        shapes.append(tuple(x.shape))
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(mx, "quantized_matmul", recording)
+    return shapes
+
+
+def _decode_and_prefill(model) -> list[mx.array]:  # noqa: ANN001
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    prefill = model(mx.array([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12, 13, 14, 15]]), cache=cache)
+    decode = model(mx.array([[16], [17], [18]]), cache=cache)
+    mx.eval(prefill, decode)
+    return [prefill, decode]
+
+
+def test_a_batched_step_hands_the_quantized_kernel_matrices(quantized_demo, kernel_inputs):
+    before = _decode_and_prefill(quantized_demo)
+    assert kernel_inputs and all(len(shape) == 3 for shape in kernel_inputs)  # what mlx-lm does by itself
+    kernel_inputs.clear()
+    # 2 layers x 7 projections, the output layer, and the embedding (for a tied output layer).
+    assert fold_quantized_inputs(quantized_demo) == 16
+    after = _decode_and_prefill(quantized_demo)
+    assert sorted(set(kernel_inputs)) == [(3, 64), (3, 128), (15, 64), (15, 128)]
+    for folded, plain in zip(after, before, strict=True):
+        assert folded.shape == plain.shape
+        assert mx.array_equal(folded, plain).item()
+
+
+def test_a_tied_output_layer_is_folded_too(kernel_inputs):
+    embedding = nn.QuantizedEmbedding(512, 64, group_size=64, bits=4)
+    x = mx.random.normal((3, 2, 64), key=mx.random.key(0))
+    plain = embedding.as_linear(x)
+    tree = nn.Sequential(embedding)
+    assert fold_quantized_inputs(tree) == 1
+    kernel_inputs.clear()
+    folded = embedding.as_linear(x)
+    assert kernel_inputs == [(6, 64)]
+    assert folded.shape == (3, 2, 512)
+    assert mx.array_equal(folded, plain).item()
+    # Looking tokens up is unchanged.
+    assert embedding(mx.array([[1, 2]])).shape == (1, 2, 64)
+
+
+def test_only_mlx_own_classes_change():
+    class Custom(nn.QuantizedLinear):
+        pass
+
+    custom, plain = Custom(64, 64, group_size=64, bits=4), nn.QuantizedLinear(64, 64, group_size=64, bits=4)
+    assert fold_quantized_inputs(nn.Sequential(custom, plain, nn.Linear(4, 4))) == 1
+    assert type(custom) is Custom
+    assert isinstance(plain, nn.QuantizedLinear) and type(plain) is not nn.QuantizedLinear
+    # Twice is once.
+    assert fold_quantized_inputs(nn.Sequential(plain)) == 0
+
+
+def test_the_worker_loads_a_quantized_model_folded(cache_dir: Path, tmp_path: Path):
+    from mlx_lm import convert
+
+    quantized = tmp_path / "demo-4bit"
+    convert(str(ensure_demo_model(cache_dir)), mlx_path=str(quantized), quantize=True, q_group_size=64, q_bits=4)
+    config = p.WorkerConfig("demo-4bit", "local", str(quantized), str(cache_dir), 1 << 30)
+    model, _, _, _ = _load(config)
+    projections = [module for module in model.modules() if isinstance(module, nn.QuantizedLinear)]
+    assert projections
+    assert all(type(module) is not nn.QuantizedLinear for module in projections)
