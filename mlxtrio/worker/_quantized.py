@@ -4,18 +4,21 @@ A decode step of B sequences gives every projection an input of shape
 (B, 1, K): to ``mx.quantized_matmul`` that is B matrices of one row each,
 against one weight. MLX's CUDA backend picks its kernel from the output's
 last two dimensions (M rows) and counts the leading ones as a batch
-(mlx/backend/cuda/quantized/quantized.cpp); B one-row products are not the
-one B-row product they amount to. On an H100 a decode step of the Qwen2.5-7B
-shape in 4 bits took 7.3 ms for one sequence, 32 ms for 8 and 95 ms for 32,
-while its largest projection given a (B, K) matrix took 0.10-0.22 ms at
-every B from 1 to 32 (bench/batch_scaling_probe.py, docs/PERFORMANCE.md):
-batched 4-bit decode cost as much as decoding the sequences one by one.
+(mlx/backend/cuda/quantized/quantized.cpp). On an H100 a decode step of the
+Qwen2.5-7B shape in 4 bits took 7.3 ms for one sequence, 32 ms for 8 and
+95 ms for 32, while its largest projection given a (B, K) matrix took
+0.10-0.22 ms at every B from 1 to 32 (bench/batch_scaling_probe.py,
+docs/PERFORMANCE.md): batched 4-bit decode cost about what decoding the
+sequences one by one would, and B one-row products instead of one B-row
+product would explain it. That explanation is read from MLX's source, not
+yet measured: the probe's ``step_ms_folded`` will say.
 
 The same rows as one (B*L, K) matrix make one product whatever the backend,
 and the reshape costs nothing (the rows are contiguous), so the worker folds
 the leading dimensions of every quantized projection's input into one,
-including a tied output layer (``QuantizedEmbedding.as_linear``). Each row's
-arithmetic is unchanged. mlx-lm builds its quantized layers as the plain
+including a tied output layer (``QuantizedEmbedding.as_linear``). Each row
+is the same product (bit for bit on the CPU backend, where the tests run; a
+GPU kernel for more rows may round differently). mlx-lm builds its quantized layers as the plain
 ``mlx.nn`` classes; an instance of exactly those classes gets a subclass that
 folds, everything else (a model's own quantized class) is left as it is.
 """
