@@ -76,12 +76,11 @@ serve7b_c8() {
 }
 
 single05() {
-    # Single stream, in-process and mlxtrio alternating, 8 requests each, three times.
+    # Single stream, in-process and mlxtrio taking turns, 8 requests each, three times.
     step single05
-    for run in 1 2 3; do
-        python3 bench/serve_bench.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --max-tokens 128 --rounds 8 \
-            --concurrency 1 --servers in-process mlxtrio --json "$RESULTS/single-qwen05-r$run.json" | grep single_stream_tps
-    done
+    python3 bench/serve_bench.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --max-tokens 128 --rounds 8 \
+        --concurrency 1 --repeat 3 --servers in-process mlxtrio --json "$RESULTS/single-qwen05-repeat3.json" \
+        | grep -E "run by run|single_stream_tps"
 }
 
 scaling() {

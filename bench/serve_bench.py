@@ -1,6 +1,6 @@
 """Side by side, same model, same prompts: in-process mlx-lm, mlx_lm.server, mlxtrio.
 
-    python bench/serve_bench.py --model demo [--concurrency 1 8 32] [--max-tokens 128] [--json OUT]
+    python bench/serve_bench.py --model demo [--concurrency 1 8 32] [--max-tokens 128] [--repeat N] [--json OUT]
 
 1. in-process mlx-lm: ``stream_generate`` for one stream, ``BatchGenerator``
    for many — the ceiling (no HTTP, no IPC);
@@ -282,12 +282,27 @@ async def bench_server(kind: str, model_path: str, concurrencies: list[int], max
         log.close()
 
 
+def median_over_runs(runs: list, *, add: bool = False):  # noqa: ANN201 - the runs' own shape
+    """One result of the same shape as each run's: every figure the median over the runs, failures their sum.
+
+    On a GPU one run's figures swing by tens of percent (docs/PERFORMANCE.md);
+    the runs take turns, so slow spells of the machine fall on all of them.
+    """
+    first = runs[0]
+    if isinstance(first, dict):
+        return {key: median_over_runs([run[key] for run in runs], add=add or key == "errors") for key in first}
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        return sum(runs) if add else statistics.median(runs)
+    return first
+
+
 def report(results: dict) -> str:
     base, rival, ours = results["in_process"], results["mlx_lm.server"], results["mlxtrio"]
     lines = [
         f"model {results['model']}, max_tokens {results['max_tokens']}, {results['machine']}, "
         f"in-process {'pinned to one core' if results['in_process_pinned'] else 'not pinned'}, "
-        f"MLX_WORKER_CPUS={results['mlx_worker_cpus']}",
+        f"MLX_WORKER_CPUS={results['mlx_worker_cpus']}"
+        + (f", medians of {results['repeat']} runs taking turns" if results.get("repeat", 1) > 1 else ""),
         "",
         "| measure | in-process mlx-lm | mlx_lm.server | mlxtrio | mlxtrio / in-process | mlxtrio / mlx_lm.server |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -311,7 +326,7 @@ def report(results: dict) -> str:
     for name, result in (("mlx_lm.server", rival), ("mlxtrio", ours)):
         failed = {c: n for c, n in result["errors"].items() if n}
         if failed:
-            lines.append(f"| failed requests, {name} | " + ", ".join(f"{n} of {c * results['rounds']} at {c} streams" for c, n in failed.items()) + " | | | | |")
+            lines.append(f"| failed requests, {name} | " + ", ".join(f"{n} of {c * results['rounds'] * results.get('repeat', 1)} at {c} streams" for c, n in failed.items()) + " | | | | |")
     cores = {c: max(rival["client_cpu_cores"][c], ours["client_cpu_cores"][c]) for c in results["concurrency"]}
     lines.append("")
     lines.append("client CPU (cores busy, worst of the two servers): " + ", ".join(f"{c} streams {v:.2f}" for c, v in cores.items()))
@@ -336,6 +351,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=18600)
     parser.add_argument("--json", type=Path)
     parser.add_argument(
+        "--repeat", type=int, default=1,
+        help="run the chosen ones this many times, taking turns; figures are medians over the runs (each run is kept too)",
+    )
+    parser.add_argument(
         "--pin-in-process", action="store_true",
         help="run the in-process baseline on one core, as mlxtrio pins its worker on the CPU backend (Linux)",
     )
@@ -356,17 +375,30 @@ def main() -> None:
         "mlx_worker_cpus": os.environ.get("MLX_WORKER_CPUS", "auto"),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
     }
-    if "in-process" in args.servers:
-        baseline = subprocess.run(
-            [sys.executable, __file__, "--in-process", model_path, json.dumps(args.concurrency), str(args.max_tokens),
-             "pin" if args.pin_in_process else "free", str(args.rounds)],
-            capture_output=True, text=True, check=True,
-        )
-        results["in_process"] = json.loads(baseline.stdout.strip().splitlines()[-1])
-        results["in_process"]["aggregate_tps"] = {int(k): v for k, v in results["in_process"]["aggregate_tps"].items()}
-    for kind, port in (("mlx_lm.server", args.port), ("mlxtrio", args.port + 10)):
-        if kind in args.servers:
-            results[kind] = trio.run(bench_server, kind, model_path, args.concurrency, args.max_tokens, args.rounds, port)
+    runs = []
+    for _ in range(args.repeat):
+        run: dict = {}
+        if "in-process" in args.servers:
+            baseline = subprocess.run(
+                [sys.executable, __file__, "--in-process", model_path, json.dumps(args.concurrency), str(args.max_tokens),
+                 "pin" if args.pin_in_process else "free", str(args.rounds)],
+                capture_output=True, text=True, check=True,
+            )
+            run["in_process"] = json.loads(baseline.stdout.strip().splitlines()[-1])
+            run["in_process"]["aggregate_tps"] = {int(k): v for k, v in run["in_process"]["aggregate_tps"].items()}
+            run["in_process"]["ttft_p50_s"] = {int(k): v for k, v in run["in_process"]["ttft_p50_s"].items()}
+        for kind, port in (("mlx_lm.server", args.port), ("mlxtrio", args.port + 10)):
+            if kind in args.servers:
+                run[kind] = trio.run(bench_server, kind, model_path, args.concurrency, args.max_tokens, args.rounds, port)
+        runs.append(run)
+    results.update(median_over_runs(runs))
+    if args.repeat > 1:
+        results["repeat"] = args.repeat
+        results["runs"] = runs
+        for kind in ("mlx_lm.server", "mlxtrio"):
+            if 1 in args.concurrency and kind in runs[0] and "in_process" in runs[0]:
+                ratios = [run[kind]["single_stream_tps"] / run["in_process"]["single_stream_tps"] for run in runs]
+                print(f"{kind} / in-process, single-stream decode, run by run: " + ", ".join(f"{r:.2f}×" for r in ratios))
     if set(args.servers) == {"in-process", "mlx_lm.server", "mlxtrio"}:
         print(report(results))
     else:
