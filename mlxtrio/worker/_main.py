@@ -87,7 +87,7 @@ def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context 
         raise _LoadError("invalid", str(exc)) from exc
     from ._quantized import fold_quantized_inputs
 
-    # Batched decode of a quantized model as one product per projection, not one per sequence.
+    # A batched step hands each quantized projection one matrix of rows (see _quantized.py).
     fold_quantized_inputs(model)
     if config.chat_template is not None:
         # The operator's template replaces the tokenizer's (mlx-lm reads it from the HF tokenizer).

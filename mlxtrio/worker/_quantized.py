@@ -18,9 +18,10 @@ and the reshape costs nothing (the rows are contiguous), so the worker folds
 the leading dimensions of every quantized projection's input into one,
 including a tied output layer (``QuantizedEmbedding.as_linear``). Each row
 is the same product (bit for bit on the CPU backend, where the tests run; a
-GPU kernel for more rows may round differently). mlx-lm builds its quantized layers as the plain
-``mlx.nn`` classes; an instance of exactly those classes gets a subclass that
-folds, everything else (a model's own quantized class) is left as it is.
+GPU kernel for more rows may round differently). mlx-lm builds its
+quantized layers as the plain ``mlx.nn`` classes; an instance of exactly
+those classes gets a subclass that folds, everything else (a model's own
+quantized class) is left as it is.
 """
 
 from __future__ import annotations

@@ -75,8 +75,9 @@ def test_a_tied_output_layer_is_folded_too(kernel_inputs):
     assert kernel_inputs == [(6, 64)]
     assert folded.shape == (3, 2, 512)
     assert mx.array_equal(folded, plain).item()
-    # Looking tokens up is unchanged.
+    # Looking tokens up is unchanged, and an empty batch keeps its shape.
     assert embedding(mx.array([[1, 2]])).shape == (1, 2, 64)
+    assert embedding.as_linear(mx.zeros((0, 1, 64))).shape == (0, 1, 512)
 
 
 def test_only_mlx_own_classes_change():
