@@ -97,9 +97,9 @@ def main() -> None:
                 print(f"{pattern}, {state}: {result}", flush=True)
     summary = {name: statistics.median(run["ttft_p50_ms"] for run in results) for name, results in runs.items()}
     output = {"model": args.model, "burst": args.burst, "ttft_p50_ms_median": summary, "runs": runs}
-    print(json.dumps(summary, indent=1))
     if args.json:
         args.json.write_text(json.dumps(output, indent=2))
+    print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

@@ -159,9 +159,9 @@ def main() -> None:
         "tok_per_s_samples": samples,
         "one_step": step_split(model, prompt),
     }
-    print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ pin05() {
         for cpus in none 15; do
             MLX_WORKER_CPUS=$cpus python3 bench/serve_bench.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
                 --max-tokens 128 --rounds 8 --concurrency 1 8 --servers mlxtrio --json "$RESULTS/pin-$cpus-r$run.json" \
-                | grep -E '"single_stream_tps"|"8":' | head -3
+                | grep -E '"single_stream_tps"|"8":'
         done
     done
 }

@@ -399,12 +399,12 @@ def main() -> None:
             if 1 in args.concurrency and kind in runs[0] and "in_process" in runs[0]:
                 ratios = [run[kind]["single_stream_tps"] / run["in_process"]["single_stream_tps"] for run in runs]
                 print(f"{kind} / in-process, single-stream decode, run by run: " + ", ".join(f"{r:.2f}×" for r in ratios))
+    if args.json:  # first: a reader of the output that stops early must not lose the results
+        args.json.write_text(json.dumps(results, indent=2))
     if set(args.servers) == {"in-process", "mlx_lm.server", "mlxtrio"}:
         print(report(results))
     else:
         print(json.dumps({key: value for key, value in results.items() if key in ("in_process", "mlx_lm.server", "mlxtrio")}, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

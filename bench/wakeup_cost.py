@@ -127,9 +127,9 @@ def main() -> None:
         "tok_per_s_median": {way: statistics.median(values) for way, values in samples.items()},
         "tok_per_s_samples": samples,
     }
-    print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
