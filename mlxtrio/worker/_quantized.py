@@ -13,8 +13,12 @@ sequences one by one would, and B one-row products instead of one B-row
 product would explain it. That explanation is read from MLX's source, not
 yet measured: the probe's ``step_ms_folded`` will say.
 
-The same rows as one (B*L, K) matrix make one product whatever the backend,
-and the reshape costs nothing (the rows are contiguous), so the worker folds
+MLX's Metal backend folds those dimensions itself (for a 2-D weight and a
+row-contiguous input it takes M = x.size / K, in
+mlx/backend/metal/quantized.cpp), which is why batched 4-bit decode scales
+on Apple silicon; here it changes nothing. The same rows as one (B*L, K)
+matrix make one product whatever the backend, and the reshape costs nothing
+(the rows are contiguous), so the worker folds
 the leading dimensions of every quantized projection's input into one,
 including a tied output layer (``QuantizedEmbedding.as_linear``). Each row
 is the same product (bit for bit on the CPU backend, where the tests run; a
