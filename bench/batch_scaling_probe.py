@@ -31,7 +31,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import mlx_lm
-from bench_models import MODEL_NAMES, build
+from bench_models import add_model_options, build_chosen
 from mlx_lm.models.cache import make_prompt_cache
 
 from mlxtrio.worker._quantized import fold_quantized_inputs
@@ -66,11 +66,10 @@ def step_ms(model, batch: int, context: int = 128) -> float:  # noqa: ANN001
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="demo", choices=MODEL_NAMES)
-    parser.add_argument("--models-dir", type=Path, default=Path("/tmp/mlxtrio-bench-models"))
+    add_model_options(parser)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    model_path = build(args.model, args.models_dir / args.model, cache_dir=args.models_dir)
+    model_path = build_chosen(args)
     model, _ = mlx_lm.load(str(model_path))
     up = model.layers[0].mlp.up_proj
     result: dict = {

@@ -20,6 +20,7 @@ hold-back instead of the server (version 1 of these models did exactly that).
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import shutil
@@ -52,6 +53,17 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 MODEL_NAMES = ["demo"] + [f"{shape}-{dtype}" for shape in SHAPES for dtype in ("bf16", "4bit")]
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--models-dir``, as every benchmark takes them."""
+    parser.add_argument("--model", default="demo", choices=MODEL_NAMES)
+    parser.add_argument("--models-dir", type=Path, default=Path("/tmp/mlxtrio-bench-models"))
+
+
+def build_chosen(args: argparse.Namespace) -> Path:
+    """The model ``add_model_options`` chose, built if it is not yet."""
+    return build(args.model, args.models_dir / args.model, cache_dir=args.models_dir)
 
 
 def never_picked(directory: Path) -> list[int]:

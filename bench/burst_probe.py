@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import mlx_lm
-from bench_models import MODEL_NAMES, build
+from bench_models import add_model_options, build_chosen
 from serve_bench import prompts
 
 from mlxtrio import _protocol as p
@@ -64,14 +64,13 @@ def burst(engine: BatchEngine, texts: list[str], first_id: int, *, staggered: bo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="demo", choices=MODEL_NAMES)
-    parser.add_argument("--models-dir", type=Path, default=Path("/tmp/mlxtrio-bench-models"))
+    add_model_options(parser)
     parser.add_argument("--burst", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    model_path = build(args.model, args.models_dir / args.model, cache_dir=args.models_dir)
+    model_path = build_chosen(args)
     model, tokenizer = mlx_lm.load(str(model_path))
     engine = BatchEngine(model, tokenizer, context_length=32768)
 

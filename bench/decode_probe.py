@@ -37,7 +37,7 @@ import mlx.core as mx
 import mlx_lm
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import make_prompt_cache
-from bench_models import MODEL_NAMES, build
+from bench_models import add_model_options, build_chosen
 from serve_bench import prompts, timed_stream_generate
 
 from mlxtrio import _protocol as p
@@ -126,13 +126,12 @@ def step_split(model, prompt: list[int], steps: int = 32) -> dict:  # noqa: ANN0
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="demo", choices=MODEL_NAMES)
-    parser.add_argument("--models-dir", type=Path, default=Path("/tmp/mlxtrio-bench-models"))
+    add_model_options(parser)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    model_path = build(args.model, args.models_dir / args.model, cache_dir=args.models_dir)
+    model_path = build_chosen(args)
     model, tokenizer = mlx_lm.load(str(model_path))
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompts(1)[0]}], add_generation_prompt=True)
     own = mx.new_stream(mx.default_device())

@@ -27,7 +27,7 @@ import trio
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_models import MODEL_NAMES, build  # noqa: E402
+from bench_models import add_model_options, build_chosen  # noqa: E402
 from serve_bench import _stream_one, prompts  # noqa: E402
 from server_process import mlxtrio_server  # noqa: E402
 
@@ -88,14 +88,13 @@ async def profile(model_path: Path, seconds: int, out: Path, tokens: int) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="demo", choices=MODEL_NAMES)
-    parser.add_argument("--models-dir", type=Path, default=Path("/tmp/mlxtrio-bench-models"))
+    add_model_options(parser)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=2000, help="long enough to outlast the profile")
     parser.add_argument("--out", type=Path, default=Path("/tmp/mlxtrio-profile"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    model_path = build(args.model, args.models_dir / args.model, cache_dir=args.models_dir)
+    model_path = build_chosen(args)
     started = time.perf_counter()
     result = trio.run(profile, model_path, args.seconds, args.out, args.tokens)
     result["wall_s"] = time.perf_counter() - started

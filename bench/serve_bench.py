@@ -40,7 +40,7 @@ import trio
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_models import MODEL_NAMES, build  # noqa: E402
+from bench_models import add_model_options, build_chosen  # noqa: E402
 from server_process import stop  # noqa: E402
 
 PROMPT_WORDS = (
@@ -343,8 +343,7 @@ def main() -> None:
         print(json.dumps(in_process(sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]), int(sys.argv[6]))))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="demo", choices=MODEL_NAMES)
-    parser.add_argument("--models-dir", type=Path, default=Path("/tmp/mlxtrio-bench-models"))
+    add_model_options(parser)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2, help="requests per client at each concurrency")
@@ -365,7 +364,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.pin_in_process and not hasattr(os, "sched_setaffinity"):
         parser.error("--pin-in-process needs Linux (os.sched_setaffinity)")
-    model_path = str(build(args.model, args.models_dir / args.model, cache_dir=args.models_dir))
+    model_path = str(build_chosen(args))
     results: dict = {
         "model": args.model,
         "max_tokens": args.max_tokens,

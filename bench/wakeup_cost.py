@@ -29,6 +29,8 @@ import statistics
 import time
 from pathlib import Path
 
+from bench_models import add_model_options, build_chosen  # no MLX at import: the readers fork after
+
 from mlxtrio.ipc._channel import Channel
 
 
@@ -48,8 +50,7 @@ def reader(channel: Channel, *, sleeps: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="demo")
-    parser.add_argument("--models-dir", type=Path, default=Path("/tmp/mlxtrio-bench-models"))
+    add_model_options(parser)
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--json", type=Path)
@@ -74,7 +75,6 @@ def main() -> None:
         readers[name] = (pid, orchestrator_end, worker_end)
 
     import mlx_lm
-    from bench_models import build
     from serve_bench import prompts
 
     from mlxtrio import _protocol as p
@@ -83,7 +83,7 @@ def main() -> None:
 
     if cpus:
         pin_this_process((cpus[-1],))
-    model_path = build(args.model, args.models_dir / args.model, cache_dir=args.models_dir)
+    model_path = build_chosen(args)
     model, tokenizer = mlx_lm.load(str(model_path))
     text = tokenizer.apply_chat_template([{"role": "user", "content": prompts(1)[0]}], add_generation_prompt=True, tokenize=False)
     params = p.SamplingParams(max_tokens=args.tokens, temperature=0.0, ignore_eos=True)
