@@ -64,6 +64,16 @@ def test_a_batched_step_hands_the_quantized_kernel_matrices(quantized_demo, kern
         assert mx.array_equal(folded, plain).item()
 
 
+def test_one_sequence_is_left_as_it_is(quantized_demo, kernel_inputs):
+    # (1, L, K) is already one product of L rows: no reshapes to add to every token's graph.
+    from mlx_lm.models.cache import make_prompt_cache
+
+    fold_quantized_inputs(quantized_demo)
+    cache = make_prompt_cache(quantized_demo)
+    mx.eval(quantized_demo(mx.array([[1, 2, 3, 4, 5]]), cache=cache), quantized_demo(mx.array([[6]]), cache=cache))
+    assert sorted(set(kernel_inputs)) == [(1, 1, 64), (1, 1, 128), (1, 5, 64), (1, 5, 128)]
+
+
 def test_a_tied_output_layer_is_folded_too(kernel_inputs):
     embedding = nn.QuantizedEmbedding(512, 64, group_size=64, bits=4)
     x = mx.random.normal((3, 2, 64), key=mx.random.key(0))
