@@ -66,6 +66,17 @@ def build_chosen(args: argparse.Namespace) -> Path:
     return build(args.model, args.models_dir / args.model, cache_dir=args.models_dir)
 
 
+def load_as_worker(path: Path):  # noqa: ANN201
+    """The model and tokenizer as mlxtrio's worker loads them: mlx-lm's load, quantized inputs folded."""
+    import mlx_lm
+
+    from mlxtrio.worker._quantized import fold_quantized_inputs
+
+    model, tokenizer = mlx_lm.load(str(path))
+    fold_quantized_inputs(model)
+    return model, tokenizer
+
+
 def never_picked(directory: Path) -> list[int]:
     """Ids greedy decoding must not pick: special tokens and single non-text bytes."""
     from mlxtrio.worker._grammar import byte_decoder  # here: the load client needs no MLX

@@ -27,8 +27,7 @@ import statistics
 import time
 from pathlib import Path
 
-import mlx_lm
-from bench_models import add_model_options, build_chosen
+from bench_models import add_model_options, build_chosen, load_as_worker
 from serve_bench import prompts
 
 from mlxtrio import _protocol as p
@@ -71,7 +70,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     model_path = build_chosen(args)
-    model, tokenizer = mlx_lm.load(str(model_path))
+    model, tokenizer = load_as_worker(model_path)
     engine = BatchEngine(model, tokenizer, context_length=32768)
 
     def chat(text: str) -> str:

@@ -13,8 +13,12 @@ the first), median and every sample:
 - ``stream_generate``: mlx-lm's ``stream_generate``, the ceiling;
 - ``batch_generator``: mlx-lm's ``BatchGenerator`` with one sequence;
 - ``engine_alone``: mlxtrio's ``BatchEngine`` with one request, which it
-  decodes alone (worker/_solo.py), driven as the worker drives it;
+  decodes alone (worker/_solo.py), driven as the worker drives it, on the
+  model as the worker loads it (quantized inputs folded, worker/_quantized.py);
 - ``engine_batched``: the same engine with the lone-request path off;
+- ``stream_generate_folded`` / ``engine_alone_unfolded``: the first and the
+  third with the fold the other way round, so that its cost to one stream
+  shows (it changes nothing for a model without quantized layers);
 - ``bare_default_stream`` / ``bare_own_stream``: the smallest pipelined loop
   (model, argmax, ``async_eval``, ``item``) on MLX's default stream and on a
   stream of its own (mlx-lm's generation functions use one of their own).
@@ -42,6 +46,7 @@ from serve_bench import prompts, timed_stream_generate
 
 from mlxtrio import _protocol as p
 from mlxtrio.worker._engine import BatchEngine
+from mlxtrio.worker._quantized import fold_quantized_inputs
 
 
 def rate(first: float, last: float, tokens: int) -> float:
@@ -124,6 +129,27 @@ def step_split(model, prompt: list[int], steps: int = 32) -> dict:  # noqa: ANN0
     return {"build_ms": statistics.median(build) * 1e3, "eval_ms": statistics.median(run) * 1e3}
 
 
+def unfold(model) -> None:  # noqa: ANN001
+    """Undo ``fold_quantized_inputs``: each folding class back to the mlx.nn class it extends."""
+    for module in model.modules():
+        if type(module).__module__ == "mlxtrio.worker._quantized":
+            module.__class__ = type(module).__bases__[0]
+
+
+def folded(way, *, fold: bool):  # noqa: ANN001, ANN201
+    """``way`` run on the model folded (as the worker loads it) or not, and left unfolded after."""
+
+    def run(model, *args):  # noqa: ANN001, ANN002, ANN202
+        if fold:
+            fold_quantized_inputs(model)
+        try:
+            return way(model, *args)
+        finally:
+            unfold(model)
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_options(parser)
@@ -138,8 +164,10 @@ def main() -> None:
     ways = {
         "stream_generate": with_stream_generate,
         "batch_generator": with_batch_generator,
-        "engine_alone": lambda *a: with_engine(*a, solo=True),
-        "engine_batched": lambda *a: with_engine(*a, solo=False),
+        "engine_alone": folded(lambda *a: with_engine(*a, solo=True), fold=True),
+        "engine_batched": folded(lambda *a: with_engine(*a, solo=False), fold=True),
+        "stream_generate_folded": folded(with_stream_generate, fold=True),
+        "engine_alone_unfolded": lambda *a: with_engine(*a, solo=True),
         "bare_default_stream": lambda *a: bare(*a, stream=None),
         "bare_own_stream": lambda *a: bare(*a, stream=own),
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/PERFORMANCE.md, as run on a lent Linux CUDA machine.
 #
-#   bash bench/gpu_runs.sh STEP...     STEP: install, models, probe, serve05, serve7b, profile, burst, serve7b_c8, single05, scaling, burstspy, pin05, pack
+#   bash bench/gpu_runs.sh STEP...     STEP: install, models, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, pack
 #
 # The machine has no registry: `install` takes the offline bundle of
 # ../shared/gpu/stage.sh (first half parked in /tmp by .gpu/a/keep.sh, second
@@ -59,6 +59,14 @@ profile() {
         --out /tmp/profile7b | head -60 && cp /tmp/profile7b/profile.json "$RESULTS/profile-qwen7b.json"
 }
 
+profile05() {
+    # py-spy on the worker serving one stream of the 0.5B shape, where decode is bound by the CPU thread.
+    step profile05
+    python3 bench/profile_worker.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --seconds 5 --tokens 512 \
+        --out /tmp/profile05 | head -70 && cp /tmp/profile05/profile.json "$RESULTS/profile-qwen05.json" \
+        && cp /tmp/profile05/worker-stacks.txt "$RESULTS/profile-qwen05-stacks.txt"
+}
+
 burst() {
     step burst
     for name in qwen2.5-0.5b-bf16 qwen2.5-7b-4bit; do
@@ -83,10 +91,35 @@ single05() {
         | grep -E "run by run|single_stream_tps"
 }
 
+single7b() {
+    # Single stream on the 7B 4-bit shape, in-process and mlxtrio taking turns, three times.
+    step single7b
+    python3 bench/serve_bench.py --model qwen2.5-7b-4bit --models-dir $MODELS --max-tokens 64 --rounds 4 \
+        --concurrency 1 --repeat 3 --servers in-process mlxtrio --json "$RESULTS/single-qwen7b-repeat3.json" \
+        | grep -E "run by run|single_stream_tps"
+}
+
+probe05() {
+    step probe05
+    python3 bench/decode_probe.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --repeats 5 --json "$RESULTS/probe-qwen05.json" \
+        | grep -A9 tok_per_s_median
+}
+
+probe7b() {
+    step probe7b
+    python3 bench/decode_probe.py --model qwen2.5-7b-4bit --models-dir $MODELS --repeats 3 --json "$RESULTS/probe-qwen7b.json" \
+        | grep -A9 tok_per_s_median
+}
+
+burst7b() {
+    step burst7b
+    python3 bench/burst_probe.py --model qwen2.5-7b-4bit --models-dir $MODELS --repeats 3 --json "$RESULTS/burst-qwen2.5-7b-4bit.json" | tail -6
+}
+
 scaling() {
     step scaling
     for name in qwen2.5-7b-4bit qwen2.5-0.5b-bf16; do
-        timeout 120 python3 bench/batch_scaling_probe.py --model $name --models-dir $MODELS --json "$RESULTS/scaling-$name.json"
+        timeout 240 python3 bench/batch_scaling_probe.py --model $name --models-dir $MODELS --json "$RESULTS/scaling-$name.json"
     done
 }
 

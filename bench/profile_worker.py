@@ -3,11 +3,11 @@
     python bench/profile_worker.py --model qwen2.5-0.5b-bf16 [--models-dir DIR] [--seconds 5] [--out DIR]
 
 Starts ``mlxtrio serve`` on a bench model (bench/bench_models.py), warms it
-with one short request, then streams one long greedy chat completion and,
-while it runs, samples the worker process with ``py-spy record`` (which must
+with one short request, streams one long greedy chat completion unprofiled,
+then streams more, one after another, and while they run samples the worker process with ``py-spy record`` (which must
 be on PATH; it needs ptrace, so root or CAP_SYS_PTRACE). Writes the raw
-collapsed stacks to OUT/worker-stacks.txt and prints the stream's decode rate
-with and without the profiler attached (py-spy samples from outside, but
+collapsed stacks to OUT/worker-stacks.txt and prints the decode rate
+with and without the profiler attached, and each stream's token count (py-spy samples from outside, but
 each sample stops the process for a moment), and the top frames by share of
 samples, so that a gap between the server and in-process mlx-lm can be
 found in the process that owns MLX rather than guessed at.
@@ -56,30 +56,40 @@ def summarise(stacks: Path, top: int = 25) -> dict:
 async def profile(model_path: Path, seconds: int, out: Path, tokens: int) -> dict:
     async with mlxtrio_server(out / "cache", MLX_MODEL=str(model_path)) as server:
         async with httpx.AsyncClient(timeout=600) as client:
-            model = (await client.get(server.openai_url + "/v1/models")).json()["data"][0]["id"]
+            # The model by its path, as serve_bench asks for it: /v1/models lists the demo model first.
+            model = str(model_path)
             warm = await _stream_one(client, server.openai_url, model, prompts(1)[0], 32)
             status = (await client.get(server.admin_url + "/admin/status")).json()
             pid = next(worker["pid"] for worker in status["workers"] if worker["pid"])
             plain = await _stream_one(client, server.openai_url, model, prompts(2)[1], tokens)
-            result: dict = {}
+            # Streams one after another for as long as py-spy samples: a
+            # random-weight model may end a stream early (a special token can
+            # win greedy decoding), and a profile must not outlast its stream.
+            profiled: list = []
+            spying = trio.Event()
 
-            async def stream() -> None:
-                result["outcome"] = await _stream_one(client, server.openai_url, model, prompts(3)[2], tokens)
+            async def streams() -> None:
+                index = 2
+                while not spying.is_set():
+                    profiled.append(await _stream_one(client, server.openai_url, model, prompts(index + 1)[index], tokens))
+                    index += 1
 
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(stream)
-                await trio.sleep(1.0)  # past the prefill, into the decode
+                nursery.start_soon(streams)
+                await trio.sleep(1.0)  # past the first prefill, into the decode
                 spy = await trio.run_process(
                     ["py-spy", "record", "-p", str(pid), "-d", str(seconds), "-r", "250", "-f", "raw",
                      "-o", str(out / "worker-stacks.txt"), "--nonblocking"],
                     capture_stderr=True, check=False,
                 )
-    profiled = result["outcome"]
+                spying.set()
     return {
         "model": model_path.name,
         "warm_ttft_s": warm.ttft,
         "decode_tps_unprofiled": (plain.tokens - 1) / plain.span,
-        "decode_tps_while_profiled": (profiled.tokens - 1) / profiled.span,
+        "tokens_unprofiled": plain.tokens,
+        "decode_tps_while_profiled": sum(o.tokens - 1 for o in profiled) / sum(o.span for o in profiled),
+        "streams_while_profiled": [o.tokens for o in profiled],
         "py_spy_rc": spy.returncode,
         "py_spy_stderr": spy.stderr.decode(errors="replace")[-2000:],
         "stacks": summarise(out / "worker-stacks.txt") if (out / "worker-stacks.txt").exists() else None,

@@ -74,7 +74,7 @@ def main() -> None:
             os._exit(0)
         readers[name] = (pid, orchestrator_end, worker_end)
 
-    import mlx_lm
+    from bench_models import load_as_worker
     from serve_bench import prompts
 
     from mlxtrio import _protocol as p
@@ -84,7 +84,7 @@ def main() -> None:
     if cpus:
         pin_this_process((cpus[-1],))
     model_path = build_chosen(args)
-    model, tokenizer = mlx_lm.load(str(model_path))
+    model, tokenizer = load_as_worker(model_path)
     text = tokenizer.apply_chat_template([{"role": "user", "content": prompts(1)[0]}], add_generation_prompt=True, tokenize=False)
     params = p.SamplingParams(max_tokens=args.tokens, temperature=0.0, ignore_eos=True)
     encode = p.TO_ORCHESTRATOR.encode
