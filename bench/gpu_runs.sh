@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/PERFORMANCE.md, as run on a lent Linux CUDA machine.
 #
-#   bash bench/gpu_runs.sh STEP...     STEP: install, models, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, pack
+#   bash bench/gpu_runs.sh STEP...     STEP: install, models, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, pack
 #
 # The machine has no registry: `install` takes the offline bundle of
 # ../shared/gpu/stage.sh (first half parked in /tmp by .gpu/a/keep.sh, second
@@ -139,6 +139,20 @@ pin05() {
                 --max-tokens 128 --rounds 8 --concurrency 1 8 --servers mlxtrio --json "$RESULTS/pin-$cpus-r$run.json" \
                 | grep -E '"single_stream_tps"|"8":'
         done
+    done
+}
+
+smt05() {
+    # Single stream, defaults against the worker pinned to CPU 12 with everything else (orchestrator,
+    # client, in-process) allowed only 0-3 and 12: never on 12's hyperthread sibling (4 or 13), alternating.
+    step smt05
+    lscpu -e | head -20
+    for run in 1 2; do
+        python3 bench/serve_bench.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --max-tokens 128 --rounds 8 \
+            --concurrency 1 --servers in-process mlxtrio --json "$RESULTS/smt-default-r$run.json" | grep -E "\"single_stream_tps\""
+        MLX_WORKER_CPUS=12 taskset -c 0-3,12 python3 bench/serve_bench.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
+            --max-tokens 128 --rounds 8 --concurrency 1 --servers in-process mlxtrio --json "$RESULTS/smt-apart-r$run.json" \
+            | grep -E "\"single_stream_tps\""
     done
 }
 
