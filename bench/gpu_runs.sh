@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/PERFORMANCE.md, as run on a lent Linux CUDA machine.
 #
-#   bash bench/gpu_runs.sh STEP...     STEP: install, models, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, pack
+#   bash bench/gpu_runs.sh STEP...     STEP: install, models, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, pack
 #
 # The machine has no registry: `install` takes the offline bundle of
 # ../shared/gpu/stage.sh (first half parked in /tmp by .gpu/a/keep.sh, second
@@ -154,6 +154,13 @@ smt05() {
             --max-tokens 128 --rounds 8 --concurrency 1 --servers in-process mlxtrio --json "$RESULTS/smt-apart-r$run.json" \
             | grep -E "\"single_stream_tps\""
     done
+}
+
+wakeup05() {
+    # What sending each step's frame to a sleeping (or polling) reader costs the 0.5B decoder on this machine.
+    step wakeup05
+    python3 bench/wakeup_cost.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --repeats 5 --json "$RESULTS/wakeup-qwen05.json" \
+        | tail -12
 }
 
 pack() {
