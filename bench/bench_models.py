@@ -67,13 +67,13 @@ def build_chosen(args: argparse.Namespace) -> Path:
 
 
 def load_as_worker(path: Path):  # noqa: ANN201
-    """The model and tokenizer as mlxtrio's worker loads them: mlx-lm's load, quantized inputs folded."""
+    """The model and tokenizer as mlxtrio's worker loads them: mlx-lm's load, then ``speed_up_quantized``."""
     import mlx_lm
 
-    from mlxtrio.worker._quantized import fold_quantized_inputs
+    from mlxtrio.worker._quantized import speed_up_quantized
 
     model, tokenizer = mlx_lm.load(str(path))
-    fold_quantized_inputs(model)
+    speed_up_quantized(model)
     return model, tokenizer
 
 

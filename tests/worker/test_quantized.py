@@ -1,8 +1,9 @@
-"""Quantized projections see one matrix of rows (mlxtrio/worker/_quantized.py), demo model quantized to 4 bits.
+"""Quantized projections made fast (mlxtrio/worker/_quantized.py), demo model quantized to 4 bits.
 
 What matters: in a batched step the quantized kernel is handed (rows, K)
 matrices, never a batch of one-row matrices (which MLX's CUDA backend
-multiplies one by one), and no output changes.
+multiplies one by one), and no output changes; on the CPU backend the
+kernel computes in float32 while everything around it keeps the model's type.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 from mlxtrio import _protocol as p
 from mlxtrio.worker._demo import ensure_demo_model
 from mlxtrio.worker._main import _load
-from mlxtrio.worker._quantized import fold_quantized_inputs
+from mlxtrio.worker._quantized import compute_quantized_in_float32, fold_quantized_inputs
 
 
 @pytest.fixture
@@ -25,6 +26,29 @@ def quantized_demo(cache_dir: Path):  # noqa: ANN201
     model, _ = mlx_lm.load(str(ensure_demo_model(cache_dir)))
     nn.quantize(model, group_size=64, bits=4)
     return model
+
+
+@pytest.fixture
+def bfloat16_quantized_demo(cache_dir: Path):  # noqa: ANN201
+    """As mlx-lm converts most models: bfloat16 weights, so bfloat16 scales."""
+    model, _ = mlx_lm.load(str(ensure_demo_model(cache_dir)))
+    model.set_dtype(mx.bfloat16)
+    nn.quantize(model, group_size=64, bits=4)
+    return model
+
+
+@pytest.fixture
+def kernel_dtypes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[mx.Dtype, mx.Dtype]]:
+    """(input, scales) types of every call of mx.quantized_matmul."""
+    dtypes: list[tuple[mx.Dtype, mx.Dtype]] = []
+    original = mx.quantized_matmul
+
+    def recording(x, w, scales, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        dtypes.append((x.dtype, scales.dtype))
+        return original(x, w, scales, *args, **kwargs)
+
+    monkeypatch.setattr(mx, "quantized_matmul", recording)
+    return dtypes
 
 
 @pytest.fixture
@@ -102,13 +126,61 @@ def test_only_mlx_own_classes_change():
     assert fold_quantized_inputs(nn.Sequential(plain)) == 0
 
 
+def test_on_the_cpu_quantized_products_run_in_float32(bfloat16_quantized_demo, kernel_dtypes):
+    from mlx_lm.models.cache import make_prompt_cache
+
+    model = bfloat16_quantized_demo
+    tokens = mx.array([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
+    before = model(tokens, cache=make_prompt_cache(model))
+    mx.eval(before)
+    assert set(kernel_dtypes) == {(mx.bfloat16, mx.bfloat16)}
+    kernel_dtypes.clear()
+    # 2 layers x 7 projections, the output layer, and the embedding.
+    assert compute_quantized_in_float32(model) == 16
+    cache = make_prompt_cache(model)
+    after = model(tokens, cache=cache)
+    mx.eval(after)
+    assert set(kernel_dtypes) == {(mx.float32, mx.float32)}
+    # Around the products nothing changes type: logits, KV cache, embeddings.
+    assert after.dtype == mx.bfloat16
+    assert cache[0].keys.dtype == mx.bfloat16
+    assert model.model.embed_tokens(tokens).dtype == mx.bfloat16
+    # The same products, rounded less: the same greedy tokens, logits within bfloat16's rounding.
+    assert mx.array_equal(mx.argmax(after, axis=-1), mx.argmax(before, axis=-1)).item()
+    assert mx.allclose(after.astype(mx.float32), before.astype(mx.float32), atol=0.1).item()
+    assert compute_quantized_in_float32(model) == 0  # twice is once
+
+
+def test_float32_leaves_alone_what_is_not_half_precision_affine():
+    class Custom(nn.QuantizedLinear):
+        pass
+
+    custom = Custom(64, 64, group_size=64, bits=4)
+    custom.set_dtype(mx.bfloat16)
+    already = nn.QuantizedLinear(64, 64, group_size=64, bits=4)  # float32 scales
+    microscaled = nn.QuantizedLinear(64, 64, mode="mxfp4")  # integer scales
+    half = nn.QuantizedLinear(64, 64, group_size=64, bits=4)
+    half.set_dtype(mx.float16)
+    assert compute_quantized_in_float32(nn.Sequential(custom, already, microscaled, half, nn.Linear(4, 4))) == 1
+    assert type(custom) is Custom and custom.scales.dtype == mx.bfloat16
+    assert type(already) is nn.QuantizedLinear and type(microscaled) is nn.QuantizedLinear
+    assert half.scales.dtype == mx.float32 and half.biases.dtype == mx.float32
+    x = mx.random.normal((2, 3, 64), key=mx.random.key(1)).astype(mx.float16)
+    assert half(x).dtype == mx.float16 and half(x).shape == (2, 3, 64)
+
+
 def test_the_worker_loads_a_quantized_model_folded(cache_dir: Path, tmp_path: Path):
     from mlx_lm import convert
 
     quantized = tmp_path / "demo-4bit"
-    convert(str(ensure_demo_model(cache_dir)), mlx_path=str(quantized), quantize=True, q_group_size=64, q_bits=4)
+    convert(
+        str(ensure_demo_model(cache_dir)), mlx_path=str(quantized), quantize=True, q_group_size=64, q_bits=4,
+        dtype="bfloat16",
+    )
     config = p.WorkerConfig("demo-4bit", "local", str(quantized), str(cache_dir), 1 << 30)
     model, _, _, _ = _load(config)
     projections = [module for module in model.modules() if isinstance(module, nn.QuantizedLinear)]
     assert projections
     assert all(type(module) is not nn.QuantizedLinear for module in projections)
+    # The tests run on the CPU backend, where the worker computes them in float32.
+    assert all(module.scales.dtype == mx.float32 for module in projections)
