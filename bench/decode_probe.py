@@ -14,7 +14,9 @@ the first), median and every sample:
 - ``batch_generator``: mlx-lm's ``BatchGenerator`` with one sequence;
 - ``engine_alone``: mlxtrio's ``BatchEngine`` with one request, which it
   decodes alone (worker/_solo.py), driven as the worker drives it, on the
-  model as the worker loads it (quantized inputs folded, worker/_quantized.py);
+  model with its quantized inputs folded, as the worker loads it on a GPU
+  (worker/_quantized.py; on the CPU backend the worker also computes
+  quantized products in float32, which this probe leaves out);
 - ``engine_batched``: the same engine with the lone-request path off;
 - ``stream_generate_folded`` / ``engine_alone_unfolded``: the first and the
   third with the fold the other way round, so that its cost to one stream

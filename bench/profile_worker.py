@@ -4,13 +4,14 @@
 
 Starts ``mlxtrio serve`` on a bench model (bench/bench_models.py), warms it
 with one short request, streams one long greedy chat completion unprofiled,
-then streams more, one after another, and while they run samples the worker process with ``py-spy record`` (which must
-be on PATH; it needs ptrace, so root or CAP_SYS_PTRACE). Writes the raw
-collapsed stacks to OUT/worker-stacks.txt and prints the decode rate
-with and without the profiler attached, and each stream's token count (py-spy samples from outside, but
-each sample stops the process for a moment), and the top frames by share of
-samples, so that a gap between the server and in-process mlx-lm can be
-found in the process that owns MLX rather than guessed at.
+then streams more, one after another, and while they run samples the worker
+process with ``py-spy record`` (which must be on PATH; it needs ptrace, so
+root or CAP_SYS_PTRACE). Writes the raw collapsed stacks to
+OUT/worker-stacks.txt and prints the decode rate with and without the
+profiler attached, and each stream's token count (py-spy samples from
+outside, but each sample stops the process for a moment), and the top
+frames by share of samples, so that a gap between the server and in-process
+mlx-lm can be found in the process that owns MLX rather than guessed at.
 """
 
 from __future__ import annotations

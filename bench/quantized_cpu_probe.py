@@ -9,9 +9,10 @@ Two parts, each in milliseconds, medians:
   Qwen2.5-0.5B shape), for M = 1, 8 and 32, with input and scales in
   bfloat16, float16 and float32;
 - ``model_ms``: one decode step of one sequence (median of 3), and a prefill
-  chunk of 16 prompt tokens (one, after one untimed), on ``--model`` as ``mlx_lm.load`` gives it and after the
-  worker's ``speed_up_quantized`` (worker/_quantized.py), which on the CPU
-  backend computes quantized products in float32.
+  chunk of 16 prompt tokens (one, after one untimed), on ``--model`` as
+  ``mlx_lm.load`` gives it and after the worker's ``speed_up_quantized``
+  (worker/_quantized.py), which on the CPU backend computes quantized
+  products in float32.
 
 The process is pinned to its last allowed CPU first, as the worker pins
 itself on the CPU backend (``MLX_WORKER_CPUS=auto``). Meant for the CPU
