@@ -31,6 +31,7 @@ from pathlib import Path
 
 from bench_models import add_model_options, build_chosen  # no MLX at import: the readers fork after
 
+from mlxtrio._affinity import allowed_cpus, pin_this_process
 from mlxtrio.ipc._channel import Channel
 
 
@@ -55,7 +56,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cpus = allowed_cpus()
 
     # The readers fork before MLX starts any thread.
     channels = {}
@@ -67,7 +68,7 @@ def main() -> None:
         pid = os.fork()
         if pid == 0:
             if cpus:
-                os.sched_setaffinity(0, {cpus[0]})
+                pin_this_process((cpus[0],))
             for other, _ in channels.values():
                 other.close_worker_fds()  # only the decoder may hold a doorbell's write end
             reader(orchestrator_end, sleeps=name == "to_a_sleeper")
@@ -78,7 +79,6 @@ def main() -> None:
     from serve_bench import prompts
 
     from mlxtrio import _protocol as p
-    from mlxtrio._affinity import pin_this_process
     from mlxtrio.worker._engine import BatchEngine
 
     if cpus:
