@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/PERFORMANCE.md, as run on a lent Linux CUDA machine.
 #
-#   bash bench/gpu_runs.sh STEP...     STEP: install, models, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, pack
+#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, pack
 #
 # The machine has no registry: `install` takes the offline bundle of
 # ../shared/gpu/stage.sh (first half parked in /tmp by .gpu/a/keep.sh, second
@@ -33,6 +33,13 @@ models() {
         /usr/bin/time -f "$name built in %e s" python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; \
 from bench_models import build; build('$name', Path('$MODELS/$name'), cache_dir=Path('$MODELS'))"
     done
+}
+
+models05() {
+    # The 0.5B shape alone, for runs that need nothing else (the 7B build takes minutes).
+    step models05
+    python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; \
+from bench_models import build; build('qwen2.5-0.5b-bf16', Path('$MODELS/qwen2.5-0.5b-bf16'), cache_dir=Path('$MODELS'))"
 }
 
 probe() {
@@ -161,6 +168,31 @@ wakeup05() {
     step wakeup05
     python3 bench/wakeup_cost.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --repeats 5 --json "$RESULTS/wakeup-qwen05.json" \
         | tail -12
+}
+
+machine() {
+    # What might tell machines apart: CPUs, NUMA nodes, the GPU's CPU affinity, clocks, load.
+    step machine
+    { lscpu; nvidia-smi topo -m; nvidia-smi -q -d CLOCK,PERFORMANCE; uptime; cat /proc/loadavg; } >"$RESULTS/machine.txt" 2>&1
+    grep -E "^(Model name|CPU\(s\)|NUMA|Thread|Core|Socket|CPU MHz)" "$RESULTS/machine.txt"; nvidia-smi topo -m
+}
+
+spyinproc05() {
+    # py-spy over in-process decoding of the 0.5B shape (decode_probe: stream_generate, BatchGenerator, the
+    # engine), to set against profile05's serving worker on the same machine.
+    step spyinproc05
+    timeout 240 py-spy record -r 250 -f raw -o "$RESULTS/inproc05-stacks.txt" -- \
+        python3 bench/decode_probe.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --repeats 2 --tokens 512 \
+        --json "$RESULTS/probe-qwen05-512.json" | grep -A9 tok_per_s_median
+}
+
+pairs05() {
+    # Single stream request by request, in-process and mlxtrio loaded side by side, in ABBA pairs, twice.
+    step pairs05
+    for run in 1 2; do
+        python3 bench/single_stream_pairs.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --pairs 40 \
+            --json "$RESULTS/pairs-qwen05-r$run.json" 2>/dev/null
+    done
 }
 
 pack() {
