@@ -38,14 +38,17 @@ def stop(process: subprocess.Popen, *, signum: int = signal.SIGTERM, wait: float
 
 
 @contextlib.asynccontextmanager
-async def mlxtrio_server(cache: Path, **env: str) -> AsyncIterator[ServerProcess]:
-    """The demo model's cache in ``cache``, extra environment ``env``; its log in a temporary file."""
+async def mlxtrio_server(cache: Path, *, command: list[str] | None = None, **env: str) -> AsyncIterator[ServerProcess]:
+    """The demo model's cache in ``cache``, extra environment ``env``; its log in a temporary file.
+
+    ``command`` replaces ``python -m mlxtrio serve`` (a launcher that instruments the server, say).
+    """
     log_path = Path(tempfile.mkstemp(prefix="mlxtrio-bench-", suffix=".log")[1])
     environment = {**os.environ, "MLX_CACHE_DIR": str(cache), "MLX_PORT": "0", "MLX_ADMIN_PORT": "0", **env}
     # This checkout first, and whatever the caller's path holds after it (an offline bundle's site, say).
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "mlxtrio", "serve"], env=environment, stderr=log, cwd=ROOT)
+        process = subprocess.Popen(command or [sys.executable, "-m", "mlxtrio", "serve"], env=environment, stderr=log, cwd=ROOT)
     try:
         with trio.fail_after(120):
             while not (found := re.search(r"OpenAI API on (\S+), admin API on (\S+)", log_path.read_text())):
