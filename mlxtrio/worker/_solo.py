@@ -6,11 +6,13 @@ that made one stream 13% slower than ``stream_generate`` in-process, and
 through the server the sequential engine was 15-20% faster for one stream
 (docs/PERFORMANCE.md). So a request that finds the engine idle is decoded as
 ``generate_step`` does: a plain cache, the next step launched before the
-current token is read. Its prompt goes in a chunk per engine step, as in the
+current token is read (all but the first token, which goes out before the
+step after it is launched: the time to first token). Its prompt goes in a chunk per engine step, as in the
 batch. When another request arrives, the sequence joins the batch: its cache
 and the token sampled next (not yet fed to the model) go into the generator
 as a prompt cache and a one-token prompt, exactly where a batched sequence
-would have been. The sampler and the logits processors are called once per
+would have been (or, right after the first token, that token as the
+one-token prompt). The sampler and the logits processors are called once per
 token either way, so seeded sampling and grammars do not notice the move.
 
 ``generate_step`` itself cannot be used: it keeps the sampled-but-not-fed
@@ -47,6 +49,12 @@ class SoloDecoder:
     done: int = 0
     # The next token (and its log probabilities), sampled, not yet fed to the model.
     pending: tuple[mx.array, mx.array] | None = None
+    # The first token, once ``next()`` returned it: read before the step after
+    # it was launched, so that it goes out a step's launch sooner (the time to
+    # first token), and fed to the model at the next ``next()``.
+    unfed: mx.array | None = None
+    # Tokens ``next()`` has returned.
+    produced: int = 0
     # What the processors see, only when there are any: every token, the prompt's too, as in the batch.
     _context: mx.array | None = None
 
@@ -81,15 +89,34 @@ class SoloDecoder:
 
     def next(self, *, last: bool) -> tuple[int, mx.array]:
         """The next token and its log probabilities; ``last``: no token will be asked for after it."""
+        first = self.produced == 0
+        if self.unfed is not None:
+            # The first token went out before the step after it was launched: launch it now.
+            self.pending, self.unfed = self._forward(self.unfed), None
         if self.pending is None:
             raise RuntimeError("no token is on its way: the prompt is not in yet, or the sequence has ended")
         token, logprobs = self.pending
-        # Launch the step after this one before waiting for this one's token
-        # (as generate_step does), unless this is the last.
-        self.pending = None if last else self._forward(token)
-        value = int(token.item())
+        if first:
+            # The first token waits for nothing else: building and launching
+            # the next step costs about as long as a step (on a GPU, a small
+            # model's whole step), and the client is waiting for this one.
+            self.pending = None
+            value = int(token.item())
+            if not last:
+                self.unfed = token
+        else:
+            # Launch the step after this one before waiting for this one's
+            # token (as generate_step does), unless this is the last.
+            self.pending = None if last else self._forward(token)
+            value = int(token.item())
         self.seen.append(value)
+        self.produced += 1
         return value, logprobs
+
+    def take_unfed(self) -> int | None:
+        """The token returned last but not yet in the cache, if there is one, for the batch to feed."""
+        unfed, self.unfed = self.unfed, None
+        return None if unfed is None else int(unfed.item())
 
     def take_pending(self) -> tuple[int, mx.array]:
         """The sampled, unfed token, for the batch to take over from here."""

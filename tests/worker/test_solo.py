@@ -171,19 +171,22 @@ def test_a_duplicate_id_is_refused_while_alone(demo):
         engine.admit(_generate(1, PROMPT, CASES["greedy"]))
 
 
-def test_a_sequence_that_fails_to_move_fails_alone(demo, monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.parametrize(("steps", "moving"), [(1, "take_unfed"), (2, "take_pending")])
+def test_a_sequence_that_fails_to_move_fails_alone(demo, monkeypatch: pytest.MonkeyPatch, steps: int, moving: str):
     """If moving into the batch fails (the pending token's computation ran out of memory, say), that
-    sequence fails with its error on the next step; the newcomer goes on."""
+    sequence fails with its error on the next step; the newcomer goes on. After one step the first
+    token is out but not fed; after two, the next token is on its way."""
     from mlxtrio.worker import _solo
 
     engine = _engine(demo)
     engine.admit(_generate(1, PROMPT, CASES["greedy"]))
-    engine.step()
+    for _ in range(steps):
+        engine.step()
 
     def fail(self) -> None:  # noqa: ANN001
         raise RuntimeError("[malloc] Unable to allocate 1024 bytes")
 
-    monkeypatch.setattr(_solo.SoloDecoder, "take_pending", fail)
+    monkeypatch.setattr(_solo.SoloDecoder, moving, fail)
     engine.admit(_generate(2, "x", CASES["greedy"]))
     assert engine.active == 2
     deltas, failures = engine.step()
@@ -225,3 +228,38 @@ def test_a_long_prompt_is_prefilled_a_chunk_a_step_and_can_join_midway(demo, joi
         if name == "joined" and join_after == 6:
             assert first_text_at > 2  # several prefill steps came before the first token
     assert runs["joined"] == runs["batched"]
+
+
+def test_the_first_token_goes_out_before_the_next_step_is_launched(demo):
+    """The client waits for the first token, so nothing is built or launched after it before it is
+    read; from the second token on, the step after each is launched before it is read, as mlx-lm's
+    generate_step does. The tokens are generate_step's either way."""
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+    from mlx_lm.models.cache import make_prompt_cache
+
+    from mlxtrio.worker._solo import SoloDecoder
+
+    model, tokenizer = demo
+    prompt = tokenizer.encode(PROMPT)
+    calls: list[int] = []
+
+    def counting(tokens, cache):  # noqa: ANN001, ANN202
+        calls.append(tokens.size)
+        return model(tokens, cache=cache)
+
+    def greedy(logprobs: mx.array) -> mx.array:
+        return mx.argmax(logprobs, axis=-1)
+
+    decoder = SoloDecoder(counting, make_prompt_cache(model), list(prompt), list(prompt), greedy, [], 512)
+    assert decoder.prefill_step()
+    assert calls == [len(prompt) - 1, 1]
+    tokens = [decoder.next(last=False)[0]]
+    assert len(calls) == 2, "the step after the first token was launched before it was read"
+    tokens.append(decoder.next(last=False)[0])
+    assert len(calls) == 4  # the first token fed, and the step after the second launched
+    for _ in range(6):
+        tokens.append(decoder.next(last=False)[0])
+    assert len(calls) == 10
+    expected = [int(token) for token, _ in generate_step(mx.array(prompt), model, max_tokens=8, sampler=greedy)]
+    assert tokens == expected
