@@ -26,6 +26,7 @@ from typing import Any
 
 import attrs
 import mlx.core as mx
+from mlx_lm.generate import generation_stream
 
 __all__ = ["SoloDecoder"]
 
@@ -76,7 +77,8 @@ class SoloDecoder:
         remaining = len(self.rest) - self.done
         if remaining > 1:
             chunk = mx.array(self.rest[self.done : self.done + min(self.prefill_step_size, remaining - 1)])
-            self.model(chunk[None], cache=self.cache)
+            with mx.stream(generation_stream):
+                self.model(chunk[None], cache=self.cache)
             mx.eval([c.state for c in self.cache])
             self._extend_context(chunk)
             self.done += chunk.size
@@ -131,13 +133,17 @@ class SoloDecoder:
             self._context = tokens if self._context.size == 0 else mx.concatenate([self._context, tokens])
 
     def _forward(self, tokens: mx.array) -> tuple[mx.array, mx.array]:
-        tokens = tokens.reshape(-1)
-        logits = self.model(tokens[None], cache=self.cache)[:, -1, :]
-        self._extend_context(tokens)
-        for processor in self.processors:
-            logits = processor(self._context, logits)
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        token = self.sampler(logprobs)
-        logprobs = logprobs.squeeze(0)
+        # On mlx-lm's generation stream, as generate_step and BatchGenerator
+        # compute: the cache moves into the batch with nothing to wait for on
+        # another stream.
+        with mx.stream(generation_stream):
+            tokens = tokens.reshape(-1)
+            logits = self.model(tokens[None], cache=self.cache)[:, -1, :]
+            self._extend_context(tokens)
+            for processor in self.processors:
+                logits = processor(self._context, logits)
+            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            token = self.sampler(logprobs)
+            logprobs = logprobs.squeeze(0)
         mx.async_eval(token, logprobs)
         return token, logprobs
