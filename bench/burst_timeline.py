@@ -19,6 +19,10 @@ fourth request to get this far"), in ms after the burst began:
 - ``from_worker``: the orchestrator has read that step's frame;
 - ``first_text``: the client has the first event with text.
 
+It also reports the worker's loop: the median time inside the engine's
+``step``, and between one step's end and the next one's start (the frame
+out, the request ring polled); ``--burst 1`` makes that a single stream's.
+
 The timestamps come from wrappers around those functions, put in place by
 this script's own launchers of the server and the worker (``--serve`` and
 ``--worker`` below): nothing in mlxtrio carries tracing code. The clock is
@@ -127,7 +131,9 @@ def worker(argv: list[str]) -> int:
                 return result
 
             def traced_step(self, step=step):  # noqa: ANN001, ANN202
+                log("step")
                 deltas, failures = step(self)
+                log("stepped")
                 for delta in deltas:
                     if delta.text:
                         log("made", delta.request_id)
@@ -242,8 +248,26 @@ def analyse(timeline: Path, burst: int) -> dict:
         stage: [round(statistics.median(run[stage][k] for run in per_burst if len(run[stage]) > k), 2) for k in range(burst)]
         for stage in STAGES
     }
+    # The worker's loop, over the measured bursts: inside engine.step, and between one step's end and the next's start.
+    inside, between = [], []
+    for index, start in enumerate(marks):
+        if events[start][2] in ("0", "-1"):
+            continue
+        end = marks[index + 1] if index + 1 < len(marks) else len(events)
+        began = last_end = None
+        for when, stage, _ in events[start:end]:
+            if stage == "step":
+                if last_end is not None:
+                    between.append((when - last_end) * 1e3)
+                began = when
+            elif stage == "stepped" and began is not None:
+                inside.append((when - began) * 1e3)
+                last_end, began = when, None
     return {"bursts": len(per_burst), "kth_ms_median": table, "per_burst": per_burst,
-            "first_text_p50_ms_median": round(statistics.median(statistics.median(run["first_text"]) for run in per_burst), 2)}
+            "first_text_p50_ms_median": round(statistics.median(statistics.median(run["first_text"]) for run in per_burst), 2),
+            "worker_step_ms_median": round(statistics.median(inside), 3),
+            "worker_between_steps_ms_median": round(statistics.median(between), 3),
+            "worker_between_steps_ms_p90": round(statistics.quantiles(between, n=10)[-1], 3)}
 
 
 def main() -> None:
@@ -282,6 +306,8 @@ def main() -> None:
     for k in range(args.burst):
         print(f"{k + 1:<3}" + "".join(f"{result['kth_ms_median'][stage][k]:>12.2f}" for stage in STAGES))
     print(f"time to first text, p50 of a burst (median over bursts): {result['first_text_p50_ms_median']} ms")
+    print(f"worker, per step: {result['worker_step_ms_median']} ms inside engine.step, "
+          f"{result['worker_between_steps_ms_median']} ms between steps (p90 {result['worker_between_steps_ms_p90']})")
     if spied:
         print(f"orchestrator's py-spy samples under mlxtrio's own code: {spied['orchestrator_mlxtrio_share']:.1%}; the top frames:")
         for frame, share in spied["orchestrator_top"]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/PERFORMANCE.md, as run on a lent Linux CUDA machine.
 #
-#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, firsttoken05, pack
+#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, ab05, timeline05, pack
 #
 # The machine has no registry: `install` takes the offline bundle of
 # ../shared/gpu/stage.sh (first half parked in /tmp by .gpu/a/keep.sh, second
@@ -195,17 +195,27 @@ pairs05() {
     done
 }
 
-firsttoken05() {
-    # Single stream in pairs on the commit before the first-token change and on this tree, alternating, three
-    # times each. Before the call: git archive f014dc5 mlxtrio bench | tar x -C .ab/before, and carry .ab.
-    step firsttoken05
+ab05() {
+    # Single stream in pairs, a commit before a change (in .ab/before) and this tree, alternating, three times
+    # each. Before the call: mkdir -p .ab/before && git archive COMMIT mlxtrio bench | tar x -C .ab/before,
+    # and carry .ab (ignored: .git/info/exclude).
+    step ab05
     for run in 1 2 3; do
         for tree in before after; do
             (cd "$([ $tree = before ] && echo .ab/before || echo .)" && python3 bench/single_stream_pairs.py \
-                --model qwen2.5-0.5b-bf16 --models-dir $MODELS --pairs 24 --json "$RESULTS/first-$tree-r$run.json" 2>/dev/null \
-                | grep -E '"(mlxtrio|in_process)_(ttft|tps)')
+                --model qwen2.5-0.5b-bf16 --models-dir $MODELS --pairs ${PAIRS:-32} --json "$RESULTS/ab-$tree-r$run.json" 2>/dev/null \
+                | grep -E '"(mlxtrio|in_process)_(ttft|tps)|ratio_median')
         done
     done
+}
+
+timeline05() {
+    # The worker's loop on one stream (inside engine.step, and between steps), and a burst of 8, stage by stage.
+    step timeline05
+    python3 bench/burst_timeline.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --burst 1 --bursts 24 \
+        --json "$RESULTS/timeline-qwen05-burst1.json" 2>&1 | tail -4
+    python3 bench/burst_timeline.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --burst 8 --bursts 16 \
+        --json "$RESULTS/timeline-qwen05-burst8.json" 2>&1 | tail -12
 }
 
 pack() {
