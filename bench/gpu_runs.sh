@@ -108,7 +108,7 @@ single7b() {
 
 probe05() {
     step probe05
-    python3 bench/decode_probe.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --repeats 5 --json "$RESULTS/probe-qwen05.json" \
+    python3 bench/decode_probe.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --repeats ${REPEATS:-5} --json "$RESULTS/probe-qwen05.json" \
         | grep -A9 tok_per_s_median
 }
 
