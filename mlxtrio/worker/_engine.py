@@ -463,26 +463,24 @@ class BatchEngine(_EngineBase):
                 params.max_tokens, decoder.sampler, decoder.processors,
             )
             return
-        unfed = decoder.take_unfed()
-        if unfed is not None:
+        token = decoder.take_unfed()
+        if token is not None:
             # Its first token went out already and is not in the cache yet: the
             # batch's first input for it, not an output again.
-            self._insert(
-                alone.request, params, sequence, [unfed], decoder.cache, decoder.seen[:-1],
-                params.max_tokens - sequence.completion_tokens, decoder.sampler, decoder.processors,
-            )
-            return
-        # The cache holds decoder.seen; the token sampled next is not fed yet.
-        # It is this sequence's next output, and the batch's first input for it.
-        token, logprobs = decoder.take_pending()
-        delta = self._accept_token(sequence, token, logprobs)
-        if delta is not None:
-            self._carried.append(delta)
-            if delta.finish_reason is not None:
-                self._remember_held(decoder.cache, decoder.seen)
-                return
+            held = decoder.seen[:-1]
+        else:
+            # The cache holds decoder.seen; the token sampled next is not fed yet.
+            # It is this sequence's next output, and the batch's first input for it.
+            token, logprobs = decoder.take_pending()
+            delta = self._accept_token(sequence, token, logprobs)
+            if delta is not None:
+                self._carried.append(delta)
+                if delta.finish_reason is not None:
+                    self._remember_held(decoder.cache, decoder.seen)
+                    return
+            held = list(decoder.seen)
         self._insert(
-            alone.request, params, sequence, [token], decoder.cache, list(decoder.seen),
+            alone.request, params, sequence, [token], decoder.cache, held,
             params.max_tokens - sequence.completion_tokens, decoder.sampler, decoder.processors,
         )
 

@@ -100,19 +100,14 @@ class SoloDecoder:
         if self.pending is None:
             raise RuntimeError("no token is on its way: the prompt is not in yet, or the sequence has ended")
         token, logprobs = self.pending
-        if first:
-            # The first token waits for nothing else: building and launching
-            # the next step costs about as long as a step (on a GPU, a small
-            # model's whole step), and the client is waiting for this one.
-            self.pending = None
-            value = int(token.item())
-            if not last:
-                self.unfed = token
-        else:
-            # Launch the step after this one before waiting for this one's
-            # token (as generate_step does), unless this is the last.
-            self.pending = None if last else self._forward(token)
-            value = int(token.item())
+        # Launch the step after this one before waiting for this one's token
+        # (as generate_step does), unless this is the last, or the first: the
+        # client is waiting for that one, and building and launching a step
+        # costs about as long as a step (on a GPU, a small model's whole step).
+        self.pending = None if last or first else self._forward(token)
+        value = int(token.item())
+        if first and not last:
+            self.unfed = token
         self.seen.append(value)
         self.produced += 1
         return value, logprobs
