@@ -38,31 +38,21 @@ def bfloat16_quantized_demo(cache_dir: Path):  # noqa: ANN201
 
 
 @pytest.fixture
-def kernel_dtypes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[mx.Dtype, mx.Dtype]]:
-    """(input, scales) types of every call of mx.quantized_matmul."""
-    dtypes: list[tuple[mx.Dtype, mx.Dtype]] = []
+def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[int, ...], mx.Dtype, mx.Dtype]]:
+    """(input shape, input type, scales type) of every call of mx.quantized_matmul."""
+    calls: list[tuple[tuple[int, ...], mx.Dtype, mx.Dtype]] = []
     original = mx.quantized_matmul
 
     def recording(x, w, scales, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        dtypes.append((x.dtype, scales.dtype))
+        calls.append((tuple(x.shape), x.dtype, scales.dtype))
         return original(x, w, scales, *args, **kwargs)
 
     monkeypatch.setattr(mx, "quantized_matmul", recording)
-    return dtypes
+    return calls
 
 
-@pytest.fixture
-def kernel_inputs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
-    """The shape of every input mx.quantized_matmul is called with."""
-    shapes: list[tuple[int, ...]] = []
-    original = mx.quantized_matmul
-
-    def recording(x, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        shapes.append(tuple(x.shape))
-        return original(x, *args, **kwargs)
-
-    monkeypatch.setattr(mx, "quantized_matmul", recording)
-    return shapes
+def _shapes(calls: list) -> list[tuple[int, ...]]:  # noqa: ANN001
+    return sorted({shape for shape, _, _ in calls})
 
 
 def _decode_and_prefill(model) -> list[mx.array]:  # noqa: ANN001
@@ -75,38 +65,38 @@ def _decode_and_prefill(model) -> list[mx.array]:  # noqa: ANN001
     return [prefill, decode]
 
 
-def test_a_batched_step_hands_the_quantized_kernel_matrices(quantized_demo, kernel_inputs):
+def test_a_batched_step_hands_the_quantized_kernel_matrices(quantized_demo, kernel_calls):
     before = _decode_and_prefill(quantized_demo)
-    assert kernel_inputs and all(len(shape) == 3 for shape in kernel_inputs)  # what mlx-lm does by itself
-    kernel_inputs.clear()
+    assert kernel_calls and all(len(shape) == 3 for shape in _shapes(kernel_calls))  # what mlx-lm does by itself
+    kernel_calls.clear()
     # 2 layers x 7 projections, the output layer, and the embedding (for a tied output layer).
     assert fold_quantized_inputs(quantized_demo) == 16
     after = _decode_and_prefill(quantized_demo)
-    assert sorted(set(kernel_inputs)) == [(3, 64), (3, 128), (15, 64), (15, 128)]
+    assert _shapes(kernel_calls) == [(3, 64), (3, 128), (15, 64), (15, 128)]
     for folded, plain in zip(after, before, strict=True):
         assert folded.shape == plain.shape
         assert mx.array_equal(folded, plain).item()
 
 
-def test_one_sequence_is_left_as_it_is(quantized_demo, kernel_inputs):
+def test_one_sequence_is_left_as_it_is(quantized_demo, kernel_calls):
     # (1, L, K) is already one product of L rows: no reshapes to add to every token's graph.
     from mlx_lm.models.cache import make_prompt_cache
 
     fold_quantized_inputs(quantized_demo)
     cache = make_prompt_cache(quantized_demo)
     mx.eval(quantized_demo(mx.array([[1, 2, 3, 4, 5]]), cache=cache), quantized_demo(mx.array([[6]]), cache=cache))
-    assert sorted(set(kernel_inputs)) == [(1, 1, 64), (1, 1, 128), (1, 5, 64), (1, 5, 128)]
+    assert _shapes(kernel_calls) == [(1, 1, 64), (1, 1, 128), (1, 5, 64), (1, 5, 128)]
 
 
-def test_a_tied_output_layer_is_folded_too(kernel_inputs):
+def test_a_tied_output_layer_is_folded_too(kernel_calls):
     embedding = nn.QuantizedEmbedding(512, 64, group_size=64, bits=4)
     x = mx.random.normal((3, 2, 64), key=mx.random.key(0))
     plain = embedding.as_linear(x)
     tree = nn.Sequential(embedding)
     assert fold_quantized_inputs(tree) == 1
-    kernel_inputs.clear()
+    kernel_calls.clear()
     folded = embedding.as_linear(x)
-    assert kernel_inputs == [(6, 64)]
+    assert [shape for shape, _, _ in kernel_calls] == [(6, 64)]
     assert folded.shape == (3, 2, 512)
     assert mx.array_equal(folded, plain).item()
     # Looking tokens up is unchanged, and an empty batch keeps its shape.
@@ -126,21 +116,21 @@ def test_only_mlx_own_classes_change():
     assert fold_quantized_inputs(nn.Sequential(plain)) == 0
 
 
-def test_on_the_cpu_quantized_products_run_in_float32(bfloat16_quantized_demo, kernel_dtypes):
+def test_on_the_cpu_quantized_products_run_in_float32(bfloat16_quantized_demo, kernel_calls):
     from mlx_lm.models.cache import make_prompt_cache
 
     model = bfloat16_quantized_demo
     tokens = mx.array([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
     before = model(tokens, cache=make_prompt_cache(model))
     mx.eval(before)
-    assert set(kernel_dtypes) == {(mx.bfloat16, mx.bfloat16)}
-    kernel_dtypes.clear()
+    assert {(x, scales) for _, x, scales in kernel_calls} == {(mx.bfloat16, mx.bfloat16)}
+    kernel_calls.clear()
     # 2 layers x 7 projections, the output layer, and the embedding.
     assert compute_quantized_in_float32(model) == 16
     cache = make_prompt_cache(model)
     after = model(tokens, cache=cache)
     mx.eval(after)
-    assert set(kernel_dtypes) == {(mx.float32, mx.float32)}
+    assert {(x, scales) for _, x, scales in kernel_calls} == {(mx.float32, mx.float32)}
     # Around the products nothing changes type: logits, KV cache, embeddings.
     assert after.dtype == mx.bfloat16
     assert cache[0].keys.dtype == mx.bfloat16
