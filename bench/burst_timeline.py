@@ -58,8 +58,8 @@ class Log:
     def __init__(self) -> None:
         self._file = open(Path(os.environ["BURST_TIMELINE_DIR"]) / f"{os.getpid()}.txt", "a", buffering=1)  # noqa: SIM115
 
-    def __call__(self, stage: str, request: object = "-") -> None:
-        self._file.write(f"{time.perf_counter():.6f} {stage} {request}\n")
+    def __call__(self, stage: str, request: object = "-", *, when: float | None = None) -> None:
+        self._file.write(f"{time.perf_counter() if when is None else when:.6f} {stage} {request}\n")
 
 
 def serve(argv: list[str]) -> int:
@@ -170,25 +170,17 @@ async def client(burst: int, bursts: int, max_tokens: int, model_path: Path, tim
     import httpx
     import trio
 
-    from serve_bench import prompts
+    from serve_bench import _stream_one, prompts
     from server_process import mlxtrio_server
 
     log = Log()
     texts = prompts(burst)
 
     async def one(http: httpx.AsyncClient, url: str, index: str, text: str) -> None:
-        body = {"model": str(model_path), "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
-                "temperature": 0, "stream": True}
-        log("sent", index)
-        seen = False
-        async with http.stream("POST", url + "/v1/chat/completions", json=body) as response:
-            response.raise_for_status()
-            async for line in response.aiter_lines():
-                if not seen and line.startswith("data: {"):
-                    choices = json.loads(line[6:]).get("choices") or []
-                    if choices and choices[0].get("delta", {}).get("content"):
-                        seen = True
-                        log("first_text", index)
+        sent = time.perf_counter()
+        log("sent", index, when=sent)
+        outcome = await _stream_one(http, url, str(model_path), text, max_tokens)
+        log("first_text", index, when=sent + outcome.ttft)
 
     launcher = [sys.executable, __file__, "--serve"]
     cache = Path(os.environ.get("MLX_CACHE_DIR", "/tmp/mlxtrio-bench-cache"))
@@ -232,15 +224,16 @@ def analyse(timeline: Path, burst: int) -> dict:
             when, stage, request = line.split()
             events.append((float(when), stage, request))
     events.sort()
-    marks = [index for index, event in enumerate(events) if event[1] == "burst"]
+    marks = [index for index, event in enumerate(events) if event[1] == "burst"] + [len(events)]
+    measured = [
+        events[start:end] for start, end in zip(marks, marks[1:])
+        if events[start][2] not in ("0", "-1")  # the warm-up, and the bursts under py-spy
+    ]
     per_burst = []
-    for number, start in enumerate(marks):
-        if events[start][2] in ("0", "-1"):  # the warm-up, and the bursts under py-spy
-            continue
-        end = marks[number + 1] if number + 1 < len(marks) else len(events)
-        origin = events[start][0]
+    for segment in measured:
+        origin = segment[0][0]
         firsts: dict[str, dict[str, float]] = {stage: {} for stage in STAGES}
-        for when, stage, request in events[start:end]:
+        for when, stage, request in segment:
             if stage in firsts:
                 firsts[stage].setdefault(request, (when - origin) * 1e3)
         per_burst.append({stage: sorted(times.values())[:burst] for stage, times in firsts.items()})
@@ -250,12 +243,9 @@ def analyse(timeline: Path, burst: int) -> dict:
     }
     # The worker's loop, over the measured bursts: inside engine.step, and between one step's end and the next's start.
     inside, between = [], []
-    for index, start in enumerate(marks):
-        if events[start][2] in ("0", "-1"):
-            continue
-        end = marks[index + 1] if index + 1 < len(marks) else len(events)
+    for segment in measured:
         began = last_end = None
-        for when, stage, _ in events[start:end]:
+        for when, stage, _ in segment:
             if stage == "step":
                 if last_end is not None:
                     between.append((when - last_end) * 1e3)
