@@ -11,7 +11,7 @@ at once, as serve_bench's clients do, and lines the timestamps up.
 The stages, each the k-th occurrence within a burst (so row 4 is "the
 fourth request to get this far"), in ms after the burst began:
 
-- ``sent``: the client starts the request (httpx, this process);
+- ``sent``: the client starts the request (serve_bench's client, this process);
 - ``parsed``: the orchestrator has its body (``decode_request``);
 - ``to_worker``: its ``Generate`` goes onto the ring;
 - ``admitted``: the worker has tokenized it and admitted it to the engine;
@@ -167,16 +167,16 @@ _ENTRY_POINTS = ("mlxtrio/_cli.py", "mlxtrio/_server.py", "mlxtrio/__main__.py")
 
 
 async def client(burst: int, bursts: int, max_tokens: int, model_path: Path, timeline: Path, spy: int) -> dict | None:
-    import httpx
     import trio
 
     from serve_bench import _stream_one, prompts
     from server_process import mlxtrio_server
+    from sse_client import LeanClient
 
     log = Log()
     texts = prompts(burst)
 
-    async def one(http: httpx.AsyncClient, url: str, index: str, text: str) -> None:
+    async def one(http: LeanClient, url: str, index: str, text: str) -> None:
         sent = time.perf_counter()
         log("sent", index, when=sent)
         outcome = await _stream_one(http, url, str(model_path), text, max_tokens)
@@ -184,9 +184,9 @@ async def client(burst: int, bursts: int, max_tokens: int, model_path: Path, tim
 
     launcher = [sys.executable, __file__, "--serve"]
     cache = Path(os.environ.get("MLX_CACHE_DIR", "/tmp/mlxtrio-bench-cache"))
-    async with mlxtrio_server(cache, command=launcher, MLX_MODEL=str(model_path), BURST_TIMELINE_DIR=str(timeline)) as server:
-        limits = httpx.Limits(max_connections=burst + 4, max_keepalive_connections=burst + 4)
-        async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+    http = LeanClient()
+    try:
+        async with mlxtrio_server(cache, command=launcher, MLX_MODEL=str(model_path), BURST_TIMELINE_DIR=str(timeline)) as server:
             async def one_burst(number: int) -> None:
                 log("burst", number)
                 async with trio.open_nursery() as nursery:
@@ -214,6 +214,8 @@ async def client(burst: int, bursts: int, max_tokens: int, model_path: Path, tim
                     capture_stdout=True, capture_stderr=True,
                 )
                 done.set()
+    finally:
+        await http.aclose()
     return {"orchestrator_mlxtrio_share": mlxtrio_share(stacks), "orchestrator_top": summarise(stacks, top=15)["self"]}
 
 

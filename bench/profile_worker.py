@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_models import add_model_options, build_chosen  # noqa: E402
 from serve_bench import _stream_one, prompts  # noqa: E402
+from sse_client import HttpxClient  # noqa: E402
 from server_process import mlxtrio_server  # noqa: E402
 
 
@@ -56,11 +57,12 @@ def summarise(stacks: Path, top: int = 25) -> dict:
 
 async def profile(model_path: Path, seconds: int, out: Path, tokens: int) -> dict:
     async with mlxtrio_server(out / "cache", MLX_MODEL=str(model_path)) as server:
-        async with httpx.AsyncClient(timeout=600) as client:
+        async with httpx.AsyncClient(timeout=600) as http:
+            client = HttpxClient(http)
             # The model by its path, as serve_bench asks for it: /v1/models lists the demo model first.
             model = str(model_path)
             warm = await _stream_one(client, server.openai_url, model, prompts(1)[0], 32)
-            status = (await client.get(server.admin_url + "/admin/status")).json()
+            status = (await http.get(server.admin_url + "/admin/status")).json()
             pid = next(worker["pid"] for worker in status["workers"] if worker["pid"])
             plain = await _stream_one(client, server.openai_url, model, prompts(2)[1], tokens)
             # Streams one after another for as long as py-spy samples: a

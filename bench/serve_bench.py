@@ -9,8 +9,9 @@
 
 For each it reports single-stream decode tokens/s, time to first token
 (p50, p95) and aggregate tokens/s at each concurrency, with ratios against (1)
-and (2). The load comes from one async client (Trio + httpx, streaming) in
-this process; its CPU use is reported so a starved client shows. Every
+and (2). The load comes from one async client in this process (Trio and
+h11, bench/sse_client.py; ``--client httpx`` for the heavier httpx client);
+its CPU use is reported so a starved client shows. Every
 request is greedy with the same prompt set and ``max_tokens``. Tokens are
 the servers' own counts (``stream_options.include_usage``), so a sequence
 that ends early counts as it is and text a detokenizer holds back is not
@@ -42,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_models import add_model_options, build_chosen  # noqa: E402
 from server_process import stop  # noqa: E402
+from sse_client import HttpxClient, LeanClient, RequestFailed  # noqa: E402
 
 PROMPT_WORDS = (
     "Explain how a server keeps many clients happy at once, why each token should reach its "
@@ -152,15 +154,26 @@ class Outcome:
 FAILED = Outcome(float("nan"), 0.0, -1, 0)
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> Outcome:
+Client = LeanClient | HttpxClient
+
+
+def make_client(kind: str, *, connections: int, timeout: float = 600) -> Client:
+    """``lean`` (h11, the default) or ``httpx``: see bench/sse_client.py."""
+    if kind == "httpx":
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        return HttpxClient(httpx.AsyncClient(timeout=timeout, limits=limits))
+    return LeanClient(timeout=timeout)
+
+
+async def one_request(client: Client, url: str, model: str, prompt: str, max_tokens: int) -> Outcome:
     """A request the server refuses or drops counts as an error, not a crash of the run."""
     try:
         return await _stream_one(client, url, model, prompt, max_tokens)
-    except httpx.HTTPError:
+    except RequestFailed:
         return FAILED
 
 
-async def _stream_one(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> Outcome:
+async def _stream_one(client: Client, url: str, model: str, prompt: str, max_tokens: int) -> Outcome:
     body = {
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
@@ -173,9 +186,8 @@ async def _stream_one(client: httpx.AsyncClient, url: str, model: str, prompt: s
     first = last = None
     text_events = 0
     usage = None
-    async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
+    async with client.stream_lines(url + "/v1/chat/completions", body) as lines:
+        async for line in lines:
             if not line.startswith("data: {"):
                 continue
             event = json.loads(line[6:])
@@ -199,11 +211,11 @@ async def _stream_one(client: httpx.AsyncClient, url: str, model: str, prompt: s
     return Outcome(first - start, last - first, usage["completion_tokens"], text_events)
 
 
-async def load(url: str, model: str, concurrency: int, max_tokens: int, rounds: int) -> dict:
+async def load(url: str, model: str, concurrency: int, max_tokens: int, rounds: int, client_kind: str) -> dict:
     texts = prompts(max(concurrency, 8))
     results: list[Outcome] = []
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+    client = make_client(client_kind, connections=concurrency + 4)
+    try:
 
         async def user(index: int, rounds: int, sink: list) -> None:
             for round_ in range(rounds):
@@ -221,6 +233,8 @@ async def load(url: str, model: str, concurrency: int, max_tokens: int, rounds: 
             for index in range(concurrency):
                 nursery.start_soon(user, index, rounds, results)
         wall = time.perf_counter() - start
+    finally:
+        await client.aclose()
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     errors = sum(1 for result in results if result.tokens < 0)
@@ -236,12 +250,16 @@ async def load(url: str, model: str, concurrency: int, max_tokens: int, rounds: 
         "stream_tps_median": statistics.median(per_stream) if per_stream else float("nan"),
         "ttft_p50_s": percentile(ttfts, 0.5),
         "ttft_p95_s": percentile(ttfts, 0.95),
+        # Every request's, for percentiles pooled over repeated runs.
+        "ttfts_s": sorted(round(ttft, 6) for ttft in ttfts),
         "requests": len(results),
         "client_cpu_cores": cpu / wall,
     }
 
 
-async def bench_server(kind: str, model_path: str, concurrencies: list[int], max_tokens: int, rounds: int, port: int) -> dict:
+async def bench_server(
+    kind: str, model_path: str, concurrencies: list[int], max_tokens: int, rounds: int, port: int, client_kind: str
+) -> dict:
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ)
     if kind == "mlx_lm.server":
@@ -264,9 +282,9 @@ async def bench_server(kind: str, model_path: str, concurrencies: list[int], max
             sys.stderr.write(log.read()[-4000:].decode(errors="replace"))
             raise
         result: dict = {"aggregate_tps": {}, "ttft_p50_s": {}, "ttft_p95_s": {}, "client_cpu_cores": {}, "errors": {},
-                        "tokens_per_text_event": {}}
+                        "tokens_per_text_event": {}, "ttfts_s": {}}
         for concurrency in concurrencies:
-            measured = await load(url, model_id, concurrency, max_tokens, rounds)
+            measured = await load(url, model_id, concurrency, max_tokens, rounds, client_kind)
             if concurrency == 1:
                 result["single_stream_tps"] = measured["stream_tps_median"]
             result["aggregate_tps"][concurrency] = measured["aggregate_tps"]
@@ -275,6 +293,7 @@ async def bench_server(kind: str, model_path: str, concurrencies: list[int], max
             result["client_cpu_cores"][concurrency] = measured["client_cpu_cores"]
             result["errors"][concurrency] = measured["errors"]
             result["tokens_per_text_event"][concurrency] = measured["tokens_per_text_event"]
+            result["ttfts_s"][concurrency] = measured.pop("ttfts_s")
             print(f"  {kind}, {concurrency} streams: {measured}", file=sys.stderr, flush=True)
         return result
     finally:
@@ -283,12 +302,15 @@ async def bench_server(kind: str, model_path: str, concurrencies: list[int], max
 
 
 def median_over_runs(runs: list, *, add: bool = False):  # noqa: ANN201 - the runs' own shape
-    """One result of the same shape as each run's: every figure the median over the runs, failures their sum.
+    """One result of the same shape as each run's: every figure the median over the runs, failures their sum,
+    per-request lists pooled.
 
     On a GPU one run's figures swing by tens of percent (docs/PERFORMANCE.md);
     the runs take turns, so slow spells of the machine fall on all of them.
     """
     first = runs[0]
+    if isinstance(first, list):  # one value per request: all the runs' requests together
+        return sorted(value for run in runs for value in run)
     if isinstance(first, dict):
         return {key: median_over_runs([run[key] for run in runs], add=add or key == "errors") for key in first}
     if isinstance(first, (int, float)) and not isinstance(first, bool):
@@ -358,6 +380,10 @@ def main() -> None:
         help="run the in-process baseline on one core, as mlxtrio pins its worker on the CPU backend (Linux)",
     )
     parser.add_argument(
+        "--client", choices=["lean", "httpx"], default="lean",
+        help="the load's HTTP client: h11 driven directly (default), or httpx, about four times the CPU per request",
+    )
+    parser.add_argument(
         "--servers", nargs="+", default=["in-process", "mlx_lm.server", "mlxtrio"],
         choices=["in-process", "mlx_lm.server", "mlxtrio"], help="which of the three to run (default: all)",
     )
@@ -370,6 +396,7 @@ def main() -> None:
         "max_tokens": args.max_tokens,
         "concurrency": args.concurrency,
         "rounds": args.rounds,
+        "client": args.client,
         "in_process_pinned": args.pin_in_process,
         "mlx_worker_cpus": os.environ.get("MLX_WORKER_CPUS", "auto"),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -388,7 +415,9 @@ def main() -> None:
             run["in_process"]["ttft_p50_s"] = {int(k): v for k, v in run["in_process"]["ttft_p50_s"].items()}
         for kind, port in (("mlx_lm.server", args.port), ("mlxtrio", args.port + 10)):
             if kind in args.servers:
-                run[kind] = trio.run(bench_server, kind, model_path, args.concurrency, args.max_tokens, args.rounds, port)
+                run[kind] = trio.run(
+                    bench_server, kind, model_path, args.concurrency, args.max_tokens, args.rounds, port, args.client
+                )
         runs.append(run)
     results.update(median_over_runs(runs))
     if args.repeat > 1:
@@ -398,6 +427,27 @@ def main() -> None:
             if 1 in args.concurrency and kind in runs[0] and "in_process" in runs[0]:
                 ratios = [run[kind]["single_stream_tps"] / run["in_process"]["single_stream_tps"] for run in runs]
                 print(f"{kind} / in-process, single-stream decode, run by run: " + ", ".join(f"{r:.2f}×" for r in ratios))
+        # A run's TTFT p50 can sit on either side of a gap in the distribution
+        # (mlx_lm.server's at 8 streams: tens of ms in some runs, hundreds in
+        # others), so the percentiles of all the runs' requests together too.
+        results["pooled"] = {
+            kind: {
+                concurrency: {
+                    "ttft_p50_s": percentile(results[kind]["ttfts_s"][concurrency], 0.5),
+                    "ttft_p95_s": percentile(results[kind]["ttfts_s"][concurrency], 0.95),
+                    "requests": len(results[kind]["ttfts_s"][concurrency]),
+                }
+                for concurrency in args.concurrency
+            }
+            for kind in ("mlx_lm.server", "mlxtrio") if kind in runs[0]
+        }
+        for concurrency in args.concurrency:
+            for kind, pooled in results["pooled"].items():
+                print(
+                    f"{kind}, {concurrency} streams, TTFT p50 run by run: "
+                    + ", ".join(f"{run[kind]['ttft_p50_s'][concurrency] * 1e3:.1f}" for run in runs)
+                    + f" ms; pooled p50 / p95 {pooled[concurrency]['ttft_p50_s'] * 1e3:.1f} / {pooled[concurrency]['ttft_p95_s'] * 1e3:.1f} ms"
+                )
     if args.json:  # first: a reader of the output that stops early must not lose the results
         args.json.write_text(json.dumps(results, indent=2))
     if set(args.servers) == {"in-process", "mlx_lm.server", "mlxtrio"}:

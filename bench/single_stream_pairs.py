@@ -30,7 +30,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import trio
 
 HERE = Path(__file__).resolve().parent
@@ -38,6 +37,7 @@ sys.path.insert(0, str(HERE))
 from bench_models import add_model_options, build_chosen  # noqa: E402
 from serve_bench import _stream_one, prompts, timed_stream_generate  # noqa: E402
 from server_process import mlxtrio_server  # noqa: E402
+from sse_client import LeanClient  # noqa: E402
 
 
 def baseline_child(model_path: str, max_tokens: int, pin: bool) -> None:
@@ -92,7 +92,8 @@ async def run(model_path: Path, pairs: int, max_tokens: int, warm: int, pin: boo
     baseline = await trio.to_thread.run_sync(Baseline, str(model_path), max_tokens, pin)
     try:
         async with mlxtrio_server(Path(os.environ.get("MLX_CACHE_DIR", "/tmp/mlxtrio-bench-cache")), MLX_MODEL=str(model_path)) as server:
-            async with httpx.AsyncClient(timeout=600) as client:
+            client = LeanClient()
+            try:
 
                 async def ours(prompt: str) -> dict:
                     outcome = await _stream_one(client, server.openai_url, str(model_path), prompt, max_tokens)
@@ -116,6 +117,8 @@ async def run(model_path: Path, pairs: int, max_tokens: int, warm: int, pin: boo
                                  "ratio": mine["tps"] / base["tps"]})
                     print(f"  pair {index}: in-process {base['tps']:.1f}, mlxtrio {mine['tps']:.1f} tok/s "
                           f"({rows[-1]['ratio']:.3f}×)", file=sys.stderr, flush=True)
+            finally:
+                await client.aclose()
     finally:
         await trio.to_thread.run_sync(baseline.close)
     ratios = [row["ratio"] for row in rows]
