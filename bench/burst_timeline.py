@@ -64,9 +64,8 @@ class Log:
 
 def serve(argv: list[str]) -> int:
     """``mlxtrio serve`` with timestamps in the orchestrator, and its workers started by ``worker`` below."""
-    import trio
+    from server_process import serve_with_worker_launcher
 
-    from mlxtrio import _cli
     from mlxtrio import _protocol as p
     from mlxtrio.api import _openai
     from mlxtrio.ipc import _trio
@@ -98,16 +97,7 @@ def serve(argv: list[str]) -> int:
         return payload
 
     _trio.TrioChannel.send, _trio.TrioChannel.receive = traced_send, traced_receive
-    open_process = trio.lowlevel.open_process
-
-    async def open_worker(command, **kwargs):  # noqa: ANN001, ANN003, ANN202
-        # [python, -m, mlxtrio.worker, config, spec] -> [python, this file, --worker, config, spec]
-        if command[1:3] == ["-m", "mlxtrio.worker"]:
-            command = [command[0], __file__, "--worker", *command[3:]]
-        return await open_process(command, **kwargs)
-
-    trio.lowlevel.open_process = open_worker  # the orchestrator looks it up at each start
-    return _cli.main(["serve", *argv])
+    return serve_with_worker_launcher(__file__, argv)
 
 
 def worker(argv: list[str]) -> int:

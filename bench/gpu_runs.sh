@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/PERFORMANCE.md, as run on a lent Linux CUDA machine.
 #
-#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, ab05, timeline05, pack
+#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, ab05, timeline05, sides05, apart05, pack
 #
 # The machine has no registry: `install` takes the offline bundle of
 # ../shared/gpu/stage.sh (first half parked in /tmp by .gpu/a/keep.sh, second
@@ -216,6 +216,36 @@ timeline05() {
         --json "$RESULTS/timeline-qwen05-burst1.json" 2>&1 | tail -4
     python3 bench/burst_timeline.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --burst 8 --bursts 16 \
         --json "$RESULTS/timeline-qwen05-burst8.json" 2>&1 | tail -12
+}
+
+sides_summary() {
+    python3 -c "import json, sys; d = json.load(open(sys.argv[1])); print('in-process', round(d['in_process_tps_median'], 1)); \
+[print(n, round(s['tps_median'], 1), round(s['ratio_median'], 3), s['ratio_interval90'], s['pairs_faster']) for n, s in d['sides'].items()]" "$1"
+}
+
+sides05() {
+    # Single stream in rounds: in-process, mlxtrio as it is, and variants that take one suspect out at a time
+    # (frames sent in bunches, bench/serve_variant.py; no prompt cache; MLX's CUDA graphs of up to 200 ops), twice.
+    step sides05
+    for run in 1 2; do
+        python3 bench/single_stream_pairs.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --pairs ${PAIRS:-32} \
+            --side mlxtrio ${SIDES:---side held:VARIANT_FRAME_HOLD=32 --side nocache:MLX_PROMPT_CACHE_BYTES=0 --side ops200:MLX_MAX_OPS_PER_BUFFER=200} \
+            --json "$RESULTS/sides-qwen05-r$run.json" >/dev/null 2>"$RESULTS/sides-qwen05-r$run.log"
+        sides_summary "$RESULTS/sides-qwen05-r$run.json"
+    done
+}
+
+apart05() {
+    # The same rounds with everything but the worker kept off CPUs 14-15: the client and in-process
+    # mlx-lm by taskset, the orchestrator of side "apart" by bench/serve_variant.py, whose worker has
+    # 14-15 to itself; mlxtrio as it is, and with MLX's CUDA graphs of up to 200 ops, beside it. Twice.
+    step apart05
+    for run in 1 2; do
+        taskset -c 0-13 python3 bench/single_stream_pairs.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
+            --pairs ${PAIRS:-48} --side mlxtrio --side apart:VARIANT_WORKER_CPUS=14-15 --side ops200:MLX_MAX_OPS_PER_BUFFER=200 \
+            --json "$RESULTS/apart-qwen05-r$run.json" >/dev/null 2>"$RESULTS/apart-qwen05-r$run.log"
+        sides_summary "$RESULTS/apart-qwen05-r$run.json"
+    done
 }
 
 pack() {

@@ -59,3 +59,25 @@ async def mlxtrio_server(cache: Path, *, command: list[str] | None = None, **env
     finally:
         stop(process)
         log_path.unlink()
+
+
+def serve_with_worker_launcher(launcher: str, argv: list[str]) -> int:
+    """``mlxtrio serve`` (in this process) whose workers start as ``python LAUNCHER --worker CONFIG SPEC``.
+
+    For benchmarks that instrument or vary the worker: ``launcher``'s
+    ``--worker`` changes what it measures, then runs mlxtrio's worker main.
+    """
+    import trio
+
+    from mlxtrio import _cli
+
+    open_process = trio.lowlevel.open_process
+
+    async def open_worker(command, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        # [python, -m, mlxtrio.worker, config, spec] -> [python, launcher, --worker, config, spec]
+        if command[1:3] == ["-m", "mlxtrio.worker"]:
+            command = [command[0], launcher, "--worker", *command[3:]]
+        return await open_process(command, **kwargs)
+
+    trio.lowlevel.open_process = open_worker  # the orchestrator looks it up at each start
+    return _cli.main(["serve", *argv])

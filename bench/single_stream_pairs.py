@@ -1,7 +1,7 @@
 """Single-stream decode, mlxtrio against in-process mlx-lm, request by request in pairs.
 
     python bench/single_stream_pairs.py --model qwen2.5-0.5b-bf16 [--models-dir DIR] [--pairs 32] [--max-tokens 128]
-        [--pin-in-process] [--json OUT]
+        [--pin-in-process] [--side NAME[:KEY=VALUE,...]]... [--json OUT]
 
 serve_bench.py measures in-process mlx-lm and then the server, a minute or
 more apart; on a GPU machine the rate of the same code drifts by tens of
@@ -13,23 +13,32 @@ the same prompt to both, one after the other, the order alternating (ABBA),
 so a slow spell of the machine falls on both sides of a pair. While one
 side decodes, the other is idle (blocked on a pipe, or on its semaphore).
 
+With ``--side`` given more than once, several servers are loaded at once,
+each with its own environment (``nocache:MLX_PROMPT_CACHE_BYTES=0``, say,
+or ``held:VARIANT_FRAME_HOLD=32``, bench/serve_variant.py), and each pair becomes a
+round over all of them, in-process first and last by turns (ABCCBA).
+
 Reports each side's median decode rate (tokens after the first, over the
-time after the first), the per-pair ratio's median and quartiles, and how
-many pairs the server won. The client is the same Trio + httpx streaming
-client as serve_bench's; tokens are the server's own count.
+time after the first), the per-pair ratio's median, quartiles and 90%
+bootstrap interval, and how many pairs the server won. The client is the
+same streaming client as serve_bench's; tokens are the
+server's own count.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import trio
 
 HERE = Path(__file__).resolve().parent
@@ -38,6 +47,8 @@ from bench_models import add_model_options, build_chosen  # noqa: E402
 from serve_bench import _stream_one, prompts, timed_stream_generate  # noqa: E402
 from server_process import mlxtrio_server  # noqa: E402
 from sse_client import LeanClient  # noqa: E402
+
+IN_PROCESS = "in_process"
 
 
 def baseline_child(model_path: str, max_tokens: int, pin: bool) -> None:
@@ -87,50 +98,106 @@ def quartiles(values: list[float]) -> list[float]:
     return [round(value, 3) for value in statistics.quantiles(values, n=4)] if len(values) > 1 else values
 
 
-async def run(model_path: Path, pairs: int, max_tokens: int, warm: int, pin: bool) -> dict:
+def interval90(values: list[float], *, draws: int = 2000) -> list[float]:
+    """A 90% bootstrap interval of the median of ``values`` (seeded: the same rows give the same interval)."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    return [round(medians[int(0.05 * draws)], 3), round(medians[int(0.95 * draws)], 3)]
+
+
+@attrs.frozen
+class Side:
+    """One ``mlxtrio serve`` to compare: its name, and the environment it runs with.
+
+    ``VARIANT_...`` settings in it start the server through
+    bench/serve_variant.py (step frames sent in bunches, the worker on CPUs of its own).
+    """
+
+    name: str
+    env: dict[str, str]
+
+    @classmethod
+    def parse(cls, text: str) -> Side:
+        """``NAME`` or ``NAME:KEY=VALUE,KEY=VALUE``."""
+        name, _, settings = text.partition(":")
+        env = dict(setting.split("=", 1) for setting in settings.split(",") if setting)
+        return cls(name, env)
+
+    def command(self) -> list[str] | None:
+        variant = any(key.startswith("VARIANT_") for key in self.env)
+        return [sys.executable, str(HERE / "serve_variant.py"), "--serve"] if variant else None
+
+
+async def run(model_path: Path, sides: list[Side], pairs: int, max_tokens: int, warm: int, pin: bool) -> dict:
     texts = prompts(8)
     baseline = await trio.to_thread.run_sync(Baseline, str(model_path), max_tokens, pin)
+    cache = Path(os.environ.get("MLX_CACHE_DIR", "/tmp/mlxtrio-bench-cache"))
     try:
-        async with mlxtrio_server(Path(os.environ.get("MLX_CACHE_DIR", "/tmp/mlxtrio-bench-cache")), MLX_MODEL=str(model_path)) as server:
+        async with contextlib.AsyncExitStack() as stack:
             client = LeanClient()
-            try:
+            stack.push_async_callback(client.aclose)
+            requesters = {}
+            for side in sides:
+                server = await stack.enter_async_context(
+                    mlxtrio_server(cache, command=side.command(), MLX_MODEL=str(model_path), **side.env)
+                )
 
-                async def ours(prompt: str) -> dict:
-                    outcome = await _stream_one(client, server.openai_url, str(model_path), prompt, max_tokens)
+                async def ours(prompt: str, url: str = server.openai_url) -> dict:
+                    outcome = await _stream_one(client, url, str(model_path), prompt, max_tokens)
                     return {"ttft": outcome.ttft, "tps": (outcome.tokens - 1) / outcome.span, "tokens": outcome.tokens}
 
-                async def theirs(prompt: str) -> dict:
-                    return await trio.to_thread.run_sync(baseline.request, prompt)
+                requesters[side.name] = ours
 
-                # Warm both (compilation per shape on CUDA, caches) with every prompt the pairs use.
-                for text in texts[:warm]:
-                    await ours(text)
-                    await theirs(text)
-                rows = []
-                for index in range(pairs):
-                    text = texts[index % len(texts)]
-                    if index % 4 in (0, 3):  # ABBA
-                        base, mine = await theirs(text), await ours(text)
-                    else:
-                        mine, base = await ours(text), await theirs(text)
-                    rows.append({"prompt": index % len(texts), "in_process": base, "mlxtrio": mine,
-                                 "ratio": mine["tps"] / base["tps"]})
-                    print(f"  pair {index}: in-process {base['tps']:.1f}, mlxtrio {mine['tps']:.1f} tok/s "
-                          f"({rows[-1]['ratio']:.3f}×)", file=sys.stderr, flush=True)
-            finally:
-                await client.aclose()
+            async def theirs(prompt: str) -> dict:
+                return await trio.to_thread.run_sync(baseline.request, prompt)
+
+            order = [IN_PROCESS, *requesters]
+            requesters[IN_PROCESS] = theirs
+            # Warm every side (compilation per shape on CUDA, caches) with every prompt the pairs use.
+            for text in texts[:warm]:
+                for name in order:
+                    await requesters[name](text)
+            rows = []
+            for index in range(pairs):
+                text = texts[index % len(texts)]
+                # In-process first then last, by turns (ABBA with two sides, ABCCBA with three).
+                turn = order if index % 2 == 0 else order[::-1]
+                row = {"prompt": index % len(texts)}
+                for name in turn:
+                    row[name] = await requesters[name](text)
+                for name in order[1:]:
+                    row[f"ratio_{name}"] = row[name]["tps"] / row[IN_PROCESS]["tps"]
+                rows.append(row)
+                print(f"  pair {index}: " + ", ".join(f"{name} {row[name]['tps']:.1f}" for name in order) + " tok/s",
+                      file=sys.stderr, flush=True)
     finally:
         await trio.to_thread.run_sync(baseline.close)
-    ratios = [row["ratio"] for row in rows]
+    summary = {name: side_summary(rows, name) for name in order[1:]}
+    # The first side's figures also at the top level, under the names of the two-sided runs before.
+    first = summary[order[1]]
     return {
-        "in_process_tps_median": statistics.median(row["in_process"]["tps"] for row in rows),
-        "mlxtrio_tps_median": statistics.median(row["mlxtrio"]["tps"] for row in rows),
+        "in_process_tps_median": statistics.median(row[IN_PROCESS]["tps"] for row in rows),
+        "in_process_ttft_median_s": statistics.median(row[IN_PROCESS]["ttft"] for row in rows),
+        "mlxtrio_tps_median": first["tps_median"],
+        "mlxtrio_ttft_median_s": first["ttft_median_s"],
+        "ratio_median": first["ratio_median"],
+        "ratio_quartiles": first["ratio_quartiles"],
+        "ratio_interval90": first["ratio_interval90"],
+        "pairs_mlxtrio_faster": first["pairs_faster"],
+        "sides": {side.name: {"env": side.env, **summary[side.name]} for side in sides},
+        "pairs": rows,
+    }
+
+
+def side_summary(rows: list[dict], name: str) -> dict:
+    ratios = [row[f"ratio_{name}"] for row in rows]
+    return {
+        "tps_median": statistics.median(row[name]["tps"] for row in rows),
+        "ttft_median_s": statistics.median(row[name]["ttft"] for row in rows),
         "ratio_median": statistics.median(ratios),
         "ratio_quartiles": quartiles(ratios),
-        "pairs_mlxtrio_faster": sum(ratio >= 1 for ratio in ratios),
-        "in_process_ttft_median_s": statistics.median(row["in_process"]["ttft"] for row in rows),
-        "mlxtrio_ttft_median_s": statistics.median(row["mlxtrio"]["ttft"] for row in rows),
-        "pairs": rows,
+        "ratio_interval90": interval90(ratios),
+        "pairs_faster": sum(ratio >= 1 for ratio in ratios),
     }
 
 
@@ -147,8 +214,15 @@ def main() -> None:
         "--pin-in-process", action="store_true",
         help="the in-process side on the last allowed core, where mlxtrio pins its worker on the CPU backend (Linux)",
     )
+    parser.add_argument(
+        "--side", action="append", type=Side.parse, metavar="NAME[:KEY=VALUE,...]",
+        help="an mlxtrio server to compare, with extra environment (repeatable; default: one, 'mlxtrio', as it is)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    sides = args.side or [Side("mlxtrio", {})]
+    if len({side.name for side in sides} | {IN_PROCESS}) != len(sides) + 1:
+        parser.error("side names must differ from each other and from 'in_process'")
     if args.pin_in_process and not hasattr(os, "sched_setaffinity"):
         parser.error("--pin-in-process needs Linux (os.sched_setaffinity)")
     model_path = build_chosen(args)
@@ -158,7 +232,7 @@ def main() -> None:
         "mlx_worker_cpus": os.environ.get("MLX_WORKER_CPUS", "auto"),
         "in_process_pinned": args.pin_in_process,
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        **trio.run(run, model_path, args.pairs, args.max_tokens, args.warm, args.pin_in_process),
+        **trio.run(run, model_path, sides, args.pairs, args.max_tokens, args.warm, args.pin_in_process),
     }
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

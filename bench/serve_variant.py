@@ -1,0 +1,99 @@
+"""``mlxtrio serve`` with one thing changed, to measure what that thing costs.
+
+    VARIANT_FRAME_HOLD=32 python bench/serve_variant.py --serve      # as ``python -m mlxtrio serve``
+    VARIANT_WORKER_CPUS=14-15 python bench/serve_variant.py --serve
+
+Experiments, not modes of mlxtrio; ``single_stream_pairs.py --side
+NAME:VARIANT_...=...`` sets each against the server as it is and against
+in-process mlx-lm. The launcher swaps the worker's command for this file's
+``--worker`` (``server_process.serve_with_worker_launcher``); nothing in
+mlxtrio knows.
+
+``VARIANT_FRAME_HOLD=N``: what a frame per token costs. The worker
+normally sends one frame per decode step, and each wakes the orchestrator,
+which writes an SSE event and so wakes the client. Here the worker holds up
+to N consecutive step frames and sends them together, so that chain runs
+once per bunch, while every frame still arrives, in order. A frame goes out
+at once (with the ones held before it) when it carries a request's first
+token or its end, and any other message flushes the held frames first: a
+client's time to first token and its last event are on time, so its decode
+rate (tokens after the first over the time after the first) is measured as
+usual.
+
+``VARIANT_WORKER_CPUS=LIST``: what sharing CPUs costs. The worker runs on
+those CPUs only, and the orchestrator on every allowed CPU but those (on
+a GPU, mlxtrio leaves both unpinned). Run the client elsewhere too
+(``taskset``) for the worker to have them to itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(1, str(HERE))
+
+
+def _worker_cpus() -> set[int]:
+    """VARIANT_WORKER_CPUS as a set (``14-15``, ``12,14``); empty when unset."""
+    cpus: set[int] = set()
+    for part in filter(None, os.environ.get("VARIANT_WORKER_CPUS", "").split(",")):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def serve(argv: list[str]) -> int:
+    from server_process import serve_with_worker_launcher
+
+    apart = _worker_cpus()
+    if apart:
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - apart)
+    return serve_with_worker_launcher(__file__, argv)
+
+
+def worker(argv: list[str]) -> int:
+    from mlxtrio.worker import _main
+
+    apart = _worker_cpus()
+    if apart:
+        # Before MLX starts its threads: they inherit it.
+        os.sched_setaffinity(0, apart)
+    hold = int(os.environ.get("VARIANT_FRAME_HOLD", "0"))
+    if hold > 1:
+        _hold_frames(_main, hold)
+    return _main.main(argv)
+
+
+def _hold_frames(_main, hold: int) -> None:  # noqa: ANN001
+    from mlxtrio import _protocol as p
+
+    serve = _main._serve  # noqa: SLF001
+
+    def serve_holding(channel, engine, send, watch):  # noqa: ANN001, ANN202
+        held: list[p.ToOrchestrator] = []
+
+        def send_held(message: p.ToOrchestrator) -> None:
+            held.append(message)
+            urgent = not isinstance(message, p.Step) or any(
+                delta.finish_reason is not None or delta.completion_tokens <= 1 for delta in message.deltas
+            )
+            if urgent or len(held) >= hold:
+                for one in held:
+                    send(one)
+                held.clear()
+
+        return serve(channel, engine, send_held, watch)
+
+    _main._serve = serve_holding  # noqa: SLF001
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--serve"]:
+        sys.exit(serve(sys.argv[2:]))
+    if sys.argv[1:2] == ["--worker"]:
+        sys.exit(worker(sys.argv[2:]))
+    sys.exit(f"usage: {sys.argv[0]} --serve [mlxtrio serve options]")
