@@ -6,9 +6,9 @@ import time
 
 import msgspec
 from quart import Response, request
-from quart_trio import QuartTrio
 
 from .._errors import ServerError
+from ._asgi import App
 from ._auth import require_bearer_token
 from ._common import ServerState, install_error_handlers, json_response
 from ._observe import install_observability
@@ -34,8 +34,8 @@ async def _model_from_body(state: ServerState, *, required: bool) -> str | None:
     return parsed.model
 
 
-def create_admin_app(state: ServerState) -> QuartTrio:
-    app = QuartTrio("mlxtrio.admin")
+def create_admin_app(state: ServerState) -> App:
+    app = App("mlxtrio.admin")
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     install_error_handlers(app)
     install_observability(app, state.metrics)

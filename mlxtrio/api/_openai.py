@@ -15,10 +15,10 @@ from contextlib import AbstractAsyncContextManager
 import msgspec
 import trio
 from quart import Response, request
-from quart_trio import QuartTrio
 
 from .._errors import ServerError
 from ..orchestrator import Events, ModelWorker, Supervisor
+from ._asgi import App
 from ._auth import require_bearer_token
 from ._common import ServerState, install_error_handlers, json_response
 from ._observe import CLIENT_CLOSED_REQUEST, current_record, install_observability
@@ -76,8 +76,8 @@ def _usage(lasts: list) -> dict:
     }
 
 
-def create_openai_app(state: ServerState) -> QuartTrio:
-    app = QuartTrio("mlxtrio.openai")
+def create_openai_app(state: ServerState) -> App:
+    app = App("mlxtrio.openai")
     app.config["MAX_CONTENT_LENGTH"] = state.config.max_body_bytes
     install_error_handlers(app)
     install_observability(app, state.metrics)

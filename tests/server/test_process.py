@@ -217,3 +217,54 @@ async def test_orchestrator_sigkill_the_worker_exits_and_the_next_start_sweeps(c
             nursery.start_soon(_drain, second, log)
             with trio.fail_after(30):
                 assert await second.wait() == 0
+
+
+@bounded(60)
+async def test_sigterm_does_not_wait_for_idle_keep_alive_connections(cache_dir, tmp_path):
+    """Clients keep connections open between requests (SDK pools, load balancers): a graceful
+    stop closes the idle ones at once instead of waiting out the grace period for them."""
+    process, url, admin_url, log = await _start_server(cache_dir, tmp_path)  # grace period: 30 s, the default
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, process, log)
+            async with httpx.AsyncClient(timeout=60) as client:
+                for target in (url + "/v1/models", url + "/v1/completions", admin_url + "/admin/status"):
+                    if target.endswith("completions"):
+                        async with client.stream("POST", target, json={**LONG_STREAM, "max_tokens": 4}) as response:
+                            assert [line async for line in response.aiter_lines()][-2] == "data: [DONE]"
+                    else:
+                        assert (await client.get(target)).status_code == 200
+                # Three idle keep-alive connections, two on the OpenAI port and one on the admin port's.
+                started = trio.current_time()
+                process.send_signal(signal.SIGTERM)
+                with trio.fail_after(10):
+                    status = await process.wait()
+                assert status == 0, b"".join(log).decode()
+                assert trio.current_time() - started < 10
+    finally:
+        await _kill_if_running(process)
+
+
+@bounded(60)
+async def test_an_idle_keep_alive_connection_is_closed_by_the_server(cache_dir, tmp_path):
+    """Idle connections do not pile up: after a response, the server closes the connection
+    once it has been idle for Hypercorn's keep-alive timeout (5 s)."""
+    process, url, _admin_url, log = await _start_server(cache_dir, tmp_path)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, process, log)
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            stream = await trio.open_tcp_stream(host, int(port))
+            await stream.send_all(b"GET /v1/models HTTP/1.1\r\nHost: test\r\n\r\n")
+            received = b""
+            with trio.fail_after(10):
+                while chunk := await stream.receive_some():
+                    received += chunk
+            # Reaching here means the server closed the connection (end of file) within 10 s.
+            assert received.startswith(b"HTTP/1.1 200"), received[:200]
+            await stream.aclose()
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                assert await process.wait() == 0, b"".join(log).decode()
+    finally:
+        await _kill_if_running(process)
