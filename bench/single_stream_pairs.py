@@ -2,6 +2,7 @@
 
     python bench/single_stream_pairs.py --model qwen2.5-0.5b-bf16 [--models-dir DIR] [--pairs 32] [--max-tokens 128]
         [--pin-in-process] [--side NAME[:KEY=VALUE,...]]... [--json OUT]
+    python bench/single_stream_pairs.py --summarise RUN.json|RUN.log...    # several runs' rounds together
 
 serve_bench.py measures in-process mlx-lm and then the server, a minute or
 more apart; on a GPU machine the rate of the same code drifts by tens of
@@ -33,6 +34,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -201,9 +203,49 @@ def side_summary(rows: list[dict], name: str) -> dict:
     }
 
 
+def rows_from(path: Path) -> list[dict]:
+    """The rounds of one run: its JSON, or its stderr log (whose pair lines hold every side's rate)."""
+    if path.suffix == ".json":
+        return json.loads(path.read_text())["pairs"]
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.startswith("  pair "):
+            rates = dict(re.findall(r"(\w+) ([\d.]+)(?=,| tok/s)", line.split(":", 1)[1]))
+            rows.append({name: {"tps": float(rate)} for name, rate in rates.items()})
+    return rows
+
+
+def summarise(paths: list[Path]) -> dict:
+    """Every side of the runs in ``paths`` together, against in-process and against the first side."""
+    rows = [row for path in paths for row in rows_from(path)]
+    sides = [name for name in rows[0] if isinstance(rows[0][name], dict) and name != IN_PROCESS]
+    for row in rows:
+        for name in sides:
+            row[f"ratio_{name}"] = row[name]["tps"] / row[IN_PROCESS]["tps"]
+            row[f"over_{name}"] = row[name]["tps"] / row[sides[0]]["tps"]
+    return {
+        "rounds": len(rows),
+        "in_process_tps_median": statistics.median(row[IN_PROCESS]["tps"] for row in rows),
+        "sides": {
+            name: {
+                "tps_median": statistics.median(row[name]["tps"] for row in rows),
+                "ratio_median": statistics.median(row[f"ratio_{name}"] for row in rows),
+                "ratio_interval90": interval90([row[f"ratio_{name}"] for row in rows]),
+                f"over_{sides[0]}_median": statistics.median(row[f"over_{name}"] for row in rows),
+                f"over_{sides[0]}_interval90": interval90([row[f"over_{name}"] for row in rows]),
+            }
+            for name in sides
+        },
+    }
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--baseline-child"]:
         baseline_child(sys.argv[2], int(sys.argv[3]), sys.argv[4] == "pin")
+        return
+    if sys.argv[1:2] == ["--summarise"]:
+        # python bench/single_stream_pairs.py --summarise RUN.json RUN.log ...: runs cut short keep their logs.
+        print(json.dumps(summarise([Path(arg) for arg in sys.argv[2:]]), indent=1))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_options(parser)

@@ -2,12 +2,12 @@
 
 Why not httpx, as the benchmarks used before: a load generator shares the
 machine with the server it measures, and on the 2-core CI machine with the
-orchestrator's core. httpx took about 1 ms of CPU per streaming request of
+orchestrator's core. httpx took 0.93 ms of CPU per streaming request of
 eight events (its request and response models, the connection pool,
-anyio's Trio backend); h11 driven directly takes about 0.25 ms
-(docs/PERFORMANCE.md). In a burst of eight requests, that is several
-milliseconds of the shared core given back to the server under test, which
-is what ``serve_bench.py`` is meant to measure. ``--client httpx`` keeps the
+anyio's Trio backend); h11 driven directly takes 0.23 ms
+(bench/client_cost.py, docs/PERFORMANCE.md). In a burst of eight requests,
+that is several milliseconds of the shared core given back to the server
+under test, which is what ``serve_bench.py`` is meant to measure. ``--client httpx`` keeps the
 old client, to compare.
 
 h11 does the HTTP/1.1 (and 1.0) framing: chunked bodies, keep-alive, bodies

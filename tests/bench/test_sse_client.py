@@ -18,6 +18,7 @@ import trio.testing
 from ..helpers import bounded
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from client_cost import each_request  # noqa: E402
 from sse_client import LeanClient, RequestFailed  # noqa: E402
 
 EVENTS = [b'data: {"n": %d}\n\n' % index for index in range(5)] + [b"data: [DONE]\n\n"]
@@ -29,7 +30,7 @@ def chunked(events: list[bytes]) -> bytes:
 
 
 class Server:
-    """A raw TCP server: reads one request (headers and a Content-Length body), answers as told."""
+    """A raw TCP server: answers each request as told, and closes the connection when told to."""
 
     def __init__(self, answer) -> None:  # noqa: ANN001 - (stream, request number) -> awaitable
         self.answer = answer
@@ -38,19 +39,8 @@ class Server:
 
     async def handle(self, stream: trio.SocketStream) -> None:
         self.connections += 1
-        buffered = b""
         try:
-            while True:
-                while b"\r\n\r\n" not in buffered:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return
-                    buffered += data
-                head, buffered = buffered.split(b"\r\n\r\n", 1)
-                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
-                while len(buffered) < length:
-                    buffered += await stream.receive_some(65536)
-                buffered = buffered[length:]
+            async for _ in each_request(stream):
                 self.requests += 1
                 if not await self.answer(stream, self.requests):
                     return
