@@ -7,8 +7,8 @@ eight events (its request and response models, the connection pool,
 anyio's Trio backend); h11 driven directly takes 0.23 ms
 (bench/client_cost.py, docs/PERFORMANCE.md). In a burst of eight requests,
 that is several milliseconds of the shared core given back to the server
-under test, which is what ``serve_bench.py`` is meant to measure. ``--client httpx`` keeps the
-old client, to compare.
+under test, which is what ``serve_bench.py`` is meant to measure.
+``--client httpx`` keeps the old client, to compare.
 
 h11 does the HTTP/1.1 (and 1.0) framing: chunked bodies, keep-alive, bodies
 ended by the connection's close (mlx_lm.server answers in HTTP/1.0).
@@ -68,6 +68,7 @@ class LeanClient:
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
         payload = json.dumps(body).encode()
+        connection: _Connection | None = None
         with trio.move_on_after(self.timeout) as scope:
             try:
                 connection = await self._connection(host, port)

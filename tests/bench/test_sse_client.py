@@ -148,3 +148,12 @@ async def test_too_slow_raises():
         with pytest.raises(RequestFailed, match="within 0.2 s"):
             await read_all(client, url)
         nursery.cancel_scope.cancel()
+
+
+@bounded(20)
+async def test_nothing_listening_raises():
+    with trio.socket.socket() as unused:  # a port nothing listens on
+        await unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with pytest.raises(RequestFailed):
+        await read_all(LeanClient(), f"http://127.0.0.1:{port}/v1/chat/completions")

@@ -234,7 +234,7 @@ async def test_sigterm_does_not_wait_for_idle_keep_alive_connections(cache_dir, 
                             assert [line async for line in response.aiter_lines()][-2] == "data: [DONE]"
                     else:
                         assert (await client.get(target)).status_code == 200
-                # Three idle keep-alive connections, two on the OpenAI port and one on the admin port's.
+                # Three idle keep-alive connections: two on the OpenAI port, one on the admin port.
                 started = trio.current_time()
                 process.send_signal(signal.SIGTERM)
                 with trio.fail_after(10):
