@@ -120,9 +120,17 @@ class Side:
 
     @classmethod
     def parse(cls, text: str) -> Side:
-        """``NAME`` or ``NAME:KEY=VALUE,KEY=VALUE``."""
+        """``NAME`` or ``NAME:KEY=VALUE,KEY=VALUE``; a part with no ``=`` continues the value before (a CPU list)."""
         name, _, settings = text.partition(":")
-        env = dict(setting.split("=", 1) for setting in settings.split(",") if setting)
+        env: dict[str, str] = {}
+        key = None
+        for part in filter(None, settings.split(",")):
+            if "=" in part:
+                key, env[key] = part.split("=", 1)[0], part.split("=", 1)[1]
+            elif key is not None:
+                env[key] += "," + part
+            else:
+                raise ValueError(f"{part!r} is not KEY=VALUE")
         return cls(name, env)
 
     def command(self) -> list[str] | None:
@@ -167,8 +175,6 @@ async def run(model_path: Path, sides: list[Side], pairs: int, max_tokens: int, 
                 row = {"prompt": index % len(texts)}
                 for name in turn:
                     row[name] = await requesters[name](text)
-                for name in order[1:]:
-                    row[f"ratio_{name}"] = row[name]["tps"] / row[IN_PROCESS]["tps"]
                 rows.append(row)
                 print(f"  pair {index}: " + ", ".join(f"{name} {row[name]['tps']:.1f}" for name in order) + " tok/s",
                       file=sys.stderr, flush=True)
@@ -191,16 +197,19 @@ async def run(model_path: Path, sides: list[Side], pairs: int, max_tokens: int, 
     }
 
 
-def side_summary(rows: list[dict], name: str) -> dict:
-    ratios = [row[f"ratio_{name}"] for row in rows]
-    return {
+def side_summary(rows: list[dict], name: str, *, against: str = IN_PROCESS) -> dict:
+    """Side ``name``'s rate, and its ratio to side ``against`` round by round (TTFT where the rows have it)."""
+    ratios = [row[name]["tps"] / row[against]["tps"] for row in rows]
+    summary = {
         "tps_median": statistics.median(row[name]["tps"] for row in rows),
-        "ttft_median_s": statistics.median(row[name]["ttft"] for row in rows),
         "ratio_median": statistics.median(ratios),
         "ratio_quartiles": quartiles(ratios),
         "ratio_interval90": interval90(ratios),
         "pairs_faster": sum(ratio >= 1 for ratio in ratios),
     }
+    if all("ttft" in row[name] for row in rows):
+        summary["ttft_median_s"] = statistics.median(row[name]["ttft"] for row in rows)
+    return summary
 
 
 def rows_from(path: Path) -> list[dict]:
@@ -218,22 +227,12 @@ def rows_from(path: Path) -> list[dict]:
 def summarise(paths: list[Path]) -> dict:
     """Every side of the runs in ``paths`` together, against in-process and against the first side."""
     rows = [row for path in paths for row in rows_from(path)]
-    sides = [name for name in rows[0] if isinstance(rows[0][name], dict) and name != IN_PROCESS]
-    for row in rows:
-        for name in sides:
-            row[f"ratio_{name}"] = row[name]["tps"] / row[IN_PROCESS]["tps"]
-            row[f"over_{name}"] = row[name]["tps"] / row[sides[0]]["tps"]
+    sides = [name for name, value in rows[0].items() if isinstance(value, dict) and name != IN_PROCESS]
     return {
         "rounds": len(rows),
         "in_process_tps_median": statistics.median(row[IN_PROCESS]["tps"] for row in rows),
         "sides": {
-            name: {
-                "tps_median": statistics.median(row[name]["tps"] for row in rows),
-                "ratio_median": statistics.median(row[f"ratio_{name}"] for row in rows),
-                "ratio_interval90": interval90([row[f"ratio_{name}"] for row in rows]),
-                f"over_{sides[0]}_median": statistics.median(row[f"over_{name}"] for row in rows),
-                f"over_{sides[0]}_interval90": interval90([row[f"over_{name}"] for row in rows]),
-            }
+            name: {**side_summary(rows, name), f"against_{sides[0]}": side_summary(rows, name, against=sides[0])}
             for name in sides
         },
     }

@@ -86,26 +86,18 @@ async def read_all(client: LeanClient, url: str) -> list[str]:
         return [line async for line in lines]
 
 
+@pytest.mark.parametrize(
+    ("answer", "connections"), [(keep_alive, 1), (http10, 2)], ids=["keep-alive reused", "HTTP/1.0 ended by the close"]
+)
 @bounded(20)
-async def test_reads_every_line_and_reuses_the_connection():
+async def test_reads_every_line_and_reuses_a_connection_only_when_allowed(answer, connections):  # noqa: ANN001
     async with trio.open_nursery() as nursery:
-        server, url = await serving(nursery, keep_alive)
+        server, url = await serving(nursery, answer)
         client = LeanClient()
         assert await read_all(client, url) == LINES
         assert await read_all(client, url) == LINES
-        assert (server.requests, server.connections) == (2, 1)
+        assert (server.requests, server.connections) == (2, connections)
         await client.aclose()
-        nursery.cancel_scope.cancel()
-
-
-@bounded(20)
-async def test_http10_body_ends_with_the_close_and_is_not_reused():
-    async with trio.open_nursery() as nursery:
-        server, url = await serving(nursery, http10)
-        client = LeanClient()
-        assert await read_all(client, url) == LINES
-        assert await read_all(client, url) == LINES
-        assert (server.requests, server.connections) == (2, 2)
         nursery.cancel_scope.cancel()
 
 
