@@ -371,6 +371,8 @@ class BatchEngine(_EngineBase):
         # after a failed step (once), instead of failing with the step.
         self._requests: dict[int, Generate] = {}
         self._retried: set[int] = set()
+        # Sequences whose first token went out a step before the generator hands it out (_first_tokens).
+        self._sent_early: set[int] = set()
 
     def _new_generator(self) -> BatchGenerator:
         decode_concurrency, prefill_batch_size, prefill_step_size = self._settings
@@ -521,6 +523,7 @@ class BatchEngine(_EngineBase):
     def _forget(self, request_id: int) -> None:
         uid = self._uid_of.pop(request_id)
         del self._by_uid[uid]
+        self._sent_early.discard(uid)
         del self._requests[request_id]
         self._retried.discard(request_id)
 
@@ -562,7 +565,9 @@ class BatchEngine(_EngineBase):
     def _step_batch(self) -> tuple[list[Delta], list[tuple[int, RequestError]]]:
         try:
             failpoint("step")
-            _, responses = self._generator.next()
+            started, responses = self._generator.next()
+            # Sequences whose prompt went all in during this step: their first tokens, now.
+            firsts = self._first_tokens([response.uid for response in started if response.end_of_prompt])
         except Exception as exc:  # noqa: BLE001 - the batch failed as a whole
             return [], self._recover(self._failed(exc))
         self._consecutive_failures = 0
@@ -571,6 +576,11 @@ class BatchEngine(_EngineBase):
             sequence = self._by_uid.get(response.uid)
             if sequence is None:
                 continue
+            if response.uid in self._sent_early:
+                # This step's token for it is the one sent early, a step ago.
+                self._sent_early.discard(response.uid)
+                if response.finish_reason is None:
+                    continue
             finish_reason = response.finish_reason
             if response.prompt_cache is not None:
                 self._remember(list(response.all_tokens), response.prompt_cache)
@@ -584,7 +594,39 @@ class BatchEngine(_EngineBase):
                     if finish_reason is None:  # ended by a stop string: leave the batch
                         self._generator.remove([response.uid])
                     self._forget(sequence.request_id)
+        for uid, (token, logprobs) in firsts.items():
+            sequence = self._by_uid[uid]
+            delta = self._accept_token(sequence, token, logprobs)
+            if delta is None or delta.finish_reason is None:
+                self._sent_early.add(uid)
+            else:
+                # Ended at its first token: out of the batch before its next step, its prompt's cache kept.
+                for cache, tokens in self._generator.remove([uid], return_prompt_caches=True).values():
+                    self._remember(list(tokens), cache)
+                self._forget(sequence.request_id)
+            if delta is not None:
+                deltas.append(delta)
         return deltas, []
+
+    def _first_tokens(self, uids: list[int]) -> dict[int, tuple[int, mx.array]]:
+        """The first tokens of sequences that entered generation in this step, read at once.
+
+        mlx-lm's ``BatchGenerator`` samples a sequence's first token in the step
+        that ends its prompt, but hands it out a step later, after launching the
+        step that feeds it back. Waiting for it here sends it a step sooner: on
+        a burst of requests, the time to first token loses a whole step. The
+        price is that this step's computation is waited for before the next is
+        built, once per step in which sequences start; the generator still
+        hands the token out next step, and ``_sent_early`` skips it there.
+        """
+        batch = self._generator._generation_batch  # noqa: SLF001 - mlx-lm is pinned
+        rows = {uid: batch.uids.index(uid) for uid in uids if uid in self._by_uid}
+        if not rows:
+            return {}
+        tokens = batch._next_tokens  # noqa: SLF001
+        mx.eval(tokens)
+        values = tokens.tolist()
+        return {uid: (values[row], batch._next_logprobs[row]) for uid, row in rows.items()}  # noqa: SLF001
 
     def _recover(self, error: RequestError) -> list[tuple[int, RequestError]]:
         """After a failed step: a clean generator (the old one's state is unknown).
@@ -604,6 +646,7 @@ class BatchEngine(_EngineBase):
         self._uid_of.clear()
         self._requests.clear()
         self._retried.clear()
+        self._sent_early.clear()
         with contextlib.suppress(Exception):
             self._generator.close()
         self._generator = self._new_generator()

@@ -1,0 +1,144 @@
+"""The batch's first tokens go out in the step that ends their prompts (mlxtrio/worker/_engine.py, ``_first_tokens``).
+
+mlx-lm's ``BatchGenerator`` hands a sequence's first token out one step after
+the step that samples it. The engine reads it at once, so a burst of requests
+gets its first tokens a step sooner; the generator's own copy of it, a step
+later, must then be skipped, never sent twice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlx_lm
+import pytest
+
+from mlxtrio import _protocol as p
+from mlxtrio.worker._demo import ensure_demo_model
+from mlxtrio.worker._engine import BatchEngine
+
+from .test_engine_failures import _generate, _run
+
+PROMPTS = ["the worker keeps", "a second prompt", "three of them", "and a fourth"]
+
+
+@pytest.fixture(scope="module")
+def demo(cache_dir: Path):  # noqa: ANN201
+    return mlx_lm.load(str(ensure_demo_model(cache_dir)))
+
+
+def _batched(demo, **options) -> BatchEngine:  # noqa: ANN001, ANN003
+    model, tokenizer = demo
+    # solo=False: every request in the batch from its start, as in a burst.
+    return BatchEngine(model, tokenizer, context_length=4096, solo=False, **{"prompt_cache_bytes": 0, **options})
+
+
+def _steps_to_finish(engine: BatchEngine, request_ids: set[int]) -> tuple[dict[int, int], dict[int, list[tuple[int, p.Delta]]]]:
+    """The step at which each request ended, and its deltas with the step of each."""
+    ended: dict[int, int] = {}
+    deltas: dict[int, list[tuple[int, p.Delta]]] = {}
+    step = 0
+    while len(ended) < len(request_ids):
+        step += 1
+        assert step < 100
+        out, failures = engine.step()
+        assert failures == []
+        for delta in out:
+            deltas.setdefault(delta.request_id, []).append((step, delta))
+            if delta.finish_reason is not None:
+                ended[delta.request_id] = step
+    return ended, deltas
+
+
+@pytest.mark.parametrize("max_tokens", [1, 2, 6])
+def test_a_burst_gets_its_first_tokens_in_the_step_that_ends_its_prompts(demo, max_tokens: int):
+    """mlx-lm's generator takes a fresh short prompt in over two steps (all but its last
+    token, then the last), and one step when the prompt cache holds all but the last
+    token. The step that takes the last one in gives the first token; the generator
+    alone would give it a step later. From the second token on, each comes a step after
+    the step that sampled it, as the generator pipelines them, so only a one-token
+    request ends sooner.
+    """
+    params = p.SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    engine = _batched(demo, prompt_cache_bytes=1 << 26)
+    ids = iter(range(1, 100))
+    for prompt_steps, cached in ((2, False), (1, True)):
+        burst = {next(ids): prompt for prompt in PROMPTS}
+        for request_id, prompt in burst.items():
+            engine.admit(_generate(request_id, prompt, params))
+        ended, deltas = _steps_to_finish(engine, set(burst))
+        for request_deltas in deltas.values():
+            first_step, first = request_deltas[0]
+            assert (first_step, first.completion_tokens) == (prompt_steps, 1)
+            assert first.text or first.finish_reason
+            last_step, last = request_deltas[-1]
+            # Every token counted once: the generator's late copy of the first was not sent again.
+            assert (last.completion_tokens, last.finish_reason) == (max_tokens, "length")
+            assert last_step == prompt_steps + max_tokens - 1 + (max_tokens > 1)
+            assert (last.cached_tokens > 0) is cached
+        assert engine.active == 0
+
+
+def test_output_is_the_same_as_decoded_alone(demo):
+    """Reading the first token early changes when it goes out, not what: greedy, seeded and
+    logprob-carrying requests in one batch give what each gives decoded alone."""
+    cases = {
+        1: p.SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True, logprobs=True, top_logprobs=2),
+        2: p.SamplingParams(max_tokens=16, temperature=1.0, seed=7, ignore_eos=True),
+        3: p.SamplingParams(max_tokens=16, temperature=0.7, seed=3, top_k=20, repetition_penalty=1.2, ignore_eos=True),
+    }
+
+    def outputs(engine: BatchEngine, ids: list[int]) -> dict:
+        for request_id in ids:
+            engine.admit(_generate(request_id, PROMPTS[request_id - 1], cases[request_id]))
+        _, stepped = _steps_to_finish(engine, set(ids))
+        deltas = {request_id: [delta for _, delta in ds] for request_id, ds in stepped.items()}
+        return {
+            request_id: ("".join(d.text for d in ds), [lp for d in ds for lp in d.logprobs], ds[-1].completion_tokens)
+            for request_id, ds in deltas.items()
+        }
+
+    model, tokenizer = demo
+    alone = {}
+    for request_id in cases:
+        alone.update(outputs(BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0), [request_id]))
+    together = outputs(_batched(demo), list(cases))
+    assert together == alone
+    assert all(completion == 16 for _, _, completion in together.values())
+    assert len(together[1][1]) == 16  # a log probability for every token, the first one once
+
+
+def test_a_first_token_that_ends_the_sequence_leaves_the_batch_at_once(demo):
+    """A first token that is the end token ends its sequence in the step that sampled it (no text,
+    nothing counted); the others go on, and its prompt's cache is kept for the next request."""
+    model, tokenizer = demo
+    eos = tokenizer.eos_token_id
+    ending = p.SamplingParams(max_tokens=8, temperature=0.0, logit_bias=((eos, 100.0),))
+    going_on = p.SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    engine = _batched(demo, prompt_cache_bytes=1 << 26)
+    engine.admit(_generate(1, PROMPTS[0], ending))
+    engine.admit(_generate(2, PROMPTS[1], going_on))
+    ended, deltas = _steps_to_finish(engine, {1, 2})
+    # The first tokens in the second step (the prompts take two); the generator alone ends 1 at step 3.
+    assert ended == {1: 2, 2: 10}
+    assert [(d.text, d.finish_reason, d.completion_tokens) for _, d in deltas[1]] == [("", "stop", 0)]
+    assert deltas[2][-1][1].completion_tokens == 8
+    assert engine.active == 0
+    # The ended sequence's prompt is in the prompt cache: the same prompt again starts from it.
+    engine.admit(_generate(3, PROMPTS[0], going_on))
+    _, again = _steps_to_finish(engine, {3})
+    assert again[3][-1][1].cached_tokens > 0
+
+
+def test_cancelling_right_after_the_first_token(demo):
+    """Cancelled between the early first token and the generator's copy of it: nothing more is sent for it."""
+    params = p.SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    engine = _batched(demo)
+    engine.admit(_generate(1, PROMPTS[0], params))
+    engine.admit(_generate(2, PROMPTS[1], params))
+    engine.step()
+    assert engine.cancel(1)
+    texts, failed = _run(engine, {2})
+    assert failed == {}
+    assert set(texts) == {2}
+    assert engine.active == 0
