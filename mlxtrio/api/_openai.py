@@ -312,6 +312,11 @@ async def _stream(
     load failure or a full queue is still an ordinary error response. The
     generation itself is entered inside the body: if the client leaves before
     the body starts, nothing was entered and nothing can leak.
+
+    Events that are ready together leave together: the role chunk with the
+    first token's, the last token's with the usage chunk and ``[DONE]``. Each
+    body message is a socket write and an HTTP chunk, and the orchestrator's
+    CPU per write is what a burst of requests queues behind (docs/PERFORMANCE.md).
     """
     deadline = trio.current_time() + timeout
     worker.check_capacity(choices)
@@ -322,14 +327,15 @@ async def _stream(
     async def body() -> AsyncIterator[bytes]:
         # Until it ends otherwise, the client left (the generator is closed mid-yield).
         status = CLIENT_CLOSED_REQUEST
+        # Events not sent yet, to go out with the next.
+        held = b""
         try:
             # No cancel scope may stay open across a yield: a fresh one per wait.
             async with generation() as events:
                 if first is not None:
-                    for index in range(choices):
-                        yield _sse(first(index))
+                    held = b"".join(_sse(first(index)) for index in range(choices))
                 lasts: list = [None] * choices
-                while True:
+                while not events.finished:
                     with trio.move_on_at(deadline) as scope:
                         try:
                             delta = await events.__anext__()
@@ -338,19 +344,22 @@ async def _stream(
                     if scope.cancelled_caught:
                         # Leaving the block cancels the sequence in the worker.
                         status = 504
-                        yield _sse(_timed_out(timeout).body())
+                        yield held + _sse(_timed_out(timeout).body())
                         return
                     index = events.choice(delta)
                     record.on_delta(index, delta)
                     lasts[index] = delta
-                    yield _sse(each(index, delta))
+                    held += _sse(each(index, delta))
+                    if not events.finished:
+                        yield held
+                        held = b""
             status = 200
             if usage is not None and all(last is not None for last in lasts):
-                yield _sse(usage(_usage(lasts)))
-            yield b"data: [DONE]\n\n"
+                held += _sse(usage(_usage(lasts)))
+            yield held + b"data: [DONE]\n\n"
         except ServerError as exc:
             status = exc.status
-            yield _sse(exc.body())
+            yield held + _sse(exc.body())
         finally:
             record.finish(status)
 

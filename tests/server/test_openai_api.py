@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import h11
 import openai
 import pytest
 import trio
@@ -57,6 +60,52 @@ async def test_chat_completion_streams_chunks_then_done(client, openapi):
     assert [chunk["choices"][0]["finish_reason"] for chunk in finishing] == ["length"]
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 12
     assert len({chunk["id"] for chunk in chunks}) == 1
+
+
+async def _http_chunks(url: str, path: str, request: dict) -> list[bytes]:
+    """A streamed response's body as the HTTP chunks it came in (h11 marks where each ends)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    connection = h11.Connection(h11.CLIENT)
+    body = json.dumps(request).encode()
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        headers = [("Host", host), ("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        await stream.send_all(connection.send(h11.Request(method="POST", target=path, headers=headers)))
+        await stream.send_all(connection.send(h11.Data(data=body)) + connection.send(h11.EndOfMessage()))
+        chunks, current = [], b""
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA:
+                connection.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                assert event.status_code == 200
+            elif isinstance(event, h11.Data):
+                current += event.data
+                if event.chunk_end:
+                    chunks.append(current)
+                    current = b""
+            elif isinstance(event, h11.EndOfMessage):
+                return chunks
+
+
+@bounded(120)
+@pytest.mark.parametrize("include_usage", [True, False])
+async def test_events_ready_together_leave_in_one_write(server, include_usage: bool):
+    """The role chunk goes out with the first token's, and the last token's with the usage
+    chunk and [DONE]: each write costs the orchestrator CPU that a burst of requests waits for.
+    Every other event is its own HTTP chunk, sent as soon as it is made."""
+    request = {**CHAT, "stream": True, "stream_options": {"include_usage": include_usage}}
+    chunks = await _http_chunks(server.openai_url, "/v1/chat/completions", request)
+    events = [sse_events(chunk.decode()) for chunk in chunks]
+    first, last = events[0], events[-1]
+    assert first[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert len(first) == 2 and first[1]["choices"][0]["delta"].get("content")
+    assert last[-1] == "[DONE]"
+    if include_usage:
+        assert last[-2]["usage"]["completion_tokens"] == 12
+    assert last[-2 - include_usage]["choices"][0]["finish_reason"] == "length"
+    assert len(last) == 2 + include_usage
+    assert all(len(middle) == 1 for middle in events[1:-1])
 
 
 @bounded(120)
