@@ -614,17 +614,24 @@ class BatchEngine(_EngineBase):
         return deltas, []
 
     def _first_tokens(self, uids: list[int]) -> dict[int, tuple[int, mx.array]]:
-        """The first tokens of sequences that entered generation in this step, read at once.
+        """The first tokens of sequences that entered generation in this step, read at once,
+        when no other sequence is decoding.
 
         mlx-lm's ``BatchGenerator`` samples a sequence's first token in the step
         that ends its prompt, but hands it out a step later, after launching the
-        step that feeds it back. Waiting for it here sends it a step sooner: on
-        a burst of requests, the time to first token loses a whole step. The
-        price is that this step's computation is waited for before the next is
-        built, once per step in which sequences start; the generator still
-        hands the token out next step, and ``_sent_early`` skips it there.
+        step that feeds it back. Waiting for it here sends it a step sooner: a
+        burst of requests that finds the engine idle gets its first tokens a
+        whole step earlier. The wait costs the overlap of this step's computation
+        with the building of the next, once. Sequences already decoding would
+        each pay for that (on a GPU a big model's step is bound by its
+        computation), so while there are any, the newcomers' first tokens come
+        with the generator's next step, as in mlx-lm. The generator still hands
+        the token out next step; ``_sent_early`` skips it there.
         """
         batch = self._generator._generation_batch  # noqa: SLF001 - mlx-lm is pinned
+        entered = set(uids)
+        if not entered or any(uid not in entered for uid in batch.uids):
+            return {}
         rows = {uid: batch.uids.index(uid) for uid in uids if uid in self._by_uid}
         if not rows:
             return {}

@@ -1,9 +1,10 @@
 """The batch's first tokens go out in the step that ends their prompts (mlxtrio/worker/_engine.py, ``_first_tokens``).
 
 mlx-lm's ``BatchGenerator`` hands a sequence's first token out one step after
-the step that samples it. The engine reads it at once, so a burst of requests
-gets its first tokens a step sooner; the generator's own copy of it, a step
-later, must then be skipped, never sent twice.
+the step that samples it. When nothing else is decoding, the engine reads it
+at once, so a burst of requests gets its first tokens a step sooner; the
+generator's own copy of it, a step later, must then be skipped, never sent
+twice. A newcomer to a running batch waits for the generator's pace.
 """
 
 from __future__ import annotations
@@ -142,3 +143,35 @@ def test_cancelling_right_after_the_first_token(demo):
     assert failed == {}
     assert set(texts) == {2}
     assert engine.active == 0
+
+
+def test_a_newcomer_to_a_running_batch_does_not_hold_up_the_others(demo):
+    """Reading a first token early waits for the step's computation before the next is built.
+    While other sequences are decoding, that would delay every one of them (on a GPU a big
+    model's step is bound by its computation), so a newcomer then gets its first token with
+    the generator's next step, and the running sequence gets a token in every step."""
+    params = p.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    engine = _batched(demo)
+    engine.admit(_generate(1, PROMPTS[0], params))
+    for _ in range(3):  # its prompt in, and its first token out
+        engine.step()
+    engine.admit(_generate(2, PROMPTS[1], params))
+    waited = []
+    steps = 0
+    first_of_2 = None
+    while first_of_2 is None:
+        steps += 1
+        deltas, failures = engine.step()
+        assert failures == []
+        counts = {delta.request_id: delta.completion_tokens for delta in deltas}
+        waited.append(1 in counts)
+        if 2 in counts:
+            first_of_2 = (steps, counts[2])
+    # Two steps for the prompt, the first token in the step after: the generator's pace.
+    assert first_of_2 == (3, 1)
+    assert all(waited)
+    # With nothing else decoding, the same prompt's first token comes in its second step.
+    alone = _batched(demo)
+    alone.admit(_generate(3, PROMPTS[1], params))
+    _, deltas = _steps_to_finish(alone, {3})
+    assert deltas[3][0][0] == 2
