@@ -260,14 +260,9 @@ class _EngineBase:
             messages = chat_messages(request.messages)
             extra = {"tools": json.loads(request.tools)} if request.tools else {}
             try:
-                text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
+                prompt = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, **extra))
             except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
                 raise RequestError(400, f"the chat template rejected these messages: {exc}") from exc
-            # The same tokens as tokenize=True, which takes transformers' batch
-            # __call__: rendering and encoding apart cost a quarter less, and
-            # admissions queue one after another in the worker (as mlx-lm does
-            # for a template of its own).
-            prompt = list(tokenizer.encode(text, add_special_tokens=False))
         else:
             text = request.prompt or ""
             bos = getattr(tokenizer, "bos_token", None)
