@@ -576,8 +576,9 @@ class BatchEngine(_EngineBase):
             sequence = self._by_uid.get(response.uid)
             if sequence is None:
                 continue
-            if response.uid in self._sent_early:
-                # This step's token for it is the one sent early, a step ago.
+            # This step's token for it may be the first, sent early a step ago: not counted twice.
+            sent_early = response.uid in self._sent_early
+            if sent_early:
                 self._sent_early.discard(response.uid)
                 if response.finish_reason is None:
                     continue
@@ -585,7 +586,7 @@ class BatchEngine(_EngineBase):
             if response.prompt_cache is not None:
                 self._remember(list(response.all_tokens), response.prompt_cache)
             # A stop token ends the sequence and is not part of its text.
-            token = None if finish_reason == "stop" else response.token
+            token = None if finish_reason == "stop" or sent_early else response.token
             logprob = None if token is None else self._logprob(sequence.params, token, response.logprobs)
             delta = sequence.accept(token, finish_reason, logprob)
             if delta is not None:
