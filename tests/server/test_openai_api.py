@@ -330,6 +330,10 @@ async def test_n_choices_streaming_and_not(client, openapi):
     async with client.stream("POST", "/v1/chat/completions", json={**request, "stream": True, "stream_options": {"include_usage": True}}) as response:
         events = sse_events((await response.aread()).decode())
     assert events[-1] == "[DONE]"
+    # Each choice's role chunk first (they leave together, with the first token's chunk).
+    assert [(chunk["choices"][0]["index"], chunk["choices"][0]["delta"].get("role")) for chunk in events[:3]] == [
+        (0, "assistant"), (1, "assistant"), (2, "assistant")
+    ]
     streamed = ["", "", ""]
     finishes = []
     for chunk in events[:-1]:
