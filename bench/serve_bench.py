@@ -64,19 +64,20 @@ def percentile(values: list[float], fraction: float) -> float:
 # --- (1) in-process mlx-lm, in a subprocess of its own (its memory goes when it ends) --------
 
 
-def timed_stream_generate(model, tokenizer, prompt: list[int], max_tokens: int) -> tuple[float, float]:  # noqa: ANN001
-    """One ``stream_generate``: seconds to its first token, and tokens/s after it."""
+def timed_stream_generate(model, tokenizer, prompt: list[int], max_tokens: int, *, count: bool = False) -> tuple:  # noqa: ANN001
+    """One ``stream_generate``: seconds to its first token, and tokens/s after it (and, with ``count``, its tokens)."""
     import mlx_lm
 
     start = time.perf_counter()
     first = None
-    count = 0
+    tokens = 0
     for _ in mlx_lm.stream_generate(model, tokenizer, prompt, max_tokens=max_tokens):
-        count += 1
+        tokens += 1
         if first is None:
             first = time.perf_counter()
     end = time.perf_counter()
-    return first - start, (count - 1) / (end - first)
+    timing = (first - start, (tokens - 1) / (end - first))
+    return (*timing, tokens) if count else timing
 
 
 def in_process(model_path: str, concurrencies: list[int], max_tokens: int, samples: int = 3) -> dict:

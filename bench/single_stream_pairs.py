@@ -24,6 +24,13 @@ time after the first), the per-pair ratio's median, quartiles and 90%
 bootstrap interval, and how many pairs the server won. The client is the
 same streaming client as serve_bench's; tokens are the
 server's own count.
+
+On Linux it also reads, around each request, the scheduler's account of the
+thread that decodes (the worker's main thread; the in-process child's):
+nanoseconds it ran on a CPU and nanoseconds it waited for one
+(``/proc/PID/task/PID/schedstat``), per token of the request. A side slower
+with the same CPU time per token waited more (for the GPU, or for a CPU);
+one with more CPU time per token did more work, or the same work slower.
 """
 
 from __future__ import annotations
@@ -53,6 +60,33 @@ from sse_client import LeanClient  # noqa: E402
 IN_PROCESS = "in_process"
 
 
+def thread_times(pid: int) -> tuple[int, int] | None:
+    """Nanoseconds the process's main thread has run on a CPU and waited for one; None where unknown."""
+    try:
+        run, wait, _ = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return int(run), int(wait)
+
+
+def with_times(result: dict, pid: int | None, before: tuple[int, int] | None) -> dict:
+    """``result`` with the decoding thread's CPU and run-queue time per token of the request, in µs."""
+    after = thread_times(pid) if pid is not None else None
+    if before is None or after is None or result.get("tokens", 0) < 1:
+        return result
+    tokens = result["tokens"]
+    return {**result, "cpu_us_per_token": (after[0] - before[0]) / tokens / 1e3,
+            "runq_us_per_token": (after[1] - before[1]) / tokens / 1e3}
+
+
+async def loaded_worker_pid(admin_url: str) -> int:
+    import httpx
+    from faults import worker_pid
+
+    async with httpx.AsyncClient(base_url=admin_url, timeout=30) as admin:
+        return await worker_pid(admin)
+
+
 def baseline_child(model_path: str, max_tokens: int, pin: bool) -> None:
     """The in-process side: reads a prompt per line, answers with one JSON line (ttft, tokens/s)."""
     if pin:
@@ -66,8 +100,8 @@ def baseline_child(model_path: str, max_tokens: int, pin: bool) -> None:
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": json.loads(line)}], add_generation_prompt=True)
-        ttft, rate = timed_stream_generate(model, tokenizer, prompt, max_tokens)
-        print(json.dumps({"ttft": ttft, "tps": rate}), flush=True)
+        ttft, rate, tokens = timed_stream_generate(model, tokenizer, prompt, max_tokens, count=True)
+        print(json.dumps({"ttft": ttft, "tps": rate, "tokens": tokens}), flush=True)
 
 
 class Baseline:
@@ -147,19 +181,27 @@ async def run(model_path: Path, sides: list[Side], pairs: int, max_tokens: int, 
             client = LeanClient()
             stack.push_async_callback(client.aclose)
             requesters = {}
+            # Each side's worker process, once loaded: its main thread decodes.
+            pids: dict[str, int] = {}
+            admin_urls: dict[str, str] = {}
             for side in sides:
                 server = await stack.enter_async_context(
                     mlxtrio_server(cache, command=side.command(), MLX_MODEL=str(model_path), **side.env)
                 )
 
-                async def ours(prompt: str, url: str = server.openai_url) -> dict:
+                async def ours(prompt: str, url: str = server.openai_url, name: str = side.name) -> dict:
+                    before = thread_times(pids[name]) if name in pids else None
                     outcome = await _stream_one(client, url, str(model_path), prompt, max_tokens)
-                    return {"ttft": outcome.ttft, "tps": (outcome.tokens - 1) / outcome.span, "tokens": outcome.tokens}
+                    result = {"ttft": outcome.ttft, "tps": (outcome.tokens - 1) / outcome.span, "tokens": outcome.tokens}
+                    return with_times(result, pids.get(name), before)
 
                 requesters[side.name] = ours
+                admin_urls[side.name] = server.admin_url
 
             async def theirs(prompt: str) -> dict:
-                return await trio.to_thread.run_sync(baseline.request, prompt)
+                before = thread_times(baseline.process.pid)
+                result = await trio.to_thread.run_sync(baseline.request, prompt)
+                return with_times(result, baseline.process.pid, before)
 
             order = [IN_PROCESS, *requesters]
             requesters[IN_PROCESS] = theirs
@@ -167,6 +209,8 @@ async def run(model_path: Path, sides: list[Side], pairs: int, max_tokens: int, 
             for text in texts[:warm]:
                 for name in order:
                     await requesters[name](text)
+            for name, url in admin_urls.items():
+                pids[name] = await loaded_worker_pid(url)
             rows = []
             for index in range(pairs):
                 text = texts[index % len(texts)]
@@ -209,6 +253,17 @@ def side_summary(rows: list[dict], name: str, *, against: str = IN_PROCESS) -> d
     }
     if all("ttft" in row[name] for row in rows):
         summary["ttft_median_s"] = statistics.median(row[name]["ttft"] for row in rows)
+    timed = [row for row in rows if "cpu_us_per_token" in row[name] and "cpu_us_per_token" in row[against]]
+    if timed:
+        cpu_ratios = [row[name]["cpu_us_per_token"] / row[against]["cpu_us_per_token"] for row in timed]
+        summary["decoding_thread"] = {
+            "cpu_us_per_token_median": round(statistics.median(row[name]["cpu_us_per_token"] for row in timed), 1),
+            "runq_us_per_token_median": round(statistics.median(row[name]["runq_us_per_token"] for row in timed), 1),
+            f"{against}_cpu_us_per_token_median": round(statistics.median(row[against]["cpu_us_per_token"] for row in timed), 1),
+            f"{against}_runq_us_per_token_median": round(statistics.median(row[against]["runq_us_per_token"] for row in timed), 1),
+            "cpu_ratio_median": round(statistics.median(cpu_ratios), 3),
+            "cpu_ratio_interval90": interval90(cpu_ratios),
+        }
     return summary
 
 
