@@ -2,7 +2,13 @@
 
 This package knows frames and semaphores, nothing about models or HTTP.
 See docs/ARCHITECTURE.md for the ring layout and the semaphore protocol.
+The Trio side (``TrioChannel``, ``MessageRouter``) loads on first use: the
+worker, plain synchronous Python, uses the rest without importing Trio.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from ._channel import Channel, ChannelSpec, parent_watch
 from ._codec import Codec
@@ -25,9 +31,11 @@ from ._ring import (
     RingStatistics,
     RingWriter,
 )
-from ._router import MessageRouter, RouterStatistics
 from ._semaphore import HAS_TIMED_WAIT
-from ._trio import TrioChannel, TrioChannelStatistics
+
+if TYPE_CHECKING:
+    from ._router import MessageRouter, RouterStatistics
+    from ._trio import TrioChannel, TrioChannelStatistics
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -59,3 +67,15 @@ __all__ = [
     "parent_watch",
     "sweep_stale_objects",
 ]
+
+# The Trio side, by module.
+_LAZY = {"TrioChannel": "_trio", "TrioChannelStatistics": "_trio", "MessageRouter": "_router", "RouterStatistics": "_router"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is not None:
+        from importlib import import_module
+
+        return getattr(import_module(f"{__name__}.{module}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

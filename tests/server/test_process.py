@@ -159,6 +159,25 @@ async def test_orchestrator_never_imports_mlx():
 
 
 @bounded(60)
+async def test_the_worker_never_imports_the_orchestrator():
+    """What ``python -m mlxtrio.worker`` loads, before its model and after: none of the orchestrator's
+    modules, nor its HTTP stack or metrics (Trio itself comes in with huggingface_hub's HTTP client)."""
+    code = (
+        "import sys\n"
+        "import mlxtrio.worker._main\n"
+        "before = len(sys.modules)\n"
+        "import mlxtrio.worker._engine\n"
+        "server = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'quart', 'quart_trio', 'hypercorn', 'werkzeug', 'prometheus_client'} "
+        "or m.startswith(('mlxtrio._server', 'mlxtrio.api', 'mlxtrio.orchestrator', 'mlxtrio.ipc._trio', 'mlxtrio.ipc._router')))\n"
+        "assert not server, server\n"
+        "assert before < 300, before"
+    )
+    result = await trio.run_process([sys.executable, "-c", code], capture_stderr=True, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+
+
+@bounded(60)
 async def test_cli_says_plainly_what_is_wrong(tmp_path):
     bad = await trio.run_process(
         [sys.executable, "-m", "mlxtrio", "serve"], env={**os.environ, "MLX_PORT": "abc"}, capture_stderr=True, check=False
