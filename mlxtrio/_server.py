@@ -61,9 +61,18 @@ def _hypercorn_config(host: str, port: int, grace_period: float) -> hypercorn.co
     return config
 
 
-async def _watch_signals(handle: ServerHandle, root: trio.CancelScope, forced: list[bool]) -> None:
+async def _watch_signals(
+    handle: ServerHandle,
+    root: trio.CancelScope,
+    forced: list[bool],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     # trio.open_signal_receiver rides on Trio's wakeup fd: no work in a signal handler.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        # Started once the handlers are in: a SIGTERM right after the server
+        # says it listens must stop it gracefully, not kill it outright.
+        task_status.started()
         async for signum in signals:
             if not handle.state.shutting_down:
                 log.info("%s: stopping gracefully (send it again to stop at once)", signal.Signals(signum).name)
@@ -127,7 +136,7 @@ async def main(
                 ]
                 handle = ServerHandle(openai_binds[0], admin_binds[0], state, stop)
                 if handle_signals:
-                    root.start_soon(_watch_signals, handle, root.cancel_scope, forced)
+                    await root.start(_watch_signals, handle, root.cancel_scope, forced)
                 if config.state_dir is not None:
                     root.start_soon(_write_snapshots, config, state)
                 log.info("OpenAI API on %s, admin API on %s", handle.openai_url, handle.admin_url)

@@ -13,9 +13,11 @@ from pathlib import Path
 import httpx
 import trio
 
+from mlxtrio import main
 from mlxtrio.ipc import list_objects
 
 from ..helpers import bounded
+from .conftest import make_config
 
 LONG_STREAM = {"model": "demo", "prompt": "go", "max_tokens": 1500, "ignore_eos": True, "stream": True}
 
@@ -156,6 +158,40 @@ async def test_orchestrator_never_imports_mlx():
     )
     result = await trio.run_process([sys.executable, "-c", code], capture_stderr=True, check=False)
     assert result.returncode == 0, result.stderr.decode()
+
+
+@bounded(60)
+async def test_signals_are_handled_before_the_server_says_it_listens(nursery, cache_dir, tmp_path):
+    """A SIGTERM that comes right after "OpenAI API on ..." (a supervisor stopping what it just
+    started) must stop the server gracefully: its handlers are in before main() reports started.
+    They were once only scheduled to go in, and such a SIGTERM killed the process outright."""
+    handled_when_started: list[bool] = []
+
+    class Watching:
+        def __init__(self, inner: trio.TaskStatus) -> None:
+            self._inner = inner
+
+        def started(self, value: object = None) -> None:
+            handled_when_started.append(signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL)
+            self._inner.started(value)
+
+    done = trio.Event()
+
+    async def run(task_status: trio.TaskStatus) -> None:
+        try:
+            await main(make_config(cache_dir, tmp_path), handle_signals=True, task_status=Watching(task_status))
+        finally:
+            done.set()
+
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    handle = await nursery.start(run)
+    try:
+        assert handled_when_started == [True]
+    finally:
+        handle.shutdown()
+        with trio.fail_after(30):
+            await done.wait()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # and out again once it stopped
 
 
 @bounded(60)
