@@ -31,6 +31,8 @@ nanoseconds it ran on a CPU and nanoseconds it waited for one
 (``/proc/PID/task/PID/schedstat``), per token of the request. A side slower
 with the same CPU time per token waited more (for the GPU, or for a CPU);
 one with more CPU time per token did more work, or the same work slower.
+That speaks for a GPU, where the decoding thread builds and launches each
+step; on MLX's CPU backend the computation runs on threads of its own.
 """
 
 from __future__ import annotations
