@@ -24,6 +24,14 @@ usual.
 those CPUs only, and the orchestrator on every allowed CPU but those (on
 a GPU, mlxtrio leaves both unpinned). Run the client elsewhere too
 (``taskset``) for the worker to have them to itself.
+
+``VARIANT_SELF_TIME=PATH``: whether the worker process itself decodes more
+slowly than a process of its own. Once its model is loaded, before it
+serves anything, the worker runs ``stream_generate`` (mlx-lm's own loop,
+no ring, no engine) on the prompts the in-process side of
+``single_stream_pairs.py`` uses, and appends to PATH a JSON line per
+request: its decode rate and its main thread's CPU time per token, the
+figures that script reads for the in-process child.
 """
 
 from __future__ import annotations
@@ -65,7 +73,36 @@ def worker(argv: list[str]) -> int:
     hold = int(os.environ.get("VARIANT_FRAME_HOLD", "0"))
     if hold > 1:
         _hold_frames(_main, hold)
+    if os.environ.get("VARIANT_SELF_TIME"):
+        _time_itself(_main, Path(os.environ["VARIANT_SELF_TIME"]))
     return _main.main(argv)
+
+
+def _time_itself(_main, out: Path, *, requests: int = 8, max_tokens: int = 128) -> None:  # noqa: ANN001
+    import json
+    import time
+
+    from serve_bench import prompts, timed_stream_generate
+
+    load = _main._load  # noqa: SLF001
+
+    def load_then_time(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        loaded = load(*args, **kwargs)
+        model, tokenizer = loaded[0], loaded[1]
+        texts = prompts(8)
+        with out.open("a") as lines:
+            for index in range(requests + 1):  # the first warms up
+                prompt = tokenizer.apply_chat_template(
+                    [{"role": "user", "content": texts[index % len(texts)]}], add_generation_prompt=True
+                )
+                before = time.thread_time()
+                ttft, rate, tokens = timed_stream_generate(model, tokenizer, prompt, max_tokens, count=True)
+                cpu = time.thread_time() - before
+                if index:
+                    lines.write(json.dumps({"tps": rate, "ttft": ttft, "tokens": tokens, "cpu_us_per_token": cpu / tokens * 1e6}) + "\n")
+        return loaded
+
+    _main._load = load_then_time  # noqa: SLF001
 
 
 def _hold_frames(_main, hold: int) -> None:  # noqa: ANN001
