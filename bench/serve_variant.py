@@ -32,6 +32,8 @@ no ring, no engine) on the prompts the in-process side of
 ``single_stream_pairs.py`` uses, and appends to PATH a JSON line per
 request: its decode rate and its main thread's CPU time per token, the
 figures that script reads for the in-process child.
+``VARIANT_SELF_TIME_REQUESTS`` and ``VARIANT_SELF_TIME_TOKENS`` (default 8
+and 128) set how many requests, after one to warm up, and how long.
 """
 
 from __future__ import annotations
@@ -74,7 +76,11 @@ def worker(argv: list[str]) -> int:
     if hold > 1:
         _hold_frames(_main, hold)
     if os.environ.get("VARIANT_SELF_TIME"):
-        _time_itself(_main, Path(os.environ["VARIANT_SELF_TIME"]))
+        _time_itself(
+            _main, Path(os.environ["VARIANT_SELF_TIME"]),
+            requests=int(os.environ.get("VARIANT_SELF_TIME_REQUESTS", "8")),
+            max_tokens=int(os.environ.get("VARIANT_SELF_TIME_TOKENS", "128")),
+        )
     return _main.main(argv)
 
 
