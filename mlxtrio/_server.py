@@ -62,18 +62,26 @@ def _hypercorn_config(host: str, port: int, grace_period: float) -> hypercorn.co
 
 
 async def _watch_signals(
-    handle: ServerHandle,
+    listening: list[ServerHandle],
     root: trio.CancelScope,
     forced: list[bool],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """SIGTERM and SIGINT, from before the pid file is written: graceful once ``listening`` holds the handle."""
     # trio.open_signal_receiver rides on Trio's wakeup fd: no work in a signal handler.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        # Started once the handlers are in: a SIGTERM right after the server
-        # says it listens must stop it gracefully, not kill it outright.
+        # Started once the handlers are in: a SIGTERM sent as soon as the pid
+        # file exists, or the server says it listens, must stop it cleanly,
+        # not kill it outright.
         task_status.started()
         async for signum in signals:
+            if not listening:
+                # Nothing is served yet: stop starting.
+                log.info("%s during start-up: stopping", signal.Signals(signum).name)
+                root.cancel()
+                return
+            handle = listening[0]
             if not handle.state.shutting_down:
                 log.info("%s: stopping gracefully (send it again to stop at once)", signal.Signals(signum).name)
                 handle.shutdown()
@@ -114,10 +122,13 @@ async def main(
     state = ServerState(config, supervisor, Metrics(supervisor.statistics))
     stop = trio.Event()
     forced: list[bool] = []
-    if config.pid_file is not None:
-        write_atomically(config.pid_file, f"{os.getpid()}\n".encode())
+    listening: list[ServerHandle] = []
     try:
         async with trio.open_nursery() as root:
+            if handle_signals:
+                await root.start(_watch_signals, listening, root.cancel_scope, forced)
+            if config.pid_file is not None:
+                write_atomically(config.pid_file, f"{os.getpid()}\n".encode())
             await root.start(supervisor.run)
             async with trio.open_nursery() as http:
                 openai_binds, admin_binds = [
@@ -135,8 +146,7 @@ async def main(
                     )
                 ]
                 handle = ServerHandle(openai_binds[0], admin_binds[0], state, stop)
-                if handle_signals:
-                    await root.start(_watch_signals, handle, root.cancel_scope, forced)
+                listening.append(handle)
                 if config.state_dir is not None:
                     root.start_soon(_write_snapshots, config, state)
                 log.info("OpenAI API on %s, admin API on %s", handle.openai_url, handle.admin_url)

@@ -195,6 +195,30 @@ async def test_signals_are_handled_before_the_server_says_it_listens(nursery, ca
 
 
 @bounded(60)
+async def test_a_sigterm_as_soon_as_the_pid_file_exists_stops_the_server_cleanly(cache_dir, tmp_path):
+    """Whoever reads the pid file (a supervisor, a stop script) may signal at once, before the
+    server listens: the handlers are in before the pid file is written, so it stops cleanly."""
+    pid_file = tmp_path / "mlxtrio.pid"
+    env = {**os.environ, "MLX_CACHE_DIR": str(cache_dir), "HF_HOME": str(tmp_path / "hf"), "MLX_PORT": "0", "MLX_ADMIN_PORT": "0"}
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "mlxtrio", "serve", "--pid-file", str(pid_file)], env=env, stderr=-1
+    )
+    log: list[bytes] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, process, log)
+            with trio.fail_after(30):
+                while not (pid_file.exists() and pid_file.read_text().strip()):
+                    await trio.sleep(0.001)
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(30):
+                assert await process.wait() == 0, b"".join(log).decode()
+    finally:
+        await _kill_if_running(process)
+    assert not pid_file.exists()
+
+
+@bounded(60)
 async def test_the_worker_never_imports_the_orchestrator():
     """What ``python -m mlxtrio.worker`` loads, before its model and after: none of the orchestrator's
     modules, nor its HTTP stack or metrics (Trio itself comes in with huggingface_hub's HTTP client)."""
