@@ -1,7 +1,7 @@
 """Single-stream decode, mlxtrio against in-process mlx-lm, request by request in pairs.
 
     python bench/single_stream_pairs.py --model qwen2.5-0.5b-bf16 [--models-dir DIR] [--pairs 32] [--max-tokens 128]
-        [--pin-in-process] [--side NAME[:KEY=VALUE,...]]... [--json OUT]
+        [--pin-in-process] [--in-process stream_generate|engine] [--side NAME[:KEY=VALUE,...]]... [--json OUT]
     python bench/single_stream_pairs.py --summarise RUN.json|RUN.log...    # several runs' rounds together
 
 serve_bench.py measures in-process mlx-lm and then the server, a minute or
@@ -47,6 +47,7 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import attrs
@@ -89,8 +90,34 @@ async def loaded_worker_pid(admin_url: str) -> int:
         return await worker_pid(admin)
 
 
-def baseline_child(model_path: str, max_tokens: int, pin: bool) -> None:
-    """The in-process side: reads a prompt per line, answers with one JSON line (ttft, tokens/s)."""
+def timed_engine(engine, request_id: int, text: str, max_tokens: int) -> tuple[float, float, int]:  # noqa: ANN001
+    """One chat request through mlxtrio's engine, driven as the worker drives it: seconds to the
+    first text, tokens/s after it, and tokens (the worker's request path, without the worker)."""
+    from mlxtrio import _protocol as p
+
+    start = time.perf_counter()
+    engine.admit(p.Generate(request_id, p.SamplingParams(max_tokens=max_tokens, temperature=0.0), (p.ChatMessage("user", text),)))
+    first = last = None
+    tokens = 0
+    while engine.active:
+        deltas, failures = engine.step()
+        assert not failures, failures
+        for delta in deltas:
+            tokens = max(tokens, delta.completion_tokens)
+            if delta.text or delta.finish_reason:
+                last = time.perf_counter()
+                first = first or last
+    return first - start, (tokens - 1) / (last - first), tokens
+
+
+def baseline_child(model_path: str, max_tokens: int, pin: bool, kind: str = "stream_generate") -> None:
+    """The in-process side: reads a prompt per line, answers with one JSON line (ttft, tokens/s).
+
+    ``kind`` ``engine``: mlxtrio's ``BatchEngine`` as the worker sets it up
+    (its load, its prompt cache), driven step by step in this process instead
+    of ``stream_generate``: the served request's path, without the worker
+    process, its ring and its orchestrator.
+    """
     if pin:
         from mlxtrio._affinity import allowed_cpus, pin_this_process
 
@@ -98,20 +125,31 @@ def baseline_child(model_path: str, max_tokens: int, pin: bool) -> None:
         pin_this_process(allowed_cpus()[-1:])
     import mlx_lm
 
-    model, tokenizer = mlx_lm.load(model_path)
+    if kind == "engine":
+        from bench_models import load_as_worker
+
+        from mlxtrio.worker._engine import BatchEngine
+
+        model, tokenizer = load_as_worker(Path(model_path))
+        engine = BatchEngine(model, tokenizer, context_length=None)
+    else:
+        model, tokenizer = mlx_lm.load(model_path)
     print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": json.loads(line)}], add_generation_prompt=True)
-        ttft, rate, tokens = timed_stream_generate(model, tokenizer, prompt, max_tokens, count=True)
+    for request_id, line in enumerate(sys.stdin, start=1):
+        if kind == "engine":
+            ttft, rate, tokens = timed_engine(engine, request_id, json.loads(line), max_tokens)
+        else:
+            prompt = tokenizer.apply_chat_template([{"role": "user", "content": json.loads(line)}], add_generation_prompt=True)
+            ttft, rate, tokens = timed_stream_generate(model, tokenizer, prompt, max_tokens, count=True)
         print(json.dumps({"ttft": ttft, "tps": rate, "tokens": tokens}), flush=True)
 
 
 class Baseline:
     """The child process that holds mlx-lm in-process; one request at a time."""
 
-    def __init__(self, model_path: str, max_tokens: int, pin: bool) -> None:
+    def __init__(self, model_path: str, max_tokens: int, pin: bool, kind: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--baseline-child", model_path, str(max_tokens), "pin" if pin else "free"],
+            [sys.executable, __file__, "--baseline-child", model_path, str(max_tokens), "pin" if pin else "free", kind],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         assert json.loads(self._line())["ready"]
@@ -174,9 +212,11 @@ class Side:
         return [sys.executable, str(HERE / "serve_variant.py"), "--serve"] if variant else None
 
 
-async def run(model_path: Path, sides: list[Side], pairs: int, max_tokens: int, warm: int, pin: bool) -> dict:
+async def run(
+    model_path: Path, sides: list[Side], pairs: int, max_tokens: int, warm: int, pin: bool, kind: str = "stream_generate"
+) -> dict:
     texts = prompts(8)
-    baseline = await trio.to_thread.run_sync(Baseline, str(model_path), max_tokens, pin)
+    baseline = await trio.to_thread.run_sync(Baseline, str(model_path), max_tokens, pin, kind)
     cache = Path(os.environ.get("MLX_CACHE_DIR", "/tmp/mlxtrio-bench-cache"))
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -297,7 +337,7 @@ def summarise(paths: list[Path]) -> dict:
 
 def main() -> None:
     if sys.argv[1:2] == ["--baseline-child"]:
-        baseline_child(sys.argv[2], int(sys.argv[3]), sys.argv[4] == "pin")
+        baseline_child(sys.argv[2], int(sys.argv[3]), sys.argv[4] == "pin", sys.argv[5])
         return
     if sys.argv[1:2] == ["--summarise"]:
         # python bench/single_stream_pairs.py --summarise RUN.json RUN.log ...: runs cut short keep their logs.
@@ -316,6 +356,10 @@ def main() -> None:
         "--side", action="append", type=Side.parse, metavar="NAME[:KEY=VALUE,...]",
         help="an mlxtrio server to compare, with extra environment (repeatable; default: one, 'mlxtrio', as it is)",
     )
+    parser.add_argument(
+        "--in-process", choices=["stream_generate", "engine"], default="stream_generate",
+        help="the in-process side: mlx-lm's own loop (the ceiling), or mlxtrio's engine driven in that process",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     sides = args.side or [Side("mlxtrio", {})]
@@ -329,8 +373,9 @@ def main() -> None:
         "max_tokens": args.max_tokens,
         "mlx_worker_cpus": os.environ.get("MLX_WORKER_CPUS", "auto"),
         "in_process_pinned": args.pin_in_process,
+        "in_process": args.in_process,
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        **trio.run(run, model_path, sides, args.pairs, args.max_tokens, args.warm, args.pin_in_process),
+        **trio.run(run, model_path, sides, args.pairs, args.max_tokens, args.warm, args.pin_in_process, args.in_process),
     }
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
