@@ -21,11 +21,10 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sse_client import HttpxClient, LeanClient  # noqa: E402
+from serve_bench import Client, make_client  # noqa: E402
 
 EVENT = b'data: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}\n\n'
 RESPONSE = (
@@ -62,7 +61,7 @@ async def canned(stream: trio.SocketStream) -> None:
         pass
 
 
-async def per_request_cpu(client: HttpxClient | LeanClient, url: str, bursts: int) -> float:
+async def per_request_cpu(client: Client, url: str, bursts: int) -> float:
     async def one() -> None:
         async with client.stream_lines(url, BODY) as lines:
             async for line in lines:
@@ -87,9 +86,9 @@ async def run(bursts: int) -> dict:
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(trio.serve_tcp, canned, 0)
         url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/v1/chat/completions"
-        limits = httpx.Limits(max_connections=12, max_keepalive_connections=12)
         results = {}
-        for name, client in (("httpx", HttpxClient(httpx.AsyncClient(limits=limits))), ("lean", LeanClient())):
+        for name in ("httpx", "lean"):
+            client = make_client(name, connections=12)
             results[name] = await per_request_cpu(client, url, bursts)
             await client.aclose()
         nursery.cancel_scope.cancel()

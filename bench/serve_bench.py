@@ -64,8 +64,8 @@ def percentile(values: list[float], fraction: float) -> float:
 # --- (1) in-process mlx-lm, in a subprocess of its own (its memory goes when it ends) --------
 
 
-def timed_stream_generate(model, tokenizer, prompt: list[int], max_tokens: int, *, count: bool = False) -> tuple:  # noqa: ANN001
-    """One ``stream_generate``: seconds to its first token, and tokens/s after it (and, with ``count``, its tokens)."""
+def timed_stream_generate(model, tokenizer, prompt: list[int], max_tokens: int) -> tuple[float, float, int]:  # noqa: ANN001
+    """One ``stream_generate``: seconds to its first token, tokens/s after it, and its tokens."""
     import mlx_lm
 
     start = time.perf_counter()
@@ -76,8 +76,7 @@ def timed_stream_generate(model, tokenizer, prompt: list[int], max_tokens: int, 
         if first is None:
             first = time.perf_counter()
     end = time.perf_counter()
-    timing = (first - start, (tokens - 1) / (end - first))
-    return (*timing, tokens) if count else timing
+    return first - start, (tokens - 1) / (end - first), tokens
 
 
 def in_process(model_path: str, concurrencies: list[int], max_tokens: int, samples: int = 3) -> dict:
@@ -95,7 +94,7 @@ def in_process(model_path: str, concurrencies: list[int], max_tokens: int, sampl
     ttfts, rates = [], []
     # As many single streams as a server gets (--rounds), at least 3: one run is noise on a GPU.
     for prompt in encoded[: max(3, samples)]:
-        ttft, rate = timed_stream_generate(model, tokenizer, prompt, max_tokens)
+        ttft, rate, _ = timed_stream_generate(model, tokenizer, prompt, max_tokens)
         ttfts.append(ttft)
         rates.append(rate)
     result["single_stream_tps"] = statistics.median(rates)

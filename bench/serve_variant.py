@@ -102,7 +102,7 @@ def _time_itself(_main, out: Path, *, requests: int = 8, max_tokens: int = 128) 
                     [{"role": "user", "content": texts[index % len(texts)]}], add_generation_prompt=True
                 )
                 before = time.thread_time()
-                ttft, rate, tokens = timed_stream_generate(model, tokenizer, prompt, max_tokens, count=True)
+                ttft, rate, tokens = timed_stream_generate(model, tokenizer, prompt, max_tokens)
                 cpu = time.thread_time() - before
                 if index:
                     lines.write(json.dumps({"tps": rate, "ttft": ttft, "tokens": tokens, "cpu_us_per_token": cpu / tokens * 1e6}) + "\n")

@@ -140,7 +140,7 @@ def baseline_child(model_path: str, max_tokens: int, pin: bool, kind: str = "str
             ttft, rate, tokens = timed_engine(engine, request_id, json.loads(line), max_tokens)
         else:
             prompt = tokenizer.apply_chat_template([{"role": "user", "content": json.loads(line)}], add_generation_prompt=True)
-            ttft, rate, tokens = timed_stream_generate(model, tokenizer, prompt, max_tokens, count=True)
+            ttft, rate, tokens = timed_stream_generate(model, tokenizer, prompt, max_tokens)
         print(json.dumps({"ttft": ttft, "tps": rate, "tokens": tokens}), flush=True)
 
 
@@ -200,7 +200,8 @@ class Side:
         key = None
         for part in filter(None, settings.split(",")):
             if "=" in part:
-                key, env[key] = part.split("=", 1)[0], part.split("=", 1)[1]
+                key, value = part.split("=", 1)
+                env[key] = value
             elif key is not None:
                 env[key] += "," + part
             else:

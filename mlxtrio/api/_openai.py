@@ -337,10 +337,7 @@ async def _stream(
                 lasts: list = [None] * choices
                 while not events.finished:
                     with trio.move_on_at(deadline) as scope:
-                        try:
-                            delta = await events.__anext__()
-                        except StopAsyncIteration:
-                            break
+                        delta = await events.__anext__()
                     if scope.cancelled_caught:
                         # Leaving the block cancels the sequence in the worker.
                         status = 504

@@ -625,16 +625,14 @@ class BatchEngine(_EngineBase):
         the token out next step; ``_sent_early`` skips it there.
         """
         batch = self._generator._generation_batch  # noqa: SLF001 - mlx-lm is pinned
-        entered = set(uids)
-        if not entered or any(uid not in entered for uid in batch.uids):
+        if not uids or not batch.uids or not set(batch.uids) <= set(uids):
             return {}
-        rows = {uid: batch.uids.index(uid) for uid in uids if uid in self._by_uid}
-        if not rows:
-            return {}
-        tokens = batch._next_tokens  # noqa: SLF001
-        mx.eval(tokens)
-        values = tokens.tolist()
-        return {uid: (values[row], batch._next_logprobs[row]) for uid, row in rows.items()}  # noqa: SLF001
+        values = batch._next_tokens.tolist()  # noqa: SLF001 - waits for this step's computation
+        return {
+            uid: (values[row], batch._next_logprobs[row])  # noqa: SLF001
+            for row, uid in enumerate(batch.uids)
+            if uid in self._by_uid
+        }
 
     def _recover(self, error: RequestError) -> list[tuple[int, RequestError]]:
         """After a failed step: a clean generator (the old one's state is unknown).

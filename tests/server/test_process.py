@@ -22,19 +22,25 @@ from .conftest import make_config
 LONG_STREAM = {"model": "demo", "prompt": "go", "max_tokens": 1500, "ignore_eos": True, "stream": True}
 
 
-async def _start_server(
-    cache_dir: Path, tmp_path: Path, *extra: str, own_session: bool = False
-) -> tuple[trio.Process, str, str, list[bytes]]:
-    """Start ``python -m mlxtrio serve`` on free ports; return it, its two URLs and its log so far."""
-    env = {
+def _server_env(cache_dir: Path, tmp_path: Path) -> dict[str, str]:
+    return {
         **os.environ,
         "MLX_CACHE_DIR": str(cache_dir),
         "HF_HOME": str(tmp_path / "hf"),
         "MLX_PORT": "0",
         "MLX_ADMIN_PORT": "0",
     }
+
+
+async def _start_server(
+    cache_dir: Path, tmp_path: Path, *extra: str, own_session: bool = False
+) -> tuple[trio.Process, str, str, list[bytes]]:
+    """Start ``python -m mlxtrio serve`` on free ports; return it, its two URLs and its log so far."""
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "mlxtrio", "serve", *extra], env=env, stderr=-1, start_new_session=own_session
+        [sys.executable, "-m", "mlxtrio", "serve", *extra],
+        env=_server_env(cache_dir, tmp_path),
+        stderr=-1,
+        start_new_session=own_session,
     )
     log: list[bytes] = []
     buffer = b""
@@ -199,9 +205,8 @@ async def test_a_sigterm_as_soon_as_the_pid_file_exists_stops_the_server_cleanly
     """Whoever reads the pid file (a supervisor, a stop script) may signal at once, before the
     server listens: the handlers are in before the pid file is written, so it stops cleanly."""
     pid_file = tmp_path / "mlxtrio.pid"
-    env = {**os.environ, "MLX_CACHE_DIR": str(cache_dir), "HF_HOME": str(tmp_path / "hf"), "MLX_PORT": "0", "MLX_ADMIN_PORT": "0"}
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "mlxtrio", "serve", "--pid-file", str(pid_file)], env=env, stderr=-1
+        [sys.executable, "-m", "mlxtrio", "serve", "--pid-file", str(pid_file)], env=_server_env(cache_dir, tmp_path), stderr=-1
     )
     log: list[bytes] = []
     try:
