@@ -23,7 +23,17 @@ the first), median and every sample:
   shows (it changes nothing for a model without quantized layers);
 - ``bare_default_stream`` / ``bare_own_stream``: the smallest pipelined loop
   (model, argmax, ``async_eval``, ``item``) on MLX's default stream and on a
-  stream of its own (mlx-lm's generation functions use one of their own).
+  stream of its own (mlx-lm's generation functions use one of their own);
+- ``compiled_static_cache``: the same loop with its step under ``mx.compile``,
+  over a KV cache of fixed capacity (the next multiple of 256 above prompt
+  and tokens) whose offset is an array, so that the step's shapes never
+  change and it is traced once. Attention then runs over the whole capacity,
+  a mask hiding the empty part. Not what mlxtrio does: a probe of whether
+  it should. The result also gives the seconds of its first call on a new
+  shape (tracing and compiling), and the first token where its greedy
+  output differs from ``stream_generate``'s, if one does.
+
+``--ways NAME...`` runs only those.
 
 It also times one decode step split in two, synchronously: building the
 step's graph in Python (``model(...)`` returns before anything runs) and
@@ -113,6 +123,72 @@ def bare(model, tokenizer, prompt: list[int], tokens: int, *, stream: mx.Stream 
     return rate(first, time.perf_counter(), tokens)
 
 
+class StaticCache:
+    """A layer's KV cache of fixed capacity, its offset an array: the step's shapes never change."""
+
+    def __init__(self, keys: mx.array, values: mx.array, offset: mx.array) -> None:
+        self.keys, self.values, self.offset = keys, values, offset
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        self.keys = mx.slice_update(self.keys, keys, self.offset, axes=(2,))
+        self.values = mx.slice_update(self.values, values, self.offset, axes=(2,))
+        return self.keys, self.values
+
+    def make_mask(self, n: int, return_array: bool = False, window_size: int | None = None) -> mx.array:  # noqa: ARG002
+        # One query (a decode step): every position up to and including its own.
+        return (mx.arange(self.keys.shape[2]) <= self.offset)[None]
+
+
+def compiled_tokens(model, prompt: list[int], tokens: int) -> tuple[list[int], float]:  # noqa: ANN001
+    """Greedy tokens from the compiled step over a static cache, and the decode rate."""
+    cache = make_prompt_cache(model)
+    token = mx.argmax(model(mx.array(prompt)[None], cache=cache)[:, -1, :], axis=-1)
+    capacity = -(-(len(prompt) + tokens) // 256) * 256
+    keys, values = [], []
+    for layer in cache:
+        batch, heads, _, key_dim = layer.keys.shape
+        key_buffer = mx.zeros((batch, heads, capacity, key_dim), layer.keys.dtype)
+        value_buffer = mx.zeros((batch, heads, capacity, layer.values.shape[3]), layer.values.dtype)
+        key_buffer[..., : layer.offset, :] = layer.keys[..., : layer.offset, :]
+        value_buffer[..., : layer.offset, :] = layer.values[..., : layer.offset, :]
+        keys.append(key_buffer)
+        values.append(value_buffer)
+    offset = mx.array(len(prompt), mx.int32)
+    mx.eval(token, keys, values)
+
+    def step(token: mx.array, keys: list, values: list, offset: mx.array):  # noqa: ANN202
+        layers = [StaticCache(k, v, offset) for k, v in zip(keys, values)]
+        logits = model(token[:, None], cache=layers)[:, -1, :]
+        return mx.argmax(logits, axis=-1), [layer.keys for layer in layers], [layer.values for layer in layers], offset + 1
+
+    compiled = mx.compile(step, inputs=model.state)
+    out = [token.item()]
+    first = time.perf_counter()
+    following = compiled(token, keys, values, offset)
+    mx.async_eval(following)
+    for count in range(1, tokens):
+        token, keys, values, offset = following
+        if count < tokens - 1:
+            following = compiled(token, keys, values, offset)
+            mx.async_eval(following)
+        out.append(token.item())
+    return out, rate(first, time.perf_counter(), tokens)
+
+
+def with_compiled(model, tokenizer, prompt: list[int], tokens: int) -> float:  # noqa: ANN001, ARG001
+    return compiled_tokens(model, prompt, tokens)[1]
+
+
+def compiled_check(model, tokenizer, prompt: list[int], tokens: int) -> dict:  # noqa: ANN001
+    """The compiled step's first call on a fresh shape, and where its greedy output leaves stream_generate's."""
+    started = time.perf_counter()
+    compiled, _ = compiled_tokens(model, prompt, 2 * 256)  # a capacity no timed run uses
+    first_call = time.perf_counter() - started
+    reference = [response.token for response in mlx_lm.stream_generate(model, tokenizer, prompt, max_tokens=len(compiled))]
+    differ = next((index for index, (a, b) in enumerate(zip(reference, compiled)) if a != b), None)
+    return {"first_call_s_with_512_tokens": first_call, "first_difference_from_stream_generate": differ, "compared": len(compiled)}
+
+
 def step_split(model, prompt: list[int], steps: int = 32) -> dict:  # noqa: ANN001
     """Median ms to build one decode step's graph, and to evaluate it, synchronously."""
     cache = make_prompt_cache(model)
@@ -158,6 +234,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--ways", nargs="+", help="only these ways (default: all)")
     args = parser.parse_args()
     model_path = build_chosen(args)
     model, tokenizer = mlx_lm.load(str(model_path))
@@ -172,7 +249,10 @@ def main() -> None:
         "engine_alone_unfolded": lambda *a: with_engine(*a, solo=True),
         "bare_default_stream": lambda *a: bare(*a, stream=None),
         "bare_own_stream": lambda *a: bare(*a, stream=own),
+        "compiled_static_cache": with_compiled,
     }
+    if args.ways:
+        ways = {name: ways[name] for name in args.ways}
     for way in ways.values():  # every shape compiled once before timing
         way(model, tokenizer, prompt, 16)
     samples: dict[str, list[float]] = {name: [] for name in ways}
@@ -188,6 +268,8 @@ def main() -> None:
         "tok_per_s_samples": samples,
         "one_step": step_split(model, prompt),
     }
+    if "compiled_static_cache" in ways:
+        result["compiled_static_cache"] = compiled_check(model, tokenizer, prompt, args.tokens)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=1))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/PERFORMANCE.md, as run on a lent Linux CUDA machine.
 #
-#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, ab05, timeline05, sides05, apart05, pack
+#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, ab05, timeline05, sides05, compiled05, loop05, apart05, pack
 #
 # The machine has no registry: `install` takes the offline bundle of
 # ../shared/gpu/stage.sh (first half parked in /tmp by .gpu/a/keep.sh, second
@@ -232,6 +232,28 @@ sides05() {
             --side mlxtrio ${SIDES:---side held:VARIANT_FRAME_HOLD=32 --side nocache:MLX_PROMPT_CACHE_BYTES=0 --side ops200:MLX_MAX_OPS_PER_BUFFER=200} \
             --json "$RESULTS/sides-qwen05-r$run.json" >/dev/null 2>"$RESULTS/sides-qwen05-r$run.log"
         sides_summary "$RESULTS/sides-qwen05-r$run.json"
+    done
+}
+
+compiled05() {
+    # Whether a compiled decode step over a static KV cache would beat mlx-lm's own loop (bench/decode_probe.py).
+    step compiled05
+    python3 bench/decode_probe.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --repeats ${REPEATS:-5} \
+        --ways stream_generate engine_alone compiled_static_cache --json "$RESULTS/compiled-qwen05.json" \
+        | grep -B2 -A12 tok_per_s_median
+}
+
+loop05() {
+    # Single stream in rounds: the worker's loop timed part by part (bench/serve_variant.py
+    # VARIANT_LOOP_TIMES), frames sent one by one and in bunches of 32, twice.
+    step loop05
+    for run in 1 2; do
+        python3 bench/single_stream_pairs.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --pairs ${PAIRS:-24} \
+            --side timed:VARIANT_LOOP_TIMES=$RESULTS/loop-qwen05-r$run.jsonl \
+            --side held:VARIANT_FRAME_HOLD=32,VARIANT_LOOP_TIMES=$RESULTS/loop-qwen05-r$run.jsonl \
+            --json "$RESULTS/loop-qwen05-r$run.json" >/dev/null 2>"$RESULTS/loop-qwen05-r$run.log"
+        sides_summary "$RESULTS/loop-qwen05-r$run.json"
+        python3 bench/serve_variant.py --loop-summary "$RESULTS/loop-qwen05-r$run.jsonl"
     done
 }
 

@@ -34,6 +34,14 @@ request: its decode rate and its main thread's CPU time per token, the
 figures that script reads for the in-process child.
 ``VARIANT_SELF_TIME_REQUESTS`` and ``VARIANT_SELF_TIME_TOKENS`` (default 8
 and 128) set how many requests, after one to warm up, and how long.
+
+``VARIANT_LOOP_TIMES=PATH``: where the worker's loop spends its time. Each
+part of the loop (the engine's step, the frame sent, the doorbell rung
+within it, the ring polled between steps, the parent checked, the waits
+while idle) is timed, CPU and wall, and when the worker stops it appends
+one JSON line of totals to PATH; ``--loop-summary PATH`` prints them per
+step. Each timed call also pays for its two CPU clock reads (system calls):
+a few µs that show in the small parts, not in the step.
 """
 
 from __future__ import annotations
@@ -81,7 +89,49 @@ def worker(argv: list[str]) -> int:
             requests=int(os.environ.get("VARIANT_SELF_TIME_REQUESTS", "8")),
             max_tokens=int(os.environ.get("VARIANT_SELF_TIME_TOKENS", "128")),
         )
+    if os.environ.get("VARIANT_LOOP_TIMES"):
+        _time_loop(_main, Path(os.environ["VARIANT_LOOP_TIMES"]))
     return _main.main(argv)
+
+
+def _time_loop(_main, out: Path) -> None:  # noqa: ANN001
+    import json
+    import time
+
+    serve = _main._serve  # noqa: SLF001
+
+    def serve_timed(channel, engine, send, watch):  # noqa: ANN001, ANN202
+        totals: dict[str, list[int]] = {}
+
+        def timed(name, function):  # noqa: ANN001, ANN202
+            def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+                cpu, wall = time.thread_time_ns(), time.perf_counter_ns()
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    entry = totals.setdefault(name, [0, 0, 0])
+                    entry[0] += time.thread_time_ns() - cpu
+                    entry[1] += time.perf_counter_ns() - wall
+                    entry[2] += 1
+
+            return call
+
+        engine.step = timed("step", engine.step)
+        # Polls between steps apart from idle waits, whose wall time is the idleness.
+        poll, wait = timed("poll", channel.reader.receive), timed("idle wait", channel.reader.receive)
+        channel.reader.receive = lambda *, timeout=None, **kwargs: (poll if timeout == 0 else wait)(timeout=timeout, **kwargs)
+        writer = channel.writer
+        if hasattr(writer, "_ring_doorbell"):
+            writer._ring_doorbell = timed("doorbell", writer._ring_doorbell)  # noqa: SLF001
+        try:
+            return serve(channel, engine, timed("send", send), timed("watch", watch))
+        finally:
+            with out.open("a") as lines:
+                variant = {key: value for key, value in os.environ.items() if key.startswith("VARIANT_")}
+                parts = {name: dict(zip(("cpu_ns", "wall_ns", "calls"), entry)) for name, entry in totals.items()}
+                lines.write(json.dumps({"variant": variant, "parts": parts}) + "\n")
+
+    _main._serve = serve_timed  # noqa: SLF001
 
 
 def _time_itself(_main, out: Path, *, requests: int = 8, max_tokens: int = 128) -> None:  # noqa: ANN001
@@ -134,9 +184,36 @@ def _hold_frames(_main, hold: int) -> None:  # noqa: ANN001
     _main._serve = serve_holding  # noqa: SLF001
 
 
+def loop_summary(path: Path) -> list[dict]:
+    """VARIANT_LOOP_TIMES' lines as microseconds of CPU and wall time per step, part by part."""
+    import json
+
+    summaries = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        steps = record["parts"].get("step", {}).get("calls", 0)
+        if not steps:
+            continue  # a worker that never stepped: nothing to divide by
+        summaries.append({
+            "variant": {key: value for key, value in record["variant"].items() if key != "VARIANT_LOOP_TIMES"},
+            "steps": steps,
+            "us_per_step": {
+                name: {"cpu": round(part["cpu_ns"] / steps / 1e3, 1), "wall": round(part["wall_ns"] / steps / 1e3, 1)}
+                for name, part in record["parts"].items()
+            },
+        })
+    return summaries
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--loop-summary"]:
+        import json
+
+        for path in sys.argv[2:]:
+            print(json.dumps(loop_summary(Path(path)), indent=1))
+        sys.exit(0)
     if sys.argv[1:2] == ["--serve"]:
         sys.exit(serve(sys.argv[2:]))
     if sys.argv[1:2] == ["--worker"]:
         sys.exit(worker(sys.argv[2:]))
-    sys.exit(f"usage: {sys.argv[0]} --serve [mlxtrio serve options]")
+    sys.exit(f"usage: {sys.argv[0]} --serve [mlxtrio serve options] | --loop-summary PATH...")
