@@ -17,6 +17,7 @@ from pathlib import Path
 import attrs
 
 from ._affinity import parse_worker_cpus
+from ._allocator import parse_worker_allocator
 
 __all__ = ["Config", "ModelSettings", "RamTier", "ram_tier", "total_ram_bytes"]
 
@@ -110,6 +111,7 @@ _SETTINGS: dict[str, tuple[str | None, Callable[[object], object]]] = {
     "prefill_bucket": ("MLX_PREFILL_BUCKET", _number(int)),
     "max_queue": ("MLX_MAX_QUEUE", _number(int)),
     "worker_cpus": ("MLX_WORKER_CPUS", str),
+    "worker_allocator": ("MLX_WORKER_ALLOCATOR", str),
     "prompt_cache_bytes": ("MLX_PROMPT_CACHE_BYTES", _number(int)),
     "max_body_bytes": ("MLX_MAX_BODY_BYTES", _number(int)),
     "max_tokens_limit": ("MLX_MAX_TOKENS", _number(int)),
@@ -225,6 +227,8 @@ class Config:
     max_queue: int = 128
     # CPUs each worker runs on: "auto", "none" or a CPU list (see _affinity.py).
     worker_cpus: str = "auto"
+    # The malloc each worker runs with: "auto", "system" or a library's path (see _allocator.py).
+    worker_allocator: str = "auto"
     # Byte cap of each worker's prompt (KV) cache; 0 turns it off.
     prompt_cache_bytes: int = 1 << 30
     # Request limits: body size (413 past it), max_tokens and n (400 past them).
@@ -293,6 +297,7 @@ class Config:
         if config.prefill_bucket < 0:
             raise ValueError(f"prefill_bucket must be 0 (off) or more, not {config.prefill_bucket}")
         parse_worker_cpus(config.worker_cpus)  # refused at start, not when a worker starts
+        parse_worker_allocator(config.worker_allocator)
         if config.max_queue < 0:
             raise ValueError(f"max_queue must be 0 or more, not {config.max_queue}")
         if not is_loopback(config.admin_host) and not config.admin_token:

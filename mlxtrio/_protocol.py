@@ -162,6 +162,8 @@ class Ready(_Message, tag="ready"):
     tool_format: str | None = None
     # The CPUs the worker is pinned to; empty: not pinned.
     cpus: tuple[int, ...] = ()
+    # The malloc it runs with, as its memory map shows: "system", "jemalloc", ...
+    allocator: str = "system"
 
 
 class LoadFailed(_Message, tag="load_failed"):

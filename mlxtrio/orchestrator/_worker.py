@@ -16,6 +16,7 @@ import contextlib
 import enum
 import itertools
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import msgspec
 import trio
 
 from .. import _protocol as p
+from .._allocator import parse_worker_allocator
 from .._config import Config
 from .._errors import ServerError
 from ..ipc import Channel, IPCError, MessageRouter, PeerGoneError, ProtocolError, TrioChannel
@@ -99,6 +101,8 @@ class WorkerStatus:
     load_seconds: float | None = None
     # The CPUs the loaded worker is pinned to (MLX_WORKER_CPUS); empty: not pinned.
     cpus: tuple[int, ...] = ()
+    # The malloc the loaded worker runs with (MLX_WORKER_ALLOCATOR), as it reports it.
+    allocator: str | None = None
 
 
 @attrs.define(eq=False)
@@ -196,6 +200,7 @@ class ModelWorker:
         self.model_id = entry.id
         self._worker_config = worker_config
         self._config = config
+        self._allocator = parse_worker_allocator(config.worker_allocator)
         # Per-model settings (the config file's) over the server's.
         self._idle_timeout = idle_timeout(config, entry)
         self._decode_concurrency = decode_concurrency(config, entry)
@@ -419,6 +424,7 @@ class ModelWorker:
             last_crash=self._last_crash,
             load_seconds=self._load_seconds,
             cpus=ready.cpus if ready is not None else (),
+            allocator=ready.allocator if ready is not None else None,
         )
 
     # --- the worker's life ------------------------------------------------------
@@ -456,7 +462,12 @@ class ModelWorker:
         try:
             # Its own session: a terminal's Ctrl-C reaches the orchestrator, which decides.
             process = await trio.lowlevel.open_process(
-                command, pass_fds=channel.pass_fds, start_new_session=True, stderr=subprocess.PIPE
+                command,
+                pass_fds=channel.pass_fds,
+                start_new_session=True,
+                stderr=subprocess.PIPE,
+                # This process's environment as it is now, with the worker's malloc preloaded.
+                env=self._allocator.environment(os.environ),
             )
         except OSError as exc:
             with trio.CancelScope(shield=True):
@@ -579,9 +590,10 @@ class ModelWorker:
                     self._load_seconds = message.load_seconds
                     run.ready = message
                     log.info(
-                        "model %r ready in %.1f s (worker pid %d, %s engine, %.1f MiB, %s)",
+                        "model %r ready in %.1f s (worker pid %d, %s engine, %.1f MiB, %s, %s malloc)",
                         self.model_id, message.load_seconds, run.process.pid, message.engine, message.memory_bytes / 2**20,
                         f"pinned to CPU {','.join(map(str, message.cpus))}" if message.cpus else "not pinned",
+                        message.allocator,
                     )
                     self._last_used = trio.current_time()
                     run.attempt.finish()

@@ -17,6 +17,7 @@ import msgspec
 
 from .. import _protocol as p
 from .._affinity import pin_this_process
+from .._allocator import allocator_in_use
 from .._models import weights_size
 from ..ipc import Channel, ChannelSpec, IPCError, PeerGoneError, ProtocolError, parent_watch
 from ._failpoints import failpoint
@@ -141,7 +142,12 @@ def main(argv: list[str]) -> int:
             progress=heartbeat,
             prefill_bucket=config.prefill_bucket,
         )
-        send(p.Ready(config.model_id, time.monotonic() - started, memory, engine.kind, engine.tool_format, cpus))
+        send(
+            p.Ready(
+                config.model_id, time.monotonic() - started, memory, engine.kind, engine.tool_format, cpus,
+                allocator_in_use(),
+            )
+        )
         return _serve(channel, engine, send, watch)
     except PeerGoneError:
         return EXIT_OK

@@ -133,4 +133,11 @@ async def worker_entry(admin: httpx.AsyncClient, model: str = "demo") -> dict:
     raise AssertionError(f"no worker for {model}")
 
 
-__all__ = ["make_config", "partial", "sse_events", "status", "worker_entry"]
+async def loaded_entry(admin: httpx.AsyncClient, model: str = "demo") -> dict:
+    """``model`` loaded through the admin API, then its worker's status entry."""
+    response = await admin.post("/admin/load", json={"model": model})
+    assert response.status_code == 200, response.text
+    return await worker_entry(admin, model)
+
+
+__all__ = ["loaded_entry", "make_config", "partial", "sse_events", "status", "worker_entry"]

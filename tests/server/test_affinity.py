@@ -13,7 +13,7 @@ import pytest
 from mlxtrio._affinity import allowed_cpus, parse_worker_cpus
 
 from ..helpers import bounded
-from .conftest import make_config
+from .conftest import loaded_entry, make_config
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
 
@@ -23,17 +23,9 @@ def thread_cpus(pid: int) -> list[set[int]]:
     return [os.sched_getaffinity(int(task)) for task in os.listdir(f"/proc/{pid}/task")]
 
 
-async def _loaded(admin) -> dict:  # noqa: ANN001
-    response = await admin.post("/admin/load", json={"model": "demo"})
-    assert response.status_code == 200, response.text
-    status = (await admin.get("/admin/status")).json()
-    (entry,) = [worker for worker in status["workers"] if worker["model"] == "demo"]
-    return entry
-
-
 @bounded(120)
 async def test_by_default_a_cpu_worker_is_pinned_to_one_core_with_all_its_threads(admin):
-    entry = await _loaded(admin)
+    entry = await loaded_entry(admin)
     expected = allowed_cpus()[-1]
     assert entry["cpus"] == [expected]
     threads = thread_cpus(entry["pid"])
@@ -46,7 +38,7 @@ async def test_by_default_a_cpu_worker_is_pinned_to_one_core_with_all_its_thread
 @pytest.mark.parametrize("server_settings", [{"worker_cpus": "none"}])
 @bounded(120)
 async def test_none_leaves_the_worker_on_every_cpu(admin):
-    entry = await _loaded(admin)
+    entry = await loaded_entry(admin)
     assert entry["cpus"] == []
     assert all(cpus == set(allowed_cpus()) for cpus in thread_cpus(entry["pid"]))
 
@@ -54,7 +46,7 @@ async def test_none_leaves_the_worker_on_every_cpu(admin):
 @pytest.mark.parametrize("server_settings", [{"worker_cpus": str(allowed_cpus()[0])}])
 @bounded(120)
 async def test_a_cpu_list_is_used_as_given(admin):
-    entry = await _loaded(admin)
+    entry = await loaded_entry(admin)
     assert entry["cpus"] == [allowed_cpus()[0]]
     assert all(cpus == {allowed_cpus()[0]} for cpus in thread_cpus(entry["pid"]))
 

@@ -1,0 +1,116 @@
+"""Which malloc a worker runs with (Linux; elsewhere the system's).
+
+MLX builds every step's graph on the host: array nodes, shared pointers,
+vectors, allocated and freed by the thousand per token, by the Python thread
+and MLX's own threads. glibc's malloc pays more for that than jemalloc: on
+an H100, where one stream of the Qwen2.5-0.5B shape is bound by that host
+thread, the served stream went from 0.95x of in-process mlx-lm to
+1.15-1.21x, and on MLX's CPU backend the demo model decoded about a quarter
+faster (docs/PERFORMANCE.md, "the worker's malloc"). The worker is a
+process of its own, so it can run with another malloc without touching the
+orchestrator: the library is preloaded (``LD_PRELOAD``) into the worker's
+environment when it starts. Its tokens do not change: a malloc hands out
+memory, it does not change what is computed in it.
+
+``worker_allocator`` (MLX_WORKER_ALLOCATOR):
+
+- ``auto`` (default): jemalloc if the system has it (Debian and Ubuntu:
+  ``apt install libjemalloc2``; Fedora: ``dnf install jemalloc``), else the
+  C library's malloc; on macOS always the system's (its malloc is another
+  design, and preloading is restricted there);
+- ``system``: the C library's malloc;
+- a path to a malloc library to preload (jemalloc, tcmalloc, mimalloc):
+  Linux only, and the file must exist.
+
+What the worker really runs with, whatever was asked, is read back from its
+own memory map (``allocator_in_use``) and shown in ``/admin/status``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+
+__all__ = ["WorkerAllocator", "allocator_in_use", "find_jemalloc", "parse_worker_allocator"]
+
+# Malloc libraries a worker may be found running with; anything else is the C library's.
+_KNOWN = ("jemalloc", "tcmalloc", "mimalloc")
+
+
+@functools.cache
+def find_jemalloc() -> str | None:
+    """The jemalloc shared library's name as the dynamic linker finds it, or None (and always None off Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes.util  # here: the worker imports this module, and needs only allocator_in_use
+
+    # ldconfig's cache: the soname, which LD_PRELOAD resolves the way the linker resolves a dependency.
+    return ctypes.util.find_library("jemalloc")
+
+
+@attrs.frozen
+class WorkerAllocator:
+    """A parsed ``worker_allocator`` setting."""
+
+    mode: str  # "auto", "system" or "path"
+    path: str | None = None
+
+    def preload(self) -> str | None:
+        """The library to preload into a worker, or None for the C library's malloc."""
+        if self.mode == "path":
+            return self.path
+        if self.mode == "auto":
+            return find_jemalloc()
+        return None
+
+    def environment(self, base: Mapping[str, str]) -> dict[str, str] | None:
+        """The environment a worker starts with: ``base`` with the library preloaded; None: ``base`` as it is.
+
+        An ``LD_PRELOAD`` already there (a profiler, the operator's own
+        allocator) is kept, after ours: the first library to define malloc wins.
+        """
+        library = self.preload()
+        if library is None:
+            return None
+        already = base.get("LD_PRELOAD", "").split()
+        if library in already:
+            return None
+        return {**base, "LD_PRELOAD": " ".join([library, *already])}
+
+
+def parse_worker_allocator(value: str) -> WorkerAllocator:
+    """``auto``, ``system`` or the path of a malloc library to preload (Linux); ValueError otherwise."""
+    text = value.strip()
+    if text.lower() in {"auto", "system"}:
+        return WorkerAllocator(text.lower())
+    if not sys.platform.startswith("linux"):
+        raise ValueError(f"worker_allocator may name a library to preload on Linux only; use 'auto' or 'system', not {value!r}")
+    path = Path(text)
+    if not path.is_absolute() or not path.is_file():
+        raise ValueError(f"worker_allocator must be 'auto', 'system' or the absolute path of a library file, not {value!r}")
+    return WorkerAllocator("path", str(path))
+
+
+def allocator_in_use(maps: str | None = None) -> str:
+    """The malloc this process runs with: "jemalloc", "tcmalloc", "mimalloc" or "system".
+
+    Read from ``/proc/self/maps`` (or ``maps``, its text): a preloaded malloc
+    library is mapped into the process. Where there is no such file (macOS),
+    "system".
+    """
+    if maps is None:
+        try:
+            maps = Path("/proc/self/maps").read_text()
+        except OSError:
+            return "system"
+    for line in maps.splitlines():
+        name = os.path.basename(line.rpartition(" ")[2])
+        for known in _KNOWN:
+            if name.startswith(f"lib{known}"):
+                return known
+    return "system"
