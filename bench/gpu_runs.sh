@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/PERFORMANCE.md, as run on a lent Linux CUDA machine.
 #
-#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, ab05, timeline05, sides05, compiled05, loop05, apart05, pack
+#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, ab05, timeline05, sides05, compiled05, jemalloc05, allocator05, loop05, apart05, pack
 #
 # The machine has no registry: `install` takes the offline bundle of
 # ../shared/gpu/stage.sh (first half parked in /tmp by .gpu/a/keep.sh, second
@@ -241,6 +241,45 @@ compiled05() {
     python3 bench/decode_probe.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --repeats ${REPEATS:-5} \
         --ways stream_generate engine_alone compiled_static_cache --json "$RESULTS/compiled-qwen05.json" \
         | grep -B2 -A12 tok_per_s_median
+}
+
+jemalloc05() {
+    # Whether jemalloc speeds up MLX's decode on this machine: in-process with and without it, taking
+    # turns, then mlxtrio with it (server and worker) against in-process without, twice.
+    # Needs the library at $JEMALLOC (Debian's libjemalloc2, carried in .ab/jem).
+    step jemalloc05
+    JEMALLOC=${JEMALLOC:-$PWD/.ab/jem/libjemalloc.so.2}
+    for run in 1 2 3; do
+        for allocator in glibc jemalloc; do
+            preload=""; [ $allocator = jemalloc ] && preload=$JEMALLOC
+            LD_PRELOAD=$preload python3 bench/decode_probe.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --repeats 3 \
+                --ways stream_generate engine_alone --json "$RESULTS/probe-$allocator-r$run.json" \
+                | python3 -c "import json, sys; print('$allocator', {k: round(v, 1) for k, v in json.load(sys.stdin)['tok_per_s_median'].items()})"
+        done
+    done
+    for run in 1 2; do
+        python3 bench/single_stream_pairs.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --pairs ${PAIRS:-24} \
+            --side mlxtrio --side jemalloc:LD_PRELOAD=$JEMALLOC \
+            --json "$RESULTS/jemalloc-pairs-r$run.json" >/dev/null 2>"$RESULTS/jemalloc-pairs-r$run.log"
+        sides_summary "$RESULTS/jemalloc-pairs-r$run.json"
+    done
+}
+
+allocator05() {
+    # mlxtrio's worker with jemalloc (MLX_WORKER_ALLOCATOR, the library carried: the machine has none
+    # installed) and with the C library's malloc, against in-process mlx-lm as users run it, twice;
+    # then like for like, once: everything under jemalloc, in-process mlx-lm too.
+    step allocator05
+    JEMALLOC=${JEMALLOC:-$PWD/.ab/jem/libjemalloc.so.2}
+    for run in 1 2; do
+        python3 bench/single_stream_pairs.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --pairs ${PAIRS:-24} \
+            --side mlxtrio:MLX_WORKER_ALLOCATOR=$JEMALLOC --side system:MLX_WORKER_ALLOCATOR=system \
+            --json "$RESULTS/allocator-pairs-r$run.json" >/dev/null 2>"$RESULTS/allocator-pairs-r$run.log"
+        sides_summary "$RESULTS/allocator-pairs-r$run.json"
+    done
+    LD_PRELOAD=$JEMALLOC python3 bench/single_stream_pairs.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
+        --pairs ${PAIRS:-24} --json "$RESULTS/allocator-pairs-all-jemalloc.json" >/dev/null 2>"$RESULTS/allocator-pairs-all-jemalloc.log"
+    sides_summary "$RESULTS/allocator-pairs-all-jemalloc.json"
 }
 
 loop05() {

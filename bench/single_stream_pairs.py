@@ -90,6 +90,14 @@ async def loaded_worker_pid(admin_url: str) -> int:
         return await worker_pid(admin)
 
 
+async def worker_allocator(admin_url: str) -> str | None:
+    """The malloc the loaded worker reports running with (MLX_WORKER_ALLOCATOR)."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=admin_url, timeout=30) as admin:
+        return (await admin.get("/admin/status")).json()["workers"][0].get("allocator")
+
+
 def timed_engine(engine, request_id: int, text: str, max_tokens: int) -> tuple[float, float, int]:  # noqa: ANN001
     """One chat request through mlxtrio's engine, driven as the worker drives it: seconds to the
     first text, tokens/s after it, and tokens (the worker's request path, without the worker)."""
@@ -226,6 +234,7 @@ async def run(
             requesters = {}
             # Each side's worker process, once loaded: its main thread decodes.
             pids: dict[str, int] = {}
+            allocators: dict[str, str | None] = {}
             admin_urls: dict[str, str] = {}
             for side in sides:
                 server = await stack.enter_async_context(
@@ -254,6 +263,7 @@ async def run(
                     await requesters[name](text)
             for name, url in admin_urls.items():
                 pids[name] = await loaded_worker_pid(url)
+                allocators[name] = await worker_allocator(url)
             rows = []
             for index in range(pairs):
                 text = texts[index % len(texts)]
@@ -279,7 +289,7 @@ async def run(
         "ratio_quartiles": first["ratio_quartiles"],
         "ratio_interval90": first["ratio_interval90"],
         "pairs_mlxtrio_faster": first["pairs_faster"],
-        "sides": {side.name: {"env": side.env, **summary[side.name]} for side in sides},
+        "sides": {side.name: {"env": side.env, "worker_allocator": allocators[side.name], **summary[side.name]} for side in sides},
         "pairs": rows,
     }
 
