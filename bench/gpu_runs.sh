@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/PERFORMANCE.md, as run on a lent Linux CUDA machine.
 #
-#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, ab05, timeline05, sides05, compiled05, jemalloc05, allocator05, loop05, apart05, pack
+#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, ab05, timeline05, sides05, compiled05, jemalloc05, allocator05, likeforlike05, ttft_allocator05, loop05, apart05, pack
 #
 # The machine has no registry: `install` takes the offline bundle of
 # ../shared/gpu/stage.sh (first half parked in /tmp by .gpu/a/keep.sh, second
@@ -280,6 +280,38 @@ allocator05() {
     LD_PRELOAD=$JEMALLOC python3 bench/single_stream_pairs.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
         --pairs ${PAIRS:-24} --json "$RESULTS/allocator-pairs-all-jemalloc.json" >/dev/null 2>"$RESULTS/allocator-pairs-all-jemalloc.log"
     sides_summary "$RESULTS/allocator-pairs-all-jemalloc.json"
+}
+
+likeforlike05() {
+    # Single stream like for like: everything under jemalloc, in-process mlx-lm too, twice; then the
+    # aggregate at 8 and 32 streams against mlx_lm.server (as users run it) with jemalloc in mlxtrio's worker.
+    step likeforlike05
+    JEMALLOC=${JEMALLOC:-$PWD/.ab/jem/libjemalloc.so.2}
+    for run in 1 2; do
+        LD_PRELOAD=$JEMALLOC python3 bench/single_stream_pairs.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
+            --pairs ${PAIRS:-24} --json "$RESULTS/likeforlike-pairs-r$run.json" >/dev/null 2>"$RESULTS/likeforlike-pairs-r$run.log"
+        sides_summary "$RESULTS/likeforlike-pairs-r$run.json"
+    done
+    MLX_WORKER_ALLOCATOR=$JEMALLOC python3 bench/serve_bench.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
+        --max-tokens 128 --rounds 2 --concurrency 8 32 --servers mlx_lm.server mlxtrio \
+        --json "$RESULTS/serve-qwen05-jemalloc.json" | grep -A12 "^| measure"
+}
+
+ttft_allocator05() {
+    # TTFT and aggregate at 8 streams, mlxtrio alone, its worker with the C library's malloc and with
+    # jemalloc by turns, twice each.
+    step ttft_allocator05
+    JEMALLOC=${JEMALLOC:-$PWD/.ab/jem/libjemalloc.so.2}
+    for run in 1 2; do
+        for allocator in system $JEMALLOC; do
+            name=$([ $allocator = system ] && echo system || echo jemalloc)
+            MLX_WORKER_ALLOCATOR=$allocator python3 bench/serve_bench.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
+                --max-tokens 128 --rounds ${ROUNDS:-6} --concurrency 8 --servers mlxtrio \
+                --json "$RESULTS/ttft-c8-$name-r$run.json" >/dev/null 2>&1
+            python3 -c "import json, sys; d = json.load(open(sys.argv[1]))['mlxtrio']; \
+print('$name', round(d['aggregate_tps']['8'], 1), 'tok/s, TTFT p50', round(d['ttft_p50_s']['8'] * 1e3, 1), 'ms')" "$RESULTS/ttft-c8-$name-r$run.json"
+        done
+    done
 }
 
 loop05() {
