@@ -29,9 +29,9 @@ the first), median and every sample:
   and tokens) whose offset is an array, so that the step's shapes never
   change and it is traced once. Attention then runs over the whole capacity,
   a mask hiding the empty part. Not what mlxtrio does: a probe of whether
-  it should. The result also gives the seconds of its first call on a new
-  shape (tracing and compiling), and the first token where its greedy
-  output differs from ``stream_generate``'s, if one does.
+  it should. The result also gives the seconds that 512 tokens take at a
+  capacity no timed run used (its trace included), and the first token
+  where its greedy output differs from ``stream_generate``'s, if one does.
 
 ``--ways NAME...`` runs only those.
 
@@ -180,7 +180,7 @@ def with_compiled(model, tokenizer, prompt: list[int], tokens: int) -> float:  #
 
 
 def compiled_check(model, tokenizer, prompt: list[int], tokens: int) -> dict:  # noqa: ANN001
-    """The compiled step's first call on a fresh shape, and where its greedy output leaves stream_generate's."""
+    """512 tokens at a fresh capacity, trace included, and where the greedy output leaves stream_generate's."""
     started = time.perf_counter()
     compiled, _ = compiled_tokens(model, prompt, 2 * 256)  # a capacity no timed run uses
     first_call = time.perf_counter() - started

@@ -121,8 +121,7 @@ def _time_loop(_main, out: Path) -> None:  # noqa: ANN001
         poll, wait = timed("poll", channel.reader.receive), timed("idle wait", channel.reader.receive)
         channel.reader.receive = lambda *, timeout=None, **kwargs: (poll if timeout == 0 else wait)(timeout=timeout, **kwargs)
         writer = channel.writer
-        if hasattr(writer, "_ring_doorbell"):
-            writer._ring_doorbell = timed("doorbell", writer._ring_doorbell)  # noqa: SLF001
+        writer._ring_doorbell = timed("doorbell", writer._ring_doorbell)  # noqa: SLF001
         try:
             return serve(channel, engine, timed("send", send), timed("watch", watch))
         finally:
