@@ -64,9 +64,17 @@ def _greedy(logprobs: mx.array) -> mx.array:
     return mx.argmax(logprobs, axis=-1)
 
 
+# Temperatures below this are greedy, as in vLLM (_SAMPLING_EPS). Sampling
+# at, say, 1e-213 would scale log-probabilities by an inverse that is
+# infinite in float32: every token's weight becomes -inf or NaN, and the
+# "sample" is garbage (a token a grammar forbids, found by hypothesis).
+# Greedy is the limit it tends to anyway.
+GREEDY_BELOW = 1e-5
+
+
 def make_sampler(params: SamplingParams) -> Callable[[mx.array], mx.array]:
     """The request's sampler. Greedy requests share one function: a batch of them samples in one call."""
-    if params.temperature == 0:
+    if params.temperature < GREEDY_BELOW:
         return _greedy
     # A key of the request's own: the global MLX key is shared by every sequence.
     # Seeds are signed 64-bit in the API; MLX keys take unsigned.

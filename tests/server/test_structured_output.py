@@ -71,6 +71,27 @@ async def test_json_object_gives_an_object(client):
     assert finished >= 3
 
 
+@bounded(60)
+async def test_a_vanishing_temperature_decodes_greedily_under_a_grammar(client):
+    # Found by hypothesis (test_hostile_input): 1/4.2e-213 is infinite in float32,
+    # so sampling weighed every token -inf or NaN and drew one the grammar forbids (a 500).
+    def body(temperature: float) -> dict:
+        return {
+            "model": "demo",
+            "messages": [{"role": "system"}],
+            "response_format": {"type": "json_object"},
+            "temperature": temperature,
+            "max_tokens": 24,
+        }
+
+    greedy = await client.post("/v1/chat/completions", json=body(0))
+    assert greedy.status_code == 200, greedy.text
+    for temperature in (4.2272985961920776e-213, 1e-300, 5e-324):
+        response = await client.post("/v1/chat/completions", json=body(temperature))
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["message"] == greedy.json()["choices"][0]["message"]
+
+
 @pytest.mark.parametrize(
     ("response_format", "param", "words"),
     [
