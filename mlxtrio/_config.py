@@ -297,7 +297,8 @@ class Config:
         if config.prefill_bucket < 0:
             raise ValueError(f"prefill_bucket must be 0 (off) or more, not {config.prefill_bucket}")
         parse_worker_cpus(config.worker_cpus)  # refused at start, not when a worker starts
-        parse_worker_allocator(config.worker_allocator)
+        # Also looks jemalloc up now (ldconfig, a subprocess, cached): not later, inside the event loop.
+        parse_worker_allocator(config.worker_allocator).preload()
         if config.max_queue < 0:
             raise ValueError(f"max_queue must be 0 or more, not {config.max_queue}")
         if not is_loopback(config.admin_host) and not config.admin_token:
