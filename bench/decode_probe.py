@@ -179,7 +179,7 @@ def with_compiled(model, tokenizer, prompt: list[int], tokens: int) -> float:  #
     return compiled_tokens(model, prompt, tokens)[1]
 
 
-def compiled_check(model, tokenizer, prompt: list[int], tokens: int) -> dict:  # noqa: ANN001
+def compiled_check(model, tokenizer, prompt: list[int]) -> dict:  # noqa: ANN001
     """512 tokens at a fresh capacity, trace included, and where the greedy output leaves stream_generate's."""
     started = time.perf_counter()
     compiled, _ = compiled_tokens(model, prompt, 2 * 256)  # a capacity no timed run uses
@@ -269,7 +269,7 @@ def main() -> None:
         "one_step": step_split(model, prompt),
     }
     if "compiled_static_cache" in ways:
-        result["compiled_static_cache"] = compiled_check(model, tokenizer, prompt, args.tokens)
+        result["compiled_static_cache"] = compiled_check(model, tokenizer, prompt)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=1))

@@ -45,12 +45,17 @@ async def running_server(cache: Path, **env: str) -> AsyncIterator[tuple[subproc
             yield server.process, client, admin
 
 
-async def worker_pid(admin: httpx.AsyncClient, state: str = "ready") -> int:
+async def worker_entry(admin: httpx.AsyncClient, state: str = "ready") -> dict:
+    """The first model's /admin/status entry, once its worker is in ``state`` with a pid."""
     while True:
         workers = (await admin.get("/admin/status")).json()["workers"]
         if workers and workers[0]["state"] == state and workers[0]["pid"]:
-            return workers[0]["pid"]
+            return workers[0]
         await trio.sleep(0.005)
+
+
+async def worker_pid(admin: httpx.AsyncClient, state: str = "ready") -> int:
+    return (await worker_entry(admin, state))["pid"]
 
 
 async def recovered_after(client: httpx.AsyncClient, since: float) -> float:

@@ -82,20 +82,13 @@ def with_times(result: dict, pid: int | None, before: tuple[int, int] | None) ->
             "runq_us_per_token": (after[1] - before[1]) / tokens / 1e3}
 
 
-async def loaded_worker_pid(admin_url: str) -> int:
+async def loaded_worker(admin_url: str) -> dict:
+    """The loaded worker's /admin/status entry: its pid, the malloc it runs with (``allocator``), ..."""
     import httpx
-    from faults import worker_pid
+    from faults import worker_entry
 
     async with httpx.AsyncClient(base_url=admin_url, timeout=30) as admin:
-        return await worker_pid(admin)
-
-
-async def worker_allocator(admin_url: str) -> str | None:
-    """The malloc the loaded worker reports running with (MLX_WORKER_ALLOCATOR)."""
-    import httpx
-
-    async with httpx.AsyncClient(base_url=admin_url, timeout=30) as admin:
-        return (await admin.get("/admin/status")).json()["workers"][0].get("allocator")
+        return await worker_entry(admin)
 
 
 def timed_engine(engine, request_id: int, text: str, max_tokens: int) -> tuple[float, float, int]:  # noqa: ANN001
@@ -262,8 +255,8 @@ async def run(
                 for name in order:
                     await requesters[name](text)
             for name, url in admin_urls.items():
-                pids[name] = await loaded_worker_pid(url)
-                allocators[name] = await worker_allocator(url)
+                worker = await loaded_worker(url)
+                pids[name], allocators[name] = worker["pid"], worker.get("allocator")
             rows = []
             for index in range(pairs):
                 text = texts[index % len(texts)]

@@ -44,7 +44,7 @@ from mlxtrio.ipc import list_objects  # noqa: E402
 DEADLINE = 60.0
 
 
-def _proc(pid: int) -> dict:
+def process_figures(pid: int) -> dict:
     status = Path(f"/proc/{pid}/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     return {
@@ -173,7 +173,7 @@ async def soak(args: argparse.Namespace) -> dict:
         async with httpx.AsyncClient(base_url=url, timeout=DEADLINE + 10, limits=limits) as client:
             for index in range(20):  # warm-up: the worker loads, the caches fill
                 await _one(client, random.Random(index), -index, Tally())
-        baseline = _proc(server.pid)
+        baseline = process_figures(server.pid)
         started, killed = [0], []
         began = time.monotonic()
         async with trio.open_nursery() as nursery:
@@ -194,9 +194,9 @@ async def soak(args: argparse.Namespace) -> dict:
             with trio.fail_after(30):
                 while any(worker["active_requests"] for worker in (await client.get(admin + "/admin/status")).json()["workers"]):
                     await trio.sleep(0.1)
-        after = _proc(server.pid)
+        after = process_figures(server.pid)
         with trio.move_on_after(15):
-            while (after := _proc(server.pid))["threads"] > baseline["threads"] or after["fds"] > baseline["fds"]:
+            while (after := process_figures(server.pid))["threads"] > baseline["threads"] or after["fds"] > baseline["fds"]:
                 await trio.sleep(0.5)
         zombies = _zombie_children(server.pid)
         shm = [found.entry for found in list_objects() if found.creator_pid == server.pid]

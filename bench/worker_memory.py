@@ -27,15 +27,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from serve_bench import _stream_one  # noqa: E402
 from server_process import mlxtrio_server  # noqa: E402
-from single_stream_pairs import loaded_worker_pid, worker_allocator  # noqa: E402
+from single_stream_pairs import loaded_worker  # noqa: E402
+from soak import process_figures  # noqa: E402
 from sse_client import LeanClient  # noqa: E402
 
 
 def resident_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    return process_figures(pid)["rss_kib"] / 1024
 
 
 async def measure(allocator: str, cache: Path, rounds: int, requests: int, prompt_cache_bytes: int) -> dict:
@@ -43,7 +41,8 @@ async def measure(allocator: str, cache: Path, rounds: int, requests: int, promp
         client = LeanClient()
         try:
             await _stream_one(client, server.openai_url, "demo", "warm up", 8)
-            pid = await loaded_worker_pid(server.admin_url)
+            worker = await loaded_worker(server.admin_url)
+            pid, reported = worker["pid"], worker["allocator"]
             series = [resident_mib(pid)]
             sent = 0
             for _ in range(rounds):
@@ -61,7 +60,6 @@ async def measure(allocator: str, cache: Path, rounds: int, requests: int, promp
                         nursery.start_soon(one, index)
                 sent += requests
                 series.append(resident_mib(pid))
-            reported = await worker_allocator(server.admin_url)
         finally:
             await client.aclose()
     # The first third fills the prompt cache up to its cap; growth is the last third's mean over the middle's.
