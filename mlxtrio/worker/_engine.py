@@ -32,7 +32,7 @@ from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, make_prom
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
 from .._protocol import Delta, Generate, SamplingParams, TokenLogprob, ToolCall
-from ._buckets import BucketedPromptBatch
+from ._prompt_batch import BucketedPromptBatch, PromptBatch
 from ._failpoints import failpoint
 from ._grammar import GrammarCompiler
 from ._solo import SoloDecoder
@@ -368,7 +368,7 @@ class BatchEngine(_EngineBase):
         # Deltas and failures made outside a step (moving a sequence into the batch), sent with the next.
         self._carried: list[Delta] = []
         self._carried_failures: list[tuple[int, RequestError]] = []
-        # Prefill lengths rounded up to multiples of this (0: off): see _buckets.py.
+        # Prefill lengths rounded up to multiples of this (0: off): see _prompt_batch.py.
         self._prefill_bucket = prefill_bucket
         self._stop_at_eos = StopSequences([[token] for token in self._eos])
         self._never_stop = StopSequences(None)
@@ -391,12 +391,14 @@ class BatchEngine(_EngineBase):
             prefill_batch_size=prefill_batch_size,
             prefill_step_size=prefill_step_size,
         )
+        # The generator's prompt batch, empty still, becomes one of ours; batches it
+        # takes in are merged into it, and its splits keep its class (_prompt_batch.py).
         if self._prefill_bucket > 0:
-            # The generator's prompt batch, empty still, becomes a bucketed one; batches
-            # it takes in are merged into it, and its splits keep its class.
-            bucketed = BucketedPromptBatch.empty(self._model, generator.sampler, prefill_step_size=prefill_step_size)
-            bucketed.bucket = self._prefill_bucket
-            generator._prompt_batch = bucketed  # noqa: SLF001 - mlx-lm is pinned; _buckets.py says why
+            prompt_batch = BucketedPromptBatch.empty(self._model, generator.sampler, prefill_step_size=prefill_step_size)
+            prompt_batch.bucket = self._prefill_bucket
+        else:
+            prompt_batch = PromptBatch.empty(self._model, generator.sampler, prefill_step_size=prefill_step_size)
+        generator._prompt_batch = prompt_batch  # noqa: SLF001 - mlx-lm is pinned
         return generator
 
     @property
