@@ -248,8 +248,9 @@ def analyse(timeline: Path, burst: int) -> dict:
     return {"bursts": len(per_burst), "kth_ms_median": table, "per_burst": per_burst,
             "first_text_p50_ms_median": round(statistics.median(statistics.median(run["first_text"]) for run in per_burst), 2),
             "worker_step_ms_median": round(statistics.median(inside), 3),
-            "worker_between_steps_ms_median": round(statistics.median(between), 3),
-            "worker_between_steps_ms_p90": round(statistics.quantiles(between, n=10)[-1], 3)}
+            # None where a burst is one step (--max-tokens 1): nothing between steps.
+            "worker_between_steps_ms_median": round(statistics.median(between), 3) if between else None,
+            "worker_between_steps_ms_p90": round(statistics.quantiles(between, n=10)[-1], 3) if len(between) > 1 else None}
 
 
 def main() -> None:
