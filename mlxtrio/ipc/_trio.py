@@ -11,7 +11,13 @@ Here a cancelled receive is a cancelled ``wait_readable``: nothing taken. The
 doorbell's end-of-file, when the worker dies, ends receives at once.
 
 Sending tries first without blocking, in the Trio thread (room is nearly
-always there). When the ring is full, the wait for space happens in a thread
+always there). A send that finds the channel free and room in the ring
+returns without yielding to the scheduler (it still raises Cancelled if its
+scope is cancelled): a request's ``Generate`` then leaves in the same turn
+as the request's body, instead of after one more turn of every other
+request's HTTP work. In a burst that is what lets the worker admit the first
+requests while the orchestrator is still taking in the rest
+(docs/PERFORMANCE.md). When the ring is full, the wait for space happens in a thread
 started through ``trio.to_thread`` with the channel's own CapacityLimiter,
 waiting in 50 ms slices that check ``trio.from_thread.check_cancelled()`` and
 the channel's stop reason; it is never abandoned, and cancellable until the
@@ -148,7 +154,17 @@ class TrioChannel:
     # --- sending --------------------------------------------------------------
 
     async def send(self, payload: bytes) -> None:
-        """Send one message; waits (in a thread, up to ``send_timeout``) while the ring is full."""
+        """Send one message; waits (in a thread, up to ``send_timeout``) while the ring is full.
+
+        Returns without a schedule point when no other send is under way and
+        the ring has room (see the module's docstring).
+        """
+        if not self._send_lock.locked():
+            # No sender ahead (a waiting one holds the lock): order is kept.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._raise_if_stopped()
+            if self._channel.writer.try_send(payload):
+                return
         async with self._send_lock:
             self._raise_if_stopped()
             if self._channel.writer.try_send(payload):

@@ -193,6 +193,36 @@ async def test_cancelled_blocked_send_publishes_nothing():
 
 
 @bounded(60)
+async def test_a_send_that_finds_room_does_not_yield():
+    # A request's Generate must leave in the turn its body came in (ipc/_trio.py says why).
+    async with open_peer("echo") as peer:
+        ran: list[str] = []
+
+        async def another() -> None:
+            ran.append("another task")
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                # Runnable from now on: it runs at this task's next schedule point, or
+                # (Trio reverses half its batches) at the one after.
+                nursery.start_soon(another)
+                await peer.channel.send(b"at once")
+                assert ran == []
+        assert [await peer.channel.receive() for _ in range(20)] == [b"at once"] * 20
+
+
+@bounded(60)
+async def test_a_send_in_a_cancelled_scope_raises_and_publishes_nothing():
+    async with open_peer("echo") as peer:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await peer.channel.send(b"never")
+        assert scope.cancelled_caught
+        await peer.channel.send(b"after")
+        assert await peer.channel.receive() == b"after"
+
+
+@bounded(60)
 async def test_cancellation_racing_arrivals_loses_and_duplicates_nothing():
     rng = random.Random(3)
     count = 300
