@@ -16,20 +16,79 @@ waits out the whole grace period.
 So the last body message of a response (``more_body`` false) is sent in a
 shielded scope, bounded by ``_LAST_SEND_LIMIT``. Everything before it stays
 cancellable: a client leaving mid-stream ends the response as before.
+
+A streaming body runs after its view has returned, in the same task. Some
+work must start before the response's headers go out: a generation's
+``Generate`` leaves as soon as the request's body is read, so that in a
+burst the worker starts on the first requests while the orchestrator is
+still taking in the rest (docs/PERFORMANCE.md). ``enter_for_body`` enters
+such a context in the view, for the body to take over with ``async with``.
+If the body never runs (the client left first, or the response failed
+before its body), the request's end leaves the context instead, shielded
+and bounded as the last send is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
 import trio
 from hypercorn.typing import ASGISendCallable, ASGISendEvent
+from quart import request as current_request
 from quart.wrappers import Request
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 
-__all__ = ["App"]
+__all__ = ["App", "HeldForBody", "enter_for_body"]
+
+T = TypeVar("T")
+# Contexts a view entered for its response's body, in the request's ASGI scope.
+_HELD = "mlxtrio.held_for_body"
 
 # The last message is a few bytes; Hypercorn already shields its socket writes.
 _LAST_SEND_LIMIT = 5.0
+
+
+class HeldForBody(Generic[T]):
+    """A context entered in a view, for its response's body to leave (``async with held as value``)."""
+
+    def __init__(self, manager: AbstractAsyncContextManager[T], value: T, unused: Callable[[], None] | None) -> None:
+        self._manager = manager
+        self._value = value
+        self._unused = unused
+        self._taken = False
+        self._left = False
+
+    async def __aenter__(self) -> T:
+        self._taken = True
+        return self._value
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> bool | None:
+        if self._left:
+            return False
+        self._left = True
+        return await self._manager.__aexit__(exc_type, exc, traceback)
+
+    async def _release(self) -> None:
+        """At the request's end: left if the body did not leave it, and ``unused`` called if no body took it."""
+        try:
+            await self.__aexit__(None, None, None)
+        finally:
+            if not self._taken and self._unused is not None:
+                self._unused()
+
+
+async def enter_for_body(manager: AbstractAsyncContextManager[T], *, unused: Callable[[], None] | None = None) -> HeldForBody[T]:
+    """Enter ``manager`` now; the response's body leaves it, or else the request's end does (then calling ``unused``)."""
+    value = await manager.__aenter__()
+    held = HeldForBody(manager, value, unused)
+    current_request.scope.setdefault(_HELD, []).append(held)
+    return held
 
 
 class _HTTPConnection(TrioASGIHTTPConnection):
@@ -42,10 +101,18 @@ class _HTTPConnection(TrioASGIHTTPConnection):
             else:
                 await send(message)
 
-        await super().handle_request(nursery, request, send_last_shielded)
+        try:
+            await super().handle_request(nursery, request, send_last_shielded)
+        finally:
+            # A body that ran has left its contexts already; these are the ones no body took.
+            held: list[HeldForBody[Any]] = request.scope.pop(_HELD, [])
+            for context in reversed(held):
+                with trio.move_on_after(_LAST_SEND_LIMIT) as scope:
+                    scope.shield = True
+                    await context._release()  # noqa: SLF001
 
 
 class App(QuartTrio):
-    """QuartTrio, with the last send of each response shielded (see the module's docstring)."""
+    """QuartTrio, with the last send of each response shielded and contexts held for bodies (see the module's docstring)."""
 
     asgi_http_class = _HTTPConnection

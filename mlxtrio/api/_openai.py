@@ -18,7 +18,7 @@ from quart import Response, request
 
 from .._errors import ServerError
 from ..orchestrator import Events, ModelWorker, Supervisor
-from ._asgi import App
+from ._asgi import App, enter_for_body
 from ._auth import require_bearer_token
 from ._common import ServerState, install_error_handlers, json_response
 from ._observe import CLIENT_CLOSED_REQUEST, current_record, install_observability
@@ -308,10 +308,16 @@ async def _stream(
 ) -> Response:
     """A streaming request: SSE chunks, then ``data: [DONE]``; an error event if it fails midway.
 
-    The model is loaded and capacity checked before the 200 goes out, so a
-    load failure or a full queue is still an ordinary error response. The
-    generation itself is entered inside the body: if the client leaves before
-    the body starts, nothing was entered and nothing can leak.
+    The model is loaded, capacity checked and the generation entered before
+    the 200 goes out, so a load failure, a full queue or a worker that is
+    gone is still an ordinary error response. Entering it sends the
+    ``Generate`` at once, in the same scheduler turn as the request's body
+    (no schedule point between them): in a burst, the worker admits the first
+    requests while the orchestrator is still taking in the others, instead
+    of after all of them and their headers (docs/PERFORMANCE.md). The body
+    takes the generation over; if the body never runs (the client left
+    first), the request's end leaves it, which cancels its sequences
+    (``enter_for_body``).
 
     Events that are ready together leave together: the role chunk with the
     first token's, the last token's with the usage chunk and ``[DONE]``. Each
@@ -323,17 +329,20 @@ async def _stream(
     await _ensure_ready_by(worker, deadline, timeout)
 
     record = current_record()
+    held = await enter_for_body(generation(), unused=lambda: record.finish(CLIENT_CLOSED_REQUEST))
+    # From here the body (or, without one, the request's end) finishes the record, with the stream's outcome.
+    record.streaming = True
 
     async def body() -> AsyncIterator[bytes]:
         # Until it ends otherwise, the client left (the generator is closed mid-yield).
         status = CLIENT_CLOSED_REQUEST
         # Events not sent yet, to go out with the next.
-        held = b""
+        waiting = b""
         try:
             # No cancel scope may stay open across a yield: a fresh one per wait.
-            async with generation() as events:
+            async with held as events:
                 if first is not None:
-                    held = b"".join(_sse(first(index)) for index in range(choices))
+                    waiting = b"".join(_sse(first(index)) for index in range(choices))
                 lasts: list = [None] * choices
                 while not events.finished:
                     with trio.move_on_at(deadline) as scope:
@@ -341,26 +350,25 @@ async def _stream(
                     if scope.cancelled_caught:
                         # Leaving the block cancels the sequence in the worker.
                         status = 504
-                        yield held + _sse(_timed_out(timeout).body())
+                        yield waiting + _sse(_timed_out(timeout).body())
                         return
                     index = events.choice(delta)
                     record.on_delta(index, delta)
                     lasts[index] = delta
-                    held += _sse(each(index, delta))
+                    waiting += _sse(each(index, delta))
                     if not events.finished:
-                        yield held
-                        held = b""
+                        yield waiting
+                        waiting = b""
             status = 200
             if usage is not None and all(last is not None for last in lasts):
-                held += _sse(usage(_usage(lasts)))
-            yield held + b"data: [DONE]\n\n"
+                waiting += _sse(usage(_usage(lasts)))
+            yield waiting + b"data: [DONE]\n\n"
         except ServerError as exc:
             status = exc.status
-            yield held + _sse(exc.body())
+            yield waiting + _sse(exc.body())
         finally:
             record.finish(status)
 
-    record.streaming = True
     response = Response(body(), status=200, content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
