@@ -358,8 +358,11 @@ class BatchEngine(_EngineBase):
         prompt_cache_bytes: int = 1 << 30,
         prefill_bucket: int = 0,
         solo: bool = True,
+        first_tokens_always_early: bool = False,
     ) -> None:
         super().__init__(model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes)
+        # Whether newcomers to a running batch get their first tokens early too (see _first_tokens).
+        self._always_early = first_tokens_always_early
         self._settings = (decode_concurrency, prefill_batch_size, prefill_step_size)
         # A request that finds nothing else running is decoded alone on a plain
         # cache until a second arrives (see _solo.py); False: always in the batch.
@@ -620,28 +623,39 @@ class BatchEngine(_EngineBase):
         return deltas, []
 
     def _first_tokens(self, uids: list[int]) -> dict[int, tuple[int, mx.array]]:
-        """The first tokens of sequences that entered generation in this step, read at once,
-        when no other sequence is decoding.
+        """The first tokens of sequences that entered generation in this step, read at once.
 
         mlx-lm's ``BatchGenerator`` samples a sequence's first token in the step
         that ends its prompt, but hands it out a step later, after launching the
-        step that feeds it back. Waiting for it here sends it a step sooner: a
-        burst of requests that finds the engine idle gets its first tokens a
-        whole step earlier. The wait costs the overlap of this step's computation
-        with the building of the next, once. Sequences already decoding would
-        each pay for that (on a GPU a big model's step is bound by its
-        computation), so while there are any, the newcomers' first tokens come
-        with the generator's next step, as in mlx-lm. The generator still hands
-        the token out next step; ``_sent_early`` skips it there.
+        step that feeds it back. Waiting for it here sends it a step sooner. The
+        wait costs the overlap of this step's computation with the building of
+        the next, once, and every sequence in the batch pays for it. So by
+        default it is done only when no other sequence is decoding (a burst
+        that finds the engine idle gets its first tokens a whole step earlier);
+        a newcomer to a running batch then gets its first token with the
+        generator's next step, as in mlx-lm: on a GPU a big model's step is
+        bound by its computation, and the overlap is worth keeping.
+
+        ``first_tokens_always_early`` reads newcomers' first tokens early
+        whatever else decodes. The worker sets it where there is no overlap to
+        lose: on MLX's CPU backend with the worker pinned to one core, the
+        thread that builds a step and the one that computes the last take turns
+        on that core anyway (_affinity.py). A newcomer to a running batch then
+        waits one step less for its first token (docs/PERFORMANCE.md).
+
+        The generator still hands the token out next step; ``_sent_early`` skips it there.
         """
         batch = self._generator._generation_batch  # noqa: SLF001 - mlx-lm is pinned
-        if not uids or not batch.uids or not set(batch.uids) <= set(uids):
+        newcomers = set(uids)
+        if not newcomers or not batch.uids:
+            return {}
+        if not self._always_early and not set(batch.uids) <= newcomers:
             return {}
         values = batch._next_tokens.tolist()  # noqa: SLF001 - waits for this step's computation
         return {
             uid: (values[row], batch._next_logprobs[row])  # noqa: SLF001
             for row, uid in enumerate(batch.uids)
-            if uid in self._by_uid
+            if uid in newcomers and uid in self._by_uid
         }
 
     def _recover(self, error: RequestError) -> list[tuple[int, RequestError]]:
@@ -800,6 +814,7 @@ def make_engine(
     prompt_cache_bytes: int,
     progress: Callable[[], None],
     prefill_bucket: int = 0,
+    first_tokens_always_early: bool = False,
 ) -> BatchEngine | SequentialEngine:
     if decode_concurrency > 1 and can_batch(model):
         return BatchEngine(
@@ -811,6 +826,7 @@ def make_engine(
             prefill_step_size=prefill_step_size,
             prompt_cache_bytes=prompt_cache_bytes,
             prefill_bucket=prefill_bucket,
+            first_tokens_always_early=first_tokens_always_early,
         )
     return SequentialEngine(
         model,

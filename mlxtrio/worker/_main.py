@@ -125,6 +125,8 @@ def main(argv: list[str]) -> int:
             return EXIT_LOAD_FAILED
         # MLX comes in only now: Hello went out first, so the orchestrator
         # could unlink the channel's names while this imports and loads.
+        import mlx.core as mx
+
         from ._engine import make_engine
 
         def heartbeat() -> None:
@@ -141,6 +143,8 @@ def main(argv: list[str]) -> int:
             prompt_cache_bytes=config.prompt_cache_bytes,
             progress=heartbeat,
             prefill_bucket=config.prefill_bucket,
+            # One core for both of MLX's threads: reading a first token early costs no overlap there.
+            first_tokens_always_early=len(cpus) == 1 and mx.default_device().type == mx.DeviceType.cpu,
         )
         send(
             p.Ready(

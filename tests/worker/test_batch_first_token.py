@@ -4,7 +4,9 @@ mlx-lm's ``BatchGenerator`` hands a sequence's first token out one step after
 the step that samples it. When nothing else is decoding, the engine reads it
 at once, so a burst of requests gets its first tokens a step sooner; the
 generator's own copy of it, a step later, must then be skipped, never sent
-twice. A newcomer to a running batch waits for the generator's pace.
+twice. A newcomer to a running batch waits for the generator's pace, unless
+the engine reads first tokens early always (the worker's choice on a CPU
+backend pinned to one core).
 """
 
 from __future__ import annotations
@@ -175,3 +177,37 @@ def test_a_newcomer_to_a_running_batch_does_not_hold_up_the_others(demo):
     alone.admit(_generate(3, PROMPTS[1], params))
     _, deltas = _steps_to_finish(alone, {3})
     assert deltas[3][0][0] == 2
+
+
+def test_always_early_a_newcomer_to_a_running_batch_gets_its_first_token_sooner(demo):
+    """With ``first_tokens_always_early`` the newcomer's first token comes in the step that
+    takes its prompt's last token, as when nothing else decodes; the running sequence still
+    gets a token in every step, each sequence's output is what it is decoded alone, and no
+    token is sent twice."""
+    params = p.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    seeded = p.SamplingParams(max_tokens=12, temperature=0.8, seed=11, ignore_eos=True, logprobs=True, top_logprobs=2)
+    engine = _batched(demo, first_tokens_always_early=True)
+    engine.admit(_generate(1, PROMPTS[0], params))
+    texts: dict[int, list[p.Delta]] = {1: [], 2: []}
+    for _ in range(3):  # its prompt in, and its first tokens out
+        for delta in engine.step()[0]:
+            texts[delta.request_id].append(delta)
+    engine.admit(_generate(2, PROMPTS[1], seeded))
+    ended, stepped = _steps_to_finish(engine, {1, 2})
+    first_step, first = stepped[2][0]
+    assert (first_step, first.completion_tokens) == (2, 1)
+    # The running one: a token in each of those steps too.
+    assert [step for step, _ in stepped[1][:2]] == [1, 2]
+    for request_id, deltas in stepped.items():
+        texts[request_id].extend(delta for _, delta in deltas)
+    model, tokenizer = demo
+    for request_id, request_params in ((1, params), (2, seeded)):
+        alone = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
+        alone.admit(_generate(request_id, PROMPTS[request_id - 1], request_params))
+        _, solo = _steps_to_finish(alone, {request_id})
+        deltas = texts[request_id]
+        assert [d.completion_tokens for d in deltas] == sorted({d.completion_tokens for d in deltas})
+        assert "".join(d.text for d in deltas) == "".join(d.text for _, d in solo[request_id])
+        assert [lp for d in deltas for lp in d.logprobs] == [lp for _, d in solo[request_id] for lp in d.logprobs]
+        assert deltas[-1].completion_tokens == 12
+    assert engine.active == 0
