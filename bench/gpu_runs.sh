@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/PERFORMANCE.md, as run on a lent Linux CUDA machine.
 #
-#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, ab05, timeline05, sides05, compiled05, jemalloc05, allocator05, likeforlike05, ttft_allocator05, loop05, apart05, pack
+#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, ab05, timeline05, sides05, compiled05, jemalloc05, allocator05, likeforlike05, ttft_allocator05, loop05, apart05, agg7b_jemalloc, ttft05_both, pack
 #
 # The machine has no registry: `install` takes the offline bundle of
 # ../shared/gpu/stage.sh (first half parked in /tmp by .gpu/a/keep.sh, second
@@ -339,6 +339,22 @@ apart05() {
             --json "$RESULTS/apart-qwen05-r$run.json" >/dev/null 2>"$RESULTS/apart-qwen05-r$run.log"
         sides_summary "$RESULTS/apart-qwen05-r$run.json"
     done
+}
+
+agg7b_jemalloc() {
+    # Aggregate and TTFT at 8 and 32 streams on the 7B 4-bit shape against mlx_lm.server, the worker with jemalloc.
+    step agg7b_jemalloc
+    MLX_WORKER_ALLOCATOR=${JEMALLOC:-$PWD/.ab/jem/libjemalloc.so.2} python3 bench/serve_bench.py --model qwen2.5-7b-4bit \
+        --models-dir $MODELS --max-tokens 64 --rounds 4 --concurrency 8 32 --servers mlx_lm.server mlxtrio \
+        --json "$RESULTS/serve-qwen7b-jemalloc.json" 2>&1 | grep -E "aggregate tok/s|TTFT p50"
+}
+
+ttft05_both() {
+    # TTFT at 8 streams on the 0.5B shape, both servers by turns, three runs, the worker with jemalloc.
+    step ttft05_both
+    MLX_WORKER_ALLOCATOR=${JEMALLOC:-$PWD/.ab/jem/libjemalloc.so.2} python3 bench/serve_bench.py --model qwen2.5-0.5b-bf16 \
+        --models-dir $MODELS --max-tokens 128 --rounds 6 --concurrency 8 --repeat 3 --servers mlx_lm.server mlxtrio \
+        --json "$RESULTS/ttft-c8-qwen05-repeat3.json" 2>&1 | grep -E "aggregate tok/s|TTFT p50 run by run"
 }
 
 pack() {
