@@ -39,6 +39,7 @@ from mlx_lm.generate import PromptProcessingBatch, _right_pad_prompts
 
 __all__ = ["BucketedPromptBatch", "PromptBatch", "bucket_length"]
 
+
 def bucket_length(length: int, bucket: int) -> int:
     """``length`` rounded up to a multiple of ``bucket``."""
     return -(-length // bucket) * bucket

@@ -193,7 +193,7 @@ def test_always_early_a_newcomer_to_a_running_batch_gets_its_first_token_sooner(
         for delta in engine.step()[0]:
             texts[delta.request_id].append(delta)
     engine.admit(_generate(2, PROMPTS[1], seeded))
-    ended, stepped = _steps_to_finish(engine, {1, 2})
+    _, stepped = _steps_to_finish(engine, {1, 2})
     first_step, first = stepped[2][0]
     assert (first_step, first.completion_tokens) == (2, 1)
     # The running one: a token in each of those steps too.
