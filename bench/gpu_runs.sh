@@ -12,6 +12,8 @@
 set -uo pipefail
 RESULTS=/tmp/gpu-results
 MODELS=/tmp/bm
+# jemalloc for the allocator steps: Debian's libjemalloc2, carried in .ab/jem (the machine has none installed).
+JEMALLOC=${JEMALLOC:-$PWD/.ab/jem/libjemalloc.so.2}
 mkdir -p "$RESULTS"
 export PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH PYTHONPATH=/tmp/site:$PWD SERVE_BENCH_LOGS=$RESULTS
 
@@ -248,7 +250,6 @@ jemalloc05() {
     # turns, then mlxtrio with it (server and worker) against in-process without, twice.
     # Needs the library at $JEMALLOC (Debian's libjemalloc2, carried in .ab/jem).
     step jemalloc05
-    JEMALLOC=${JEMALLOC:-$PWD/.ab/jem/libjemalloc.so.2}
     for run in 1 2 3; do
         for allocator in glibc jemalloc; do
             preload=""; [ $allocator = jemalloc ] && preload=$JEMALLOC
@@ -270,7 +271,6 @@ allocator05() {
     # installed) and with the C library's malloc, against in-process mlx-lm as users run it, twice;
     # then like for like, once: everything under jemalloc, in-process mlx-lm too.
     step allocator05
-    JEMALLOC=${JEMALLOC:-$PWD/.ab/jem/libjemalloc.so.2}
     for run in 1 2; do
         python3 bench/single_stream_pairs.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --pairs ${PAIRS:-24} \
             --side mlxtrio:MLX_WORKER_ALLOCATOR=$JEMALLOC --side system:MLX_WORKER_ALLOCATOR=system \
@@ -286,7 +286,6 @@ likeforlike05() {
     # Single stream like for like: everything under jemalloc, in-process mlx-lm too, twice; then the
     # aggregate at 8 and 32 streams against mlx_lm.server (as users run it) with jemalloc in mlxtrio's worker.
     step likeforlike05
-    JEMALLOC=${JEMALLOC:-$PWD/.ab/jem/libjemalloc.so.2}
     for run in 1 2; do
         LD_PRELOAD=$JEMALLOC python3 bench/single_stream_pairs.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
             --pairs ${PAIRS:-24} --json "$RESULTS/likeforlike-pairs-r$run.json" >/dev/null 2>"$RESULTS/likeforlike-pairs-r$run.log"
@@ -301,7 +300,6 @@ ttft_allocator05() {
     # TTFT and aggregate at 8 streams, mlxtrio alone, its worker with the C library's malloc and with
     # jemalloc by turns, twice each.
     step ttft_allocator05
-    JEMALLOC=${JEMALLOC:-$PWD/.ab/jem/libjemalloc.so.2}
     for run in 1 2; do
         for allocator in system $JEMALLOC; do
             name=$([ $allocator = system ] && echo system || echo jemalloc)
@@ -344,7 +342,7 @@ apart05() {
 agg7b_jemalloc() {
     # Aggregate and TTFT at 8 and 32 streams on the 7B 4-bit shape against mlx_lm.server, the worker with jemalloc.
     step agg7b_jemalloc
-    MLX_WORKER_ALLOCATOR=${JEMALLOC:-$PWD/.ab/jem/libjemalloc.so.2} python3 bench/serve_bench.py --model qwen2.5-7b-4bit \
+    MLX_WORKER_ALLOCATOR=$JEMALLOC python3 bench/serve_bench.py --model qwen2.5-7b-4bit \
         --models-dir $MODELS --max-tokens 64 --rounds 4 --concurrency 8 32 --servers mlx_lm.server mlxtrio \
         --json "$RESULTS/serve-qwen7b-jemalloc.json" 2>&1 | grep -E "aggregate tok/s|TTFT p50"
 }
@@ -352,7 +350,7 @@ agg7b_jemalloc() {
 ttft05_both() {
     # TTFT at 8 streams on the 0.5B shape, both servers by turns, three runs, the worker with jemalloc.
     step ttft05_both
-    MLX_WORKER_ALLOCATOR=${JEMALLOC:-$PWD/.ab/jem/libjemalloc.so.2} python3 bench/serve_bench.py --model qwen2.5-0.5b-bf16 \
+    MLX_WORKER_ALLOCATOR=$JEMALLOC python3 bench/serve_bench.py --model qwen2.5-0.5b-bf16 \
         --models-dir $MODELS --max-tokens 128 --rounds 6 --concurrency 8 --repeat 3 --servers mlx_lm.server mlxtrio \
         --json "$RESULTS/ttft-c8-qwen05-repeat3.json" 2>&1 | grep -E "aggregate tok/s|TTFT p50 run by run"
 }

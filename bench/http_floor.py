@@ -55,6 +55,10 @@ def quart_app():  # noqa: ANN201
 
     app = App("http_floor")
 
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": []}  # what serve_bench's wait_ready asks for
+
     @app.post("/v1/chat/completions")
     async def chat() -> Response:
         json.loads(await request.get_data(cache=False))
@@ -81,6 +85,10 @@ async def asgi_app(scope, receive, send) -> None:  # noqa: ANN001
             else:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["method"] == "GET":  # /v1/models, what serve_bench's wait_ready asks for
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"object": "list", "data": []}'})
+        return
     chunks = []
     while True:
         message = await receive()
@@ -131,20 +139,9 @@ async def bursts(url: str, model: str, count: int) -> list[float]:
     return medians
 
 
-async def _until_listening(port: int, process: subprocess.Popen) -> None:
-    import trio
-
-    with trio.fail_after(60):
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the {port} server exited")
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    return
-            await trio.sleep(0.05)
-
-
 async def run_stack(stack: str, count: int) -> list[float]:
+    from serve_bench import wait_ready
+
     if stack == "mlxtrio":
         from bench_models import build
         from server_process import mlxtrio_server
@@ -158,7 +155,7 @@ async def run_stack(stack: str, count: int) -> list[float]:
         port = free.getsockname()[1]
     process = subprocess.Popen([sys.executable, __file__, "--serve", stack, str(port)])
     try:
-        await _until_listening(port, process)
+        await wait_ready(f"http://127.0.0.1:{port}", process, limit=60)
         return await bursts(f"http://127.0.0.1:{port}", "floor", count)
     finally:
         process.terminate()
