@@ -28,11 +28,12 @@ import attrs
 import msgspec
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, StopSequences, generate_step
-from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
 from .._protocol import Delta, Generate, SamplingParams, TokenLogprob, ToolCall
 from ._prompt_batch import BucketedPromptBatch, PromptBatch
+from ._prompt_cache import PromptCache
 from ._failpoints import failpoint
 from ._grammar import GrammarCompiler
 from ._solo import SoloDecoder
@@ -206,7 +207,7 @@ class _EngineBase:
         # every insert: a later prompt that shares a prefix (the next turn of a
         # chat, a shared system prompt) skips that prefix's prefill.
         self._prompt_cache = (
-            LRUPromptCache(max_size=1 << 20, max_bytes=prompt_cache_bytes) if prompt_cache_bytes > 0 else None
+            PromptCache(max_size=1 << 20, max_bytes=prompt_cache_bytes) if prompt_cache_bytes > 0 else None
         )
         self._grammars = GrammarCompiler(tokenizer, tokenizer.eos_token_id)
 

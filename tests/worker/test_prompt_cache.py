@@ -1,0 +1,65 @@
+"""The worker's prompt trie answers exactly as mlx-lm's, on tries and prompts hypothesis makes up."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mlx_lm.models import cache as mlx_cache
+
+from mlxtrio.worker._prompt_cache import PromptCache, PromptTrie
+
+# A small alphabet, so that sequences share prefixes and branch.
+sequences = st.lists(st.integers(0, 3), max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    stored=st.lists(sequences, max_size=12),
+    removed=st.lists(st.integers(0, 11), max_size=4),
+    queries=st.lists(sequences, min_size=1, max_size=8),
+)
+def test_search_finds_what_mlx_lms_finds(stored: list[list[int]], removed: list[int], queries: list[list[int]]):
+    ours, theirs = PromptTrie(), mlx_cache.PromptTrie()
+    for number, tokens in enumerate(stored):
+        assert ours.add("m", tokens, number) == theirs.add("m", tokens, number)
+    for index in removed:
+        if index < len(stored):
+            tokens = stored[index]
+            try:
+                value = theirs.pop("m", tokens)
+            except KeyError:  # popped already, or never a value (an earlier pop took the node)
+                continue
+            assert ours.pop("m", tokens) == value
+    for tokens in queries:
+        assert ours.search("m", tokens) == theirs.search("m", tokens)
+    assert ours.search("other", queries[0]) == theirs.search("other", queries[0])
+
+
+def test_a_long_extension_is_found_with_its_tie_broken_as_mlx_lm_does():
+    ours, theirs = PromptTrie(), mlx_cache.PromptTrie()
+    prompt = list(range(100))
+    # Two equally short extensions and a long one, below the prompt.
+    for trie in (ours, theirs):
+        trie.add("m", prompt + [7, 8], "a")
+        trie.add("m", prompt + [9, 10], "b")
+        trie.add("m", prompt + list(range(1000, 5000)), "c")
+    found = ours.search("m", prompt)
+    assert found == theirs.search("m", prompt)
+    assert found.longer in (prompt + [7, 8], prompt + [9, 10])
+    assert found.common_prefix == 100
+
+
+def test_the_prompt_cache_uses_it_and_trims_a_longer_entry_to_the_prompt():
+    import mlx.core as mx
+
+    cache = PromptCache(max_size=4)
+    assert isinstance(cache._trie, PromptTrie)  # noqa: SLF001
+    entry = mlx_cache.KVCache()
+    entry.update_and_fetch(mx.zeros((1, 2, 40, 8)), mx.zeros((1, 2, 40, 8)))
+    tokens = list(range(40))
+    cache.insert_cache("m", tokens, [entry])
+    found, rest = cache.fetch_nearest_cache("m", tokens[:10])
+    # The entry holds 40 tokens; the prompt's first 9 come back cached, its last to be computed.
+    assert found is not None and found[0].offset == 9
+    assert rest == tokens[9:10]
+    assert entry.offset == 40  # a copy was trimmed, not the entry
