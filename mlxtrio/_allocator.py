@@ -28,29 +28,22 @@ own memory map (``allocator_in_use``) and shown in ``/admin/status``.
 
 from __future__ import annotations
 
-import functools
-import os
-import sys
 from collections.abc import Mapping
-from pathlib import Path
 
 import attrs
+
+from ._libraries import find_system_library, library_in_use, parse_library_setting
 
 __all__ = ["WorkerAllocator", "allocator_in_use", "find_jemalloc", "parse_worker_allocator"]
 
 # Malloc libraries a worker may be found running with; anything else is the C library's.
-_KNOWN = ("jemalloc", "tcmalloc", "mimalloc")
+_KNOWN = {"libjemalloc": "jemalloc", "libtcmalloc": "tcmalloc", "libmimalloc": "mimalloc"}
 
 
-@functools.cache
 def find_jemalloc() -> str | None:
     """The jemalloc shared library's name as the dynamic linker finds it, or None (and always None off Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes.util  # here: the worker imports this module, and needs only allocator_in_use
-
-    # ldconfig's cache: the soname, which LD_PRELOAD resolves the way the linker resolves a dependency.
-    return ctypes.util.find_library("jemalloc")
+    # ldconfig's soname, which LD_PRELOAD resolves the way the linker resolves a dependency.
+    return find_system_library("jemalloc")
 
 
 @attrs.frozen
@@ -85,32 +78,13 @@ class WorkerAllocator:
 
 def parse_worker_allocator(value: str) -> WorkerAllocator:
     """``auto``, ``system`` or the path of a malloc library to preload (Linux); ValueError otherwise."""
-    text = value.strip()
-    if text.lower() in {"auto", "system"}:
-        return WorkerAllocator(text.lower())
-    if not sys.platform.startswith("linux"):
-        raise ValueError(f"worker_allocator may name a library to preload on Linux only; use 'auto' or 'system', not {value!r}")
-    path = Path(text)
-    if not path.is_absolute() or not path.is_file():
-        raise ValueError(f"worker_allocator must be 'auto', 'system' or the absolute path of a library file, not {value!r}")
-    return WorkerAllocator("path", str(path))
+    return WorkerAllocator(*parse_library_setting(value, setting="worker_allocator", default="system"))
 
 
 def allocator_in_use(maps: str | None = None) -> str:
     """The malloc this process runs with: "jemalloc", "tcmalloc", "mimalloc" or "system".
 
     Read from ``/proc/self/maps`` (or ``maps``, its text): a preloaded malloc
-    library is mapped into the process. Where there is no such file (macOS),
-    "system".
+    library is mapped into the process.
     """
-    if maps is None:
-        try:
-            maps = Path("/proc/self/maps").read_text()
-        except OSError:
-            return "system"
-    for line in maps.splitlines():
-        name = os.path.basename(line.rpartition(" ")[2])
-        for known in _KNOWN:
-            if name.startswith(f"lib{known}"):
-                return known
-    return "system"
+    return library_in_use(_KNOWN, otherwise="system", maps=maps)

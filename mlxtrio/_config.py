@@ -18,6 +18,7 @@ import attrs
 
 from ._affinity import parse_worker_cpus
 from ._allocator import parse_worker_allocator
+from ._blas import parse_worker_blas
 
 __all__ = ["Config", "ModelSettings", "RamTier", "ram_tier", "total_ram_bytes"]
 
@@ -112,6 +113,7 @@ _SETTINGS: dict[str, tuple[str | None, Callable[[object], object]]] = {
     "max_queue": ("MLX_MAX_QUEUE", _number(int)),
     "worker_cpus": ("MLX_WORKER_CPUS", str),
     "worker_allocator": ("MLX_WORKER_ALLOCATOR", str),
+    "worker_blas": ("MLX_WORKER_BLAS", str),
     "prompt_cache_bytes": ("MLX_PROMPT_CACHE_BYTES", _number(int)),
     "max_body_bytes": ("MLX_MAX_BODY_BYTES", _number(int)),
     "max_tokens_limit": ("MLX_MAX_TOKENS", _number(int)),
@@ -229,6 +231,8 @@ class Config:
     worker_cpus: str = "auto"
     # The malloc each worker runs with: "auto", "system" or a library's path (see _allocator.py).
     worker_allocator: str = "auto"
+    # The BLAS each worker's MLX runs float32 products with: "auto", "mlx" or a library's path (see _blas.py).
+    worker_blas: str = "auto"
     # Byte cap of each worker's prompt (KV) cache; 0 turns it off.
     prompt_cache_bytes: int = 1 << 30
     # Request limits: body size (413 past it), max_tokens and n (400 past them).
@@ -299,6 +303,7 @@ class Config:
         parse_worker_cpus(config.worker_cpus)  # refused at start, not when a worker starts
         # Also looks jemalloc up now (ldconfig, a subprocess, cached): not later, inside the event loop.
         parse_worker_allocator(config.worker_allocator).preload()
+        parse_worker_blas(config.worker_blas).library()  # the same for OpenBLAS
         if config.max_queue < 0:
             raise ValueError(f"max_queue must be 0 or more, not {config.max_queue}")
         if not is_loopback(config.admin_host) and not config.admin_token:

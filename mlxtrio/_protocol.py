@@ -66,6 +66,8 @@ class WorkerConfig(msgspec.Struct, frozen=True):
     # CPUs to pin the worker to (empty: none), and whether only when MLX runs on the CPU.
     cpus: tuple[int, ...] = ()
     cpus_for_cpu_backend_only: bool = True
+    # A BLAS library to load before MLX, as the orchestrator resolved MLX_WORKER_BLAS; None: MLX's own (see _blas.py).
+    blas_library: str | None = None
 
 
 # --- orchestrator -> worker ----------------------------------------------------
@@ -164,6 +166,8 @@ class Ready(_Message, tag="ready"):
     cpus: tuple[int, ...] = ()
     # The malloc it runs with, as its memory map shows: "system", "jemalloc", ...
     allocator: str = "system"
+    # The BLAS its MLX runs float32 products with, as its memory map shows: "mlx", "openblas", ...
+    blas: str = "mlx"
 
 
 class LoadFailed(_Message, tag="load_failed"):

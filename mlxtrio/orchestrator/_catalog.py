@@ -17,6 +17,7 @@ from pathlib import Path
 import attrs
 
 from .._affinity import parse_worker_cpus
+from .._blas import parse_worker_blas
 from .._config import Config, ModelSettings
 from .._errors import ServerError
 from .._models import weights_size
@@ -165,6 +166,7 @@ class ModelCatalog:
             chat_template=settings.chat_template if settings is not None else None,
             cpus=cpus,
             cpus_for_cpu_backend_only=cpu_backend_only,
+            blas_library=parse_worker_blas(config.worker_blas).library(),
         )
 
 

@@ -103,6 +103,8 @@ class WorkerStatus:
     cpus: tuple[int, ...] = ()
     # The malloc the loaded worker runs with (MLX_WORKER_ALLOCATOR), as it reports it.
     allocator: str | None = None
+    # The BLAS the loaded worker's MLX runs with (MLX_WORKER_BLAS), as it reports it.
+    blas: str | None = None
 
 
 @attrs.define(eq=False)
@@ -425,6 +427,7 @@ class ModelWorker:
             load_seconds=self._load_seconds,
             cpus=ready.cpus if ready is not None else (),
             allocator=ready.allocator if ready is not None else None,
+            blas=ready.blas if ready is not None else None,
         )
 
     # --- the worker's life ------------------------------------------------------
@@ -590,10 +593,11 @@ class ModelWorker:
                     self._load_seconds = message.load_seconds
                     run.ready = message
                     log.info(
-                        "model %r ready in %.1f s (worker pid %d, %s engine, %.1f MiB, %s, %s malloc)",
+                        "model %r ready in %.1f s (worker pid %d, %s engine, %.1f MiB, %s, %s malloc, %s BLAS)",
                         self.model_id, message.load_seconds, run.process.pid, message.engine, message.memory_bytes / 2**20,
                         f"pinned to CPU {','.join(map(str, message.cpus))}" if message.cpus else "not pinned",
                         message.allocator,
+                        message.blas,
                     )
                     self._last_used = trio.current_time()
                     run.attempt.finish()

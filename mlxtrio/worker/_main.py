@@ -18,6 +18,7 @@ import msgspec
 from .. import _protocol as p
 from .._affinity import pin_this_process
 from .._allocator import allocator_in_use
+from .._blas import blas_in_use, load_worker_blas
 from .._models import weights_size
 from ..ipc import Channel, ChannelSpec, IPCError, PeerGoneError, ProtocolError, parent_watch
 from ._failpoints import failpoint
@@ -115,6 +116,8 @@ def main(argv: list[str]) -> int:
         started = time.monotonic()
         try:
             failpoint("load")
+            # Before MLX is imported (by _pin): MLX's calls must find this BLAS first.
+            load_worker_blas(config.blas_library, cpus=config.cpus)
             cpus = _pin(config)
             model, tokenizer, context, memory = _load(config)
         except _LoadError as exc:
@@ -150,6 +153,7 @@ def main(argv: list[str]) -> int:
             p.Ready(
                 config.model_id, time.monotonic() - started, memory, engine.kind, engine.tool_format, cpus,
                 allocator_in_use(),
+                blas_in_use(),
             )
         )
         return _serve(channel, engine, send, watch)
