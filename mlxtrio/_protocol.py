@@ -221,6 +221,8 @@ class Pong(_Message, tag="pong"):
     nonce: int
     active_sequences: int
     prompt_cache_bytes: int = 0
+    # Bytes held by MLX arrays in the worker (weights, KV caches, the prompt cache), as MLX counts them.
+    active_memory_bytes: int = 0
 
 
 ToOrchestrator = Hello | Ready | LoadFailed | Step | RequestFailed | Pong

@@ -89,6 +89,7 @@ def create_admin_app(state: ServerState) -> App:
                         round_trip_ms=round(seconds * 1000, 3),
                         active_sequences=pong.active_sequences,
                         prompt_cache_bytes=pong.prompt_cache_bytes,
+                        active_memory_bytes=pong.active_memory_bytes,
                     )
                 except ServerError as exc:
                     entry.update(ok=False, error=exc.message)

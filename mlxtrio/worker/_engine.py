@@ -210,6 +210,8 @@ class _EngineBase:
             PromptCache(max_size=1 << 20, max_bytes=prompt_cache_bytes) if prompt_cache_bytes > 0 else None
         )
         self._grammars = GrammarCompiler(tokenizer, tokenizer.eos_token_id)
+        # Caches remembered since the last settle(), perhaps not computed yet.
+        self._unsettled: list[list[Any]] = []
 
     def _cached_prefix(self, prompt: list[int]) -> tuple[list[Any] | None, int]:
         """The nearest cached KV cache for ``prompt`` and how many of its tokens it holds."""
@@ -230,6 +232,31 @@ class _EngineBase:
     def _remember(self, tokens: list[int], cache: list[Any]) -> None:
         if self._prompt_cache is not None:
             self._prompt_cache.insert_cache(_MODEL_KEY, tokens, cache)
+            self._unsettled.append(cache)
+
+    def settle(self) -> None:
+        """Compute the KV caches remembered since the last call; the worker calls it after each step's frame.
+
+        A sequence leaving a batch leaves with its own rows of the batch's KV
+        cache as mlx-lm extracts them: lazy arrays, slices of the whole
+        batch's. Kept so in the prompt cache, each holds the batch's entire
+        buffers alive, beyond the bytes the cache counts against its cap
+        (eight sequences of the demo model that left one by one: 6.7 MB held
+        for 1.1 MB counted, tests/worker/test_prompt_cache.py), and the next
+        request that uses one computes the slice in its own first step. Computed here, after the frame with the
+        sequences' last tokens has gone out, they own just their rows: while
+        the engine is idle at once (so the memory is what it says before the
+        next request), while it decodes asynchronously (the step in flight is
+        not waited for).
+        """
+        if not self._unsettled:
+            return
+        arrays = [layer.state for cache in self._unsettled for layer in cache]
+        self._unsettled.clear()
+        if self.active:
+            mx.async_eval(arrays)
+        else:
+            mx.eval(arrays)
 
     def _remember_held(self, cache: list[Any], seen: list[int]) -> None:
         """Keep a finished sequence's cache. A pipelined decoder runs a step ahead

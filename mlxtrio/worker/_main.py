@@ -170,6 +170,8 @@ def main(argv: list[str]) -> int:
 
 
 def _serve(channel, engine, send, watch) -> int:  # noqa: ANN001
+    import mlx.core as mx
+
     from ._engine import RequestError
 
     decode = p.TO_WORKER.decode
@@ -189,7 +191,7 @@ def _serve(channel, engine, send, watch) -> int:  # noqa: ANN001
             elif isinstance(message, p.Cancel):
                 engine.cancel(message.request_id)
             elif isinstance(message, p.Ping):
-                send(p.Pong(message.nonce, engine.active, engine.prompt_cache_bytes))
+                send(p.Pong(message.nonce, engine.active, engine.prompt_cache_bytes, mx.get_active_memory()))
             elif isinstance(message, p.Shutdown):
                 engine.cancel_all()
                 return EXIT_OK
@@ -201,6 +203,8 @@ def _serve(channel, engine, send, watch) -> int:  # noqa: ANN001
                 send(p.RequestFailed(request_id, error.status, str(error)))
             # An empty step is a heartbeat: a prefill chunk went by without output.
             send(p.Step(tuple(deltas)))
+            # Finished sequences' caches, computed after their last tokens went out.
+            engine.settle()
             if engine.broken:
                 # Failures with no good step between: a fresh process is the cure.
                 print("mlxtrio worker: generation keeps failing; exiting to be restarted", file=sys.stderr)

@@ -175,6 +175,23 @@ async def test_prompt_cache_can_be_turned_off(client):
     assert (await _chat(client, messages))["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
 
 
+@bounded(120)
+async def test_the_prompt_caches_memory_is_what_it_counts(client, admin):
+    """Sequences that leave a batch together keep their caches in the prompt
+    cache; once the worker settles them (after their last frame) they hold
+    their own rows, not the batch's whole KV cache (tests/worker/test_prompt_cache.py)."""
+    assert (await admin.post("/admin/load", json={"model": "demo"})).status_code == 200
+    before = (await admin.get("/admin/health")).json()["workers"][0]
+    async with trio.open_nursery() as nursery:
+        for index in range(8):
+            messages = [{"role": "user", "content": f"{index}: " + "remember these words " * (4 + index)}]
+            nursery.start_soon(_chat, client, messages, 30 + 40 * index)
+    after = (await admin.get("/admin/health")).json()["workers"][0]
+    grown = after["active_memory_bytes"] - before["active_memory_bytes"]
+    assert after["prompt_cache_bytes"] > 0
+    assert grown <= after["prompt_cache_bytes"] * 1.02 + 64 * 1024, (grown, after["prompt_cache_bytes"])
+
+
 CAP = 600_000
 
 

@@ -1,11 +1,20 @@
-"""The worker's prompt trie answers exactly as mlx-lm's, on tries and prompts hypothesis makes up."""
+"""The worker's prompt cache: its trie answers as mlx-lm's, and what it keeps holds no more memory than it counts."""
 
 from __future__ import annotations
 
+import gc
+from pathlib import Path
+
+import mlx.core as mx
+import mlx_lm
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlx_lm.models import cache as mlx_cache
 
+from mlxtrio import _protocol as p
+from mlxtrio.worker._demo import ensure_demo_model
+from mlxtrio.worker._engine import BatchEngine
 from mlxtrio.worker._prompt_cache import PromptCache, PromptTrie
 
 # A small alphabet, so that sequences share prefixes and branch.
@@ -50,8 +59,6 @@ def test_a_long_extension_is_found_with_its_tie_broken_as_mlx_lm_does():
 
 
 def test_the_prompt_cache_uses_it_and_trims_a_longer_entry_to_the_prompt():
-    import mlx.core as mx
-
     cache = PromptCache(max_size=4)
     assert isinstance(cache._trie, PromptTrie)  # noqa: SLF001
     entry = mlx_cache.KVCache()
@@ -63,3 +70,30 @@ def test_the_prompt_cache_uses_it_and_trims_a_longer_entry_to_the_prompt():
     assert found is not None and found[0].offset == 9
     assert rest == tokens[9:10]
     assert entry.offset == 40  # a copy was trimmed, not the entry
+
+
+@pytest.fixture(scope="module")
+def demo(cache_dir: Path):  # noqa: ANN201
+    return mlx_lm.load(str(ensure_demo_model(cache_dir)))
+
+
+def test_remembered_caches_hold_no_more_than_they_count_once_settled(demo):
+    """A sequence leaves the batch with lazy slices of the batch's KV cache;
+    unsettled, they held the batch's whole buffers (here 6.7 MB for 1.1 MB counted)."""
+    model, tokenizer = demo
+    engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=1 << 30)
+    gc.collect()
+    before = mx.get_active_memory()
+    # Lengths apart: most leave while others still decode (settled asynchronously), the last when all is idle.
+    for index in range(8):
+        params = p.SamplingParams(max_tokens=40 + 45 * index, temperature=0.0, ignore_eos=True)
+        engine.admit(p.Generate(index + 1, params, None, f"prompt {index}: " + "words to remember " * (3 + index)))
+    while engine.active:
+        engine.step()
+        engine.settle()
+    mx.synchronize()
+    gc.collect()
+    held = mx.get_active_memory() - before
+    counted = engine.prompt_cache_bytes
+    assert counted > 0
+    assert held <= counted * 1.02 + 64 * 1024, (held, counted)
