@@ -12,6 +12,10 @@ The stages, each the k-th occurrence within a burst (so row 4 is "the
 fourth request to get this far"), in ms after the burst began:
 
 - ``sent``: the client starts the request (serve_bench's client, this process);
+- ``read``: Hypercorn has read the request's bytes from its socket (its
+  HTTP/1.1 protocol handles them);
+- ``dispatched``: Quart starts handling it (``full_dispatch_request``: the
+  request hooks, then the view);
 - ``parsed``: the orchestrator has its body (``decode_request``);
 - ``to_worker``: its ``Generate`` goes onto the ring;
 - ``admitted``: the worker has tokenized it and admitted it to the engine;
@@ -49,7 +53,7 @@ sys.path.insert(1, str(HERE.parent))
 
 from profile_worker import summarise  # noqa: E402
 
-STAGES = ("sent", "parsed", "to_worker", "admitted", "made", "from_worker", "first_text")
+STAGES = ("sent", "read", "dispatched", "parsed", "to_worker", "admitted", "made", "from_worker", "first_text")
 
 
 class Log:
@@ -79,6 +83,24 @@ def serve(argv: list[str]) -> int:
         return decode_request(*args, **kwargs)
 
     _openai.decode_request = traced_decode_request
+    from hypercorn.events import RawData
+    from hypercorn.protocol.h11 import H11Protocol
+    from quart_trio import QuartTrio
+
+    reads, dispatches = itertools.count(), itertools.count()
+    handle, dispatch = H11Protocol.handle, QuartTrio.full_dispatch_request
+
+    async def traced_handle(self, event):  # noqa: ANN001, ANN202
+        # A request's first bytes (keep-alive connections carry one request at a time here).
+        if isinstance(event, RawData) and event.data[:5] == b"POST ":
+            log("read", next(reads))
+        return await handle(self, event)
+
+    async def traced_dispatch(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        log("dispatched", next(dispatches))
+        return await dispatch(self, *args, **kwargs)
+
+    H11Protocol.handle, QuartTrio.full_dispatch_request = traced_handle, traced_dispatch
     send, receive = _trio.TrioChannel.send, _trio.TrioChannel.receive
 
     async def traced_send(self, payload: bytes) -> None:  # noqa: ANN001
