@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/PERFORMANCE.md, as run on a lent Linux CUDA machine.
 #
-#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, ab05, timeline05, sides05, compiled05, jemalloc05, allocator05, likeforlike05, ttft_allocator05, loop05, apart05, agg7b_jemalloc, ttft05_both, pack
+#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, ab05, timeline05, sides05, compiled05, jemalloc05, allocator05, likeforlike05, ttft_allocator05, loop05, apart05, agg7b_jemalloc, ttft05_both, table05_jemalloc, pack
 #
 # The machine has no registry: `install` takes the offline bundle of
 # ../shared/gpu/stage.sh (first half parked in /tmp by .gpu/a/keep.sh, second
@@ -353,6 +353,15 @@ ttft05_both() {
     MLX_WORKER_ALLOCATOR=$JEMALLOC python3 bench/serve_bench.py --model qwen2.5-0.5b-bf16 \
         --models-dir $MODELS --max-tokens 128 --rounds 6 --concurrency 8 --repeat 3 --servers mlx_lm.server mlxtrio \
         --json "$RESULTS/ttft-c8-qwen05-repeat3.json" 2>&1 | grep -E "aggregate tok/s|TTFT p50 run by run"
+}
+
+table05_jemalloc() {
+    # The 0.5B shape's table (in-process mlx-lm, mlx_lm.server, mlxtrio at 1, 8 and 32 streams), twice by turns,
+    # the worker with jemalloc.
+    step table05_jemalloc
+    MLX_WORKER_ALLOCATOR=$JEMALLOC python3 bench/serve_bench.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
+        --max-tokens 128 --rounds 4 --concurrency 1 8 32 --repeat 2 \
+        --json "$RESULTS/table-qwen05-jemalloc-repeat2.json" 2>&1 | grep -E "^\|"
 }
 
 pack() {
