@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -243,20 +244,28 @@ class _EngineBase:
         buffers alive, beyond the bytes the cache counts against its cap
         (eight sequences of the demo model that left one by one: 6.7 MB held
         for 1.1 MB counted, tests/worker/test_prompt_cache.py), and the next
-        request that uses one computes the slice in its own first step. Computed here, after the frame with the
-        sequences' last tokens has gone out, they own just their rows: while
-        the engine is idle at once (so the memory is what it says before the
-        next request), while it decodes asynchronously (the step in flight is
-        not waited for).
+        request that uses one computes the slice in its own first step.
+        Computed here, after the frame with the sequences' last tokens has
+        gone out, they hold just their rows: at once when the engine is idle
+        (so that its memory is what it says before the next request comes),
+        asynchronously while it decodes (the step in flight is not waited
+        for). Should that fail (out of memory, most likely), the prompt
+        cache is emptied and serving goes on.
         """
         if not self._unsettled:
             return
         arrays = [layer.state for cache in self._unsettled for layer in cache]
         self._unsettled.clear()
-        if self.active:
-            mx.async_eval(arrays)
-        else:
-            mx.eval(arrays)
+        try:
+            failpoint("settle")
+            if self.active:
+                mx.async_eval(arrays)
+            else:
+                mx.eval(arrays)
+        except Exception as exc:  # noqa: BLE001 - a cache is a speed-up: dropped, not fatal
+            print(f"mlxtrio worker: could not keep finished sequences' caches ({exc}); emptying the prompt cache", file=sys.stderr)
+            if self._prompt_cache is not None:
+                self._prompt_cache = PromptCache(max_size=self._prompt_cache.max_size, max_bytes=self._prompt_cache.max_bytes)
 
     def _remember_held(self, cache: list[Any], seen: list[int]) -> None:
         """Keep a finished sequence's cache. A pipelined decoder runs a step ahead

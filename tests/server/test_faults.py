@@ -164,6 +164,19 @@ async def test_out_of_memory_in_a_step_is_a_507_and_the_worker_survives(client, 
     assert entry["pid"] == pid and entry["restarts"] == 0
 
 
+@bounded(60)
+async def test_finished_caches_that_cannot_be_kept_empty_the_prompt_cache_and_the_worker_survives(client, admin, monkeypatch):
+    monkeypatch.setenv("MLXTRIO_FAILPOINTS", "settle=oom@1")
+    pid = (await admin.post("/admin/load", json={"model": "demo"})).json()["pid"]
+    for kept in (False, True):
+        await _ok(client)
+        health = (await admin.get("/admin/health")).json()["workers"][0]
+        # The first request's cache could not be computed and went; the next one's stays.
+        assert (health["prompt_cache_bytes"] > 0) == kept, health
+    entry = await worker_entry(admin)
+    assert entry["pid"] == pid and entry["restarts"] == 0
+
+
 @pytest.mark.parametrize("server_settings", [{"decode_concurrency": 1}])
 @bounded(60)
 async def test_a_failing_sequence_leaves_the_others_running(client, admin, monkeypatch):

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from mlx_lm.models import cache as mlx_cache
 
 from mlxtrio import _protocol as p
+from mlxtrio.worker import _failpoints
 from mlxtrio.worker._demo import ensure_demo_model
 from mlxtrio.worker._engine import BatchEngine
 from mlxtrio.worker._prompt_cache import PromptCache, PromptTrie
@@ -97,3 +98,19 @@ def test_remembered_caches_hold_no_more_than_they_count_once_settled(demo):
     counted = engine.prompt_cache_bytes
     assert counted > 0
     assert held <= counted * 1.02 + 64 * 1024, (held, counted)
+
+
+def test_caches_that_cannot_be_computed_empty_the_prompt_cache_and_serving_goes_on(demo, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(_failpoints, "_armed", _failpoints.parse("settle=oom@1"))
+    monkeypatch.setattr(_failpoints, "_hits", _failpoints.Counter())
+    model, tokenizer = demo
+    engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=1 << 30)
+    params = p.SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    for round_ in range(2):
+        for index in range(3):
+            engine.admit(p.Generate(10 * round_ + index, params, None, f"prompt {index}: a few words"))
+        while engine.active:
+            engine.step()
+            engine.settle()
+        # The first settle failed: what it held is gone. The second kept its caches.
+        assert (engine.prompt_cache_bytes == 0) == (round_ == 0)
