@@ -27,8 +27,17 @@ def _mapped(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
 
 
-# A shared library no worker maps of its own accord, harmless to load: CPython's ctypes test module.
-HARMLESS_LIBRARY = importlib.util.find_spec("_ctypes_test").origin if sys.platform.startswith("linux") else ""
+def _harmless_library() -> str:
+    """A shared library no worker maps of its own accord, harmless to load: a CPython extension module it never imports."""
+    # Distributions split CPython's test modules off; one of these is in every build.
+    for name in ("_ctypes_test", "_testbuffer", "xxlimited", "_curses", "_dbm"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin and spec.origin.endswith(".so"):
+            return spec.origin
+    raise AssertionError("no CPython extension module to load as a stand-in library")
+
+
+HARMLESS_LIBRARY = _harmless_library() if sys.platform.startswith("linux") else ""
 
 
 @bounded(120)
