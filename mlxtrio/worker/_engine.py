@@ -265,7 +265,7 @@ class _EngineBase:
         except Exception as exc:  # noqa: BLE001 - a cache is a speed-up: dropped, not fatal
             print(f"mlxtrio worker: could not keep finished sequences' caches ({exc}); emptying the prompt cache", file=sys.stderr)
             if self._prompt_cache is not None:
-                self._prompt_cache = PromptCache(max_size=self._prompt_cache.max_size, max_bytes=self._prompt_cache.max_bytes)
+                self._prompt_cache.trim_to(n_sequences=0)
 
     def _remember_held(self, cache: list[Any], seen: list[int]) -> None:
         """Keep a finished sequence's cache. A pipelined decoder runs a step ahead

@@ -133,6 +133,11 @@ async def worker_entry(admin: httpx.AsyncClient, model: str = "demo") -> dict:
     raise AssertionError(f"no worker for {model}")
 
 
+def worker_maps(pid: int) -> str:
+    """A worker's memory map (Linux): which shared libraries it runs with."""
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
 async def loaded_entry(admin: httpx.AsyncClient, model: str = "demo") -> dict:
     """``model`` loaded through the admin API, then its worker's status entry."""
     response = await admin.post("/admin/load", json={"model": model})
@@ -140,4 +145,4 @@ async def loaded_entry(admin: httpx.AsyncClient, model: str = "demo") -> dict:
     return await worker_entry(admin, model)
 
 
-__all__ = ["loaded_entry", "make_config", "partial", "sse_events", "status", "worker_entry"]
+__all__ = ["loaded_entry", "make_config", "partial", "sse_events", "status", "worker_entry", "worker_maps"]

@@ -16,13 +16,9 @@ import pytest
 from mlxtrio._allocator import WorkerAllocator, allocator_in_use, find_jemalloc, parse_worker_allocator
 
 from ..helpers import bounded
-from .conftest import loaded_entry, make_config
+from .conftest import loaded_entry, make_config, worker_maps
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="preloading a malloc is Linux-only")
-
-
-def _mapped(pid: int) -> str:
-    return Path(f"/proc/{pid}/maps").read_text()
 
 
 def _preloaded(pid: int) -> list[str]:
@@ -52,10 +48,10 @@ async def test_by_default_the_worker_runs_with_jemalloc_where_the_system_has_it(
     if jemalloc is not None:
         assert entry["allocator"] == "jemalloc"
         assert _preloaded(entry["pid"])[0] == jemalloc
-        assert "libjemalloc" in _mapped(entry["pid"])
+        assert "libjemalloc" in worker_maps(entry["pid"])
     else:
         assert entry["allocator"] == "system"
-        assert "libjemalloc" not in _mapped(entry["pid"])
+        assert "libjemalloc" not in worker_maps(entry["pid"])
     # Only the worker's environment changes: the orchestrator's own is left as it was.
     assert os.environ.get("LD_PRELOAD") == orchestrators_preload
 
@@ -65,7 +61,7 @@ async def test_by_default_the_worker_runs_with_jemalloc_where_the_system_has_it(
 async def test_system_leaves_the_c_librarys_malloc(admin):
     entry = await loaded_entry(admin)
     assert entry["allocator"] == "system"
-    assert "libjemalloc" not in _mapped(entry["pid"])
+    assert "libjemalloc" not in worker_maps(entry["pid"])
 
 
 @pytest.mark.parametrize("server_settings", [{"worker_allocator": C_LIBRARY}])

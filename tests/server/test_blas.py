@@ -18,13 +18,9 @@ import pytest
 from mlxtrio._blas import WorkerBlas, blas_in_use, find_openblas, parse_worker_blas
 
 from ..helpers import bounded
-from .conftest import loaded_entry, make_config
+from .conftest import loaded_entry, make_config, worker_maps
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="loading another BLAS is Linux-only")
-
-
-def _mapped(pid: int) -> str:
-    return Path(f"/proc/{pid}/maps").read_text()
 
 
 def _harmless_library() -> str:
@@ -45,10 +41,10 @@ async def test_by_default_the_worker_runs_with_openblas_where_the_system_has_it(
     entry = await loaded_entry(admin)
     if find_openblas() is not None:
         assert entry["blas"] == "openblas"
-        assert "libopenblas" in _mapped(entry["pid"])
+        assert "libopenblas" in worker_maps(entry["pid"])
     else:
         assert entry["blas"] == "mlx"
-        assert "libopenblas" not in _mapped(entry["pid"])
+        assert "libopenblas" not in worker_maps(entry["pid"])
 
 
 @pytest.mark.parametrize("server_settings", [{"worker_blas": "mlx"}])
@@ -56,14 +52,14 @@ async def test_by_default_the_worker_runs_with_openblas_where_the_system_has_it(
 async def test_mlx_leaves_the_blas_mlx_was_built_with(admin):
     entry = await loaded_entry(admin)
     assert entry["blas"] == "mlx"
-    assert "libopenblas" not in _mapped(entry["pid"])
+    assert "libopenblas" not in worker_maps(entry["pid"])
 
 
 @pytest.mark.parametrize("server_settings", [{"worker_blas": HARMLESS_LIBRARY}])
 @bounded(120)
 async def test_a_path_is_loaded_into_the_worker_as_given(admin):
     entry = await loaded_entry(admin)
-    assert HARMLESS_LIBRARY in _mapped(entry["pid"])
+    assert HARMLESS_LIBRARY in worker_maps(entry["pid"])
     # It is no BLAS MLX calls: what the worker reports is what its MLX runs with.
     assert entry["blas"] == "mlx"
 
