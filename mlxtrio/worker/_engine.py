@@ -38,6 +38,7 @@ from ._prompt_cache import PromptCache
 from ._failpoints import failpoint
 from ._grammar import GrammarCompiler
 from ._solo import SoloDecoder
+from ._tokenize import PromptEncoder
 from ._tools import ToolCallExtractor, chat_messages, tool_format
 
 __all__ = ["BatchEngine", "RequestError", "SequentialEngine", "make_engine"]
@@ -202,6 +203,7 @@ class _EngineBase:
         self._consecutive_failures = 0
         self._model = model
         self._tokenizer = tokenizer
+        self._encoder = PromptEncoder(tokenizer)
         self._context_length = context_length
         self._eos = frozenset(tokenizer.eos_token_ids)
         # KV caches of finished sequences, by their tokens, bounded in bytes on
@@ -305,13 +307,13 @@ class _EngineBase:
             messages = chat_messages(request.messages)
             extra = {"tools": json.loads(request.tools)} if request.tools else {}
             try:
-                prompt = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, **extra))
+                prompt = self._encoder.chat(messages, **extra)
             except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
                 raise RequestError(400, f"the chat template rejected these messages: {exc}") from exc
         else:
             text = request.prompt or ""
             bos = getattr(tokenizer, "bos_token", None)
-            prompt = list(tokenizer.encode(text, add_special_tokens=bos is None or not text.startswith(bos)))
+            prompt = self._encoder.text(text, add_special_tokens=bos is None or not text.startswith(bos))
         if not prompt:
             raise RequestError(400, "the prompt is empty")
         if self._context_length is not None and len(prompt) + request.params.max_tokens > self._context_length:

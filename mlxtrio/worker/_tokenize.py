@@ -1,0 +1,69 @@
+"""Prompts to tokens, straight through the tokenizer's Rust backend where that gives the same ids.
+
+Every admission tokenizes its prompt on the worker's only thread, so its
+cost is paid by every sequence decoding at the time, and in a burst the last
+request waits for all the admissions before it. transformers wraps the
+``tokenizers`` backend in several layers (argument checks, a batch encoding
+object, offsets, attention masks), and for a chat request it renders the
+template and encodes the text through all of them. On the demo model's
+tokenizer that is 103 µs a chat prompt, of which the template takes 21 and
+the backend's ``encode_batch_fast`` 38 (``bench/admission_probe.py``).
+
+So the template is rendered to text, as mlx-lm's own chat-template path does
+(``TokenizerWrapper.apply_chat_template``), and the text goes to the backend
+directly, with what transformers would pass it: no special tokens added for
+a chat prompt, the caller's choice for a plain one. transformers also sets
+the backend's truncation, padding and special-token splitting on each call;
+where the backend's state is not what it would set (a tokenizer.json that
+truncates, a tokenizer that splits special tokens), or there is no such
+backend (a slow tokenizer), the tokenizer's own path is taken instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["PromptEncoder"]
+
+
+class PromptEncoder:
+    """Token ids for chat messages and for plain prompts, as the tokenizer's own calls give them."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        # mlx-lm's TokenizerWrapper around a transformers tokenizer around a tokenizers.Tokenizer.
+        self._tokenizer = tokenizer
+        hf = getattr(tokenizer, "_tokenizer", None)
+        backend = getattr(hf, "_tokenizer", None)
+        fast = getattr(backend, "encode_batch_fast", None)
+        self._hf = hf
+        self._backend = backend
+        self._fast: Callable[..., Any] | None = fast if callable(fast) else None
+
+    @property
+    def direct(self) -> bool:
+        """Whether prompts go straight to the backend now (for tests and the probe)."""
+        return self._usable()
+
+    def _usable(self) -> bool:
+        backend = self._backend
+        return (
+            self._fast is not None
+            and backend.truncation is None
+            and backend.padding is None
+            and backend.encode_special_tokens == bool(getattr(self._hf, "split_special_tokens", False))
+        )
+
+    def chat(self, messages: list[dict], **template: Any) -> list[int]:
+        """The chat template's rendering of ``messages`` (with a generation prompt), as ids."""
+        tokenizer = self._tokenizer
+        if not self._usable():
+            return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, **template))
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **template)
+        return self._fast([text], add_special_tokens=False)[0].ids
+
+    def text(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        """``text`` as ids, with the tokenizer's special tokens (a BOS) added or not."""
+        if not self._usable():
+            return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        return self._fast([text], add_special_tokens=add_special_tokens)[0].ids
