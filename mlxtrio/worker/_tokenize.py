@@ -15,8 +15,11 @@ directly, with what transformers would pass it: no special tokens added for
 a chat prompt, the caller's choice for a plain one. transformers also sets
 the backend's truncation, padding and special-token splitting on each call;
 where the backend's state is not what it would set (a tokenizer.json that
-truncates, a tokenizer that splits special tokens), or there is no such
-backend (a slow tokenizer), the tokenizer's own path is taken instead.
+truncates, a tokenizer that splits special tokens), the tokenizer's own path
+is taken for that prompt. It is taken always where there is no such backend
+(a slow tokenizer, transformers before 5), or where the tokenizer's class
+changes how text is encoded (mlx-lm's ``NewlineTokenizer`` rewrites the
+text in ``encode``; CodeLlama's tokenizer has its own ``encode`` too).
 """
 
 from __future__ import annotations
@@ -25,6 +28,20 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = ["PromptEncoder"]
+
+# What transformers' TokenizersBackend runs from a call to the backend; a class that overrides any of it encodes its own way.
+_PIPELINE = ("__call__", "_call_one", "encode", "encode_plus", "_encode_plus")
+
+
+def _stock_pipeline(hf: Any) -> bool:
+    """Whether ``hf`` encodes text as transformers' TokenizersBackend does, by the backend alone."""
+    try:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:  # transformers before 5: its fast tokenizers are another class
+        return False
+    if not isinstance(hf, TokenizersBackend):
+        return False
+    return all(getattr(type(hf), name, None) is getattr(TokenizersBackend, name, None) for name in _PIPELINE)
 
 
 class PromptEncoder:
@@ -38,7 +55,7 @@ class PromptEncoder:
         fast = getattr(backend, "encode_batch_fast", None)
         self._hf = hf
         self._backend = backend
-        self._fast: Callable[..., Any] | None = fast if callable(fast) else None
+        self._fast: Callable[..., Any] | None = fast if callable(fast) and _stock_pipeline(hf) else None
 
     @property
     def direct(self) -> bool:

@@ -132,3 +132,22 @@ def test_engine_admits_through_the_direct_path(cache_dir: Path, monkeypatch: pyt
     engine.admit(p.Generate(2, params, None, "a worker"))
     assert calls == []
     assert engine.active
+
+
+def test_tokenizer_class_with_its_own_encoding_takes_its_own_path(cache_dir: Path):
+    """A class that changes how text is encoded (mlx-lm's NewlineTokenizer rewrites the text in ``encode``)
+    keeps its own path: the backend alone would give other ids."""
+    wrapper = _load(cache_dir)
+    hf = wrapper._tokenizer  # noqa: SLF001
+
+    class Rewriting(type(hf)):
+        def encode(self, text, **kwargs):  # noqa: ANN001, ANN003, ANN201
+            return super().encode(text.replace("\n", "<n>"), **kwargs)
+
+    hf.__class__ = Rewriting
+    encoder = PromptEncoder(wrapper)
+    assert not encoder.direct
+    text = "the cache\na worker"
+    expected = list(wrapper.encode(text, add_special_tokens=False))
+    assert expected != hf._tokenizer.encode_batch_fast([text], add_special_tokens=False)[0].ids  # noqa: SLF001
+    assert encoder.text(text, add_special_tokens=False) == expected
