@@ -1,22 +1,30 @@
-"""What one admission costs the worker, part by part, with prompts tokenized through transformers or straight through the backend.
+"""What one admission costs the worker, part by part, with and without this project's shortcuts.
 
-    python bench/admission_probe.py --model demo [--models-dir DIR] [--bursts 60] [--json OUT]
+    python bench/admission_probe.py --model demo [--models-dir DIR] [--bursts 60] [--rounds 3] [--max-tokens 16] [--json OUT]
 
 The worker admits requests one after another on its only thread: in a
 burst the last request waits for every admission before it, and a running
 batch waits for each. This times, on the engine in-process, bursts of 8 of
 serve_bench's chat prompts (rendered by the engine, as for the server's chat
 requests, and hitting the prompt cache after the first burst, as at 8 streams
-in serve_bench), admitted and then generated to the end (16 tokens):
+in serve_bench), admitted and then generated to the end (``--max-tokens``):
 
 - ``admit``: the whole ``BatchEngine.admit``;
 - ``prompt_tokens``: the chat template and the tokenizer (``_prompt_tokens``);
 - ``cached_prefix``: the prompt cache's lookup and the copy of what it finds;
 
-first with the tokenizer's own path (``apply_chat_template`` with
-``tokenize=True``, through transformers), then with ``PromptEncoder``'s direct
-path (the template rendered to text, the text given to the Rust backend's
-``encode_batch_fast``), by turns, ``--rounds`` times. It also times the
+in three ways, by turns, ``--rounds`` times:
+
+- ``transformers, deepcopy``: the tokenizer's own path (``apply_chat_template``
+  with ``tokenize=True``, through transformers), and the prompt cache's
+  finds copied with ``copy.deepcopy``, as mlx-lm does;
+- ``direct, deepcopy``: ``PromptEncoder``'s direct path (the template
+  rendered to text, the text given to the Rust backend's
+  ``encode_batch_fast``);
+- ``direct, copy_cache``: and the finds copied by ``copy_cache``, as the
+  worker does.
+
+It also times the
 tokenizer's calls alone on one prompt: the whole ``apply_chat_template``, the
 template rendered only, and the backend's encode of the rendered text.
 Medians in µs. Pin it as the worker is pinned (``taskset -c 1`` on a 2-core
@@ -26,6 +34,7 @@ machine), since the worker's admissions run on its one core.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -37,7 +46,10 @@ from bench_models import add_model_options, build_chosen, load_as_worker
 from serve_bench import prompts
 
 from mlxtrio import _protocol as p
+from mlxtrio.worker import _prompt_cache
 from mlxtrio.worker._engine import BatchEngine
+
+WAYS = {"transformers, deepcopy": (False, False), "direct, deepcopy": (True, False), "direct, copy_cache": (True, True)}
 
 PARTS = {"admit": "admit", "prompt_tokens": "_prompt_tokens", "cached_prefix": "_cached_prefix"}
 
@@ -46,11 +58,13 @@ def _median_us(values: list[float]) -> float:
     return round(statistics.median(values) * 1e6, 1)
 
 
-def admissions(model, tokenizer, *, direct: bool, bursts: int) -> dict:  # noqa: ANN001
+def admissions(model, tokenizer, *, direct: bool, copy_cache: bool, bursts: int, max_tokens: int) -> dict:  # noqa: ANN001
     engine = BatchEngine(model, tokenizer, context_length=32768)
     if not direct:
         engine._encoder._fast = None  # noqa: SLF001 - the tokenizer's own path
     assert engine._encoder.direct == direct  # noqa: SLF001
+    # The prompt cache copies what it finds with the module's copy_cache.
+    _prompt_cache.copy_cache = _COPY_CACHE if copy_cache else copy.deepcopy
     times: dict[str, list[float]] = defaultdict(list)
     for part, name in PARTS.items():
         original = getattr(engine, name)
@@ -63,7 +77,7 @@ def admissions(model, tokenizer, *, direct: bool, bursts: int) -> dict:  # noqa:
 
         setattr(engine, name, timed)
     texts = [(p.ChatMessage("user", text),) for text in prompts(8)]
-    params = p.SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+    params = p.SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     request_id = 1
     for number in range(bursts + 2):
         if number == 2:  # the first two: cold, then the first hitting the prompt cache
@@ -74,7 +88,11 @@ def admissions(model, tokenizer, *, direct: bool, bursts: int) -> dict:  # noqa:
         while engine.active:
             engine.step()
         engine.settle()
+    _prompt_cache.copy_cache = _COPY_CACHE
     return {part: _median_us(values) for part, values in times.items()}
+
+
+_COPY_CACHE = _prompt_cache.copy_cache
 
 
 def tokenizer_calls(tokenizer, repeats: int = 400) -> dict:  # noqa: ANN001
@@ -103,18 +121,20 @@ def main() -> None:
     add_model_options(parser)
     parser.add_argument("--bursts", type=int, default=60, help="measured bursts of 8 per path and round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=16, help="tokens generated per request after each burst's admissions")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     model, tokenizer = load_as_worker(build_chosen(args))
-    by_round: dict[str, list[dict]] = {"transformers": [], "direct": []}
+    by_round: dict[str, list[dict]] = {way: [] for way in WAYS}
     for _ in range(args.rounds):
-        for path in by_round:
-            by_round[path].append(admissions(model, tokenizer, direct=path == "direct", bursts=args.bursts))
-    summary = {
-        path: {part: statistics.median(run[part] for run in runs) for part in PARTS} for path, runs in by_round.items()
-    }
+        for way, (direct, copy_cache) in WAYS.items():
+            by_round[way].append(
+                admissions(model, tokenizer, direct=direct, copy_cache=copy_cache, bursts=args.bursts, max_tokens=args.max_tokens)
+            )
+    summary = {way: {part: statistics.median(run[part] for run in runs) for part in PARTS} for way, runs in by_round.items()}
     result = {
         "model": args.model,
+        "max_tokens": args.max_tokens,
         "tokenizers_version": tokenizers.__version__,
         "admission_us_median_of_rounds": summary,
         "admission_us_by_round": by_round,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from mlxtrio import _protocol as p
 from mlxtrio.worker import _failpoints
 from mlxtrio.worker._demo import ensure_demo_model
 from mlxtrio.worker._engine import BatchEngine
-from mlxtrio.worker._prompt_cache import PromptCache, PromptTrie
+from mlxtrio.worker._prompt_cache import PromptCache, PromptTrie, copy_cache
 
 # A small alphabet, so that sequences share prefixes and branch.
 sequences = st.lists(st.integers(0, 3), max_size=12)
@@ -114,3 +115,99 @@ def test_caches_that_cannot_be_computed_empty_the_prompt_cache_and_serving_goes_
             engine.settle()
         # The first settle failed: what it held is gone. The second kept its caches.
         assert (engine.prompt_cache_bytes == 0) == (round_ == 0)
+
+
+def _kv(length: int, fill: float = 1.0) -> tuple[mx.array, mx.array]:
+    return mx.full((1, 2, length, 8), fill), mx.full((1, 2, length, 8), -fill)
+
+
+def _filled_caches() -> list:
+    """One of each cache class mlx-lm's models make, each holding something."""
+    plain, rotating, quantized, chunked = (
+        mlx_cache.KVCache(), mlx_cache.RotatingKVCache(max_size=8, keep=2), mlx_cache.QuantizedKVCache(group_size=32, bits=8),
+        mlx_cache.ChunkedKVCache(chunk_size=16),
+    )
+    for cache in (plain, rotating, chunked):
+        cache.update_and_fetch(*_kv(5))
+    quantized.update_and_fetch(mx.ones((1, 2, 5, 32)), mx.ones((1, 2, 5, 32)))
+    arrays = mlx_cache.ArraysCache(2)
+    arrays[0], arrays[1] = mx.ones((1, 4)), mx.zeros((1, 3))
+    listed = mlx_cache.CacheList(mlx_cache.KVCache(), mlx_cache.ArraysCache(1))
+    listed[0].update_and_fetch(*_kv(3))
+    listed[1][0] = mx.ones((1, 2))
+    return [plain, rotating, quantized, chunked, arrays, listed]
+
+
+def _snapshot(value):  # noqa: ANN001, ANN202 - any cache, as plain Python values
+    if isinstance(value, mx.array):
+        return ("array", value.dtype, value.shape, value.tolist())
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, [_snapshot(item) for item in value])
+    if isinstance(value, dict):
+        return {key: _snapshot(item) for key, item in value.items()}
+    if hasattr(value, "__dict__"):
+        return (type(value).__name__, {key: _snapshot(item) for key, item in vars(value).items()})
+    return value
+
+
+def test_copy_cache_gives_what_deepcopy_gives_and_the_copy_is_its_own():
+    caches = _filled_caches()
+    before = _snapshot(caches)
+    copied = copy_cache(caches)
+    assert _snapshot(copied) == _snapshot(copy.deepcopy(caches)) == before
+    assert all(a is not b for a, b in zip(copied, caches))
+    # The request works on its copy: trimmed, written into, extended. The cached entry stays as it was.
+    plain, rotating, quantized, chunked, arrays, listed = copied
+    plain.trim(2)
+    plain.update_and_fetch(*_kv(4, fill=7.0))
+    plain.keys[..., 0, :] = 9.0
+    rotating.update_and_fetch(*_kv(6, fill=3.0))
+    quantized.update_and_fetch(mx.full((1, 2, 1, 32), 2.0), mx.full((1, 2, 1, 32), 2.0))
+    chunked.update_and_fetch(*_kv(2, fill=5.0))
+    arrays[0] = mx.full((1, 4), 4.0)
+    listed[0].keys[..., 1, :] = 8.0
+    mx.eval(copied)
+    assert _snapshot(caches) == before
+    assert _snapshot(copied) != before
+
+
+def test_copy_cache_keeps_what_is_shared_shared():
+    cache = mlx_cache.KVCache()
+    cache.update_and_fetch(*_kv(3))
+    cache.values = cache.keys  # two names for one array, as a cache class might keep
+    (copied,) = copy_cache([cache])
+    assert copied.values is copied.keys
+    assert copied.keys is not cache.keys
+
+
+def test_copy_cache_leaves_classes_with_their_own_copying_to_deepcopy():
+    copies: list[str] = []
+
+    class OwnCopy(mlx_cache.KVCache):
+        def __deepcopy__(self, memo):  # noqa: ANN001, ANN204
+            copies.append("own")
+            new = mlx_cache.KVCache()
+            new.offset = self.offset
+            return new
+
+    OwnCopy.__module__ = "mlx_lm.models.someone_elses"
+    cache = OwnCopy()
+    cache.update_and_fetch(*_kv(3))
+    (copied,) = copy_cache([cache])
+    assert copies == ["own"]
+    assert type(copied) is mlx_cache.KVCache
+
+
+def test_the_prompt_cache_hands_out_copies():
+    cache = PromptCache(max_size=4)
+    layers = [mlx_cache.KVCache()]
+    layers[0].update_and_fetch(*_kv(6))
+    mx.eval(layers[0].state)
+    cache.insert_cache("m", [1, 2, 3, 4, 5, 6], layers)
+    before = _snapshot(layers)
+    for prompt in ([1, 2, 3, 4, 5, 6], [1, 2, 3], [1, 2, 3, 4, 5, 6, 7, 8]):
+        found, rest = cache.fetch_nearest_cache("m", prompt)
+        assert found is not None and found[0] is not layers[0]
+        found[0].trim(1)
+        found[0].update_and_fetch(*_kv(2, fill=6.0))
+        assert _snapshot(layers) == before
