@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import attrs
 import msgspec
 from quart import Response, request
 
@@ -50,6 +51,7 @@ def create_admin_app(state: ServerState) -> App:
             {
                 "started_at": started_at,
                 "shutting_down": state.shutting_down,
+                "intake": attrs.asdict(supervisor.intake.statistics()),
                 "workers": supervisor.describe(),
                 "config": state.config.describe(),
             }

@@ -14,10 +14,10 @@ from contextlib import AbstractAsyncContextManager
 
 import msgspec
 import trio
-from quart import Response, request
+from quart import Response, g, request
 
 from .._errors import ServerError
-from ..orchestrator import Events, ModelWorker, Supervisor
+from ..orchestrator import Arrival, Events, ModelWorker, Supervisor
 from ._asgi import App, enter_for_body
 from ._auth import require_bearer_token
 from ._common import ServerState, install_error_handlers, json_response
@@ -27,6 +27,7 @@ from ._requests import ChatCompletionRequest, CompletionRequest, decode_request
 __all__ = ["create_openai_app"]
 
 _json = msgspec.json.Encoder()
+_GENERATION_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
 def _sse(payload: dict) -> bytes:
@@ -86,6 +87,18 @@ def create_openai_app(state: ServerState) -> App:
     supervisor: Supervisor = state.supervisor
     request_timeout = state.config.request_timeout
 
+    @app.before_request
+    async def arrive() -> None:
+        # After the key check: a generation request is in the intake until its Generate goes out.
+        if request.method == "POST" and request.url_rule is not None and request.url_rule.rule in _GENERATION_ENDPOINTS:
+            g.arrival = supervisor.intake.arrive()
+
+    @app.teardown_request
+    async def leave(_error: BaseException | None) -> None:
+        arrival: Arrival | None = g.pop("arrival", None)
+        if arrival is not None:
+            arrival.leave()  # nothing if its Generate went out
+
     @app.get("/health")
     async def health() -> Response:
         if state.shutting_down:
@@ -124,6 +137,7 @@ def create_openai_app(state: ServerState) -> App:
                 tools=parsed.tools_json(),
                 parse_tool_calls=parsed.parse_tool_calls,
                 max_tool_calls=1 if parsed.parallel_tool_calls is False else 0,
+                arrival=g.get("arrival"),
             )
 
         calls_so_far = [0] * parsed.n  # streamed: each choice's tool calls are numbered from 0
@@ -200,7 +214,11 @@ def create_openai_app(state: ServerState) -> App:
 
         def generation():  # noqa: ANN202
             return worker.generate(
-                parsed.sampling(state.limits), prompt=parsed.prompt, n=parsed.n, keep_alive=parsed.keep_alive_seconds()
+                parsed.sampling(state.limits),
+                prompt=parsed.prompt,
+                n=parsed.n,
+                keep_alive=parsed.keep_alive_seconds(),
+                arrival=g.get("arrival"),
             )
 
         wants_logprobs = parsed.logprobs is not None

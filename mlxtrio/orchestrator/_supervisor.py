@@ -15,6 +15,7 @@ import trio
 from .._config import Config
 from .._errors import ServerError
 from ._catalog import ModelCatalog
+from ._intake import Intake
 from ._worker import ModelWorker, WorkerStatus
 
 __all__ = ["Supervisor"]
@@ -26,6 +27,8 @@ class Supervisor:
     def __init__(self, config: Config, catalog: ModelCatalog) -> None:
         self._config = config
         self.catalog = catalog
+        # Generation requests the HTTP side is still taking in (a hint for the workers).
+        self.intake = Intake()
         self._workers: dict[str, ModelWorker] = {}
         self._nursery: trio.Nursery | None = None
         # One load decision at a time: two new models must not both see the same free room.

@@ -33,6 +33,7 @@ from .._config import Config
 from .._errors import ServerError
 from ..ipc import Channel, IPCError, MessageRouter, PeerGoneError, ProtocolError, TrioChannel
 from ._catalog import ModelEntry, decode_concurrency, idle_timeout
+from ._intake import Arrival
 
 __all__ = ["Events", "ModelWorker", "WorkerState", "WorkerStatus"]
 
@@ -326,12 +327,15 @@ class ModelWorker:
         tools: str | None = None,
         parse_tool_calls: bool = False,
         max_tool_calls: int = 0,
+        arrival: Arrival | None = None,
     ) -> AsyncIterator[Events]:
         """Start ``n`` sequences (choices) of one prompt; their deltas arrive through one Events.
 
         With a seed, choice ``i`` samples with ``seed + i``: choices differ, and
         the same request gives the same choices again. ``keep_alive`` (seconds;
         negative: forever; None: the idle timeout) replaces the model's, as in Ollama.
+        ``arrival``: the request's place in the server's intake, handed over as
+        its Generates go out (their ``followers``: see _intake.py).
         """
         self._keep_alive = keep_alive
         self.check_capacity(n)
@@ -348,10 +352,14 @@ class ModelWorker:
             events = Events(route, request_ids)
             try:
                 try:
+                    arriving = arrival.hand_over() if arrival is not None else 0
                     for index, request_id in enumerate(request_ids):
                         choice = params if params.seed is None or index == 0 else msgspec.structs.replace(params, seed=params.seed + index)
+                        followers = arriving + n - 1 - index
                         await run.channel.send(
-                            p.TO_WORKER.encode(p.Generate(request_id, choice, messages, prompt, tools, parse_tool_calls, max_tool_calls))
+                            p.TO_WORKER.encode(
+                                p.Generate(request_id, choice, messages, prompt, tools, parse_tool_calls, max_tool_calls, followers)
+                            )
                         )
                 except IPCError as exc:
                     raise ServerError(503, f"the model worker is unavailable: {exc}", code="worker_unavailable") from exc

@@ -1,0 +1,109 @@
+"""The intake: generation requests the server is taking in, and the followers each Generate tells the worker of.
+
+A request is in the intake from its dispatch (its headers read, its key
+checked) until its Generate goes out or it ends without one; it must leave
+it on every path, or every batch would start late by a wait.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import trio
+
+from mlxtrio import ServerHandle
+from mlxtrio import _protocol as p
+
+CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
+
+
+async def _intake(admin: httpx.AsyncClient) -> dict:
+    return (await admin.get("/admin/status")).json()["intake"]
+
+
+async def _until_arriving(admin: httpx.AsyncClient, count: int) -> dict:
+    """The intake once ``count`` requests are arriving (the server takes them in on its own time)."""
+    with trio.fail_after(10):
+        while (intake := await _intake(admin))["arriving"] != count:
+            await trio.sleep(0.01)
+    return intake
+
+
+async def _stalled(server: ServerHandle) -> trio.SocketStream:
+    """A chat request whose body never finishes: it stays in the intake until its client leaves."""
+    host, port = server.openai_url.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
+    await stream.send_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 1000\r\n\r\n{"model": "demo", '
+    )
+    return stream
+
+
+@pytest.fixture
+async def sent(server: ServerHandle, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> list[p.Generate]:
+    """The Generates the orchestrator sends the demo model's (real) worker, as they go."""
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200  # loaded
+    worker = await server.state.supervisor.worker("demo")
+    channel = worker._run.channel  # noqa: SLF001
+    messages: list[p.Generate] = []
+    send = channel.send
+
+    async def recording(payload: bytes) -> None:
+        message = p.TO_WORKER.decode(payload)
+        if isinstance(message, p.Generate):
+            messages.append(message)
+        await send(payload)
+
+    monkeypatch.setattr(channel, "send", recording)
+    return messages
+
+
+async def test_each_generate_counts_the_requests_still_arriving_and_its_own_other_choices(
+    server: ServerHandle, client: httpx.AsyncClient, admin: httpx.AsyncClient, sent: list[p.Generate]
+):
+    handed_over = (await _until_arriving(admin, 0))["handed_over"]
+    stream = await _stalled(server)
+    await _until_arriving(admin, 1)
+    response = await client.post("/v1/chat/completions", json={**CHAT, "n": 3})
+    assert response.status_code == 200
+    # One still arriving, then the request's own choices after each.
+    assert [message.followers for message in sent] == [3, 2, 1]
+    await stream.aclose()
+    intake = await _until_arriving(admin, 0)
+    assert intake["handed_over"] == handed_over + 1
+    sent.clear()
+    assert (await client.post("/v1/completions", json={"model": "demo", "prompt": "hi", "max_tokens": 2})).status_code == 200
+    assert [message.followers for message in sent] == [0]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b'{"model": "demo", "messages": ', 400),  # not JSON
+        (b'{"model": "demo", "messages": [], "max_tokens": 4}', 400),  # invalid
+        (b'{"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}', 404),
+    ],
+)
+async def test_a_request_that_ends_without_a_generate_leaves_the_intake(
+    client: httpx.AsyncClient, admin: httpx.AsyncClient, body: bytes, status: int
+):
+    before = await _intake(admin)
+    response = await client.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == status
+    assert await _intake(admin) == before == {"arriving": 0, "handed_over": before["handed_over"]}
+
+
+async def test_other_endpoints_are_not_counted(client: httpx.AsyncClient, admin: httpx.AsyncClient):
+    before = await _intake(admin)
+    assert (await client.get("/v1/models")).status_code == 200
+    assert (await client.get("/health")).status_code == 200
+    assert await _intake(admin) == before
+
+
+@pytest.mark.parametrize("server_settings", [{"api_keys": ("secret",)}])
+async def test_a_request_refused_at_the_door_is_never_counted(server: ServerHandle, admin: httpx.AsyncClient):
+    before = await _intake(admin)
+    async with httpx.AsyncClient(base_url=server.openai_url) as anonymous:
+        assert (await anonymous.post("/v1/chat/completions", json=CHAT)).status_code == 401
+    assert await _intake(admin) == before
