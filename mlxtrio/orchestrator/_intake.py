@@ -5,8 +5,9 @@ empty. In a burst, requests reach it one by one, as the orchestrator finishes
 taking each in (HTTP, parsing, validation), and when the worker admits them
 faster than they come it starts on the first few alone. The rest then wait
 for that step and pay for one of their own: on an H100 a batch's first step
-of the Qwen2.5-0.5B shape takes 12-17 ms, and bursts of 8 split in two
-reached their median first token up to 11 ms later (docs/PERFORMANCE.md).
+of the Qwen2.5-0.5B shape took 11-16 ms, and bursts of 8 reached their
+median first token in 27.6-30.2 ms, against 20.4-23.3 ms as one batch
+(docs/PERFORMANCE.md, seventh session).
 
 So the HTTP side registers each generation request as it begins
 (``Intake.arrive``), and the request's ``Arrival`` ends when its
@@ -53,6 +54,10 @@ class Intake:
     def statistics(self) -> IntakeStatistics:
         return IntakeStatistics(self._arriving, self._handed_over)
 
+    def _close(self, *, handed_over: bool) -> None:
+        self._arriving -= 1
+        self._handed_over += handed_over
+
 
 @attrs.define(eq=False)
 class Arrival:
@@ -64,15 +69,12 @@ class Arrival:
     def hand_over(self) -> int:
         """The request's ``Generate`` goes out now: how many others are still arriving."""
         if self._open:
-            self._close()
-            self._intake._handed_over += 1  # noqa: SLF001 - one counter, two sides of it
+            self._open = False
+            self._intake._close(handed_over=True)  # noqa: SLF001 - its own intake
         return self._intake.arriving
 
     def leave(self) -> None:
         """The request ended without a ``Generate`` (or has sent it: then nothing changes)."""
         if self._open:
-            self._close()
-
-    def _close(self) -> None:
-        self._open = False
-        self._intake._arriving -= 1  # noqa: SLF001
+            self._open = False
+            self._intake._close(handed_over=False)  # noqa: SLF001

@@ -13,6 +13,7 @@ import trio
 
 from mlxtrio import ServerHandle
 from mlxtrio import _protocol as p
+from mlxtrio.orchestrator import Intake, IntakeStatistics
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
 
@@ -107,3 +108,17 @@ async def test_a_request_refused_at_the_door_is_never_counted(server: ServerHand
     async with httpx.AsyncClient(base_url=server.openai_url) as anonymous:
         assert (await anonymous.post("/v1/chat/completions", json=CHAT)).status_code == 401
     assert await _intake(admin) == before
+
+
+def test_an_arrival_ends_once_whichever_way():
+    intake = Intake()
+    first, second, third = intake.arrive(), intake.arrive(), intake.arrive()
+    assert intake.statistics() == IntakeStatistics(arriving=3, handed_over=0)
+    assert first.hand_over() == 2  # the others still arriving
+    first.leave()  # its request's end, after its Generate went out
+    assert first.hand_over() == 2  # a second choice's Generate: nothing changes
+    second.leave()
+    second.leave()
+    assert intake.statistics() == IntakeStatistics(arriving=1, handed_over=1)
+    assert third.hand_over() == 0
+    assert intake.statistics() == IntakeStatistics(arriving=0, handed_over=2)
