@@ -181,7 +181,9 @@ def main(argv: list[str]) -> int:
         channel.close()
 
 
-def _serve(channel, engine, send, watch, *, follower_wait: float = FOLLOWER_WAIT, forming_limit: float = FORMING_LIMIT) -> int:  # noqa: ANN001
+def _serve(  # noqa: ANN001
+    channel, engine, send, watch, *, follower_wait: float = FOLLOWER_WAIT, forming_limit: float = FORMING_LIMIT
+) -> int:
     import mlx.core as mx
 
     from ._engine import RequestError

@@ -21,7 +21,6 @@ from mlxtrio.worker._demo import ensure_demo_model
 from mlxtrio.worker._engine import BatchEngine
 from mlxtrio.worker._main import EXIT_OK, _serve
 
-PARAMS = p.SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
 # Long enough that a step never passes for a wait, short enough for a test.
 APART = 0.3
 
@@ -60,7 +59,7 @@ class Orchestrator:
         self.thread.start()
 
     def generate(self, request_id: int, *, followers: int, max_tokens: int = 8) -> None:
-        params = PARAMS if max_tokens == PARAMS.max_tokens else p.SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+        params = p.SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
         self.end.writer.send(p.TO_WORKER.encode(p.Generate(request_id, params, None, f"request {request_id}", followers=followers)))
 
     def step(self, timeout: float = 30.0) -> tuple[float, p.Step]:
