@@ -51,6 +51,8 @@ from mlxtrio.worker import _prompt_cache
 from mlxtrio.worker._engine import BatchEngine
 
 WAYS = {"transformers, deepcopy": (False, False), "direct, deepcopy": (True, False), "direct, copy_cache": (True, True)}
+# The worker's copy; the prompt cache calls whatever the module's ``copy_cache`` is.
+_COPY_CACHE = _prompt_cache.copy_cache
 
 PARTS = {"admit": "admit", "prompt_tokens": "_prompt_tokens", "cached_prefix": "_cached_prefix"}
 
@@ -64,8 +66,6 @@ def admissions(model, tokenizer, *, direct: bool, copy_cache: bool, bursts: int,
     if not direct:
         engine._encoder._fast = None  # noqa: SLF001 - the tokenizer's own path
     assert engine._encoder.direct == direct  # noqa: SLF001
-    # The prompt cache copies what it finds with the module's copy_cache.
-    _prompt_cache.copy_cache = _COPY_CACHE if copy_cache else copy.deepcopy
     times: dict[str, list[float]] = defaultdict(list)
     for part, name in PARTS.items():
         original = getattr(engine, name)
@@ -80,20 +80,20 @@ def admissions(model, tokenizer, *, direct: bool, copy_cache: bool, bursts: int,
     texts = [(p.ChatMessage("user", text),) for text in prompts(8)]
     params = p.SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     request_id = 1
-    for number in range(bursts + 2):
-        if number == 2:  # the first two: cold, then the first hitting the prompt cache
-            times.clear()
-        for text in texts:
-            engine.admit(p.Generate(request_id, params, text, None))
-            request_id += 1
-        while engine.active:
-            engine.step()
-        engine.settle()
-    _prompt_cache.copy_cache = _COPY_CACHE
+    _prompt_cache.copy_cache = _COPY_CACHE if copy_cache else copy.deepcopy
+    try:
+        for number in range(bursts + 2):
+            if number == 2:  # the first two: cold, then the first hitting the prompt cache
+                times.clear()
+            for text in texts:
+                engine.admit(p.Generate(request_id, params, text, None))
+                request_id += 1
+            while engine.active:
+                engine.step()
+            engine.settle()
+    finally:
+        _prompt_cache.copy_cache = _COPY_CACHE
     return {part: _median_us(values) for part, values in times.items()}
-
-
-_COPY_CACHE = _prompt_cache.copy_cache
 
 
 def tokenizer_calls(tokenizer, repeats: int = 400) -> dict:  # noqa: ANN001
@@ -122,7 +122,7 @@ def tokenizer_calls(tokenizer, repeats: int = 400) -> dict:  # noqa: ANN001
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_options(parser)
-    parser.add_argument("--bursts", type=int, default=60, help="measured bursts of 8 per path and round")
+    parser.add_argument("--bursts", type=int, default=60, help="measured bursts of 8 per way and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=16, help="tokens generated per request after each burst's admissions")
     parser.add_argument("--json", type=Path)
