@@ -5,9 +5,9 @@ on the request ring (in 50 ms slices that check the orchestrator is still
 there); busy, it polls the ring without blocking between steps. It exits when
 told to, when the orchestrator is gone, or when the channel breaks.
 
-Before the first step of a batch (the engine was idle), a ring found empty
-is waited on a little longer while the last ``Generate`` said more would
-follow (``Generate.followers``, orchestrator/_intake.py): up to
+Before the first step of a batch (the batched engine was idle), a ring
+found empty is waited on a little longer while the last ``Generate`` said
+more would follow (``Generate.followers``, orchestrator/_intake.py): up to
 ``FOLLOWER_WAIT`` for each, ``FORMING_LIMIT`` in all. A burst then starts as
 one batch instead of a few requests and then the rest, each part paying for
 a first step of its own. A request alone is told nothing follows, and waits
@@ -190,10 +190,13 @@ def _serve(  # noqa: ANN001
 
     decode = p.TO_WORKER.decode
     receive = channel.reader.receive
+    # Only a batch gains by waiting: the sequential engine takes requests one after another anyway.
+    batches = engine.kind == "batched"
     while True:
         # Busy: take what is there and go on generating. Idle: wait for work.
-        forming = not engine.active
-        frame = receive(timeout=0) if not forming else receive(timeout=None, interrupt=watch)
+        idle = not engine.active
+        frame = receive(timeout=None, interrupt=watch) if idle else receive(timeout=0)
+        forming = idle and batches
         forming_until = time.monotonic() + forming_limit
         followers = 0
         while frame is not None:

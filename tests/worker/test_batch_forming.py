@@ -18,7 +18,7 @@ import pytest
 from mlxtrio import _protocol as p
 from mlxtrio.ipc import Channel
 from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import BatchEngine
+from mlxtrio.worker._engine import BatchEngine, SequentialEngine
 from mlxtrio.worker._main import EXIT_OK, _serve
 
 # Long enough that a step never passes for a wait, short enough for a test.
@@ -33,11 +33,11 @@ def demo(cache_dir: Path):  # noqa: ANN201
 class Orchestrator:
     """The orchestrator's end of a worker loop running in a thread."""
 
-    def __init__(self, demo, *, follower_wait: float, forming_limit: float = 60.0) -> None:  # noqa: ANN001
+    def __init__(self, demo, *, follower_wait: float, forming_limit: float = 60.0, engine_type: type = BatchEngine) -> None:  # noqa: ANN001
         self.end = Channel.create(capacity=1 << 20)
         worker_end = Channel.attach(self.end.spec)
         self.end.unlink()
-        engine = BatchEngine(*demo, context_length=4096)
+        engine = engine_type(*demo, context_length=4096)
         encode = p.TO_ORCHESTRATOR.encode
         self.result: list[int] = []
         # For each request that has ended, the number of the Step frame with its last delta.
@@ -149,3 +149,16 @@ def test_no_wait_while_the_engine_decodes(orchestrator: Orchestrator):
         assert arrived - previous < APART
         previous = arrived
     orchestrator.until_finished({1, 2})
+
+
+def test_the_sequential_engine_does_not_wait(demo):
+    """It takes requests one after another whatever comes: waiting would only delay the first."""
+    end = Orchestrator(demo, follower_wait=10.0, engine_type=SequentialEngine)
+    try:
+        sent = time.monotonic()
+        end.generate(1, followers=3)
+        arrived, _ = end.step()
+        assert arrived - sent < APART
+        end.until_finished({1})
+    finally:
+        end.close()
