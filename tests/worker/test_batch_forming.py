@@ -87,12 +87,23 @@ class Orchestrator:
 
 
 @pytest.fixture
-def orchestrator(demo, request: pytest.FixtureRequest):  # noqa: ANN201
+def orchestrators(demo):  # noqa: ANN201
+    """Makes worker loops with the given options; closes them at the test's end."""
+    made: list[Orchestrator] = []
+
+    def make(**options: object) -> Orchestrator:
+        made.append(Orchestrator(demo, **options))
+        return made[-1]
+
+    yield make
+    for end in made:
+        end.close()
+
+
+@pytest.fixture
+def orchestrator(orchestrators, request: pytest.FixtureRequest) -> Orchestrator:  # noqa: ANN001
     """A worker loop with the follower wait a test asks for (indirect parametrization), 10 s by default."""
-    wait = getattr(request, "param", 10.0)
-    end = Orchestrator(demo, follower_wait=wait)
-    yield end
-    end.close()
+    return orchestrators(follower_wait=getattr(request, "param", 10.0))
 
 
 def test_an_announced_follower_joins_the_first_step(orchestrator: Orchestrator):
@@ -125,17 +136,14 @@ def test_a_follower_that_never_comes_costs_one_wait(orchestrator: Orchestrator):
     orchestrator.until_finished({1})
 
 
-def test_the_wait_is_bounded_in_all(demo):
+def test_the_wait_is_bounded_in_all(orchestrators):  # noqa: ANN001
     """However many are announced and however long each may take, the batch starts by ``forming_limit``."""
-    end = Orchestrator(demo, follower_wait=10.0, forming_limit=APART)
-    try:
-        sent = time.monotonic()
-        end.generate(1, followers=5)
-        arrived, _ = end.step()
-        assert APART <= arrived - sent < 10 * APART
-        end.until_finished({1})
-    finally:
-        end.close()
+    end = orchestrators(follower_wait=10.0, forming_limit=APART)
+    sent = time.monotonic()
+    end.generate(1, followers=5)
+    arrived, _ = end.step()
+    assert APART <= arrived - sent < 10 * APART
+    end.until_finished({1})
 
 
 def test_no_wait_while_the_engine_decodes(orchestrator: Orchestrator):
@@ -151,14 +159,11 @@ def test_no_wait_while_the_engine_decodes(orchestrator: Orchestrator):
     orchestrator.until_finished({1, 2})
 
 
-def test_the_sequential_engine_does_not_wait(demo):
+def test_the_sequential_engine_does_not_wait(orchestrators):  # noqa: ANN001
     """It takes requests one after another whatever comes: waiting would only delay the first."""
-    end = Orchestrator(demo, follower_wait=10.0, engine_type=SequentialEngine)
-    try:
-        sent = time.monotonic()
-        end.generate(1, followers=3)
-        arrived, _ = end.step()
-        assert arrived - sent < APART
-        end.until_finished({1})
-    finally:
-        end.close()
+    end = orchestrators(follower_wait=10.0, engine_type=SequentialEngine)
+    sent = time.monotonic()
+    end.generate(1, followers=3)
+    arrived, _ = end.step()
+    assert arrived - sent < APART
+    end.until_finished({1})
