@@ -278,6 +278,10 @@ async def _begin(supervisor: Supervisor, state: ServerState, request_type: type,
         raise ServerError(503, "the server is shutting down", code="shutting_down")
     worker = await supervisor.worker(parsed.model)
     current_record().model = parsed.model
+    arrival: Arrival | None = g.get("arrival")
+    if arrival is not None:
+        # Counted for this model's worker only from here (it may now wait for a load).
+        arrival.identify(worker.model_id)
     return parsed, worker, id_prefix + secrets.token_hex(12), int(time.time())
 
 

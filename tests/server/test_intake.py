@@ -7,6 +7,10 @@ it on every path, or every batch would start late by a wait.
 
 from __future__ import annotations
 
+import shutil
+from functools import partial
+from pathlib import Path
+
 import httpx
 import pytest
 import trio
@@ -14,6 +18,7 @@ import trio
 from mlxtrio import ServerHandle
 from mlxtrio import _protocol as p
 from mlxtrio.orchestrator import Intake, IntakeStatistics
+from mlxtrio.worker._demo import ensure_demo_model
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
 
@@ -41,19 +46,29 @@ async def _stalled(server: ServerHandle) -> trio.SocketStream:
     return stream
 
 
+class _Sent(list):
+    def __init__(self) -> None:
+        super().__init__()
+        self.arriving: list[int] = []
+
+
 @pytest.fixture
 async def sent(server: ServerHandle, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> list[p.Generate]:
-    """The Generates the orchestrator sends the demo model's (real) worker, as they go."""
+    """The Generates the orchestrator sends the demo model's (real) worker, as they go.
+
+    ``sent.arriving`` has the server's whole intake at each send.
+    """
     assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200  # loaded
     worker = await server.state.supervisor.worker("demo")
     channel = worker._run.channel  # noqa: SLF001
-    messages: list[p.Generate] = []
+    messages = _Sent()
     send = channel.send
 
     async def recording(payload: bytes) -> None:
         message = p.TO_WORKER.decode(payload)
         if isinstance(message, p.Generate):
             messages.append(message)
+            messages.arriving.append(server.state.supervisor.intake.arriving)
         await send(payload)
 
     monkeypatch.setattr(channel, "send", recording)
@@ -122,3 +137,46 @@ def test_an_arrival_ends_once_whichever_way():
     assert intake.statistics() == IntakeStatistics(arriving=1, handed_over=1)
     assert third.hand_over() == 0
     assert intake.statistics() == IntakeStatistics(arriving=0, handed_over=2)
+
+
+def test_arrivals_count_for_their_model_once_identified_and_for_every_model_before():
+    intake = Intake()
+    unread, for_a, for_b, also_a = intake.arrive(), intake.arrive(), intake.arrive(), intake.arrive()
+    for_a.identify("a")
+    for_b.identify("b")
+    also_a.identify("a")
+    also_a.identify("b")  # once only
+    assert (intake.expected("a"), intake.expected("b"), intake.expected(None), intake.arriving) == (3, 2, 4, 4)
+    assert for_a.hand_over() == 2  # also_a, and the unread one that may be for "a"
+    for_b.leave()
+    assert (intake.expected("a"), intake.expected("b"), intake.arriving) == (2, 1, 2)
+    unread.identify("b")
+    assert also_a.hand_over() == 0
+    assert unread.hand_over() == 0
+    assert intake.statistics() == IntakeStatistics(arriving=0, handed_over=3)
+
+
+async def test_a_request_for_another_model_is_not_counted_once_its_body_says_so(
+    server: ServerHandle, client: httpx.AsyncClient, admin: httpx.AsyncClient, sent: list[p.Generate],
+    cache_dir: Path, tmp_path: Path,
+):
+    """A request waiting for another model's load is no follower of the demo's requests."""
+    other = "test/tiny-other"
+    snapshot = tmp_path / "hf-hub" / ("models--" + other.replace("/", "--")) / "snapshots" / "0123abcd"
+    shutil.copytree(ensure_demo_model(cache_dir), snapshot)
+
+    async def loading() -> bool:
+        workers = (await admin.get("/admin/status")).json()["workers"]
+        return any(worker["model"] == other and worker["state"] == "loading" for worker in workers)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(client.post, "/v1/completions", json={"model": other, "prompt": "hi", "max_tokens": 2}))
+        with trio.fail_after(30):
+            while not await loading():
+                await trio.sleep(0.01)
+        sent.clear()
+        sent.arriving.clear()
+        assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
+        # The other model's request was arriving still (its load under way), and not counted.
+        assert sent.arriving == [1]
+        assert [message.followers for message in sent] == [0]
