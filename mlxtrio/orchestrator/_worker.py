@@ -352,10 +352,11 @@ class ModelWorker:
             events = Events(route, request_ids)
             try:
                 try:
-                    arriving = arrival.hand_over() if arrival is not None else 0
+                    # Requests still arriving that may be for this model: the worker may wait for them.
+                    expected = arrival.hand_over() if arrival is not None else 0
                     for index, request_id in enumerate(request_ids):
                         choice = params if params.seed is None or index == 0 else msgspec.structs.replace(params, seed=params.seed + index)
-                        followers = arriving + n - 1 - index
+                        followers = expected + n - 1 - index
                         await run.channel.send(
                             p.TO_WORKER.encode(
                                 p.Generate(request_id, choice, messages, prompt, tools, parse_tool_calls, max_tool_calls, followers)
