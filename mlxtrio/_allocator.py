@@ -29,10 +29,11 @@ own memory map (``allocator_in_use``) and shown in ``/admin/status``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 import attrs
 
-from ._libraries import find_system_library, library_in_use, parse_library_setting
+from ._libraries import LibrarySetting, find_system_library, library_in_use, parse_library_setting
 
 __all__ = ["WorkerAllocator", "allocator_in_use", "find_jemalloc", "parse_worker_allocator"]
 
@@ -43,23 +44,14 @@ _KNOWN = {"libjemalloc": "jemalloc", "libtcmalloc": "tcmalloc", "libmimalloc": "
 def find_jemalloc() -> str | None:
     """The jemalloc shared library's name as the dynamic linker finds it, or None (and always None off Linux)."""
     # ldconfig's soname, which LD_PRELOAD resolves the way the linker resolves a dependency.
-    return find_system_library("jemalloc")
+    return find_system_library(WorkerAllocator.AUTO)
 
 
 @attrs.frozen
-class WorkerAllocator:
-    """A parsed ``worker_allocator`` setting."""
+class WorkerAllocator(LibrarySetting):
+    """A parsed ``worker_allocator`` setting (mode "auto", "system" or "path"); ``library()`` is the one to preload."""
 
-    mode: str  # "auto", "system" or "path"
-    path: str | None = None
-
-    def preload(self) -> str | None:
-        """The library to preload into a worker, or None for the C library's malloc."""
-        if self.mode == "path":
-            return self.path
-        if self.mode == "auto":
-            return find_jemalloc()
-        return None
+    AUTO: ClassVar[str] = "jemalloc"
 
     def environment(self, base: Mapping[str, str]) -> dict[str, str] | None:
         """The environment a worker starts with: ``base`` with the library preloaded; None: ``base`` as it is.
@@ -67,7 +59,7 @@ class WorkerAllocator:
         An ``LD_PRELOAD`` already there (a profiler, the operator's own
         allocator) is kept, after ours: the first library to define malloc wins.
         """
-        library = self.preload()
+        library = self.library()
         if library is None:
             return None
         already = base.get("LD_PRELOAD", "").split()

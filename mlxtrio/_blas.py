@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import ClassVar
 
 import attrs
 
-from ._libraries import find_system_library, library_in_use, parse_library_setting
+from ._libraries import LibrarySetting, find_system_library, library_in_use, parse_library_setting
 
 __all__ = ["WorkerBlas", "blas_in_use", "find_openblas", "load_worker_blas", "parse_worker_blas"]
 
@@ -50,23 +51,14 @@ _THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREAD
 
 def find_openblas() -> str | None:
     """OpenBLAS's shared library name as the dynamic linker finds it, or None (and always None off Linux)."""
-    return find_system_library("openblas")
+    return find_system_library(WorkerBlas.AUTO)
 
 
 @attrs.frozen
-class WorkerBlas:
-    """A parsed ``worker_blas`` setting."""
+class WorkerBlas(LibrarySetting):
+    """A parsed ``worker_blas`` setting (mode "auto", "mlx" or "path"); ``library()`` is the one to load before MLX."""
 
-    mode: str  # "auto", "mlx" or "path"
-    path: str | None = None
-
-    def library(self) -> str | None:
-        """The library a worker loads before MLX, or None for the BLAS MLX was built with."""
-        if self.mode == "path":
-            return self.path
-        if self.mode == "auto":
-            return find_openblas()
-        return None
+    AUTO: ClassVar[str] = "openblas"
 
 
 def parse_worker_blas(value: str) -> WorkerBlas:

@@ -302,7 +302,7 @@ class Config:
             raise ValueError(f"prefill_bucket must be 0 (off) or more, not {config.prefill_bucket}")
         parse_worker_cpus(config.worker_cpus)  # refused at start, not when a worker starts
         # Also looks jemalloc up now (ldconfig, a subprocess, cached): not later, inside the event loop.
-        parse_worker_allocator(config.worker_allocator).preload()
+        parse_worker_allocator(config.worker_allocator).library()
         parse_worker_blas(config.worker_blas).library()  # the same for OpenBLAS
         if config.max_queue < 0:
             raise ValueError(f"max_queue must be 0 or more, not {config.max_queue}")

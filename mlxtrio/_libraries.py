@@ -14,8 +14,11 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
-__all__ = ["find_system_library", "library_in_use", "parse_library_setting"]
+import attrs
+
+__all__ = ["LibrarySetting", "find_system_library", "library_in_use", "parse_library_setting"]
 
 
 @functools.cache
@@ -30,6 +33,24 @@ def find_system_library(name: str) -> str | None:
     import ctypes.util  # here: the worker imports these modules, and needs only library_in_use
 
     return ctypes.util.find_library(name)
+
+
+@attrs.frozen
+class LibrarySetting:
+    """A parsed setting of this form; each kind of library a subclass naming what ``auto`` finds."""
+
+    mode: str  # "auto", the default's word, or "path"
+    path: str | None = None
+    # ``auto``'s library where the system has it: ``lib<AUTO>``.
+    AUTO: ClassVar[str]
+
+    def library(self) -> str | None:
+        """The library a worker runs with instead of its default, or None for the default."""
+        if self.mode == "path":
+            return self.path
+        if self.mode == "auto":
+            return find_system_library(self.AUTO)
+        return None
 
 
 def parse_library_setting(value: str, *, setting: str, default: str) -> tuple[str, str | None]:

@@ -125,9 +125,10 @@ class Generate(_Message, tag="generate"):
     parse_tool_calls: bool = False
     # parallel_tool_calls false: the sequence ends at its first call (0: no limit).
     max_tool_calls: int = 0
-    # How many more Generates the orchestrator expects soon: this request's
-    # other choices and the requests it is still taking in. A hint: an idle
-    # worker waits for them briefly before a batch's first step (orchestrator/_intake.py).
+    # How many more Generates the orchestrator expects soon for this worker:
+    # this request's other choices, and the requests it is still taking in
+    # that are for this model or whose bodies it has not read. A hint: an
+    # idle worker waits for them briefly before a batch's first step (orchestrator/_intake.py).
     followers: int = 0
 
 

@@ -197,7 +197,8 @@ def _serve(  # noqa: ANN001
         idle = not engine.active
         frame = receive(timeout=None, interrupt=watch) if idle else receive(timeout=0)
         forming = idle and batches
-        forming_until = time.monotonic() + forming_limit
+        # Not read on the busy path, where a step follows every poll.
+        forming_until = time.monotonic() + forming_limit if forming else 0.0
         followers = 0
         while frame is not None:
             message = decode(frame)
