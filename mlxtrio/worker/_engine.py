@@ -28,12 +28,12 @@ from typing import Any
 import attrs
 import msgspec
 import mlx.core as mx
-from mlx_lm.generate import BatchGenerator, StopSequences, generate_step
+from mlx_lm.generate import StopSequences, generate_step
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
 from .._protocol import Delta, Generate, SamplingParams, TokenLogprob, ToolCall
-from ._prompt_batch import BucketedPromptBatch, PromptBatch
+from ._prompt_batch import BucketedPromptBatch, Generator, PromptBatch
 from ._prompt_cache import PromptCache
 from ._failpoints import failpoint
 from ._grammar import GrammarCompiler
@@ -424,9 +424,9 @@ class BatchEngine(_EngineBase):
         # Sequences whose first token went out a step before the generator hands it out (_first_tokens).
         self._sent_early: set[int] = set()
 
-    def _new_generator(self) -> BatchGenerator:
+    def _new_generator(self) -> Generator:
         decode_concurrency, prefill_batch_size, prefill_step_size = self._settings
-        generator = BatchGenerator(
+        generator = Generator(
             self._model,
             max_tokens=1,
             completion_batch_size=decode_concurrency,

@@ -25,7 +25,16 @@ bucket, so lengths repeat. The padding is masked, so outputs are unchanged;
 the cost is the padded tokens' compute, at most one bucket's worth per
 prefill chunk.
 
-Both follow mlx-lm 0.32 (pinned): the engine puts one in place of the
+**Merged caches with room for the next token** (``merge_caches``, used by
+``Generator``): mlx-lm merges the requests' KV caches into a batch cache
+that is exactly full, so the batch's first forward pass, which writes one
+token more, reallocates every layer's keys and values (a block of zeros
+concatenated: two more operations and a copy per layer, in the step that
+gives a burst its first tokens). The merged buffers are allocated with the
+room that write would have added. The rows hold the same keys and values;
+only the buffer behind them is longer, as after mlx-lm's own growth.
+
+All follow mlx-lm 0.32 (pinned): the engine puts one in place of the
 generator's own empty prompt batch, and batches it takes in are merged into
 it, so its class stays.
 """
@@ -33,11 +42,13 @@ it, so its class stays.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import mlx.core as mx
-from mlx_lm.generate import PromptProcessingBatch, _right_pad_prompts
+from mlx_lm.generate import BatchGenerator, PromptProcessingBatch, _merge_caches, _right_pad_prompts
+from mlx_lm.models.cache import BatchKVCache, KVCache
 
-__all__ = ["BucketedPromptBatch", "PromptBatch", "bucket_length"]
+__all__ = ["BucketedPromptBatch", "Generator", "PromptBatch", "bucket_length", "merge_caches"]
 
 
 def bucket_length(length: int, bucket: int) -> int:
@@ -96,3 +107,67 @@ class BucketedPromptBatch(PromptBatch):
                 cache.finalize()
             mx.eval([cache.state for cache in self.prompt_cache])
             mx.clear_cache()
+
+
+def _merge_with_room(caches: list[KVCache]) -> BatchKVCache:
+    """``BatchKVCache.merge`` (mlx-lm 0.32), its buffers long enough for one more token."""
+    lengths = [cache.size() for cache in caches]
+    longest = max(lengths)
+    if longest == 0:
+        return BatchKVCache([0] * len(caches))
+    padding = [longest - length for length in lengths]
+    keys_like = next(cache.keys for cache in caches if cache.keys is not None)
+    values_like = next(cache.values for cache in caches if cache.values is not None)
+    # What update_and_fetch would grow a full buffer to for the next token.
+    room = (longest // BatchKVCache.step + 1) * BatchKVCache.step
+    keys = mx.zeros((len(caches), keys_like.shape[1], room, keys_like.shape[3]), dtype=keys_like.dtype)
+    values = mx.zeros((len(caches), values_like.shape[1], room, values_like.shape[3]), dtype=values_like.dtype)
+    for row, (pad, cache) in enumerate(zip(padding, caches)):
+        if cache.keys is None:
+            continue
+        keys[row : row + 1, :, pad:longest] = cache.keys[..., : cache.offset, :]
+        values[row : row + 1, :, pad:longest] = cache.values[..., : cache.offset, :]
+    merged = BatchKVCache(padding)
+    merged.keys, merged.values = keys, values
+    merged.offset += longest
+    merged._idx = longest  # noqa: SLF001 - mlx-lm is pinned
+    return merged
+
+
+def merge_caches(caches: list[list[Any]]) -> list[Any]:
+    """mlx-lm's ``_merge_caches``: plain KV caches merged with room (``_merge_with_room``), others by their own ``merge``."""
+    if not caches:
+        return []
+    merged = []
+    for layer in range(len(caches[0])):
+        rows = [cache[layer] for cache in caches]
+        if all(type(row) is KVCache for row in rows):
+            merged.append(_merge_with_room(rows))
+        else:
+            # This layer alone, as mlx-lm merges it (or refuses to).
+            merged.extend(_merge_caches([[row] for row in rows]))
+    return merged
+
+
+class Generator(BatchGenerator):
+    """mlx-lm's ``BatchGenerator``, its new prompt batches' caches merged by ``merge_caches``."""
+
+    def _make_batch(self, n: int) -> PromptProcessingBatch:
+        # mlx-lm 0.32's own (pinned), but for the merge.
+        taken = [self._unprocessed_sequences.popleft() for _ in range(n)]
+        for sequence in taken:
+            self._currently_processing.append([sequence[1], 0, sum(len(segment) for segment in sequence[1])])
+        batch = PromptProcessingBatch(
+            model=self.model,
+            uids=[sequence[0] for sequence in taken],
+            caches=[],
+            tokens=[sequence[4] for sequence in taken],
+            prefill_step_size=self.prefill_step_size,
+            samplers=[sequence[5] for sequence in taken],
+            fallback_sampler=self.sampler,
+            logits_processors=[sequence[6] for sequence in taken],
+            stop_sequences=[sequence[7] for sequence in taken],
+            max_tokens=[sequence[2] for sequence in taken],
+        )
+        batch.prompt_cache = merge_caches([sequence[3] for sequence in taken])
+        return batch

@@ -1,7 +1,8 @@
 """Our prompt batches change costs and shapes, never outputs.
 
 A whole batch moves to generation without a copy; bucketed prefill padding
-changes shapes (greedy, batched, chunked, with prompt-cache hits).
+changes shapes (greedy, batched, chunked, with prompt-cache hits); merged
+KV caches have room for the next token.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from pathlib import Path
 import mlx.core as mx
 import mlx_lm
 import pytest
-from mlx_lm.generate import PromptProcessingBatch
-from mlx_lm.models.cache import make_prompt_cache
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mlx_lm.generate import BatchGenerator, PromptProcessingBatch, _merge_caches
+from mlx_lm.models.cache import BatchKVCache, KVCache, RotatingKVCache, make_prompt_cache
 
 from mlxtrio import _protocol as p
-from mlxtrio.worker._prompt_batch import PromptBatch, bucket_length
+from mlxtrio.worker._prompt_batch import PromptBatch, bucket_length, merge_caches
 from mlxtrio.worker._demo import ensure_demo_model
 from mlxtrio.worker._engine import BatchEngine
 
@@ -96,19 +99,91 @@ def test_part_of_a_batch_splits_as_in_mlx_lm(demo):
     assert moved.prompt_cache[0] is not batch.prompt_cache[0]
 
 
-def test_moving_whole_gives_the_same_output_as_mlx_lms_own_batch(demo, monkeypatch):
+def _ours_and_mlx_lms(demo, monkeypatch, name: str, mlx_lms: type, runs: list[list[str]]) -> list[list]:  # noqa: ANN001
+    """The engine's outputs for ``runs`` of prompts, as it is and then with ``name`` (in _engine) replaced by mlx-lm's class."""
     model, tokenizer = demo
     results = []
     for own in (False, True):
         if own:
-            # The engine's generator with mlx-lm's own prompt batch, as before.
-            monkeypatch.setattr("mlxtrio.worker._engine.PromptBatch", PromptProcessingBatch)
+            monkeypatch.setattr(f"mlxtrio.worker._engine.{name}", mlx_lms)
         engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=1 << 26, solo=False)
-        assert type(engine._generator._prompt_batch) is (PromptProcessingBatch if own else PromptBatch)  # noqa: SLF001
-        first = _run(engine, PROMPTS, 0)
-        # The same prompts again, from the prompt cache: a burst that moves whole.
-        second = _run(engine, PROMPTS, 10)
-        results.append((first, second))
+        generator = engine._generator  # noqa: SLF001
+        assert (mlx_lms in (type(generator), type(generator._prompt_batch))) == own  # noqa: SLF001
+        results.append([_run(engine, prompts, 10 * index) for index, prompts in enumerate(runs)])
+    return results
+
+
+def test_moving_whole_gives_the_same_output_as_mlx_lms_own_batch(demo, monkeypatch):
+    # The same prompts again, from the prompt cache: a burst that moves whole.
+    results = _ours_and_mlx_lms(demo, monkeypatch, "PromptBatch", PromptProcessingBatch, [PROMPTS, PROMPTS])
     assert results[0] == results[1]
     # The two longer prompts came from the cache ("x", one token, has nothing to cache).
     assert [cached > 0 for _, cached in results[0][1]] == [True, True, False]
+
+
+def _kv_cache(length: int, seed: int) -> KVCache:
+    """A KV cache of ``length`` tokens (none: as a fresh one), its buffer as mlx-lm grows it."""
+    cache = KVCache()
+    if length:
+        keys, values = mx.random.normal((2, 1, 2, length, 4), key=mx.random.key(seed))
+        cache.update_and_fetch(keys, values)
+    return cache
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=5))
+def test_merged_caches_hold_what_mlx_lms_hold_with_room_for_a_token(lengths):
+    caches = [[_kv_cache(length, seed), _kv_cache(length, seed + 100)] for seed, length in enumerate(lengths)]
+    ours, theirs = merge_caches(caches), _merge_caches(caches)
+    assert len(ours) == len(theirs) == 2
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert type(mine) is BatchKVCache
+        assert mine._idx == reference._idx  # noqa: SLF001
+        assert mine.offset.tolist() == reference.offset.tolist()
+        assert mine.left_padding.tolist() == reference.left_padding.tolist()
+        if reference.keys is None:
+            assert mine.keys is None
+            continue
+        # Room for the next token: the first forward pass writes without growing the buffers.
+        assert mine.keys.shape[2] > mine._idx and mine.values.shape[2] > mine._idx  # noqa: SLF001
+        held = slice(0, mine._idx)  # noqa: SLF001
+        for row, pad in enumerate(reference.left_padding.tolist()):
+            assert mx.array_equal(mine.keys[row, :, pad:held.stop], reference.keys[row, :, pad:held.stop]).item()
+            assert mx.array_equal(mine.values[row, :, pad:held.stop], reference.values[row, :, pad:held.stop]).item()
+        # And the batch reads the same keys and values for the next token.
+        step_keys, step_values = mx.random.normal((2, len(lengths), 2, 1, 4), key=mx.random.key(7))
+        for a, b in zip(mine.update_and_fetch(step_keys, step_values), reference.update_and_fetch(step_keys, step_values)):
+            for row, pad in enumerate(reference.left_padding.tolist()):
+                assert mx.array_equal(a[row, :, pad:], b[row, :, pad:]).item()
+
+
+def test_other_caches_are_merged_by_mlx_lm():
+    rotating = []
+    for seed in range(2):
+        cache = RotatingKVCache(max_size=16)
+        keys, values = mx.random.normal((2, 1, 2, 5 + seed, 4), key=mx.random.key(seed))
+        cache.update_and_fetch(keys, values)
+        rotating.append([cache, _kv_cache(3 + seed, seed)])
+    merged = merge_caches(rotating)
+    assert [type(layer) for layer in merged] == [type(layer) for layer in _merge_caches(rotating)]
+    assert type(merged[1]) is BatchKVCache and merged[1].keys.shape[2] > merged[1]._idx  # noqa: SLF001
+
+
+def test_a_cached_burst_starts_without_growing_its_cache(demo):
+    model, tokenizer = demo
+    engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=1 << 26, solo=False)
+    _run(engine, PROMPTS[:2], 0)
+    for index, prompt in enumerate(PROMPTS[:2]):
+        engine.admit(p.Generate(10 + index, GREEDY, None, prompt))
+    engine.step()  # merges the cached prompts, then writes each one's last prompt token
+    layer = engine._generator._generation_batch.prompt_cache[0]  # noqa: SLF001
+    # mlx-lm's merge would have left the buffers full, and that write would have grown them by a block.
+    assert layer.keys.shape[2] == BatchKVCache.step > layer._idx  # noqa: SLF001
+    engine.cancel_all()
+
+
+def test_merging_with_room_gives_the_same_output_as_mlx_lms_merge(demo, monkeypatch):
+    # Cold, then from the prompt cache, then longer prompts extending the cached ones.
+    runs = [PROMPTS, PROMPTS, [prompt + " again" for prompt in PROMPTS]]
+    results = _ours_and_mlx_lms(demo, monkeypatch, "Generator", BatchGenerator, runs)
+    assert results[0] == results[1]
