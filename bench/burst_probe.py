@@ -5,7 +5,11 @@
 bench/serve_bench.py's time to first token at 8 streams is what a burst of 8
 requests meets through the whole server. This probe replays such a burst on
 the worker's engine alone (``BatchEngine``, driven step by step as the worker
-drives it), so the engine's share can be told from the rest. Each burst is of
+drives it, finished sequences' caches computed after each step by
+``settle``), so the engine's share can be told from the rest. (Before the
+eighth session it did not call ``settle``, so a cached burst's first step
+also computed the previous burst's caches: about 0.7 ms more on the 2-core
+VM with the demo model, bench/first_step_probe.py.) Each burst is of
 serve_bench's prompts (rendered with the chat template here; with ``--chat``,
 chat messages that the engine renders, as the server's chat requests are), in
 two arrival patterns:
@@ -58,6 +62,8 @@ def burst(engine: BatchEngine, texts: list, first_id: int, *, staggered: bool, m
         tick = time.perf_counter()
         deltas, failures = engine.step()
         steps.append(time.perf_counter() - tick)
+        # As the worker does after each step's frame: finished sequences' caches computed now, not in the next burst's first step.
+        engine.settle()
         assert not failures, failures
         for delta in deltas:
             if delta.text:

@@ -18,6 +18,7 @@ fourth request to get this far"), in ms after the burst began:
   request hooks, then the view);
 - ``parsed``: the orchestrator has its body (``decode_request``);
 - ``to_worker``: its ``Generate`` goes onto the ring;
+- ``admitting``: the worker has its ``Generate`` and starts admitting it;
 - ``admitted``: the worker has tokenized it and admitted it to the engine;
 - ``made``: an engine step that gave it text has returned;
 - ``from_worker``: the orchestrator has read that step's frame;
@@ -53,7 +54,7 @@ sys.path.insert(1, str(HERE.parent))
 
 from profile_worker import summarise  # noqa: E402
 
-STAGES = ("sent", "read", "dispatched", "parsed", "to_worker", "admitted", "made", "from_worker", "first_text")
+STAGES = ("sent", "read", "dispatched", "parsed", "to_worker", "admitting", "admitted", "made", "from_worker", "first_text")
 
 
 class Log:
@@ -138,6 +139,7 @@ def worker(argv: list[str]) -> int:
             admit, step = engine.admit, engine.step
 
             def traced_admit(self, request, admit=admit):  # noqa: ANN001, ANN202
+                log("admitting", request.request_id)
                 result = admit(self, request)
                 log("admitted", request.request_id)
                 return result

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/PERFORMANCE.md, as run on a lent Linux CUDA machine.
 #
-#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, ab05, timeline05, sides05, compiled05, jemalloc05, allocator05, likeforlike05, ttft_allocator05, loop05, apart05, agg7b_jemalloc, ttft05_both, table05_jemalloc, firststep05, pack
+#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, ab05, timeline05, sides05, compiled05, jemalloc05, allocator05, likeforlike05, ttft_allocator05, loop05, apart05, agg7b_jemalloc, ttft05_both, table05_jemalloc, firststep05, abttft05, pack
 #
 # The machine has no registry: `install` takes the offline bundle of
 # ../shared/gpu/stage.sh (first half parked in /tmp by .gpu/a/keep.sh, second
@@ -372,6 +372,22 @@ firststep05() {
             dir=$PWD; [ $side = base ] && dir=$PWD/.ab/base
             (cd "$dir" && PYTHONPATH=/tmp/site:$dir python3 bench/first_step_probe.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
                 --repeats ${REPEATS:-30} --json "$RESULTS/first-step-qwen05-$side-$run.json" | tail -12)
+        done
+    done
+}
+
+abttft05() {
+    # TTFT and aggregate at 8 streams on the 0.5B shape, mlxtrio alone (worker with jemalloc), this tree and
+    # the one in .ab/base by turns, three times.
+    step abttft05
+    for run in 1 2 3; do
+        for side in new base; do
+            dir=$PWD; [ $side = base ] && dir=$PWD/.ab/base
+            (cd "$dir" && PYTHONPATH=/tmp/site:$dir MLX_WORKER_ALLOCATOR=$JEMALLOC python3 bench/serve_bench.py \
+                --model qwen2.5-0.5b-bf16 --models-dir $MODELS --max-tokens 128 --rounds ${ROUNDS:-6} --concurrency 8 \
+                --servers mlxtrio --json "$RESULTS/ttft-c8-$side-r$run.json" >/dev/null 2>&1)
+            python3 -c "import json, sys; d = json.load(open(sys.argv[1]))['mlxtrio']; \
+print('$side', round(d['aggregate_tps']['8'], 1), 'tok/s, TTFT p50', round(d['ttft_p50_s']['8'] * 1e3, 1), 'ms')" "$RESULTS/ttft-c8-$side-r$run.json"
         done
     done
 }
