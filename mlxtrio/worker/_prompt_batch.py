@@ -29,8 +29,8 @@ prefill chunk.
 ``Generator``): mlx-lm merges the requests' KV caches into a batch cache
 that is exactly full, so the batch's first forward pass, which writes one
 token more, reallocates every layer's keys and values (a block of zeros
-concatenated: two more operations and a copy per layer, in the step that
-gives a burst its first tokens). The merged buffers are allocated with the
+concatenated to each: more operations and a copy of the whole cache, in
+the step that gives a burst its first tokens). The merged buffers are allocated with the
 room that write would have added. The rows hold the same keys and values;
 only the buffer behind them is longer, as after mlx-lm's own growth.
 
