@@ -33,24 +33,19 @@ from typing import ClassVar
 
 import attrs
 
-from ._libraries import LibrarySetting, find_system_library, library_in_use, parse_library_setting
+from ._libraries import LibrarySetting, library_in_use, parse_library_setting
 
-__all__ = ["WorkerAllocator", "allocator_in_use", "find_jemalloc", "parse_worker_allocator"]
+__all__ = ["WorkerAllocator", "allocator_in_use", "parse_worker_allocator"]
 
 # Malloc libraries a worker may be found running with; anything else is the C library's.
 _KNOWN = {"libjemalloc": "jemalloc", "libtcmalloc": "tcmalloc", "libmimalloc": "mimalloc"}
-
-
-def find_jemalloc() -> str | None:
-    """The jemalloc shared library's name as the dynamic linker finds it, or None (and always None off Linux)."""
-    # ldconfig's soname, which LD_PRELOAD resolves the way the linker resolves a dependency.
-    return find_system_library(WorkerAllocator.AUTO)
 
 
 @attrs.frozen
 class WorkerAllocator(LibrarySetting):
     """A parsed ``worker_allocator`` setting (mode "auto", "system" or "path"); ``library()`` is the one to preload."""
 
+    # Found by ldconfig's soname, which LD_PRELOAD resolves the way the linker resolves a dependency.
     AUTO: ClassVar[str] = "jemalloc"
 
     def environment(self, base: Mapping[str, str]) -> dict[str, str] | None:

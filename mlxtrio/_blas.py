@@ -39,19 +39,14 @@ from typing import ClassVar
 
 import attrs
 
-from ._libraries import LibrarySetting, find_system_library, library_in_use, parse_library_setting
+from ._libraries import LibrarySetting, library_in_use, parse_library_setting
 
-__all__ = ["WorkerBlas", "blas_in_use", "find_openblas", "load_worker_blas", "parse_worker_blas"]
+__all__ = ["WorkerBlas", "blas_in_use", "load_worker_blas", "parse_worker_blas"]
 
 # BLAS libraries a worker may be found running with; anything else is the one MLX was built with.
 _KNOWN = {"libopenblas": "openblas", "libblis": "blis", "libmkl_rt": "mkl"}
 # Thread counts an operator may have set; any of them is left as it is.
 _THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "BLIS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def find_openblas() -> str | None:
-    """OpenBLAS's shared library name as the dynamic linker finds it, or None (and always None off Linux)."""
-    return find_system_library(WorkerBlas.AUTO)
 
 
 @attrs.frozen

@@ -30,9 +30,10 @@ prefill chunk.
 that is exactly full, so the batch's first forward pass, which writes one
 token more, reallocates every layer's keys and values (a block of zeros
 concatenated to each: more operations and a copy of the whole cache, in
-the step that gives a burst its first tokens). The merged buffers are allocated with the
-room that write would have added. The rows hold the same keys and values;
-only the buffer behind them is longer, as after mlx-lm's own growth.
+the step that gives a burst its first tokens). The merged buffers are
+allocated with the room that write would have added. The rows hold the
+same keys and values; only the buffer behind them is longer, as after
+mlx-lm's own growth.
 
 All follow mlx-lm 0.32 (pinned): the engine puts one in place of the
 generator's own empty prompt batch, and batches it takes in are merged into

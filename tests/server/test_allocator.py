@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mlxtrio._allocator import WorkerAllocator, allocator_in_use, find_jemalloc, parse_worker_allocator
+from mlxtrio._allocator import WorkerAllocator, allocator_in_use, parse_worker_allocator
+from mlxtrio._libraries import find_system_library
 
 from ..helpers import bounded
 from .conftest import loaded_entry, make_config, worker_maps
@@ -44,7 +45,7 @@ C_LIBRARY = _c_library() if sys.platform.startswith("linux") else ""
 async def test_by_default_the_worker_runs_with_jemalloc_where_the_system_has_it(admin):
     orchestrators_preload = os.environ.get("LD_PRELOAD")
     entry = await loaded_entry(admin)
-    jemalloc = find_jemalloc()
+    jemalloc = find_system_library("jemalloc")
     if jemalloc is not None:
         assert entry["allocator"] == "jemalloc"
         assert _preloaded(entry["pid"])[0] == jemalloc

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from mlxtrio._blas import WorkerBlas, blas_in_use, find_openblas, parse_worker_blas
+from mlxtrio._blas import WorkerBlas, blas_in_use, parse_worker_blas
+from mlxtrio._libraries import find_system_library
 
 from ..helpers import bounded
 from .conftest import loaded_entry, make_config, worker_maps
@@ -39,7 +40,7 @@ HARMLESS_LIBRARY = _harmless_library() if sys.platform.startswith("linux") else 
 @bounded(120)
 async def test_by_default_the_worker_runs_with_openblas_where_the_system_has_it(admin):
     entry = await loaded_entry(admin)
-    if find_openblas() is not None:
+    if find_system_library("openblas") is not None:
         assert entry["blas"] == "openblas"
         assert "libopenblas" in worker_maps(entry["pid"])
     else:
@@ -116,7 +117,7 @@ def test_settings_resolve_to_the_library_a_worker_loads(tmp_path: Path):
     assert parse_worker_blas(str(library)) == WorkerBlas("path", str(library))
     assert parse_worker_blas(str(library)).library() == str(library)
     assert parse_worker_blas(" MLX ").library() is None
-    assert parse_worker_blas("auto").library() == find_openblas()
+    assert parse_worker_blas("auto").library() == find_system_library("openblas")
 
 
 @pytest.mark.parametrize("value", ["", "fast", "libopenblas.so.0", "/no/such/libopenblas.so.0", "/"])
