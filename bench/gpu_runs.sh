@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/PERFORMANCE.md, as run on a lent Linux CUDA machine.
 #
-#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, ab05, timeline05, sides05, compiled05, jemalloc05, allocator05, likeforlike05, ttft_allocator05, loop05, apart05, agg7b_jemalloc, ttft05_both, table05_jemalloc, firststep05, abttft05, pack
+#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, ab05, timeline05, sides05, compiled05, jemalloc05, allocator05, likeforlike05, ttft_allocator05, loop05, apart05, agg7b_jemalloc, ttft05_both, table05_jemalloc, firststep05, abttft05, prefix05, pack
 #
 # The machine has no registry: `install` takes the offline bundle of
 # ../shared/gpu/stage.sh (first half parked in /tmp by .gpu/a/keep.sh, second
@@ -390,6 +390,14 @@ abttft05() {
 print('$side', round(d['aggregate_tps']['8'], 1), 'tok/s, TTFT p50', round(d['ttft_p50_s']['8'] * 1e3, 1), 'ms')" "$RESULTS/ttft-c8-$side-r$run.json"
         done
     done
+}
+
+prefix05() {
+    # Time to first token with a shared prefix of about 2,000 tokens, cached and not, mlx_lm.server and mlxtrio
+    # (worker with jemalloc) by turns, twice.
+    step prefix05
+    MLX_WORKER_ALLOCATOR=$JEMALLOC python3 bench/prefix_cache_bench.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
+        --prefix-tokens 2000 --requests 8 --repeat ${REPEAT:-2} --json "$RESULTS/prefix-cache-qwen05.json" 2>&1 | grep -v transformers
 }
 
 pack() {

@@ -25,6 +25,7 @@ a Linux CUDA machine with the offline bundle of ../shared/gpu/stage.sh.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -33,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import attrs
@@ -173,15 +175,20 @@ async def one_request(client: Client, url: str, model: str, prompt: str, max_tok
         return FAILED
 
 
-async def _stream_one(client: Client, url: str, model: str, prompt: str, max_tokens: int) -> Outcome:
-    body = {
+def streaming_chat(model: str, messages: list[dict], max_tokens: int) -> dict:
+    """The body of every benchmark request: greedy, streamed, with the usage at the end."""
+    return {
         "model": model,
-        "messages": [{"role": "user", "content": prompt}],
+        "messages": messages,
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+
+
+async def _stream_one(client: Client, url: str, model: str, prompt: str, max_tokens: int) -> Outcome:
+    body = streaming_chat(model, [{"role": "user", "content": prompt}], max_tokens)
     start = time.perf_counter()
     first = last = None
     text_events = 0
@@ -257,21 +264,19 @@ async def load(url: str, model: str, concurrency: int, max_tokens: int, rounds: 
     }
 
 
-async def bench_server(
-    kind: str, model_path: str, concurrencies: list[int], max_tokens: int, rounds: int, port: int, client_kind: str
-) -> dict:
+@contextlib.asynccontextmanager
+async def serving(kind: str, model_path: str, port: int, *, max_tokens: int, decode_concurrency: int = 32) -> AsyncIterator[str]:
+    """mlx_lm.server or mlxtrio on ``port`` with the model, ready; its URL. Its log in $SERVE_BENCH_LOGS (/tmp)."""
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ)
     if kind == "mlx_lm.server":
         command = [sys.executable, "-m", "mlx_lm", "server", "--model", model_path, "--port", str(port),
-                   "--max-tokens", str(max_tokens), "--decode-concurrency", str(max(32, max(concurrencies))),
+                   "--max-tokens", str(max_tokens), "--decode-concurrency", str(decode_concurrency),
                    "--log-level", "WARNING"]
-        model_id = model_path
     else:
         command = [sys.executable, "-m", "mlxtrio", "serve", "--model", model_path, "--port", str(port),
                    "--admin-port", str(port + 1), "--log-level", "WARNING"]
         env["MLX_CACHE_DIR"] = env.get("MLX_CACHE_DIR", "/tmp/mlxtrio-bench-cache")
-        model_id = model_path
     log = open(os.environ.get("SERVE_BENCH_LOGS", "/tmp") + f"/serve_bench.{kind}.log", "w+b")  # noqa: SIM115
     process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
     try:
@@ -281,6 +286,18 @@ async def bench_server(
             log.seek(0)
             sys.stderr.write(log.read()[-4000:].decode(errors="replace"))
             raise
+        yield url
+    finally:
+        stop(process)
+        log.close()
+
+
+async def bench_server(
+    kind: str, model_path: str, concurrencies: list[int], max_tokens: int, rounds: int, port: int, client_kind: str
+) -> dict:
+    # Both serve the model under its path.
+    model_id = model_path
+    async with serving(kind, model_path, port, max_tokens=max_tokens, decode_concurrency=max(32, max(concurrencies))) as url:
         result: dict = {"aggregate_tps": {}, "ttft_p50_s": {}, "ttft_p95_s": {}, "client_cpu_cores": {}, "errors": {},
                         "tokens_per_text_event": {}, "ttfts_s": {}}
         for concurrency in concurrencies:
@@ -296,9 +313,6 @@ async def bench_server(
             result["ttfts_s"][concurrency] = measured.pop("ttfts_s")
             print(f"  {kind}, {concurrency} streams: {measured}", file=sys.stderr, flush=True)
         return result
-    finally:
-        stop(process)
-        log.close()
 
 
 def median_over_runs(runs: list, *, add: bool = False):  # noqa: ANN201 - the runs' own shape
