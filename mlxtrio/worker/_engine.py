@@ -647,18 +647,23 @@ class BatchEngine(_EngineBase):
                     if finish_reason is None:  # ended by a stop string: leave the batch
                         self._generator.remove([response.uid])
                     self._forget(sequence.request_id)
+        ended_at_first = []
         for uid, (token, logprobs) in firsts.items():
             sequence = self._by_uid[uid]
             delta = self._accept_token(sequence, token, logprobs)
             if delta is None or delta.finish_reason is None:
                 self._sent_early.add(uid)
             else:
-                # Ended at its first token: out of the batch before its next step, its prompt's cache kept.
-                for cache, tokens in self._generator.remove([uid], return_prompt_caches=True).values():
-                    self._remember(list(tokens), cache)
-                self._forget(sequence.request_id)
+                ended_at_first.append(uid)
             if delta is not None:
                 deltas.append(delta)
+        if ended_at_first:
+            # Out of the batch before its next step, their prompts' caches kept: in one removal, as the
+            # batch's caches are filtered once per removal (a burst of max_tokens=1 requests ends together).
+            for cache, tokens in self._generator.remove(ended_at_first, return_prompt_caches=True).values():
+                self._remember(list(tokens), cache)
+            for uid in ended_at_first:
+                self._forget(self._by_uid[uid].request_id)
         return deltas, []
 
     def _first_tokens(self, uids: list[int]) -> dict[int, tuple[int, mx.array]]:

@@ -133,6 +133,37 @@ def test_a_first_token_that_ends_the_sequence_leaves_the_batch_at_once(demo):
     assert again[3][-1][1].cached_tokens > 0
 
 
+def test_sequences_ending_at_their_first_tokens_leave_in_one_removal(demo):
+    """Three one-token requests of a burst end in the step of their first tokens, with one
+    that goes on: the three leave the batch in one removal (each removal filters the whole
+    batch's caches), every prompt's cache is kept, and the fourth decodes on alone."""
+    one = p.SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+    going_on = p.SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+    engine = _batched(demo, prompt_cache_bytes=1 << 26)
+    removals: list[list[int]] = []
+    remove = engine._generator.remove  # noqa: SLF001
+
+    def counted(uids, **options):  # noqa: ANN001, ANN003, ANN202
+        removals.append(list(uids))
+        return remove(uids, **options)
+
+    engine._generator.remove = counted  # noqa: SLF001
+    for request_id, prompt in enumerate(PROMPTS[:3], start=1):
+        engine.admit(_generate(request_id, prompt, one))
+    engine.admit(_generate(4, PROMPTS[3], going_on))
+    ended, deltas = _steps_to_finish(engine, {1, 2, 3, 4})
+    assert ended[1] == ended[2] == ended[3] < ended[4]
+    assert [len(uids) for uids in removals] == [3]
+    assert all(deltas[request_id][-1][1].completion_tokens == 1 for request_id in (1, 2, 3))
+    assert deltas[4][-1][1].completion_tokens == 6
+    assert engine.active == 0
+    # Each ended prompt's cache is in the prompt cache: the same prompt again starts from it.
+    for request_id, prompt in enumerate(PROMPTS[:3], start=5):
+        engine.admit(_generate(request_id, prompt, one))
+        _, again = _steps_to_finish(engine, {request_id})
+        assert again[request_id][-1][1].cached_tokens > 0
+
+
 def test_cancelling_right_after_the_first_token(demo):
     """Cancelled between the early first token and the generator's copy of it: nothing more is sent for it."""
     params = p.SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
