@@ -14,16 +14,16 @@ server each round; figures are µs per request, medians over the rounds.
 
 ``--max-tokens 1`` makes each request all intake and end: what a burst's
 first token waits behind. ``--max-tokens 128`` adds the per-token path.
-Per thread: the orchestrator's and the worker's main threads are named
-``main``; their other threads (semaphore waits, MLX's) are summed as
-``others``.
+Per process, its main thread is ``main`` and its other threads (a blocked
+send's thread from ``trio.to_thread`` in the orchestrator, MLX's in the
+worker) are summed as ``others``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import contextlib
+import json
 import os
 import platform
 import socket
@@ -140,13 +140,12 @@ async def one_round(stack: str, model_path: Path, max_tokens: int, bursts: int, 
         await http.aclose()
     requests = bursts * burst
     per_request = {
-        f"{process}.{thread}": {
+        ".".join(key): {
             "on_cpu_us": round((after[key][0] - before[key][0]) / requests / 1e3, 1),
             "run_queue_us": round((after[key][1] - before[key][1]) / requests / 1e3, 1),
         }
         for key in sorted(after)
         if key in before
-        for process, thread in [key]
     }
     return {
         "per_request": per_request,
