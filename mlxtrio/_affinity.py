@@ -9,6 +9,21 @@ wake-up, which on a virtual machine goes through the hypervisor. On the
 docs/PERFORMANCE.md). It costs nothing there, since the CPU backend's matrix
 work is single-threaded too.
 
+A worker pinned to a single core also runs its threads under Linux's
+``SCHED_BATCH`` policy (``batch_this_process``). Under the default policy a
+thread that wakes another on its own core is usually preempted by it at once
+(wake-up preemption): the Python thread queues an operation for MLX's
+thread, is switched out while MLX runs it, is switched back in to queue the
+next, and so on, hundreds of switches a token. ``SCHED_BATCH`` is the same
+fair share with no wake-up preemption for its threads: MLX's thread runs
+when the Python thread waits, with all the work queued by then. On the
+2-core CI VM that took single-stream decode of the demo model from 750 to
+1,386 tok/s and the time to first token at 8 streams down by 5-14%
+(docs/PERFORMANCE.md, "ninth session"). A worker on more than one core is
+left as it is: its two threads then sit on different cores and do not
+preempt each other. The orchestrator keeps the default policy, so a worker
+woken by a request does not preempt it either.
+
 ``worker_cpus`` (MLX_WORKER_CPUS):
 
 - ``auto`` (default): each model's worker on one core of its own, from the
@@ -25,7 +40,7 @@ import os
 
 import attrs
 
-__all__ = ["WorkerCpus", "allowed_cpus", "parse_worker_cpus", "pin_this_process"]
+__all__ = ["WorkerCpus", "allowed_cpus", "batch_this_process", "parse_worker_cpus", "pin_this_process", "scheduling_policy"]
 
 
 def allowed_cpus() -> tuple[int, ...]:
@@ -87,3 +102,42 @@ def pin_this_process(cpus: tuple[int, ...]) -> bool:
         except ProcessLookupError:
             pass  # a thread that ended meanwhile
     return True
+
+
+def batch_this_process() -> bool:
+    """Every thread of this process under ``SCHED_BATCH`` (threads started later inherit it); False if unsupported.
+
+    Unprivileged: it only gives up wake-up preemption, at the same priority
+    (see the module's docstring).
+    """
+    setter = getattr(os, "sched_setscheduler", None)
+    batch = getattr(os, "SCHED_BATCH", None)
+    if setter is None or batch is None:
+        return False
+    for task in os.listdir("/proc/self/task"):
+        try:
+            setter(int(task), batch, os.sched_param(0))
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile
+    return True
+
+
+_POLICY_LABELS = (("SCHED_OTHER", "normal"), ("SCHED_BATCH", "batch"), ("SCHED_IDLE", "idle"), ("SCHED_FIFO", "fifo"), ("SCHED_RR", "rr"))
+_POLICY_NAMES = {getattr(os, name): label for name, label in _POLICY_LABELS if hasattr(os, name)}
+
+
+def scheduling_policy() -> str:
+    """The policy every thread of this process runs under (``normal``, ``batch``, ...); ``mixed`` if they differ.
+
+    ``unknown`` where the platform cannot say (macOS).
+    """
+    getter = getattr(os, "sched_getscheduler", None)
+    if getter is None:
+        return "unknown"
+    policies = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            policies.add(_POLICY_NAMES.get(getter(int(task)), "other"))
+        except ProcessLookupError:
+            pass
+    return policies.pop() if len(policies) == 1 else "mixed"

@@ -173,6 +173,8 @@ class Ready(_Message, tag="ready"):
     allocator: str = "system"
     # The BLAS its MLX runs float32 products with, as its memory map shows: "mlx", "openblas", ...
     blas: str = "mlx"
+    # The scheduling policy of its threads: "batch" when pinned to one core (Linux), "normal", "unknown" (macOS), ...
+    scheduling: str = "normal"
 
 
 class LoadFailed(_Message, tag="load_failed"):

@@ -106,6 +106,8 @@ class WorkerStatus:
     allocator: str | None = None
     # The BLAS the loaded worker's MLX runs with (MLX_WORKER_BLAS), as it reports it.
     blas: str | None = None
+    # The scheduling policy of the loaded worker's threads, as it reports it ("batch" when pinned to one core).
+    scheduling: str | None = None
 
 
 @attrs.define(eq=False)
@@ -437,6 +439,7 @@ class ModelWorker:
             cpus=ready.cpus if ready is not None else (),
             allocator=ready.allocator if ready is not None else None,
             blas=ready.blas if ready is not None else None,
+            scheduling=ready.scheduling if ready is not None else None,
         )
 
     # --- the worker's life ------------------------------------------------------
@@ -602,9 +605,10 @@ class ModelWorker:
                     self._load_seconds = message.load_seconds
                     run.ready = message
                     log.info(
-                        "model %r ready in %.1f s (worker pid %d, %s engine, %.1f MiB, %s, %s malloc, %s BLAS)",
+                        "model %r ready in %.1f s (worker pid %d, %s engine, %.1f MiB, %s, %s scheduling, %s malloc, %s BLAS)",
                         self.model_id, message.load_seconds, run.process.pid, message.engine, message.memory_bytes / 2**20,
                         f"pinned to CPU {','.join(map(str, message.cpus))}" if message.cpus else "not pinned",
+                        message.scheduling,
                         message.allocator,
                         message.blas,
                     )

@@ -24,7 +24,7 @@ from pathlib import Path
 import msgspec
 
 from .. import _protocol as p
-from .._affinity import pin_this_process
+from .._affinity import batch_this_process, pin_this_process, scheduling_policy
 from .._allocator import allocator_in_use
 from .._blas import blas_in_use, load_worker_blas
 from .._models import weights_size
@@ -60,11 +60,19 @@ def _pin(config: p.WorkerConfig) -> tuple[int, ...]:
     if config.cpus_for_cpu_backend_only and mx.default_device().type != mx.DeviceType.cpu:
         return ()
     try:
-        return config.cpus if pin_this_process(config.cpus) else ()
+        if not pin_this_process(config.cpus):
+            return ()
     except OSError as exc:
         # A speed-up, not a condition of serving: say so and go on unpinned.
         print(f"mlxtrio worker: could not pin to CPUs {config.cpus}: {exc}; running unpinned", file=sys.stderr)
         return ()
+    if len(config.cpus) == 1:
+        # Both of MLX's threads on one core: no wake-up preemption between them (see mlxtrio/_affinity.py).
+        try:
+            batch_this_process()
+        except OSError as exc:
+            print(f"mlxtrio worker: could not set SCHED_BATCH: {exc}; running under the default policy", file=sys.stderr)
+    return config.cpus
 
 
 def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context length)
@@ -166,6 +174,7 @@ def main(argv: list[str]) -> int:
                 config.model_id, time.monotonic() - started, memory, engine.kind, engine.tool_format, cpus,
                 allocator_in_use(),
                 blas_in_use(),
+                scheduling_policy(),
             )
         )
         return _serve(channel, engine, send, watch)

@@ -1,11 +1,13 @@
-"""Worker CPU pinning (MLX_WORKER_CPUS), against the real server and a real worker.
+"""Worker CPU pinning (MLX_WORKER_CPUS) and the scheduling policy that comes with one core, against the real server and a real worker.
 
-Linux only: os.sched_setaffinity does not exist on macOS, where nothing is pinned.
+Linux only: os.sched_setaffinity and SCHED_BATCH do not exist on macOS, where nothing is pinned.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,11 @@ def thread_cpus(pid: int) -> list[set[int]]:
     return [os.sched_getaffinity(int(task)) for task in os.listdir(f"/proc/{pid}/task")]
 
 
+def thread_policies(pid: int) -> set[int]:
+    """The scheduling policies the threads of ``pid`` run under."""
+    return {os.sched_getscheduler(int(task)) for task in os.listdir(f"/proc/{pid}/task")}
+
+
 @bounded(120)
 async def test_by_default_a_cpu_worker_is_pinned_to_one_core_with_all_its_threads(admin):
     entry = await loaded_entry(admin)
@@ -31,8 +38,12 @@ async def test_by_default_a_cpu_worker_is_pinned_to_one_core_with_all_its_thread
     threads = thread_cpus(entry["pid"])
     assert len(threads) > 1  # MLX's own threads are there, and pinned too
     assert all(cpus == {expected} for cpus in threads)
-    # The orchestrator itself is not pinned.
+    # On one core, every thread without wake-up preemption, and the worker says so.
+    assert entry["scheduling"] == "batch"
+    assert thread_policies(entry["pid"]) == {os.SCHED_BATCH}
+    # The orchestrator itself is neither pinned nor batch.
     assert os.sched_getaffinity(0) == set(allowed_cpus())
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
 
 
 @pytest.mark.parametrize("server_settings", [{"worker_cpus": "none"}])
@@ -41,6 +52,8 @@ async def test_none_leaves_the_worker_on_every_cpu(admin):
     entry = await loaded_entry(admin)
     assert entry["cpus"] == []
     assert all(cpus == set(allowed_cpus()) for cpus in thread_cpus(entry["pid"]))
+    assert entry["scheduling"] == "normal"
+    assert thread_policies(entry["pid"]) == {os.SCHED_OTHER}
 
 
 @pytest.mark.parametrize("server_settings", [{"worker_cpus": str(allowed_cpus()[0])}])
@@ -49,6 +62,38 @@ async def test_a_cpu_list_is_used_as_given(admin):
     entry = await loaded_entry(admin)
     assert entry["cpus"] == [allowed_cpus()[0]]
     assert all(cpus == {allowed_cpus()[0]} for cpus in thread_cpus(entry["pid"]))
+    assert entry["scheduling"] == "batch"
+
+
+@pytest.mark.skipif(len(allowed_cpus()) < 2, reason="needs two CPUs")
+@pytest.mark.parametrize("server_settings", [{"worker_cpus": f"{allowed_cpus()[0]},{allowed_cpus()[-1]}"}])
+@bounded(120)
+async def test_a_worker_on_several_cores_keeps_the_default_policy(admin):
+    """Its threads may then run on different cores, where they do not preempt each other."""
+    entry = await loaded_entry(admin)
+    assert entry["cpus"] == [allowed_cpus()[0], allowed_cpus()[-1]]
+    assert entry["scheduling"] == "normal"
+    assert thread_policies(entry["pid"]) == {os.SCHED_OTHER}
+
+
+def test_batch_this_process_covers_every_thread_and_those_started_after():
+    """In a child process, so that the test run's own threads keep their policy."""
+    script = """
+import os, threading
+from mlxtrio._affinity import batch_this_process, scheduling_policy
+before = threading.Event(); stop = threading.Event()
+early = threading.Thread(target=lambda: (before.set(), stop.wait())); early.start(); before.wait()
+print(scheduling_policy())
+assert batch_this_process()
+late = threading.Thread(target=stop.wait); late.start()
+policies = {os.sched_getscheduler(int(task)) for task in os.listdir("/proc/self/task")}
+print(len(os.listdir("/proc/self/task")), sorted(policies) == [os.SCHED_BATCH], scheduling_policy())
+os.sched_setscheduler(early.native_id, os.SCHED_OTHER, os.sched_param(0))
+print(scheduling_policy())
+stop.set()
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.split("\n")[:3] == ["normal", "3 True batch", "mixed"]
 
 
 def test_auto_gives_each_model_its_own_core_from_the_last_down():
@@ -80,3 +125,5 @@ def test_a_worker_that_cannot_pin_goes_on_unpinned(capsys: pytest.CaptureFixture
     assert _pin(config) == ()
     assert "running unpinned" in capsys.readouterr().err
     assert os.sched_getaffinity(0) == before
+    # Nor does it give up wake-up preemption.
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
