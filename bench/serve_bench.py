@@ -374,8 +374,11 @@ def report(results: dict) -> str:
 def main() -> None:
     if sys.argv[1:2] == ["--in-process"]:
         if sys.argv[5:6] == ["pin"]:
-            # Before MLX starts its threads: all of them on one core, as mlxtrio's worker.
+            from mlxtrio._affinity import batch_this_process
+
+            # Before MLX starts its threads: all of them on one core under SCHED_BATCH, as mlxtrio's worker.
             os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
+            batch_this_process()
         print(json.dumps(in_process(sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]), int(sys.argv[6]))))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -391,7 +394,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--pin-in-process", action="store_true",
-        help="run the in-process baseline on one core, as mlxtrio pins its worker on the CPU backend (Linux)",
+        help="run the in-process baseline on one core under SCHED_BATCH, as mlxtrio runs its worker on the CPU backend (Linux)",
     )
     parser.add_argument(
         "--client", choices=["lean", "httpx"], default="lean",

@@ -120,10 +120,12 @@ def baseline_child(model_path: str, max_tokens: int, pin: bool, kind: str = "str
     process, its ring and its orchestrator.
     """
     if pin:
-        from mlxtrio._affinity import allowed_cpus, pin_this_process
+        from mlxtrio._affinity import allowed_cpus, batch_this_process, pin_this_process
 
-        # Where mlxtrio's worker goes on the CPU backend (MLX_WORKER_CPUS=auto): the last allowed core.
+        # Where mlxtrio's worker goes on the CPU backend (MLX_WORKER_CPUS=auto): the last allowed core,
+        # under SCHED_BATCH as the worker on one core is (since d13c475).
         pin_this_process(allowed_cpus()[-1:])
+        batch_this_process()
     import mlx_lm
 
     if kind == "engine":
@@ -354,7 +356,7 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=8, help="unmeasured requests to each side first, one per prompt")
     parser.add_argument(
         "--pin-in-process", action="store_true",
-        help="the in-process side on the last allowed core, where mlxtrio pins its worker on the CPU backend (Linux)",
+        help="the in-process side on the last allowed core under SCHED_BATCH, as mlxtrio runs its worker on the CPU backend (Linux)",
     )
     parser.add_argument(
         "--side", action="append", type=Side.parse, metavar="NAME[:KEY=VALUE,...]",
