@@ -8,8 +8,9 @@ that time is noisy: it moves with what else the machine runs. The CPU each
 thread spent is steadier. This sends serve_bench's bursts of 8 streaming
 chat completions to the real server (demo model by default, prompts from
 the prompt cache after the first burst) and reads each thread's time on a
-CPU and its time waiting for one from ``/proc/PID/task/TID/schedstat``
-(nanoseconds; Linux only), before and after the measured bursts. A fresh
+CPU, its time waiting for one and the times it was switched in from
+``/proc/PID/task/TID/schedstat`` (Linux only), before and after the
+measured bursts. A fresh
 server each round; figures are µs per request, medians over the rounds.
 
 ``--max-tokens 1`` makes each request all intake and end: what a burst's
@@ -42,16 +43,16 @@ sys.path.insert(1, str(HERE.parent))
 from bench_models import add_model_options, build_chosen  # noqa: E402
 
 
-def thread_times(pid: int) -> dict[int, tuple[int, int]]:
-    """Each thread's (ns on a CPU, ns waiting in a run queue) so far; threads that ended are gone."""
+def thread_times(pid: int) -> dict[int, tuple[int, int, int]]:
+    """Each thread's (ns on a CPU, ns waiting in a run queue, time slices) so far; threads that ended are gone."""
     times = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as stats:
-                on_cpu, waiting, _slices = map(int, stats.read().split())
+                on_cpu, waiting, slices = map(int, stats.read().split())
         except OSError:  # ended meanwhile
             continue
-        times[int(tid)] = (on_cpu, waiting)
+        times[int(tid)] = (on_cpu, waiting, slices)
     return times
 
 
@@ -69,15 +70,15 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def snapshot(processes: dict[str, int]) -> dict[tuple[str, str], tuple[int, int]]:
-    """(process, main | others) -> summed times."""
+def snapshot(processes: dict[str, int]) -> dict[tuple[str, str], tuple[int, int, int]]:
+    """(process, main | others) -> summed times and slices."""
     summed: dict[tuple[str, str], list[int]] = {}
     for name, pid in processes.items():
-        for tid, (on_cpu, waiting) in thread_times(pid).items():
-            entry = summed.setdefault((name, "main" if tid == pid else "others"), [0, 0])
-            entry[0] += on_cpu
-            entry[1] += waiting
-    return {key: (value[0], value[1]) for key, value in summed.items()}
+        for tid, figures in thread_times(pid).items():
+            entry = summed.setdefault((name, "main" if tid == pid else "others"), [0, 0, 0])
+            for index, value in enumerate(figures):
+                entry[index] += value
+    return {key: (value[0], value[1], value[2]) for key, value in summed.items()}
 
 
 STACKS = ("quart", "asgi", "mlxtrio")
@@ -143,6 +144,8 @@ async def one_round(stack: str, model_path: Path, max_tokens: int, bursts: int, 
         ".".join(key): {
             "on_cpu_us": round((after[key][0] - before[key][0]) / requests / 1e3, 1),
             "run_queue_us": round((after[key][1] - before[key][1]) / requests / 1e3, 1),
+            # Times the threads were switched in: a thread preempted at every wake-up shows here.
+            "slices": round((after[key][2] - before[key][2]) / requests, 2),
         }
         for key in sorted(after)
         if key in before
@@ -178,7 +181,7 @@ def main() -> None:
         stack: {
             key: {
                 measure: statistics.median(one["per_request"][key][measure] for one in runs if key in one["per_request"])
-                for measure in ("on_cpu_us", "run_queue_us")
+                for measure in ("on_cpu_us", "run_queue_us", "slices")
             }
             for key in runs[0]["per_request"]
         }
