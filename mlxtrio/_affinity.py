@@ -14,15 +14,16 @@ A worker pinned to a single core also runs its threads under Linux's
 thread that wakes another on its own core is usually preempted by it at once
 (wake-up preemption): the Python thread queues an operation for MLX's
 thread, is switched out while MLX runs it, is switched back in to queue the
-next, and so on, hundreds of switches a token. ``SCHED_BATCH`` is the same
-fair share with no wake-up preemption for its threads: MLX's thread runs
-when the Python thread waits, with all the work queued by then. On the
-2-core CI VM that took single-stream decode of the demo model from 750 to
-1,386 tok/s and the time to first token at 8 streams down by 5-14%
-(docs/PERFORMANCE.md, "ninth session"). A worker on more than one core is
-left as it is: its two threads then sit on different cores and do not
-preempt each other. The orchestrator keeps the default policy, so a worker
-woken by a request does not preempt it either.
+next, and so on. ``SCHED_BATCH`` is the same fair share with no wake-up
+preemption for its threads: MLX's thread runs when the Python thread waits,
+with all the work queued by then. On the 2-core CI VM that took the
+worker's main thread from 19 switches per one-token request to 1.3,
+single-stream decode of the demo model from 824-855 to 1,479-1,565 tok/s,
+and the aggregate at 8 streams up by 23-34% (docs/PERFORMANCE.md, "ninth
+session"). A worker on more than one core is left as it is: its two threads
+then sit on different cores and do not preempt each other. The orchestrator
+keeps the default policy, so a worker woken by a request does not preempt
+it either.
 
 ``worker_cpus`` (MLX_WORKER_CPUS):
 
@@ -122,7 +123,13 @@ def batch_this_process() -> bool:
     return True
 
 
-_POLICY_LABELS = (("SCHED_OTHER", "normal"), ("SCHED_BATCH", "batch"), ("SCHED_IDLE", "idle"), ("SCHED_FIFO", "fifo"), ("SCHED_RR", "rr"))
+_POLICY_LABELS = (
+    ("SCHED_OTHER", "normal"),
+    ("SCHED_BATCH", "batch"),
+    ("SCHED_IDLE", "idle"),
+    ("SCHED_FIFO", "fifo"),
+    ("SCHED_RR", "rr"),
+)
 _POLICY_NAMES = {getattr(os, name): label for name, label in _POLICY_LABELS if hasattr(os, name)}
 
 
