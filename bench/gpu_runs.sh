@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/PERFORMANCE.md, as run on a lent Linux CUDA machine.
 #
-#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, ab05, timeline05, sides05, compiled05, jemalloc05, allocator05, likeforlike05, ttft_allocator05, loop05, apart05, agg7b_jemalloc, ttft05_both, table05_jemalloc, firststep05, abttft05, prefix05, pack
+#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, probe, serve05, serve7b, profile, profile05, burst, serve7b_c8, single05, single7b, probe05, probe7b, burst7b, scaling, burstspy, pin05, smt05, wakeup05, machine, spyinproc05, pairs05, ab05, timeline05, sides05, compiled05, jemalloc05, allocator05, likeforlike05, ttft_allocator05, loop05, apart05, agg7b_jemalloc, ttft05_both, table05_jemalloc, firststep05, abttft05, prefix05, batch05, pack
 #
 # The machine has no registry: `install` takes the offline bundle of
 # ../shared/gpu/stage.sh (first half parked in /tmp by .gpu/a/keep.sh, second
@@ -398,6 +398,20 @@ prefix05() {
     step prefix05
     MLX_WORKER_ALLOCATOR=$JEMALLOC python3 bench/prefix_cache_bench.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
         --prefix-tokens 2000 --requests 8 --repeat ${REPEAT:-2} --json "$RESULTS/prefix-cache-qwen05.json" 2>&1 | grep -v transformers
+}
+
+batch05() {
+    # Single stream in pairs against in-process mlx-lm (both with the C library's malloc): mlxtrio as it is
+    # (a GPU worker is not pinned) and its worker pinned to the last CPU, where a worker on one core runs
+    # under SCHED_BATCH; twice.
+    step batch05
+    last=$(($(nproc) - 1))
+    for run in 1 2; do
+        python3 bench/single_stream_pairs.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS --pairs ${PAIRS:-24} \
+            --side mlxtrio --side pinbatch:MLX_WORKER_CPUS=$last --json "$RESULTS/batch-pairs-r$run.json" \
+            >/dev/null 2>"$RESULTS/batch-pairs-r$run.log"
+        sides_summary "$RESULTS/batch-pairs-r$run.json"
+    done
 }
 
 pack() {

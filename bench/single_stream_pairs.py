@@ -230,6 +230,7 @@ async def run(
             # Each side's worker process, once loaded: its main thread decodes.
             pids: dict[str, int] = {}
             allocators: dict[str, str | None] = {}
+            schedulings: dict[str, str | None] = {}
             admin_urls: dict[str, str] = {}
             for side in sides:
                 server = await stack.enter_async_context(
@@ -258,7 +259,7 @@ async def run(
                     await requesters[name](text)
             for name, url in admin_urls.items():
                 worker = await loaded_worker(url)
-                pids[name], allocators[name] = worker["pid"], worker.get("allocator")
+                pids[name], allocators[name], schedulings[name] = worker["pid"], worker.get("allocator"), worker.get("scheduling")
             rows = []
             for index in range(pairs):
                 text = texts[index % len(texts)]
@@ -284,7 +285,15 @@ async def run(
         "ratio_quartiles": first["ratio_quartiles"],
         "ratio_interval90": first["ratio_interval90"],
         "pairs_mlxtrio_faster": first["pairs_faster"],
-        "sides": {side.name: {"env": side.env, "worker_allocator": allocators[side.name], **summary[side.name]} for side in sides},
+        "sides": {
+            side.name: {
+                "env": side.env,
+                "worker_allocator": allocators[side.name],
+                "worker_scheduling": schedulings[side.name],
+                **summary[side.name],
+            }
+            for side in sides
+        },
         "pairs": rows,
     }
 
