@@ -225,6 +225,12 @@ sides_summary() {
 [print(n, round(s['tps_median'], 1), round(s['ratio_median'], 3), s['ratio_interval90'], s['pairs_faster']) for n, s in d['sides'].items()]" "$1"
 }
 
+ttft8_summary() {
+    # NAME FILE: mlxtrio's aggregate and TTFT p50 at 8 streams in a serve_bench JSON.
+    python3 -c "import json, sys; d = json.load(open(sys.argv[2]))['mlxtrio']; \
+print(sys.argv[1], round(d['aggregate_tps']['8'], 1), 'tok/s, TTFT p50', round(d['ttft_p50_s']['8'] * 1e3, 1), 'ms')" "$1" "$2"
+}
+
 sides05() {
     # Single stream in rounds: in-process, mlxtrio as it is, and variants that take one suspect out at a time
     # (frames sent in bunches, bench/serve_variant.py; no prompt cache; MLX's CUDA graphs of up to 200 ops), twice.
@@ -306,8 +312,7 @@ ttft_allocator05() {
             MLX_WORKER_ALLOCATOR=$allocator python3 bench/serve_bench.py --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
                 --max-tokens 128 --rounds ${ROUNDS:-6} --concurrency 8 --servers mlxtrio \
                 --json "$RESULTS/ttft-c8-$name-r$run.json" >/dev/null 2>&1
-            python3 -c "import json, sys; d = json.load(open(sys.argv[1]))['mlxtrio']; \
-print('$name', round(d['aggregate_tps']['8'], 1), 'tok/s, TTFT p50', round(d['ttft_p50_s']['8'] * 1e3, 1), 'ms')" "$RESULTS/ttft-c8-$name-r$run.json"
+            ttft8_summary "$name" "$RESULTS/ttft-c8-$name-r$run.json"
         done
     done
 }
@@ -386,8 +391,7 @@ abttft05() {
             (cd "$dir" && PYTHONPATH=/tmp/site:$dir MLX_WORKER_ALLOCATOR=$JEMALLOC python3 bench/serve_bench.py \
                 --model qwen2.5-0.5b-bf16 --models-dir $MODELS --max-tokens 128 --rounds ${ROUNDS:-6} --concurrency 8 \
                 --servers mlxtrio --json "$RESULTS/ttft-c8-$side-r$run.json" >/dev/null 2>&1)
-            python3 -c "import json, sys; d = json.load(open(sys.argv[1]))['mlxtrio']; \
-print('$side', round(d['aggregate_tps']['8'], 1), 'tok/s, TTFT p50', round(d['ttft_p50_s']['8'] * 1e3, 1), 'ms')" "$RESULTS/ttft-c8-$side-r$run.json"
+            ttft8_summary "$side" "$RESULTS/ttft-c8-$side-r$run.json"
         done
     done
 }

@@ -26,6 +26,7 @@ bench/burst_probe.py gives the engine's own share in-process (its
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -33,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -139,9 +141,24 @@ async def bursts(url: str, model: str, count: int) -> list[float]:
     return medians
 
 
-async def run_stack(stack: str, count: int) -> list[float]:
+@contextlib.asynccontextmanager
+async def floor_server(stack: str) -> AsyncIterator[tuple[str, int]]:
+    """``quart`` or ``asgi`` served by a child process on a free port, ready: its URL and pid."""
     from serve_bench import wait_ready
 
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    process = subprocess.Popen([sys.executable, __file__, "--serve", stack, str(port)])
+    try:
+        await wait_ready(f"http://127.0.0.1:{port}", process, limit=60)
+        yield f"http://127.0.0.1:{port}", process.pid
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+async def run_stack(stack: str, count: int) -> list[float]:
     if stack == "mlxtrio":
         from bench_models import build
         from server_process import mlxtrio_server
@@ -150,16 +167,8 @@ async def run_stack(stack: str, count: int) -> list[float]:
         model = build("demo", cache / "models" / "demo", cache_dir=cache)
         async with mlxtrio_server(cache, MLX_MODEL=str(model)) as server:
             return await bursts(server.openai_url, str(model), count)
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    process = subprocess.Popen([sys.executable, __file__, "--serve", stack, str(port)])
-    try:
-        await wait_ready(f"http://127.0.0.1:{port}", process, limit=60)
-        return await bursts(f"http://127.0.0.1:{port}", "floor", count)
-    finally:
-        process.terminate()
-        process.wait(30)
+    async with floor_server(stack) as (url, _pid):
+        return await bursts(url, "floor", count)
 
 
 def main() -> None:

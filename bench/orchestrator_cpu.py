@@ -27,9 +27,7 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -41,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))
 from bench_models import add_model_options, build_chosen  # noqa: E402
+from server_process import children  # noqa: E402
 
 
 def thread_times(pid: int) -> dict[int, tuple[int, int, int]]:
@@ -54,20 +53,6 @@ def thread_times(pid: int) -> dict[int, tuple[int, int, int]]:
             continue
         times[int(tid)] = (on_cpu, waiting, slices)
     return times
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry))
-    return found
 
 
 def snapshot(processes: dict[str, int]) -> dict[tuple[str, str], tuple[int, int, int]]:
@@ -94,18 +79,10 @@ async def running(stack: str, model_path: Path) -> AsyncIterator[tuple[str, str,
         async with mlxtrio_server(cache, MLX_MODEL=str(model_path)) as server:
             yield server.openai_url, str(model_path), {"orchestrator": server.process.pid}
         return
-    from serve_bench import wait_ready
+    from http_floor import floor_server
 
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    process = subprocess.Popen([sys.executable, str(HERE / "http_floor.py"), "--serve", stack, str(port)])
-    try:
-        await wait_ready(f"http://127.0.0.1:{port}", process, limit=60)
-        yield f"http://127.0.0.1:{port}", "floor", {"orchestrator": process.pid}
-    finally:
-        process.terminate()
-        process.wait(30)
+    async with floor_server(stack) as (url, pid):
+        yield url, "floor", {"orchestrator": pid}
 
 
 async def one_round(stack: str, model_path: Path, max_tokens: int, bursts: int, burst: int) -> dict:

@@ -26,6 +26,23 @@ class ServerProcess:
     log_path: Path
 
 
+def children(pid: int) -> dict[int, str]:
+    """The child processes of ``pid`` and their states (``R``, ``S``, ``Z``, ...), from /proc (Linux)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after its ")".
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid:
+            found[int(entry)] = state
+    return found
+
+
 def stop(process: subprocess.Popen, *, signum: int = signal.SIGTERM, wait: float = 30) -> None:
     """Ask it to stop (gracefully by default), and kill it if it has not within ``wait`` seconds."""
     if process.poll() is None:

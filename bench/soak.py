@@ -36,7 +36,7 @@ import trio
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
-from server_process import mlxtrio_server  # noqa: E402
+from server_process import children, mlxtrio_server  # noqa: E402
 
 from mlxtrio.ipc import list_objects  # noqa: E402
 
@@ -52,22 +52,6 @@ def process_figures(pid: int) -> dict:
         "threads": int(fields["Threads"]),
         "rss_kib": int(fields["VmRSS"].split()[0]),
     }
-
-
-def _zombie_children(pid: int) -> list[int]:
-    zombies = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...: comm may hold spaces, so split after its ")".
-        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == pid and state == "Z":
-            zombies.append(int(entry))
-    return zombies
 
 
 class Tally:
@@ -198,7 +182,7 @@ async def soak(args: argparse.Namespace) -> dict:
         with trio.move_on_after(15):
             while (after := process_figures(server.pid))["threads"] > baseline["threads"] or after["fds"] > baseline["fds"]:
                 await trio.sleep(0.5)
-        zombies = _zombie_children(server.pid)
+        zombies = [child for child, state in children(server.pid).items() if state == "Z"]
         shm = [found.entry for found in list_objects() if found.creator_pid == server.pid]
         growth_mib = (after["rss_kib"] - baseline["rss_kib"]) / 1024
         checks = {

@@ -38,8 +38,12 @@ it either.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 import attrs
+
+T = TypeVar("T")
 
 __all__ = ["WorkerCpus", "allowed_cpus", "batch_this_process", "parse_worker_cpus", "pin_this_process", "scheduling_policy"]
 
@@ -97,11 +101,7 @@ def pin_this_process(cpus: tuple[int, ...]) -> bool:
     if setter is None or not cpus:
         return False
     # sched_setaffinity applies to one thread: MLX's threads already exist.
-    for task in os.listdir("/proc/self/task"):
-        try:
-            setter(int(task), cpus)
-        except ProcessLookupError:
-            pass  # a thread that ended meanwhile
+    _each_thread(lambda thread: setter(thread, cpus))
     return True
 
 
@@ -115,11 +115,7 @@ def batch_this_process() -> bool:
     batch = getattr(os, "SCHED_BATCH", None)
     if setter is None or batch is None:
         return False
-    for task in os.listdir("/proc/self/task"):
-        try:
-            setter(int(task), batch, os.sched_param(0))
-        except ProcessLookupError:
-            pass  # a thread that ended meanwhile
+    _each_thread(lambda thread: setter(thread, batch, os.sched_param(0)))
     return True
 
 
@@ -141,10 +137,16 @@ def scheduling_policy() -> str:
     getter = getattr(os, "sched_getscheduler", None)
     if getter is None:
         return "unknown"
-    policies = set()
+    policies = {_POLICY_NAMES.get(policy, "other") for policy in _each_thread(getter)}
+    return policies.pop() if len(policies) == 1 else "mixed"
+
+
+def _each_thread(action: Callable[[int], T]) -> list[T]:
+    """``action(thread id)`` for every thread of this process (Linux), skipping threads that end meanwhile."""
+    results = []
     for task in os.listdir("/proc/self/task"):
         try:
-            policies.add(_POLICY_NAMES.get(getter(int(task)), "other"))
+            results.append(action(int(task)))
         except ProcessLookupError:
             pass
-    return policies.pop() if len(policies) == 1 else "mixed"
+    return results
