@@ -8,13 +8,14 @@ whether the objects it finds belong to a process that is still alive.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
+import stat
 import sys
 
 import attrs
-import posix_ipc
 
 __all__ = [
     "MAX_NAME_LENGTH",
@@ -25,6 +26,8 @@ __all__ = [
     "pid_alive",
     "sweep_stale_objects",
 ]
+
+log = logging.getLogger("mlxtrio.ipc")
 
 NAME_PREFIX = "mlxtrio"
 # macOS: PSHMNAMLEN is 31 bytes including the leading slash; keep a margin.
@@ -83,19 +86,36 @@ def sweep_stale_objects(*, shm_dir: str = _SHM_DIR) -> list[str]:
     only finds the leftovers of a process killed in the few milliseconds between
     creating a channel and its worker attaching. Returns the entries removed.
 
+    Any local user can create entries in /dev/shm, named like ours or not, so
+    only regular files of this user are removed, never through a symlink, and
+    what cannot be listed, inspected or removed is logged and skipped: a
+    stranger's file must not stop a server from starting (issue 22, item 8).
+
     macOS has no directory listing of POSIX IPC objects, so there this is a
     no-op; the immediate unlink is what keeps the system clean there.
     """
+    try:
+        objects = list_objects(shm_dir=shm_dir)
+    except OSError as exc:
+        log.info("not sweeping %s: %s", shm_dir, exc)
+        return []
     removed = []
-    for found in list_objects(shm_dir=shm_dir):
+    for found in objects:
         if pid_alive(found.creator_pid):
             continue
+        path = os.path.join(shm_dir, found.entry)
         try:
-            if found.is_semaphore:
-                posix_ipc.unlink_semaphore(found.name)
-            else:
-                posix_ipc.unlink_shared_memory(found.name)
-        except posix_ipc.ExistentialError:
+            # lstat: a symlink is judged as itself, never by what it points to.
+            info = os.lstat(path)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                log.debug("sweep: leaving %s (not a regular file of this user)", path)
+                continue
+            # unlink never follows a symlink either.
+            os.unlink(path)
+        except FileNotFoundError:
             continue  # Someone else swept it first.
+        except OSError as exc:
+            log.info("sweep: cannot remove %s: %s", path, exc)
+            continue
         removed.append(found.entry)
     return removed
