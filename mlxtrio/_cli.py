@@ -13,6 +13,7 @@ import trio
 from ._config import Config
 from ._logging import LOG_FORMATS, configure_logging
 from ._server import main as serve_main
+from ._state_files import PidFileHeld
 
 __all__ = ["main"]
 
@@ -31,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="default model: a local directory or a Hugging Face repo id (MLX_MODEL)")
     serve.add_argument("--idle-timeout", type=float, help="unload a model idle this many seconds (MLX_IDLE_TIMEOUT)")
     serve.add_argument("--request-timeout", type=float, help="answer 504 past this many seconds (MLX_REQUEST_TIMEOUT)")
-    serve.add_argument("--pid-file", type=Path, help="write the server's pid here (MLX_PID_FILE)")
+    serve.add_argument("--pid-file", type=Path, help="write the server's pid here, locked while it runs (MLX_PID_FILE)")
     serve.add_argument("--state-dir", type=Path, help="write status.json here (MLX_STATE_DIR)")
     serve.add_argument(
         "--allow-downloads", action="store_true", default=None, help="fetch repo ids missing from the cache (MLX_ALLOW_DOWNLOADS)"
@@ -74,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     failure: BaseException | None = None
     try:
         status = trio.run(serve_main, config)
-    except* OSError as group:
-        # Typically the port is taken; say so plainly instead of a traceback.
+    except* (OSError, PidFileHeld) as group:
+        # Typically the port or the pid file is taken; say so plainly instead of a traceback.
         failure = _first_leaf(group)
     if failure is not None:
         log.error("cannot serve: %s", failure)

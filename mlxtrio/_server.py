@@ -24,7 +24,7 @@ import trio
 
 from ._config import Config, is_loopback
 from ._metrics import Metrics
-from ._state_files import remove_quietly, write_atomically
+from ._state_files import PidFile, take_pid_file, write_atomically
 from .api import ServerState, create_admin_app, create_openai_app
 from .ipc import sweep_stale_objects
 from .orchestrator import ModelCatalog, Supervisor
@@ -96,13 +96,27 @@ async def _write_snapshots(config: Config, state: ServerState) -> None:
     assert config.state_dir is not None
     path = config.state_dir / "status.json"
     last = b""
+    failing = False
     while True:
         snapshot = msgspec.json.encode(
             {"pid": os.getpid(), "shutting_down": state.shutting_down, "workers": state.supervisor.describe()}
         )
         if snapshot != last:
-            await trio.to_thread.run_sync(write_atomically, path, snapshot)
-            last = snapshot
+            try:
+                await trio.to_thread.run_sync(write_atomically, path, snapshot)
+            except OSError as exc:
+                # A full disk, or status.json replaced by a directory, must not stop the server
+                # (issue 22, item 9): said once per streak of failures, tried again every tick.
+                if not failing:
+                    log.warning(
+                        "cannot write the status snapshot %s (trying again every %g s): %s", path, _SNAPSHOT_INTERVAL, exc
+                    )
+                failing = True
+            else:
+                if failing:
+                    log.info("status snapshot written again to %s", path)
+                failing = False
+                last = snapshot
         await trio.sleep(_SNAPSHOT_INTERVAL)
 
 
@@ -123,12 +137,14 @@ async def main(
     stop = trio.Event()
     forced: list[bool] = []
     listening: list[ServerHandle] = []
+    pid_file: PidFile | None = None
     try:
         async with trio.open_nursery() as root:
             if handle_signals:
                 await root.start(_watch_signals, listening, root.cancel_scope, forced)
             if config.pid_file is not None:
-                write_atomically(config.pid_file, f"{os.getpid()}\n".encode())
+                # Held until the server exits; raises PidFileHeld while another server holds it.
+                pid_file = take_pid_file(config.pid_file)
             await root.start(supervisor.run)
             async with trio.open_nursery() as http:
                 openai_binds, admin_binds = [
@@ -157,6 +173,6 @@ async def main(
                 await supervisor.unload_all()
             root.cancel_scope.cancel()
     finally:
-        if config.pid_file is not None:
-            remove_quietly(config.pid_file)
+        if pid_file is not None:
+            pid_file.release()
     return 1 if forced else 0
