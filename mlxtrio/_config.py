@@ -118,6 +118,8 @@ _SETTINGS: dict[str, tuple[str | None, Callable[[object], object]]] = {
     "max_body_bytes": ("MLX_MAX_BODY_BYTES", _number(int)),
     "max_tokens_limit": ("MLX_MAX_TOKENS", _number(int)),
     "max_choices": ("MLX_MAX_CHOICES", _number(int)),
+    "grammar_max_bytes": ("MLX_GRAMMAR_MAX_BYTES", _number(int)),
+    "grammar_compile_timeout": ("MLX_GRAMMAR_COMPILE_TIMEOUT", _number(float)),
     "cache_dir": ("MLX_CACHE_DIR", _path),
     "hf_hub_cache": (None, _path),
     "allow_downloads": ("MLX_ALLOW_DOWNLOADS", _boolean),
@@ -239,6 +241,11 @@ class Config:
     max_body_bytes: int = 16 * 1024 * 1024
     max_tokens_limit: int = 32768
     max_choices: int = 16
+    # Grammars (response_format, required tool calls): a JSON schema's size in
+    # bytes (400 past it, checked by the orchestrator), and how long the worker
+    # may take to compile one (400 past it), off its decode loop.
+    grammar_max_bytes: int = 64 * 1024
+    grammar_compile_timeout: float = 5.0
     # Bearer tokens: any of api_keys for the OpenAI API (none: open), admin_token
     # for the admin API. Never shown in /admin/status or a repr.
     api_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
@@ -295,7 +302,7 @@ class Config:
         )
         values.update({key: value for key, value in overrides.items() if value is not None})
         config = cls(**values)
-        for name in ("decode_concurrency", "prefill_batch_size", "prefill_step_size", "max_body_bytes", "max_tokens_limit", "max_choices", "max_loaded_models"):
+        for name in ("decode_concurrency", "prefill_batch_size", "prefill_step_size", "max_body_bytes", "max_tokens_limit", "max_choices", "max_loaded_models", "grammar_max_bytes"):
             if getattr(config, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
         if config.prefill_bucket < 0:
@@ -304,6 +311,8 @@ class Config:
         # Also looks jemalloc up now (ldconfig, a subprocess, cached): not later, inside the event loop.
         parse_worker_allocator(config.worker_allocator).library()
         parse_worker_blas(config.worker_blas).library()  # the same for OpenBLAS
+        if not config.grammar_compile_timeout > 0:
+            raise ValueError(f"grammar_compile_timeout must be more than 0, not {config.grammar_compile_timeout}")
         if config.max_queue < 0:
             raise ValueError(f"max_queue must be 0 or more, not {config.max_queue}")
         if not is_loopback(config.admin_host) and not config.admin_token:

@@ -17,6 +17,7 @@ __all__ = [
     "ChatMessage",
     "Delta",
     "Generate",
+    "Grammar",
     "Hello",
     "LoadFailed",
     "Ping",
@@ -68,6 +69,8 @@ class WorkerConfig(msgspec.Struct, frozen=True):
     cpus_for_cpu_backend_only: bool = True
     # A BLAS library to load before MLX, as the orchestrator resolved MLX_WORKER_BLAS; None: MLX's own (see _blas.py).
     blas_library: str | None = None
+    # Seconds a request's grammar may take to compile (worker/_grammar.py); past it: 400.
+    grammar_compile_timeout: float = 5.0
 
 
 # --- orchestrator -> worker ----------------------------------------------------
@@ -90,6 +93,27 @@ class ChatMessage(msgspec.Struct, array_like=True, frozen=True):
     tool_call_id: str | None = None
 
 
+# How a grammar's JSON is written (llguidance's options): as json.dumps writes
+# it, the way models write it. Otherwise whitespace is free between any two
+# tokens, and a model's whitespace can run on to max_tokens. A schema may say
+# otherwise in its own "x-guidance".
+JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+class Grammar(msgspec.Struct, array_like=True, frozen=True):
+    """What a sequence's output must match. The worker compiles it (worker/_grammar.py), never the orchestrator.
+
+    ``syntax`` is "json_schema" (``text`` is a JSON schema), "lark" (a Lark
+    grammar in llguidance's dialect, which may embed JSON schemas with
+    ``%json``) or "regex".
+    """
+
+    syntax: str
+    text: str
+    # The request's field it came from, for a 400 that names it.
+    param: str = "response_format"
+
+
 class SamplingParams(msgspec.Struct, array_like=True, frozen=True):
     max_tokens: int
     temperature: float = 1.0
@@ -108,8 +132,8 @@ class SamplingParams(msgspec.Struct, array_like=True, frozen=True):
     # Report each generated token's log probability, and this many alternatives.
     logprobs: bool = False
     top_logprobs: int = 0
-    # A regex the output must match (response_format, compiled from its JSON schema); None: free text.
-    grammar: str | None = None
+    # What the output must match (response_format, a required tool call); None: free text.
+    grammar: Grammar | None = None
 
 
 class Generate(_Message, tag="generate"):
@@ -208,6 +232,8 @@ class Delta(msgspec.Struct, array_like=True, frozen=True):
     logprobs: tuple[TokenLogprob, ...] = ()
     # Calls completed in this delta (their text is not in ``text``).
     tool_calls: tuple[ToolCall, ...] = ()
+    # On a last delta: the sequence failed after all (its grammar failed midway); the request gets this error.
+    error: str | None = None
 
 
 class Step(_Message, tag="step"):
@@ -222,6 +248,9 @@ class RequestFailed(_Message, tag="request_failed"):
     request_id: int
     status: int
     message: str
+    # The request's field at fault, and OpenAI's error code, where there are.
+    param: str | None = None
+    code: str | None = None
 
 
 class Pong(_Message, tag="pong"):

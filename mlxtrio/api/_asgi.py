@@ -62,6 +62,11 @@ class HeldForBody(Generic[T]):
         self._taken = False
         self._left = False
 
+    @property
+    def value(self) -> T:
+        """What entering gave, for the view to use before the body takes it over."""
+        return self._value
+
     async def __aenter__(self) -> T:
         self._taken = True
         return self._value

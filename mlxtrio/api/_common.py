@@ -33,7 +33,11 @@ class ServerState:
 
     @property
     def limits(self) -> RequestLimits:
-        return RequestLimits(max_tokens=self.config.max_tokens_limit, max_choices=self.config.max_choices)
+        return RequestLimits(
+            max_tokens=self.config.max_tokens_limit,
+            max_choices=self.config.max_choices,
+            grammar_max_bytes=self.config.grammar_max_bytes,
+        )
 
 
 def json_response(payload: object, status: int = 200) -> Response:

@@ -344,6 +344,14 @@ async def _stream(
     Events that are ready together leave together: the role chunk with the
     first token's, the last token's with the usage chunk and ``[DONE]``. Each
     body message is a socket write and an HTTP chunk, and the orchestrator's
+    The 200 waits for the first event of the generation: every error the
+    worker decides before a first token (a prompt over the context, a schema
+    that cannot be enforced or did not compile in time, a template that
+    refuses the messages) is then an ordinary error response, as it is
+    without ``stream``, instead of an error event after a 200 (issue 22).
+    Headers and the first token leave together, so the client's time to
+    first token is the same.
+
     CPU per write is what a burst of requests queues behind (docs/PERFORMANCE.md).
     """
     deadline = trio.current_time() + timeout
@@ -355,6 +363,11 @@ async def _stream(
     # From here the body (or, without one, the request's end) finishes the record, with the stream's outcome.
     record.streaming = True
 
+    # A ServerError from here is the response (the request's end leaves ``held``, cancelling the rest).
+    with trio.move_on_at(deadline) as scope:
+        early = await held.value.__anext__()
+    if scope.cancelled_caught:
+        raise _timed_out(timeout)
     async def body() -> AsyncIterator[bytes]:
         # Until it ends otherwise, the client left (the generator is closed mid-yield).
         status = CLIENT_CLOSED_REQUEST
@@ -366,18 +379,21 @@ async def _stream(
                 if first is not None:
                     waiting = b"".join(_sse(first(index)) for index in range(choices))
                 lasts: list = [None] * choices
-                while not events.finished:
-                    with trio.move_on_at(deadline) as scope:
-                        delta = await events.__anext__()
-                    if scope.cancelled_caught:
-                        # Leaving the block cancels the sequence in the worker.
-                        status = 504
-                        yield waiting + _sse(_timed_out(timeout).body())
-                        return
-                    index = events.choice(delta)
-                    record.on_delta(index, delta)
-                    lasts[index] = delta
-                    waiting += _sse(each(index, delta))
+                delta = early  # taken before the 200
+                while delta is not None or not events.finished:
+                    if delta is None:
+                        with trio.move_on_at(deadline) as scope:
+                            delta = await events.__anext__()
+                        if scope.cancelled_caught:
+                            # Leaving the block cancels the sequence in the worker.
+                            status = 504
+                            yield waiting + _sse(_timed_out(timeout).body())
+                            return
+                    delta, taken = None, delta
+                    index = events.choice(taken)
+                    record.on_delta(index, taken)
+                    lasts[index] = taken
+                    waiting += _sse(each(index, taken))
                     if not events.finished:
                         yield waiting
                         waiting = b""

@@ -14,7 +14,7 @@ import msgspec
 
 from .. import _protocol as p
 from .._errors import ServerError
-from ._structured import JSON_OBJECT, schema_regex
+from ._structured import JSON_OBJECT, json_schema_grammar, tool_call_grammar
 
 __all__ = ["ChatCompletionRequest", "CompletionRequest", "RequestLimits", "decode_request"]
 
@@ -29,6 +29,8 @@ class RequestLimits:
 
     max_tokens: int = 32768
     max_choices: int = 16
+    # A grammar's JSON schema, in bytes (MLX_GRAMMAR_MAX_BYTES).
+    grammar_max_bytes: int = 64 * 1024
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 # Ollama's keep_alive: seconds, or a Go-style duration ("5m", "1h30m", "-1s").
 _DURATION_RE = re.compile(r"(-?)((?:\d+(?:\.\d+)?(?:ms|s|m|h))+)")
@@ -135,14 +137,14 @@ class _Common(msgspec.Struct, kw_only=True):
         """(report log probabilities, how many alternatives): each API spells it its own way."""
         return False, 0
 
-    def _grammar(self) -> str | None:
-        """The regex the output must match (response_format), if any."""
+    def _grammar(self, limits: RequestLimits) -> p.Grammar | None:
+        """What the output must match (response_format, a required tool call), if anything."""
         return None
 
     def sampling(self, limits: RequestLimits) -> p.SamplingParams:
         wanted, top = self._logprobs()
         return p.SamplingParams(
-            grammar=self._grammar(),
+            grammar=self._grammar(limits),
             logprobs=wanted,
             top_logprobs=top,
             max_tokens=self._max_tokens(limits),
@@ -260,7 +262,7 @@ class ChatCompletionRequest(_Common, kw_only=True):
     def forces_tool_call(self) -> bool:
         return self._tool_mode() not in (None, "none", "auto")
 
-    def _forced_call_regex(self) -> str:
+    def _forced_call_grammar(self, limits: RequestLimits) -> p.Grammar:
         """A call in the json_tools syntax (<tool_call>{"name": ..., "arguments": ...}</tool_call>) of an allowed function."""
         mode = self._tool_mode()
         assert self.tools is not None
@@ -276,19 +278,19 @@ class ChatCompletionRequest(_Common, kw_only=True):
             for tool in self.tools
             if mode == "required" or tool.function.name == mode
         ]
-        call = schema_regex(schemas[0] if len(schemas) == 1 else {"anyOf": schemas}, param="tools")
-        return re.escape("<tool_call>") + r"\n?" + call + r"\n?" + re.escape("</tool_call>")
+        call = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+        return tool_call_grammar(call, param="tools", max_bytes=limits.grammar_max_bytes)
 
-    def _grammar(self) -> str | None:
+    def _grammar(self, limits: RequestLimits) -> p.Grammar | None:
         if self.forces_tool_call:
             if self.response_format is not None and self.response_format.type != "text":
                 raise ServerError(400, "response_format cannot be combined with a required tool call", param="response_format")
-            return self._forced_call_regex()
+            return self._forced_call_grammar(limits)
         response_format = self.response_format
         if response_format is None or response_format.type == "text":
             return None
         if response_format.type == "json_object":
-            return schema_regex(JSON_OBJECT)
+            return json_schema_grammar(JSON_OBJECT, param="response_format", max_bytes=limits.grammar_max_bytes)
         if response_format.type == "json_schema":
             if response_format.json_schema is None:
                 raise ServerError(400, "response_format json_schema needs its json_schema", param="response_format.json_schema")
@@ -296,7 +298,11 @@ class ChatCompletionRequest(_Common, kw_only=True):
                 raise ServerError(
                     400, "response_format.json_schema.name must be 1 to 64 of a-z, A-Z, 0-9, _ and -", param="response_format.json_schema.name"
                 )
-            return schema_regex(response_format.json_schema.schema or JSON_OBJECT)
+            return json_schema_grammar(
+                response_format.json_schema.schema or JSON_OBJECT,
+                param="response_format.json_schema.schema",
+                max_bytes=limits.grammar_max_bytes,
+            )
         raise ServerError(
             400,
             f"response_format.type is one of text, json_object, json_schema, not {response_format.type!r}",
@@ -330,7 +336,7 @@ class ChatCompletionRequest(_Common, kw_only=True):
                 raise ServerError(
                     400, "a function name is 1 to 64 of a-z, A-Z, 0-9, _ and -", param=f"tools[{index}].function.name"
                 )
-        self._grammar()
+        self._grammar(limits)
         for index, message in enumerate(self.messages):
             if message.role not in _ROLES:
                 raise ServerError(

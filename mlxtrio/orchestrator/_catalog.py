@@ -163,6 +163,7 @@ class ModelCatalog:
             prefill_batch_size=config.prefill_batch_size,
             prefill_bucket=config.prefill_bucket,
             prompt_cache_bytes=config.prompt_cache_bytes,
+            grammar_compile_timeout=config.grammar_compile_timeout,
             chat_template=settings.chat_template if settings is not None else None,
             cpus=cpus,
             cpus_for_cpu_backend_only=cpu_backend_only,

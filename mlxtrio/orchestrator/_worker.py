@@ -183,9 +183,13 @@ class Events:
         if isinstance(message, p.RequestFailed):
             # One failed choice fails the request; the others are cancelled on the way out.
             self._unfinished.discard(message.request_id)
-            raise ServerError(message.status, message.message, code=_FAILURE_CODES.get(message.status))
+            raise ServerError(
+                message.status, message.message, code=message.code or _FAILURE_CODES.get(message.status), param=message.param
+            )
         if message.finish_reason is not None:
             self._unfinished.discard(message.request_id)
+            if message.error is not None:
+                raise ServerError(400, message.error, code="grammar_failed")
         return message
 
 

@@ -36,7 +36,7 @@ from .._protocol import Delta, Generate, SamplingParams, TokenLogprob, ToolCall
 from ._prompt_batch import BucketedPromptBatch, Generator, PromptBatch
 from ._prompt_cache import PromptCache
 from ._failpoints import failpoint
-from ._grammar import GrammarCompiler
+from ._grammar import GrammarCompiler, GrammarError, GrammarProcessor
 from ._solo import SoloDecoder
 from ._tokenize import PromptEncoder
 from ._tools import ToolCallExtractor, chat_messages, tool_format
@@ -54,9 +54,11 @@ _OUT_OF_MEMORY = ("unable to allocate", "out of memory", "insufficient memory", 
 class RequestError(Exception):
     """A request the model cannot serve; ``status`` is the HTTP status for it."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.param = param
+        self.code = code
 
 
 # The prompt cache is per worker, and a worker serves one model.
@@ -126,6 +128,8 @@ class _Sequence:
     pending_logprobs: list[TokenLogprob] = attrs.Factory(list)
     # Tool calls parsed out of the text, when the request has tools.
     tools: ToolCallExtractor | None = None
+    # The sequence's grammar, when it has one: a failure of it midway ends the sequence with an error.
+    grammar: GrammarProcessor | None = None
 
     def accept(
         self, token: int | None, finish_reason: str | None, logprob: TokenLogprob | None = None
@@ -184,8 +188,13 @@ class _Sequence:
             return None
         logprobs = tuple(self.pending_logprobs)
         self.pending_logprobs.clear()
+        error = None
+        if finish_reason is not None and self.grammar is not None and self.grammar.error is not None:
+            # Its output ended where the grammar failed: not valid, and not to pass for it.
+            error = f"{self.params.grammar.param}: enforcing the schema failed midway: {self.grammar.error}"
         return Delta(
-            self.request_id, text, self.prompt_tokens, self.completion_tokens, finish_reason, self.cached_tokens, logprobs, calls
+            self.request_id, text, self.prompt_tokens, self.completion_tokens, finish_reason, self.cached_tokens, logprobs, calls,
+            error,
         )
 
 
@@ -212,7 +221,7 @@ class _EngineBase:
         self._prompt_cache = (
             PromptCache(max_size=1 << 20, max_bytes=prompt_cache_bytes) if prompt_cache_bytes > 0 else None
         )
-        self._grammars = GrammarCompiler(tokenizer, tokenizer.eos_token_id)
+        self.grammars = GrammarCompiler(tokenizer)
         # Caches remembered since the last settle(), perhaps not computed yet.
         self._unsettled: list[list[Any]] = []
 
@@ -346,9 +355,9 @@ class _EngineBase:
         processors = make_processors(params)
         if params.grammar is not None:
             try:
-                processors.append(self._grammars.processor(params.grammar))
-            except ValueError as exc:
-                raise RequestError(400, f"response_format cannot be enforced for this model: {exc}") from exc
+                processors.append(self.grammars.processor(params.grammar))
+            except GrammarError as exc:
+                raise RequestError(400, str(exc), param=exc.param) from exc
         return processors
 
     def _logprob(self, params: SamplingParams, token: int, logprobs: mx.array) -> TokenLogprob | None:
@@ -363,12 +372,15 @@ class _EngineBase:
             top = tuple((self._tokenizer.decode([tid]), value) for tid, value in pairs)
         return TokenLogprob(self._tokenizer.decode([token]), float(logprobs[token].item()), top)
 
-    def _new_sequence(self, request: Generate, params: SamplingParams, prompt: list[int], cached: int = 0) -> _Sequence:
+    def _new_sequence(
+        self, request: Generate, params: SamplingParams, prompt: list[int], cached: int = 0, processors: list[Any] = ()
+    ) -> _Sequence:
         # A detokenizer of its own, as a reset copy of the tokenizer's: building
         # one anew converts the whole vocabulary (100 ms for 151,936 tokens),
         # and the worker admits requests one after another.
         detokenizer = self._tokenizer.detokenizer
         sequence = _Sequence(request.request_id, params, detokenizer, len(prompt), cached)
+        sequence.grammar = next((each for each in processors if isinstance(each, GrammarProcessor)), None)
         if request.parse_tool_calls and self.tool_format is not None:
             sequence.tools = ToolCallExtractor(
                 self._tokenizer, json.loads(request.tools) if request.tools else None, limit=request.max_tool_calls
@@ -456,7 +468,7 @@ class BatchEngine(_EngineBase):
         params = self._sampling(request.params)
         sampler, processors = make_sampler(params), self._processors(params)
         cache, cached = self._cached_prefix(prompt)
-        sequence = self._new_sequence(request, params, prompt, cached)
+        sequence = self._new_sequence(request, params, prompt, cached, processors)
         if self._solo and alone is None and not self._uid_of:
             decoder = SoloDecoder(
                 self._model,
@@ -787,17 +799,18 @@ class SequentialEngine(_EngineBase):
         cache, cached = self._cached_prefix(prompt)
         if cache is None:
             cache = make_prompt_cache(self._model)
+        processors = self._processors(params)
         tokens = generate_step(
             mx.array(prompt[cached:]),
             self._model,
             prompt_cache=cache,
             max_tokens=params.max_tokens,
             sampler=make_sampler(params),
-            logits_processors=self._processors(params),
+            logits_processors=processors,
             prefill_step_size=self._prefill_step_size,
             prompt_progress_callback=lambda done, total: self._progress(),
         )
-        self._running[request.request_id] = _Running(self._new_sequence(request, params, prompt, cached), tokens, cache, list(prompt))
+        self._running[request.request_id] = _Running(self._new_sequence(request, params, prompt, cached, processors), tokens, cache, list(prompt))
 
     def cancel(self, request_id: int) -> bool:
         running = self._running.pop(request_id, None)

@@ -1,120 +1,210 @@
-"""Grammar-constrained decoding: a logits processor that allows only tokens the regex can still match.
+"""Grammar-constrained decoding with llguidance: a logits processor that allows only tokens the grammar can still take.
 
-outlines-core compiles a regex (the orchestrator turns a JSON schema into one)
-against the model's vocabulary into an index of states and allowed tokens;
-each sequence walks it with a Guide of its own. The processor is an ordinary
-mlx-lm logits processor, so it works on both engines and inside a batch: each
-sequence has its own processors.
+llguidance parses lazily (an Earley parser over a lexer built on demand),
+so what a grammar costs is bounded by its limits (``LLParserLimits``: items
+per row, lexer states, fuel per mask) rather than by the schema's shape: a
+schema nested 30 deep, or a string of at most 20 characters, compiles in
+about a millisecond, where a regex compiled up front grows by a factor per
+level (issue 22). Schemas it cannot enforce are refused by name
+("Unimplemented keys: ...") instead of being enforced in part.
 
-The vocabulary must be each token's exact bytes: byte-level BPE tokens are
-written in GPT-2's printable alphabet, SentencePiece ones with ``▁`` for a
-space and ``<0xNN>`` for raw bytes.
+Compiling is still the requester's to make expensive (an object of
+thousands of optional properties), so it runs off the decode loop: the
+worker's loop hands a grammar it has not compiled yet to ``GrammarCompiler``'s
+thread and admits the request once it is done, while the batch goes on
+decoding (llguidance drops the GIL while it builds). Past the compile
+timeout the request gets a 400 that names the limit. Compiled grammars are
+kept in a small LRU per worker: the same schema is usually asked for again.
+
+The processor is an ordinary mlx-lm logits processor, so it works on both
+engines and inside a batch: each sequence has its own matcher, a copy of the
+compiled one.
 """
 
 from __future__ import annotations
 
-import functools
+import queue
+import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from typing import Any
 
+import llguidance
+import llguidance.hf
 import mlx.core as mx
 import numpy as np
-from outlines_core import Guide, Index, Vocabulary
 
-__all__ = ["GrammarCompiler"]
+from .. import _protocol as p
 
-# Compiled indexes kept per worker: the same schema is usually asked for again.
-_INDEX_CACHE_SIZE = 32
+__all__ = ["GrammarCompiler", "GrammarError", "GrammarProcessor"]
 
-
-@functools.cache
-def byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, backwards: each printable stand-in to the byte it stands for."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    stand_ins = dict(zip(printable, printable))
-    extra = 0
-    for byte in range(256):
-        if byte not in stand_ins:
-            stand_ins[byte] = 256 + extra
-            extra += 1
-    return {chr(stand_in): byte for byte, stand_in in stand_ins.items()}
+# Compiled grammars kept per worker.
+_CACHE_SIZE = 32
+# An error message from llguidance can quote the grammar: enough to say what is wrong.
+_MESSAGE_LIMIT = 500
+# llguidance's defaults, but without the parser's state and grammar in its
+# errors (they go back to the requester, and can be large).
+_LIMITS = llguidance.LLParserLimits(verbose_errors=False)
 
 
-def _token_bytes(token: str, byte_level: bool) -> bytes:
-    if byte_level:
-        decoder = byte_decoder()
-        if all(char in decoder for char in token):
-            return bytes(decoder[char] for char in token)
-    if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
-        return bytes([int(token[3:5], 16)])
-    return token.replace("▁", " ").encode()
+class GrammarError(Exception):
+    """A grammar that cannot be enforced: a 400 naming the request's field."""
+
+    def __init__(self, grammar: p.Grammar, message: str) -> None:
+        if len(message) > _MESSAGE_LIMIT:
+            message = message[:_MESSAGE_LIMIT] + "..."
+        super().__init__(f"{grammar.param}: the schema cannot be enforced: {message}")
+        self.param = grammar.param
+
+
+def _grammar_text(grammar: p.Grammar) -> str:
+    if grammar.syntax == "json_schema":
+        return llguidance.LLMatcher.grammar_from_json_schema(grammar.text, defaults=p.JSON_STYLE)
+    if grammar.syntax == "lark":
+        return llguidance.LLMatcher.grammar_from_lark(grammar.text)
+    if grammar.syntax == "regex":
+        return llguidance.LLMatcher.grammar_from_regex(grammar.text)
+    raise ValueError(f"unknown grammar syntax {grammar.syntax!r}")
+
+
+def _mask_words(vocabulary: int) -> int:
+    return (vocabulary + 31) // 32
 
 
 class GrammarCompiler:
-    """One per worker: the model's vocabulary for outlines-core, and an LRU of compiled regexes."""
+    """One per worker: the model's tokenizer for llguidance, a compile thread, and an LRU of compiled grammars.
 
-    def __init__(self, tokenizer: Any, eos_token_id: int) -> None:
+    ``compiled``, ``keep`` and ``processor`` are for the worker's main thread;
+    ``compile`` runs anywhere (``submit`` runs it on the compile thread).
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
-        self._eos = eos_token_id
-        self._vocabulary: Vocabulary | None = None
-        self._indexes: OrderedDict[str, Index] = OrderedDict()
+        self._lltokenizer: llguidance.LLTokenizer | None = None
+        self._tokenizer_lock = threading.Lock()
+        self._compiled: OrderedDict[p.Grammar, llguidance.LLMatcher] = OrderedDict()
+        self._queue: queue.SimpleQueue[tuple[p.Grammar, Future]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        # Grammars queued or compiling: requests for the same one share its compile.
+        self._pending: dict[p.Grammar, Future] = {}
+        hf = getattr(tokenizer, "_tokenizer", tokenizer)
+        self._eos = tuple(sorted(getattr(tokenizer, "eos_token_ids", None) or {hf.eos_token_id}))
 
-    def _vocab(self) -> Vocabulary:
-        if self._vocabulary is None:
-            hf = getattr(self._tokenizer, "_tokenizer", self._tokenizer)
-            special = set(getattr(hf, "all_special_ids", ()))
-            vocabulary = hf.get_vocab()
-            # Byte-level when the tokens are written in GPT-2's alphabet ("Ġ" for a space).
-            decoder = byte_decoder()
-            byte_level = sum(all(char in decoder for char in token) for token in vocabulary) > 0.9 * len(vocabulary)
-            tokens: dict[bytes, list[int]] = {}
-            for token, token_id in vocabulary.items():
-                if token_id in special or token_id == self._eos:
-                    continue
-                tokens.setdefault(_token_bytes(token, byte_level), []).append(token_id)
-            tokens.pop(b"", None)
-            self._vocabulary = Vocabulary(self._eos, tokens)
-        return self._vocabulary
+    def _llg_tokenizer(self) -> llguidance.LLTokenizer:
+        with self._tokenizer_lock:
+            if self._lltokenizer is None:
+                hf = getattr(self._tokenizer, "_tokenizer", self._tokenizer)
+                try:
+                    self._lltokenizer = llguidance.hf.from_tokenizer(hf, eos_token=list(self._eos))
+                except ValueError as exc:  # a slow (Python) tokenizer
+                    raise GrammarError(p.Grammar("", "", "response_format"), f"not for this model's tokenizer: {exc}") from exc
+            return self._lltokenizer
 
-    def index(self, regex: str) -> Index:
-        index = self._indexes.get(regex)
-        if index is None:
-            index = Index(regex, self._vocab())
-            self._indexes[regex] = index
-            while len(self._indexes) > _INDEX_CACHE_SIZE:
-                self._indexes.popitem(last=False)
+    @property
+    def vocabulary_size(self) -> int:
+        return self._llg_tokenizer().vocab_size
+
+    def compile(self, grammar: p.Grammar) -> llguidance.LLMatcher:
+        """A matcher for ``grammar`` with its first mask computed; GrammarError if it cannot be enforced."""
+        tokenizer = self._llg_tokenizer()
+        try:
+            text = _grammar_text(grammar)
+        except ValueError as exc:
+            raise GrammarError(grammar, str(exc)) from exc
+        matcher = llguidance.LLMatcher(tokenizer, text, log_level=0, limits=_LIMITS)
+        if not matcher.is_error():
+            # The lexer's first state is built on demand: here, not in a decode step.
+            mask = np.zeros(_mask_words(tokenizer.vocab_size), dtype=np.int32)
+            matcher.unsafe_compute_mask_ptr(mask.ctypes.data, mask.nbytes)
+        if matcher.is_error():
+            raise GrammarError(grammar, matcher.get_error())
+        return matcher
+
+    def _run(self) -> None:
+        while True:
+            grammar, future = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self.compile(grammar))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
+                future.set_exception(exc)
+
+    def submit(self, grammar: p.Grammar) -> Future:
+        """Compile ``grammar`` on the compile thread, one grammar at a time (its CPU is bounded too)."""
+        if self._thread is None:
+            # A daemon: a compile still running must not hold up the worker's exit.
+            self._thread = threading.Thread(target=self._run, name="mlxtrio-grammar", daemon=True)
+            self._thread.start()
+        for done in [each for each, future in self._pending.items() if future.done()]:
+            del self._pending[done]
+        future = self._pending.get(grammar)
+        if future is None:
+            future = Future()
+            self._pending[grammar] = future
+            self._queue.put((grammar, future))
+        return future
+
+    def compiled(self, grammar: p.Grammar) -> bool:
+        return grammar in self._compiled
+
+    def keep(self, grammar: p.Grammar, matcher: llguidance.LLMatcher) -> None:
+        self._pending.pop(grammar, None)
+        self._compiled[grammar] = matcher
+        self._compiled.move_to_end(grammar)
+        while len(self._compiled) > _CACHE_SIZE:
+            self._compiled.popitem(last=False)
+
+    def processor(self, grammar: p.Grammar) -> GrammarProcessor:
+        """A processor for one sequence; compiles here if the grammar was not compiled ahead (in-process use)."""
+        matcher = self._compiled.get(grammar)
+        if matcher is None:
+            matcher = self.compile(grammar)
+            self.keep(grammar, matcher)
         else:
-            self._indexes.move_to_end(regex)
-        return index
-
-    def processor(self, regex: str) -> GrammarProcessor:
-        return GrammarProcessor(Guide(self.index(regex)), self._eos)
+            self._compiled.move_to_end(grammar)
+        return GrammarProcessor(matcher.deep_copy(), self._llg_tokenizer().vocab_size, self._eos)
 
 
 class GrammarProcessor:
-    """mlx-lm logits processor: ``(tokens so far, logits) -> logits`` with disallowed tokens at -inf."""
+    """mlx-lm logits processor: ``(tokens so far, logits) -> logits`` with disallowed tokens at -inf.
 
-    def __init__(self, guide: Guide, eos_token_id: int) -> None:
-        self._guide = guide
-        self._eos = eos_token_id
+    ``error`` is set when the matcher fails midway (a limit of llguidance's
+    per-token work, say): from then on only an end token is allowed, so the
+    sequence ends, and the engine reports the error instead of its text.
+    """
+
+    def __init__(self, matcher: llguidance.LLMatcher, vocabulary: int, eos: tuple[int, ...]) -> None:
+        self._matcher = matcher
+        self._eos = list(eos)
+        self._mask = np.zeros(_mask_words(vocabulary), dtype=np.int32)
         self._seen: int | None = None
-        self._mask: np.ndarray | None = None
+        self.error: str | None = None
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
+        matcher = self._matcher
         seen = tokens.size
         if self._seen is not None and seen > self._seen:
-            # The tokens sampled since the last call (one, normally) move the guide on.
+            # The tokens sampled since the last call (one, normally) move the matcher on.
             for token in tokens[self._seen :].tolist():
-                # The end token ends the sequence; a pipelined engine may still
-                # ask once more before it sees that. The guide has nowhere to go.
-                if token != self._eos:
-                    self._guide.advance(int(token))
+                # A pipelined engine may ask once more after the end token.
+                if not matcher.is_stopped():
+                    matcher.consume_token(int(token))
         self._seen = seen
         width = logits.shape[-1]
-        if self._mask is None:
-            self._mask = np.zeros((1, (width + 31) // 32), dtype=np.int32)
-        mask = self._mask
-        mask.fill(0)
-        self._guide.write_mask_into(mask.ctypes.data, mask.size, mask.itemsize)
-        allowed = np.unpackbits(mask.view(np.uint8), bitorder="little")[:width].astype(bool)
+        if self.error is None and matcher.is_error():
+            self.error = matcher.get_error()[:_MESSAGE_LIMIT]
+        if self.error is None and not matcher.is_stopped():
+            mask = self._mask
+            matcher.unsafe_compute_mask_ptr(mask.ctypes.data, mask.nbytes)
+            if not matcher.is_error():
+                allowed = np.unpackbits(mask.view(np.uint8), bitorder="little")[:width].astype(bool)
+                if allowed.size < width:
+                    # Logits past the tokenizer's vocabulary (padding rows) are never allowed.
+                    allowed = np.concatenate([allowed, np.zeros(width - allowed.size, dtype=bool)])
+                return mx.where(mx.array(allowed), logits, -mx.inf)
+            self.error = matcher.get_error()[:_MESSAGE_LIMIT]
+        # Stopped, or failed: only an end token, and the sequence ends here.
+        allowed = np.zeros(width, dtype=bool)
+        allowed[[eos for eos in self._eos if eos < width]] = True
         return mx.where(mx.array(allowed), logits, -mx.inf)

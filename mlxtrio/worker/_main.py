@@ -43,6 +43,8 @@ _CORRUPT_FRAME = b"\xc1 not a message"
 # (several times the orchestrator's intake of a request, 0.2-0.5 ms), and for all.
 FOLLOWER_WAIT = 0.002
 FORMING_LIMIT = 0.020
+# Idle but for grammars compiling: how often the loop looks whether one is done.
+COMPILE_POLL = 0.002
 
 
 class _LoadError(Exception):
@@ -177,7 +179,7 @@ def main(argv: list[str]) -> int:
                 scheduling_policy(),
             )
         )
-        return _serve(channel, engine, send, watch)
+        return _serve(channel, engine, send, watch, grammar_compile_timeout=config.grammar_compile_timeout)
     except PeerGoneError:
         return EXIT_OK
     except ProtocolError as exc:
@@ -190,21 +192,69 @@ def main(argv: list[str]) -> int:
         channel.close()
 
 
+def _admit(engine, message: p.Generate, send) -> None:  # noqa: ANN001
+    from ._engine import RequestError
+
+    try:
+        engine.admit(message)
+    except RequestError as exc:
+        send(p.RequestFailed(message.request_id, exc.status, str(exc), exc.param, exc.code))
+    except Exception as exc:  # noqa: BLE001 - one bad request must not take the others down
+        send(p.RequestFailed(message.request_id, 500, f"could not start generation: {type(exc).__name__}: {exc}"))
+
+
+def _admit_compiled(engine, compiling: dict, send, *, timeout: float) -> None:  # noqa: ANN001
+    """Admit the requests whose grammars have compiled; a 400 for those that failed to, or ran past ``timeout``."""
+    from ._grammar import GrammarError
+
+    now = time.monotonic()
+    for request_id, (message, future, submitted) in list(compiling.items()):
+        grammar = message.params.grammar
+        if future.done():
+            del compiling[request_id]
+            try:
+                engine.grammars.keep(grammar, future.result())
+            except GrammarError as exc:
+                send(p.RequestFailed(request_id, 400, str(exc), exc.param))
+            except Exception as exc:  # noqa: BLE001 - that request's failure only
+                send(p.RequestFailed(request_id, 500, f"could not compile the grammar: {type(exc).__name__}: {exc}"))
+            else:
+                _admit(engine, message, send)
+        elif now - submitted >= timeout:
+            # The compile goes on in its thread (llguidance's own limits bound it); the request is answered now.
+            del compiling[request_id]
+            message_text = (
+                f"{grammar.param}: the schema did not compile within {timeout:g} s "
+                "(MLX_GRAMMAR_COMPILE_TIMEOUT); simplify it"
+            )
+            send(p.RequestFailed(request_id, 400, message_text, grammar.param, "grammar_timeout"))
+
+
 def _serve(  # noqa: ANN001
-    channel, engine, send, watch, *, follower_wait: float = FOLLOWER_WAIT, forming_limit: float = FORMING_LIMIT
+    channel,
+    engine,
+    send,
+    watch,
+    *,
+    follower_wait: float = FOLLOWER_WAIT,
+    forming_limit: float = FORMING_LIMIT,
+    grammar_compile_timeout: float = 5.0,
 ) -> int:
     import mlx.core as mx
-
-    from ._engine import RequestError
 
     decode = p.TO_WORKER.decode
     receive = channel.reader.receive
     # Only a batch gains by waiting: the sequential engine takes requests one after another anyway.
     batches = engine.kind == "batched"
+    # Requests waiting for their grammars to compile, off this loop: request id -> (Generate, future, when submitted).
+    compiling: dict[int, tuple[p.Generate, object, float]] = {}
     while True:
-        # Busy: take what is there and go on generating. Idle: wait for work.
+        # Busy: take what is there and go on generating. Idle: wait for work (or for a grammar).
         idle = not engine.active
-        frame = receive(timeout=None, interrupt=watch) if idle else receive(timeout=0)
+        if not idle:
+            frame = receive(timeout=0)
+        else:
+            frame = receive(timeout=COMPILE_POLL if compiling else None, interrupt=watch)
         forming = idle and batches
         # Not read on the busy path, where a step follows every poll.
         forming_until = time.monotonic() + forming_limit if forming else 0.0
@@ -213,14 +263,14 @@ def _serve(  # noqa: ANN001
             message = decode(frame)
             if isinstance(message, p.Generate):
                 followers = message.followers
-                try:
-                    engine.admit(message)
-                except RequestError as exc:
-                    send(p.RequestFailed(message.request_id, exc.status, str(exc)))
-                except Exception as exc:  # noqa: BLE001 - one bad request must not take the others down
-                    send(p.RequestFailed(message.request_id, 500, f"could not start generation: {type(exc).__name__}: {exc}"))
+                grammar = message.params.grammar
+                if grammar is not None and not engine.grammars.compiled(grammar):
+                    compiling[message.request_id] = (message, engine.grammars.submit(grammar), time.monotonic())
+                else:
+                    _admit(engine, message, send)
             elif isinstance(message, p.Cancel):
-                engine.cancel(message.request_id)
+                if compiling.pop(message.request_id, None) is None:
+                    engine.cancel(message.request_id)
             elif isinstance(message, p.Ping):
                 send(p.Pong(message.nonce, engine.active, engine.prompt_cache_bytes, mx.get_active_memory()))
             elif isinstance(message, p.Shutdown):
@@ -231,11 +281,13 @@ def _serve(  # noqa: ANN001
                 wait = min(follower_wait, forming_until - time.monotonic())
                 if wait > 0:
                     frame = receive(timeout=wait)
+        if compiling:
+            _admit_compiled(engine, compiling, send, timeout=grammar_compile_timeout)
         if engine.active:
             watch()
             deltas, failures = engine.step()
             for request_id, error in failures:
-                send(p.RequestFailed(request_id, error.status, str(error)))
+                send(p.RequestFailed(request_id, error.status, str(error), error.param, error.code))
             # An empty step is a heartbeat: a prefill chunk went by without output.
             send(p.Step(tuple(deltas)))
             # Finished sequences' caches, computed after their last tokens went out.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import jsonschema
@@ -10,10 +11,9 @@ import mlx_lm
 import pytest
 
 from mlxtrio import _protocol as p
-from mlxtrio.api._structured import schema_regex
 from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import BatchEngine, SequentialEngine
-from mlxtrio.worker._grammar import _token_bytes
+from mlxtrio.worker._engine import BatchEngine, RequestError, SequentialEngine
+from mlxtrio.worker._grammar import GrammarCompiler, GrammarError
 
 SCHEMA = {
     "type": "object",
@@ -22,9 +22,22 @@ SCHEMA = {
         "ok": {"type": "boolean"},
         "colour": {"enum": ["red", "green", "blue"]},
         "tags": {"type": "array", "items": {"type": "string", "maxLength": 3}, "maxItems": 2},
+        "count": {"type": "integer", "minimum": 3, "maximum": 17},
     },
-    "required": ["name", "ok", "colour", "tags"],
+    "required": ["name", "ok", "colour", "tags", "count"],
+    "additionalProperties": False,
 }
+
+
+def schema(value: dict) -> p.Grammar:
+    return p.Grammar("json_schema", json.dumps(value))
+
+
+def nested_arrays(depth: int) -> dict:
+    node: dict = {"type": "string"}
+    for _ in range(depth):
+        node = {"type": "array", "items": node}
+    return node
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +54,7 @@ def _texts(engine, requests: list[p.Generate]) -> dict[int, tuple[str, str]]:  #
         deltas, failures = engine.step()
         assert not failures, failures
         for delta in deltas:
+            assert delta.error is None, delta.error
             texts[delta.request_id] = texts.get(delta.request_id, "") + delta.text
             if delta.finish_reason is not None:
                 done[delta.request_id] = (texts[delta.request_id], delta.finish_reason)
@@ -50,9 +64,8 @@ def _texts(engine, requests: list[p.Generate]) -> dict[int, tuple[str, str]]:  #
 @pytest.mark.parametrize("engine_type", [BatchEngine, SequentialEngine])
 def test_constrained_output_is_valid_even_from_random_weights(demo, engine_type):
     model, tokenizer = demo
-    regex = schema_regex(SCHEMA)
     for seed in range(4):
-        params = p.SamplingParams(max_tokens=400, temperature=1.0, seed=seed, grammar=regex, ignore_eos=True)
+        params = p.SamplingParams(max_tokens=400, temperature=1.0, seed=seed, grammar=schema(SCHEMA), ignore_eos=True)
         ((text, finish),) = _texts(engine_type(model, tokenizer, context_length=4096, prompt_cache_bytes=0), [p.Generate(1, params, None, "JSON please")]).values()
         # ignore_eos gives way: a finished grammar must end the sequence.
         assert finish == "stop", text
@@ -63,7 +76,7 @@ def test_a_constrained_sequence_in_a_batch_leaves_the_others_alone(demo):
     model, tokenizer = demo
     free = p.SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
     alone = _texts(BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0), [p.Generate(1, free, None, "tell me")])
-    constrained = p.SamplingParams(max_tokens=400, temperature=1.0, seed=3, grammar=schema_regex(SCHEMA))
+    constrained = p.SamplingParams(max_tokens=400, temperature=1.0, seed=3, grammar=schema(SCHEMA))
     together = _texts(
         BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0),
         [p.Generate(1, free, None, "tell me"), p.Generate(2, constrained, None, "JSON please")],
@@ -72,9 +85,107 @@ def test_a_constrained_sequence_in_a_batch_leaves_the_others_alone(demo):
     jsonschema.validate(json.loads(together[2][0]), SCHEMA)
 
 
-def test_token_bytes_of_both_tokenizer_families():
-    assert _token_bytes("Ġhello", byte_level=True) == b" hello"
-    assert _token_bytes("ĊĠ", byte_level=True) == b"\n "
-    assert _token_bytes("Ã©", byte_level=True) == "é".encode()
-    assert _token_bytes("▁hello", byte_level=False) == b" hello"
-    assert _token_bytes("<0xE2>", byte_level=False) == b"\xe2"
+def test_a_required_tool_call_grammar_writes_one_call(demo):
+    from mlxtrio.api._structured import tool_call_grammar
+
+    model, tokenizer = demo
+    call = {
+        "type": "object",
+        "properties": {"name": {"const": "get_weather"}, "arguments": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8}}, "required": ["city"], "additionalProperties": False}},
+        "required": ["name", "arguments"],
+    }
+    grammar = tool_call_grammar(call, param="tools", max_bytes=1 << 16)
+    params = p.SamplingParams(max_tokens=400, temperature=1.0, seed=2, grammar=grammar)
+    ((text, _),) = _texts(BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0), [p.Generate(1, params, None, "call")]).values()
+    assert text.startswith("<tool_call>") and text.endswith("</tool_call>"), text
+    body = json.loads(text[len("<tool_call>") : -len("</tool_call>")])
+    jsonschema.validate(body, call)
+
+
+# Issue 22: schemas that exploded an up-front regex compiler (outlines-core), in
+# time or memory. Each compiles in well under the bound, or is refused by name.
+@pytest.mark.parametrize(
+    "bomb",
+    [
+        pytest.param(nested_arrays(30), id="arrays-nested-30"),
+        pytest.param({"type": "string", "maxLength": 20}, id="maxLength-20"),
+        pytest.param({"type": "string", "minLength": 20}, id="minLength-20"),
+        pytest.param({"type": "string", "maxLength": 100_000}, id="maxLength-100000"),
+        pytest.param({"type": "string", "pattern": "(a|b)*a(a|b){40}"}, id="pattern-dfa-blowup"),
+    ],
+)
+def test_schema_bombs_compile_fast(demo, bomb):
+    _, tokenizer = demo
+    compiler = GrammarCompiler(tokenizer)
+    started = time.perf_counter()
+    compiler.compile(schema(bomb))
+    assert time.perf_counter() - started < 0.5
+
+
+def test_a_schema_too_deep_for_the_parser_is_refused_by_name(demo):
+    _, tokenizer = demo
+    with pytest.raises(GrammarError, match="recursion limit"):
+        GrammarCompiler(tokenizer).compile(schema(nested_arrays(300)))
+
+
+@pytest.mark.parametrize(
+    ("bad", "words"),
+    [
+        ({"type": "array", "uniqueItems": True}, "uniqueItems"),
+        ({"not": {"type": "string"}}, "not"),
+    ],
+)
+def test_what_cannot_be_enforced_is_refused_with_what(demo, bad, words):
+    _, tokenizer = demo
+    grammar = p.Grammar("json_schema", json.dumps(bad), "response_format.json_schema.schema")
+    with pytest.raises(GrammarError, match=words) as caught:
+        GrammarCompiler(tokenizer).compile(grammar)
+    assert caught.value.param == "response_format.json_schema.schema"
+    assert str(caught.value).startswith("response_format.json_schema.schema: ")
+
+
+def test_an_engine_turns_a_refused_grammar_into_a_400_naming_the_field(demo):
+    model, tokenizer = demo
+    engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
+    grammar = p.Grammar("json_schema", json.dumps({"type": "array", "uniqueItems": True}), "tools")
+    with pytest.raises(RequestError) as caught:
+        engine.admit(p.Generate(1, p.SamplingParams(max_tokens=4, grammar=grammar), None, "x"))
+    assert (caught.value.status, caught.value.param) == (400, "tools")
+
+
+def test_the_compile_thread_shares_one_compile_between_requests_and_keeps_the_result(demo):
+    _, tokenizer = demo
+    compiler = GrammarCompiler(tokenizer)
+    grammar = schema(SCHEMA)
+    first, second = compiler.submit(grammar), compiler.submit(grammar)
+    assert first is second
+    matcher = first.result(timeout=10)
+    assert not compiler.compiled(grammar)
+    compiler.keep(grammar, matcher)
+    assert compiler.compiled(grammar)
+    failed = compiler.submit(schema({"uniqueItems": True}))
+    with pytest.raises(GrammarError):
+        failed.result(timeout=10)
+
+
+def test_a_grammar_that_fails_midway_ends_its_sequence_with_an_error(demo):
+    model, tokenizer = demo
+    engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
+    params = p.SamplingParams(max_tokens=50, temperature=1.0, seed=1, grammar=schema(SCHEMA))
+    engine.admit(p.Generate(1, params, None, "JSON"))
+    deltas, _ = engine.step()
+    # Stand in for a limit of llguidance's per-token work running out midway.
+    processor = next(iter(engine._by_uid.values())).grammar if engine._by_uid else engine._alone.sequence.grammar  # noqa: SLF001
+    (letter,) = tokenizer.encode("Z", add_special_tokens=False)
+    assert not processor._matcher.consume_token(letter)  # noqa: SLF001 - no JSON starts so: the matcher fails
+    last = None
+    for _ in range(60):
+        deltas, failures = engine.step()
+        assert not failures
+        for delta in deltas:
+            if delta.finish_reason is not None:
+                last = delta
+        if last is not None:
+            break
+    assert last is not None and last.error is not None
+    assert last.error.startswith("response_format: enforcing the schema failed midway")

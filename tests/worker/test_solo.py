@@ -28,7 +28,7 @@ CASES = {
         max_tokens=24, temperature=0.8, seed=5, top_p=0.9, top_k=40, repetition_penalty=1.3, presence_penalty=0.5,
         logit_bias=((7, 2.0),), ignore_eos=True,
     ),
-    "grammar": p.SamplingParams(max_tokens=40, temperature=1.0, seed=3, grammar=r'\{"n": [0-9]{1,6}\}'),
+    "grammar": p.SamplingParams(max_tokens=40, temperature=1.0, seed=3, grammar=p.Grammar("regex", r'\{"n": [0-9]{1,6}\}')),
     "logprobs": p.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, logprobs=True, top_logprobs=2),
 }
 
@@ -87,7 +87,7 @@ def test_output_is_the_same_alone_joined_and_batched(demo, case: str, join_after
     assert runs["alone"] == runs["batched"]
     assert runs["joined"] == runs["batched"]
     if params.grammar is not None:
-        assert re.fullmatch(params.grammar, runs["joined"][0])
+        assert re.fullmatch(params.grammar.text, runs["joined"][0])
 
 
 def test_the_request_that_joins_gets_what_it_gets_alone(demo):
