@@ -93,19 +93,13 @@ class ChatMessage(msgspec.Struct, array_like=True, frozen=True):
     tool_call_id: str | None = None
 
 
-# How a grammar's JSON is written (llguidance's options): as json.dumps writes
-# it, the way models write it. Otherwise whitespace is free between any two
-# tokens, and a model's whitespace can run on to max_tokens. A schema may say
-# otherwise in its own "x-guidance".
-JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-
-
 class Grammar(msgspec.Struct, array_like=True, frozen=True):
     """What a sequence's output must match. The worker compiles it (worker/_grammar.py), never the orchestrator.
 
-    ``syntax`` is "json_schema" (``text`` is a JSON schema), "lark" (a Lark
-    grammar in llguidance's dialect, which may embed JSON schemas with
-    ``%json``) or "regex".
+    ``syntax`` is "json_schema" (``text`` is a JSON schema: the output is a
+    JSON document valid against it), "json_tool_call" (``text`` is a call's
+    JSON schema: the output is one call in the json_tools syntax,
+    ``<tool_call>`` JSON ``</tool_call>``) or "regex".
     """
 
     syntax: str

@@ -47,8 +47,4 @@ def json_schema_grammar(schema: Any, *, param: str, max_bytes: int) -> p.Grammar
 
 def tool_call_grammar(call_schema: dict[str, Any], *, param: str, max_bytes: int) -> p.Grammar:
     """One call in the json_tools syntax: ``<tool_call>``, a JSON object valid against ``call_schema``, ``</tool_call>``."""
-    schema = _schema_text(call_schema, param=param, max_bytes=max_bytes)
-    # llguidance's Lark dialect embeds a JSON schema as a rule (%json), with
-    # its options inside; the schema is JSON text, which cannot end the rule early.
-    schema = msgspec.json.encode({**call_schema, "x-guidance": p.JSON_STYLE}).decode()
-    return p.Grammar("lark", f'start: "<tool_call>" "\\n"? call "\\n"? "</tool_call>"\ncall: %json {schema}\n', param)
+    return p.Grammar("json_tool_call", _schema_text(call_schema, param=param, max_bytes=max_bytes), param)

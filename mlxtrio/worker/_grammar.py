@@ -23,6 +23,7 @@ compiled one.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from collections import OrderedDict
@@ -57,14 +58,59 @@ class GrammarError(Exception):
         self.param = grammar.param
 
 
+# How JSON is written (llguidance's options): as json.dumps writes it, the
+# way models write it. Otherwise whitespace is free between any two tokens,
+# and a model's whitespace can run on to max_tokens. A schema may say
+# otherwise in its own "x-guidance".
+_JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+# Keywords whose values are schemas, lists of schemas, or maps of them (JSON
+# Schema 2020-12); the values of others (const, enum, default ...) are data.
+_SUBSCHEMA = {"items", "additionalProperties", "not", "if", "then", "else", "contains", "propertyNames", "unevaluatedProperties", "unevaluatedItems"}
+_SUBSCHEMA_LISTS = {"anyOf", "oneOf", "allOf", "prefixItems"}
+_SUBSCHEMA_MAPS = {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+
+
+def _closed(schema: Any) -> Any:
+    """``schema`` with objects that list ``properties`` closed to other keys, unless they say otherwise.
+
+    As OpenAI's structured outputs require and other servers' grammar engines
+    assume: a model given {"properties": {"city": ...}} is to write the city,
+    not keys of its own choosing (with random weights, until max_tokens).
+    Iterative: the schema's depth is the requester's.
+    """
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        if isinstance(node.get("properties"), dict) and "additionalProperties" not in node and "unevaluatedProperties" not in node:
+            node["additionalProperties"] = False
+        for key, value in node.items():
+            if key in _SUBSCHEMA:
+                stack.append(value)
+            elif key in _SUBSCHEMA_LISTS and isinstance(value, list):
+                stack.extend(value)
+            elif key in _SUBSCHEMA_MAPS and isinstance(value, dict):
+                stack.extend(value.values())
+    return schema
+
+
 def _grammar_text(grammar: p.Grammar) -> str:
-    if grammar.syntax == "json_schema":
-        return llguidance.LLMatcher.grammar_from_json_schema(grammar.text, defaults=p.JSON_STYLE)
-    if grammar.syntax == "lark":
-        return llguidance.LLMatcher.grammar_from_lark(grammar.text)
     if grammar.syntax == "regex":
         return llguidance.LLMatcher.grammar_from_regex(grammar.text)
-    raise ValueError(f"unknown grammar syntax {grammar.syntax!r}")
+    if grammar.syntax not in ("json_schema", "json_tool_call"):
+        raise ValueError(f"unknown grammar syntax {grammar.syntax!r}")
+    try:
+        schema = _closed(json.loads(grammar.text))
+    except RecursionError:
+        raise ValueError("the schema is nested too deeply") from None
+    if grammar.syntax == "json_schema":
+        return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_STYLE)
+    # llguidance's Lark dialect embeds a JSON schema as a rule (%json), its
+    # options inside; JSON text cannot end the rule early.
+    own = schema.get("x-guidance") if isinstance(schema, dict) else None
+    call = json.dumps({**schema, "x-guidance": {**_JSON_STYLE, **(own if isinstance(own, dict) else {})}})
+    return llguidance.LLMatcher.grammar_from_lark(f'start: "<tool_call>" "\\n"? call "\\n"? "</tool_call>"\ncall: %json {call}\n')
 
 
 def _mask_words(vocabulary: int) -> int:

@@ -13,7 +13,7 @@ import pytest
 from mlxtrio import _protocol as p
 from mlxtrio.worker._demo import ensure_demo_model
 from mlxtrio.worker._engine import BatchEngine, RequestError, SequentialEngine
-from mlxtrio.worker._grammar import GrammarCompiler, GrammarError
+from mlxtrio.worker._grammar import GrammarCompiler, GrammarError, _closed
 
 SCHEMA = {
     "type": "object",
@@ -189,3 +189,32 @@ def test_a_grammar_that_fails_midway_ends_its_sequence_with_an_error(demo):
             break
     assert last is not None and last.error is not None
     assert last.error.startswith("response_format: enforcing the schema failed midway")
+
+
+def test_objects_that_list_properties_are_closed_unless_they_say_otherwise():
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "object", "properties": {"b": {"type": "integer"}}}, "open": {"type": "object", "properties": {}, "additionalProperties": True}},
+        "$defs": {"d": {"properties": {"x": {}}}},
+        "anyOf": [{"properties": {"y": {}}}],
+        "const": {"properties": {"kept": "as data"}},
+    }
+    closed = _closed(json.loads(json.dumps(schema)))
+    assert closed["additionalProperties"] is False
+    assert closed["properties"]["a"]["additionalProperties"] is False
+    assert closed["properties"]["open"]["additionalProperties"] is True
+    assert closed["$defs"]["d"]["additionalProperties"] is False
+    assert closed["anyOf"][0]["additionalProperties"] is False
+    assert closed["const"] == schema["const"]
+    # Free-form objects stay free.
+    assert _closed({"type": "object"}) == {"type": "object"}
+
+
+def test_a_schema_without_additional_properties_gets_no_keys_of_the_models_choosing(demo):
+    model, tokenizer = demo
+    open_schema = {key: value for key, value in SCHEMA.items() if key != "additionalProperties"}
+    for seed in range(3):
+        params = p.SamplingParams(max_tokens=300, temperature=1.0, seed=seed, grammar=schema(open_schema))
+        ((text, finish),) = _texts(BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0), [p.Generate(1, params, None, "JSON")]).values()
+        assert finish == "stop", text
+        assert set(json.loads(text)) == set(SCHEMA["properties"])
