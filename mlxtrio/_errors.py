@@ -33,7 +33,7 @@ class ServerError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-        self.type = _TYPES.get(status, "server_error")
+        self.type = _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
         self.code = code
         self.param = param
         self.retry_after = retry_after
