@@ -29,6 +29,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="OpenAI API port, 0 for any free one (MLX_PORT, default 11440)")
     serve.add_argument("--admin-host", help="admin API address (MLX_ADMIN_HOST, default 127.0.0.1)")
     serve.add_argument("--admin-port", type=int, help="admin API port (MLX_ADMIN_PORT, default 11441)")
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        help="a Host name to answer to besides loopback names and the bound address; repeatable, * for any (MLX_ALLOWED_HOSTS)",
+    )
+    serve.add_argument(
+        "--cors-origin", action="append", help="a web origin browsers may call the APIs from; repeatable, * for any (MLX_CORS_ORIGINS)"
+    )
     serve.add_argument("--model", help="default model: a local directory or a Hugging Face repo id (MLX_MODEL)")
     serve.add_argument("--idle-timeout", type=float, help="unload a model idle this many seconds (MLX_IDLE_TIMEOUT)")
     serve.add_argument("--request-timeout", type=float, help="answer 504 past this many seconds (MLX_REQUEST_TIMEOUT)")
@@ -62,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             admin_host=args.admin_host,
             admin_port=args.admin_port,
+            allowed_hosts=args.allowed_host,
+            cors_origins=args.cors_origin,
             model=args.model,
             idle_timeout=args.idle_timeout,
             request_timeout=args.request_timeout,

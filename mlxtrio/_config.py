@@ -75,6 +75,43 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: whatever it resolves to, assume the network
 
 
+_HOST_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
+_WEB_ORIGIN = re.compile(r"https?://(?:\[[0-9a-f:.]+\]|[a-z0-9_-]+(?:\.[a-z0-9_-]+)*)(?::[0-9]{1,5})?")
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    """A list setting: comma-separated in a string (a variable), or a list (TOML, repeated flags)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
+        raise ValueError(f"expected a list of strings, not {value!r}")
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def _host_names(value: object) -> tuple[str, ...]:
+    """Host names or addresses, lower case, without an IPv6 address's brackets; ``*`` is any."""
+    names = []
+    for item in _strings(value):
+        name = item.lower().removeprefix("[").removesuffix("]")
+        if name != "*" and not _HOST_NAME.fullmatch(name):
+            try:
+                ipaddress.ip_address(name)
+            except ValueError:
+                raise ValueError(f"allowed_hosts: {item!r} is not a host name or address (no scheme, port or path)") from None
+        names.append(name)
+    return tuple(names)
+
+
+def _web_origins(value: object) -> tuple[str, ...]:
+    """Web origins (``scheme://host[:port]``), lower case, without a trailing slash; ``*`` is any."""
+    origins = []
+    for item in _strings(value):
+        origin = item.lower().removesuffix("/")
+        if origin != "*" and not _WEB_ORIGIN.fullmatch(origin):
+            raise ValueError(f'cors_origins: {item!r} is not a web origin such as https://app.example or http://localhost:5173 ("*": any)')
+        origins.append(origin)
+    return tuple(origins)
+
+
 def _path(value: object) -> Path:
     return Path(str(value)).expanduser()
 
@@ -99,6 +136,8 @@ _SETTINGS: dict[str, tuple[str | None, Callable[[object], object]]] = {
     "port": ("MLX_PORT", _number(int)),
     "admin_host": ("MLX_ADMIN_HOST", str),
     "admin_port": ("MLX_ADMIN_PORT", _number(int)),
+    "allowed_hosts": ("MLX_ALLOWED_HOSTS", _host_names),
+    "cors_origins": ("MLX_CORS_ORIGINS", _web_origins),
     "model": ("MLX_MODEL", str),
     "idle_timeout": ("MLX_IDLE_TIMEOUT", _number(float)),
     "request_timeout": ("MLX_REQUEST_TIMEOUT", _number(float)),
@@ -205,6 +244,11 @@ class Config:
     port: int = 11440
     admin_host: str = "127.0.0.1"
     admin_port: int = 11441
+    # Host header names both APIs answer to besides loopback names and the bound
+    # address ("*": any), and the web origins browsers may call them from ("*": any).
+    # None by default: a web page cannot drive the APIs (api/_origin.py).
+    allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=_host_names)
+    cors_origins: tuple[str, ...] = attrs.field(default=(), converter=_web_origins)
     # The default model: a local directory or a Hugging Face repo id; None serves the demo.
     model: str | None = None
     idle_timeout: float

@@ -13,6 +13,7 @@ from ._asgi import App
 from ._auth import require_bearer_token
 from ._common import ServerState, install_error_handlers, json_response
 from ._observe import install_observability
+from ._origin import install_browser_checks
 
 __all__ = ["create_admin_app"]
 
@@ -40,6 +41,7 @@ def create_admin_app(state: ServerState) -> App:
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     install_error_handlers(app)
     install_observability(app, state.metrics)
+    install_browser_checks(app, state.config, bound_host=state.config.admin_host)
     admin_token = [state.config.admin_token] if state.config.admin_token else []
     require_bearer_token(app, admin_token, code="invalid_admin_token")
     supervisor = state.supervisor

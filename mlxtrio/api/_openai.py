@@ -22,6 +22,7 @@ from ._asgi import App, enter_for_body
 from ._auth import require_bearer_token
 from ._common import ServerState, install_error_handlers, json_response
 from ._observe import CLIENT_CLOSED_REQUEST, current_record, install_observability
+from ._origin import install_browser_checks
 from ._requests import ChatCompletionRequest, CompletionRequest, decode_request
 
 __all__ = ["create_openai_app"]
@@ -82,6 +83,7 @@ def create_openai_app(state: ServerState) -> App:
     app.config["MAX_CONTENT_LENGTH"] = state.config.max_body_bytes
     install_error_handlers(app)
     install_observability(app, state.metrics)
+    install_browser_checks(app, state.config, bound_host=state.config.host)
     # /health stays open: load balancers and the daemon script probe it without a key.
     require_bearer_token(app, state.config.api_keys, code="invalid_api_key", open_paths={"/health"})
     supervisor: Supervisor = state.supervisor

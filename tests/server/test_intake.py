@@ -40,7 +40,7 @@ async def _stalled(server: ServerHandle) -> trio.SocketStream:
     host, port = server.openai_url.removeprefix("http://").rsplit(":", 1)
     stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
     await stream.send_all(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b'Content-Length: 1000\r\n\r\n{"model": "demo", '
     )
     return stream

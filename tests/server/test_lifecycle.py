@@ -223,7 +223,7 @@ async def test_clients_that_hang_up_at_once_leave_nothing_behind(server, admin):
     assert (await admin.post("/admin/load", json={"model": "demo"})).status_code == 200
     host, port = server.openai_url.removeprefix("http://").rsplit(":", 1)
     body = json.dumps({**LONG, "stream": True}).encode()
-    head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    head = f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     for index in range(20):
         stream = await trio.open_tcp_stream(host, int(port))
         await stream.send_all(head.encode() + body)

@@ -339,7 +339,7 @@ async def test_an_idle_keep_alive_connection_is_closed_by_the_server(cache_dir, 
             nursery.start_soon(_drain, process, log)
             host, port = url.removeprefix("http://").rsplit(":", 1)
             stream = await trio.open_tcp_stream(host, int(port))
-            await stream.send_all(b"GET /v1/models HTTP/1.1\r\nHost: test\r\n\r\n")
+            await stream.send_all(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             received = b""
             with trio.fail_after(10):
                 while chunk := await stream.receive_some():
