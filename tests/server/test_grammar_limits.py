@@ -16,6 +16,8 @@ import httpx
 import jsonschema
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai import AsyncOpenAI, BadRequestError
 from pydantic import BaseModel, Field
 
@@ -161,3 +163,52 @@ async def test_streamed_constrained_output_still_streams(client):
     assert events[-1] == "[DONE]"
     text = "".join(event["choices"][0]["delta"].get("content", "") for event in events[:-1] if event["choices"])
     jsonschema.validate(json.loads(text), schema)
+
+
+# Schemas built keyword by keyword, deep and wide, with lengths, bounds and
+# patterns (valid or not): every answer is a 200 or a 400 naming the field, and
+# each comes back in bounded time.
+_LEAVES = st.one_of(
+    st.fixed_dictionaries({"type": st.just("string")}, optional={"maxLength": st.integers(-2, 40), "minLength": st.integers(-2, 40), "pattern": st.text(max_size=12), "format": st.sampled_from(["date-time", "email", "uuid", "hostname", "nope"])}),
+    st.fixed_dictionaries({"type": st.sampled_from(["integer", "number"])}, optional={"minimum": st.integers(-50, 50), "maximum": st.integers(-50, 50), "multipleOf": st.integers(-2, 7), "exclusiveMinimum": st.floats(-5, 5)}),
+    st.fixed_dictionaries({"enum": st.lists(st.text(max_size=5) | st.integers(), max_size=4)}),
+    st.fixed_dictionaries({"const": st.text(max_size=5)}),
+    st.sampled_from([{"type": "boolean"}, {"type": "null"}, {}, True, False, {"uniqueItems": True}, {"not": {}}, {"type": "nonsense"}]),
+)
+SCHEMAS = st.recursive(
+    _LEAVES,
+    lambda children: st.one_of(
+        st.fixed_dictionaries({"type": st.just("array"), "items": children}, optional={"minItems": st.integers(-1, 5), "maxItems": st.integers(-1, 5)}),
+        st.fixed_dictionaries(
+            {"type": st.just("object"), "properties": st.dictionaries(st.text(max_size=6), children, max_size=5)},
+            optional={"required": st.lists(st.text(max_size=6), max_size=3), "additionalProperties": st.booleans() | children},
+        ),
+        st.fixed_dictionaries({"anyOf": st.lists(children, min_size=1, max_size=3)}),
+        st.fixed_dictionaries({"$defs": st.dictionaries(st.sampled_from(["a", "b"]), children, max_size=2), "$ref": st.sampled_from(["#/$defs/a", "#/$defs/b", "#", "#/nowhere", "http://x/y"])}),
+    ),
+    max_leaves=24,
+)
+
+
+def _schema_runs(base_url: str) -> None:
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+
+        @settings(max_examples=80, deadline=None, database=None)
+        @given(schema=SCHEMAS, stream=st.booleans())
+        def schemas(schema: object, stream: bool) -> None:
+            began = time.monotonic()
+            response = client.post("/v1/chat/completions", json={**_chat({}, max_tokens=8, stream=stream), "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}})
+            assert time.monotonic() - began < 10
+            assert response.status_code in (200, 400), (schema, response.status_code, response.text[:300])
+            if response.status_code == 400:
+                assert response.json()["error"]["param"].startswith("response_format"), response.text
+            elif stream:
+                assert sse_events(response.text)[-1] == "[DONE]"
+
+        schemas()
+
+
+@bounded(240)
+async def test_generated_schemas_get_a_200_or_a_400_naming_the_field(server, client):
+    await trio.to_thread.run_sync(_schema_runs, server.openai_url)
+    assert (await client.get("/health")).status_code == 200
