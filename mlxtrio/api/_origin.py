@@ -65,8 +65,10 @@ def _host_name(host: str) -> str | None:
     """The name or address a ``Host`` header names, lower case, without its port or an IPv6 address's brackets."""
     host = host.strip().lower()
     if host.startswith("["):
-        name, bracket, rest = host[1:].partition("]")
-        port = rest.removeprefix(":") if bracket and rest.startswith(":") else rest
+        name, bracket, port = host[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            return None
+        port = port[1:]
     else:
         name, _, port = host.partition(":")
     if not name or (port and not port.isdigit()):
@@ -160,7 +162,7 @@ def _preflight(policy: _Policy, origin: str, headers: Headers) -> Response:
     response.headers["Access-Control-Allow-Origin"] = policy.allow_origin(origin)
     response.headers["Access-Control-Allow-Methods"] = _ALLOWED_METHODS
     response.headers["Access-Control-Allow-Headers"] = (
-        requested if _HEADER_NAMES.fullmatch(requested) and len(requested) <= 4 * _SHOWN else _DEFAULT_ALLOWED_HEADERS
+        requested if len(requested) <= 4 * _SHOWN and _HEADER_NAMES.fullmatch(requested) else _DEFAULT_ALLOWED_HEADERS
     )
     response.headers["Access-Control-Max-Age"] = _PREFLIGHT_MAX_AGE
     return response

@@ -56,7 +56,7 @@ async def test_the_host_must_name_this_server_on_both_ports(server, client, admi
         for host in ("127.0.0.1", f"127.0.0.1:{port}", "localhost", f"LocalHost:{port}", f"[::1]:{port}", "[::1]", f"mlx.localhost:{port}", "127.0.0.2"):
             response = await http.get(get, headers={"Host": host})
             assert response.status_code == 200, (host, response.text)
-        for host in ("attacker.example", f"attacker.example:{port}", f"localhost.attacker.example:{port}", f"127.0.0.1.nip.io:{port}", "10.0.0.1"):
+        for host in ("attacker.example", f"attacker.example:{port}", f"localhost.attacker.example:{port}", f"127.0.0.1.nip.io:{port}", "10.0.0.1", "[::1", f"[::1]x:{port}", "localhost:x"):
             _refused(await http.get(get, headers={"Host": host}), 421, "host_not_allowed", host, openapi)
             # Refused before the body is read, so the connection closes.
             refused = await http.post(post, json=body, headers={"Host": host})
