@@ -21,6 +21,7 @@ hold-back instead of the server (version 1 of these models did exactly that).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import shutil
@@ -77,10 +78,21 @@ def load_as_worker(path: Path):  # noqa: ANN201
     return model, tokenizer
 
 
+@functools.cache
+def byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, backwards: each printable stand-in to the byte it stands for."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    stand_ins = dict(zip(printable, printable))
+    extra = 0
+    for byte in range(256):
+        if byte not in stand_ins:
+            stand_ins[byte] = 256 + extra
+            extra += 1
+    return {chr(stand_in): byte for byte, stand_in in stand_ins.items()}
+
+
 def never_picked(directory: Path) -> list[int]:
     """Ids greedy decoding must not pick: special tokens and single non-text bytes."""
-    from mlxtrio.worker._grammar import byte_decoder  # here: the load client needs no MLX
-
     vocab = json.loads((directory / "tokenizer.json").read_text())["model"]["vocab"]
     byte_of = byte_decoder()
     ids = [index for symbol, index in vocab.items() if len(symbol) == 1 and not 32 <= byte_of[symbol] <= 126]
@@ -90,8 +102,6 @@ def never_picked(directory: Path) -> list[int]:
 def build_tokenizer(directory: Path) -> int:
     """A byte-level BPE of the real vocabulary size; returns the end-of-sequence id."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    from mlxtrio.worker._grammar import byte_decoder
 
     rng = random.Random(0)
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
