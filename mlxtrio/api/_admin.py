@@ -12,6 +12,7 @@ from .._errors import ServerError
 from ._asgi import App
 from ._auth import require_bearer_token
 from ._common import ServerState, install_error_handlers, json_response
+from ._decode import decode_body
 from ._observe import install_observability
 from ._origin import install_browser_checks
 
@@ -27,10 +28,7 @@ async def _model_from_body(state: ServerState, *, required: bool) -> str | None:
     if not body.strip():
         parsed = _ModelBody()
     else:
-        try:
-            parsed = msgspec.json.decode(body, type=_ModelBody)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise ServerError(400, f"invalid request: {exc}") from None
+        parsed = decode_body(body, _ModelBody)
     if parsed.model is None and required:
         return state.supervisor.catalog.default_model
     return parsed.model

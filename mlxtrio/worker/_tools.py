@@ -38,7 +38,7 @@ def chat_messages(messages) -> list[dict]:  # noqa: ANN001 - ChatMessages
             for call in message.tool_calls:
                 try:
                     arguments: Any = json.loads(call.arguments)
-                except ValueError:
+                except (ValueError, RecursionError):  # not JSON, or nested past what json.loads takes: as text
                     arguments = call.arguments
                 calls.append({"id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments}})
             entry["tool_calls"] = calls
