@@ -51,11 +51,11 @@ _LIMITS = llguidance.LLParserLimits(verbose_errors=False)
 class GrammarError(Exception):
     """A grammar that cannot be enforced: a 400 naming the request's field."""
 
-    def __init__(self, grammar: p.Grammar, message: str) -> None:
+    def __init__(self, param: str, message: str) -> None:
         if len(message) > _MESSAGE_LIMIT:
             message = message[:_MESSAGE_LIMIT] + "..."
-        super().__init__(f"{grammar.param}: the schema cannot be enforced: {message}")
-        self.param = grammar.param
+        super().__init__(f"{param}: the schema cannot be enforced: {message}")
+        self.param = param
 
 
 # How JSON is written (llguidance's options): as json.dumps writes it, the
@@ -140,30 +140,27 @@ class GrammarCompiler:
         with self._tokenizer_lock:
             if self._lltokenizer is None:
                 hf = getattr(self._tokenizer, "_tokenizer", self._tokenizer)
-                try:
-                    self._lltokenizer = llguidance.hf.from_tokenizer(hf, eos_token=list(self._eos))
-                except ValueError as exc:  # a slow (Python) tokenizer
-                    raise GrammarError(p.Grammar("", "", "response_format"), f"not for this model's tokenizer: {exc}") from exc
+                # ValueError for a slow (Python) tokenizer.
+                self._lltokenizer = llguidance.hf.from_tokenizer(hf, eos_token=list(self._eos))
             return self._lltokenizer
-
-    @property
-    def vocabulary_size(self) -> int:
-        return self._llg_tokenizer().vocab_size
 
     def compile(self, grammar: p.Grammar) -> llguidance.LLMatcher:
         """A matcher for ``grammar`` with its first mask computed; GrammarError if it cannot be enforced."""
-        tokenizer = self._llg_tokenizer()
+        try:
+            tokenizer = self._llg_tokenizer()
+        except ValueError as exc:
+            raise GrammarError(grammar.param, f"not with this model's tokenizer: {exc}") from exc
         try:
             text = _grammar_text(grammar)
         except ValueError as exc:
-            raise GrammarError(grammar, str(exc)) from exc
+            raise GrammarError(grammar.param, str(exc)) from exc
         matcher = llguidance.LLMatcher(tokenizer, text, log_level=0, limits=_LIMITS)
         if not matcher.is_error():
             # The lexer's first state is built on demand: here, not in a decode step.
             mask = np.zeros(_mask_words(tokenizer.vocab_size), dtype=np.int32)
             matcher.unsafe_compute_mask_ptr(mask.ctypes.data, mask.nbytes)
         if matcher.is_error():
-            raise GrammarError(grammar, matcher.get_error())
+            raise GrammarError(grammar.param, matcher.get_error())
         return matcher
 
     def _run(self) -> None:
