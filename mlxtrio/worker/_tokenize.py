@@ -27,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ._control_tokens import ControlTokens
+
 __all__ = ["PromptEncoder"]
 
 # What transformers' TokenizersBackend runs from a call to the backend; a class that overrides any of it encodes its own way.
@@ -56,6 +58,7 @@ class PromptEncoder:
         self._hf = hf
         self._backend = backend
         self._fast: Callable[..., Any] | None = fast if callable(fast) and _stock_pipeline(hf) else None
+        self._control = ControlTokens(tokenizer, hf, backend if self._fast is not None else None)
 
     @property
     def direct(self) -> bool:
@@ -72,7 +75,13 @@ class PromptEncoder:
         )
 
     def chat(self, messages: list[dict], **template: Any) -> list[int]:
-        """The chat template's rendering of ``messages`` (with a generation prompt), as ids."""
+        """The chat template's rendering of ``messages`` (with a generation prompt), as ids.
+
+        Control tokens that the messages or the template's values (tools) spell are encoded as text
+        (``_control_tokens.py``).
+        """
+        if self._control.present(messages) or self._control.present(template):
+            return self._control.chat(messages, template)
         tokenizer = self._tokenizer
         if not self._usable():
             return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, **template))

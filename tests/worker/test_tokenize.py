@@ -37,8 +37,26 @@ def tokenizer_with_bos(cache_dir: Path):  # noqa: ANN201
     return wrapper
 
 
+_DEMO_SPECIAL = ["<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+
+
 def _reference_chat(tokenizer, messages: list[dict]) -> list[int]:  # noqa: ANN001
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+    """The tokenizer's own ids; where the messages spell the demo's special tokens, those are text
+    (test_control_tokens.py): each message's text between the template's tokens, encoded with special tokens as text."""
+    hf = tokenizer._tokenizer  # noqa: SLF001
+    if not any(token in message["content"] for message in messages for token in _DEMO_SPECIAL):
+        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+    backend = hf._tokenizer  # noqa: SLF001 - transformers' split_special_tokens would leave it set
+    ids = [hf.convert_tokens_to_ids("<|bos|>")]
+    for message in messages:
+        ids.append(hf.convert_tokens_to_ids(f"<|{message['role']}|>"))
+        backend.encode_special_tokens = True
+        try:
+            ids += backend.encode(message["content"], add_special_tokens=False).ids
+        finally:
+            backend.encode_special_tokens = False
+        ids.append(hf.convert_tokens_to_ids("<|end|>"))
+    return [*ids, hf.convert_tokens_to_ids("<|assistant|>")]
 
 
 # Text that tokenizers treat specially: the demo's own special tokens, another
@@ -81,7 +99,7 @@ def test_backend_state_transformers_would_change_takes_its_path(cache_dir: Path)
     tokenizer = _load(cache_dir)
     backend = tokenizer._tokenizer._tokenizer  # noqa: SLF001
     encoder = PromptEncoder(tokenizer)
-    messages = [{"role": "user", "content": "the cache of a worker <|end|> and more words than four"}]
+    messages = [{"role": "user", "content": "the cache of a worker and more words than four"}]
     expected = _reference_chat(tokenizer, messages)
     assert len(expected) > 4
     for change in (
