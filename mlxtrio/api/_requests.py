@@ -7,6 +7,7 @@ clients send fields a server may not know.
 
 from __future__ import annotations
 
+import math
 import re
 
 import attrs
@@ -14,6 +15,7 @@ import msgspec
 
 from .. import _protocol as p
 from .._errors import ServerError
+from ._decode import decode_body
 from ._structured import JSON_OBJECT, json_schema_grammar, tool_call_grammar
 
 __all__ = ["ChatCompletionRequest", "CompletionRequest", "RequestLimits", "decode_request"]
@@ -33,11 +35,18 @@ class RequestLimits:
     grammar_max_bytes: int = 64 * 1024
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 # Ollama's keep_alive: seconds, or a Go-style duration ("5m", "1h30m", "-1s").
-_DURATION_RE = re.compile(r"(-?)((?:\d+(?:\.\d+)?(?:ms|s|m|h))+)")
-_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_RE = re.compile(r"(-?)((?:\d+(?:\.\d+)?(?:ms|s|m|h))+)", re.ASCII)
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)", re.ASCII)
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
-_MISSING_RE = re.compile(r"missing required field `([^`]*)`")
+# Token ids (logit_bias keys) are ASCII digits, within int32 as MLX indexes: int() would also take
+# "\u00b2" (an error) and Arabic-Indic digits (read as others), and msgpack refuses past 64 bits.
+_TOKEN_ID_RE = re.compile(r"[0-9]{1,10}")
+MAX_TOKEN_ID = 2**31 - 1
+# Each entry is added to the logits at every step of the sequence's batch.
+MAX_LOGIT_BIAS = 300
+# Roles whose messages must have content (OpenAI's OpenAPI description); an assistant's may
+# leave it out when it calls tools.
+_CONTENT_REQUIRED = {"system", "developer", "user", "tool"}
 
 
 class _ContentPart(msgspec.Struct):
@@ -182,17 +191,21 @@ class _Common(msgspec.Struct, kw_only=True):
             value = getattr(self, name)
             if value is not None and not -2 <= value <= 2:
                 raise ServerError(400, f"{name} must be within [-2, 2], not {value}", param=name)
-        if self.top_k is not None and self.top_k < 0:
-            raise ServerError(400, f"top_k must be 0 (off) or more, not {self.top_k}", param="top_k")
+        if self.top_k is not None and not 0 <= self.top_k <= MAX_TOKEN_ID:
+            raise ServerError(400, f"top_k must be within [0 (off), {MAX_TOKEN_ID}], not {self.top_k}", param="top_k")
         if self.min_p is not None and not 0 <= self.min_p <= 1:
             raise ServerError(400, f"min_p must be within [0, 1], not {self.min_p}", param="min_p")
         if self.repetition_penalty is not None and not 0 < self.repetition_penalty <= 10:
             raise ServerError(
                 400, f"repetition_penalty must be within (0, 10], not {self.repetition_penalty}", param="repetition_penalty"
             )
+        if len(self.logit_bias or ()) > MAX_LOGIT_BIAS:
+            raise ServerError(400, f"logit_bias has at most {MAX_LOGIT_BIAS} entries, not {len(self.logit_bias or ())}", param="logit_bias")
         for token, bias in (self.logit_bias or {}).items():
-            if not token.isdigit():
-                raise ServerError(400, f"logit_bias keys are token ids, not {token!r}", param="logit_bias")
+            if not _TOKEN_ID_RE.fullmatch(token) or int(token) > MAX_TOKEN_ID:
+                raise ServerError(
+                    400, f"logit_bias keys are token ids (0 to {MAX_TOKEN_ID} in ASCII digits), not {token[:20]!r}", param="logit_bias"
+                )
             if not -100 <= bias <= 100:
                 raise ServerError(400, f"logit_bias values must be within [-100, 100], not {bias}", param="logit_bias")
         if not 1 <= self.n <= limits.max_choices:
@@ -212,6 +225,8 @@ class _Common(msgspec.Struct, kw_only=True):
                 400, f"keep_alive is seconds or a duration like '5m' or '1h30m', not {value!r}", param="keep_alive"
             )
         seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART_RE.findall(match.group(2)))
+        if not math.isfinite(seconds):
+            raise ServerError(400, f"keep_alive must be a finite duration, not {value[:20]!r}...", param="keep_alive")
         return -seconds if match.group(1) else seconds
 
     @property
@@ -342,14 +357,11 @@ class ChatCompletionRequest(_Common, kw_only=True):
                 raise ServerError(
                     400, f"messages[{index}].role {message.role!r} is not one of {sorted(_ROLES)}", param=f"messages[{index}].role"
                 )
-            if isinstance(message.content, list):
-                for part in message.content:
-                    if part.type != "text" or part.text is None:
-                        raise ServerError(
-                            400,
-                            f"messages[{index}].content: only text parts are supported, not {part.type!r}",
-                            param=f"messages[{index}].content",
-                        )
+            if message.content is None and (message.role in _CONTENT_REQUIRED or not message.tool_calls):
+                needs = "content or tool_calls" if message.role == "assistant" else "content"
+                raise ServerError(400, f"messages[{index}]: a {message.role} message needs {needs}", param=f"messages[{index}].content")
+            if message.content == []:
+                raise ServerError(400, f"messages[{index}].content must not be an empty list", param=f"messages[{index}].content")
             # Templates write a call's name into the prompt as it is (issue 22, item 7): the same names as tools'.
             for number, call in enumerate(message.tool_calls or ()):
                 if not _FORMAT_NAME.fullmatch(call.function.name):
@@ -358,6 +370,14 @@ class ChatCompletionRequest(_Common, kw_only=True):
                         "a function name is 1 to 64 of a-z, A-Z, 0-9, _ and -",
                         param=f"messages[{index}].tool_calls[{number}].function.name",
                     )
+            if isinstance(message.content, list):
+                for part in message.content:
+                    if part.type != "text" or part.text is None:
+                        raise ServerError(
+                            400,
+                            f"messages[{index}].content: only text parts are supported, not {part.type!r}",
+                            param=f"messages[{index}].content",
+                        )
 
     def chat_messages(self) -> tuple[p.ChatMessage, ...]:
         def text(content: str | list[_ContentPart] | None) -> str:
@@ -394,25 +414,8 @@ class CompletionRequest(_Common, kw_only=True):
             raise ServerError(400, "prompt must not be empty", param="prompt")
 
 
-def _param_of(message: str) -> str | None:
-    """The offending field, as OpenAI names it ("messages[0].role"), from msgspec's message."""
-    at = _PATH_RE.search(message)
-    path = at.group(1) if at else ""
-    missing = _MISSING_RE.search(message)
-    if missing:
-        path = f"{path}.{missing.group(1)}" if path else missing.group(1)
-    return path or None
-
-
 def decode_request(body: bytes, request_type: type[msgspec.Struct], limits: RequestLimits):  # noqa: ANN201
     """Decode and validate a JSON body; any problem is a 400 ServerError."""
-    try:
-        request = msgspec.json.decode(body, type=request_type)
-    except msgspec.ValidationError as exc:
-        raise ServerError(400, f"invalid request: {exc}", param=_param_of(str(exc))) from None
-    except msgspec.DecodeError as exc:
-        raise ServerError(400, f"the body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise ServerError(400, "the body's JSON is nested too deeply") from None
+    request = decode_body(body, request_type)
     request.validate(limits)
     return request
