@@ -131,7 +131,7 @@ class SamplingParams(msgspec.Struct, array_like=True, frozen=True):
 
 
 class Generate(_Message, tag="generate"):
-    """Start a sequence. Exactly one of ``messages`` (chat) and ``prompt`` (completion)."""
+    """Start a request's sequences, one per choice. Exactly one of ``messages`` (chat) and ``prompt`` (completion)."""
 
     request_id: int
     params: SamplingParams
@@ -148,6 +148,9 @@ class Generate(_Message, tag="generate"):
     # that are for this model or whose bodies it has not read. A hint: an
     # idle worker waits for them briefly before a batch's first step (orchestrator/_intake.py).
     followers: int = 0
+    # The request's n: its choices are sequences request_id, request_id + 1, ..., sampling with
+    # seed, seed + 1, ... where there is a seed. They share one Generate, so one tokenization.
+    choices: int = 1
 
 
 class Cancel(_Message, tag="cancel"):
@@ -226,8 +229,10 @@ class Delta(msgspec.Struct, array_like=True, frozen=True):
     logprobs: tuple[TokenLogprob, ...] = ()
     # Calls completed in this delta (their text is not in ``text``).
     tool_calls: tuple[ToolCall, ...] = ()
-    # On a last delta: the sequence failed after all (its grammar failed midway); the request gets this error.
+    # On a last delta: the sequence failed after all (its grammar failed midway); the request gets this
+    # error, a 400 naming the request's field ``error_param``.
     error: str | None = None
+    error_param: str | None = None
 
 
 class Step(_Message, tag="step"):

@@ -15,8 +15,8 @@ So the HTTP side registers each generation request as it begins
 ``Generate`` goes out (``hand_over``) or the request ends without one
 (``leave``: refused, failed, or its client left). Each ``Generate`` tells the
 worker how many more the orchestrator expects for it (``Generate.followers``:
-the requests still arriving for its model or for a model not known yet, and
-the request's own remaining choices), and before a batch's first step the
+the requests still arriving for its model or for a model not known yet; a
+request's choices share its one ``Generate``), and before a batch's first step the
 worker waits for them, briefly (``worker/_main.py``). Counting from the
 request's dispatch, before its body is read, is what makes the count useful:
 when a burst's first ``Generate`` goes out, the others' bodies are mostly

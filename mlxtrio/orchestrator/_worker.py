@@ -189,7 +189,7 @@ class Events:
         if message.finish_reason is not None:
             self._unfinished.discard(message.request_id)
             if message.error is not None:
-                raise ServerError(400, message.error, code="grammar_failed")
+                raise ServerError(400, message.error, code="grammar_failed", param=message.error_param)
         return message
 
 
@@ -337,11 +337,12 @@ class ModelWorker:
     ) -> AsyncIterator[Events]:
         """Start ``n`` sequences (choices) of one prompt; their deltas arrive through one Events.
 
-        With a seed, choice ``i`` samples with ``seed + i``: choices differ, and
-        the same request gives the same choices again. ``keep_alive`` (seconds;
-        negative: forever; None: the idle timeout) replaces the model's, as in Ollama.
+        With a seed, choice ``i`` samples with ``seed + i`` (the worker sees to
+        it): choices differ, and the same request gives the same choices again.
+        ``keep_alive`` (seconds; negative: forever; None: the idle timeout)
+        replaces the model's, as in Ollama.
         ``arrival``: the request's place in the server's intake, handed over as
-        its Generates go out (their ``followers``: see _intake.py).
+        its Generate goes out (its ``followers``: see _intake.py).
         """
         self._keep_alive = keep_alive
         self.check_capacity(n)
@@ -349,7 +350,10 @@ class ModelWorker:
         self.check_capacity(n)  # again: others may have come in while it loaded
         run = self._run
         assert run is not None
-        request_ids = [next(self._ids) for _ in range(n)]
+        # Consecutive: the worker numbers the choices from the first (Generate.choices).
+        first = next(self._ids)
+        request_ids = range(first, first + n)
+        self._ids = itertools.count(first + n)
         with run.router.open_routes(request_ids) as route:
             self._active += n
             if self._active == n:
@@ -360,14 +364,12 @@ class ModelWorker:
                 try:
                     # Requests still arriving that may be for this model: the worker may wait for them.
                     expected = arrival.hand_over() if arrival is not None else 0
-                    for index, request_id in enumerate(request_ids):
-                        choice = params if params.seed is None or index == 0 else msgspec.structs.replace(params, seed=params.seed + index)
-                        followers = expected + n - 1 - index
-                        await run.channel.send(
-                            p.TO_WORKER.encode(
-                                p.Generate(request_id, choice, messages, prompt, tools, parse_tool_calls, max_tool_calls, followers)
-                            )
+                    # One Generate for all the choices: the prompt crosses once and is tokenized once.
+                    await run.channel.send(
+                        p.TO_WORKER.encode(
+                            p.Generate(first, params, messages, prompt, tools, parse_tool_calls, max_tool_calls, expected, n)
                         )
+                    )
                 except IPCError as exc:
                     raise ServerError(503, f"the model worker is unavailable: {exc}", code="worker_unavailable") from exc
                 yield events

@@ -34,6 +34,7 @@ from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logi
 
 from .._protocol import Delta, Generate, SamplingParams, TokenLogprob, ToolCall
 from ._prompt_batch import BucketedPromptBatch, Generator, PromptBatch
+from ._prompt_bound import PromptTooLong
 from ._prompt_cache import PromptCache
 from ._failpoints import failpoint
 from ._grammar import GrammarCompiler, GrammarError, GrammarProcessor
@@ -101,6 +102,23 @@ def make_sampler(params: SamplingParams) -> Callable[[mx.array], mx.array]:
         return mx.random.categorical(logprobs * inverse_temperature, key=subkey)
 
     return sample
+
+
+def _choices(request: Generate) -> list[Generate]:
+    """A request's choices as requests of their own: ids ``request_id`` onwards and, with a seed,
+    ``seed + index`` for each (choices differ, and the same request gives the same choices again)."""
+    if request.choices <= 1:
+        return [request]
+    params = request.params
+    return [
+        msgspec.structs.replace(
+            request,
+            request_id=request.request_id + index,
+            choices=1,
+            params=params if params.seed is None else msgspec.structs.replace(params, seed=params.seed + index),
+        )
+        for index in range(request.choices)
+    ]
 
 
 def make_processors(params: SamplingParams) -> list[Callable[[mx.array, mx.array], mx.array]]:
@@ -188,13 +206,14 @@ class _Sequence:
             return None
         logprobs = tuple(self.pending_logprobs)
         self.pending_logprobs.clear()
-        error = None
+        error = param = None
         if finish_reason is not None and self.grammar is not None and self.grammar.error is not None:
             # Its output ended where the grammar failed: not valid, and not to pass for it.
-            error = f"{self.params.grammar.param}: enforcing the schema failed midway: {self.grammar.error}"
+            param = self.params.grammar.param
+            error = f"{param}: enforcing the schema failed midway: {self.grammar.error}"
         return Delta(
             self.request_id, text, self.prompt_tokens, self.completion_tokens, finish_reason, self.cached_tokens, logprobs, calls,
-            error,
+            error, param,
         )
 
 
@@ -308,33 +327,62 @@ class _EngineBase:
     def prompt_cache_bytes(self) -> int:
         return 0 if self._prompt_cache is None else self._prompt_cache.nbytes
 
+    def admit(self, request: Generate) -> None:
+        """Start the request's sequences, one per choice: they share one tokenization of its prompt.
+
+        Should one of them fail to start, none goes on (the request fails as a whole).
+        """
+        prompt = self._prompt_tokens(request)
+        started: list[int] = []
+        try:
+            for choice in _choices(request):
+                self._admit(choice, prompt)
+                started.append(choice.request_id)
+        except Exception:
+            for request_id in started:
+                self.cancel(request_id)
+            raise
+
     def _prompt_tokens(self, request: Generate) -> list[int]:
+        """The request's prompt as ids; a 400 for one that cannot fit the context, refused
+        by its length alone where that shows it (_prompt_bound.py), before it is tokenized."""
         tokenizer = self._tokenizer
+        budget = None if self._context_length is None else self._context_length - request.params.max_tokens
         if request.messages is not None:
             if not getattr(tokenizer, "has_chat_template", False):
                 raise RequestError(400, "this model has no chat template; use /v1/completions")
             messages = chat_messages(request.messages)
             extra = {"tools": json.loads(request.tools)} if request.tools else {}
             try:
-                prompt = self._encoder.chat(messages, **extra)
+                prompt = self._encoder.chat(messages, budget=budget, **extra)
+            except PromptTooLong as exc:
+                raise self._too_long(request, str(exc)) from None
             except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
-                raise RequestError(400, f"the chat template rejected these messages: {exc}") from exc
+                raise RequestError(400, f"the chat template rejected these messages: {exc}", param="messages") from exc
         else:
             text = request.prompt or ""
             bos = getattr(tokenizer, "bos_token", None)
-            prompt = self._encoder.text(text, add_special_tokens=bos is None or not text.startswith(bos))
+            try:
+                prompt = self._encoder.text(text, add_special_tokens=bos is None or not text.startswith(bos), budget=budget)
+            except PromptTooLong as exc:
+                raise self._too_long(request, str(exc)) from None
         if not prompt:
-            raise RequestError(400, "the prompt is empty")
-        if self._context_length is not None and len(prompt) + request.params.max_tokens > self._context_length:
-            raise RequestError(
-                400,
-                f"this model's context is {self._context_length} tokens; the prompt has {len(prompt)} "
-                f"and max_tokens asks for {request.params.max_tokens} more",
-            )
+            raise RequestError(400, "the prompt is empty", param="prompt" if request.messages is None else "messages")
+        if budget is not None and len(prompt) > budget:
+            raise self._too_long(request, f"{len(prompt)} tokens")
         vocabulary = getattr(tokenizer, "vocab_size", None)
         if vocabulary and any(not 0 <= token < vocabulary for token, _ in request.params.logit_bias):
-            raise RequestError(400, f"logit_bias names a token outside the vocabulary (0..{vocabulary - 1})")
+            raise RequestError(400, f"logit_bias names a token outside the vocabulary (0..{vocabulary - 1})", param="logit_bias")
         return prompt
+
+    def _too_long(self, request: Generate, prompt_has: str) -> RequestError:
+        return RequestError(
+            400,
+            f"this model's context is {self._context_length} tokens; the prompt has {prompt_has}, "
+            f"and max_tokens asks for {request.params.max_tokens} more",
+            param="prompt" if request.messages is None else "messages",
+            code="context_length_exceeded",
+        )
 
     def _sampling(self, params: SamplingParams) -> SamplingParams:
         """The request's parameters as the model can take them.
@@ -460,11 +508,10 @@ class BatchEngine(_EngineBase):
         # Carried deltas and failures count as work: they go out with the next step.
         return len(self._by_uid) + (self._alone is not None) + (len(self._carried) + len(self._carried_failures) > 0)
 
-    def admit(self, request: Generate) -> None:
+    def _admit(self, request: Generate, prompt: list[int]) -> None:
         alone = self._alone
         if request.request_id in self._uid_of or (alone is not None and alone.request.request_id == request.request_id):
             raise RequestError(400, f"duplicate request id {request.request_id}")
-        prompt = self._prompt_tokens(request)
         params = self._sampling(request.params)
         sampler, processors = make_sampler(params), self._processors(params)
         cache, cached = self._cached_prefix(prompt)
@@ -791,10 +838,9 @@ class SequentialEngine(_EngineBase):
     def active(self) -> int:
         return len(self._running)
 
-    def admit(self, request: Generate) -> None:
+    def _admit(self, request: Generate, prompt: list[int]) -> None:
         if request.request_id in self._running:
             raise RequestError(400, f"duplicate request id {request.request_id}")
-        prompt = self._prompt_tokens(request)
         params = self._sampling(request.params)
         cache, cached = self._cached_prefix(prompt)
         if cache is None:

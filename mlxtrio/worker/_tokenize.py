@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ._control_tokens import ControlTokens
+from ._prompt_bound import PromptTooLong, chars_per_token
 
 __all__ = ["PromptEncoder"]
 
@@ -58,7 +58,8 @@ class PromptEncoder:
         self._hf = hf
         self._backend = backend
         self._fast: Callable[..., Any] | None = fast if callable(fast) and _stock_pipeline(hf) else None
-        self._control = ControlTokens(tokenizer, hf, backend if self._fast is not None else None)
+        # The most characters one token stands for on the direct path (_prompt_bound.py); None: no bound.
+        self.chars_per_token = chars_per_token(backend) if self._fast is not None else None
 
     @property
     def direct(self) -> bool:
@@ -74,22 +75,27 @@ class PromptEncoder:
             and backend.encode_special_tokens == bool(getattr(self._hf, "split_special_tokens", False))
         )
 
-    def chat(self, messages: list[dict], **template: Any) -> list[int]:
+    def _fits(self, text: str, budget: int | None) -> None:
+        """Raise PromptTooLong, before any tokenizing, if ``text`` has too many characters for ``budget`` tokens."""
+        per_token = self.chars_per_token
+        if budget is not None and per_token is not None and len(text) > per_token * max(budget, 0):
+            raise PromptTooLong(len(text), -(-len(text) // per_token))
+
+    def chat(self, messages: list[dict], *, budget: int | None = None, **template: Any) -> list[int]:
         """The chat template's rendering of ``messages`` (with a generation prompt), as ids.
 
-        Control tokens that the messages or the template's values (tools) spell are encoded as text
-        (``_control_tokens.py``).
+        ``budget``: the most tokens the prompt may have, checked by its length before it is tokenized.
         """
-        if self._control.present(messages) or self._control.present(template):
-            return self._control.chat(messages, template)
         tokenizer = self._tokenizer
         if not self._usable():
             return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, **template))
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **template)
+        self._fits(text, budget)
         return self._fast([text], add_special_tokens=False)[0].ids
 
-    def text(self, text: str, *, add_special_tokens: bool) -> list[int]:
-        """``text`` as ids, with the tokenizer's special tokens (a BOS) added or not."""
+    def text(self, text: str, *, add_special_tokens: bool, budget: int | None = None) -> list[int]:
+        """``text`` as ids, with the tokenizer's special tokens (a BOS) added or not; ``budget`` as for ``chat``."""
         if not self._usable():
             return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        self._fits(text, budget)
         return self._fast([text], add_special_tokens=add_special_tokens)[0].ids

@@ -75,7 +75,7 @@ async def sent(server: ServerHandle, client: httpx.AsyncClient, monkeypatch: pyt
     return messages
 
 
-async def test_each_generate_counts_the_requests_still_arriving_and_its_own_other_choices(
+async def test_each_generate_counts_the_requests_still_arriving_and_carries_its_choices(
     server: ServerHandle, client: httpx.AsyncClient, admin: httpx.AsyncClient, sent: list[p.Generate]
 ):
     handed_over = (await _until_arriving(admin, 0))["handed_over"]
@@ -83,8 +83,8 @@ async def test_each_generate_counts_the_requests_still_arriving_and_its_own_othe
     await _until_arriving(admin, 1)
     response = await client.post("/v1/chat/completions", json={**CHAT, "n": 3})
     assert response.status_code == 200
-    # One still arriving, then the request's own choices after each.
-    assert [message.followers for message in sent] == [3, 2, 1]
+    # One still arriving; the request's choices share its one Generate (one tokenization).
+    assert [(message.followers, message.choices) for message in sent] == [(1, 3)]
     await stream.aclose()
     intake = await _until_arriving(admin, 0)
     assert intake["handed_over"] == handed_over + 1

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import mlx_lm
+import msgspec
 import pytest
 
+from mlxtrio import _protocol as p
 from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import BatchEngine, SequentialEngine
+from mlxtrio.worker._engine import BatchEngine, RequestError, SequentialEngine
 
-from .test_engine_failures import _generate, _run
+from .test_engine_failures import GREEDY, _generate, _run
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +51,82 @@ def test_admission_converts_no_vocabulary(demo, engine_type, monkeypatch: pytest
     assert together == alone
     assert all(len(text) > 0 for text in together.values())
 
+
+
+def _backend_calls(engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:  # noqa: ANN001
+    """The characters of each text the engine's tokenizer backend encodes (the direct path) from now on."""
+    encoder = engine._encoder  # noqa: SLF001
+    assert encoder.direct
+    encode = encoder._fast  # noqa: SLF001
+    calls: list[int] = []
+
+    def counting(texts: list[str], **options: object):  # noqa: ANN202
+        calls.append(sum(map(len, texts)))
+        return encode(texts, **options)
+
+    monkeypatch.setattr(encoder, "_fast", counting)
+    return calls
+
+
+def _requests(text: str, params: p.SamplingParams = GREEDY, *, choices: int = 1) -> list[p.Generate]:
+    """A completion and a chat request carrying ``text``."""
+    return [
+        p.Generate(1, params, None, text, choices=choices),
+        p.Generate(1, params, (p.ChatMessage("user", text),), None, choices=choices),
+    ]
+
+
+@pytest.mark.parametrize("engine_type", [BatchEngine, SequentialEngine])
+def test_a_prompt_that_cannot_fit_is_refused_untokenized(demo, engine_type, monkeypatch: pytest.MonkeyPatch):
+    """A 14.8 MiB prompt with n=16 held the worker for 84 s, tokenized 16 times before the context check
+    (issue 22). Its length alone shows it cannot fit: refused at once, nothing tokenized."""
+    model, tokenizer = demo
+    engine = engine_type(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
+    calls = _backend_calls(engine, monkeypatch)
+    for request in _requests("many words of a prompt far too long " * 60_000, choices=16):
+        started = time.perf_counter()
+        with pytest.raises(RequestError) as refused:
+            engine.admit(request)
+        assert time.perf_counter() - started < 0.5
+        assert (refused.value.status, refused.value.code) == (400, "context_length_exceeded")
+        assert refused.value.param == ("prompt" if request.prompt else "messages")
+        assert "characters, so at least" in str(refused.value)
+    assert calls == [] and not engine.active
+
+
+@pytest.mark.parametrize("engine_type", [BatchEngine, SequentialEngine])
+def test_a_request_is_tokenized_once_whatever_its_n(demo, engine_type, monkeypatch: pytest.MonkeyPatch):
+    model, tokenizer = demo
+    engine = engine_type(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
+    calls = _backend_calls(engine, monkeypatch)
+    # Short enough that only its tokens tell it does not fit: counted once, then refused.
+    for request in _requests("ab " * 12_000, choices=16):
+        with pytest.raises(RequestError, match="tokens, and max_tokens"):
+            engine.admit(request)
+    assert len(calls) == 2 and not engine.active
+    # One that fits: its choices share the one tokenization, and sample as requests of their own
+    # would, choice i with seed + i.
+    params = p.SamplingParams(max_tokens=8, temperature=1.0, seed=7)
+    one_by_one = engine_type(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
+    for index in range(4):
+        one_by_one.admit(p.Generate(1 + index, msgspec.structs.replace(params, seed=7 + index), None, "the cache"))
+    expected, _ = _run(one_by_one, {1, 2, 3, 4})
+    calls.clear()
+    engine.admit(p.Generate(1, params, None, "the cache", choices=4))
+    assert len(calls) == 1
+    texts, failed = _run(engine, {1, 2, 3, 4})
+    assert failed == {} and texts == expected
+    assert len(set(texts.values())) > 1
+
+
+@pytest.mark.parametrize("engine_type", [BatchEngine, SequentialEngine])
+def test_a_choice_that_cannot_start_leaves_none_running(demo, engine_type):
+    model, tokenizer = demo
+    engine = engine_type(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
+    engine.admit(p.Generate(2, GREEDY, None, "already running"))
+    # Its second choice would be sequence 2, which exists: the request fails, and its first choice with it.
+    with pytest.raises(RequestError, match="duplicate request id 2"):
+        engine.admit(p.Generate(1, GREEDY, None, "two choices", choices=2))
+    texts, failed = _run(engine, {2})
+    assert set(texts) == {2} and failed == {}
+    assert not engine.active
