@@ -14,7 +14,8 @@ worker's loop hands a grammar it has not compiled yet to ``GrammarCompiler``'s
 thread and admits the request once it is done, while the batch goes on
 decoding (llguidance drops the GIL while it builds). Past the compile
 timeout the request gets a 400 that names the limit. Compiled grammars are
-kept in a small LRU per worker: the same schema is usually asked for again.
+kept in a small LRU per worker, bounded in count and in their schemas' bytes:
+the same schema is usually asked for again.
 
 The processor is an ordinary mlx-lm logits processor, so it works on both
 engines and inside a batch: each sequence has its own matcher, a copy of the
@@ -39,8 +40,12 @@ from .. import _protocol as p
 
 __all__ = ["GrammarCompiler", "GrammarError", "GrammarProcessor"]
 
-# Compiled grammars kept per worker.
+# Compiled grammars kept per worker: at most this many, and at most this many
+# bytes of their schemas together. A compiled grammar's memory grows with its
+# schema (an object of 1,500 properties, 40 KB, is about 5 MiB compiled), so a
+# count alone would let distinct large schemas hold a worker's memory up.
 _CACHE_SIZE = 32
+_CACHE_BYTES = 128 * 1024
 # An error message from llguidance can quote the grammar: enough to say what is wrong.
 _MESSAGE_LIMIT = 500
 # llguidance's defaults, but without the parser's state and grammar in its
@@ -129,6 +134,7 @@ class GrammarCompiler:
         self._lltokenizer: llguidance.LLTokenizer | None = None
         self._tokenizer_lock = threading.Lock()
         self._compiled: OrderedDict[p.Grammar, llguidance.LLMatcher] = OrderedDict()
+        self._compiled_bytes = 0
         self._queue: queue.SimpleQueue[tuple[p.Grammar, Future]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         # Grammars queued or compiling: requests for the same one share its compile.
@@ -193,10 +199,14 @@ class GrammarCompiler:
 
     def keep(self, grammar: p.Grammar, matcher: llguidance.LLMatcher) -> None:
         self._pending.pop(grammar, None)
+        if grammar not in self._compiled:
+            self._compiled_bytes += len(grammar.text)
         self._compiled[grammar] = matcher
         self._compiled.move_to_end(grammar)
-        while len(self._compiled) > _CACHE_SIZE:
-            self._compiled.popitem(last=False)
+        # The newest stays, whatever its size: its requests are about to use it.
+        while len(self._compiled) > 1 and (len(self._compiled) > _CACHE_SIZE or self._compiled_bytes > _CACHE_BYTES):
+            evicted, _ = self._compiled.popitem(last=False)
+            self._compiled_bytes -= len(evicted.text)
 
     def processor(self, grammar: p.Grammar) -> GrammarProcessor:
         """A processor for one sequence; compiles here if the grammar was not compiled ahead (in-process use)."""

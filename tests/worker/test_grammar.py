@@ -218,3 +218,21 @@ def test_a_schema_without_additional_properties_gets_no_keys_of_the_models_choos
         ((text, finish),) = _texts(BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0), [p.Generate(1, params, None, "JSON")]).values()
         assert finish == "stop", text
         assert set(json.loads(text)) == set(SCHEMA["properties"])
+
+
+def test_the_compiled_grammars_kept_are_bounded_by_their_schemas_bytes(demo):
+    from mlxtrio.worker import _grammar
+
+    _, tokenizer = demo
+    compiler = GrammarCompiler(tokenizer)
+    large = [schema({"type": "object", "properties": {f"p{i}_{n}": {"type": "integer"} for i in range(1200)}}) for n in range(8)]
+    assert all(len(grammar.text) > _grammar._CACHE_BYTES // 8 for grammar in large)
+    for grammar in large:
+        compiler.processor(grammar)
+    assert compiler.compiled(large[-1])
+    assert sum(len(grammar.text) for grammar in large if compiler.compiled(grammar)) <= _grammar._CACHE_BYTES
+    assert not compiler.compiled(large[0])
+    small = [schema({"const": n}) for n in range(40)]
+    for grammar in small:
+        compiler.processor(grammar)
+    assert [compiler.compiled(grammar) for grammar in small].count(True) == _grammar._CACHE_SIZE
