@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ._control_tokens import ControlTokens
 from ._prompt_bound import PromptTooLong, chars_per_token
 
 __all__ = ["PromptEncoder"]
@@ -58,6 +59,7 @@ class PromptEncoder:
         self._hf = hf
         self._backend = backend
         self._fast: Callable[..., Any] | None = fast if callable(fast) and _stock_pipeline(hf) else None
+        self._control = ControlTokens(tokenizer, hf, backend if self._fast is not None else None)
         # The most characters one token stands for on the direct path (_prompt_bound.py); None: no bound.
         self.chars_per_token = chars_per_token(backend) if self._fast is not None else None
 
@@ -85,7 +87,11 @@ class PromptEncoder:
         """The chat template's rendering of ``messages`` (with a generation prompt), as ids.
 
         ``budget``: the most tokens the prompt may have, checked by its length before it is tokenized.
+        Control tokens that the messages or the template's values (tools) spell are encoded as text
+        (``_control_tokens.py``).
         """
+        if self._control.present(messages) or self._control.present(template):
+            return self._control.chat(messages, template, fits=lambda text: self._fits(text, budget))
         tokenizer = self._tokenizer
         if not self._usable():
             return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, **template))
