@@ -145,6 +145,7 @@ _SETTINGS: dict[str, tuple[str | None, Callable[[object], object]]] = {
     "max_loaded_models": ("MLX_MAX_LOADED_MODELS", _number(int)),
     "hang_timeout": ("MLX_HANG_TIMEOUT", _number(float)),
     "grace_period": ("MLX_GRACE_PERIOD", _number(float)),
+    "body_timeout": ("MLX_BODY_TIMEOUT", _number(float)),
     "decode_concurrency": ("MLX_DECODE_CONCURRENCY", _number(int)),
     "prefill_batch_size": ("MLX_PREFILL_BATCH_SIZE", _number(int)),
     "prefill_step_size": ("MLX_PREFILL_STEP_SIZE", _number(int)),
@@ -262,6 +263,8 @@ class Config:
     hang_timeout: float = 60.0
     # SIGTERM/SIGINT: how long in-flight requests may take to finish.
     grace_period: float = 30.0
+    # How long a client may take to send a request's body (408 past it): Quart's own default.
+    body_timeout: float = 60.0
     # Continuous batching: sequences decoded together (1: no batching), prompts
     # prefilled together, prompt tokens per prefill chunk.
     decode_concurrency: int = 32
@@ -357,6 +360,8 @@ class Config:
         parse_worker_blas(config.worker_blas).library()  # the same for OpenBLAS
         if not config.grammar_compile_timeout > 0:
             raise ValueError(f"grammar_compile_timeout must be more than 0, not {config.grammar_compile_timeout}")
+        if not config.body_timeout > 0:
+            raise ValueError(f"body_timeout must be more than 0, not {config.body_timeout}")
         if config.max_queue < 0:
             raise ValueError(f"max_queue must be 0 or more, not {config.max_queue}")
         if not is_loopback(config.admin_host) and not config.admin_token:

@@ -18,10 +18,10 @@ from functools import partial
 
 import attrs
 import hypercorn.config
-import hypercorn.trio
 import msgspec
 import trio
 
+from . import _http
 from ._config import Config, is_loopback
 from ._metrics import Metrics
 from ._state_files import PidFile, take_pid_file, write_atomically
@@ -150,7 +150,7 @@ async def main(
                 openai_binds, admin_binds = [
                     await http.start(
                         partial(
-                            hypercorn.trio.serve,
+                            _http.serve,
                             app,
                             _hypercorn_config(host, port, config.grace_period),
                             shutdown_trigger=stop.wait,

@@ -37,6 +37,7 @@ async def _model_from_body(state: ServerState, *, required: bool) -> str | None:
 def create_admin_app(state: ServerState) -> App:
     app = App("mlxtrio.admin")
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    app.config["BODY_TIMEOUT"] = state.config.body_timeout
     install_error_handlers(app)
     install_observability(app, state.metrics)
     install_browser_checks(app, state.config, bound_host=state.config.admin_host)

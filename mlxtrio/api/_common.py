@@ -68,6 +68,7 @@ def install_error_handlers(app: QuartTrio) -> None:
         message = {
             404: "no such endpoint",
             405: "method not allowed on this endpoint",
+            408: "the request body did not arrive within the body timeout (MLX_BODY_TIMEOUT)",
             413: "the request body is too large",
         }.get(status, error.description or error.name)
         return error_response(ServerError(status, message, close_connection=status == 413))

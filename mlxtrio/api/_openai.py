@@ -81,6 +81,7 @@ def _usage(lasts: list) -> dict:
 def create_openai_app(state: ServerState) -> App:
     app = App("mlxtrio.openai")
     app.config["MAX_CONTENT_LENGTH"] = state.config.max_body_bytes
+    app.config["BODY_TIMEOUT"] = state.config.body_timeout
     install_error_handlers(app)
     install_observability(app, state.metrics)
     install_browser_checks(app, state.config, bound_host=state.config.host)
