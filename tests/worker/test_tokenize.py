@@ -50,9 +50,11 @@ def _reference_chat(tokenizer, messages: list[dict]) -> list[int]:  # noqa: ANN0
     ids = [hf.convert_tokens_to_ids("<|bos|>")]
     for message in messages:
         ids.append(hf.convert_tokens_to_ids(f"<|{message['role']}|>"))
+        # Less the two private-use characters that mark the control tokens (_control_tokens.py).
+        content = message["content"].replace("\U000f0000", "").replace("\U000f0001", "")
         backend.encode_special_tokens = True
         try:
-            ids += backend.encode(message["content"], add_special_tokens=False).ids
+            ids += backend.encode(content, add_special_tokens=False).ids
         finally:
             backend.encode_special_tokens = False
         ids.append(hf.convert_tokens_to_ids("<|end|>"))
@@ -60,8 +62,11 @@ def _reference_chat(tokenizer, messages: list[dict]) -> list[int]:  # noqa: ANN0
 
 
 # Text that tokenizers treat specially: the demo's own special tokens, another
-# model's, spaces, multi-byte characters, an emoji split across byte tokens.
-_PIECES = st.sampled_from(["<|bos|>", "<|end|>", "<|user|>", "<|im_start|>", " ", "  ", "\n", "é", "日本", "🙂", "the", " cache"])
+# model's, spaces, multi-byte characters, an emoji split across byte tokens;
+# and the characters that mark control tokens (_control_tokens.py).
+_PIECES = st.sampled_from(
+    ["<|bos|>", "<|end|>", "<|user|>", "<|im_start|>", " ", "  ", "\n", "é", "日本", "🙂", "the", " cache", "\U000f0000", "\U000f0001"]
+)
 _TEXT = st.lists(st.one_of(st.text(max_size=12), _PIECES), max_size=8).map("".join)
 _MESSAGES = st.lists(
     st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]), "content": _TEXT}), min_size=1, max_size=3
