@@ -5,8 +5,10 @@ the bound addresses through ``task_status`` and returns when stopped.
 
 Stopping (SIGTERM, SIGINT, or ``ServerHandle.shutdown()``): /health turns 503,
 both servers stop accepting and give in-flight requests ``grace_period``
-seconds, then every worker is stopped (Shutdown, a bounded wait, SIGKILL) and
-every shared-memory object is gone. A second signal stops at once.
+seconds; those still running then are ended by the server (503
+``shutting_down``: a response, or a stream's last event; ``api._in_flight``),
+then every worker is stopped (Shutdown, a bounded wait, SIGKILL) and every
+shared-memory object is gone. A second signal stops at once.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ log = logging.getLogger("mlxtrio")
 # How long stopping the workers may take before the root is cancelled (which SIGKILLs them).
 _WORKER_STOP_LIMIT = 10.0
 _SNAPSHOT_INTERVAL = 1.0
+# How long requests cut at the end of the grace period have to send their
+# last words (an error event, a 503) before Hypercorn cancels what is left.
+_LAST_WORDS_LIMIT = 5.0
 
 
 @attrs.define(eq=False)
@@ -55,10 +60,25 @@ class ServerHandle:
 def _hypercorn_config(host: str, port: int, grace_period: float) -> hypercorn.config.Config:
     config = hypercorn.config.Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.graceful_timeout = grace_period
+    # The server cuts requests at grace_period itself (_cut_at_grace_period); this is the backstop.
+    config.graceful_timeout = grace_period + _LAST_WORDS_LIMIT
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     return config
+
+
+async def _cut_at_grace_period(state: ServerState, stop: trio.Event, grace_period: float) -> None:
+    """A graceful stop: says what it waits for, and ends what still runs past the grace period."""
+    await stop.wait()
+    log.info("stopping: waiting up to %g s for %d requests in flight", grace_period, state.in_flight.count)
+    await trio.sleep(grace_period)
+    if state.in_flight.count:
+        log.warning(
+            "the grace period (%g s) is over: ending the %d requests still in flight (503 shutting_down)",
+            grace_period,
+            state.in_flight.count,
+        )
+        state.in_flight.cut()
 
 
 async def _watch_signals(
@@ -163,6 +183,7 @@ async def main(
                 ]
                 handle = ServerHandle(openai_binds[0], admin_binds[0], state, stop)
                 listening.append(handle)
+                root.start_soon(_cut_at_grace_period, state, stop, config.grace_period)
                 if config.state_dir is not None:
                     root.start_soon(_write_snapshots, config, state)
                 log.info("OpenAI API on %s, admin API on %s", handle.openai_url, handle.admin_url)

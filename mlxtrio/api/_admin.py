@@ -35,7 +35,7 @@ async def _model_from_body(state: ServerState, *, required: bool) -> str | None:
 
 
 def create_admin_app(state: ServerState) -> App:
-    app = App("mlxtrio.admin")
+    app = App("mlxtrio.admin", in_flight=state.in_flight)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     app.config["BODY_TIMEOUT"] = state.config.body_timeout
     install_error_handlers(app)

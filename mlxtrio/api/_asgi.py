@@ -26,6 +26,11 @@ such a context in the view, for the body to take over with ``async with``.
 If the body never runs (the client left first, or the response failed
 before its body), the request's end leaves the context instead, shielded
 and bounded as the last send is.
+
+Each app counts its requests in flight, from headers to the response's last
+byte, in an ``InFlight`` (the server's, shared by both apps), and runs each
+view in one of its cuttable scopes: when a graceful stop's grace period is
+over, a view still running answers 503 ``shutting_down`` (``_in_flight.py``).
 """
 
 from __future__ import annotations
@@ -38,9 +43,13 @@ from typing import Any, Generic, TypeVar
 import trio
 from hypercorn.typing import ASGISendCallable, ASGISendEvent
 from quart import request as current_request
+from quart.ctx import RequestContext
+from quart.typing import ResponseReturnValue
 from quart.wrappers import Request
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
+
+from ._in_flight import InFlight
 
 __all__ = ["App", "HeldForBody", "enter_for_body"]
 
@@ -107,7 +116,8 @@ class _HTTPConnection(TrioASGIHTTPConnection):
                 await send(message)
 
         try:
-            await super().handle_request(nursery, request, send_last_shielded)
+            with self.app.in_flight.request():
+                await super().handle_request(nursery, request, send_last_shielded)
         finally:
             # A body that ran has left its contexts already; these are the ones no body took.
             held: list[HeldForBody[Any]] = request.scope.pop(_HELD, [])
@@ -118,6 +128,16 @@ class _HTTPConnection(TrioASGIHTTPConnection):
 
 
 class App(QuartTrio):
-    """QuartTrio, with the last send of each response shielded and contexts held for bodies (see the module's docstring)."""
+    """QuartTrio, with the last send of each response shielded, contexts held for bodies, requests counted and cuttable (see the module's docstring)."""
 
     asgi_http_class = _HTTPConnection
+
+    def __init__(self, import_name: str, *, in_flight: InFlight | None = None) -> None:
+        super().__init__(import_name)
+        self.in_flight = InFlight() if in_flight is None else in_flight
+
+    async def dispatch_request(self, request_context: RequestContext | None = None) -> ResponseReturnValue:
+        with self.in_flight.cuttable():
+            return await super().dispatch_request(request_context)
+        # Only if the cut cancelled the view: nothing of its response has gone out.
+        raise self.in_flight.error()

@@ -14,6 +14,7 @@ from .._config import Config
 from .._errors import ServerError
 from .._metrics import Metrics
 from ..orchestrator import Supervisor
+from ._in_flight import InFlight
 from ._requests import RequestLimits
 
 __all__ = ["ServerState", "error_response", "install_error_handlers", "json_response"]
@@ -30,6 +31,8 @@ class ServerState:
     supervisor: Supervisor
     metrics: Metrics
     shutting_down: bool = False
+    # Both apps' requests in flight: counted, and cut when a graceful stop's grace period is over.
+    in_flight: InFlight = attrs.Factory(InFlight)
 
     @property
     def limits(self) -> RequestLimits:

@@ -21,6 +21,7 @@ from ..orchestrator import Arrival, Events, ModelWorker, Supervisor
 from ._asgi import App, enter_for_body
 from ._auth import require_bearer_token
 from ._common import ServerState, install_error_handlers, json_response
+from ._in_flight import InFlight
 from ._observe import CLIENT_CLOSED_REQUEST, current_record, install_observability
 from ._origin import install_browser_checks
 from ._requests import ChatCompletionRequest, CompletionRequest, decode_request
@@ -79,7 +80,7 @@ def _usage(lasts: list) -> dict:
 
 
 def create_openai_app(state: ServerState) -> App:
-    app = App("mlxtrio.openai")
+    app = App("mlxtrio.openai", in_flight=state.in_flight)
     app.config["MAX_CONTENT_LENGTH"] = state.config.max_body_bytes
     app.config["BODY_TIMEOUT"] = state.config.body_timeout
     install_error_handlers(app)
@@ -175,6 +176,7 @@ def create_openai_app(state: ServerState) -> App:
                 worker,
                 generation,
                 request_timeout,
+                in_flight=state.in_flight,
                 choices=parsed.n,
                 first=lambda index: chunk(index, {"role": "assistant", "content": ""}, None),
                 each=lambda index, delta: chunk(index, stream_delta(index, delta), delta.finish_reason, delta.logprobs),
@@ -251,6 +253,7 @@ def create_openai_app(state: ServerState) -> App:
                 worker,
                 generation,
                 request_timeout,
+                in_flight=state.in_flight,
                 choices=parsed.n,
                 first=None,
                 each=lambda index, delta: chunk(index, delta.text, delta.finish_reason, delta.logprobs),
@@ -326,6 +329,7 @@ async def _stream(
     generation: Callable[[], AbstractAsyncContextManager[Events]],
     timeout: float,
     *,
+    in_flight: InFlight,
     choices: int,
     first: Callable[[int], dict] | None,
     each: Callable,
@@ -385,12 +389,14 @@ async def _stream(
                 delta = early  # taken before the 200
                 while delta is not None or not events.finished:
                     if delta is None:
-                        with trio.move_on_at(deadline) as scope:
+                        # Past the deadline, or cut at the end of a graceful stop's grace period.
+                        with in_flight.cuttable(deadline) as scope:
                             delta = await events.__anext__()
                         if scope.cancelled_caught:
                             # Leaving the block cancels the sequence in the worker.
-                            status = 504
-                            yield waiting + _sse(_timed_out(timeout).body())
+                            error = in_flight.error() if in_flight.is_cut else _timed_out(timeout)
+                            status = error.status
+                            yield waiting + _sse(error.body())
                             return
                     delta, taken = None, delta
                     index = events.choice(taken)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import time
@@ -233,3 +234,42 @@ async def test_clients_that_hang_up_at_once_leave_nothing_behind(server, admin):
     with trio.fail_after(10):
         while (await worker_entry(admin))["active_requests"] or await _active_sequences(admin):
             await trio.sleep(0.02)
+
+
+@pytest.mark.parametrize("server_settings", [{"grace_period": 1.0}])
+@bounded(60)
+async def test_requests_past_the_grace_period_are_ended_by_the_server(server, client, admin, openapi, caplog):
+    """A graceful stop ends what outlives its grace period as its own doing: 503 ``shutting_down``, in the stream and in the log."""
+    caplog.set_level(logging.INFO, logger="mlxtrio")
+    assert (await admin.post("/admin/load", json={"model": "demo"})).status_code == 200
+    answers: list = []
+
+    async def not_streamed() -> None:
+        answers.append(await client.post("/v1/completions", json=LONG))
+
+    async with trio.open_nursery() as nursery:
+        # Each takes seconds longer than the grace period.
+        async with client.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as streamed:
+            lines = streamed.aiter_lines()
+            await _first_content(lines)
+            nursery.start_soon(not_streamed)
+            # Asked in-process: an admin request just answered could still count as in flight.
+            while server.state.supervisor.describe()[0]["active_requests"] < 2:
+                await trio.sleep(0.02)
+            server.shutdown()
+            stopped_at = time.monotonic()
+            rest = [line async for line in lines if line.startswith("data: ")]
+        ended_after = time.monotonic() - stopped_at
+    assert 1.0 <= ended_after < 3.0, ended_after
+    last = json.loads(rest[-1][len("data: ") :])
+    openapi.validate(last, "ErrorResponse")
+    assert last["error"]["code"] == "shutting_down" and last["error"]["type"] == "service_unavailable", last
+    assert "data: [DONE]" not in rest
+    (answer,) = answers
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "shutting_down", answer.text
+    openapi.validate(answer.json(), "ErrorResponse")
+    messages = [record.getMessage() for record in caplog.records]
+    assert "stopping: waiting up to 1 s for 2 requests in flight" in messages, messages
+    assert any("grace period (1 s) is over: ending the 2 requests" in message for message in messages), messages
+    ended = [record for record in caplog.records if record.name == "mlxtrio.requests" and record.endpoint == "/v1/completions"]
+    assert sorted((record.stream, record.status) for record in ended) == [(False, 503), (True, 503)]
