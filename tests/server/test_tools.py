@@ -102,7 +102,7 @@ async def test_a_conversation_with_tool_results_continues(client, openapi):
         ({"tools": [{"type": "function", "function": {"name": "has space"}}]}, "tools[0].function.name"),
         ({"tools": [{"type": "retrieval", "function": {"name": "x"}}]}, "tools[0].type"),
         (
-            {"tools": [{"type": "function", "function": {"name": "x", "parameters": {"type": "integer", "minimum": 1}}}], "tool_choice": "required"},
+            {"tools": [{"type": "function", "function": {"name": "x", "parameters": {"type": "array", "uniqueItems": True}}}], "tool_choice": "required"},
             "tools",
         ),
     ],
