@@ -348,9 +348,6 @@ async def _stream(
     first), the request's end leaves it, which cancels its sequences
     (``enter_for_body``).
 
-    Events that are ready together leave together: the role chunk with the
-    first token's, the last token's with the usage chunk and ``[DONE]``. Each
-    body message is a socket write and an HTTP chunk, and the orchestrator's
     The 200 waits for the first event of the generation: every error the
     worker decides before a first token (a prompt over the context, a schema
     that cannot be enforced or did not compile in time, a template that
@@ -359,6 +356,9 @@ async def _stream(
     Headers and the first token leave together, so the client's time to
     first token is the same.
 
+    Events that are ready together leave together: the role chunk with the
+    first token's, the last token's with the usage chunk and ``[DONE]``. Each
+    body message is a socket write and an HTTP chunk, and the orchestrator's
     CPU per write is what a burst of requests queues behind (docs/PERFORMANCE.md).
     """
     deadline = trio.current_time() + timeout
@@ -367,14 +367,14 @@ async def _stream(
 
     record = current_record()
     held = await enter_for_body(generation(), unused=lambda: record.finish(CLIENT_CLOSED_REQUEST))
-    # From here the body (or, without one, the request's end) finishes the record, with the stream's outcome.
-    record.streaming = True
-
     # A ServerError from here is the response (the request's end leaves ``held``, cancelling the rest).
     with trio.move_on_at(deadline) as scope:
         early = await held.value.__anext__()
     if scope.cancelled_caught:
         raise _timed_out(timeout)
+    # From here the body (or, without one, the request's end) finishes the record, with the stream's outcome.
+    record.streaming = True
+
     async def body() -> AsyncIterator[bytes]:
         # Until it ends otherwise, the client left (the generator is closed mid-yield).
         status = CLIENT_CLOSED_REQUEST
