@@ -29,6 +29,7 @@ import hypercorn.config
 import hypercorn.trio
 import hypercorn.trio.run
 import trio
+from hypercorn.events import Closed, Event
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.typing import Framework
 
@@ -39,6 +40,17 @@ log = logging.getLogger("mlxtrio.http")
 
 class _ContainedTCPServer(TCPServer):
     """One connection: an exception from it, Hypercorn's or the app's, ends this connection only."""
+
+    async def protocol_send(self, event: Event) -> None:
+        try:
+            await super().protocol_send(event)
+        except trio.BusyResourceError:
+            # Another send (the connection's send_eof, as it closes) holds the
+            # socket: this connection is ending, and a send to it is lost as to
+            # a broken one, which Hypercorn handles. Raised, it reaches the app
+            # (a traceback as "Error in ASGI Framework" for each client that
+            # closes a half-sent body as its 408 goes out, issue 22).
+            await self.protocol.handle(Closed())
 
     async def run(self) -> None:
         peer = _peer(self.stream)  # before it is closed
