@@ -40,8 +40,11 @@ async def _worker(server):  # noqa: ANN001, ANN202
 
 
 async def _stream_events(client, body: dict, started: trio.Event, texts: list[str], events: list[dict]) -> None:  # noqa: ANN001
-    """Stream ``body``; set ``started`` at the first text; keep every event."""
+    """Stream ``body``; set ``started`` at the first text; keep every event (an error response before the stream: its body)."""
     async with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as response:
+        if response.status_code != 200:
+            events.append({"status": response.status_code, **json.loads(await response.aread())})
+            return
         async for line in response.aiter_lines():
             if not line.startswith("data: {"):
                 continue
@@ -107,7 +110,8 @@ async def test_sigkill_during_prefill(client, admin):
         killed_at = time.monotonic()
     assert time.monotonic() - killed_at < 1.0
     assert texts == [], "the kill came after prefill; the prompt is too short for this machine"
-    assert events[-1]["error"]["code"] == "worker_crashed"
+    # Before its first token, the stream had not begun: the crash is its response, a 503.
+    assert [(event.get("status"), event["error"]["code"]) for event in events] == [(503, "worker_crashed")]
     await _ok(client)
 
 
