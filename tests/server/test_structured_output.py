@@ -78,7 +78,7 @@ async def test_a_vanishing_temperature_decodes_greedily_under_a_grammar(client):
     def body(temperature: float) -> dict:
         return {
             "model": "demo",
-            "messages": [{"role": "system"}],
+            "messages": [{"role": "system", "content": ""}],
             "response_format": {"type": "json_object"},
             "temperature": temperature,
             "max_tokens": 24,
