@@ -93,36 +93,6 @@ async def test_an_exception_in_one_connection_ends_that_connection_only(server, 
 
 @pytest.mark.parametrize("server_settings", [{"body_timeout": 0.5}])
 @bounded(60)
-async def test_a_send_that_collides_with_the_connections_close_ends_it_quietly(server, client, admin, monkeypatch, caplog):
-    """The app's response meets the connection's send_eof (a 408 closing it): no traceback, the others go on."""
-    from hypercorn.events import RawData
-    from hypercorn.trio.tcp_server import TCPServer
-
-    pid = (await loaded_entry(admin))["pid"]
-    send = TCPServer.protocol_send
-    collisions = []
-
-    async def colliding(self, event):  # noqa: ANN001, ANN202
-        if isinstance(event, RawData) and b"408" in event.data[:20] and not collisions:
-            collisions.append(event)
-            raise trio.BusyResourceError("another task is currently sending data on this SocketStream")
-        await send(self, event)
-
-    monkeypatch.setattr(TCPServer, "protocol_send", colliding)
-    caplog.set_level(logging.WARNING)
-    address = _address(server.openai_url)
-    stream = await trio.open_tcp_stream(*address)
-    await stream.send_all(_half_sent(address[0]))
-    while await stream.receive_some(65536):
-        pass
-    await stream.aclose()
-    assert collisions
-    assert not [record for record in caplog.records if record.levelno >= logging.ERROR], [record.getMessage() for record in caplog.records]
-    await _still_serving(client, admin, pid)
-
-
-@pytest.mark.parametrize("server_settings", [{"body_timeout": 0.5}])
-@bounded(60)
 async def test_half_sent_bodies_closed_at_the_body_timeout_leave_the_server_up(server, client, admin, caplog):
     """As reported: connections that send part of a body and close when the 408 goes out, from another process."""
     pid = (await loaded_entry(admin))["pid"]
