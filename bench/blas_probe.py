@@ -4,7 +4,7 @@
 
 MLX's Linux CPU wheels link the reference BLAS bundled with them;
 mlxtrio's worker loads OpenBLAS before MLX where the system has it
-(mlxtrio/_blas.py). This measures what that changes, each BLAS in a process
+(mlxtrio/tuning/_blas.py). This measures what that changes, each BLAS in a process
 of its own, pinned to one CPU as the worker is, the library loaded the
 worker's way (``load_worker_blas``):
 
@@ -44,7 +44,7 @@ def measure(repeats: int) -> dict:
     """In the child: after the BLAS is loaded."""
     import mlx.core as mx
 
-    from mlxtrio._blas import blas_in_use
+    from mlxtrio.tuning import blas_in_use
 
     def median_ms(run, times: int) -> float:  # noqa: ANN001
         samples = []
@@ -105,8 +105,8 @@ def decode(repeats: int) -> dict:
 
 
 def child(blas: str, repeats: int) -> None:
-    from mlxtrio._affinity import allowed_cpus, pin_this_process
-    from mlxtrio._blas import load_worker_blas, parse_worker_blas
+    from mlxtrio.tuning import allowed_cpus, pin_this_process
+    from mlxtrio.tuning import load_worker_blas, parse_worker_blas
 
     cpu = allowed_cpus()[-1:]
     load_worker_blas(parse_worker_blas(blas).library(), cpus=cpu)

@@ -33,7 +33,7 @@ import mlx_lm
 from bench_models import add_model_options, build_chosen
 from mlx_lm.models.cache import make_prompt_cache
 
-from mlxtrio._affinity import allowed_cpus, pin_this_process
+from mlxtrio.tuning import allowed_cpus, pin_this_process
 from mlxtrio.worker._quantized import speed_up_quantized
 
 

@@ -374,7 +374,7 @@ def report(results: dict) -> str:
 def main() -> None:
     if sys.argv[1:2] == ["--in-process"]:
         if sys.argv[5:6] == ["pin"]:
-            from mlxtrio._affinity import batch_this_process
+            from mlxtrio.tuning import batch_this_process
 
             # Before MLX starts its threads: all of them on one core under SCHED_BATCH, as mlxtrio's worker.
             os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})

@@ -120,7 +120,7 @@ def baseline_child(model_path: str, max_tokens: int, pin: bool, kind: str = "str
     process, its ring and its orchestrator.
     """
     if pin:
-        from mlxtrio._affinity import allowed_cpus, batch_this_process, pin_this_process
+        from mlxtrio.tuning import allowed_cpus, batch_this_process, pin_this_process
 
         # Where mlxtrio's worker goes on the CPU backend (MLX_WORKER_CPUS=auto): the last allowed core,
         # under SCHED_BATCH as the worker on one core is (since d13c475).

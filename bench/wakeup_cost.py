@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench_models import add_model_options, build_chosen  # no MLX at import: the readers fork after
 
-from mlxtrio._affinity import allowed_cpus, pin_this_process
+from mlxtrio.tuning import allowed_cpus, pin_this_process
 from mlxtrio.ipc._channel import Channel
 
 

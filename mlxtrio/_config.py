@@ -16,9 +16,9 @@ from pathlib import Path
 
 import attrs
 
-from ._affinity import parse_worker_cpus
-from ._allocator import parse_worker_allocator
-from ._blas import parse_worker_blas
+from .tuning import parse_worker_cpus
+from .tuning import parse_worker_allocator
+from .tuning import parse_worker_blas
 
 __all__ = ["Config", "ModelSettings", "RamTier", "ram_tier", "total_ram_bytes"]
 
@@ -276,11 +276,11 @@ class Config:
     prefill_bucket: int = 0
     # Requests that may wait beyond those being decoded; past that: 429.
     max_queue: int = 128
-    # CPUs each worker runs on: "auto", "none" or a CPU list (see _affinity.py).
+    # CPUs each worker runs on: "auto", "none" or a CPU list (see tuning/_affinity.py).
     worker_cpus: str = "auto"
-    # The malloc each worker runs with: "auto", "system" or a library's path (see _allocator.py).
+    # The malloc each worker runs with: "auto", "system" or a library's path (see tuning/_allocator.py).
     worker_allocator: str = "auto"
-    # The BLAS each worker's MLX runs float32 products with: "auto", "mlx" or a library's path (see _blas.py).
+    # The BLAS each worker's MLX runs float32 products with: "auto", "mlx" or a library's path (see tuning/_blas.py).
     worker_blas: str = "auto"
     # Byte cap of each worker's prompt (KV) cache; 0 turns it off.
     prompt_cache_bytes: int = 1 << 30

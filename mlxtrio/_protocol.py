@@ -67,7 +67,7 @@ class WorkerConfig(msgspec.Struct, frozen=True):
     # CPUs to pin the worker to (empty: none), and whether only when MLX runs on the CPU.
     cpus: tuple[int, ...] = ()
     cpus_for_cpu_backend_only: bool = True
-    # A BLAS library to load before MLX, as the orchestrator resolved MLX_WORKER_BLAS; None: MLX's own (see _blas.py).
+    # A BLAS library to load before MLX, as the orchestrator resolved MLX_WORKER_BLAS; None: MLX's own (see tuning/_blas.py).
     blas_library: str | None = None
     # Seconds a request's grammar may take to compile (worker/_grammar.py); past it: 400.
     grammar_compile_timeout: float = 5.0

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import attrs
 
-from .._affinity import parse_worker_cpus
-from .._blas import parse_worker_blas
+from ..tuning import parse_worker_cpus
+from ..tuning import parse_worker_blas
 from .._config import Config, ModelSettings
 from .._errors import ServerError
 from .._models import weights_size

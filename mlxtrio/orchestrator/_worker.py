@@ -28,7 +28,7 @@ import msgspec
 import trio
 
 from .. import _protocol as p
-from .._allocator import parse_worker_allocator
+from ..tuning import parse_worker_allocator
 from .._config import Config
 from .._errors import ServerError
 from ..ipc import Channel, IPCError, MessageRouter, PeerGoneError, ProtocolError, TrioChannel

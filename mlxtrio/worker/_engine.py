@@ -743,7 +743,7 @@ class BatchEngine(_EngineBase):
         whatever else decodes. The worker sets it where there is no overlap to
         lose: on MLX's CPU backend with the worker pinned to one core, the
         thread that builds a step and the one that computes the last take turns
-        on that core anyway (_affinity.py). A newcomer to a running batch then
+        on that core anyway (tuning/_affinity.py). A newcomer to a running batch then
         waits one step less for its first token (docs/PERFORMANCE.md).
 
         The generator still hands the token out next step; ``_sent_early`` skips it there.

@@ -24,9 +24,9 @@ from pathlib import Path
 import msgspec
 
 from .. import _protocol as p
-from .._affinity import batch_this_process, pin_this_process, scheduling_policy
-from .._allocator import allocator_in_use
-from .._blas import blas_in_use, load_worker_blas
+from ..tuning import batch_this_process, pin_this_process, scheduling_policy
+from ..tuning import allocator_in_use
+from ..tuning import blas_in_use, load_worker_blas
 from .._models import weights_size
 from ..ipc import Channel, ChannelSpec, IPCError, PeerGoneError, ProtocolError, parent_watch
 from ._failpoints import failpoint
@@ -54,7 +54,7 @@ class _LoadError(Exception):
 
 
 def _pin(config: p.WorkerConfig) -> tuple[int, ...]:
-    """Pin this process as configured (see mlxtrio/_affinity.py); the CPUs it is pinned to."""
+    """Pin this process as configured (see mlxtrio/tuning/_affinity.py); the CPUs it is pinned to."""
     import mlx.core as mx
 
     if not config.cpus:
@@ -69,7 +69,7 @@ def _pin(config: p.WorkerConfig) -> tuple[int, ...]:
         print(f"mlxtrio worker: could not pin to CPUs {config.cpus}: {exc}; running unpinned", file=sys.stderr)
         return ()
     if len(config.cpus) == 1:
-        # Both of MLX's threads on one core: no wake-up preemption between them (see mlxtrio/_affinity.py).
+        # Both of MLX's threads on one core: no wake-up preemption between them (see mlxtrio/tuning/_affinity.py).
         try:
             batch_this_process()
         except OSError as exc:

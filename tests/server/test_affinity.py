@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mlxtrio._affinity import allowed_cpus, parse_worker_cpus
+from mlxtrio.tuning import allowed_cpus, parse_worker_cpus
 
 from ..helpers import bounded
 from .conftest import loaded_entry, make_config
@@ -80,7 +80,7 @@ def test_batch_this_process_covers_every_thread_and_those_started_after():
     """In a child process, so that the test run's own threads keep their policy."""
     script = """
 import os, threading
-from mlxtrio._affinity import batch_this_process, scheduling_policy
+from mlxtrio.tuning import batch_this_process, scheduling_policy
 before = threading.Event(); stop = threading.Event()
 early = threading.Thread(target=lambda: (before.set(), stop.wait())); early.start(); before.wait()
 print(scheduling_policy())

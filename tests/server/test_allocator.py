@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mlxtrio._allocator import WorkerAllocator, allocator_in_use, parse_worker_allocator
-from mlxtrio._libraries import find_system_library
+from mlxtrio.tuning import WorkerAllocator, allocator_in_use, parse_worker_allocator
+from mlxtrio.tuning import find_system_library
 
 from ..helpers import bounded
 from .conftest import loaded_entry, make_config, worker_maps

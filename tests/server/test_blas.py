@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from mlxtrio._blas import WorkerBlas, blas_in_use, parse_worker_blas
-from mlxtrio._libraries import find_system_library
+from mlxtrio.tuning import WorkerBlas, blas_in_use, parse_worker_blas
+from mlxtrio.tuning import find_system_library
 
 from ..helpers import bounded
 from .conftest import loaded_entry, make_config, worker_maps
@@ -70,7 +70,7 @@ def _load_in_a_child(library: str, cpus: str, environment: dict[str, str], *, im
     code = (
         "import os, sys\n"
         + ("import mlx.core\n" if import_mlx_first else "")
-        + "from mlxtrio._blas import load_worker_blas\n"
+        + "from mlxtrio.tuning import load_worker_blas\n"
         f"load_worker_blas({library!r}, cpus={cpus})\n"
         "print(os.environ.get('OPENBLAS_NUM_THREADS'))\n"
         f"print({library!r} in open('/proc/self/maps').read())\n"

@@ -1,0 +1,28 @@
+"""Host tuning for workers: CPU pinning, the malloc and the BLAS a worker runs with.
+
+The orchestrator parses the settings (``parse_worker_*``) and hands a worker
+the result; the worker applies it before MLX is imported. Nothing here
+imports MLX.
+"""
+
+from ._affinity import WorkerCpus, allowed_cpus, batch_this_process, parse_worker_cpus, pin_this_process, scheduling_policy
+from ._allocator import WorkerAllocator, allocator_in_use, parse_worker_allocator
+from ._blas import WorkerBlas, blas_in_use, load_worker_blas, parse_worker_blas
+from ._libraries import find_system_library
+
+__all__ = [
+    "WorkerAllocator",
+    "WorkerBlas",
+    "WorkerCpus",
+    "allocator_in_use",
+    "allowed_cpus",
+    "batch_this_process",
+    "blas_in_use",
+    "find_system_library",
+    "load_worker_blas",
+    "parse_worker_allocator",
+    "parse_worker_blas",
+    "parse_worker_cpus",
+    "pin_this_process",
+    "scheduling_policy",
+]
