@@ -11,12 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._config import Config
-from ._errors import ServerError
+from ._errors import ErrorKind, ServerError
 
 if TYPE_CHECKING:
     from ._server import ServerHandle, main
 
-__all__ = ["Config", "ServerError", "ServerHandle", "main"]
+__all__ = ["Config", "ErrorKind", "ServerError", "ServerHandle", "main"]
 __version__ = "0.1.0"
 
 _FROM_SERVER = frozenset({"ServerHandle", "main"})

@@ -1,27 +1,18 @@
-"""The errors a client can see, in one place, each with its HTTP status and OpenAI error type."""
+"""The error a client is told of: a kind from the protocol's one list, a message, and what it names."""
 
 from __future__ import annotations
 
-__all__ = ["ServerError"]
+from ._protocol import ErrorKind
 
-_TYPES = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",  # as OpenAI answers a bad key
-    404: "not_found_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "service_unavailable",
-    504: "timeout",
-    507: "insufficient_memory",
-}
+__all__ = ["ErrorKind", "ServerError"]
 
 
 class ServerError(Exception):
-    """An error with an HTTP status, rendered in OpenAI's shape ``{"error": {...}}``."""
+    """A failure to answer a request, by kind; the API layer renders it in its surface's shape (api/_errors.py)."""
 
     def __init__(
         self,
-        status: int,
+        kind: ErrorKind,
         message: str,
         *,
         code: str | None = None,
@@ -31,9 +22,8 @@ class ServerError(Exception):
         close_connection: bool = False,
     ) -> None:
         super().__init__(message)
-        self.status = status
+        self.kind = kind
         self.message = message
-        self.type = _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
         self.code = code
         self.param = param
         self.retry_after = retry_after
@@ -41,6 +31,3 @@ class ServerError(Exception):
         self.www_authenticate = www_authenticate
         # Answered before the body was read: the connection cannot carry another request.
         self.close_connection = close_connection
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

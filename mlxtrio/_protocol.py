@@ -8,6 +8,8 @@ and validated as it is decoded (``mlxtrio.ipc.Codec``).
 
 from __future__ import annotations
 
+import enum
+
 import msgspec
 
 from .ipc import Codec
@@ -16,6 +18,7 @@ __all__ = [
     "Cancel",
     "ChatMessage",
     "Delta",
+    "ErrorKind",
     "Generate",
     "Grammar",
     "Hello",
@@ -29,11 +32,60 @@ __all__ = [
     "Step",
     "TokenLogprob",
     "WorkerConfig",
+    "WorkerExit",
     "TO_ORCHESTRATOR",
     "TO_WORKER",
     "ToOrchestrator",
     "ToWorker",
 ]
+
+
+class ErrorKind(str, enum.Enum):
+    """What went wrong, in the server's own words: the one list of failures a client can be told of.
+
+    The worker sends the first three in ``RequestFailed``; the orchestrator and
+    the API layer raise any of them as ``ServerError``. Nothing but the API
+    layer knows HTTP: it alone turns a kind into a status and a surface's
+    error type (api/_errors.py), so the worker and the orchestrator stay the
+    same whichever protocol a client speaks.
+    """
+
+    # The request cannot be served as sent (a prompt over the context, a template that rejects it, a grammar ...).
+    INVALID_REQUEST = "invalid_request"
+    # Generation failed, through no fault of the request.
+    INTERNAL = "internal"
+    # Generation, or loading the model, needs more memory than there is.
+    OUT_OF_MEMORY = "out_of_memory"
+    # No such model, or no such endpoint.
+    NOT_FOUND = "not_found"
+    # The model cannot serve now (stopped, crashed, unloading, the server stopping); trying again may work.
+    UNAVAILABLE = "unavailable"
+    # The model did not answer in time.
+    TIMEOUT = "timeout"
+    # Too many requests are waiting for the model.
+    OVERLOADED = "overloaded"
+    # What the HTTP side refuses before a request is read.
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    MISDIRECTED = "misdirected"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    BODY_TIMEOUT = "body_timeout"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+
+
+class WorkerExit(enum.IntEnum):
+    """A worker's exit status, and so why it stopped (the orchestrator words each for its log and its requests)."""
+
+    OK = 0
+    # The model could not be loaded (a LoadFailed was sent first where the channel still worked).
+    LOAD_FAILED = 3
+    # The channel to the orchestrator broke.
+    CHANNEL_BROKEN = 4
+    # Generation failed repeatedly with no good step between: a state no request can fix.
+    GENERATION_BROKEN = 5
+    # A message arrived that the worker could not read.
+    PROTOCOL_ERROR = 6
 
 
 class _Message(msgspec.Struct, array_like=True, frozen=True, tag=True):
@@ -242,10 +294,10 @@ class Step(_Message, tag="step"):
 
 
 class RequestFailed(_Message, tag="request_failed"):
-    """One sequence failed; the others go on. ``status`` is the HTTP status to answer with."""
+    """One sequence failed; the others go on."""
 
     request_id: int
-    status: int
+    kind: ErrorKind
     message: str
     # The request's field at fault, and OpenAI's error code, where there are.
     param: str | None = None

@@ -14,7 +14,7 @@ from collections.abc import Collection
 from quart import request
 from quart_trio import QuartTrio
 
-from .._errors import ServerError
+from .._errors import ErrorKind, ServerError
 
 __all__ = ["require_bearer_token"]
 
@@ -40,7 +40,7 @@ def require_bearer_token(app: QuartTrio, tokens: Collection[str], *, code: str, 
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             raise ServerError(
-                401,
+                ErrorKind.UNAUTHENTICATED,
                 "no API key: send it as 'Authorization: Bearer <key>'",
                 code=code,
                 www_authenticate=True,
@@ -51,4 +51,4 @@ def require_bearer_token(app: QuartTrio, tokens: Collection[str], *, code: str, 
         for digest in digests:
             matched |= hmac.compare_digest(wanted, digest)
         if not matched:
-            raise ServerError(401, "the API key is not valid", code=code, www_authenticate=True, close_connection=True)
+            raise ServerError(ErrorKind.UNAUTHENTICATED, "the API key is not valid", code=code, www_authenticate=True, close_connection=True)

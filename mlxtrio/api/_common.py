@@ -11,9 +11,10 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .._config import Config
-from .._errors import ServerError
+from .._errors import ErrorKind, ServerError
 from .._metrics import Metrics
 from ..orchestrator import Supervisor
+from ._errors import KIND_OF_STATUS, openai_error, status_of
 from ._in_flight import InFlight
 from ._requests import RequestLimits
 
@@ -48,7 +49,7 @@ def json_response(payload: object, status: int = 200) -> Response:
 
 
 def error_response(error: ServerError) -> Response:
-    response = json_response(error.body(), error.status)
+    response = json_response(openai_error(error), status_of(error))
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
     if error.www_authenticate:
@@ -74,9 +75,10 @@ def install_error_handlers(app: QuartTrio) -> None:
             408: "the request body did not arrive within the body timeout (MLX_BODY_TIMEOUT)",
             413: "the request body is too large",
         }.get(status, error.description or error.name)
-        return error_response(ServerError(status, message, close_connection=status == 413))
+        kind = KIND_OF_STATUS.get(status, ErrorKind.INVALID_REQUEST if status < 500 else ErrorKind.INTERNAL)
+        return error_response(ServerError(kind, message, close_connection=status == 413))
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
         log.exception("unexpected error while handling a request")
-        return error_response(ServerError(500, f"internal error: {type(error).__name__}"))
+        return error_response(ServerError(ErrorKind.INTERNAL, f"internal error: {type(error).__name__}"))

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import msgspec
 
-from .._errors import ServerError
+from .._errors import ErrorKind, ServerError
 
 __all__ = ["decode_body"]
 
@@ -62,7 +62,7 @@ def _invalid_utf8(body: bytes, body_type: type) -> ServerError:
             except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                 pass
     where = f" (at byte {at}{f', in {param}' if param else ''})" if at >= 0 else ""
-    return ServerError(400, f"the body is not valid UTF-8{where}", param=param)
+    return ServerError(ErrorKind.INVALID_REQUEST, f"the body is not valid UTF-8{where}", param=param)
 
 
 def decode_body(body: bytes, body_type: type[T]) -> T:
@@ -70,10 +70,10 @@ def decode_body(body: bytes, body_type: type[T]) -> T:
     try:
         return msgspec.json.decode(body, type=body_type)
     except msgspec.ValidationError as exc:
-        raise ServerError(400, f"invalid request: {exc}", param=_param_of(str(exc))) from None
+        raise ServerError(ErrorKind.INVALID_REQUEST, f"invalid request: {exc}", param=_param_of(str(exc))) from None
     except msgspec.DecodeError as exc:
-        raise ServerError(400, f"the body is not valid JSON: {exc}") from None
+        raise ServerError(ErrorKind.INVALID_REQUEST, f"the body is not valid JSON: {exc}") from None
     except UnicodeDecodeError:
         raise _invalid_utf8(body, body_type) from None
     except RecursionError:
-        raise ServerError(400, "the body's JSON is nested too deeply") from None
+        raise ServerError(ErrorKind.INVALID_REQUEST, "the body's JSON is nested too deeply") from None

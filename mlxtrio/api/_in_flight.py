@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import attrs
 import trio
 
-from .._errors import ServerError
+from .._errors import ErrorKind, ServerError
 
 __all__ = ["InFlight"]
 
@@ -66,4 +66,4 @@ class InFlight:
     @staticmethod
     def error() -> ServerError:
         """What a request that the cut ended is told."""
-        return ServerError(503, "the server is shutting down and its grace period is over", code="shutting_down")
+        return ServerError(ErrorKind.UNAVAILABLE, "the server is shutting down and its grace period is over", code="shutting_down")

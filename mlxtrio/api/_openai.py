@@ -16,11 +16,12 @@ import msgspec
 import trio
 from quart import Response, g, request
 
-from .._errors import ServerError
+from .._errors import ErrorKind, ServerError
 from ..orchestrator import Arrival, Events, ModelWorker, Supervisor
 from ._asgi import App, enter_for_body
 from ._auth import require_bearer_token
 from ._common import ServerState, install_error_handlers, json_response
+from ._errors import openai_error, status_of
 from ._in_flight import InFlight
 from ._observe import CLIENT_CLOSED_REQUEST, current_record, install_observability
 from ._origin import install_browser_checks
@@ -126,7 +127,7 @@ def create_openai_app(state: ServerState) -> App:
             await _ensure_ready_by(worker, trio.current_time() + request_timeout, request_timeout)
             if worker.tool_format != "json_tools":
                 raise ServerError(
-                    400,
+                    ErrorKind.INVALID_REQUEST,
                     f"tool_choice {parsed.tool_choice!r} needs a model with <tool_call> JSON tool calls; "
                     f"{parsed.model!r} has {worker.tool_format or 'no tool calling'}",
                     param="tool_choice",
@@ -281,7 +282,7 @@ async def _begin(supervisor: Supervisor, state: ServerState, request_type: type,
     """What every generation request starts with: its body validated, its model's worker, an id and a time."""
     parsed = decode_request(await request.get_data(cache=False), request_type, state.limits)
     if state.shutting_down:
-        raise ServerError(503, "the server is shutting down", code="shutting_down")
+        raise ServerError(ErrorKind.UNAVAILABLE, "the server is shutting down", code="shutting_down")
     worker = await supervisor.worker(parsed.model)
     current_record().model = parsed.model
     arrival: Arrival | None = g.get("arrival")
@@ -292,7 +293,7 @@ async def _begin(supervisor: Supervisor, state: ServerState, request_type: type,
 
 
 def _timed_out(timeout: float) -> ServerError:
-    return ServerError(504, f"the request did not finish within the request timeout ({timeout:g} s)", code="timeout")
+    return ServerError(ErrorKind.TIMEOUT, f"the request did not finish within the request timeout ({timeout:g} s)", code="timeout")
 
 
 async def _ensure_ready_by(worker: ModelWorker, deadline: float, timeout: float) -> None:
@@ -395,8 +396,8 @@ async def _stream(
                         if scope.cancelled_caught:
                             # Leaving the block cancels the sequence in the worker.
                             error = in_flight.error() if in_flight.is_cut else _timed_out(timeout)
-                            status = error.status
-                            yield waiting + _sse(error.body())
+                            status = status_of(error)
+                            yield waiting + _sse(openai_error(error))
                             return
                     delta, taken = None, delta
                     index = events.choice(taken)
@@ -411,8 +412,8 @@ async def _stream(
                 waiting += _sse(usage(_usage(lasts)))
             yield waiting + b"data: [DONE]\n\n"
         except ServerError as exc:
-            status = exc.status
-            yield waiting + _sse(exc.body())
+            status = status_of(exc)
+            yield waiting + _sse(openai_error(exc))
         finally:
             record.finish(status)
 

@@ -39,7 +39,7 @@ from quart_trio import QuartTrio
 from werkzeug.datastructures import Headers
 
 from .._config import Config
-from .._errors import ServerError
+from .._errors import ErrorKind, ServerError
 
 __all__ = ["install_browser_checks"]
 
@@ -145,7 +145,7 @@ class _Policy:
 
 def _foreign_origin(origin: str) -> ServerError:
     return ServerError(
-        403,
+        ErrorKind.FORBIDDEN,
         f"the Origin {_shown(origin)} may not use this API: a web page's requests are refused unless "
         "its origin is in MLX_CORS_ORIGINS",
         code="origin_not_allowed",
@@ -180,7 +180,7 @@ def install_browser_checks(app: QuartTrio, config: Config, *, bound_host: str) -
         for host in hosts:
             if not policy.host_allowed(host):
                 raise ServerError(
-                    421,
+                    ErrorKind.MISDIRECTED,
                     f"this server does not answer to the Host {_shown(host)}: use a loopback name or "
                     "the address it listens on, or add the name to MLX_ALLOWED_HOSTS",
                     code="host_not_allowed",
@@ -198,7 +198,7 @@ def install_browser_checks(app: QuartTrio, config: Config, *, bound_host: str) -
         if (content_type is not None or _has_body(headers)) and not _is_json(content_type or ""):
             stated = "no Content-Type" if content_type is None else f"Content-Type {_shown(content_type)}"
             raise ServerError(
-                415,
+                ErrorKind.UNSUPPORTED_MEDIA_TYPE,
                 f"a request body must be JSON (Content-Type: application/json), not {stated}",
                 code="unsupported_content_type",
                 close_connection=True,

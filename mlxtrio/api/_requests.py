@@ -14,7 +14,7 @@ import attrs
 import msgspec
 
 from .. import _protocol as p
-from .._errors import ServerError
+from .._errors import ErrorKind, ServerError
 from ._decode import decode_body
 from ._structured import JSON_OBJECT, json_schema_grammar, tool_call_grammar
 
@@ -172,46 +172,46 @@ class _Common(msgspec.Struct, kw_only=True):
 
     def validate(self, limits: RequestLimits) -> None:
         if not self.model:
-            raise ServerError(400, "model must not be empty", param="model")
+            raise ServerError(ErrorKind.INVALID_REQUEST, "model must not be empty", param="model")
         max_tokens, param = self._max_tokens(limits), self._max_tokens_param()
         if not 1 <= max_tokens <= limits.max_tokens:
-            raise ServerError(400, f"{param} must be within [1, {limits.max_tokens}], not {max_tokens}", param=param)
+            raise ServerError(ErrorKind.INVALID_REQUEST, f"{param} must be within [1, {limits.max_tokens}], not {max_tokens}", param=param)
         if self.temperature is not None and not 0 <= self.temperature <= 2:
-            raise ServerError(400, f"temperature must be within [0, 2], not {self.temperature}", param="temperature")
+            raise ServerError(ErrorKind.INVALID_REQUEST, f"temperature must be within [0, 2], not {self.temperature}", param="temperature")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ServerError(400, f"top_p must be within (0, 1], not {self.top_p}", param="top_p")
+            raise ServerError(ErrorKind.INVALID_REQUEST, f"top_p must be within (0, 1], not {self.top_p}", param="top_p")
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
         if len(stops) > MAX_STOP_SEQUENCES:
-            raise ServerError(400, f"at most {MAX_STOP_SEQUENCES} stop sequences, not {len(stops)}", param="stop")
+            raise ServerError(ErrorKind.INVALID_REQUEST, f"at most {MAX_STOP_SEQUENCES} stop sequences, not {len(stops)}", param="stop")
         if any(not 0 < len(stop) <= MAX_STOP_LENGTH for stop in stops):
-            raise ServerError(400, f"stop sequences must have 1 to {MAX_STOP_LENGTH} characters", param="stop")
+            raise ServerError(ErrorKind.INVALID_REQUEST, f"stop sequences must have 1 to {MAX_STOP_LENGTH} characters", param="stop")
         if self.seed is not None and not -(2**63) <= self.seed < 2**63:
-            raise ServerError(400, "seed must fit in 64 bits", param="seed")
+            raise ServerError(ErrorKind.INVALID_REQUEST, "seed must fit in 64 bits", param="seed")
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             if value is not None and not -2 <= value <= 2:
-                raise ServerError(400, f"{name} must be within [-2, 2], not {value}", param=name)
+                raise ServerError(ErrorKind.INVALID_REQUEST, f"{name} must be within [-2, 2], not {value}", param=name)
         if self.top_k is not None and not 0 <= self.top_k <= MAX_TOKEN_ID:
-            raise ServerError(400, f"top_k must be within [0 (off), {MAX_TOKEN_ID}], not {self.top_k}", param="top_k")
+            raise ServerError(ErrorKind.INVALID_REQUEST, f"top_k must be within [0 (off), {MAX_TOKEN_ID}], not {self.top_k}", param="top_k")
         if self.min_p is not None and not 0 <= self.min_p <= 1:
-            raise ServerError(400, f"min_p must be within [0, 1], not {self.min_p}", param="min_p")
+            raise ServerError(ErrorKind.INVALID_REQUEST, f"min_p must be within [0, 1], not {self.min_p}", param="min_p")
         if self.repetition_penalty is not None and not 0 < self.repetition_penalty <= 10:
             raise ServerError(
-                400, f"repetition_penalty must be within (0, 10], not {self.repetition_penalty}", param="repetition_penalty"
+                ErrorKind.INVALID_REQUEST, f"repetition_penalty must be within (0, 10], not {self.repetition_penalty}", param="repetition_penalty"
             )
         if len(self.logit_bias or ()) > MAX_LOGIT_BIAS:
-            raise ServerError(400, f"logit_bias has at most {MAX_LOGIT_BIAS} entries, not {len(self.logit_bias or ())}", param="logit_bias")
+            raise ServerError(ErrorKind.INVALID_REQUEST, f"logit_bias has at most {MAX_LOGIT_BIAS} entries, not {len(self.logit_bias or ())}", param="logit_bias")
         for token, bias in (self.logit_bias or {}).items():
             if not _TOKEN_ID_RE.fullmatch(token) or int(token) > MAX_TOKEN_ID:
                 raise ServerError(
-                    400, f"logit_bias keys are token ids (0 to {MAX_TOKEN_ID} in ASCII digits), not {token[:20]!r}", param="logit_bias"
+                    ErrorKind.INVALID_REQUEST, f"logit_bias keys are token ids (0 to {MAX_TOKEN_ID} in ASCII digits), not {token[:20]!r}", param="logit_bias"
                 )
             if not -100 <= bias <= 100:
-                raise ServerError(400, f"logit_bias values must be within [-100, 100], not {bias}", param="logit_bias")
+                raise ServerError(ErrorKind.INVALID_REQUEST, f"logit_bias values must be within [-100, 100], not {bias}", param="logit_bias")
         if not 1 <= self.n <= limits.max_choices:
-            raise ServerError(400, f"n must be within [1, {limits.max_choices}], not {self.n}", param="n")
+            raise ServerError(ErrorKind.INVALID_REQUEST, f"n must be within [1, {limits.max_choices}], not {self.n}", param="n")
         if self.stream_options is not None and not self.stream:
-            raise ServerError(400, "stream_options is only allowed with stream: true", param="stream_options")
+            raise ServerError(ErrorKind.INVALID_REQUEST, "stream_options is only allowed with stream: true", param="stream_options")
         self.keep_alive_seconds()
 
     def keep_alive_seconds(self) -> float | None:
@@ -222,11 +222,11 @@ class _Common(msgspec.Struct, kw_only=True):
         match = _DURATION_RE.fullmatch(value.strip())
         if match is None:
             raise ServerError(
-                400, f"keep_alive is seconds or a duration like '5m' or '1h30m', not {value!r}", param="keep_alive"
+                ErrorKind.INVALID_REQUEST, f"keep_alive is seconds or a duration like '5m' or '1h30m', not {value!r}", param="keep_alive"
             )
         seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART_RE.findall(match.group(2)))
         if not math.isfinite(seconds):
-            raise ServerError(400, f"keep_alive must be a finite duration, not {value[:20]!r}...", param="keep_alive")
+            raise ServerError(ErrorKind.INVALID_REQUEST, f"keep_alive must be a finite duration, not {value[:20]!r}...", param="keep_alive")
         return -seconds if match.group(1) else seconds
 
     @property
@@ -248,16 +248,16 @@ class ChatCompletionRequest(_Common, kw_only=True):
         """None (no tools offered), "none", "auto", "required", or the one function's name."""
         if not self.tools:
             if self.tool_choice not in (None, "none", "auto"):
-                raise ServerError(400, "tool_choice needs tools", param="tool_choice")
+                raise ServerError(ErrorKind.INVALID_REQUEST, "tool_choice needs tools", param="tool_choice")
             return None
         choice = self.tool_choice if self.tool_choice is not None else "auto"
         if isinstance(choice, str):
             if choice not in ("none", "auto", "required"):
-                raise ServerError(400, f"tool_choice is none, auto, required or a function, not {choice!r}", param="tool_choice")
+                raise ServerError(ErrorKind.INVALID_REQUEST, f"tool_choice is none, auto, required or a function, not {choice!r}", param="tool_choice")
             return choice
         names = {tool.function.name for tool in self.tools}
         if choice.type != "function" or choice.function.name not in names:
-            raise ServerError(400, f"tool_choice names {choice.function.name!r}, which is not among the tools", param="tool_choice")
+            raise ServerError(ErrorKind.INVALID_REQUEST, f"tool_choice names {choice.function.name!r}, which is not among the tools", param="tool_choice")
         return choice.function.name
 
     def tools_json(self) -> str | None:
@@ -299,7 +299,7 @@ class ChatCompletionRequest(_Common, kw_only=True):
     def _grammar(self, limits: RequestLimits) -> p.Grammar | None:
         if self.forces_tool_call:
             if self.response_format is not None and self.response_format.type != "text":
-                raise ServerError(400, "response_format cannot be combined with a required tool call", param="response_format")
+                raise ServerError(ErrorKind.INVALID_REQUEST, "response_format cannot be combined with a required tool call", param="response_format")
             return self._forced_call_grammar(limits)
         response_format = self.response_format
         if response_format is None or response_format.type == "text":
@@ -308,10 +308,10 @@ class ChatCompletionRequest(_Common, kw_only=True):
             return json_schema_grammar(JSON_OBJECT, param="response_format", max_bytes=limits.grammar_max_bytes)
         if response_format.type == "json_schema":
             if response_format.json_schema is None:
-                raise ServerError(400, "response_format json_schema needs its json_schema", param="response_format.json_schema")
+                raise ServerError(ErrorKind.INVALID_REQUEST, "response_format json_schema needs its json_schema", param="response_format.json_schema")
             if not _FORMAT_NAME.fullmatch(response_format.json_schema.name):
                 raise ServerError(
-                    400, "response_format.json_schema.name must be 1 to 64 of a-z, A-Z, 0-9, _ and -", param="response_format.json_schema.name"
+                    ErrorKind.INVALID_REQUEST, "response_format.json_schema.name must be 1 to 64 of a-z, A-Z, 0-9, _ and -", param="response_format.json_schema.name"
                 )
             return json_schema_grammar(
                 response_format.json_schema.schema or JSON_OBJECT,
@@ -319,7 +319,7 @@ class ChatCompletionRequest(_Common, kw_only=True):
                 max_bytes=limits.grammar_max_bytes,
             )
         raise ServerError(
-            400,
+            ErrorKind.INVALID_REQUEST,
             f"response_format.type is one of text, json_object, json_schema, not {response_format.type!r}",
             param="response_format.type",
         )
@@ -339,34 +339,34 @@ class ChatCompletionRequest(_Common, kw_only=True):
         super().validate(limits)
         if self.top_logprobs is not None:
             if not 0 <= self.top_logprobs <= 20:
-                raise ServerError(400, f"top_logprobs must be within [0, 20], not {self.top_logprobs}", param="top_logprobs")
+                raise ServerError(ErrorKind.INVALID_REQUEST, f"top_logprobs must be within [0, 20], not {self.top_logprobs}", param="top_logprobs")
             if not self.logprobs:
-                raise ServerError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+                raise ServerError(ErrorKind.INVALID_REQUEST, "top_logprobs needs logprobs: true", param="top_logprobs")
         if not self.messages:
-            raise ServerError(400, "messages must not be empty", param="messages")
+            raise ServerError(ErrorKind.INVALID_REQUEST, "messages must not be empty", param="messages")
         for index, tool in enumerate(self.tools or ()):
             if tool.type != "function":
-                raise ServerError(400, f"tools[{index}].type must be function, not {tool.type!r}", param=f"tools[{index}].type")
+                raise ServerError(ErrorKind.INVALID_REQUEST, f"tools[{index}].type must be function, not {tool.type!r}", param=f"tools[{index}].type")
             if not _FORMAT_NAME.fullmatch(tool.function.name):
                 raise ServerError(
-                    400, "a function name is 1 to 64 of a-z, A-Z, 0-9, _ and -", param=f"tools[{index}].function.name"
+                    ErrorKind.INVALID_REQUEST, "a function name is 1 to 64 of a-z, A-Z, 0-9, _ and -", param=f"tools[{index}].function.name"
                 )
         self._grammar(limits)
         for index, message in enumerate(self.messages):
             if message.role not in _ROLES:
                 raise ServerError(
-                    400, f"messages[{index}].role {message.role!r} is not one of {sorted(_ROLES)}", param=f"messages[{index}].role"
+                    ErrorKind.INVALID_REQUEST, f"messages[{index}].role {message.role!r} is not one of {sorted(_ROLES)}", param=f"messages[{index}].role"
                 )
             if message.content is None and (message.role in _CONTENT_REQUIRED or not message.tool_calls):
                 needs = "content or tool_calls" if message.role == "assistant" else "content"
-                raise ServerError(400, f"messages[{index}]: a {message.role} message needs {needs}", param=f"messages[{index}].content")
+                raise ServerError(ErrorKind.INVALID_REQUEST, f"messages[{index}]: a {message.role} message needs {needs}", param=f"messages[{index}].content")
             if message.content == []:
-                raise ServerError(400, f"messages[{index}].content must not be an empty list", param=f"messages[{index}].content")
+                raise ServerError(ErrorKind.INVALID_REQUEST, f"messages[{index}].content must not be an empty list", param=f"messages[{index}].content")
             # Templates write a call's name into the prompt as it is (issue 22, item 7): the same names as tools'.
             for number, call in enumerate(message.tool_calls or ()):
                 if not _FORMAT_NAME.fullmatch(call.function.name):
                     raise ServerError(
-                        400,
+                        ErrorKind.INVALID_REQUEST,
                         "a function name is 1 to 64 of a-z, A-Z, 0-9, _ and -",
                         param=f"messages[{index}].tool_calls[{number}].function.name",
                     )
@@ -374,7 +374,7 @@ class ChatCompletionRequest(_Common, kw_only=True):
                 for part in message.content:
                     if part.type != "text" or part.text is None:
                         raise ServerError(
-                            400,
+                            ErrorKind.INVALID_REQUEST,
                             f"messages[{index}].content: only text parts are supported, not {part.type!r}",
                             param=f"messages[{index}].content",
                         )
@@ -409,9 +409,9 @@ class CompletionRequest(_Common, kw_only=True):
     def validate(self, limits: RequestLimits) -> None:
         super().validate(limits)
         if self.logprobs is not None and not 0 <= self.logprobs <= 5:
-            raise ServerError(400, f"logprobs must be within [0, 5], not {self.logprobs}", param="logprobs")
+            raise ServerError(ErrorKind.INVALID_REQUEST, f"logprobs must be within [0, 5], not {self.logprobs}", param="logprobs")
         if self.prompt == "":
-            raise ServerError(400, "prompt must not be empty", param="prompt")
+            raise ServerError(ErrorKind.INVALID_REQUEST, "prompt must not be empty", param="prompt")
 
 
 def decode_request(body: bytes, request_type: type[msgspec.Struct], limits: RequestLimits):  # noqa: ANN201

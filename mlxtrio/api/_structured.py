@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from .. import _protocol as p
-from .._errors import ServerError
+from .._errors import ErrorKind, ServerError
 
 __all__ = ["JSON_OBJECT", "json_schema_grammar", "tool_call_grammar"]
 
@@ -26,12 +26,12 @@ JSON_OBJECT: dict[str, Any] = {"type": "object"}
 
 def _schema_text(schema: Any, *, param: str, max_bytes: int) -> str:
     if not isinstance(schema, dict | bool):
-        raise ServerError(400, f"{param}: a JSON schema is an object", param=param)
+        raise ServerError(ErrorKind.INVALID_REQUEST, f"{param}: a JSON schema is an object", param=param)
     # Linear in the body, which is bounded already.
     text = msgspec.json.encode(schema)
     if len(text) > max_bytes:
         raise ServerError(
-            400,
+            ErrorKind.INVALID_REQUEST,
             f"{param}: the schema is {len(text)} bytes; this server takes schemas of at most {max_bytes} "
             "bytes (MLX_GRAMMAR_MAX_BYTES)",
             param=param,

@@ -19,7 +19,7 @@ import attrs
 from ..tuning import parse_worker_cpus
 from ..tuning import parse_worker_blas
 from .._config import Config, ModelSettings
-from .._errors import ServerError
+from .._errors import ErrorKind, ServerError
 from .._models import weights_size
 from .._protocol import WorkerConfig
 
@@ -87,7 +87,7 @@ class ModelCatalog:
         if self._config.allow_downloads and _REPO_ID.match(target):
             return ModelEntry(settings.name, "hub", target, f"alias for {target} (to download)", settings)
         raise ServerError(
-            404,
+            ErrorKind.NOT_FOUND,
             f"the model {settings.name!r} is an alias for {target!r}, which is neither a directory nor in the "
             "Hugging Face cache (and downloads are off)",
             code="model_not_found",
@@ -111,7 +111,7 @@ class ModelCatalog:
             if self._config.allow_downloads and _REPO_ID.match(model_id):
                 return ModelEntry(model_id, "hub", model_id, "configured model (to download)")
             raise ServerError(
-                404,
+                ErrorKind.NOT_FOUND,
                 f"the configured model {model_id!r} is neither a directory nor in the Hugging Face cache "
                 "(and downloads are off)",
                 code="model_not_found",
@@ -122,7 +122,7 @@ class ModelCatalog:
             return ModelEntry(model_id, "local", str(snapshot), "Hugging Face cache")
         if self._config.allow_downloads and _REPO_ID.match(model_id) and ".." not in model_id:
             return ModelEntry(model_id, "hub", model_id, "Hugging Face Hub (to download)")
-        raise ServerError(404, f"the model {model_id!r} does not exist", code="model_not_found", param="model")
+        raise ServerError(ErrorKind.NOT_FOUND, f"the model {model_id!r} does not exist", code="model_not_found", param="model")
 
     def list(self) -> list[ModelEntry]:
         entries = [self.resolve(DEMO_MODEL_ID)]

@@ -13,7 +13,7 @@ import attrs
 import trio
 
 from .._config import Config
-from .._errors import ServerError
+from .._errors import ErrorKind, ServerError
 from ._catalog import ModelCatalog
 from ._intake import Intake
 from ._worker import ModelWorker, WorkerStatus
@@ -68,7 +68,7 @@ class Supervisor:
             need = incoming.estimated_bytes
             if need > config.memory_budget_bytes:
                 raise ServerError(
-                    507,
+                    ErrorKind.OUT_OF_MEMORY,
                     f"model {incoming.model_id!r} has {need} bytes of weights; the memory budget is "
                     f"{config.memory_budget_bytes} bytes",
                     code="model_too_large",
@@ -81,7 +81,7 @@ class Supervisor:
                 idle = sorted((worker for worker in others if worker.idle), key=lambda worker: worker.last_used)
                 if not idle:
                     raise ServerError(
-                        503,
+                        ErrorKind.UNAVAILABLE,
                         f"cannot load {incoming.model_id!r} now: {len(others)} other models are loaded and busy "
                         f"(at most {config.max_loaded_models} at once, {config.memory_budget_bytes} bytes in all)",
                         code="no_room",

@@ -30,7 +30,7 @@ import trio
 from .. import _protocol as p
 from ..tuning import parse_worker_allocator
 from .._config import Config
-from .._errors import ServerError
+from .._errors import ErrorKind, ServerError
 from ..ipc import Channel, IPCError, MessageRouter, PeerGoneError, ProtocolError, TrioChannel
 from ._catalog import ModelEntry, decode_concurrency, idle_timeout
 from ._intake import Arrival
@@ -48,14 +48,18 @@ _EXIT_WAIT = 5.0
 # Back-off after failed loads: 1 s, 2 s, 4 s ... capped.
 _BACKOFF_BASE = 1.0
 _BACKOFF_CAP = 60.0
-_LOAD_FAILURE_STATUS = {"not_found": 404, "too_large": 507, "invalid": 400}
-# A request the worker failed: OpenAI's error code for its status.
-_FAILURE_CODES = {400: "invalid_request", 500: "generation_failed", 507: "out_of_memory"}
-# The worker's own exit statuses (worker/_main.py) that say why it stopped.
+_LOAD_FAILURE_KINDS = {"not_found": ErrorKind.NOT_FOUND, "too_large": ErrorKind.OUT_OF_MEMORY, "invalid": ErrorKind.INVALID_REQUEST}
+# A request the worker failed: OpenAI's error code for its kind, where the worker gave none.
+_FAILURE_CODES = {
+    ErrorKind.INVALID_REQUEST: "invalid_request",
+    ErrorKind.INTERNAL: "generation_failed",
+    ErrorKind.OUT_OF_MEMORY: "out_of_memory",
+}
+# The worker's exits that say why it stopped.
 _EXIT_REASONS = {
-    4: ("protocol", "the model worker lost its channel to the server"),
-    5: ("generation", "the model worker exited after repeated generation failures; it will be restarted"),
-    6: ("protocol", "the model worker received a message it could not read, and exited"),
+    p.WorkerExit.CHANNEL_BROKEN: ("protocol", "the model worker lost its channel to the server"),
+    p.WorkerExit.GENERATION_BROKEN: ("generation", "the model worker exited after repeated generation failures; it will be restarted"),
+    p.WorkerExit.PROTOCOL_ERROR: ("protocol", "the model worker received a message it could not read, and exited"),
 }
 
 
@@ -176,7 +180,7 @@ class Events:
             message = await self._route.receive()
         except trio.EndOfChannel:
             self._unfinished.clear()
-            raise ServerError(503, "the model worker stopped", code="worker_unavailable") from None
+            raise ServerError(ErrorKind.UNAVAILABLE, "the model worker stopped", code="worker_unavailable") from None
         if isinstance(message, _WorkerGone):
             self._unfinished.clear()
             raise message.error
@@ -184,12 +188,12 @@ class Events:
             # One failed choice fails the request; the others are cancelled on the way out.
             self._unfinished.discard(message.request_id)
             raise ServerError(
-                message.status, message.message, code=message.code or _FAILURE_CODES.get(message.status), param=message.param
+                message.kind, message.message, code=message.code or _FAILURE_CODES.get(message.kind), param=message.param
             )
         if message.finish_reason is not None:
             self._unfinished.discard(message.request_id)
             if message.error is not None:
-                raise ServerError(400, message.error, code="grammar_failed", param=message.error_param)
+                raise ServerError(ErrorKind.INVALID_REQUEST, message.error, code="grammar_failed", param=message.error_param)
         return message
 
 
@@ -260,7 +264,7 @@ class ModelWorker:
                 if wait > 0:
                     assert self._failure is not None
                     raise ServerError(
-                        self._failure.status,
+                        self._failure.kind,
                         f"{self._failure.message} (next attempt in {wait:.1f} s)",
                         code=self._failure.code,
                         retry_after=wait,
@@ -314,7 +318,7 @@ class ModelWorker:
         limit = self._decode_concurrency + self._config.max_queue
         if self._active + sequences > limit:
             raise ServerError(
-                429,
+                ErrorKind.OVERLOADED,
                 f"model {self.model_id!r} is at capacity ({self._decode_concurrency} decoding, "
                 f"{self._config.max_queue} waiting); retry shortly",
                 code="queue_full",
@@ -371,7 +375,7 @@ class ModelWorker:
                         )
                     )
                 except IPCError as exc:
-                    raise ServerError(503, f"the model worker is unavailable: {exc}", code="worker_unavailable") from exc
+                    raise ServerError(ErrorKind.UNAVAILABLE, f"the model worker is unavailable: {exc}", code="worker_unavailable") from exc
                 yield events
             finally:
                 self._active -= n
@@ -389,7 +393,7 @@ class ModelWorker:
         """Round trip through the worker: (seconds, its answer). Raises ServerError if not loaded."""
         run = self._run
         if run is None or self._state is not WorkerState.READY:
-            raise ServerError(503, f"model {self.model_id!r} is not loaded", code="worker_unavailable")
+            raise ServerError(ErrorKind.UNAVAILABLE, f"model {self.model_id!r} is not loaded", code="worker_unavailable")
         nonce = next(self._nonces)
         done, result = trio.Event(), []
         self._pings[nonce] = (done, result)
@@ -399,13 +403,13 @@ class ModelWorker:
             with trio.move_on_after(5):
                 await done.wait()
         except IPCError as exc:
-            raise ServerError(503, f"the model worker is unavailable: {exc}", code="worker_unavailable") from exc
+            raise ServerError(ErrorKind.UNAVAILABLE, f"the model worker is unavailable: {exc}", code="worker_unavailable") from exc
         finally:
             self._pings.pop(nonce, None)
         if not result:
             if self._run is not run:
-                raise ServerError(503, "the model worker stopped before answering", code="worker_unavailable")
-            raise ServerError(504, "the model worker did not answer a ping within 5 s", code="worker_timeout")
+                raise ServerError(ErrorKind.UNAVAILABLE, "the model worker stopped before answering", code="worker_unavailable")
+            raise ServerError(ErrorKind.TIMEOUT, "the model worker did not answer a ping within 5 s", code="worker_timeout")
         return trio.current_time() - started, result[0]
 
     async def unload(self, reason: str = "unloaded on request") -> None:
@@ -468,7 +472,7 @@ class ModelWorker:
                     self._run_ended.set()
         finally:
             if self._attempt is not None:
-                self._attempt.finish(ServerError(503, "the server is shutting down", code="shutting_down"))
+                self._attempt.finish(ServerError(ErrorKind.UNAVAILABLE, "the server is shutting down", code="shutting_down"))
 
     async def _run_process(self, attempt: _Attempt) -> None:
         channel = Channel.create()
@@ -493,7 +497,7 @@ class ModelWorker:
         except OSError as exc:
             with trio.CancelScope(shield=True):
                 await trio_channel.aclose()
-            self._load_failed(attempt, ServerError(503, f"could not start a worker: {exc}", code="worker_unavailable"))
+            self._load_failed(attempt, ServerError(ErrorKind.UNAVAILABLE, f"could not start a worker: {exc}", code="worker_unavailable"))
             return
         finally:
             channel.close_worker_fds()
@@ -551,12 +555,12 @@ class ModelWorker:
         if process.stderr is not None:
             await process.stderr.aclose()
         if run.stop_reason is not None:
-            error = ServerError(503, f"the model was unloaded ({run.stop_reason})", code="model_unloaded")
+            error = ServerError(ErrorKind.UNAVAILABLE, f"the model was unloaded ({run.stop_reason})", code="model_unloaded")
         else:
             cause, reason = _exit_reason(process.returncode)
             if run.crash_cause is not None:
                 cause, reason = run.crash_cause, run.crash_reason or reason
-            error = ServerError(503, reason, code="worker_crashed")
+            error = ServerError(ErrorKind.UNAVAILABLE, reason, code="worker_crashed")
             self._restart_causes[cause] = self._restart_causes.get(cause, 0) + 1
             self._last_crash = reason
             log.warning("model %r: %s (worker pid %d)", self.model_id, reason, process.pid)
@@ -572,7 +576,7 @@ class ModelWorker:
             # crash loop: back off.
             self._load_failed(
                 run.attempt,
-                ServerError(503, f"the model worker died while loading {self.model_id!r}: {error.message}", code="load_failed"),
+                ServerError(ErrorKind.UNAVAILABLE, f"the model worker died while loading {self.model_id!r}: {error.message}", code="load_failed"),
                 retry_at_once=run.stop_reason is None and self._failures == 0,
             )
         elif self._state is not WorkerState.FAILED:
@@ -621,9 +625,9 @@ class ModelWorker:
                     self._last_used = trio.current_time()
                     run.attempt.finish()
                 elif isinstance(message, p.LoadFailed):
-                    status = _LOAD_FAILURE_STATUS.get(message.kind, 500)
+                    kind = _LOAD_FAILURE_KINDS.get(message.kind, ErrorKind.INTERNAL)
                     run.stop_reason = "load failed"
-                    self._load_failed(run.attempt, ServerError(status, message.message, code=f"model_{message.kind}"))
+                    self._load_failed(run.attempt, ServerError(kind, message.message, code=f"model_{message.kind}"))
                 elif isinstance(message, p.Pong):
                     waiter = self._pings.get(message.nonce)
                     if waiter is not None:

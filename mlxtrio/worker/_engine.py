@@ -32,7 +32,7 @@ from mlx_lm.generate import StopSequences, generate_step
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
-from .._protocol import Delta, Generate, SamplingParams, TokenLogprob, ToolCall
+from .._protocol import Delta, ErrorKind, Generate, SamplingParams, TokenLogprob, ToolCall
 from ._prompt_batch import BucketedPromptBatch, Generator, PromptBatch
 from ._prompt_bound import PromptTooLong
 from ._prompt_cache import PromptCache
@@ -53,11 +53,11 @@ _OUT_OF_MEMORY = ("unable to allocate", "out of memory", "insufficient memory", 
 
 
 class RequestError(Exception):
-    """A request the model cannot serve; ``status`` is the HTTP status for it."""
+    """A request the model cannot serve, and why, as the protocol's ``ErrorKind``."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(self, kind: ErrorKind, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.kind = kind
         self.param = param
         self.code = code
 
@@ -222,8 +222,8 @@ def generation_failure(exc: Exception) -> RequestError:
     if isinstance(exc, MemoryError) or any(marker in str(exc).lower() for marker in _OUT_OF_MEMORY):
         # Give what MLX holds in its cache back before anything else runs.
         mx.clear_cache()
-        return RequestError(507, f"generation ran out of memory: {exc}")
-    return RequestError(500, f"generation failed: {type(exc).__name__}: {exc}")
+        return RequestError(ErrorKind.OUT_OF_MEMORY, f"generation ran out of memory: {exc}")
+    return RequestError(ErrorKind.INTERNAL, f"generation failed: {type(exc).__name__}: {exc}")
 
 
 class _EngineBase:
@@ -350,7 +350,7 @@ class _EngineBase:
         budget = None if self._context_length is None else self._context_length - request.params.max_tokens
         if request.messages is not None:
             if not getattr(tokenizer, "has_chat_template", False):
-                raise RequestError(400, "this model has no chat template; use /v1/completions")
+                raise RequestError(ErrorKind.INVALID_REQUEST, "this model has no chat template; use /v1/completions")
             messages = chat_messages(request.messages)
             extra = {"tools": json.loads(request.tools)} if request.tools else {}
             try:
@@ -358,7 +358,7 @@ class _EngineBase:
             except PromptTooLong as exc:
                 raise self._too_long(request, str(exc)) from None
             except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
-                raise RequestError(400, f"the chat template rejected these messages: {exc}", param="messages") from exc
+                raise RequestError(ErrorKind.INVALID_REQUEST, f"the chat template rejected these messages: {exc}", param="messages") from exc
         else:
             text = request.prompt or ""
             bos = getattr(tokenizer, "bos_token", None)
@@ -367,17 +367,17 @@ class _EngineBase:
             except PromptTooLong as exc:
                 raise self._too_long(request, str(exc)) from None
         if not prompt:
-            raise RequestError(400, "the prompt is empty", param="prompt" if request.messages is None else "messages")
+            raise RequestError(ErrorKind.INVALID_REQUEST, "the prompt is empty", param="prompt" if request.messages is None else "messages")
         if budget is not None and len(prompt) > budget:
             raise self._too_long(request, f"{len(prompt)} tokens")
         vocabulary = getattr(tokenizer, "vocab_size", None)
         if vocabulary and any(not 0 <= token < vocabulary for token, _ in request.params.logit_bias):
-            raise RequestError(400, f"logit_bias names a token outside the vocabulary (0..{vocabulary - 1})", param="logit_bias")
+            raise RequestError(ErrorKind.INVALID_REQUEST, f"logit_bias names a token outside the vocabulary (0..{vocabulary - 1})", param="logit_bias")
         return prompt
 
     def _too_long(self, request: Generate, prompt_has: str) -> RequestError:
         return RequestError(
-            400,
+            ErrorKind.INVALID_REQUEST,
             f"this model's context is {self._context_length} tokens; the prompt has {prompt_has}, "
             f"and max_tokens asks for {request.params.max_tokens} more",
             param="prompt" if request.messages is None else "messages",
@@ -405,7 +405,7 @@ class _EngineBase:
             try:
                 processors.append(self.grammars.processor(params.grammar))
             except GrammarError as exc:
-                raise RequestError(400, str(exc), param=exc.param) from exc
+                raise RequestError(ErrorKind.INVALID_REQUEST, str(exc), param=exc.param) from exc
         return processors
 
     def _logprob(self, params: SamplingParams, token: int, logprobs: mx.array) -> TokenLogprob | None:
@@ -511,7 +511,7 @@ class BatchEngine(_EngineBase):
     def _admit(self, request: Generate, prompt: list[int]) -> None:
         alone = self._alone
         if request.request_id in self._uid_of or (alone is not None and alone.request.request_id == request.request_id):
-            raise RequestError(400, f"duplicate request id {request.request_id}")
+            raise RequestError(ErrorKind.INVALID_REQUEST, f"duplicate request id {request.request_id}")
         params = self._sampling(request.params)
         sampler, processors = make_sampler(params), self._processors(params)
         cache, cached = self._cached_prefix(prompt)
@@ -840,7 +840,7 @@ class SequentialEngine(_EngineBase):
 
     def _admit(self, request: Generate, prompt: list[int]) -> None:
         if request.request_id in self._running:
-            raise RequestError(400, f"duplicate request id {request.request_id}")
+            raise RequestError(ErrorKind.INVALID_REQUEST, f"duplicate request id {request.request_id}")
         params = self._sampling(request.params)
         cache, cached = self._cached_prefix(prompt)
         if cache is None:

@@ -24,19 +24,11 @@ from pathlib import Path
 import msgspec
 
 from .. import _protocol as p
-from ..tuning import batch_this_process, pin_this_process, scheduling_policy
-from ..tuning import allocator_in_use
-from ..tuning import blas_in_use, load_worker_blas
+from ..tuning import allocator_in_use, batch_this_process, blas_in_use, load_worker_blas, pin_this_process, scheduling_policy
 from .._models import weights_size
 from ..ipc import Channel, ChannelSpec, IPCError, PeerGoneError, ProtocolError, parent_watch
 from ._failpoints import failpoint
 
-# Exit statuses the orchestrator turns into reasons (orchestrator/_worker.py).
-EXIT_OK = 0
-EXIT_LOAD_FAILED = 3
-EXIT_CHANNEL_BROKEN = 4
-EXIT_GENERATION_BROKEN = 5
-EXIT_PROTOCOL_ERROR = 6
 # Not a message: 0xc1 is the one byte MessagePack never uses.
 _CORRUPT_FRAME = b"\xc1 not a message"
 # Before a batch's first step: the longest wait for one announced Generate
@@ -144,10 +136,10 @@ def main(argv: list[str]) -> int:
             model, tokenizer, context, memory = _load(config)
         except _LoadError as exc:
             send(p.LoadFailed(exc.kind, str(exc)))
-            return EXIT_LOAD_FAILED
+            return p.WorkerExit.LOAD_FAILED
         except Exception as exc:  # noqa: BLE001 - any load failure is reported, not swallowed
             send(p.LoadFailed("error", f"{type(exc).__name__}: {exc}"))
-            return EXIT_LOAD_FAILED
+            return p.WorkerExit.LOAD_FAILED
         # MLX comes in only now: Hello went out first, so the orchestrator
         # could unlink the channel's names while this imports and loads.
         import mlx.core as mx
@@ -181,13 +173,13 @@ def main(argv: list[str]) -> int:
         )
         return _serve(channel, engine, send, watch, grammar_compile_timeout=config.grammar_compile_timeout)
     except PeerGoneError:
-        return EXIT_OK
+        return p.WorkerExit.OK
     except ProtocolError as exc:
         print(f"mlxtrio worker: unreadable message from the server: {exc}", file=sys.stderr)
-        return EXIT_PROTOCOL_ERROR
+        return p.WorkerExit.PROTOCOL_ERROR
     except IPCError as exc:
         print(f"mlxtrio worker: channel broken: {exc}", file=sys.stderr)
-        return EXIT_CHANNEL_BROKEN
+        return p.WorkerExit.CHANNEL_BROKEN
     finally:
         channel.close()
 
@@ -198,9 +190,9 @@ def _admit(engine, message: p.Generate, send) -> None:  # noqa: ANN001
     try:
         engine.admit(message)
     except RequestError as exc:
-        send(p.RequestFailed(message.request_id, exc.status, str(exc), exc.param, exc.code))
+        send(p.RequestFailed(message.request_id, exc.kind, str(exc), exc.param, exc.code))
     except Exception as exc:  # noqa: BLE001 - one bad request must not take the others down
-        send(p.RequestFailed(message.request_id, 500, f"could not start generation: {type(exc).__name__}: {exc}"))
+        send(p.RequestFailed(message.request_id, p.ErrorKind.INTERNAL, f"could not start generation: {type(exc).__name__}: {exc}"))
 
 
 def _admit_compiled(engine, compiling: dict, send, *, timeout: float) -> None:  # noqa: ANN001
@@ -215,9 +207,9 @@ def _admit_compiled(engine, compiling: dict, send, *, timeout: float) -> None:  
             try:
                 engine.grammars.keep(grammar, future.result())
             except GrammarError as exc:
-                send(p.RequestFailed(request_id, 400, str(exc), exc.param))
+                send(p.RequestFailed(request_id, p.ErrorKind.INVALID_REQUEST, str(exc), exc.param))
             except Exception as exc:  # noqa: BLE001 - that request's failure only
-                send(p.RequestFailed(request_id, 500, f"could not compile the grammar: {type(exc).__name__}: {exc}"))
+                send(p.RequestFailed(request_id, p.ErrorKind.INTERNAL, f"could not compile the grammar: {type(exc).__name__}: {exc}"))
             else:
                 _admit(engine, message, send)
         elif now - submitted >= timeout:
@@ -227,7 +219,7 @@ def _admit_compiled(engine, compiling: dict, send, *, timeout: float) -> None:  
                 f"{grammar.param}: the schema did not compile within {timeout:g} s "
                 "(MLX_GRAMMAR_COMPILE_TIMEOUT); simplify it"
             )
-            send(p.RequestFailed(request_id, 400, message_text, grammar.param, "grammar_timeout"))
+            send(p.RequestFailed(request_id, p.ErrorKind.INVALID_REQUEST, message_text, grammar.param, "grammar_timeout"))
 
 
 def _serve(  # noqa: ANN001
@@ -275,7 +267,7 @@ def _serve(  # noqa: ANN001
                 send(p.Pong(message.nonce, engine.active, engine.prompt_cache_bytes, mx.get_active_memory()))
             elif isinstance(message, p.Shutdown):
                 engine.cancel_all()
-                return EXIT_OK
+                return p.WorkerExit.OK
             frame = receive(timeout=0)
             if frame is None and forming and followers > 0:
                 wait = min(follower_wait, forming_until - time.monotonic())
@@ -287,7 +279,7 @@ def _serve(  # noqa: ANN001
             watch()
             deltas, failures = engine.step()
             for request_id, error in failures:
-                send(p.RequestFailed(request_id, error.status, str(error), error.param, error.code))
+                send(p.RequestFailed(request_id, error.kind, str(error), error.param, error.code))
             # An empty step is a heartbeat: a prefill chunk went by without output.
             send(p.Step(tuple(deltas)))
             # Finished sequences' caches, computed after their last tokens went out.
@@ -295,4 +287,4 @@ def _serve(  # noqa: ANN001
             if engine.broken:
                 # Failures with no good step between: a fresh process is the cure.
                 print("mlxtrio worker: generation keeps failing; exiting to be restarted", file=sys.stderr)
-                return EXIT_GENERATION_BROKEN
+                return p.WorkerExit.GENERATION_BROKEN

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mlxtrio import Config, ServerError
+from mlxtrio import Config, ErrorKind, ServerError
 from mlxtrio._config import GB, ram_tier
 from mlxtrio._state_files import write_atomically
 from mlxtrio.orchestrator import ModelCatalog
@@ -70,7 +70,7 @@ def test_catalog_resolves_only_allowed_models(tmp_path):
     for hostile in [str(outside), "../outside", "mlx-community/../../outside", "/etc", "a/b/c", "mlx-community/tiny/.."]:
         with pytest.raises(ServerError) as caught:
             catalog.resolve(hostile)
-        assert caught.value.status == 404
+        assert caught.value.kind is ErrorKind.NOT_FOUND
 
 
 def test_catalog_refuses_cache_links_that_lead_out_of_the_cache(tmp_path):

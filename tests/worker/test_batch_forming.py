@@ -19,7 +19,7 @@ from mlxtrio import _protocol as p
 from mlxtrio.ipc import Channel
 from mlxtrio.worker._demo import ensure_demo_model
 from mlxtrio.worker._engine import BatchEngine, SequentialEngine
-from mlxtrio.worker._main import EXIT_OK, _serve
+from mlxtrio.worker._main import _serve
 
 # Long enough that a step never passes for a wait, short enough for a test.
 APART = 0.3
@@ -83,7 +83,7 @@ class Orchestrator:
         self.end.writer.send(p.TO_WORKER.encode(p.Shutdown()))
         self.thread.join(30)
         self.end.close()
-        assert self.result == [EXIT_OK]
+        assert self.result == [p.WorkerExit.OK]
 
 
 @pytest.fixture

@@ -88,7 +88,7 @@ def test_a_prompt_that_cannot_fit_is_refused_untokenized(demo, engine_type, monk
         with pytest.raises(RequestError) as refused:
             engine.admit(request)
         assert time.perf_counter() - started < 0.5
-        assert (refused.value.status, refused.value.code) == (400, "context_length_exceeded")
+        assert (refused.value.kind, refused.value.code) == (p.ErrorKind.INVALID_REQUEST, "context_length_exceeded")
         assert refused.value.param == ("prompt" if request.prompt else "messages")
         assert "characters, so at least" in str(refused.value)
     assert calls == [] and not engine.active

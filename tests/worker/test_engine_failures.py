@@ -46,7 +46,7 @@ def _run(engine, until_done: set[int]) -> tuple[dict[int, str], dict[int, int]]:
             if delta.finish_reason is not None:
                 until_done.discard(delta.request_id)
         for request_id, error in failures:
-            failed[request_id] = error.status
+            failed[request_id] = error.kind
             until_done.discard(request_id)
         if not until_done:
             return texts, failed
@@ -76,7 +76,7 @@ def test_batch_failure_fails_started_sequences_and_restarts_waiting_ones(demo, a
     deltas, failures = engine.step()
     # Request 1 had sent text: it fails, with the memory status. Request 2 had sent
     # nothing: it starts again in a fresh generator and ends as it would have alone.
-    assert failures == [(1, failures[0][1])] and failures[0][1].status == 507
+    assert failures == [(1, failures[0][1])] and failures[0][1].kind is p.ErrorKind.OUT_OF_MEMORY
     assert "out of memory" in str(failures[0][1])
     texts, failed = _run(engine, {2})
     assert failed == {} and texts == expected
@@ -90,7 +90,7 @@ def test_a_prompt_that_fails_twice_fails(demo, armed):
     engine.admit(_generate(1, "hi"))
     assert engine.step() == ([], [])  # failed before any output: tried again
     deltas, failures = engine.step()
-    assert [(request_id, error.status) for request_id, error in failures] == [(1, 500)]
+    assert [(request_id, error.kind) for request_id, error in failures] == [(1, p.ErrorKind.INTERNAL)]
     assert "injected error" in str(failures[0][1]) and engine.active == 0
 
 
@@ -121,7 +121,7 @@ def test_sequential_failure_is_the_failing_sequence_s_alone(demo, armed):
     engine.admit(_generate(2, "second"))
     armed("step=oom@3")  # round robin: 1, 2, then 1 again
     texts, failed = _run(engine, {1, 2})
-    assert failed == {1: 507}
+    assert failed == {1: p.ErrorKind.OUT_OF_MEMORY}
     assert texts[2] == expected[2]
 
 

@@ -150,7 +150,7 @@ def test_an_engine_turns_a_refused_grammar_into_a_400_naming_the_field(demo):
     grammar = p.Grammar("json_schema", json.dumps({"type": "array", "uniqueItems": True}), "tools")
     with pytest.raises(RequestError) as caught:
         engine.admit(p.Generate(1, p.SamplingParams(max_tokens=4, grammar=grammar), None, "x"))
-    assert (caught.value.status, caught.value.param) == (400, "tools")
+    assert (caught.value.kind, caught.value.param) == (p.ErrorKind.INVALID_REQUEST, "tools")
 
 
 def test_the_compile_thread_shares_one_compile_between_requests_and_keeps_the_result(demo):

@@ -190,7 +190,7 @@ def test_a_sequence_that_fails_to_move_fails_alone(demo, monkeypatch: pytest.Mon
     engine.admit(_generate(2, "x", CASES["greedy"]))
     assert engine.active == 2
     deltas, failures = engine.step()
-    assert [(request_id, error.status) for request_id, error in failures] == [(1, 507)]
+    assert [(request_id, error.kind) for request_id, error in failures] == [(1, p.ErrorKind.OUT_OF_MEMORY)]
     texts: dict = {2: "".join(delta.text for delta in deltas if delta.request_id == 2)}
     _collect(engine, texts, until={2})
     assert len(texts[2]) > 0
