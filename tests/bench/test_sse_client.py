@@ -8,21 +8,35 @@ sends them), and failures reported rather than taken for short answers.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
 import trio.testing
 
-from ..helpers import bounded
+from bench.sse_client import LeanClient, RequestFailed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from client_cost import each_request  # noqa: E402
-from sse_client import LeanClient, RequestFailed  # noqa: E402
+from ..helpers import bounded
 
 EVENTS = [b'data: {"n": %d}\n\n' % index for index in range(5)] + [b"data: [DONE]\n\n"]
 LINES = [line.decode() for event in EVENTS for line in event.split(b"\n")[:-1]]
+
+
+async def each_request(stream: trio.SocketStream) -> AsyncIterator[None]:
+    """Once per complete request on the connection (headers, then a Content-Length body), until it closes."""
+    buffered = b""
+    while True:
+        while b"\r\n\r\n" not in buffered:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            buffered += data
+        head, buffered = buffered.split(b"\r\n\r\n", 1)
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        while len(buffered) < length:
+            buffered += await stream.receive_some(65536)
+        buffered = buffered[length:]
+        yield
 
 
 def chunked(events: list[bytes]) -> bytes:
