@@ -12,7 +12,7 @@ serve: $(VENV)/.installed
 	$(VENV)/bin/mlxtrio serve
 
 bench-ipc: $(VENV)/.installed
-	$(VENV)/bin/python bench/ipc_bench.py
+	$(VENV)/bin/python -m bench.ipc_bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -13,9 +13,9 @@ greedy decoding never picks them (any other token's logit is the maximum of
 150,000 random ones, well above zero). Without that, a random model emits byte
 fragments that every streaming detokenizer rightly holds back until they form
 characters, and a benchmark timing the first visible text measures that
-hold-back instead of the server (version 1 of these models did exactly that).
+hold-back instead of the server.
 
-    python bench/bench_models.py NAME DEST     # NAME: demo, qwen2.5-0.5b-bf16, qwen2.5-0.5b-4bit, qwen2.5-7b-bf16, qwen2.5-7b-4bit
+    python -m bench.bench_models NAME DEST     # NAME: demo, qwen2.5-0.5b-bf16, qwen2.5-0.5b-4bit, qwen2.5-7b-bf16, qwen2.5-7b-4bit
 """
 
 from __future__ import annotations
@@ -65,17 +65,6 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 def build_chosen(args: argparse.Namespace) -> Path:
     """The model ``add_model_options`` chose, built if it is not yet."""
     return build(args.model, args.models_dir / args.model, cache_dir=args.models_dir)
-
-
-def load_as_worker(path: Path):  # noqa: ANN201
-    """The model and tokenizer as mlxtrio's worker loads them: mlx-lm's load, then ``speed_up_quantized``."""
-    import mlx_lm
-
-    from mlxtrio.worker._quantized import speed_up_quantized
-
-    model, tokenizer = mlx_lm.load(str(path))
-    speed_up_quantized(model)
-    return model, tokenizer
 
 
 @functools.cache
@@ -142,6 +131,7 @@ def build_tokenizer(directory: Path) -> int:
 def build(name: str, dest: Path, *, cache_dir: Path | None = None) -> Path:
     """Build ``name`` into ``dest`` (kept if already complete) and return its directory."""
     if name == "demo":
+        # The server's own demo model, as its worker builds it (no public entry point builds it elsewhere).
         from mlxtrio.worker._demo import ensure_demo_model
 
         return ensure_demo_model(cache_dir or dest.parent)

@@ -1,12 +1,12 @@
 """The fault matrix, timed: inject each fault into a real server and measure what the client sees.
 
-    python bench/faults.py [--repeat 3] [--json OUT]
+    python -m bench.faults [--repeat 3] [--json OUT]
 
 For each fault: how long from the fault to the affected request's error
 ("error_s"), and from the fault to the next successful request ("recovered_s",
 which includes starting and loading a fresh worker where one is needed).
 Medians over ``--repeat`` runs. Faults come from signals (SIGKILL, SIGSTOP) or
-failpoints (MLXTRIO_FAILPOINTS, see mlxtrio/worker/_failpoints.py). The demo
+failpoints (MLXTRIO_FAILPOINTS, docs/RELIABILITY.md). The demo
 model, loopback, a fresh server per fault. docs/RELIABILITY.md records it.
 """
 
@@ -29,8 +29,8 @@ from pathlib import Path
 import httpx
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from server_process import mlxtrio_server  # noqa: E402
+from ._common import write_json
+from .server_process import mlxtrio_server
 
 LONG = {"model": "demo", "prompt": "Tell me everything.", "max_tokens": 4000, "ignore_eos": True}
 SHORT = {"model": "demo", "prompt": "hi", "max_tokens": 2}
@@ -221,7 +221,7 @@ def main() -> None:
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
-        args.json.write_text(text + "\n")
+        write_json(args.json, report)
 
 
 if __name__ == "__main__":

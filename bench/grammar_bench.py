@@ -1,6 +1,6 @@
 """Constrained-decoding libraries on issue 22's cases: what a schema costs to compile, to mask, and what is enforced.
 
-    python bench/grammar_bench.py [--libraries outlines-core,llguidance,xgrammar]
+    python -m bench.grammar_bench [--libraries outlines-core,llguidance,xgrammar]
         [--python xgrammar=/tmp/xgvenv/bin/python] [--parts compile,masks,coverage]
         [--timeout 20] [--memory-gib 4] [--steps 300] [--json OUT]
 
@@ -38,7 +38,7 @@ besides:
   schema does not compile (with the library's message); *rejects valid*:
   the valid output is not accepted.
 
-Every case runs in a child process of its own (this file with
+Every case runs in a child process of its own (this module with
 ``--child``), under an address-space limit (``RLIMIT_AS``, ``--memory-gib``)
 and a wall-clock limit (``--timeout``, from the moment the child has loaded
 its tokenizer), so an explosion is a result ("killed: address space over
@@ -49,7 +49,7 @@ project does not depend on it.
 
 Two tokenizers: the demo model's (a 512-token byte-level BPE) and a
 byte-level BPE of Qwen2.5's vocabulary size (151,936 tokens) built by
-bench_models.build_tokenizer. Coverage uses the demo's; masks the large one.
+``bench.bench_models.build_tokenizer``. Coverage uses the demo's; masks the large one.
 
 Results and the machine they came from go in docs/PERFORMANCE.md
 ("Constrained decoding: library choice").
@@ -72,7 +72,8 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from ._common import ROOT, checkout_environment, write_json
+
 LIBRARIES = ("outlines-core", "llguidance", "xgrammar")
 MODELS_DIR = Path("/tmp/mlxtrio-bench-models")
 # Loading a tokenizer and building a library's vocabulary (and importing
@@ -277,15 +278,15 @@ def _compile_guarded(compile_fn, schema: dict):  # noqa: ANN001, ANN202
 class OutlinesCore:
     """outlines-core: the schema to a regex, the regex to an index of states and allowed tokens, up front.
 
-    The vocabulary is each token's exact bytes, built from the tokenizer as
-    mlxtrio's worker built it before issue 22 (GPT-2's byte alphabet
-    decoded; SentencePiece's ``▁`` and ``<0xNN>``).
+    The vocabulary is each token's exact bytes, built from the tokenizer the
+    way a server using outlines-core must (GPT-2's byte alphabet decoded;
+    SentencePiece's ``▁`` and ``<0xNN>``).
     """
 
     name = "outlines-core"
 
     def __init__(self, tokenizer) -> None:  # noqa: ANN001
-        from bench_models import byte_decoder
+        from .bench_models import byte_decoder
         from outlines_core import Guide, Index, Vocabulary
         from outlines_core.json_schema import build_regex_from_schema
 
@@ -576,7 +577,6 @@ def run_coverage(library, tokenizer, task: dict) -> dict:  # noqa: ANN001
 def child() -> None:
     """One case, as the parent asked on stdin: "ready" once set up, then one JSON line of results."""
     task = json.loads(sys.stdin.read())
-    sys.path.insert(0, str(HERE))
     try:
         from transformers import AutoTokenizer
 
@@ -636,7 +636,8 @@ def run_child(python: str, task: dict, *, timeout: float, memory_bytes: int) -> 
     gib = memory_bytes / 2**30
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(  # noqa: S603
-            [python, __file__, "--child"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, preexec_fn=limit
+            [python, "-m", "bench.grammar_bench", "--child"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+            preexec_fn=limit, cwd=ROOT, env=checkout_environment(),
         )
         process.stdin.write(json.dumps(task).encode())
         process.stdin.close()
@@ -764,9 +765,7 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
 
 def tokenizer_dirs() -> dict[str, Path]:
     """The demo model's tokenizer and one of Qwen2.5's vocabulary size, built here if not yet."""
-    from bench_models import build_tokenizer
-
-    from mlxtrio.worker._demo import ensure_demo_model
+    from .bench_models import build, build_tokenizer
 
     large = MODELS_DIR / "grammar-bench-tokenizer-151k"
     if not (large / "tokenizer_config.json").exists():
@@ -774,7 +773,7 @@ def tokenizer_dirs() -> dict[str, Path]:
         staging.mkdir(parents=True, exist_ok=True)
         build_tokenizer(staging)
         staging.rename(large)
-    return {"demo (512)": ensure_demo_model(MODELS_DIR), "BPE 151,936": large}
+    return {"demo (512)": build("demo", MODELS_DIR / "demo", cache_dir=MODELS_DIR), "BPE 151,936": large}
 
 
 def main() -> None:
@@ -793,7 +792,6 @@ def main() -> None:
     if args.child:
         child()
         return
-    sys.path[:0] = [str(HERE), str(HERE.parent)]
     libraries = args.libraries.split(",")
     pythons = {library: sys.executable for library in libraries} | dict(item.split("=", 1) for item in args.python)
     parts = args.parts.split(",")
@@ -853,7 +851,7 @@ def main() -> None:
         versions.setdefault(entry["library"], entry.get("version"))
     print(f"\nversions: {versions}")
     if args.json:
-        args.json.write_text(json.dumps(record, indent=1))
+        write_json(args.json, record)
 
 
 if __name__ == "__main__":

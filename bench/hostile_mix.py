@@ -1,4 +1,4 @@
-"""What ``bench/soak.py --hostile`` sends: requests that once took the server down, or could (issue 22).
+"""What ``python -m bench.soak --hostile`` sends: requests that once took the server down, or could (issue 22).
 
 Each round is built from its own seed, so that no two rounds send the same
 schema or the same numbers (a cache must not hide a cost), and every body is

@@ -6,7 +6,7 @@ plain synchronous Python like the worker. For scale it also measures a bare
 posix_ipc semaphore ping-pong between two processes, the floor under any
 semaphore-signalled IPC.
 
-    python bench/ipc_bench.py [--frames N] [--round-trips N] [--json]
+    python -m bench.ipc_bench [--frames N] [--round-trips N] [--json]
 
 Results and the machine they came from go in docs/PERFORMANCE.md.
 """
@@ -17,13 +17,19 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import subprocess
 import sys
 import time
 
 import trio
 
-from mlxtrio.ipc import Channel, ChannelSpec, TrioChannel, parent_watch
+from mlxtrio.ipc import NAME_PREFIX, Channel, ChannelSpec, TrioChannel, parent_watch
+
+from ._common import ROOT, checkout_environment
+
+# This harness in a child process, with this checkout's mlxtrio.
+_CHILD = [sys.executable, "-m", "bench.ipc_bench"]
 
 SIZES = (64, 64 * 1024)
 
@@ -66,8 +72,8 @@ async def _with_child(mode: str, count: int, size: int, body):  # noqa: ANN001, 
     channel = Channel.create(capacity=4 * 1024 * 1024)
     trio_channel = TrioChannel(channel, send_timeout=30)
     process = await trio.lowlevel.open_process(
-        [sys.executable, __file__, "--child", mode, channel.spec.to_json(), str(count), str(size)],
-        pass_fds=channel.pass_fds,
+        [*_CHILD, "--child", mode, channel.spec.to_json(), str(count), str(size)],
+        pass_fds=channel.pass_fds, cwd=ROOT, env=checkout_environment(),
     )
     channel.close_worker_fds()
     try:
@@ -123,15 +129,12 @@ async def round_trips(count: int, size: int) -> list[float]:
 def raw_semaphore_round_trips(count: int) -> list[float]:
     import posix_ipc
 
-    from mlxtrio.ipc._names import new_base_name
-
-    base = new_base_name()
+    # mlxtrio's own naming (prefix and creator's pid), so that a server's sweep of stale objects finds any left.
+    base = f"/{NAME_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
     ping = posix_ipc.Semaphore(base + "p", posix_ipc.O_CREX, mode=0o600)
     pong = posix_ipc.Semaphore(base + "o", posix_ipc.O_CREX, mode=0o600)
     try:
-        process = subprocess.Popen(
-            [sys.executable, __file__, "--raw-child", ping.name, pong.name, str(count + 200)]
-        )
+        process = subprocess.Popen([*_CHILD, "--raw-child", ping.name, pong.name, str(count + 200)], cwd=ROOT, env=checkout_environment())
         samples = []
         for index in range(count + 200):
             start = time.perf_counter()

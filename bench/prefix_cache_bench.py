@@ -1,6 +1,6 @@
 """Time to first token with a long shared prefix, cached and not: mlx_lm.server and mlxtrio side by side.
 
-    python bench/prefix_cache_bench.py --model demo [--prefix-tokens 2000] [--requests 8] [--repeat 1] [--json OUT]
+    python -m bench.prefix_cache_bench --model demo [--prefix-tokens 2000] [--requests 8] [--repeat 1] [--json OUT]
 
 Both servers keep a prompt cache, and the point of one is the time to first
 token of a request whose prompt begins with one seen before: a shared system
@@ -35,15 +35,15 @@ from pathlib import Path
 
 import trio
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from bench_models import add_model_options, build_chosen  # noqa: E402
-from serve_bench import PROMPT_WORDS, percentile, serving, streaming_chat  # noqa: E402
-from sse_client import LeanClient  # noqa: E402
+from ._common import ROOT, write_json
+from .bench_models import add_model_options, build_chosen
+from .serve_bench import PROMPT_WORDS, percentile, serving, streaming_chat
+from .sse_client import LeanClient
 
 SERVERS = ("mlx_lm.server", "mlxtrio")
 PATTERNS = ("cold", "shared", "turns")
-_CORPUS = HERE.parent / "mlxtrio" / "worker" / "demo_corpus.txt"
+# Prose for the long prefix: the demo model's training text.
+_CORPUS = ROOT / "mlxtrio" / "worker" / "demo_corpus.txt"
 
 
 def long_text(model_path: Path, tokens: int) -> str:
@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8931)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    model_path = build_chosen(args)
+    model_path = build_chosen(args).resolve()  # absolute: the servers run in other working directories
     prefix = long_text(model_path, args.prefix_tokens)
     pooled: dict[str, dict[str, list[dict]]] = {server: {name: [] for name in PATTERNS} for server in args.servers}
     by_run: dict[str, list[dict]] = {server: [] for server in args.servers}
@@ -185,7 +185,7 @@ def main() -> None:
         "by_run": by_run,
     }
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     lines = ["| pattern | " + " | ".join(f"{server}: TTFT p50 / p95 ms, cached of prompt tokens" for server in args.servers) + " |",
              "| --- |" + " --- |" * len(args.servers)]
     for name in PATTERNS:

@@ -1,6 +1,13 @@
 """Side by side, same model, same prompts: in-process mlx-lm, mlx_lm.server, mlxtrio.
 
-    python bench/serve_bench.py --model demo [--concurrency 1 8 32] [--max-tokens 128] [--repeat N] [--json OUT]
+    python -m bench.serve_bench --model demo [--concurrency 1 8 32] [--max-tokens 128] [--rounds 2] [--repeat N]
+        [--servers in-process mlx_lm.server mlxtrio] [--checkout DIR] [--json OUT]
+
+Run it from a checkout's root. mlxtrio is served from the checkout this
+file is in, or from ``--checkout DIR`` (another checkout's root): its
+directory first on ``PYTHONPATH`` and as the working directory, whatever
+copy of mlxtrio is installed. So a change is compared by turns with the
+same harness: ``--servers mlxtrio`` against each checkout in turn.
 
 1. in-process mlx-lm: ``stream_generate`` for one stream, ``BatchGenerator``
    for many — the ceiling (no HTTP, no IPC);
@@ -10,7 +17,7 @@
 For each it reports single-stream decode tokens/s, time to first token
 (p50, p95) and aggregate tokens/s at each concurrency, with ratios against (1)
 and (2). The load comes from one async client in this process (Trio and
-h11, bench/sse_client.py; ``--client httpx`` for the heavier httpx client);
+h11, ``bench.sse_client``; ``--client httpx`` for the heavier httpx client);
 its CPU use is reported so a starved client shows. Every
 request is greedy with the same prompt set and ``max_tokens``. Tokens are
 the servers' own counts (``stream_options.include_usage``), so a sequence
@@ -18,8 +25,8 @@ that ends early counts as it is and text a detokenizer holds back is not
 undercounted; time to first token is to the first event with text, and
 ``tokens_per_text_event`` says how far apart the two are (1.0: none).
 
-Models are built by bench/bench_models.py (no downloads). Runs the same on
-a Linux CUDA machine with the offline bundle of ../shared/gpu/stage.sh.
+Models are built by ``bench.bench_models`` (no downloads). Runs the same on
+a Linux CUDA machine (``bench/gpu_runs.sh``).
 """
 
 from __future__ import annotations
@@ -41,11 +48,10 @@ import attrs
 import httpx
 import trio
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from bench_models import add_model_options, build_chosen  # noqa: E402
-from server_process import stop  # noqa: E402
-from sse_client import HttpxClient, LeanClient, RequestFailed  # noqa: E402
+from ._common import ROOT, checkout_environment, write_json
+from .bench_models import add_model_options, build_chosen
+from .server_process import stop
+from .sse_client import HttpxClient, LeanClient, RequestFailed
 
 PROMPT_WORDS = (
     "Explain how a server keeps many clients happy at once, why each token should reach its "
@@ -122,7 +128,6 @@ def in_process(model_path: str, concurrencies: list[int], max_tokens: int, sampl
         tokens = run_batch(batch, max_tokens)
         result["aggregate_tps"][concurrency] = tokens / (time.perf_counter() - start)
     return result
-
 
 
 # --- (2) and (3): servers over HTTP ----------------------------------------------------------
@@ -265,20 +270,26 @@ async def load(url: str, model: str, concurrency: int, max_tokens: int, rounds: 
 
 
 @contextlib.asynccontextmanager
-async def serving(kind: str, model_path: str, port: int, *, max_tokens: int, decode_concurrency: int = 32) -> AsyncIterator[str]:
-    """mlx_lm.server or mlxtrio on ``port`` with the model, ready; its URL. Its log in $SERVE_BENCH_LOGS (/tmp)."""
+async def serving(
+    kind: str, model_path: str, port: int, *, max_tokens: int, decode_concurrency: int = 32, checkout: Path = ROOT
+) -> AsyncIterator[str]:
+    """mlx_lm.server, or mlxtrio of ``checkout``, on ``port`` with the model, ready; its URL.
+
+    Its log in $SERVE_BENCH_LOGS (/tmp).
+    """
     url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ)
     if kind == "mlx_lm.server":
         command = [sys.executable, "-m", "mlx_lm", "server", "--model", model_path, "--port", str(port),
                    "--max-tokens", str(max_tokens), "--decode-concurrency", str(decode_concurrency),
                    "--log-level", "WARNING"]
+        env, cwd = dict(os.environ), None
     else:
         command = [sys.executable, "-m", "mlxtrio", "serve", "--model", model_path, "--port", str(port),
                    "--admin-port", str(port + 1), "--log-level", "WARNING"]
-        env["MLX_CACHE_DIR"] = env.get("MLX_CACHE_DIR", "/tmp/mlxtrio-bench-cache")
+        env = checkout_environment(checkout, MLX_CACHE_DIR=os.environ.get("MLX_CACHE_DIR", "/tmp/mlxtrio-bench-cache"))
+        cwd = checkout
     log = open(os.environ.get("SERVE_BENCH_LOGS", "/tmp") + f"/serve_bench.{kind}.log", "w+b")  # noqa: SIM115
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=log)
     try:
         try:
             await wait_ready(url, process)
@@ -293,11 +304,13 @@ async def serving(kind: str, model_path: str, port: int, *, max_tokens: int, dec
 
 
 async def bench_server(
-    kind: str, model_path: str, concurrencies: list[int], max_tokens: int, rounds: int, port: int, client_kind: str
+    kind: str, model_path: str, concurrencies: list[int], max_tokens: int, rounds: int, port: int, client_kind: str,
+    checkout: Path,
 ) -> dict:
     # Both serve the model under its path.
     model_id = model_path
-    async with serving(kind, model_path, port, max_tokens=max_tokens, decode_concurrency=max(32, max(concurrencies))) as url:
+    decode_concurrency = max(32, max(concurrencies))
+    async with serving(kind, model_path, port, max_tokens=max_tokens, decode_concurrency=decode_concurrency, checkout=checkout) as url:
         result: dict = {"aggregate_tps": {}, "ttft_p50_s": {}, "ttft_p95_s": {}, "client_cpu_cores": {}, "errors": {},
                         "tokens_per_text_event": {}, "ttfts_s": {}}
         for concurrency in concurrencies:
@@ -319,7 +332,7 @@ def median_over_runs(runs: list, *, add: bool = False):  # noqa: ANN201 - the ru
     """One result of the same shape as each run's: every figure the median over the runs, failures their sum,
     per-request lists pooled.
 
-    On a GPU one run's figures swing by tens of percent (docs/PERFORMANCE.md);
+    A machine's speed drifts from run to run (docs/PERFORMANCE.md, "Method");
     the runs take turns, so slow spells of the machine fall on all of them.
     """
     first = runs[0]
@@ -330,6 +343,17 @@ def median_over_runs(runs: list, *, add: bool = False):  # noqa: ANN201 - the ru
     if isinstance(first, (int, float)) and not isinstance(first, bool):
         return sum(runs) if add else statistics.median(runs)
     return first
+
+
+def commit_of(checkout: Path) -> str | None:
+    """The commit ``checkout`` has out, with ``+`` if its tracked files differ from it; None outside git."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True, check=False)
+
+    head = git("rev-parse", "--short", "HEAD")
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+" if git("diff", "--quiet", "HEAD").returncode else "")
 
 
 def report(results: dict) -> str:
@@ -404,10 +428,18 @@ def main() -> None:
         "--servers", nargs="+", default=["in-process", "mlx_lm.server", "mlxtrio"],
         choices=["in-process", "mlx_lm.server", "mlxtrio"], help="which of the three to run (default: all)",
     )
+    parser.add_argument(
+        "--checkout", type=Path, default=ROOT,
+        help="the repository root whose mlxtrio is served (default: the one this harness is in)",
+    )
     args = parser.parse_args()
     if args.pin_in_process and not hasattr(os, "sched_setaffinity"):
         parser.error("--pin-in-process needs Linux (os.sched_setaffinity)")
-    model_path = str(build_chosen(args))
+    checkout = args.checkout.resolve()
+    if not (checkout / "mlxtrio" / "__init__.py").exists():
+        parser.error(f"--checkout {args.checkout}: no mlxtrio package there")
+    # Absolute: the servers run in other working directories.
+    model_path = str(build_chosen(args).resolve())
     results: dict = {
         "model": args.model,
         "max_tokens": args.max_tokens,
@@ -416,6 +448,8 @@ def main() -> None:
         "client": args.client,
         "in_process_pinned": args.pin_in_process,
         "mlx_worker_cpus": os.environ.get("MLX_WORKER_CPUS", "auto"),
+        "mlxtrio_checkout": str(checkout),
+        "mlxtrio_commit": commit_of(checkout),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
     }
     runs = []
@@ -423,9 +457,9 @@ def main() -> None:
         run: dict = {}
         if "in-process" in args.servers:
             baseline = subprocess.run(
-                [sys.executable, __file__, "--in-process", model_path, json.dumps(args.concurrency), str(args.max_tokens),
-                 "pin" if args.pin_in_process else "free", str(args.rounds)],
-                capture_output=True, text=True, check=True,
+                [sys.executable, "-m", "bench.serve_bench", "--in-process", model_path, json.dumps(args.concurrency),
+                 str(args.max_tokens), "pin" if args.pin_in_process else "free", str(args.rounds)],
+                capture_output=True, text=True, check=True, cwd=ROOT, env=checkout_environment(),
             )
             run["in_process"] = json.loads(baseline.stdout.strip().splitlines()[-1])
             run["in_process"]["aggregate_tps"] = {int(k): v for k, v in run["in_process"]["aggregate_tps"].items()}
@@ -433,7 +467,7 @@ def main() -> None:
         for kind, port in (("mlx_lm.server", args.port), ("mlxtrio", args.port + 10)):
             if kind in args.servers:
                 run[kind] = trio.run(
-                    bench_server, kind, model_path, args.concurrency, args.max_tokens, args.rounds, port, args.client
+                    bench_server, kind, model_path, args.concurrency, args.max_tokens, args.rounds, port, args.client, checkout
                 )
         runs.append(run)
     results.update(median_over_runs(runs))
@@ -466,7 +500,7 @@ def main() -> None:
                     + f" ms; pooled p50 / p95 {pooled[concurrency]['ttft_p50_s'] * 1e3:.1f} / {pooled[concurrency]['ttft_p95_s'] * 1e3:.1f} ms"
                 )
     if args.json:  # first: a reader of the output that stops early must not lose the results
-        args.json.write_text(json.dumps(results, indent=2))
+        write_json(args.json, results)
     if set(args.servers) == {"in-process", "mlx_lm.server", "mlxtrio"}:
         print(report(results))
     else:

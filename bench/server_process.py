@@ -1,4 +1,4 @@
-"""``mlxtrio serve`` as a child process of a benchmark: started on free ports, stopped for sure."""
+"""``mlxtrio serve`` of this checkout as a child process of a benchmark: started on free ports, stopped for sure."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from pathlib import Path
 import attrs
 import trio
 
-ROOT = Path(__file__).resolve().parents[1]
+from ._common import ROOT, checkout_environment
+
+__all__ = ["ServerProcess", "children", "mlxtrio_server", "stop"]
 
 
 @attrs.frozen
@@ -55,17 +57,12 @@ def stop(process: subprocess.Popen, *, signum: int = signal.SIGTERM, wait: float
 
 
 @contextlib.asynccontextmanager
-async def mlxtrio_server(cache: Path, *, command: list[str] | None = None, **env: str) -> AsyncIterator[ServerProcess]:
-    """The demo model's cache in ``cache``, extra environment ``env``; its log in a temporary file.
-
-    ``command`` replaces ``python -m mlxtrio serve`` (a launcher that instruments the server, say).
-    """
+async def mlxtrio_server(cache: Path, **env: str) -> AsyncIterator[ServerProcess]:
+    """The demo model's cache in ``cache``, extra environment ``env``; its log in a temporary file."""
     log_path = Path(tempfile.mkstemp(prefix="mlxtrio-bench-", suffix=".log")[1])
-    environment = {**os.environ, "MLX_CACHE_DIR": str(cache), "MLX_PORT": "0", "MLX_ADMIN_PORT": "0", **env}
-    # This checkout first, and whatever the caller's path holds after it (an offline bundle's site, say).
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    environment = checkout_environment(**{"MLX_CACHE_DIR": str(cache), "MLX_PORT": "0", "MLX_ADMIN_PORT": "0", **env})
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command or [sys.executable, "-m", "mlxtrio", "serve"], env=environment, stderr=log, cwd=ROOT)
+        process = subprocess.Popen([sys.executable, "-m", "mlxtrio", "serve"], env=environment, stderr=log, cwd=ROOT)
     try:
         with trio.fail_after(120):
             while not (found := re.search(r"OpenAI API on (\S+), admin API on (\S+)", log_path.read_text())):
@@ -77,24 +74,3 @@ async def mlxtrio_server(cache: Path, *, command: list[str] | None = None, **env
         stop(process)
         log_path.unlink()
 
-
-def serve_with_worker_launcher(launcher: str, argv: list[str]) -> int:
-    """``mlxtrio serve`` (in this process) whose workers start as ``python LAUNCHER --worker CONFIG SPEC``.
-
-    For benchmarks that instrument or vary the worker: ``launcher``'s
-    ``--worker`` changes what it measures, then runs mlxtrio's worker main.
-    """
-    import trio
-
-    from mlxtrio import _cli
-
-    open_process = trio.lowlevel.open_process
-
-    async def open_worker(command, **kwargs):  # noqa: ANN001, ANN003, ANN202
-        # [python, -m, mlxtrio.worker, config, spec] -> [python, launcher, --worker, config, spec]
-        if command[1:3] == ["-m", "mlxtrio.worker"]:
-            command = [command[0], launcher, "--worker", *command[3:]]
-        return await open_process(command, **kwargs)
-
-    trio.lowlevel.open_process = open_worker  # the orchestrator looks it up at each start
-    return _cli.main(["serve", *argv])

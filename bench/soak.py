@@ -1,6 +1,6 @@
 """Soak: thousands of requests, random disconnects, worker kills; then nothing may be left behind.
 
-    python bench/soak.py [--requests 3000] [--concurrency 24] [--kills 5] [--json OUT]
+    python -m bench.soak [--requests 3000] [--concurrency 24] [--kills 5] [--json OUT]
 
 Starts ``python -m mlxtrio serve`` (the demo model, loopback, free ports) and
 drives it from one async client: chat and completions, streaming and not,
@@ -17,7 +17,7 @@ intervals. Then it checks, and exits 1 if any check fails:
 - the server's resident memory grew by less than ``--rss-bound-mib``.
 
 ``--hostile`` runs the hostile mix instead (issue 22; what it sends:
-bench/hostile_mix.py): while ``--streams`` well-behaved clients stream
+``bench.hostile_mix``): while ``--streams`` well-behaved clients stream
 without pause and time every silence, ``--rounds`` seeded rounds of schema
 bombs, half-sent bodies, foreign-origin and foreign-Host requests, overflow
 numbers and control-token injection, with the server's body timeout cut to
@@ -55,13 +55,11 @@ from pathlib import Path
 import httpx
 import trio
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]
-from hostile_mix import Probe, distinct_schemas, half_sent, round_probes  # noqa: E402
-from server_process import children, mlxtrio_server  # noqa: E402
+from mlxtrio.ipc import list_objects
 
-from mlxtrio.ipc import list_objects  # noqa: E402
-from mlxtrio.worker._grammar import _CACHE_SIZE as GRAMMARS_KEPT  # noqa: E402
+from ._common import write_json
+from .hostile_mix import Probe, distinct_schemas, half_sent, round_probes
+from .server_process import children, mlxtrio_server
 
 # Per request: past this it counts as hung.
 DEADLINE = 60.0
@@ -342,7 +340,7 @@ async def _round(clients: dict[str, httpx.AsyncClient], probes: list[Probe], hal
             nursery.start_soon(_probe, clients, probe, results)
         for index in range(half):
             # Closed at once, at a random moment while the server waits, about when its 408 goes out
-            # (the race of issue 22, item 5), or once it answered; one in five on the admin port.
+            # (its answer racing the client's close), or once it answered; one in five on the admin port.
             draw = rng.random()
             close_after = (
                 None if draw < 0.3
@@ -422,7 +420,10 @@ async def _warm_up(clients: dict[str, httpx.AsyncClient], streaming: httpx.Async
             nursery.start_soon(_well_behaved, streaming, stop, Streams())
         for index in (-2, -1):
             await _round(clients, round_probes(args.seed, index, openai_url=urls["openai"], admin_url=urls["admin"]), 10, args, rng, [], {})
-        for probe in distinct_schemas(args.seed, GRAMMARS_KEPT + 4):
+        # No public setting says how many compiled grammars a worker keeps: the worker's own constant.
+        from mlxtrio.worker._grammar import _CACHE_SIZE as grammars_kept
+
+        for probe in distinct_schemas(args.seed, grammars_kept + 4):
             await _probe(clients, probe, [])
         with trio.move_on_after(30):
             while (await _health(admin)).get("prompt_cache_bytes", 0) < 0.9 * args.prompt_cache_mib * 2**20:
@@ -590,7 +591,7 @@ def main() -> int:
     parser.add_argument("--cache-dir", help="where the demo model is built (default: a fresh temporary directory)")
     parser.add_argument("--json", type=Path, help="write the report here too")
     hostile_options = parser.add_argument_group("the hostile mix")
-    hostile_options.add_argument("--hostile", action="store_true", help="run the hostile mix (bench/hostile_mix.py) instead")
+    hostile_options.add_argument("--hostile", action="store_true", help="run the hostile mix (bench.hostile_mix) instead")
     hostile_options.add_argument("--rounds", type=int, default=8)
     hostile_options.add_argument("--half-sent", type=int, default=300, help="half-sent bodies in all, spread over the rounds")
     hostile_options.add_argument("--streams", type=int, default=3, help="well-behaved clients streaming throughout")
@@ -605,7 +606,7 @@ def main() -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
-        args.json.write_text(text + "\n")
+        write_json(args.json, report)
     return 0 if report["passed"] else 1
 
 

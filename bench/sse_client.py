@@ -1,14 +1,11 @@
 """The benchmarks' streaming HTTP client: h11 over Trio TCP streams, lines of the response as they come.
 
-Why not httpx, as the benchmarks used before: a load generator shares the
-machine with the server it measures, and on the 2-core CI machine with the
-orchestrator's core. httpx took 0.93 ms of CPU per streaming request of
-eight events (its request and response models, the connection pool,
-anyio's Trio backend); h11 driven directly takes 0.23 ms
-(bench/client_cost.py, docs/PERFORMANCE.md). In a burst of eight requests,
-that is several milliseconds of the shared core given back to the server
-under test, which is what ``serve_bench.py`` is meant to measure.
-``--client httpx`` keeps the old client, to compare.
+Why not httpx: a load generator shares the machine with the server it
+measures, and on a 2-core machine the orchestrator's core. httpx costs
+several times the CPU per streaming request (its request and response
+models, the connection pool, anyio's Trio backend; docs/PERFORMANCE.md,
+"Method"), and what the client spends is taken from the server under test.
+``serve_bench --client httpx`` keeps httpx, to compare.
 
 h11 does the HTTP/1.1 (and 1.0) framing: chunked bodies, keep-alive, bodies
 ended by the connection's close (mlx_lm.server answers in HTTP/1.0).
@@ -125,7 +122,7 @@ class LeanClient:
 
 @attrs.define(eq=False)
 class HttpxClient:
-    """The same interface over httpx (the benchmarks' client before LeanClient)."""
+    """The same interface over httpx, to compare with LeanClient."""
 
     client: object  # httpx.AsyncClient
 
