@@ -2,6 +2,6 @@
 
 from ._admin import create_admin_app
 from ._common import ServerState
-from ._openai import create_openai_app
+from ._generation import create_openai_app
 
 __all__ = ["ServerState", "create_admin_app", "create_openai_app"]

@@ -16,7 +16,7 @@ from .._metrics import Metrics
 from ..orchestrator import Supervisor
 from ._errors import KIND_OF_STATUS, openai_error, status_of
 from ._in_flight import InFlight
-from ._requests import RequestLimits
+from .openai._schemas import RequestLimits
 
 __all__ = ["ServerState", "error_response", "install_error_handlers", "json_response"]
 

@@ -13,10 +13,10 @@ import re
 import attrs
 import msgspec
 
-from .. import _protocol as p
-from .._errors import ErrorKind, ServerError
-from ._decode import decode_body
-from ._structured import JSON_OBJECT, json_schema_grammar, tool_call_grammar
+from ... import _protocol as p
+from ..._errors import ErrorKind, ServerError
+from .._decode import decode_body
+from .._structured import JSON_OBJECT, json_schema_grammar, tool_call_grammar
 
 __all__ = ["ChatCompletionRequest", "CompletionRequest", "RequestLimits", "decode_request"]
 

@@ -25,7 +25,7 @@ from ._errors import openai_error, status_of
 from ._in_flight import InFlight
 from ._observe import CLIENT_CLOSED_REQUEST, current_record, install_observability
 from ._origin import install_browser_checks
-from ._requests import ChatCompletionRequest, CompletionRequest, decode_request
+from .openai._schemas import ChatCompletionRequest, CompletionRequest, decode_request
 
 __all__ = ["create_openai_app"]
 

@@ -1,0 +1,1 @@
+"""The OpenAI API surface: chat completions, completions and models."""
