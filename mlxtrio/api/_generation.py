@@ -12,6 +12,7 @@ record.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 import attrs
@@ -172,7 +173,7 @@ class Generation:
                 )
         return cls(generation_request, worker, arrival, timeout, state.in_flight)
 
-    def _generate(self):  # noqa: ANN202 - the worker's generate() context
+    def _generate(self) -> AbstractAsyncContextManager[Events]:
         asked = self.request
         return self.worker.generate(
             asked.params,
