@@ -19,7 +19,7 @@ from .._decode import decode_body
 from .._durations import duration_seconds
 from .._structured import JSON_OBJECT, forced_call_grammar, json_schema_grammar
 
-__all__ = ["ChatCompletionRequest", "CommonRequest", "CompletionRequest", "decode_request"]
+__all__ = ["ChatCompletionRequest", "CommonRequest", "CompletionRequest", "ContentPart", "Message", "Tool", "decode_request"]
 
 R = TypeVar("R", bound="CommonRequest")
 
@@ -37,7 +37,7 @@ MAX_LOGIT_BIAS = 300
 _CONTENT_REQUIRED = {"system", "developer", "user", "tool"}
 
 
-class _ContentPart(msgspec.Struct):
+class ContentPart(msgspec.Struct):
     type: str
     text: str | None = None
 
@@ -53,9 +53,9 @@ class _ToolCallIn(msgspec.Struct):
     type: str = "function"
 
 
-class _Message(msgspec.Struct):
+class Message(msgspec.Struct):
     role: str
-    content: str | list[_ContentPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[_ToolCallIn] | None = None
     tool_call_id: str | None = None
@@ -68,7 +68,7 @@ class _FunctionDefinition(msgspec.Struct):
     strict: bool | None = None
 
 
-class _Tool(msgspec.Struct):
+class Tool(msgspec.Struct):
     type: str
     function: _FunctionDefinition
 
@@ -187,12 +187,12 @@ class CommonRequest(msgspec.Struct, kw_only=True):
 class ChatCompletionRequest(CommonRequest, kw_only=True):
     """POST /v1/chat/completions."""
 
-    messages: list[_Message]
+    messages: list[Message]
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
     response_format: _ResponseFormat | None = None
-    tools: list[_Tool] | None = None
+    tools: list[Tool] | None = None
     tool_choice: str | _NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
 

@@ -79,7 +79,12 @@ class OpenAIAnswer:
     @staticmethod
     def heading(request: CommonRequest, id_prefix: str) -> dict:
         """The fields every answer takes from its request, and a fresh id and time."""
-        return {"id": id_prefix + secrets.token_hex(12), "created": int(time.time()), "model": request.model, "include_usage": request.include_usage}
+        return {
+            "id": id_prefix + secrets.token_hex(12),
+            "created": int(time.time()),
+            "model": request.model,
+            "include_usage": request.include_usage,
+        }
 
     def chunk(self, choices: list[dict]) -> dict:
         return {"id": self.id, "object": self.chunk_object, "created": self.created, "model": self.model, "choices": choices}

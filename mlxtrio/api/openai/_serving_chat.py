@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import attrs
@@ -11,7 +12,7 @@ from quart import Response
 from ... import _protocol as p
 from .._common import RequestLimits, ServerState
 from .._generation import Collected, GenerationRequest, respond
-from ._schemas import ChatCompletionRequest, _ContentPart, _Message, _Tool, decode_request
+from ._schemas import ChatCompletionRequest, ContentPart, Message, Tool, decode_request
 from ._serving import OpenAIAnswer, sampling_params, sse, tool_call_object, usage_object
 
 __all__ = ["ChatCompletion", "chat_completions"]
@@ -41,7 +42,7 @@ def generation_request(chat: ChatCompletionRequest, limits: RequestLimits) -> Ge
     )
 
 
-def _text(content: str | list[_ContentPart] | None) -> str:
+def _text(content: str | list[ContentPart] | None) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
@@ -49,7 +50,7 @@ def _text(content: str | list[_ContentPart] | None) -> str:
     return "".join(part.text or "" for part in content)
 
 
-def _chat_message(message: _Message) -> p.ChatMessage:
+def _chat_message(message: Message) -> p.ChatMessage:
     return p.ChatMessage(
         message.role,
         _text(message.content),
@@ -58,7 +59,7 @@ def _chat_message(message: _Message) -> p.ChatMessage:
     )
 
 
-def _tools_json(tools: list[_Tool]) -> str:
+def _tools_json(tools: list[Tool]) -> str:
     """The tools as the chat template takes them."""
     return msgspec.json.encode([{"type": "function", "function": msgspec.structs.asdict(tool.function)} for tool in tools]).decode()
 
@@ -67,7 +68,7 @@ def _logprob(token: str, logprob: float) -> dict:
     return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
 
 
-def _logprobs(entries: list[p.TokenLogprob] | tuple[p.TokenLogprob, ...]) -> dict:
+def _logprobs(entries: Sequence[p.TokenLogprob]) -> dict:
     return {
         "content": [
             {**_logprob(entry.token, entry.logprob), "top_logprobs": [_logprob(token, value) for token, value in entry.top]}
@@ -85,17 +86,21 @@ class ChatCompletion(OpenAIAnswer):
     # Streamed: each choice's tool calls are numbered from 0.
     _calls_so_far: list[int]
 
-    def _choice_chunk(self, index: int, delta: dict, finish_reason: str | None, logprobs: tuple[p.TokenLogprob, ...] = ()) -> dict:
+    def _choice_chunk(self, index: int, delta: dict, finish_reason: str | None, logprobs: Sequence[p.TokenLogprob] = ()) -> dict:
         return {
             "id": self.id,
             "object": self.chunk_object,
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": index, "delta": delta, "logprobs": _logprobs(logprobs) if self.logprobs else None, "finish_reason": finish_reason}],
+            "choices": [
+                {"index": index, "delta": delta, "logprobs": _logprobs(logprobs) if self.logprobs else None, "finish_reason": finish_reason}
+            ],
         }
 
     def opening(self, first: p.Delta) -> bytes:
-        return b"".join(sse(self._choice_chunk(index, {"role": "assistant", "content": ""}, None)) for index in range(len(self._calls_so_far)))
+        # A role chunk per choice, sent with the first token's.
+        choices = range(len(self._calls_so_far))
+        return b"".join(sse(self._choice_chunk(index, {"role": "assistant", "content": ""}, None)) for index in choices)
 
     def delta(self, choice: int, delta: p.Delta) -> bytes:
         content: dict = {"content": delta.text} if delta.text else {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import attrs
@@ -18,7 +19,8 @@ __all__ = ["TextCompletion", "completions"]
 
 async def completions(state: ServerState, body: bytes) -> Response:
     completion = decode_request(body, CompletionRequest, state.limits)
-    answer = TextCompletion(**OpenAIAnswer.heading(completion, "cmpl-"), logprobs=completion.logprobs is not None, offsets=[0] * completion.n)
+    wants_logprobs = completion.logprobs is not None
+    answer = TextCompletion(**OpenAIAnswer.heading(completion, "cmpl-"), logprobs=wants_logprobs, offsets=[0] * completion.n)
     return await respond(state, generation_request(completion, state.limits), answer)
 
 
@@ -34,7 +36,7 @@ def generation_request(completion: CompletionRequest, limits: RequestLimits) -> 
     )
 
 
-def _logprobs(entries: list[p.TokenLogprob] | tuple[p.TokenLogprob, ...], offset: int) -> dict:
+def _logprobs(entries: Sequence[p.TokenLogprob], offset: int) -> dict:
     """The completions API's older shape: parallel lists, and each token's offset in the text."""
     offsets = []
     for entry in entries:
@@ -56,7 +58,7 @@ class TextCompletion(OpenAIAnswer):
     # Streamed: where each choice's next chunk starts in its text.
     _offsets: list[int]
 
-    def _choice(self, index: int, text: str, finish_reason: str | None, logprobs: list[p.TokenLogprob] | tuple[p.TokenLogprob, ...], offset: int) -> dict:
+    def _choice(self, index: int, text: str, finish_reason: str | None, logprobs: Sequence[p.TokenLogprob], offset: int) -> dict:
         return {
             "text": text,
             "index": index,
