@@ -27,7 +27,7 @@ from . import _http
 from ._config import Config, is_loopback
 from ._metrics import Metrics
 from ._state_files import PidFile, take_pid_file, write_atomically
-from .api import ServerState, create_admin_app, create_openai_app
+from .api import ServerState, create_admin_app, create_api_app
 from .ipc import sweep_stale_objects
 from .orchestrator import ModelCatalog, Supervisor
 
@@ -177,7 +177,7 @@ async def main(
                         )
                     )
                     for app, host, port in (
-                        (create_openai_app(state), config.host, config.port),
+                        (create_api_app(state), config.host, config.port),
                         (create_admin_app(state), config.admin_host, config.admin_port),
                     )
                 ]

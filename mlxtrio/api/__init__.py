@@ -1,7 +1,7 @@
-"""The HTTP side: the OpenAI API app and the admin API app (Quart-Trio)."""
+"""The HTTP side: the API app, one folder per API surface (``openai/``), and the admin app (Quart-Trio)."""
 
 from ._admin import create_admin_app
+from ._app import create_api_app
 from ._common import ServerState
-from ._openai import create_openai_app
 
-__all__ = ["ServerState", "create_admin_app", "create_openai_app"]
+__all__ = ["ServerState", "create_admin_app", "create_api_app"]

@@ -21,7 +21,7 @@ A streaming body runs after its view has returned, in the same task. Some
 work must start before the response's headers go out: a generation's
 ``Generate`` leaves as soon as the request's body is read, so that in a
 burst the worker starts on the first requests while the orchestrator is
-still taking in the rest (docs/PERFORMANCE.md). ``enter_for_body`` enters
+still taking in the rest. ``enter_for_body`` enters
 such a context in the view, for the body to take over with ``async with``.
 If the body never runs (the client left first, or the response failed
 before its body), the request's end leaves the context instead, shielded

@@ -1,12 +1,13 @@
-"""What both HTTP apps share: the server state they see, JSON responses, OpenAI-shaped errors."""
+"""What both HTTP apps share: the server state they see, the limits of a request, JSON responses, error responses."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import attrs
 import msgspec
-from quart import Response
+from quart import Blueprint, Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -16,12 +17,30 @@ from .._metrics import Metrics
 from ..orchestrator import Supervisor
 from ._errors import KIND_OF_STATUS, openai_error, status_of
 from ._in_flight import InFlight
-from ._requests import RequestLimits
 
-__all__ = ["ServerState", "error_response", "install_error_handlers", "json_response"]
+__all__ = ["ErrorBody", "RequestLimits", "ServerState", "error_response", "install_error_handlers", "json_response"]
 
 log = logging.getLogger("mlxtrio.api")
 _json = msgspec.json.Encoder()
+# A request that names no max_tokens gets this many, or the server's cap if lower.
+_DEFAULT_MAX_TOKENS = 1024
+
+# How a surface writes an error's body (``{"error": {...}}`` for OpenAI's).
+ErrorBody = Callable[[ServerError], dict]
+
+
+@attrs.frozen(kw_only=True)
+class RequestLimits:
+    """What one request may ask for (MLX_MAX_TOKENS, MLX_MAX_CHOICES, MLX_GRAMMAR_MAX_BYTES)."""
+
+    max_tokens: int
+    max_choices: int
+    # A grammar's JSON schema, in bytes.
+    grammar_max_bytes: int
+
+    @property
+    def default_max_tokens(self) -> int:
+        return min(_DEFAULT_MAX_TOKENS, self.max_tokens)
 
 
 @attrs.define(eq=False)
@@ -34,9 +53,10 @@ class ServerState:
     shutting_down: bool = False
     # Both apps' requests in flight: counted, and cut when a graceful stop's grace period is over.
     in_flight: InFlight = attrs.Factory(InFlight)
+    limits: RequestLimits = attrs.field(init=False)
 
-    @property
-    def limits(self) -> RequestLimits:
+    @limits.default
+    def _limits(self) -> RequestLimits:
         return RequestLimits(
             max_tokens=self.config.max_tokens_limit,
             max_choices=self.config.max_choices,
@@ -48,8 +68,8 @@ def json_response(payload: object, status: int = 200) -> Response:
     return Response(_json.encode(payload), status=status, content_type="application/json")
 
 
-def error_response(error: ServerError) -> Response:
-    response = json_response(openai_error(error), status_of(error))
+def error_response(error: ServerError, body: ErrorBody = openai_error) -> Response:
+    response = json_response(body(error), status_of(error))
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
     if error.www_authenticate:
@@ -59,14 +79,14 @@ def error_response(error: ServerError) -> Response:
     return response
 
 
-def install_error_handlers(app: QuartTrio) -> None:
-    """Every error leaves in OpenAI's shape, with its status; nothing is a bare 500 page."""
+def install_error_handlers(target: QuartTrio | Blueprint, body: ErrorBody = openai_error) -> None:
+    """Every error of ``target`` (an app, or a surface's routes) leaves as ``body`` writes it, with its status; nothing is a bare 500 page."""
 
-    @app.errorhandler(ServerError)
+    @target.errorhandler(ServerError)
     async def server_error(error: ServerError) -> Response:
-        return error_response(error)
+        return error_response(error, body)
 
-    @app.errorhandler(HTTPException)
+    @target.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
         status = error.code or 500
         message = {
@@ -76,9 +96,9 @@ def install_error_handlers(app: QuartTrio) -> None:
             413: "the request body is too large",
         }.get(status, error.description or error.name)
         kind = KIND_OF_STATUS.get(status, ErrorKind.INVALID_REQUEST if status < 500 else ErrorKind.INTERNAL)
-        return error_response(ServerError(kind, message, close_connection=status == 413))
+        return error_response(ServerError(kind, message, close_connection=status == 413), body)
 
-    @app.errorhandler(Exception)
+    @target.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
         log.exception("unexpected error while handling a request")
-        return error_response(ServerError(ErrorKind.INTERNAL, f"internal error: {type(error).__name__}"))
+        return error_response(ServerError(ErrorKind.INTERNAL, f"internal error: {type(error).__name__}"), body)

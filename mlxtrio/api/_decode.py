@@ -3,7 +3,7 @@
 Whatever a body holds, decoding it either gives the structure or raises a
 ``ServerError``: bad JSON, wrong types, nesting too deep, and invalid UTF-8
 inside a string, which msgspec reports as a bare ``UnicodeDecodeError``
-without the field (issue 22). All of it costs time linear in the body, at
+without the field. All of it costs time linear in the body, at
 the speed of msgspec or of ``bytes`` methods: no Python loop over the body.
 """
 

@@ -1,10 +1,14 @@
-"""Error kinds as HTTP sees them: the one place a kind becomes a status (and OpenAI's error type)."""
+"""Error kinds as HTTP sees them: the one place a kind becomes a status; and OpenAI's error body, the default one.
+
+Each API surface writes error bodies in its own shape (its ``Surface.error_body``);
+OpenAI's is also the admin API's, and the answer on paths that no surface serves.
+"""
 
 from __future__ import annotations
 
 from .._errors import ErrorKind, ServerError
 
-__all__ = ["STATUS", "openai_error", "status_of"]
+__all__ = ["KIND_OF_STATUS", "STATUS", "openai_error", "status_of"]
 
 STATUS = {
     ErrorKind.INVALID_REQUEST: 400,

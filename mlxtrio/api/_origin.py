@@ -1,6 +1,6 @@
 """What a web page may make either API do: the Host, the Origin and the content type, checked before anything else.
 
-A page open in a local browser can reach a server on loopback (issue 22):
+A page open in a local browser can reach a server on loopback:
 
 - **DNS rebinding**: the page's own name is made to resolve to 127.0.0.1,
   and the browser then lets the page read the server's answers as its own.

@@ -1,16 +1,16 @@
 """``response_format`` and required tool calls: the grammar a worker is to enforce, as data.
 
 The orchestrator never compiles a grammar: what a schema costs to compile is
-the requester's to choose (a 0.9 KB schema nested 30 deep once made the regex
-built here grow to gigabytes, issue 22). It only checks that the schema is a
-JSON object within ``MLX_GRAMMAR_MAX_BYTES`` and hands it on; the worker
-compiles it with llguidance, off its decode loop and within
-``MLX_GRAMMAR_COMPILE_TIMEOUT``, and refuses with a 400 what it cannot
-enforce (``worker/_grammar.py``).
+the requester's to choose, and a small schema can compile to a huge automaton.
+It only checks that the schema is a JSON object within
+``MLX_GRAMMAR_MAX_BYTES`` and hands it on; the worker compiles it with
+llguidance, off its decode loop and within ``MLX_GRAMMAR_COMPILE_TIMEOUT``,
+and refuses with a 400 what it cannot enforce (``worker/_grammar.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -18,7 +18,7 @@ import msgspec
 from .. import _protocol as p
 from .._errors import ErrorKind, ServerError
 
-__all__ = ["JSON_OBJECT", "json_schema_grammar", "tool_call_grammar"]
+__all__ = ["JSON_OBJECT", "forced_call_grammar", "json_schema_grammar", "tool_call_grammar"]
 
 # Without a schema: any JSON object.
 JSON_OBJECT: dict[str, Any] = {"type": "object"}
@@ -48,3 +48,17 @@ def json_schema_grammar(schema: Any, *, param: str, max_bytes: int) -> p.Grammar
 def tool_call_grammar(call_schema: dict[str, Any], *, param: str, max_bytes: int) -> p.Grammar:
     """One call in the json_tools syntax: ``<tool_call>``, a JSON object valid against ``call_schema``, ``</tool_call>``."""
     return p.Grammar("json_tool_call", _schema_text(call_schema, param=param, max_bytes=max_bytes), param)
+
+
+def forced_call_grammar(functions: Sequence[tuple[str, dict[str, Any] | None]], *, param: str, max_bytes: int) -> p.Grammar:
+    """One call of one of ``functions`` (each a name and its parameters' JSON schema), in the json_tools syntax."""
+    schemas = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": name}, "arguments": parameters or {"type": "object"}},
+            "required": ["name", "arguments"],
+        }
+        for name, parameters in functions
+    ]
+    call = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+    return tool_call_grammar(call, param=param, max_bytes=max_bytes)

@@ -156,7 +156,7 @@ async def test_keep_alive_must_be_a_duration(client, openapi):
 
 
 def test_durations_parse_like_ollama():
-    from mlxtrio.api._requests import CompletionRequest
+    from mlxtrio.api.openai._schemas import CompletionRequest
 
     def seconds(value: object) -> float | None:
         return CompletionRequest(model="m", prompt="p", keep_alive=value).keep_alive_seconds()

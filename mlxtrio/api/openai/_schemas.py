@@ -1,43 +1,31 @@
-"""Request bodies of the OpenAI API: decoded and validated in one pass by msgspec.
+"""The OpenAI API's request bodies (msgspec structs), and the checks that make a bad one a 400.
 
 Anything malformed becomes a 400 in OpenAI's shape, naming the field
-(``param``) when there is one. Unknown fields are ignored, as OpenAI's own
-clients send fields a server may not know.
+(``param``) when there is one, before any 200. Unknown fields are ignored,
+as OpenAI's own clients send fields a server may not know.
 """
 
 from __future__ import annotations
 
-import math
 import re
+from typing import TypeVar
 
-import attrs
 import msgspec
 
-from .. import _protocol as p
-from .._errors import ErrorKind, ServerError
-from ._decode import decode_body
-from ._structured import JSON_OBJECT, json_schema_grammar, tool_call_grammar
+from ... import _protocol as p
+from ..._errors import ErrorKind, ServerError
+from .._common import RequestLimits
+from .._decode import decode_body
+from .._durations import duration_seconds
+from .._structured import JSON_OBJECT, forced_call_grammar, json_schema_grammar
 
-__all__ = ["ChatCompletionRequest", "CompletionRequest", "RequestLimits", "decode_request"]
+__all__ = ["ChatCompletionRequest", "CommonRequest", "CompletionRequest", "ContentPart", "Message", "Tool", "decode_request"]
 
-DEFAULT_MAX_TOKENS = 1024
+R = TypeVar("R", bound="CommonRequest")
+
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 512
-
-
-@attrs.frozen(kw_only=True)
-class RequestLimits:
-    """What one request may ask for (MLX_MAX_TOKENS, MLX_MAX_CHOICES)."""
-
-    max_tokens: int = 32768
-    max_choices: int = 16
-    # A grammar's JSON schema, in bytes (MLX_GRAMMAR_MAX_BYTES).
-    grammar_max_bytes: int = 64 * 1024
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
-# Ollama's keep_alive: seconds, or a Go-style duration ("5m", "1h30m", "-1s").
-_DURATION_RE = re.compile(r"(-?)((?:\d+(?:\.\d+)?(?:ms|s|m|h))+)", re.ASCII)
-_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)", re.ASCII)
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Token ids (logit_bias keys) are ASCII digits, within int32 as MLX indexes: int() would also take
 # "\u00b2" (an error) and Arabic-Indic digits (read as others), and msgpack refuses past 64 bits.
 _TOKEN_ID_RE = re.compile(r"[0-9]{1,10}")
@@ -49,7 +37,7 @@ MAX_LOGIT_BIAS = 300
 _CONTENT_REQUIRED = {"system", "developer", "user", "tool"}
 
 
-class _ContentPart(msgspec.Struct):
+class ContentPart(msgspec.Struct):
     type: str
     text: str | None = None
 
@@ -65,9 +53,9 @@ class _ToolCallIn(msgspec.Struct):
     type: str = "function"
 
 
-class _Message(msgspec.Struct):
+class Message(msgspec.Struct):
     role: str
-    content: str | list[_ContentPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[_ToolCallIn] | None = None
     tool_call_id: str | None = None
@@ -80,7 +68,7 @@ class _FunctionDefinition(msgspec.Struct):
     strict: bool | None = None
 
 
-class _Tool(msgspec.Struct):
+class Tool(msgspec.Struct):
     type: str
     function: _FunctionDefinition
 
@@ -113,7 +101,9 @@ class _StreamOptions(msgspec.Struct):
     include_usage: bool = False
 
 
-class _Common(msgspec.Struct, kw_only=True):
+class CommonRequest(msgspec.Struct, kw_only=True):
+    """The fields both endpoints take."""
+
     model: str
     max_tokens: int | None = None
     temperature: float | None = None
@@ -135,45 +125,16 @@ class _Common(msgspec.Struct, kw_only=True):
     # Extension (Ollama's): how long the model stays loaded after this request.
     keep_alive: float | str | None = None
 
-    def _max_tokens(self, limits: RequestLimits) -> int:
-        # The server's cap applies to the default too.
-        return self.max_tokens if self.max_tokens is not None else min(DEFAULT_MAX_TOKENS, limits.max_tokens)
+    def max_tokens_or_default(self, limits: RequestLimits) -> int:
+        return self.max_tokens if self.max_tokens is not None else limits.default_max_tokens
 
     def _max_tokens_param(self) -> str:
         return "max_tokens"
 
-    def _logprobs(self) -> tuple[bool, int]:
-        """(report log probabilities, how many alternatives): each API spells it its own way."""
-        return False, 0
-
-    def _grammar(self, limits: RequestLimits) -> p.Grammar | None:
-        """What the output must match (response_format, a required tool call), if anything."""
-        return None
-
-    def sampling(self, limits: RequestLimits) -> p.SamplingParams:
-        wanted, top = self._logprobs()
-        return p.SamplingParams(
-            grammar=self._grammar(limits),
-            logprobs=wanted,
-            top_logprobs=top,
-            max_tokens=self._max_tokens(limits),
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            stop=tuple([self.stop] if isinstance(self.stop, str) else self.stop or ()),
-            seed=self.seed,
-            ignore_eos=self.ignore_eos,
-            top_k=self.top_k or 0,
-            min_p=self.min_p or 0.0,
-            repetition_penalty=self.repetition_penalty or 0.0,
-            presence_penalty=self.presence_penalty or 0.0,
-            frequency_penalty=self.frequency_penalty or 0.0,
-            logit_bias=tuple((int(token), bias) for token, bias in (self.logit_bias or {}).items()),
-        )
-
     def validate(self, limits: RequestLimits) -> None:
         if not self.model:
             raise ServerError(ErrorKind.INVALID_REQUEST, "model must not be empty", param="model")
-        max_tokens, param = self._max_tokens(limits), self._max_tokens_param()
+        max_tokens, param = self.max_tokens_or_default(limits), self._max_tokens_param()
         if not 1 <= max_tokens <= limits.max_tokens:
             raise ServerError(ErrorKind.INVALID_REQUEST, f"{param} must be within [1, {limits.max_tokens}], not {max_tokens}", param=param)
         if self.temperature is not None and not 0 <= self.temperature <= 2:
@@ -216,35 +177,26 @@ class _Common(msgspec.Struct, kw_only=True):
 
     def keep_alive_seconds(self) -> float | None:
         """``keep_alive`` in seconds (negative: stay loaded; 0: unload when idle); None: the idle timeout."""
-        value = self.keep_alive
-        if value is None or isinstance(value, float | int):
-            return value
-        match = _DURATION_RE.fullmatch(value.strip())
-        if match is None:
-            raise ServerError(
-                ErrorKind.INVALID_REQUEST, f"keep_alive is seconds or a duration like '5m' or '1h30m', not {value!r}", param="keep_alive"
-            )
-        seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART_RE.findall(match.group(2)))
-        if not math.isfinite(seconds):
-            raise ServerError(ErrorKind.INVALID_REQUEST, f"keep_alive must be a finite duration, not {value[:20]!r}...", param="keep_alive")
-        return -seconds if match.group(1) else seconds
+        return duration_seconds(self.keep_alive, param="keep_alive")
 
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
 
-class ChatCompletionRequest(_Common, kw_only=True):
-    messages: list[_Message]
+class ChatCompletionRequest(CommonRequest, kw_only=True):
+    """POST /v1/chat/completions."""
+
+    messages: list[Message]
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
     response_format: _ResponseFormat | None = None
-    tools: list[_Tool] | None = None
+    tools: list[Tool] | None = None
     tool_choice: str | _NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
 
-    def _tool_mode(self) -> str | None:
+    def tool_mode(self) -> str | None:
         """None (no tools offered), "none", "auto", "required", or the one function's name."""
         if not self.tools:
             if self.tool_choice not in (None, "none", "auto"):
@@ -260,43 +212,19 @@ class ChatCompletionRequest(_Common, kw_only=True):
             raise ServerError(ErrorKind.INVALID_REQUEST, f"tool_choice names {choice.function.name!r}, which is not among the tools", param="tool_choice")
         return choice.function.name
 
-    def tools_json(self) -> str | None:
-        """The tools for the chat template (none when tool_choice is "none": the model is not to call them)."""
-        if self._tool_mode() in (None, "none"):
-            return None
-        assert self.tools is not None
-        return msgspec.json.encode(
-            [{"type": "function", "function": msgspec.structs.asdict(tool.function)} for tool in self.tools]
-        ).decode()
-
-    @property
-    def parse_tool_calls(self) -> bool:
-        return self._tool_mode() not in (None, "none")
-
     @property
     def forces_tool_call(self) -> bool:
-        return self._tool_mode() not in (None, "none", "auto")
+        return self.tool_mode() not in (None, "none", "auto")
 
     def _forced_call_grammar(self, limits: RequestLimits) -> p.Grammar:
-        """A call in the json_tools syntax (<tool_call>{"name": ..., "arguments": ...}</tool_call>) of an allowed function."""
-        mode = self._tool_mode()
+        """A call of the one function named, or of any offered (tool_choice "required")."""
+        mode = self.tool_mode()
         assert self.tools is not None
-        schemas = [
-            {
-                "type": "object",
-                "properties": {
-                    "name": {"const": tool.function.name},
-                    "arguments": tool.function.parameters or {"type": "object"},
-                },
-                "required": ["name", "arguments"],
-            }
-            for tool in self.tools
-            if mode == "required" or tool.function.name == mode
-        ]
-        call = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
-        return tool_call_grammar(call, param="tools", max_bytes=limits.grammar_max_bytes)
+        functions = [(tool.function.name, tool.function.parameters) for tool in self.tools if mode == "required" or tool.function.name == mode]
+        return forced_call_grammar(functions, param="tools", max_bytes=limits.grammar_max_bytes)
 
-    def _grammar(self, limits: RequestLimits) -> p.Grammar | None:
+    def grammar(self, limits: RequestLimits) -> p.Grammar | None:
+        """What the output must match (response_format, a required tool call), if anything."""
         if self.forces_tool_call:
             if self.response_format is not None and self.response_format.type != "text":
                 raise ServerError(ErrorKind.INVALID_REQUEST, "response_format cannot be combined with a required tool call", param="response_format")
@@ -324,13 +252,10 @@ class ChatCompletionRequest(_Common, kw_only=True):
             param="response_format.type",
         )
 
-    def _logprobs(self) -> tuple[bool, int]:
-        return self.logprobs, self.top_logprobs or 0
-
-    def _max_tokens(self, limits: RequestLimits) -> int:
+    def max_tokens_or_default(self, limits: RequestLimits) -> int:
         if self.max_completion_tokens is not None:
             return self.max_completion_tokens
-        return super()._max_tokens(limits)
+        return super().max_tokens_or_default(limits)
 
     def _max_tokens_param(self) -> str:
         return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
@@ -351,7 +276,7 @@ class ChatCompletionRequest(_Common, kw_only=True):
                 raise ServerError(
                     ErrorKind.INVALID_REQUEST, "a function name is 1 to 64 of a-z, A-Z, 0-9, _ and -", param=f"tools[{index}].function.name"
                 )
-        self._grammar(limits)
+        self.grammar(limits)
         for index, message in enumerate(self.messages):
             if message.role not in _ROLES:
                 raise ServerError(
@@ -362,7 +287,7 @@ class ChatCompletionRequest(_Common, kw_only=True):
                 raise ServerError(ErrorKind.INVALID_REQUEST, f"messages[{index}]: a {message.role} message needs {needs}", param=f"messages[{index}].content")
             if message.content == []:
                 raise ServerError(ErrorKind.INVALID_REQUEST, f"messages[{index}].content must not be an empty list", param=f"messages[{index}].content")
-            # Templates write a call's name into the prompt as it is (issue 22, item 7): the same names as tools'.
+            # Templates write a call's name into the prompt as it is: the same names as tools'.
             for number, call in enumerate(message.tool_calls or ()):
                 if not _FORMAT_NAME.fullmatch(call.function.name):
                     raise ServerError(
@@ -379,32 +304,13 @@ class ChatCompletionRequest(_Common, kw_only=True):
                             param=f"messages[{index}].content",
                         )
 
-    def chat_messages(self) -> tuple[p.ChatMessage, ...]:
-        def text(content: str | list[_ContentPart] | None) -> str:
-            if content is None:
-                return ""
-            if isinstance(content, str):
-                return content
-            return "".join(part.text or "" for part in content)
 
-        return tuple(
-            p.ChatMessage(
-                message.role,
-                text(message.content),
-                tuple(p.ToolCall(call.function.name, call.function.arguments, call.id) for call in message.tool_calls or ()),
-                message.tool_call_id,
-            )
-            for message in self.messages
-        )
+class CompletionRequest(CommonRequest, kw_only=True):
+    """POST /v1/completions."""
 
-
-class CompletionRequest(_Common, kw_only=True):
     prompt: str
     # The legacy API's logprobs: how many alternatives per token (0 to 5), or null for none.
     logprobs: int | None = None
-
-    def _logprobs(self) -> tuple[bool, int]:
-        return self.logprobs is not None, self.logprobs or 0
 
     def validate(self, limits: RequestLimits) -> None:
         super().validate(limits)
@@ -414,7 +320,7 @@ class CompletionRequest(_Common, kw_only=True):
             raise ServerError(ErrorKind.INVALID_REQUEST, "prompt must not be empty", param="prompt")
 
 
-def decode_request(body: bytes, request_type: type[msgspec.Struct], limits: RequestLimits):  # noqa: ANN201
+def decode_request(body: bytes, request_type: type[R], limits: RequestLimits) -> R:
     """Decode and validate a JSON body; any problem is a 400 ServerError."""
     request = decode_body(body, request_type)
     request.validate(limits)

@@ -1,0 +1,297 @@
+"""One generation, whichever API surface asked for it, run against its model's worker.
+
+A surface translates its request into a ``GenerationRequest``, and the
+worker's ``Delta`` events back into its own responses through an ``Answer``;
+what lies between is here, the same for every surface: the request in the
+server's intake, its model's worker, the model loaded by the request's
+deadline, admission, the generation entered before a stream's 200, the
+request timeout, a graceful stop's cut, cancellation, and the request's
+record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+import attrs
+import trio
+from quart import Response, g, request
+from quart_trio import QuartTrio
+
+from .. import _protocol as p
+from .._errors import ErrorKind, ServerError
+from ..orchestrator import Arrival, Events, Intake, ModelWorker
+from ._asgi import HeldForBody, enter_for_body
+from ._common import ServerState, json_response
+from ._errors import status_of
+from ._in_flight import InFlight
+from ._observe import CLIENT_CLOSED_REQUEST, RequestRecord, current_record
+
+__all__ = ["Answer", "Collected", "Generation", "GenerationRequest", "Usage", "install_intake", "respond"]
+
+
+@attrs.frozen(kw_only=True)
+class GenerationRequest:
+    """What a surface asks of a model: the pieces of one ``Generate``, and whether to stream the answer."""
+
+    model: str
+    params: p.SamplingParams
+    # Exactly one of them: a chat's messages, or a completion's prompt.
+    messages: tuple[p.ChatMessage, ...] | None = None
+    prompt: str | None = None
+    # Choices: sequences of the one prompt.
+    n: int = 1
+    stream: bool = False
+    # Seconds the model stays loaded after this request (negative: forever; None: the idle timeout).
+    keep_alive: float | None = None
+    # The tools for the chat template (OpenAI's list, as JSON text), and whether to parse calls.
+    tools: str | None = None
+    parse_tool_calls: bool = False
+    # 1: the sequence ends at its first call; 0: no limit.
+    max_tool_calls: int = 0
+    # The request's tool choice as its 400 shows it, when it forces a call: the forcing grammar
+    # writes the json_tools syntax, so only a model that reads that syntax back may be forced.
+    forced_tool_choice: str | None = None
+
+
+@attrs.frozen
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+    @classmethod
+    def of(cls, lasts: Sequence[p.Delta]) -> Usage:
+        """From the last Delta of every choice: one prompt, every choice's completion."""
+        return cls(
+            lasts[0].prompt_tokens,
+            sum(last.completion_tokens for last in lasts),
+            max(last.cached_tokens for last in lasts),
+        )
+
+
+@attrs.frozen
+class Collected:
+    """A whole generation, per choice: its text, its tool calls, its tokens' log probabilities, and its last Delta."""
+
+    texts: list[str]
+    tool_calls: list[list[p.ToolCall]]
+    logprobs: list[list[p.TokenLogprob]]
+    lasts: list[p.Delta]
+
+    @property
+    def usage(self) -> Usage:
+        return Usage.of(self.lasts)
+
+
+class Answer(Protocol):
+    """How a surface answers one generation: a whole response, or a stream's events as the bytes to send.
+
+    A stream is ``opening``, then ``delta`` per event, then ``closing``; or,
+    where it fails after its 200, ``error`` instead of what is left.
+    ``delta`` runs per token: it builds what it sends and nothing more.
+    """
+
+    def response(self, collected: Collected) -> object: ...
+
+    def opening(self, first: p.Delta) -> bytes: ...
+
+    def delta(self, choice: int, delta: p.Delta) -> bytes: ...
+
+    def closing(self, usage: Usage | None) -> bytes: ...
+
+    def error(self, error: ServerError) -> bytes: ...
+
+
+def install_intake(app: QuartTrio, intake: Intake, paths: Collection[str]) -> None:
+    """A POST to one of ``paths`` is in the server's intake from after its key check until its Generate goes out."""
+
+    @app.before_request
+    async def arrive() -> None:
+        if request.method == "POST" and request.url_rule is not None and request.url_rule.rule in paths:
+            g.arrival = intake.arrive()
+
+    @app.teardown_request
+    async def leave(_error: BaseException | None) -> None:
+        arrival: Arrival | None = g.pop("arrival", None)
+        if arrival is not None:
+            arrival.leave()  # nothing if its Generate went out
+
+
+async def respond(state: ServerState, generation_request: GenerationRequest, answer: Answer) -> Response:
+    """The response to a generation request: ``answer``'s stream, or its whole response as JSON."""
+    generation = await Generation.start(state, generation_request)
+    if generation_request.stream:
+        return await generation.stream(answer)
+    return json_response(answer.response(await generation.collect()))
+
+
+def _timed_out(timeout: float) -> ServerError:
+    return ServerError(ErrorKind.TIMEOUT, f"the request did not finish within the request timeout ({timeout:g} s)", code="timeout")
+
+
+async def _ensure_ready_by(worker: ModelWorker, deadline: float, timeout: float) -> None:
+    """The model loaded (if it was not) by ``deadline``, the request's; a 504 past it."""
+    with trio.move_on_at(deadline) as scope:
+        await worker.ensure_ready()
+    if scope.cancelled_caught:
+        raise _timed_out(timeout)
+
+
+@attrs.define(eq=False)
+class Generation:
+    """A GenerationRequest and its model's worker: run once, collected whole (``collect``) or streamed (``stream``)."""
+
+    request: GenerationRequest
+    worker: ModelWorker
+    arrival: Arrival | None
+    timeout: float
+    in_flight: InFlight
+
+    @classmethod
+    async def start(cls, state: ServerState, generation_request: GenerationRequest) -> Generation:
+        """The request's model found (a 404 if unknown), and a model that can be forced to call a tool if it must."""
+        if state.shutting_down:
+            raise ServerError(ErrorKind.UNAVAILABLE, "the server is shutting down", code="shutting_down")
+        worker = await state.supervisor.worker(generation_request.model)
+        current_record().model = generation_request.model
+        arrival: Arrival | None = g.get("arrival")
+        if arrival is not None:
+            # Counted for this model's worker only from here (it may now wait for a load).
+            arrival.identify(worker.model_id)
+        timeout = state.config.request_timeout
+        if generation_request.forced_tool_choice is not None:
+            await _ensure_ready_by(worker, trio.current_time() + timeout, timeout)
+            if worker.tool_format != "json_tools":
+                raise ServerError(
+                    ErrorKind.INVALID_REQUEST,
+                    f"tool_choice {generation_request.forced_tool_choice} needs a model with <tool_call> JSON tool calls; "
+                    f"{generation_request.model!r} has {worker.tool_format or 'no tool calling'}",
+                    param="tool_choice",
+                )
+        return cls(generation_request, worker, arrival, timeout, state.in_flight)
+
+    def _generate(self) -> AbstractAsyncContextManager[Events]:
+        asked = self.request
+        return self.worker.generate(
+            asked.params,
+            messages=asked.messages,
+            prompt=asked.prompt,
+            n=asked.n,
+            keep_alive=asked.keep_alive,
+            tools=asked.tools,
+            parse_tool_calls=asked.parse_tool_calls,
+            max_tool_calls=asked.max_tool_calls,
+            arrival=self.arrival,
+        )
+
+    async def collect(self) -> Collected:
+        """Every choice's deltas, joined; a 504 past the request timeout."""
+        choices = self.request.n
+        record = current_record()
+        parts: list[list[str]] = [[] for _ in range(choices)]
+        logprobs: list[list[p.TokenLogprob]] = [[] for _ in range(choices)]
+        calls: list[list[p.ToolCall]] = [[] for _ in range(choices)]
+        lasts: list[p.Delta | None] = [None] * choices
+        with trio.move_on_after(self.timeout) as scope:
+            async with self._generate() as events:
+                async for delta in events:
+                    index = events.choice(delta)
+                    record.on_delta(index, delta)
+                    parts[index].append(delta.text)
+                    logprobs[index].extend(delta.logprobs)
+                    calls[index].extend(delta.tool_calls)
+                    lasts[index] = delta
+        if scope.cancelled_caught or any(last is None for last in lasts):
+            raise _timed_out(self.timeout)
+        return Collected(["".join(part) for part in parts], calls, logprobs, lasts)  # type: ignore[arg-type]
+
+    async def stream(self, answer: Answer) -> Response:
+        """A streaming response: ``answer``'s events; the error as its last event if it fails after the 200.
+
+        The model is loaded, capacity checked and the generation entered before
+        the 200 goes out, so a load failure, a full queue or a worker that is
+        gone is still an ordinary error response. Entering it sends the
+        ``Generate`` at once, in the same scheduler turn as the request's body
+        (no schedule point between them): in a burst, the worker admits the
+        first requests while the orchestrator is still taking in the others,
+        instead of after all of them and their headers. The body takes the
+        generation over; if the body never runs (the client left first), the
+        request's end leaves it, which cancels its sequences
+        (``enter_for_body``).
+
+        The 200 waits for the first event of the generation: every error the
+        worker decides before a first token (a prompt over the context, a
+        schema that cannot be enforced or did not compile in time, a template
+        that refuses the messages) is then an ordinary error response, as it is
+        without streaming, instead of an error event after a 200. Headers and
+        the first token leave together, so the client's time to first token is
+        the same.
+        """
+        deadline = trio.current_time() + self.timeout
+        self.worker.check_capacity(self.request.n)
+        await _ensure_ready_by(self.worker, deadline, self.timeout)
+
+        record = current_record()
+        held = await enter_for_body(self._generate(), unused=lambda: record.finish(CLIENT_CLOSED_REQUEST))
+        # A ServerError from here is the response (the request's end leaves ``held``, cancelling the rest).
+        with trio.move_on_at(deadline) as scope:
+            first = await held.value.__anext__()
+        if scope.cancelled_caught:
+            raise _timed_out(self.timeout)
+        # From here the body (or, without one, the request's end) finishes the record, with the stream's outcome.
+        record.streaming = True
+        response = Response(
+            self._body(held, first, answer, record, deadline), status=200, content_type="text/event-stream"
+        )
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Accel-Buffering"] = "no"
+        # Quart would otherwise cut a stream after RESPONSE_TIMEOUT.
+        response.timeout = None
+        return response
+
+    async def _body(
+        self, held: HeldForBody[Events], first: p.Delta, answer: Answer, record: RequestRecord, deadline: float
+    ) -> AsyncIterator[bytes]:
+        """The stream's bytes. Events that are ready together leave together (the opening with the first
+        token's, the last token's with the closing): each body message is a socket write and an HTTP chunk,
+        and the orchestrator's CPU per write is what a burst of requests queues behind."""
+        # Until it ends otherwise, the client left (the generator is closed mid-yield).
+        status = CLIENT_CLOSED_REQUEST
+        lasts: list[p.Delta | None] = [None] * self.request.n
+        # Events not sent yet, to go out with the next.
+        waiting = b""
+        try:
+            # No cancel scope may stay open across a yield: a fresh one per wait.
+            async with held as events:
+                waiting = answer.opening(first)
+                delta: p.Delta | None = first  # taken before the 200
+                while delta is not None or not events.finished:
+                    if delta is None:
+                        # Past the deadline, or cut at the end of a graceful stop's grace period.
+                        with self.in_flight.cuttable(deadline) as scope:
+                            delta = await events.__anext__()
+                        if scope.cancelled_caught:
+                            # Leaving the block cancels the sequence in the worker.
+                            error = self.in_flight.error() if self.in_flight.is_cut else _timed_out(self.timeout)
+                            status = status_of(error)
+                            yield waiting + answer.error(error)
+                            return
+                    delta, taken = None, delta
+                    index = events.choice(taken)
+                    record.on_delta(index, taken)
+                    lasts[index] = taken
+                    waiting += answer.delta(index, taken)
+                    if not events.finished:
+                        yield waiting
+                        waiting = b""
+            status = 200
+            finished = all(last is not None for last in lasts)
+            yield waiting + answer.closing(Usage.of(lasts) if finished else None)  # type: ignore[arg-type]
+        except ServerError as exc:
+            status = status_of(exc)
+            yield waiting + answer.error(exc)
+        finally:
+            record.finish(status)
