@@ -71,7 +71,7 @@ def load_as_worker(path: Path):  # noqa: ANN201
     """The model and tokenizer as mlxtrio's worker loads them: mlx-lm's load, then ``speed_up_quantized``."""
     import mlx_lm
 
-    from mlxtrio.worker._quantized import speed_up_quantized
+    from mlxtrio.worker._mlx_lm import speed_up_quantized
 
     model, tokenizer = mlx_lm.load(str(path))
     speed_up_quantized(model)

@@ -28,17 +28,26 @@ from typing import Any
 import attrs
 import msgspec
 import mlx.core as mx
-from mlx_lm.generate import StopSequences, generate_step
-from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
-from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
 from .._protocol import Delta, ErrorKind, Generate, SamplingParams, TokenLogprob, ToolCall
-from ._prompt_batch import BucketedPromptBatch, Generator, PromptBatch
-from ._prompt_bound import PromptTooLong
-from ._prompt_cache import PromptCache
 from ._failpoints import failpoint
 from ._grammar import GrammarCompiler, GrammarError, GrammarProcessor
-from ._solo import SoloDecoder
+from ._mlx_lm import (
+    Generator,
+    PromptCache,
+    SoloDecoder,
+    StopSequences,
+    apply_min_p,
+    apply_top_k,
+    apply_top_p,
+    can_batch,
+    can_trim_prompt_cache,
+    generate_step,
+    make_logits_processors,
+    make_prompt_cache,
+    trim_prompt_cache,
+)
+from ._prompt_bound import PromptTooLong
 from ._tokenize import PromptEncoder
 from ._tools import ToolCallExtractor, chat_messages, tool_format
 
@@ -486,22 +495,13 @@ class BatchEngine(_EngineBase):
 
     def _new_generator(self) -> Generator:
         decode_concurrency, prefill_batch_size, prefill_step_size = self._settings
-        generator = Generator(
+        return Generator(
             self._model,
-            max_tokens=1,
-            completion_batch_size=decode_concurrency,
+            decode_concurrency=decode_concurrency,
             prefill_batch_size=prefill_batch_size,
             prefill_step_size=prefill_step_size,
+            prefill_bucket=self._prefill_bucket,
         )
-        # The generator's prompt batch, empty still, becomes one of ours; batches it
-        # takes in are merged into it, and its splits keep its class (_prompt_batch.py).
-        if self._prefill_bucket > 0:
-            prompt_batch = BucketedPromptBatch.empty(self._model, generator.sampler, prefill_step_size=prefill_step_size)
-            prompt_batch.bucket = self._prefill_bucket
-        else:
-            prompt_batch = PromptBatch.empty(self._model, generator.sampler, prefill_step_size=prefill_step_size)
-        generator._prompt_batch = prompt_batch  # noqa: SLF001 - mlx-lm is pinned
-        return generator
 
     @property
     def active(self) -> int:
@@ -548,14 +548,14 @@ class BatchEngine(_EngineBase):
         processors: list[Callable[[mx.array, mx.array], mx.array]],
     ) -> None:
         """Into the generator: ``rest`` of the prompt to prefill, after ``cache`` holding ``cached_tokens``."""
-        (uid,) = self._generator.insert(
-            [rest],
-            caches=[cache],
-            all_tokens=[cached_tokens],
-            max_tokens=[max_tokens],
-            samplers=[sampler],
-            logits_processors=[processors],
-            stop_sequences=[self._never_stop if params.ignore_eos else self._stop_at_eos],
+        uid = self._generator.add(
+            rest,
+            cache=cache,
+            cached_tokens=cached_tokens,
+            max_tokens=max_tokens,
+            sampler=sampler,
+            processors=processors,
+            stop=self._never_stop if params.ignore_eos else self._stop_at_eos,
         )
         self._by_uid[uid] = sequence
         self._uid_of[request.request_id] = uid
@@ -708,7 +708,9 @@ class BatchEngine(_EngineBase):
                     self._forget(sequence.request_id)
         ended_at_first = []
         for uid, (token, logprobs) in firsts.items():
-            sequence = self._by_uid[uid]
+            sequence = self._by_uid.get(uid)
+            if sequence is None:
+                continue
             delta = self._accept_token(sequence, token, logprobs)
             if delta is None or delta.finish_reason is None:
                 self._sent_early.add(uid)
@@ -748,18 +750,7 @@ class BatchEngine(_EngineBase):
 
         The generator still hands the token out next step; ``_sent_early`` skips it there.
         """
-        batch = self._generator._generation_batch  # noqa: SLF001 - mlx-lm is pinned
-        newcomers = set(uids)
-        if not newcomers or not batch.uids:
-            return {}
-        if not self._always_early and not set(batch.uids) <= newcomers:
-            return {}
-        values = batch._next_tokens.tolist()  # noqa: SLF001 - waits for this step's computation
-        return {
-            uid: (values[row], batch._next_logprobs[row])  # noqa: SLF001
-            for row, uid in enumerate(batch.uids)
-            if uid in newcomers and uid in self._by_uid
-        }
+        return self._generator.first_tokens(uids, always=self._always_early)
 
     def _recover(self, error: RequestError) -> list[tuple[int, RequestError]]:
         """After a failed step: a clean generator (the old one's state is unknown).
@@ -899,11 +890,6 @@ class SequentialEngine(_EngineBase):
         token = int(token.item() if hasattr(token, "item") else token)
         running.seen.append(token)
         return self._accept_token(sequence, token, logprobs)
-
-
-def can_batch(model: Any) -> bool:
-    """Whether every layer's KV cache can be merged into (and split out of) a batch."""
-    return all(callable(getattr(cache, "merge", None)) for cache in make_prompt_cache(model))
 
 
 def make_engine(

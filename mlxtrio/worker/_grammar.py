@@ -37,6 +37,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import _protocol as p
+from ._mlx_lm import wrapped_tokenizer
 
 __all__ = ["GrammarCompiler", "GrammarError", "GrammarProcessor"]
 
@@ -139,13 +140,13 @@ class GrammarCompiler:
         self._thread: threading.Thread | None = None
         # Grammars queued or compiling: requests for the same one share its compile.
         self._pending: dict[p.Grammar, Future] = {}
-        hf = getattr(tokenizer, "_tokenizer", tokenizer)
+        hf = wrapped_tokenizer(tokenizer, tokenizer)
         self._eos = tuple(sorted(getattr(tokenizer, "eos_token_ids", None) or {hf.eos_token_id}))
 
     def _llg_tokenizer(self) -> llguidance.LLTokenizer:
         with self._tokenizer_lock:
             if self._lltokenizer is None:
-                hf = getattr(self._tokenizer, "_tokenizer", self._tokenizer)
+                hf = wrapped_tokenizer(self._tokenizer, self._tokenizer)
                 # ValueError for a slow (Python) tokenizer.
                 self._lltokenizer = llguidance.hf.from_tokenizer(hf, eos_token=list(self._eos))
             return self._lltokenizer

@@ -71,7 +71,8 @@ def _pin(config: p.WorkerConfig) -> tuple[int, ...]:
 
 def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context length)
     import mlx.core as mx
-    import mlx_lm
+
+    from ._mlx_lm import download, load, set_chat_template, speed_up_quantized
 
     if config.source == "demo":
         from ._demo import ensure_demo_model
@@ -80,10 +81,8 @@ def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context 
     elif config.source == "local":
         path = Path(config.location)
     elif config.source == "hub":
-        from mlx_lm.utils import _download
-
         try:
-            path = Path(_download(config.location))
+            path = download(config.location)
         except Exception as exc:  # noqa: BLE001
             raise _LoadError("not_found", f"could not fetch {config.location!r}: {exc}") from exc
     else:
@@ -96,20 +95,17 @@ def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context 
             f"{config.memory_budget_bytes} bytes",
         )
     try:
-        model, tokenizer, model_config = mlx_lm.load(str(path), return_config=True)
+        model, tokenizer, model_config = load(path)
     except FileNotFoundError as exc:
         raise _LoadError("not_found", str(exc)) from exc
     except ValueError as exc:
         raise _LoadError("invalid", str(exc)) from exc
-    from ._quantized import speed_up_quantized
-
     # A batched step hands each quantized projection one matrix of rows; on
-    # the CPU backend they compute in float32, many times faster there (see _quantized.py).
+    # the CPU backend they compute in float32, many times faster there (see _mlx_lm/_quantized.py).
     speed_up_quantized(model)
     if config.chat_template is not None:
-        # The operator's template replaces the tokenizer's (mlx-lm reads it from the HF tokenizer).
-        tokenizer._tokenizer.chat_template = config.chat_template  # noqa: SLF001
-        tokenizer.has_chat_template = True
+        # The operator's template replaces the tokenizer's.
+        set_chat_template(tokenizer, config.chat_template)
     context = model_config.get("max_position_embeddings")
     return model, tokenizer, context, mx.get_active_memory()
 

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._control_tokens import ControlTokens
+from ._mlx_lm import wrapped_tokenizer
 from ._prompt_bound import PromptTooLong, chars_per_token
 
 __all__ = ["PromptEncoder"]
@@ -53,7 +54,7 @@ class PromptEncoder:
     def __init__(self, tokenizer: Any) -> None:
         # mlx-lm's TokenizerWrapper around a transformers tokenizer around a tokenizers.Tokenizer.
         self._tokenizer = tokenizer
-        hf = getattr(tokenizer, "_tokenizer", None)
+        hf = wrapped_tokenizer(tokenizer)
         backend = getattr(hf, "_tokenizer", None)
         fast = getattr(backend, "encode_batch_fast", None)
         self._hf = hf

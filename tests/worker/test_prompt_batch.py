@@ -14,11 +14,11 @@ import mlx_lm
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mlx_lm.generate import BatchGenerator, PromptProcessingBatch, _merge_caches
+from mlx_lm.generate import PromptProcessingBatch, _merge_caches
 from mlx_lm.models.cache import BatchKVCache, KVCache, RotatingKVCache, make_prompt_cache
 
 from mlxtrio import _protocol as p
-from mlxtrio.worker._prompt_batch import PromptBatch, bucket_length, merge_caches
+from mlxtrio.worker._mlx_lm import PromptBatch, bucket_length, merge_caches
 from mlxtrio.worker._demo import ensure_demo_model
 from mlxtrio.worker._engine import BatchEngine
 
@@ -99,17 +99,24 @@ def test_part_of_a_batch_splits_as_in_mlx_lm(demo):
     assert moved.prompt_cache[0] is not batch.prompt_cache[0]
 
 
-def _ours_and_mlx_lms(demo, monkeypatch, name: str, mlx_lms: type, runs: list[list[str]]) -> list[list]:  # noqa: ANN001
-    """The engine's outputs for ``runs`` of prompts, as it is and then with ``name`` (in _engine) replaced by mlx-lm's class."""
+def _ours_and_mlx_lms(demo, monkeypatch, name: str, mlx_lms: object, runs: list[list[str]]) -> list[list]:  # noqa: ANN001
+    """The engine's outputs for ``runs`` of prompts, as it is and then with ``name`` (in the generator's
+    module) replaced by mlx-lm's own (a class or a function)."""
     model, tokenizer = demo
+    used: list[str] = []
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        used.append(name)
+        return mlx_lms(*args, **kwargs)
+
     results = []
     for own in (False, True):
         if own:
-            monkeypatch.setattr(f"mlxtrio.worker._engine.{name}", mlx_lms)
+            monkeypatch.setattr(f"mlxtrio.worker._mlx_lm._generator.{name}", mlx_lms if isinstance(mlx_lms, type) else counted)
         engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=1 << 26, solo=False)
-        generator = engine._generator  # noqa: SLF001
-        assert (mlx_lms in (type(generator), type(generator._prompt_batch))) == own  # noqa: SLF001
         results.append([_run(engine, prompts, 10 * index) for index, prompts in enumerate(runs)])
+        prompt_batch = engine._generator._prompt_batch  # noqa: SLF001
+        assert (type(prompt_batch) is mlx_lms or name in used) == own
     return results
 
 
@@ -185,5 +192,5 @@ def test_a_cached_burst_starts_without_growing_its_cache(demo):
 def test_merging_with_room_gives_the_same_output_as_mlx_lms_merge(demo, monkeypatch):
     # Cold, then from the prompt cache, then longer prompts extending the cached ones.
     runs = [PROMPTS, PROMPTS, [prompt + " again" for prompt in PROMPTS]]
-    results = _ours_and_mlx_lms(demo, monkeypatch, "Generator", BatchGenerator, runs)
+    results = _ours_and_mlx_lms(demo, monkeypatch, "merge_caches", _merge_caches, runs)
     assert results[0] == results[1]

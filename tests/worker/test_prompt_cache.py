@@ -17,7 +17,7 @@ from mlxtrio import _protocol as p
 from mlxtrio.worker import _failpoints
 from mlxtrio.worker._demo import ensure_demo_model
 from mlxtrio.worker._engine import BatchEngine
-from mlxtrio.worker._prompt_cache import PromptCache, PromptTrie, copy_cache
+from mlxtrio.worker._mlx_lm import PromptCache, PromptTrie, copy_cache
 
 # A small alphabet, so that sequences share prefixes and branch.
 sequences = st.lists(st.integers(0, 3), max_size=12)

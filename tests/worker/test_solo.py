@@ -1,4 +1,4 @@
-"""A sequence decoded alone (mlxtrio/worker/_solo.py) and its move into the batch, in-process, demo model.
+"""A sequence decoded alone (mlxtrio/worker/_mlx_lm/_solo.py) and its move into the batch, in-process, demo model.
 
 The property that matters: a request's output does not depend on whether,
 or when, another request arrived. Each case runs a request three ways: in
@@ -176,7 +176,7 @@ def test_a_sequence_that_fails_to_move_fails_alone(demo, monkeypatch: pytest.Mon
     """If moving into the batch fails (the pending token's computation ran out of memory, say), that
     sequence fails with its error on the next step; the newcomer goes on. After one step the first
     token is out but not fed; after two, the next token is on its way."""
-    from mlxtrio.worker import _solo
+    from mlxtrio.worker._mlx_lm import SoloDecoder
 
     engine = _engine(demo)
     engine.admit(_generate(1, PROMPT, CASES["greedy"]))
@@ -186,7 +186,7 @@ def test_a_sequence_that_fails_to_move_fails_alone(demo, monkeypatch: pytest.Mon
     def fail(self) -> None:  # noqa: ANN001
         raise RuntimeError("[malloc] Unable to allocate 1024 bytes")
 
-    monkeypatch.setattr(_solo.SoloDecoder, moving, fail)
+    monkeypatch.setattr(SoloDecoder, moving, fail)
     engine.admit(_generate(2, "x", CASES["greedy"]))
     assert engine.active == 2
     deltas, failures = engine.step()
@@ -238,7 +238,7 @@ def test_the_first_token_goes_out_before_the_next_step_is_launched(demo):
     from mlx_lm.generate import generate_step
     from mlx_lm.models.cache import make_prompt_cache
 
-    from mlxtrio.worker._solo import SoloDecoder
+    from mlxtrio.worker._mlx_lm import SoloDecoder
 
     model, tokenizer = demo
     prompt = tokenizer.encode(PROMPT)

@@ -1,0 +1,56 @@
+"""Everything of the worker that depends on how mlx-lm is built inside, for mlx-lm 0.32 (``mlx-lm>=0.32.2,<0.33``).
+
+pyproject.toml pins mlx-lm to one minor release because the worker
+subclasses its classes, overrides their methods, sets their private
+attributes and repeats parts of their code: ``BatchGenerator`` and its
+prompt batch (``_generator.py``), the prompt cache and its trie
+(``_prompt_cache.py``), the quantized layers (``_quantized.py``), the
+per-token computation of ``generate_step`` (``_solo.py``) and what sits
+behind ``TokenizerWrapper`` (``_tokenizer.py``). The next mlx-lm upgrade
+touches this folder only: every other worker module takes mlx-lm through
+the names below. The one thing outside that such an upgrade may still meet
+is the shape of ``BatchGenerator``'s responses (``uid``, ``token``,
+``logprobs``, ``finish_reason``, ``prompt_cache``, ``all_tokens``), which
+the batched engine reads as they are, once per token, with nothing between.
+"""
+
+from mlx_lm.generate import StopSequences, generate_step
+from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
+
+from ._generator import Generator, PromptBatch, bucket_length, merge_caches
+from ._load import can_batch, download, llama_model, load
+from ._prompt_cache import PromptCache, PromptTrie, copy_cache
+from ._quantized import compute_quantized_in_float32, fold_quantized_inputs, speed_up_quantized
+from ._solo import SoloDecoder
+from ._tokenizer import chat_renderer, set_chat_template, wrapped_tokenizer
+
+__all__ = [
+    "Generator",
+    "PromptBatch",
+    "PromptCache",
+    "PromptTrie",
+    "SoloDecoder",
+    "StopSequences",
+    "apply_min_p",
+    "apply_top_k",
+    "apply_top_p",
+    "bucket_length",
+    "can_batch",
+    "can_trim_prompt_cache",
+    "chat_renderer",
+    "compute_quantized_in_float32",
+    "copy_cache",
+    "download",
+    "fold_quantized_inputs",
+    "generate_step",
+    "llama_model",
+    "load",
+    "make_logits_processors",
+    "make_prompt_cache",
+    "merge_caches",
+    "set_chat_template",
+    "speed_up_quantized",
+    "trim_prompt_cache",
+    "wrapped_tokenizer",
+]
