@@ -181,7 +181,7 @@ def main(argv: list[str]) -> int:
 
 
 def _admit(engine, message: p.Generate, send) -> None:  # noqa: ANN001
-    from ._engine import RequestError
+    from ._failures import RequestError
 
     try:
         engine.admit(message)

@@ -1,4 +1,4 @@
-"""The batch's first tokens go out in the step that ends their prompts (mlxtrio/worker/_engine.py, ``_first_tokens``).
+"""The batch's first tokens go out in the step that ends their prompts (mlxtrio/worker/_batch.py, ``Generator.first_tokens``).
 
 mlx-lm's ``BatchGenerator`` hands a sequence's first token out one step after
 the step that samples it. When nothing else is decoding, the engine reads it
@@ -18,7 +18,7 @@ import pytest
 
 from mlxtrio import _protocol as p
 from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import BatchEngine
+from mlxtrio.worker._batch import BatchEngine
 
 from .test_engine_failures import _generate, _run
 

@@ -18,7 +18,8 @@ import pytest
 from mlxtrio import _protocol as p
 from mlxtrio.ipc import Channel
 from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import BatchEngine, SequentialEngine
+from mlxtrio.worker._batch import BatchEngine
+from mlxtrio.worker._sequential import SequentialEngine
 from mlxtrio.worker._main import _serve
 
 # Long enough that a step never passes for a wait, short enough for a test.

@@ -11,7 +11,9 @@ import pytest
 
 from mlxtrio import _protocol as p
 from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import BatchEngine, RequestError, SequentialEngine
+from mlxtrio.worker._batch import BatchEngine
+from mlxtrio.worker._failures import RequestError
+from mlxtrio.worker._sequential import SequentialEngine
 
 from .test_engine_failures import GREEDY, _generate, _run
 
@@ -55,7 +57,7 @@ def test_admission_converts_no_vocabulary(demo, engine_type, monkeypatch: pytest
 
 def _backend_calls(engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:  # noqa: ANN001
     """The characters of each text the engine's tokenizer backend encodes (the direct path) from now on."""
-    encoder = engine._encoder  # noqa: SLF001
+    encoder = engine._prompt_tokens._encoder  # noqa: SLF001
     assert encoder.direct
     encode = encoder._fast  # noqa: SLF001
     calls: list[int] = []

@@ -10,7 +10,9 @@ import pytest
 from mlxtrio import _protocol as p
 from mlxtrio.worker import _failpoints
 from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import MAX_CONSECUTIVE_FAILURES, BatchEngine, SequentialEngine
+from mlxtrio.worker._batch import BatchEngine
+from mlxtrio.worker._failures import MAX_CONSECUTIVE_FAILURES
+from mlxtrio.worker._sequential import SequentialEngine
 
 GREEDY = p.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 

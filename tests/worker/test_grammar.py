@@ -12,7 +12,9 @@ import pytest
 
 from mlxtrio import _protocol as p
 from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import BatchEngine, RequestError, SequentialEngine
+from mlxtrio.worker._batch import BatchEngine
+from mlxtrio.worker._failures import RequestError
+from mlxtrio.worker._sequential import SequentialEngine
 from mlxtrio.worker._grammar import GrammarCompiler, GrammarError, _closed
 
 SCHEMA = {

@@ -20,7 +20,7 @@ from mlx_lm.models.cache import BatchKVCache, KVCache, RotatingKVCache, make_pro
 from mlxtrio import _protocol as p
 from mlxtrio.worker._mlx_lm import PromptBatch, bucket_length, merge_caches
 from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import BatchEngine
+from mlxtrio.worker._batch import BatchEngine
 
 PROMPTS = ["hello there, tell me a story about the sea", "the " * 70, "x"]
 GREEDY = p.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)

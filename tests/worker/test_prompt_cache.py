@@ -16,7 +16,7 @@ from mlx_lm.models import cache as mlx_cache
 from mlxtrio import _protocol as p
 from mlxtrio.worker import _failpoints
 from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import BatchEngine
+from mlxtrio.worker._batch import BatchEngine
 from mlxtrio.worker._mlx_lm import PromptCache, PromptTrie, copy_cache
 
 # A small alphabet, so that sequences share prefixes and branch.

@@ -16,7 +16,7 @@ import pytest
 
 from mlxtrio import _protocol as p
 from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import BatchEngine
+from mlxtrio.worker._batch import BatchEngine
 
 from .test_engine_failures import _generate
 

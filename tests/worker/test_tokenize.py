@@ -12,7 +12,7 @@ from tokenizers import processors
 
 from mlxtrio import _protocol as p
 from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import BatchEngine
+from mlxtrio.worker._batch import BatchEngine
 from mlxtrio.worker._tokenize import PromptEncoder
 
 

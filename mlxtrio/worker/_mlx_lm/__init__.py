@@ -22,14 +22,16 @@ from ._generator import Generator, PromptBatch, bucket_length, merge_caches
 from ._load import can_batch, download, llama_model, load
 from ._prompt_cache import PromptCache, PromptTrie, copy_cache
 from ._quantized import compute_quantized_in_float32, fold_quantized_inputs, speed_up_quantized
-from ._solo import SoloDecoder
+from ._solo import Processor, Sampler, SoloDecoder
 from ._tokenizer import chat_renderer, set_chat_template, wrapped_tokenizer
 
 __all__ = [
     "Generator",
+    "Processor",
     "PromptBatch",
     "PromptCache",
     "PromptTrie",
+    "Sampler",
     "SoloDecoder",
     "StopSequences",
     "apply_min_p",

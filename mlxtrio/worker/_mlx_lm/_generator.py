@@ -43,12 +43,13 @@ stays.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, PromptProcessingBatch, StopSequences, _merge_caches, _right_pad_prompts
 from mlx_lm.models.cache import BatchKVCache, KVCache
+
+from ._solo import Processor, Sampler
 
 __all__ = ["BucketedPromptBatch", "Generator", "PromptBatch", "bucket_length", "merge_caches"]
 
@@ -179,8 +180,8 @@ class Generator(BatchGenerator):
         cache: list[Any] | None,
         cached_tokens: list[int],
         max_tokens: int,
-        sampler: Callable[[mx.array], mx.array],
-        processors: list[Callable[[mx.array, mx.array], mx.array]],
+        sampler: Sampler,
+        processors: list[Processor],
         stop: StopSequences,
     ) -> int:
         """One sequence in, its uid: ``prompt`` still to prefill, after ``cache`` (None: none) holding ``cached_tokens``."""

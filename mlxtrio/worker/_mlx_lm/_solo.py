@@ -28,8 +28,9 @@ import attrs
 import mlx.core as mx
 from mlx_lm.generate import generation_stream
 
-__all__ = ["SoloDecoder"]
+__all__ = ["Processor", "Sampler", "SoloDecoder"]
 
+# mlx-lm's sampler (log probabilities -> token) and logits processor ((tokens so far, logits) -> logits).
 Sampler = Callable[[mx.array], mx.array]
 Processor = Callable[[mx.array, mx.array], mx.array]
 
