@@ -65,13 +65,13 @@ class BatchEngine(EngineCore):
         tokenizer: Any,
         *,
         context_length: int | None,
-        decode_concurrency: int = 32,
-        prefill_batch_size: int = 8,
-        prefill_step_size: int = 512,
-        prompt_cache_bytes: int = 1 << 30,
-        prefill_bucket: int = 0,
+        decode_concurrency: int,
+        prefill_batch_size: int,
+        prefill_step_size: int,
+        prompt_cache_bytes: int,
+        prefill_bucket: int,
+        first_tokens_always_early: bool,
         solo: bool = True,
-        first_tokens_always_early: bool = False,
     ) -> None:
         super().__init__(model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes)
         # Whether newcomers to a running batch get their first tokens early too (see the class's docstring).

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-from .._protocol import Generate
+from .._protocol import Generate, WorkerConfig
 from ._batch import BatchEngine
 from ._core import StepResult
 from ._grammar import GrammarCompiler
@@ -76,34 +76,35 @@ class Engine(Protocol):
 def make_engine(
     model: Any,
     tokenizer: Any,
+    config: WorkerConfig,
     *,
     context_length: int | None,
-    decode_concurrency: int,
-    prefill_batch_size: int,
-    prefill_step_size: int,
-    prompt_cache_bytes: int,
-    prefill_bucket: int,
     first_tokens_always_early: bool,
     progress: Callable[[], None],
 ) -> Engine:
-    """The batched engine where the model's caches batch and more than one sequence may decode at once, else the sequential."""
-    if decode_concurrency > 1 and can_batch(model):
+    """The engine for ``model`` with the worker's settings: batched where its caches batch and
+    ``config`` lets more than one sequence decode at once, else sequential.
+
+    ``context_length``: the model's (None: unknown); ``first_tokens_always_early``: see
+    ``BatchEngine``; ``progress``: called between prefill chunks of the sequential engine.
+    """
+    if config.decode_concurrency > 1 and can_batch(model):
         return BatchEngine(
             model,
             tokenizer,
             context_length=context_length,
-            decode_concurrency=decode_concurrency,
-            prefill_batch_size=prefill_batch_size,
-            prefill_step_size=prefill_step_size,
-            prompt_cache_bytes=prompt_cache_bytes,
-            prefill_bucket=prefill_bucket,
+            decode_concurrency=config.decode_concurrency,
+            prefill_batch_size=config.prefill_batch_size,
+            prefill_step_size=config.prefill_step_size,
+            prompt_cache_bytes=config.prompt_cache_bytes,
+            prefill_bucket=config.prefill_bucket,
             first_tokens_always_early=first_tokens_always_early,
         )
     return SequentialEngine(
         model,
         tokenizer,
         context_length=context_length,
-        prefill_step_size=prefill_step_size,
-        prompt_cache_bytes=prompt_cache_bytes,
+        prefill_step_size=config.prefill_step_size,
+        prompt_cache_bytes=config.prompt_cache_bytes,
         progress=progress,
     )

@@ -149,15 +149,11 @@ def main(argv: list[str]) -> int:
         engine = make_engine(
             model,
             tokenizer,
+            config,
             context_length=context,
-            decode_concurrency=config.decode_concurrency,
-            prefill_batch_size=config.prefill_batch_size,
-            prefill_step_size=config.prefill_step_size,
-            prompt_cache_bytes=config.prompt_cache_bytes,
-            progress=heartbeat,
-            prefill_bucket=config.prefill_bucket,
             # One core for both of MLX's threads: reading a first token early costs no overlap there.
             first_tokens_always_early=len(cpus) == 1 and mx.default_device().type == mx.DeviceType.cpu,
+            progress=heartbeat,
         )
         send(
             p.Ready(
@@ -226,7 +222,7 @@ def _serve(  # noqa: ANN001
     *,
     follower_wait: float = FOLLOWER_WAIT,
     forming_limit: float = FORMING_LIMIT,
-    grammar_compile_timeout: float = 5.0,
+    grammar_compile_timeout: float,
 ) -> int:
     import mlx.core as mx
 

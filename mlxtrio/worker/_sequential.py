@@ -45,9 +45,9 @@ class SequentialEngine(EngineCore):
         tokenizer: Any,
         *,
         context_length: int | None,
-        prefill_step_size: int = 512,
-        prompt_cache_bytes: int = 1 << 30,
-        progress: Callable[[], None] = lambda: None,
+        prefill_step_size: int,
+        prompt_cache_bytes: int,
+        progress: Callable[[], None],
     ) -> None:
         super().__init__(model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes)
         self._prefill_step_size = prefill_step_size

@@ -7,10 +7,7 @@ KV caches have room for the next token.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlx.core as mx
-import mlx_lm
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,17 +15,13 @@ from mlx_lm.generate import PromptProcessingBatch, _merge_caches
 from mlx_lm.models.cache import BatchKVCache, KVCache, RotatingKVCache, make_prompt_cache
 
 from mlxtrio import _protocol as p
-from mlxtrio.worker._mlx_lm import PromptBatch, bucket_length, merge_caches
-from mlxtrio.worker._demo import ensure_demo_model
 from mlxtrio.worker._batch import BatchEngine
+from mlxtrio.worker._mlx_lm import PromptBatch, bucket_length, merge_caches
+
+from .engines import demo_engine
 
 PROMPTS = ["hello there, tell me a story about the sea", "the " * 70, "x"]
 GREEDY = p.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
-
-
-@pytest.fixture(scope="module")
-def demo(cache_dir: Path):  # noqa: ANN201
-    return mlx_lm.load(str(ensure_demo_model(cache_dir)))
 
 
 def _run(engine: BatchEngine, prompts: list[str], first_id: int) -> list[tuple[str, int]]:
@@ -57,9 +50,7 @@ def test_bucketed_prefill_gives_the_same_output(demo, prefill_step_size):
     model, tokenizer = demo
     results = []
     for bucket in (0, 32):
-        engine = BatchEngine(
-            model, tokenizer, context_length=4096, prompt_cache_bytes=1 << 26, prefill_step_size=prefill_step_size, prefill_bucket=bucket
-        )
+        engine = demo_engine(BatchEngine, demo, prompt_cache_bytes=1 << 26, prefill_step_size=prefill_step_size, prefill_bucket=bucket)
         first = _run(engine, PROMPTS, 0)
         # Longer prompts that share those prefixes start from the prompt cache.
         second = _run(engine, [prompt + " and more words" for prompt in PROMPTS], 10)
@@ -113,7 +104,7 @@ def _ours_and_mlx_lms(demo, monkeypatch, name: str, mlx_lms: object, runs: list[
     for own in (False, True):
         if own:
             monkeypatch.setattr(f"mlxtrio.worker._mlx_lm._generator.{name}", mlx_lms if isinstance(mlx_lms, type) else counted)
-        engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=1 << 26, solo=False)
+        engine = demo_engine(BatchEngine, demo, prompt_cache_bytes=1 << 26, solo=False)
         results.append([_run(engine, prompts, 10 * index) for index, prompts in enumerate(runs)])
         prompt_batch = engine._generator._prompt_batch  # noqa: SLF001
         assert (type(prompt_batch) is mlx_lms or name in used) == own
@@ -178,7 +169,7 @@ def test_other_caches_are_merged_by_mlx_lm():
 
 def test_a_cached_burst_starts_without_growing_its_cache(demo):
     model, tokenizer = demo
-    engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=1 << 26, solo=False)
+    engine = demo_engine(BatchEngine, demo, prompt_cache_bytes=1 << 26, solo=False)
     _run(engine, PROMPTS[:2], 0)
     for index, prompt in enumerate(PROMPTS[:2]):
         engine.admit(p.Generate(10 + index, GREEDY, None, prompt))

@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 from tokenizers import processors
 
 from mlxtrio import _protocol as p
-from mlxtrio.worker._demo import ensure_demo_model
 from mlxtrio.worker._batch import BatchEngine
+from mlxtrio.worker._demo import ensure_demo_model
 from mlxtrio.worker._tokenize import PromptEncoder
+
+from .engines import demo_engine
 
 
 def _load(cache_dir: Path):  # noqa: ANN202
@@ -140,7 +142,7 @@ def test_tokenizer_without_a_backend_takes_its_own_path(tokenizer):
 def test_engine_admits_through_the_direct_path(cache_dir: Path, monkeypatch: pytest.MonkeyPatch):
     """The engine's chat and plain prompts reach the backend without transformers' encoding call."""
     model, tokenizer = mlx_lm.load(str(ensure_demo_model(cache_dir)))
-    engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
+    engine = demo_engine(BatchEngine, (model, tokenizer), prompt_cache_bytes=0)
     calls: list[str] = []
     hf = tokenizer._tokenizer  # noqa: SLF001
     original = type(hf).__call__
