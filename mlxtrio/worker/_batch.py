@@ -71,15 +71,13 @@ class BatchEngine(EngineCore):
         prompt_cache_bytes: int,
         prefill_bucket: int,
         first_tokens_always_early: bool,
-        solo: bool = True,
     ) -> None:
         super().__init__(model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes)
         # Whether newcomers to a running batch get their first tokens early too (see the class's docstring).
         self._always_early = first_tokens_always_early
         self._settings = (decode_concurrency, prefill_batch_size, prefill_step_size)
         # A request that finds nothing else running is decoded alone on a plain
-        # cache until a second arrives (see _mlx_lm/_solo.py); False: always in the batch.
-        self._solo = solo
+        # cache until a second arrives (see _mlx_lm/_solo.py).
         self._alone: _Alone | None = None
         # Deltas and failures made outside a step (moving a sequence into the batch), sent with the next.
         self._carried: list[Delta] = []
@@ -121,7 +119,7 @@ class BatchEngine(EngineCore):
         sampler, processors = make_sampler(params), make_processors(params, self.grammars)
         cache, cached = nearest_cache(self._prompt_cache, prompt)
         sequence = self._new_sequence(request, params, prompt, cached, processors)
-        if self._solo and alone is None and not self._uid_of:
+        if alone is None and not self._uid_of:
             decoder = SoloDecoder(
                 self._model,
                 cache if cache is not None else make_prompt_cache(self._model),

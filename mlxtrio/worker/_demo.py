@@ -15,7 +15,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-DEMO_MODEL_ID = "demo"
 # Bump when anything below changes: a new version is a new directory.
 DEMO_VERSION = 2
 _VOCAB_SIZE = 512

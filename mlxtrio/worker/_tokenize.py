@@ -64,12 +64,8 @@ class PromptEncoder:
         # The most characters one token stands for on the direct path (_prompt_bound.py); None: no bound.
         self.chars_per_token = chars_per_token(backend) if self._fast is not None else None
 
-    @property
-    def direct(self) -> bool:
-        """Whether prompts go straight to the backend now (for tests and the probe)."""
-        return self._usable()
-
     def _usable(self) -> bool:
+        """Whether prompts go straight to the backend now: its state is what transformers would set."""
         backend = self._backend
         return (
             self._fast is not None

@@ -19,6 +19,8 @@ CONTEXT_LENGTH = 4096
 # The worker's settings as the orchestrator sends them by default.
 WORKER = p.WorkerConfig(model_id="demo", source="demo", location="", cache_dir="", memory_budget_bytes=0)
 GREEDY = p.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+# A request id no test gives a request of its own.
+_MOVER = 1 << 40
 
 
 def demo_engine(kind: type[E], demo: tuple[Any, Any], **options: Any) -> E:
@@ -39,6 +41,18 @@ def demo_engine(kind: type[E], demo: tuple[Any, Any], **options: Any) -> E:
     else:
         settings["progress"] = lambda: None
     return kind(model, tokenizer, **{**settings, **options})
+
+
+def admit_batched(engine: BatchEngine, request: p.Generate) -> None:
+    """Admit ``request`` to be decoded in the batch from its start, as the first request of a burst is.
+
+    A request that finds the engine idle is decoded alone until a second one
+    comes; a second that comes before the first step moves it into the batch
+    as a prompt. That second one is cancelled at once.
+    """
+    engine.admit(request)
+    engine.admit(generate(_MOVER, "x"))
+    engine.cancel(_MOVER)
 
 
 def generate(request_id: int, prompt: str, params: p.SamplingParams = GREEDY) -> p.Generate:

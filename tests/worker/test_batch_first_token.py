@@ -16,14 +16,14 @@ import pytest
 from mlxtrio import _protocol as p
 from mlxtrio.worker._batch import BatchEngine
 
-from .engines import demo_engine, generate, run
+from .engines import admit_batched, demo_engine, generate, run
 
 PROMPTS = ["the worker keeps", "a second prompt", "three of them", "and a fourth"]
 
 
 def _batched(demo, **options) -> BatchEngine:  # noqa: ANN001, ANN003
-    # solo=False: every request in the batch from its start, as in a burst.
-    return demo_engine(BatchEngine, demo, solo=False, **{"prompt_cache_bytes": 0, **options})
+    # A burst's requests are all in the batch from their start; a request alone, through admit_batched.
+    return demo_engine(BatchEngine, demo, **{"prompt_cache_bytes": 0, **options})
 
 
 def _steps_to_finish(engine: BatchEngine, request_ids: set[int]) -> tuple[dict[int, int], dict[int, list[tuple[int, p.Delta]]]]:
@@ -175,7 +175,7 @@ def test_a_newcomer_to_a_running_batch_does_not_hold_up_the_others(demo):
     the generator's next step, and the running sequence gets a token in every step."""
     params = p.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
     engine = _batched(demo)
-    engine.admit(generate(1, PROMPTS[0], params))
+    admit_batched(engine, generate(1, PROMPTS[0], params))
     for _ in range(3):  # its prompt in, and its first token out
         engine.step()
     engine.admit(generate(2, PROMPTS[1], params))
@@ -195,7 +195,7 @@ def test_a_newcomer_to_a_running_batch_does_not_hold_up_the_others(demo):
     assert all(waited)
     # With nothing else decoding, the same prompt's first token comes in its second step.
     alone = _batched(demo)
-    alone.admit(generate(3, PROMPTS[1], params))
+    admit_batched(alone, generate(3, PROMPTS[1], params))
     _, deltas = _steps_to_finish(alone, {3})
     assert deltas[3][0][0] == 2
 
@@ -208,7 +208,7 @@ def test_always_early_a_newcomer_to_a_running_batch_gets_its_first_token_sooner(
     params = p.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
     seeded = p.SamplingParams(max_tokens=12, temperature=0.8, seed=11, ignore_eos=True, logprobs=True, top_logprobs=2)
     engine = _batched(demo, first_tokens_always_early=True)
-    engine.admit(generate(1, PROMPTS[0], params))
+    admit_batched(engine, generate(1, PROMPTS[0], params))
     texts: dict[int, list[p.Delta]] = {1: [], 2: []}
     for _ in range(3):  # its prompt in, and its first tokens out
         for delta in engine.step()[0]:

@@ -50,7 +50,7 @@ def test_admission_converts_no_vocabulary(demo, engine_type, monkeypatch: pytest
 def _backend_calls(engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:  # noqa: ANN001
     """The characters of each text the engine's tokenizer backend encodes (the direct path) from now on."""
     encoder = engine._prompt_tokens._encoder  # noqa: SLF001
-    assert encoder.direct
+    assert encoder._usable()  # noqa: SLF001
     encode = encoder._fast  # noqa: SLF001
     calls: list[int] = []
 

@@ -16,7 +16,7 @@ from mlx_lm.models.cache import BatchKVCache, KVCache, RotatingKVCache, make_pro
 
 from mlxtrio import _protocol as p
 from mlxtrio.worker._batch import BatchEngine
-from mlxtrio.worker._mlx_lm import PromptBatch, bucket_length, merge_caches
+from mlxtrio.worker._mlx_lm._generator import PromptBatch, bucket_length, merge_caches
 
 from .engines import demo_engine
 
@@ -104,7 +104,7 @@ def _ours_and_mlx_lms(demo, monkeypatch, name: str, mlx_lms: object, runs: list[
     for own in (False, True):
         if own:
             monkeypatch.setattr(f"mlxtrio.worker._mlx_lm._generator.{name}", mlx_lms if isinstance(mlx_lms, type) else counted)
-        engine = demo_engine(BatchEngine, demo, prompt_cache_bytes=1 << 26, solo=False)
+        engine = demo_engine(BatchEngine, demo, prompt_cache_bytes=1 << 26)
         results.append([_run(engine, prompts, 10 * index) for index, prompts in enumerate(runs)])
         prompt_batch = engine._generator._prompt_batch  # noqa: SLF001
         assert (type(prompt_batch) is mlx_lms or name in used) == own
@@ -169,7 +169,7 @@ def test_other_caches_are_merged_by_mlx_lm():
 
 def test_a_cached_burst_starts_without_growing_its_cache(demo):
     model, tokenizer = demo
-    engine = demo_engine(BatchEngine, demo, prompt_cache_bytes=1 << 26, solo=False)
+    engine = demo_engine(BatchEngine, demo, prompt_cache_bytes=1 << 26)
     _run(engine, PROMPTS[:2], 0)
     for index, prompt in enumerate(PROMPTS[:2]):
         engine.admit(p.Generate(10 + index, GREEDY, None, prompt))

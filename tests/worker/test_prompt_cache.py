@@ -15,7 +15,7 @@ from mlx_lm.models import cache as mlx_cache
 from mlxtrio import _protocol as p
 from mlxtrio.worker import _failpoints
 from mlxtrio.worker._batch import BatchEngine
-from mlxtrio.worker._mlx_lm import PromptCache, PromptTrie, copy_cache
+from mlxtrio.worker._mlx_lm._prompt_cache import PromptCache, PromptTrie, copy_cache
 
 from .engines import demo_engine
 

@@ -18,7 +18,7 @@ import pytest
 from mlxtrio import _protocol as p
 from mlxtrio.worker._demo import ensure_demo_model
 from mlxtrio.worker._main import _load
-from mlxtrio.worker._mlx_lm import compute_quantized_in_float32, fold_quantized_inputs
+from mlxtrio.worker._mlx_lm._quantized import compute_quantized_in_float32, fold_quantized_inputs
 
 
 @pytest.fixture

@@ -1,9 +1,10 @@
 """A sequence decoded alone (mlxtrio/worker/_mlx_lm/_solo.py) and its move into the batch, in-process, demo model.
 
-The property that matters: a request's output does not depend on whether,
-or when, another request arrived. Each case runs a request three ways: in
-the batch from its start (solo off), alone to its end, and alone until a
-second request joins after a few tokens; the texts must be the same.
+The property that matters: a request's output does not depend on whether, or
+when, another request arrived. Each case runs a request three ways: in the
+batch from its start (as a burst's first request), alone to its end, and
+alone until a second request joins after a few tokens; the texts must be the
+same.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 from mlxtrio import _protocol as p
 from mlxtrio.worker._batch import BatchEngine
 
-from .engines import demo_engine, generate
+from .engines import admit_batched, demo_engine, generate
 
 PROMPT = "the worker keeps"
 CASES = {
@@ -60,15 +61,15 @@ def test_output_is_the_same_alone_joined_and_batched(demo, case: str, join_after
     params = CASES[case]
     other = generate(2, "a second prompt", CASES["greedy"])
     runs = {}
-    for name, options, join in (
-        ("batched", {"solo": False}, None),
-        ("alone", {}, None),
-        ("joined", {}, (join_after, other)),
+    for name, admit, join in (
+        ("batched", admit_batched, None),
+        ("alone", BatchEngine.admit, None),
+        ("joined", BatchEngine.admit, (join_after, other)),
     ):
-        engine = _engine(demo, **options)
+        engine = _engine(demo)
         texts: dict = {}
         extras: dict = {}
-        engine.admit(generate(1, PROMPT, params))
+        admit(engine, generate(1, PROMPT, params))
         assert engine.active == 1
         _collect(engine, texts, extras, until={1}, join=join)
         if join is not None:
@@ -99,8 +100,8 @@ def test_joining_at_the_last_token_ends_the_sequence_there(demo, max_tokens: int
     """The token the batch would take over may be the sequence's last: it ends instead of joining."""
     params = p.SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     expected: dict = {}
-    engine = _engine(demo, solo=False)
-    engine.admit(generate(1, PROMPT, params))
+    engine = _engine(demo)
+    admit_batched(engine, generate(1, PROMPT, params))
     _collect(engine, expected, until={1})
     texts: dict = {}
     extras: dict = {}
@@ -113,8 +114,8 @@ def test_joining_at_the_last_token_ends_the_sequence_there(demo, max_tokens: int
 
 def test_stop_strings_hold_across_the_move(demo):
     free: dict = {}
-    engine = _engine(demo, solo=False)
-    engine.admit(generate(1, PROMPT, CASES["greedy"]))
+    engine = _engine(demo)
+    admit_batched(engine, generate(1, PROMPT, CASES["greedy"]))
     _collect(engine, free, until={1})
     stop = free[1][6:9]
     params = p.SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, stop=(stop,))
@@ -195,12 +196,12 @@ def test_a_long_prompt_is_prefilled_a_chunk_a_step_and_can_join_midway(demo, joi
     long_prompt = " ".join(["the worker keeps the batch going"] * 6)
     params = CASES["seeded"]
     runs = {}
-    for name, options, join in (
-        ("batched", {"solo": False}, None),
-        ("joined", {}, (join_after, generate(2, "x", CASES["greedy"]))),
+    for name, admit, join in (
+        ("batched", admit_batched, None),
+        ("joined", BatchEngine.admit, (join_after, generate(2, "x", CASES["greedy"]))),
     ):
-        engine = _engine(demo, prefill_step_size=8, **options)
-        engine.admit(generate(1, long_prompt, params))
+        engine = _engine(demo, prefill_step_size=8)
+        admit(engine, generate(1, long_prompt, params))
         texts: dict = {}
         first_text_at = None
         steps = 0

@@ -18,39 +18,32 @@ from mlx_lm.generate import StopSequences, generate_step
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
-from ._generator import Generator, PromptBatch, bucket_length, merge_caches
+from ._generator import Generator
 from ._load import can_batch, download, llama_model, load
-from ._prompt_cache import PromptCache, PromptTrie, copy_cache
-from ._quantized import compute_quantized_in_float32, fold_quantized_inputs, speed_up_quantized
+from ._prompt_cache import PromptCache
+from ._quantized import speed_up_quantized
 from ._solo import Processor, Sampler, SoloDecoder
 from ._tokenizer import chat_renderer, set_chat_template, wrapped_tokenizer
 
 __all__ = [
     "Generator",
     "Processor",
-    "PromptBatch",
     "PromptCache",
-    "PromptTrie",
     "Sampler",
     "SoloDecoder",
     "StopSequences",
     "apply_min_p",
     "apply_top_k",
     "apply_top_p",
-    "bucket_length",
     "can_batch",
     "can_trim_prompt_cache",
     "chat_renderer",
-    "compute_quantized_in_float32",
-    "copy_cache",
     "download",
-    "fold_quantized_inputs",
     "generate_step",
     "llama_model",
     "load",
     "make_logits_processors",
     "make_prompt_cache",
-    "merge_caches",
     "set_chat_template",
     "speed_up_quantized",
     "trim_prompt_cache",
