@@ -3,7 +3,7 @@
 A chat template writes control tokens (``<|im_start|>``, ``<|eot_id|>``, the
 demo's ``<|end|>``) around the messages, and the rendered text is tokenized
 as a whole, so a message whose text spells one became that token: a client
-could close its own turn and open a system one (issue 22, item 7).
+could close its own turn and open a system one.
 
 transformers' ``apply_chat_template(..., sanitize_control_tokens=True)``
 marks the control tokens in the inputs' strings with private-use markers,

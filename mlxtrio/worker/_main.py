@@ -1,7 +1,7 @@
 """The worker's main loop: poll the request ring, admit, one step, one frame, repeat.
 
 Plain synchronous Python on the main thread, where MLX runs. Idle, it blocks
-on the request ring (in 50 ms slices that check the orchestrator is still
+on the request ring (in short slices that check the orchestrator is still
 there); busy, it polls the ring without blocking between steps. It exits when
 told to, when the orchestrator is gone, or when the channel breaks.
 
@@ -32,7 +32,7 @@ from ._failpoints import failpoint
 # Not a message: 0xc1 is the one byte MessagePack never uses.
 _CORRUPT_FRAME = b"\xc1 not a message"
 # Before a batch's first step: the longest wait for one announced Generate
-# (several times the orchestrator's intake of a request, 0.2-0.5 ms), and for all.
+# (several times the orchestrator's intake of a request), and for all.
 FOLLOWER_WAIT = 0.002
 FORMING_LIMIT = 0.020
 # Idle but for grammars compiling: how often the loop looks whether one is done.
@@ -188,7 +188,7 @@ def _admit(engine, message: p.Generate, send) -> None:  # noqa: ANN001
 
 
 def _admit_compiled(engine, compiling: dict, send, *, timeout: float) -> None:  # noqa: ANN001
-    """Admit the requests whose grammars have compiled; a 400 for those that failed to, or ran past ``timeout``."""
+    """Admit the requests whose grammars have compiled; refuse those that failed to, or ran past ``timeout``."""
     from ._grammar import GrammarError
 
     now = time.monotonic()

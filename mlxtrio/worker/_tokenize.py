@@ -5,9 +5,8 @@ cost is paid by every sequence decoding at the time, and in a burst the last
 request waits for all the admissions before it. transformers wraps the
 ``tokenizers`` backend in several layers (argument checks, a batch encoding
 object, offsets, attention masks), and for a chat request it renders the
-template and encodes the text through all of them. On the 2-core VM that
-was 117 µs for one of the demo's chat prompts, of which the template took 21
-and the backend's ``encode_batch_fast`` 37 (``bench/admission_probe.py``).
+template and encodes the text through all of them, which costs more than
+rendering and encoding together (docs/PERFORMANCE.md).
 
 So the template is rendered to text, as mlx-lm's own chat-template path does
 (``TokenizerWrapper.apply_chat_template``), and the text goes to the backend
