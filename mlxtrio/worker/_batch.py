@@ -10,6 +10,7 @@ same.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 import attrs
@@ -75,15 +76,22 @@ class BatchEngine(EngineCore):
         super().__init__(model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes)
         # Whether newcomers to a running batch get their first tokens early too (see the class's docstring).
         self._always_early = first_tokens_always_early
-        self._settings = (decode_concurrency, prefill_batch_size, prefill_step_size)
+        self._prefill_step_size = prefill_step_size
+        # A fresh generator, as at the start and after a failed step.
+        self._new_generator = functools.partial(
+            Generator,
+            model,
+            decode_concurrency=decode_concurrency,
+            prefill_batch_size=prefill_batch_size,
+            prefill_step_size=prefill_step_size,
+            prefill_bucket=prefill_bucket,
+        )
         # A request that finds nothing else running is decoded alone on a plain
         # cache until a second arrives (see _mlx_lm/_solo.py).
         self._alone: _Alone | None = None
         # Deltas and failures made outside a step (moving a sequence into the batch), sent with the next.
         self._carried: list[Delta] = []
         self._carried_failures: list[tuple[int, RequestError]] = []
-        # Prefill lengths rounded up to multiples of this (0: off): see _mlx_lm/_generator.py.
-        self._prefill_bucket = prefill_bucket
         self._stop_at_eos = StopSequences([[token] for token in self._eos])
         self._never_stop = StopSequences(None)
         self._generator = self._new_generator()
@@ -95,16 +103,6 @@ class BatchEngine(EngineCore):
         self._retries = RetryOnce()
         # Sequences whose first token went out a step before the generator hands it out.
         self._sent_early: set[int] = set()
-
-    def _new_generator(self) -> Generator:
-        decode_concurrency, prefill_batch_size, prefill_step_size = self._settings
-        return Generator(
-            self._model,
-            decode_concurrency=decode_concurrency,
-            prefill_batch_size=prefill_batch_size,
-            prefill_step_size=prefill_step_size,
-            prefill_bucket=self._prefill_bucket,
-        )
 
     @property
     def active(self) -> int:
@@ -127,7 +125,7 @@ class BatchEngine(EngineCore):
                 list(prompt),
                 sampler,
                 processors,
-                self._settings[2],
+                self._prefill_step_size,
             )
             self._alone = _Alone(request, sequence, decoder, cache)
             return

@@ -1,17 +1,20 @@
-"""Everything of the worker that depends on how mlx-lm is built inside, for mlx-lm 0.32 (``mlx-lm>=0.32.2,<0.33``).
+"""The worker's use of mlx-lm, all of it, for mlx-lm 0.32 (``mlx-lm>=0.32.2,<0.33`` in pyproject.toml).
 
-pyproject.toml pins mlx-lm to one minor release because the worker
-subclasses its classes, overrides their methods, sets their private
-attributes and repeats parts of their code: ``BatchGenerator`` and its
-prompt batch (``_generator.py``), the prompt cache and its trie
-(``_prompt_cache.py``), the quantized layers (``_quantized.py``), the
-per-token computation of ``generate_step`` (``_solo.py``) and what sits
-behind ``TokenizerWrapper`` (``_tokenizer.py``). The next mlx-lm upgrade
-touches this folder only: every other worker module takes mlx-lm through
-the names below. The one thing outside that such an upgrade may still meet
-is the shape of ``BatchGenerator``'s responses (``uid``, ``token``,
-``logprobs``, ``finish_reason``, ``prompt_cache``, ``all_tokens``), which
-the batched engine reads as they are, once per token, with nothing between.
+mlx-lm is pinned to one minor release because the worker subclasses its
+classes, overrides their methods, sets their private attributes and
+repeats parts of their code: ``BatchGenerator`` and its prompt batch
+(``_generator.py``), the prompt cache and its trie (``_prompt_cache.py``),
+the quantized layers (``_quantized.py``), the per-token computation of
+``generate_step`` (``_solo.py``), what sits behind ``TokenizerWrapper``
+(``_tokenizer.py``), and loading (``_load.py``). The next mlx-lm upgrade
+touches this folder: every other worker module takes mlx-lm through the
+names below. The batched engine (``_batch.py``) alone also calls the
+generator's ``next``, ``remove`` and ``close`` and reads ``next``'s
+responses (``uid``, ``token``, ``logprobs``, ``finish_reason``,
+``end_of_prompt``, ``prompt_cache``, ``all_tokens``) as they are, since
+that happens for every token and nothing may stand between; the tests of
+tests/worker/test_batch_first_token.py and test_prompt_batch.py are what
+an upgrade that changes them meets first.
 """
 
 from mlx_lm.generate import StopSequences, generate_step
