@@ -13,7 +13,7 @@ generator's ``next``, ``remove`` and ``close`` and reads ``next``'s
 responses (``uid``, ``token``, ``logprobs``, ``finish_reason``,
 ``end_of_prompt``, ``prompt_cache``, ``all_tokens``) as they are, since
 that happens for every token and nothing may stand between; the tests of
-tests/worker/test_batch_first_token.py and test_prompt_batch.py are what
+tests/worker/test_batch_first_token.py and test_generator.py are what
 an upgrade that changes them meets first.
 """
 
