@@ -3,7 +3,7 @@
 A chat template writes control tokens (``<|im_start|>``, ``<|eot_id|>``, the
 demo's ``<|end|>``) around the messages, and the rendered text is tokenized
 as a whole, so a message whose text spells one became that token: a client
-could close its own turn and open a system one (issue 22, item 7).
+could close its own turn and open a system one.
 
 transformers' ``apply_chat_template(..., sanitize_control_tokens=True)``
 marks the control tokens in the inputs' strings with private-use markers,
@@ -43,6 +43,8 @@ import inspect
 import re
 from collections.abc import Callable
 from typing import Any
+
+from ._mlx_lm import chat_renderer
 
 __all__ = ["ControlTokens"]
 
@@ -87,7 +89,7 @@ def _template_sources(wrapper: Any, hf: Any) -> list[str]:
         sources.append(template)
     elif isinstance(template, dict):
         sources.extend(value for value in template.values() if isinstance(value, str))
-    renderer = getattr(wrapper, "_chat_template", None)
+    renderer = chat_renderer(wrapper)
     if renderer is not None:
         try:
             sources.append(inspect.getsource(inspect.getmodule(renderer)))
@@ -218,7 +220,7 @@ class ControlTokens:
         cannot encode the control tokens as text: mlx-lm's Python templates, dict keys, older transformers."""
         hf = self._hf
         supported = "sanitize_control_tokens" in inspect.signature(type(hf).apply_chat_template).parameters
-        python_template = getattr(self._wrapper, "_chat_template", None) is not None
+        python_template = chat_renderer(self._wrapper) is not None
         if not supported or python_template or self._in_keys(messages) or self._in_keys(template):
             raise ValueError("the request spells the model's control tokens where its tokenizer cannot encode them as text")
         return list(self._wrapper.apply_chat_template(messages, add_generation_prompt=True, sanitize_control_tokens=True, **template))

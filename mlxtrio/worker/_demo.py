@@ -15,7 +15,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-DEMO_MODEL_ID = "demo"
 # Bump when anything below changes: a new version is a new directory.
 DEMO_VERSION = 2
 _VOCAB_SIZE = 512
@@ -95,11 +94,12 @@ def _build_tokenizer(directory: Path) -> None:
 def _build_weights(directory: Path, vocab_size: int) -> None:
     import mlx.core as mx
     from mlx.utils import tree_flatten
-    from mlx_lm.models import llama
+
+    from ._mlx_lm import llama_model
 
     args = dict(_MODEL_ARGS, vocab_size=vocab_size)
     mx.random.seed(20261125)
-    model = llama.Model(llama.ModelArgs.from_dict(args))
+    model = llama_model(args)
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(directory / "model.safetensors"), weights, metadata={"format": "mlx"})
     config = dict(args, architectures=["LlamaForCausalLM"], eos_token_id=None, mlxtrio_demo=True)

@@ -2,20 +2,19 @@
 
 llguidance parses lazily (an Earley parser over a lexer built on demand),
 so what a grammar costs is bounded by its limits (``LLParserLimits``: items
-per row, lexer states, fuel per mask) rather than by the schema's shape: a
-schema nested 30 deep, or a string of at most 20 characters, compiles in
-about a millisecond, where a regex compiled up front grows by a factor per
-level (issue 22). Schemas it cannot enforce are refused by name
-("Unimplemented keys: ...") instead of being enforced in part.
+per row, lexer states, fuel per mask) rather than by the schema's shape,
+where a regex compiled up front grows by a factor per level of nesting.
+Schemas it cannot enforce are refused by name ("Unimplemented keys: ...")
+instead of being enforced in part.
 
-Compiling is still the requester's to make expensive (an object of
-thousands of optional properties), so it runs off the decode loop: the
-worker's loop hands a grammar it has not compiled yet to ``GrammarCompiler``'s
-thread and admits the request once it is done, while the batch goes on
-decoding (llguidance drops the GIL while it builds). Past the compile
-timeout the request gets a 400 that names the limit. Compiled grammars are
-kept in a small LRU per worker, bounded in count and in their schemas' bytes:
-the same schema is usually asked for again.
+Compiling is still the requester's to make expensive (an object of thousands
+of optional properties), so it runs off the decode loop: the worker's loop
+hands a grammar it has not compiled yet to ``GrammarCompiler``'s thread and
+admits the request once it is done, while the batch goes on decoding
+(llguidance drops the GIL while it builds). Past the compile timeout the
+request is refused with an error that names the limit. Compiled grammars are
+kept in a small LRU per worker, bounded in count and in their schemas'
+bytes: the same schema is usually asked for again.
 
 The processor is an ordinary mlx-lm logits processor, so it works on both
 engines and inside a batch: each sequence has its own matcher, a copy of the
@@ -37,13 +36,14 @@ import mlx.core as mx
 import numpy as np
 
 from .. import _protocol as p
+from ._mlx_lm import wrapped_tokenizer
 
 __all__ = ["GrammarCompiler", "GrammarError", "GrammarProcessor"]
 
 # Compiled grammars kept per worker: at most this many, and at most this many
 # bytes of their schemas together. A compiled grammar's memory grows with its
-# schema (an object of 1,500 properties, 40 KB, is about 5 MiB compiled), so a
-# count alone would let distinct large schemas hold a worker's memory up.
+# schema, many times its size, so a count alone would let distinct large
+# schemas hold a worker's memory up.
 _CACHE_SIZE = 32
 _CACHE_BYTES = 128 * 1024
 # An error message from llguidance can quote the grammar: enough to say what is wrong.
@@ -54,7 +54,7 @@ _LIMITS = llguidance.LLParserLimits(verbose_errors=False)
 
 
 class GrammarError(Exception):
-    """A grammar that cannot be enforced: a 400 naming the request's field."""
+    """A grammar that cannot be enforced: the request is invalid, and the error names its field."""
 
     def __init__(self, param: str, message: str) -> None:
         if len(message) > _MESSAGE_LIMIT:
@@ -139,13 +139,13 @@ class GrammarCompiler:
         self._thread: threading.Thread | None = None
         # Grammars queued or compiling: requests for the same one share its compile.
         self._pending: dict[p.Grammar, Future] = {}
-        hf = getattr(tokenizer, "_tokenizer", tokenizer)
+        hf = wrapped_tokenizer(tokenizer, tokenizer)
         self._eos = tuple(sorted(getattr(tokenizer, "eos_token_ids", None) or {hf.eos_token_id}))
 
     def _llg_tokenizer(self) -> llguidance.LLTokenizer:
         with self._tokenizer_lock:
             if self._lltokenizer is None:
-                hf = getattr(self._tokenizer, "_tokenizer", self._tokenizer)
+                hf = wrapped_tokenizer(self._tokenizer, self._tokenizer)
                 # ValueError for a slow (Python) tokenizer.
                 self._lltokenizer = llguidance.hf.from_tokenizer(hf, eos_token=list(self._eos))
             return self._lltokenizer

@@ -1,7 +1,7 @@
 """The worker's main loop: poll the request ring, admit, one step, one frame, repeat.
 
 Plain synchronous Python on the main thread, where MLX runs. Idle, it blocks
-on the request ring (in 50 ms slices that check the orchestrator is still
+on the request ring (in short slices that check the orchestrator is still
 there); busy, it polls the ring without blocking between steps. It exits when
 told to, when the orchestrator is gone, or when the channel breaks.
 
@@ -32,7 +32,7 @@ from ._failpoints import failpoint
 # Not a message: 0xc1 is the one byte MessagePack never uses.
 _CORRUPT_FRAME = b"\xc1 not a message"
 # Before a batch's first step: the longest wait for one announced Generate
-# (several times the orchestrator's intake of a request, 0.2-0.5 ms), and for all.
+# (several times the orchestrator's intake of a request), and for all.
 FOLLOWER_WAIT = 0.002
 FORMING_LIMIT = 0.020
 # Idle but for grammars compiling: how often the loop looks whether one is done.
@@ -71,7 +71,8 @@ def _pin(config: p.WorkerConfig) -> tuple[int, ...]:
 
 def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context length)
     import mlx.core as mx
-    import mlx_lm
+
+    from ._mlx_lm import download, load, set_chat_template, speed_up_quantized
 
     if config.source == "demo":
         from ._demo import ensure_demo_model
@@ -80,10 +81,8 @@ def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context 
     elif config.source == "local":
         path = Path(config.location)
     elif config.source == "hub":
-        from mlx_lm.utils import _download
-
         try:
-            path = Path(_download(config.location))
+            path = download(config.location)
         except Exception as exc:  # noqa: BLE001
             raise _LoadError("not_found", f"could not fetch {config.location!r}: {exc}") from exc
     else:
@@ -96,20 +95,17 @@ def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context 
             f"{config.memory_budget_bytes} bytes",
         )
     try:
-        model, tokenizer, model_config = mlx_lm.load(str(path), return_config=True)
+        model, tokenizer, model_config = load(path)
     except FileNotFoundError as exc:
         raise _LoadError("not_found", str(exc)) from exc
     except ValueError as exc:
         raise _LoadError("invalid", str(exc)) from exc
-    from ._quantized import speed_up_quantized
-
     # A batched step hands each quantized projection one matrix of rows; on
-    # the CPU backend they compute in float32, many times faster there (see _quantized.py).
+    # the CPU backend they compute in float32, many times faster there (see _mlx_lm/_quantized.py).
     speed_up_quantized(model)
     if config.chat_template is not None:
-        # The operator's template replaces the tokenizer's (mlx-lm reads it from the HF tokenizer).
-        tokenizer._tokenizer.chat_template = config.chat_template  # noqa: SLF001
-        tokenizer.has_chat_template = True
+        # The operator's template replaces the tokenizer's.
+        set_chat_template(tokenizer, config.chat_template)
     context = model_config.get("max_position_embeddings")
     return model, tokenizer, context, mx.get_active_memory()
 
@@ -153,15 +149,11 @@ def main(argv: list[str]) -> int:
         engine = make_engine(
             model,
             tokenizer,
+            config,
             context_length=context,
-            decode_concurrency=config.decode_concurrency,
-            prefill_batch_size=config.prefill_batch_size,
-            prefill_step_size=config.prefill_step_size,
-            prompt_cache_bytes=config.prompt_cache_bytes,
-            progress=heartbeat,
-            prefill_bucket=config.prefill_bucket,
             # One core for both of MLX's threads: reading a first token early costs no overlap there.
             first_tokens_always_early=len(cpus) == 1 and mx.default_device().type == mx.DeviceType.cpu,
+            progress=heartbeat,
         )
         send(
             p.Ready(
@@ -185,7 +177,7 @@ def main(argv: list[str]) -> int:
 
 
 def _admit(engine, message: p.Generate, send) -> None:  # noqa: ANN001
-    from ._engine import RequestError
+    from ._failures import RequestError
 
     try:
         engine.admit(message)
@@ -196,7 +188,7 @@ def _admit(engine, message: p.Generate, send) -> None:  # noqa: ANN001
 
 
 def _admit_compiled(engine, compiling: dict, send, *, timeout: float) -> None:  # noqa: ANN001
-    """Admit the requests whose grammars have compiled; a 400 for those that failed to, or ran past ``timeout``."""
+    """Admit the requests whose grammars have compiled; refuse those that failed to, or ran past ``timeout``."""
     from ._grammar import GrammarError
 
     now = time.monotonic()
@@ -230,7 +222,7 @@ def _serve(  # noqa: ANN001
     *,
     follower_wait: float = FOLLOWER_WAIT,
     forming_limit: float = FORMING_LIMIT,
-    grammar_compile_timeout: float = 5.0,
+    grammar_compile_timeout: float,
 ) -> int:
     import mlx.core as mx
 

@@ -1,7 +1,7 @@
 """The most characters one token can stand for: a prompt that cannot fit the context is refused untokenized.
 
-Tokenizing is the worker's work, on its only thread: a 15 MB prompt takes
-seconds of it, and every sequence decoding at the time waits (issue 22). Yet
+Tokenizing is the worker's work, on its only thread: a prompt of megabytes
+takes seconds of it, and every sequence decoding at the time waits. Yet
 how many tokens a text needs at the least follows from its length alone, for
 most tokenizers: with ``L`` the longest token, in characters of the text it
 is made of, a text of ``N`` characters needs at least ``N / L`` tokens when
@@ -56,8 +56,6 @@ class PromptTooLong(Exception):
 
     def __init__(self, characters: int, fewest_tokens: int) -> None:
         super().__init__(f"{characters} characters, so at least {fewest_tokens} tokens")
-        self.characters = characters
-        self.fewest_tokens = fewest_tokens
 
 
 def _shrink(normalizer: dict | None) -> int | None:

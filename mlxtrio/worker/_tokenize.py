@@ -5,9 +5,8 @@ cost is paid by every sequence decoding at the time, and in a burst the last
 request waits for all the admissions before it. transformers wraps the
 ``tokenizers`` backend in several layers (argument checks, a batch encoding
 object, offsets, attention masks), and for a chat request it renders the
-template and encodes the text through all of them. On the 2-core VM that
-was 117 µs for one of the demo's chat prompts, of which the template took 21
-and the backend's ``encode_batch_fast`` 37 (``bench/admission_probe.py``).
+template and encodes the text through all of them, which costs more than
+rendering and encoding together (docs/PERFORMANCE.md).
 
 So the template is rendered to text, as mlx-lm's own chat-template path does
 (``TokenizerWrapper.apply_chat_template``), and the text goes to the backend
@@ -28,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._control_tokens import ControlTokens
+from ._mlx_lm import wrapped_tokenizer
 from ._prompt_bound import PromptTooLong, chars_per_token
 
 __all__ = ["PromptEncoder"]
@@ -53,7 +53,7 @@ class PromptEncoder:
     def __init__(self, tokenizer: Any) -> None:
         # mlx-lm's TokenizerWrapper around a transformers tokenizer around a tokenizers.Tokenizer.
         self._tokenizer = tokenizer
-        hf = getattr(tokenizer, "_tokenizer", None)
+        hf = wrapped_tokenizer(tokenizer)
         backend = getattr(hf, "_tokenizer", None)
         fast = getattr(backend, "encode_batch_fast", None)
         self._hf = hf
@@ -63,12 +63,8 @@ class PromptEncoder:
         # The most characters one token stands for on the direct path (_prompt_bound.py); None: no bound.
         self.chars_per_token = chars_per_token(backend) if self._fast is not None else None
 
-    @property
-    def direct(self) -> bool:
-        """Whether prompts go straight to the backend now (for tests and the probe)."""
-        return self._usable()
-
     def _usable(self) -> bool:
+        """Whether prompts go straight to the backend now: its state is what transformers would set."""
         backend = self._backend
         return (
             self._fast is not None

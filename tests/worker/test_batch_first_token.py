@@ -1,4 +1,4 @@
-"""The batch's first tokens go out in the step that ends their prompts (mlxtrio/worker/_engine.py, ``_first_tokens``).
+"""The batch's first tokens go out in the step that ends their prompts (mlxtrio/worker/_batch.py, ``Generator.first_tokens``).
 
 mlx-lm's ``BatchGenerator`` hands a sequence's first token out one step after
 the step that samples it. When nothing else is decoding, the engine reads it
@@ -11,29 +11,19 @@ backend pinned to one core).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import mlx_lm
 import pytest
 
 from mlxtrio import _protocol as p
-from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import BatchEngine
+from mlxtrio.worker._batch import BatchEngine
 
-from .test_engine_failures import _generate, _run
+from .engines import admit_batched, demo_engine, generate, run
 
 PROMPTS = ["the worker keeps", "a second prompt", "three of them", "and a fourth"]
 
 
-@pytest.fixture(scope="module")
-def demo(cache_dir: Path):  # noqa: ANN201
-    return mlx_lm.load(str(ensure_demo_model(cache_dir)))
-
-
 def _batched(demo, **options) -> BatchEngine:  # noqa: ANN001, ANN003
-    model, tokenizer = demo
-    # solo=False: every request in the batch from its start, as in a burst.
-    return BatchEngine(model, tokenizer, context_length=4096, solo=False, **{"prompt_cache_bytes": 0, **options})
+    # A burst's requests are all in the batch from their start; a request alone, through admit_batched.
+    return demo_engine(BatchEngine, demo, **{"prompt_cache_bytes": 0, **options})
 
 
 def _steps_to_finish(engine: BatchEngine, request_ids: set[int]) -> tuple[dict[int, int], dict[int, list[tuple[int, p.Delta]]]]:
@@ -68,7 +58,7 @@ def test_a_burst_gets_its_first_tokens_in_the_step_that_ends_its_prompts(demo, m
     for prompt_steps, cached in ((2, False), (1, True)):
         burst = {next(ids): prompt for prompt in PROMPTS}
         for request_id, prompt in burst.items():
-            engine.admit(_generate(request_id, prompt, params))
+            engine.admit(generate(request_id, prompt, params))
         ended, deltas = _steps_to_finish(engine, set(burst))
         for request_deltas in deltas.values():
             first_step, first = request_deltas[0]
@@ -93,7 +83,7 @@ def test_output_is_the_same_as_decoded_alone(demo):
 
     def outputs(engine: BatchEngine, ids: list[int]) -> dict:
         for request_id in ids:
-            engine.admit(_generate(request_id, PROMPTS[request_id - 1], cases[request_id]))
+            engine.admit(generate(request_id, PROMPTS[request_id - 1], cases[request_id]))
         _, stepped = _steps_to_finish(engine, set(ids))
         deltas = {request_id: [delta for _, delta in ds] for request_id, ds in stepped.items()}
         return {
@@ -104,7 +94,7 @@ def test_output_is_the_same_as_decoded_alone(demo):
     model, tokenizer = demo
     alone = {}
     for request_id in cases:
-        alone.update(outputs(BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0), [request_id]))
+        alone.update(outputs(demo_engine(BatchEngine, demo, prompt_cache_bytes=0), [request_id]))
     together = outputs(_batched(demo), list(cases))
     assert together == alone
     assert all(completion == 16 for _, _, completion in together.values())
@@ -119,8 +109,8 @@ def test_a_first_token_that_ends_the_sequence_leaves_the_batch_at_once(demo):
     ending = p.SamplingParams(max_tokens=8, temperature=0.0, logit_bias=((eos, 100.0),))
     going_on = p.SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
     engine = _batched(demo, prompt_cache_bytes=1 << 26)
-    engine.admit(_generate(1, PROMPTS[0], ending))
-    engine.admit(_generate(2, PROMPTS[1], going_on))
+    engine.admit(generate(1, PROMPTS[0], ending))
+    engine.admit(generate(2, PROMPTS[1], going_on))
     ended, deltas = _steps_to_finish(engine, {1, 2})
     # The first tokens in the second step (the prompts take two); the generator alone ends 1 at step 3.
     assert ended == {1: 2, 2: 10}
@@ -128,7 +118,7 @@ def test_a_first_token_that_ends_the_sequence_leaves_the_batch_at_once(demo):
     assert deltas[2][-1][1].completion_tokens == 8
     assert engine.active == 0
     # The ended sequence's prompt is in the prompt cache: the same prompt again starts from it.
-    engine.admit(_generate(3, PROMPTS[0], going_on))
+    engine.admit(generate(3, PROMPTS[0], going_on))
     _, again = _steps_to_finish(engine, {3})
     assert again[3][-1][1].cached_tokens > 0
 
@@ -149,8 +139,8 @@ def test_sequences_ending_at_their_first_tokens_leave_in_one_removal(demo):
 
     engine._generator.remove = counted  # noqa: SLF001
     for request_id, prompt in enumerate(PROMPTS[:3], start=1):
-        engine.admit(_generate(request_id, prompt, one))
-    engine.admit(_generate(4, PROMPTS[3], going_on))
+        engine.admit(generate(request_id, prompt, one))
+    engine.admit(generate(4, PROMPTS[3], going_on))
     ended, deltas = _steps_to_finish(engine, {1, 2, 3, 4})
     assert ended[1] == ended[2] == ended[3] < ended[4]
     assert [len(uids) for uids in removals] == [3]
@@ -159,7 +149,7 @@ def test_sequences_ending_at_their_first_tokens_leave_in_one_removal(demo):
     assert engine.active == 0
     # Each ended prompt's cache is in the prompt cache: the same prompt again starts from it.
     for request_id, prompt in enumerate(PROMPTS[:3], start=5):
-        engine.admit(_generate(request_id, prompt, one))
+        engine.admit(generate(request_id, prompt, one))
         _, again = _steps_to_finish(engine, {request_id})
         assert again[request_id][-1][1].cached_tokens > 0
 
@@ -168,11 +158,11 @@ def test_cancelling_right_after_the_first_token(demo):
     """Cancelled between the early first token and the generator's copy of it: nothing more is sent for it."""
     params = p.SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
     engine = _batched(demo)
-    engine.admit(_generate(1, PROMPTS[0], params))
-    engine.admit(_generate(2, PROMPTS[1], params))
+    engine.admit(generate(1, PROMPTS[0], params))
+    engine.admit(generate(2, PROMPTS[1], params))
     engine.step()
     assert engine.cancel(1)
-    texts, failed = _run(engine, {2})
+    texts, failed = run(engine, {2})
     assert failed == {}
     assert set(texts) == {2}
     assert engine.active == 0
@@ -185,10 +175,10 @@ def test_a_newcomer_to_a_running_batch_does_not_hold_up_the_others(demo):
     the generator's next step, and the running sequence gets a token in every step."""
     params = p.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
     engine = _batched(demo)
-    engine.admit(_generate(1, PROMPTS[0], params))
+    admit_batched(engine, generate(1, PROMPTS[0], params))
     for _ in range(3):  # its prompt in, and its first token out
         engine.step()
-    engine.admit(_generate(2, PROMPTS[1], params))
+    engine.admit(generate(2, PROMPTS[1], params))
     waited = []
     steps = 0
     first_of_2 = None
@@ -205,7 +195,7 @@ def test_a_newcomer_to_a_running_batch_does_not_hold_up_the_others(demo):
     assert all(waited)
     # With nothing else decoding, the same prompt's first token comes in its second step.
     alone = _batched(demo)
-    alone.admit(_generate(3, PROMPTS[1], params))
+    admit_batched(alone, generate(3, PROMPTS[1], params))
     _, deltas = _steps_to_finish(alone, {3})
     assert deltas[3][0][0] == 2
 
@@ -218,12 +208,12 @@ def test_always_early_a_newcomer_to_a_running_batch_gets_its_first_token_sooner(
     params = p.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
     seeded = p.SamplingParams(max_tokens=12, temperature=0.8, seed=11, ignore_eos=True, logprobs=True, top_logprobs=2)
     engine = _batched(demo, first_tokens_always_early=True)
-    engine.admit(_generate(1, PROMPTS[0], params))
+    admit_batched(engine, generate(1, PROMPTS[0], params))
     texts: dict[int, list[p.Delta]] = {1: [], 2: []}
     for _ in range(3):  # its prompt in, and its first tokens out
         for delta in engine.step()[0]:
             texts[delta.request_id].append(delta)
-    engine.admit(_generate(2, PROMPTS[1], seeded))
+    engine.admit(generate(2, PROMPTS[1], seeded))
     _, stepped = _steps_to_finish(engine, {1, 2})
     first_step, first = stepped[2][0]
     assert (first_step, first.completion_tokens) == (2, 1)
@@ -233,8 +223,8 @@ def test_always_early_a_newcomer_to_a_running_batch_gets_its_first_token_sooner(
         texts[request_id].extend(delta for _, delta in deltas)
     model, tokenizer = demo
     for request_id, request_params in ((1, params), (2, seeded)):
-        alone = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
-        alone.admit(_generate(request_id, PROMPTS[request_id - 1], request_params))
+        alone = demo_engine(BatchEngine, demo, prompt_cache_bytes=0)
+        alone.admit(generate(request_id, PROMPTS[request_id - 1], request_params))
         _, solo = _steps_to_finish(alone, {request_id})
         deltas = texts[request_id]
         assert [d.completion_tokens for d in deltas] == sorted({d.completion_tokens for d in deltas})

@@ -10,24 +10,19 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
-import mlx_lm
 import pytest
 
 from mlxtrio import _protocol as p
 from mlxtrio.ipc import Channel
-from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import BatchEngine, SequentialEngine
+from mlxtrio.worker._batch import BatchEngine
 from mlxtrio.worker._main import _serve
+from mlxtrio.worker._sequential import SequentialEngine
+
+from .engines import WORKER, demo_engine
 
 # Long enough that a step never passes for a wait, short enough for a test.
 APART = 0.3
-
-
-@pytest.fixture(scope="module")
-def demo(cache_dir: Path):  # noqa: ANN201
-    return mlx_lm.load(str(ensure_demo_model(cache_dir)))
 
 
 class Orchestrator:
@@ -37,7 +32,7 @@ class Orchestrator:
         self.end = Channel.create(capacity=1 << 20)
         worker_end = Channel.attach(self.end.spec)
         self.end.unlink()
-        engine = engine_type(*demo, context_length=4096)
+        engine = demo_engine(engine_type, demo)
         encode = p.TO_ORCHESTRATOR.encode
         self.result: list[int] = []
         # For each request that has ended, the number of the Step frame with its last delta.
@@ -49,7 +44,7 @@ class Orchestrator:
                 self.result.append(
                     _serve(
                         worker_end, engine, lambda message: worker_end.writer.send(encode(message)), lambda *_: None,
-                        follower_wait=follower_wait, forming_limit=forming_limit,
+                        follower_wait=follower_wait, forming_limit=forming_limit, grammar_compile_timeout=WORKER.grammar_compile_timeout,
                     )
                 )
             finally:

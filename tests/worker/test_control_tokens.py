@@ -160,7 +160,7 @@ def _user(content: str) -> list[dict]:
 def test_injected_text_is_encoded_as_text(families, name: str):
     wrapper, lead = families[name]
     encoder = PromptEncoder(wrapper)
-    assert encoder.direct
+    assert encoder._usable()  # noqa: SLF001
     content = _INJECTIONS[name]
     ids = encoder.chat(_user(content))
     controls = _control_ids(wrapper)
@@ -331,7 +331,7 @@ def test_a_tokenizer_without_a_stock_backend_takes_transformers_way(families, na
     own = mlx_lm.tokenizer_utils.TokenizerWrapper(type(hf).from_pretrained(hf.name_or_path))
     own._tokenizer.__class__ = OwnEncoding  # noqa: SLF001
     encoder = PromptEncoder(own)
-    assert not encoder.direct
+    assert not encoder._usable()  # noqa: SLF001
     controls = _control_ids(wrapper)
     content = _INJECTIONS[name]
     ids = encoder.chat(_user(content))

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import mlx_lm
 import msgspec
 import pytest
 
 from mlxtrio import _protocol as p
-from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import BatchEngine, RequestError, SequentialEngine
+from mlxtrio.worker._batch import BatchEngine
+from mlxtrio.worker._failures import RequestError
+from mlxtrio.worker._sequential import SequentialEngine
 
-from .test_engine_failures import GREEDY, _generate, _run
-
-
-@pytest.fixture(scope="module")
-def demo(cache_dir: Path):  # noqa: ANN201
-    return mlx_lm.load(str(ensure_demo_model(cache_dir)))
+from .engines import GREEDY, demo_engine, generate, run
 
 
 @pytest.mark.parametrize("engine_type", [BatchEngine, SequentialEngine])
@@ -27,7 +21,7 @@ def test_admission_converts_no_vocabulary(demo, engine_type, monkeypatch: pytest
     vocabulary (100 ms each, serial in the worker: 4 s of time to first token
     at 32 streams on an H100). Each sequence now gets a reset copy."""
     model, tokenizer = demo
-    engine = engine_type(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
+    engine = demo_engine(engine_type, demo, prompt_cache_bytes=0)
     converted: list[int] = []
     original = tokenizer._tokenizer.convert_ids_to_tokens  # noqa: SLF001
 
@@ -38,15 +32,15 @@ def test_admission_converts_no_vocabulary(demo, engine_type, monkeypatch: pytest
     monkeypatch.setattr(tokenizer._tokenizer, "convert_ids_to_tokens", counting)  # noqa: SLF001
     alone = {}
     for request_id, prompt in enumerate(["the cache", "a worker"], start=1):
-        solo = engine_type(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
-        solo.admit(_generate(request_id, prompt))
-        alone.update(_run(solo, {request_id})[0])
+        solo = demo_engine(engine_type, demo, prompt_cache_bytes=0)
+        solo.admit(generate(request_id, prompt))
+        alone.update(run(solo, {request_id})[0])
     converted.clear()
-    engine.admit(_generate(1, "the cache"))
-    engine.admit(_generate(2, "a worker"))
+    engine.admit(generate(1, "the cache"))
+    engine.admit(generate(2, "a worker"))
     assert max(converted, default=0) < tokenizer.vocab_size
     # Each sequence's detokenizer is its own: together they give what they give alone.
-    together, failed = _run(engine, {1, 2})
+    together, failed = run(engine, {1, 2})
     assert failed == {}
     assert together == alone
     assert all(len(text) > 0 for text in together.values())
@@ -55,8 +49,8 @@ def test_admission_converts_no_vocabulary(demo, engine_type, monkeypatch: pytest
 
 def _backend_calls(engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:  # noqa: ANN001
     """The characters of each text the engine's tokenizer backend encodes (the direct path) from now on."""
-    encoder = engine._encoder  # noqa: SLF001
-    assert encoder.direct
+    encoder = engine._prompt_tokens._encoder  # noqa: SLF001
+    assert encoder._usable()  # noqa: SLF001
     encode = encoder._fast  # noqa: SLF001
     calls: list[int] = []
 
@@ -81,7 +75,7 @@ def test_a_prompt_that_cannot_fit_is_refused_untokenized(demo, engine_type, monk
     """A 14.8 MiB prompt with n=16 held the worker for 84 s, tokenized 16 times before the context check
     (issue 22). Its length alone shows it cannot fit: refused at once, nothing tokenized."""
     model, tokenizer = demo
-    engine = engine_type(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
+    engine = demo_engine(engine_type, demo, prompt_cache_bytes=0)
     calls = _backend_calls(engine, monkeypatch)
     for request in _requests("many words of a prompt far too long " * 60_000, choices=16):
         started = time.perf_counter()
@@ -97,7 +91,7 @@ def test_a_prompt_that_cannot_fit_is_refused_untokenized(demo, engine_type, monk
 @pytest.mark.parametrize("engine_type", [BatchEngine, SequentialEngine])
 def test_a_request_is_tokenized_once_whatever_its_n(demo, engine_type, monkeypatch: pytest.MonkeyPatch):
     model, tokenizer = demo
-    engine = engine_type(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
+    engine = demo_engine(engine_type, demo, prompt_cache_bytes=0)
     calls = _backend_calls(engine, monkeypatch)
     # Short enough that only its tokens tell it does not fit: counted once, then refused.
     for request in _requests("ab " * 12_000, choices=16):
@@ -107,14 +101,14 @@ def test_a_request_is_tokenized_once_whatever_its_n(demo, engine_type, monkeypat
     # One that fits: its choices share the one tokenization, and sample as requests of their own
     # would, choice i with seed + i.
     params = p.SamplingParams(max_tokens=8, temperature=1.0, seed=7)
-    one_by_one = engine_type(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
+    one_by_one = demo_engine(engine_type, demo, prompt_cache_bytes=0)
     for index in range(4):
         one_by_one.admit(p.Generate(1 + index, msgspec.structs.replace(params, seed=7 + index), None, "the cache"))
-    expected, _ = _run(one_by_one, {1, 2, 3, 4})
+    expected, _ = run(one_by_one, {1, 2, 3, 4})
     calls.clear()
     engine.admit(p.Generate(1, params, None, "the cache", choices=4))
     assert len(calls) == 1
-    texts, failed = _run(engine, {1, 2, 3, 4})
+    texts, failed = run(engine, {1, 2, 3, 4})
     assert failed == {} and texts == expected
     assert len(set(texts.values())) > 1
 
@@ -122,11 +116,11 @@ def test_a_request_is_tokenized_once_whatever_its_n(demo, engine_type, monkeypat
 @pytest.mark.parametrize("engine_type", [BatchEngine, SequentialEngine])
 def test_a_choice_that_cannot_start_leaves_none_running(demo, engine_type):
     model, tokenizer = demo
-    engine = engine_type(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
+    engine = demo_engine(engine_type, demo, prompt_cache_bytes=0)
     engine.admit(p.Generate(2, GREEDY, None, "already running"))
     # Its second choice would be sequence 2, which exists: the request fails, and its first choice with it.
     with pytest.raises(RequestError, match="duplicate request id 2"):
         engine.admit(p.Generate(1, GREEDY, None, "two choices", choices=2))
-    texts, failed = _run(engine, {2})
+    texts, failed = run(engine, {2})
     assert set(texts) == {2} and failed == {}
     assert not engine.active

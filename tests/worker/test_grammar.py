@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import jsonschema
-import mlx_lm
 import pytest
 
 from mlxtrio import _protocol as p
-from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import BatchEngine, RequestError, SequentialEngine
+from mlxtrio.worker._batch import BatchEngine
+from mlxtrio.worker._failures import RequestError
 from mlxtrio.worker._grammar import GrammarCompiler, GrammarError, _closed
+from mlxtrio.worker._sequential import SequentialEngine
+
+from .engines import demo_engine
 
 SCHEMA = {
     "type": "object",
@@ -40,11 +41,6 @@ def nested_arrays(depth: int) -> dict:
     return node
 
 
-@pytest.fixture(scope="module")
-def demo(cache_dir: Path):  # noqa: ANN201
-    return mlx_lm.load(str(ensure_demo_model(cache_dir)))
-
-
 def _texts(engine, requests: list[p.Generate]) -> dict[int, tuple[str, str]]:  # noqa: ANN001
     for request in requests:
         engine.admit(request)
@@ -66,7 +62,7 @@ def test_constrained_output_is_valid_even_from_random_weights(demo, engine_type)
     model, tokenizer = demo
     for seed in range(4):
         params = p.SamplingParams(max_tokens=400, temperature=1.0, seed=seed, grammar=schema(SCHEMA), ignore_eos=True)
-        ((text, finish),) = _texts(engine_type(model, tokenizer, context_length=4096, prompt_cache_bytes=0), [p.Generate(1, params, None, "JSON please")]).values()
+        ((text, finish),) = _texts(demo_engine(engine_type, demo, prompt_cache_bytes=0), [p.Generate(1, params, None, "JSON please")]).values()
         # ignore_eos gives way: a finished grammar must end the sequence.
         assert finish == "stop", text
         jsonschema.validate(json.loads(text), SCHEMA)
@@ -75,10 +71,10 @@ def test_constrained_output_is_valid_even_from_random_weights(demo, engine_type)
 def test_a_constrained_sequence_in_a_batch_leaves_the_others_alone(demo):
     model, tokenizer = demo
     free = p.SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
-    alone = _texts(BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0), [p.Generate(1, free, None, "tell me")])
+    alone = _texts(demo_engine(BatchEngine, demo, prompt_cache_bytes=0), [p.Generate(1, free, None, "tell me")])
     constrained = p.SamplingParams(max_tokens=400, temperature=1.0, seed=3, grammar=schema(SCHEMA))
     together = _texts(
-        BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0),
+        demo_engine(BatchEngine, demo, prompt_cache_bytes=0),
         [p.Generate(1, free, None, "tell me"), p.Generate(2, constrained, None, "JSON please")],
     )
     assert together[1] == alone[1]
@@ -96,7 +92,7 @@ def test_a_required_tool_call_grammar_writes_one_call(demo):
     }
     grammar = tool_call_grammar(call, param="tools", max_bytes=1 << 16)
     params = p.SamplingParams(max_tokens=400, temperature=1.0, seed=2, grammar=grammar)
-    ((text, _),) = _texts(BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0), [p.Generate(1, params, None, "call")]).values()
+    ((text, _),) = _texts(demo_engine(BatchEngine, demo, prompt_cache_bytes=0), [p.Generate(1, params, None, "call")]).values()
     assert text.startswith("<tool_call>") and text.endswith("</tool_call>"), text
     body = json.loads(text[len("<tool_call>") : -len("</tool_call>")])
     jsonschema.validate(body, call)
@@ -146,7 +142,7 @@ def test_what_cannot_be_enforced_is_refused_with_what(demo, bad, words):
 
 def test_an_engine_turns_a_refused_grammar_into_a_400_naming_the_field(demo):
     model, tokenizer = demo
-    engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
+    engine = demo_engine(BatchEngine, demo, prompt_cache_bytes=0)
     grammar = p.Grammar("json_schema", json.dumps({"type": "array", "uniqueItems": True}), "tools")
     with pytest.raises(RequestError) as caught:
         engine.admit(p.Generate(1, p.SamplingParams(max_tokens=4, grammar=grammar), None, "x"))
@@ -170,7 +166,7 @@ def test_the_compile_thread_shares_one_compile_between_requests_and_keeps_the_re
 
 def test_a_grammar_that_fails_midway_ends_its_sequence_with_an_error(demo):
     model, tokenizer = demo
-    engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
+    engine = demo_engine(BatchEngine, demo, prompt_cache_bytes=0)
     params = p.SamplingParams(max_tokens=50, temperature=1.0, seed=1, grammar=schema(SCHEMA))
     engine.admit(p.Generate(1, params, None, "JSON"))
     deltas, _ = engine.step()
@@ -215,7 +211,7 @@ def test_a_schema_without_additional_properties_gets_no_keys_of_the_models_choos
     open_schema = {key: value for key, value in SCHEMA.items() if key != "additionalProperties"}
     for seed in range(3):
         params = p.SamplingParams(max_tokens=300, temperature=1.0, seed=seed, grammar=schema(open_schema))
-        ((text, finish),) = _texts(BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0), [p.Generate(1, params, None, "JSON")]).values()
+        ((text, finish),) = _texts(demo_engine(BatchEngine, demo, prompt_cache_bytes=0), [p.Generate(1, params, None, "JSON")]).values()
         assert finish == "stop", text
         assert set(json.loads(text)) == set(SCHEMA["properties"])
 

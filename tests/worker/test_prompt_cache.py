@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import gc
-from pathlib import Path
 
 import mlx.core as mx
 import mlx_lm
@@ -15,9 +14,10 @@ from mlx_lm.models import cache as mlx_cache
 
 from mlxtrio import _protocol as p
 from mlxtrio.worker import _failpoints
-from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import BatchEngine
-from mlxtrio.worker._prompt_cache import PromptCache, PromptTrie, copy_cache
+from mlxtrio.worker._batch import BatchEngine
+from mlxtrio.worker._mlx_lm._prompt_cache import PromptCache, PromptTrie, copy_cache
+
+from .engines import demo_engine
 
 # A small alphabet, so that sequences share prefixes and branch.
 sequences = st.lists(st.integers(0, 3), max_size=12)
@@ -74,16 +74,11 @@ def test_the_prompt_cache_uses_it_and_trims_a_longer_entry_to_the_prompt():
     assert entry.offset == 40  # a copy was trimmed, not the entry
 
 
-@pytest.fixture(scope="module")
-def demo(cache_dir: Path):  # noqa: ANN201
-    return mlx_lm.load(str(ensure_demo_model(cache_dir)))
-
-
 def test_remembered_caches_hold_no_more_than_they_count_once_settled(demo):
     """A sequence leaves the batch with lazy slices of the batch's KV cache;
     unsettled, they held the batch's whole buffers (here 6.7 MB for 1.1 MB counted)."""
     model, tokenizer = demo
-    engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=1 << 30)
+    engine = demo_engine(BatchEngine, demo, prompt_cache_bytes=1 << 30)
     gc.collect()
     before = mx.get_active_memory()
     # Lengths apart: most leave while others still decode (settled asynchronously), the last when all is idle.
@@ -105,7 +100,7 @@ def test_caches_that_cannot_be_computed_empty_the_prompt_cache_and_serving_goes_
     monkeypatch.setattr(_failpoints, "_armed", _failpoints.parse("settle=oom@1"))
     monkeypatch.setattr(_failpoints, "_hits", _failpoints.Counter())
     model, tokenizer = demo
-    engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=1 << 30)
+    engine = demo_engine(BatchEngine, demo, prompt_cache_bytes=1 << 30)
     params = p.SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
     for round_ in range(2):
         for index in range(3):

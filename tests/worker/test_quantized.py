@@ -1,4 +1,4 @@
-"""Quantized projections made fast (mlxtrio/worker/_quantized.py), demo model quantized to 4 bits.
+"""Quantized projections made fast (mlxtrio/worker/_mlx_lm/_quantized.py), demo model quantized to 4 bits.
 
 What matters: in a batched step the quantized kernel is handed (rows, K)
 matrices, never a batch of one-row matrices (which MLX's CUDA backend
@@ -18,7 +18,7 @@ import pytest
 from mlxtrio import _protocol as p
 from mlxtrio.worker._demo import ensure_demo_model
 from mlxtrio.worker._main import _load
-from mlxtrio.worker._quantized import compute_quantized_in_float32, fold_quantized_inputs
+from mlxtrio.worker._mlx_lm._quantized import compute_quantized_in_float32, fold_quantized_inputs
 
 
 @pytest.fixture

@@ -1,24 +1,22 @@
-"""A sequence decoded alone (mlxtrio/worker/_solo.py) and its move into the batch, in-process, demo model.
+"""A sequence decoded alone (mlxtrio/worker/_mlx_lm/_solo.py) and its move into the batch, in-process, demo model.
 
-The property that matters: a request's output does not depend on whether,
-or when, another request arrived. Each case runs a request three ways: in
-the batch from its start (solo off), alone to its end, and alone until a
-second request joins after a few tokens; the texts must be the same.
+The property that matters: a request's output does not depend on whether, or
+when, another request arrived. Each case runs a request three ways: in the
+batch from its start (as a burst's first request), alone to its end, and
+alone until a second request joins after a few tokens; the texts must be the
+same.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-import mlx_lm
 import pytest
 
 from mlxtrio import _protocol as p
-from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import BatchEngine
+from mlxtrio.worker._batch import BatchEngine
 
-from .test_engine_failures import _generate
+from .engines import admit_batched, demo_engine, generate
 
 PROMPT = "the worker keeps"
 CASES = {
@@ -33,14 +31,8 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def demo(cache_dir: Path):  # noqa: ANN201
-    return mlx_lm.load(str(ensure_demo_model(cache_dir)))
-
-
 def _engine(demo, **options) -> BatchEngine:  # noqa: ANN001, ANN003
-    model, tokenizer = demo
-    return BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0, **options)
+    return demo_engine(BatchEngine, demo, prompt_cache_bytes=0, **options)
 
 
 def _collect(engine: BatchEngine, texts: dict, extras: dict | None = None, *, until: set[int], join: tuple[int, p.Generate] | None = None) -> None:
@@ -67,17 +59,17 @@ def _collect(engine: BatchEngine, texts: dict, extras: dict | None = None, *, un
 @pytest.mark.parametrize("join_after", [0, 1, 5])
 def test_output_is_the_same_alone_joined_and_batched(demo, case: str, join_after: int):
     params = CASES[case]
-    other = _generate(2, "a second prompt", CASES["greedy"])
+    other = generate(2, "a second prompt", CASES["greedy"])
     runs = {}
-    for name, options, join in (
-        ("batched", {"solo": False}, None),
-        ("alone", {}, None),
-        ("joined", {}, (join_after, other)),
+    for name, admit, join in (
+        ("batched", admit_batched, None),
+        ("alone", BatchEngine.admit, None),
+        ("joined", BatchEngine.admit, (join_after, other)),
     ):
-        engine = _engine(demo, **options)
+        engine = _engine(demo)
         texts: dict = {}
         extras: dict = {}
-        engine.admit(_generate(1, PROMPT, params))
+        admit(engine, generate(1, PROMPT, params))
         assert engine.active == 1
         _collect(engine, texts, extras, until={1}, join=join)
         if join is not None:
@@ -91,14 +83,14 @@ def test_output_is_the_same_alone_joined_and_batched(demo, case: str, join_after
 
 
 def test_the_request_that_joins_gets_what_it_gets_alone(demo):
-    second = _generate(2, "a second prompt", CASES["seeded"])
+    second = generate(2, "a second prompt", CASES["seeded"])
     alone: dict = {}
     engine = _engine(demo)
     engine.admit(second)
     _collect(engine, alone, until={2})
     joined: dict = {}
     engine = _engine(demo)
-    engine.admit(_generate(1, PROMPT, CASES["greedy"]))
+    engine.admit(generate(1, PROMPT, CASES["greedy"]))
     _collect(engine, joined, until={1, 2}, join=(3, second))
     assert joined[2] == alone[2]
 
@@ -108,41 +100,41 @@ def test_joining_at_the_last_token_ends_the_sequence_there(demo, max_tokens: int
     """The token the batch would take over may be the sequence's last: it ends instead of joining."""
     params = p.SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     expected: dict = {}
-    engine = _engine(demo, solo=False)
-    engine.admit(_generate(1, PROMPT, params))
+    engine = _engine(demo)
+    admit_batched(engine, generate(1, PROMPT, params))
     _collect(engine, expected, until={1})
     texts: dict = {}
     extras: dict = {}
     engine = _engine(demo)
-    engine.admit(_generate(1, PROMPT, params))
-    _collect(engine, texts, extras, until={1}, join=(max_tokens - 1, _generate(2, "x", CASES["greedy"])))
+    engine.admit(generate(1, PROMPT, params))
+    _collect(engine, texts, extras, until={1}, join=(max_tokens - 1, generate(2, "x", CASES["greedy"])))
     assert texts[1] == expected[1]
     assert extras[1][-1] == ("length", max_tokens)
 
 
 def test_stop_strings_hold_across_the_move(demo):
     free: dict = {}
-    engine = _engine(demo, solo=False)
-    engine.admit(_generate(1, PROMPT, CASES["greedy"]))
+    engine = _engine(demo)
+    admit_batched(engine, generate(1, PROMPT, CASES["greedy"]))
     _collect(engine, free, until={1})
     stop = free[1][6:9]
     params = p.SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, stop=(stop,))
     for join_after in range(0, 8):
         texts: dict = {}
         engine = _engine(demo)
-        engine.admit(_generate(1, PROMPT, params))
-        _collect(engine, texts, until={1}, join=(join_after, _generate(2, "x", CASES["greedy"])))
+        engine.admit(generate(1, PROMPT, params))
+        _collect(engine, texts, until={1}, join=(join_after, generate(2, "x", CASES["greedy"])))
         assert texts[1] == free[1][: free[1].index(stop)]
 
 
 def test_a_sequence_decoded_alone_feeds_the_prompt_cache(demo):
     model, tokenizer = demo
-    engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=1 << 26)
-    engine.admit(_generate(1, PROMPT, CASES["greedy"]))
+    engine = demo_engine(BatchEngine, demo, prompt_cache_bytes=1 << 26)
+    engine.admit(generate(1, PROMPT, CASES["greedy"]))
     first: dict = {}
     _collect(engine, first, until={1})
     assert engine.prompt_cache_bytes > 0
-    engine.admit(_generate(2, PROMPT, CASES["greedy"]))
+    engine.admit(generate(2, PROMPT, CASES["greedy"]))
     deltas, _ = engine.step()
     assert deltas[0].cached_tokens > 0
     again = {2: deltas[0].text}
@@ -152,23 +144,23 @@ def test_a_sequence_decoded_alone_feeds_the_prompt_cache(demo):
 
 def test_cancelling_the_sequence_decoded_alone(demo):
     engine = _engine(demo)
-    engine.admit(_generate(1, PROMPT, CASES["greedy"]))
+    engine.admit(generate(1, PROMPT, CASES["greedy"]))
     engine.step()
     assert engine.cancel(1)
     assert engine.active == 0
     assert not engine.cancel(1)
     # The engine is free again: the next request is decoded alone, as the first was.
     texts: dict = {}
-    engine.admit(_generate(2, PROMPT, CASES["greedy"]))
+    engine.admit(generate(2, PROMPT, CASES["greedy"]))
     _collect(engine, texts, until={2})
     assert len(texts[2]) > 0
 
 
 def test_a_duplicate_id_is_refused_while_alone(demo):
     engine = _engine(demo)
-    engine.admit(_generate(1, PROMPT, CASES["greedy"]))
+    engine.admit(generate(1, PROMPT, CASES["greedy"]))
     with pytest.raises(Exception, match="duplicate request id 1"):
-        engine.admit(_generate(1, PROMPT, CASES["greedy"]))
+        engine.admit(generate(1, PROMPT, CASES["greedy"]))
 
 
 @pytest.mark.parametrize(("steps", "moving"), [(1, "take_unfed"), (2, "take_pending")])
@@ -176,18 +168,18 @@ def test_a_sequence_that_fails_to_move_fails_alone(demo, monkeypatch: pytest.Mon
     """If moving into the batch fails (the pending token's computation ran out of memory, say), that
     sequence fails with its error on the next step; the newcomer goes on. After one step the first
     token is out but not fed; after two, the next token is on its way."""
-    from mlxtrio.worker import _solo
+    from mlxtrio.worker._mlx_lm import SoloDecoder
 
     engine = _engine(demo)
-    engine.admit(_generate(1, PROMPT, CASES["greedy"]))
+    engine.admit(generate(1, PROMPT, CASES["greedy"]))
     for _ in range(steps):
         engine.step()
 
     def fail(self) -> None:  # noqa: ANN001
         raise RuntimeError("[malloc] Unable to allocate 1024 bytes")
 
-    monkeypatch.setattr(_solo.SoloDecoder, moving, fail)
-    engine.admit(_generate(2, "x", CASES["greedy"]))
+    monkeypatch.setattr(SoloDecoder, moving, fail)
+    engine.admit(generate(2, "x", CASES["greedy"]))
     assert engine.active == 2
     deltas, failures = engine.step()
     assert [(request_id, error.kind) for request_id, error in failures] == [(1, p.ErrorKind.OUT_OF_MEMORY)]
@@ -204,12 +196,12 @@ def test_a_long_prompt_is_prefilled_a_chunk_a_step_and_can_join_midway(demo, joi
     long_prompt = " ".join(["the worker keeps the batch going"] * 6)
     params = CASES["seeded"]
     runs = {}
-    for name, options, join in (
-        ("batched", {"solo": False}, None),
-        ("joined", {}, (join_after, _generate(2, "x", CASES["greedy"]))),
+    for name, admit, join in (
+        ("batched", admit_batched, None),
+        ("joined", BatchEngine.admit, (join_after, generate(2, "x", CASES["greedy"]))),
     ):
-        engine = _engine(demo, prefill_step_size=8, **options)
-        engine.admit(_generate(1, long_prompt, params))
+        engine = _engine(demo, prefill_step_size=8)
+        admit(engine, generate(1, long_prompt, params))
         texts: dict = {}
         first_text_at = None
         steps = 0
@@ -238,7 +230,7 @@ def test_the_first_token_goes_out_before_the_next_step_is_launched(demo):
     from mlx_lm.generate import generate_step
     from mlx_lm.models.cache import make_prompt_cache
 
-    from mlxtrio.worker._solo import SoloDecoder
+    from mlxtrio.worker._mlx_lm import SoloDecoder
 
     model, tokenizer = demo
     prompt = tokenizer.encode(PROMPT)

@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 from tokenizers import processors
 
 from mlxtrio import _protocol as p
+from mlxtrio.worker._batch import BatchEngine
 from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import BatchEngine
 from mlxtrio.worker._tokenize import PromptEncoder
+
+from .engines import demo_engine
 
 
 def _load(cache_dir: Path):  # noqa: ANN202
@@ -77,11 +79,11 @@ _MESSAGES = st.lists(
 @given(messages=_MESSAGES, text=_TEXT)
 def test_direct_ids_are_the_tokenizers(tokenizer, tokenizer_with_bos, messages: list[dict], text: str):
     encoder = PromptEncoder(tokenizer)
-    assert encoder.direct
+    assert encoder._usable()  # noqa: SLF001
     assert encoder.chat(messages) == _reference_chat(tokenizer, messages)
     for wrapper in (tokenizer, tokenizer_with_bos):
         encoder = PromptEncoder(wrapper)
-        assert encoder.direct
+        assert encoder._usable()  # noqa: SLF001
         for add in (True, False):
             assert encoder.text(text, add_special_tokens=add) == list(wrapper.encode(text, add_special_tokens=add))
 
@@ -113,10 +115,10 @@ def test_backend_state_transformers_would_change_takes_its_path(cache_dir: Path)
         lambda: setattr(backend, "encode_special_tokens", True),
     ):
         change()
-        assert not encoder.direct
+        assert not encoder._usable()  # noqa: SLF001
         assert encoder.chat(messages) == expected
         # transformers set the backend as it needs it, and the direct path is open again.
-        assert encoder.direct
+        assert encoder._usable()  # noqa: SLF001
         assert encoder.chat(messages) == expected
 
 
@@ -131,7 +133,7 @@ def test_tokenizer_without_a_backend_takes_its_own_path(tokenizer):
             return tokenizer.encode(text, **kwargs)
 
     encoder = PromptEncoder(Plain())
-    assert not encoder.direct
+    assert not encoder._usable()  # noqa: SLF001
     messages = [{"role": "user", "content": "the cache"}]
     assert encoder.chat(messages) == _reference_chat(tokenizer, messages)
     assert encoder.text("the cache", add_special_tokens=True) == list(tokenizer.encode("the cache"))
@@ -140,7 +142,7 @@ def test_tokenizer_without_a_backend_takes_its_own_path(tokenizer):
 def test_engine_admits_through_the_direct_path(cache_dir: Path, monkeypatch: pytest.MonkeyPatch):
     """The engine's chat and plain prompts reach the backend without transformers' encoding call."""
     model, tokenizer = mlx_lm.load(str(ensure_demo_model(cache_dir)))
-    engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
+    engine = demo_engine(BatchEngine, (model, tokenizer), prompt_cache_bytes=0)
     calls: list[str] = []
     hf = tokenizer._tokenizer  # noqa: SLF001
     original = type(hf).__call__
@@ -169,7 +171,7 @@ def test_tokenizer_class_with_its_own_encoding_takes_its_own_path(cache_dir: Pat
 
     hf.__class__ = Rewriting
     encoder = PromptEncoder(wrapper)
-    assert not encoder.direct
+    assert not encoder._usable()  # noqa: SLF001
     text = "the cache\na worker"
     expected = list(wrapper.encode(text, add_special_tokens=False))
     assert expected != hf._tokenizer.encode_batch_fast([text], add_special_tokens=False)[0].ids  # noqa: SLF001

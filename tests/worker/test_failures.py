@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import mlx_lm
 import pytest
 
 from mlxtrio import _protocol as p
 from mlxtrio.worker import _failpoints
-from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import MAX_CONSECUTIVE_FAILURES, BatchEngine, SequentialEngine
+from mlxtrio.worker._batch import BatchEngine
+from mlxtrio.worker._failures import MAX_CONSECUTIVE_FAILURES
+from mlxtrio.worker._sequential import SequentialEngine
 
-GREEDY = p.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
-
-
-@pytest.fixture(scope="module")
-def demo(cache_dir: Path):  # noqa: ANN201
-    return mlx_lm.load(str(ensure_demo_model(cache_dir)))
-
+from .engines import demo_engine, generate, run
 
 @pytest.fixture
 def armed(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
@@ -31,28 +23,6 @@ def armed(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     return arm
 
 
-def _generate(request_id: int, prompt: str, params: p.SamplingParams = GREEDY) -> p.Generate:
-    return p.Generate(request_id, params, None, prompt)
-
-
-def _run(engine, until_done: set[int]) -> tuple[dict[int, str], dict[int, int]]:  # noqa: ANN001
-    """Step until the given requests end; their texts, and the statuses of those that failed."""
-    texts: dict[int, str] = {}
-    failed: dict[int, int] = {}
-    for _ in range(1000):
-        deltas, failures = engine.step()
-        for delta in deltas:
-            texts[delta.request_id] = texts.get(delta.request_id, "") + delta.text
-            if delta.finish_reason is not None:
-                until_done.discard(delta.request_id)
-        for request_id, error in failures:
-            failed[request_id] = error.kind
-            until_done.discard(request_id)
-        if not until_done:
-            return texts, failed
-    raise AssertionError("the engine never finished")
-
-
 def test_failpoint_settings_are_checked():
     assert _failpoints.parse("step=oom@3; load=crash") == {"step": ("oom", 3), "load": ("crash", None)}
     for bad in ("step=corrupt", "send=oom", "nowhere=error", "step=explode"):
@@ -62,15 +32,15 @@ def test_failpoint_settings_are_checked():
 
 def test_batch_failure_fails_started_sequences_and_restarts_waiting_ones(demo, armed):
     model, tokenizer = demo
-    alone = BatchEngine(model, tokenizer, context_length=4096, prefill_step_size=4, prompt_cache_bytes=0)
-    alone.admit(_generate(2, "a much longer prompt that takes several prefill steps " * 3))
-    expected, _ = _run(alone, {2})
+    alone = demo_engine(BatchEngine, demo, prefill_step_size=4, prompt_cache_bytes=0)
+    alone.admit(generate(2, "a much longer prompt that takes several prefill steps " * 3))
+    expected, _ = run(alone, {2})
 
-    engine = BatchEngine(model, tokenizer, context_length=4096, prefill_step_size=4, prompt_cache_bytes=0)
-    engine.admit(_generate(1, "hi"))
+    engine = demo_engine(BatchEngine, demo, prefill_step_size=4, prompt_cache_bytes=0)
+    engine.admit(generate(1, "hi"))
     while not any(delta.request_id == 1 and delta.text for delta in engine.step()[0]):
         pass
-    engine.admit(_generate(2, "a much longer prompt that takes several prefill steps " * 3))
+    engine.admit(generate(2, "a much longer prompt that takes several prefill steps " * 3))
     engine.step()  # request 2 is in prefill now, request 1 decoding
     armed("step=oom@1")
     deltas, failures = engine.step()
@@ -78,16 +48,16 @@ def test_batch_failure_fails_started_sequences_and_restarts_waiting_ones(demo, a
     # nothing: it starts again in a fresh generator and ends as it would have alone.
     assert failures == [(1, failures[0][1])] and failures[0][1].kind is p.ErrorKind.OUT_OF_MEMORY
     assert "out of memory" in str(failures[0][1])
-    texts, failed = _run(engine, {2})
+    texts, failed = run(engine, {2})
     assert failed == {} and texts == expected
     assert engine.active == 0 and not engine.broken
 
 
 def test_a_prompt_that_fails_twice_fails(demo, armed):
     model, tokenizer = demo
-    engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
+    engine = demo_engine(BatchEngine, demo, prompt_cache_bytes=0)
     armed("step=error")
-    engine.admit(_generate(1, "hi"))
+    engine.admit(generate(1, "hi"))
     assert engine.step() == ([], [])  # failed before any output: tried again
     deltas, failures = engine.step()
     assert [(request_id, error.kind) for request_id, error in failures] == [(1, p.ErrorKind.INTERNAL)]
@@ -96,31 +66,31 @@ def test_a_prompt_that_fails_twice_fails(demo, armed):
 
 def test_repeated_failures_mark_the_engine_broken_and_one_good_step_resets(demo, armed):
     model, tokenizer = demo
-    engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
+    engine = demo_engine(BatchEngine, demo, prompt_cache_bytes=0)
     armed("step=error")
     request_id = 0
     while not engine.broken:
         request_id += 1
-        engine.admit(_generate(request_id, "hi"))
-        _run(engine, {request_id})
+        engine.admit(generate(request_id, "hi"))
+        run(engine, {request_id})
         assert request_id <= MAX_CONSECUTIVE_FAILURES
     armed("")
     engine._consecutive_failures = MAX_CONSECUTIVE_FAILURES - 1  # noqa: SLF001 - one short of broken
-    engine.admit(_generate(99, "hi"))
-    _run(engine, {99})
+    engine.admit(generate(99, "hi"))
+    run(engine, {99})
     assert engine._consecutive_failures == 0 and not engine.broken  # noqa: SLF001
 
 
 def test_sequential_failure_is_the_failing_sequence_s_alone(demo, armed):
     model, tokenizer = demo
-    alone = SequentialEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
-    alone.admit(_generate(2, "second"))
-    expected, _ = _run(alone, {2})
-    engine = SequentialEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
-    engine.admit(_generate(1, "first"))
-    engine.admit(_generate(2, "second"))
+    alone = demo_engine(SequentialEngine, demo, prompt_cache_bytes=0)
+    alone.admit(generate(2, "second"))
+    expected, _ = run(alone, {2})
+    engine = demo_engine(SequentialEngine, demo, prompt_cache_bytes=0)
+    engine.admit(generate(1, "first"))
+    engine.admit(generate(2, "second"))
     armed("step=oom@3")  # round robin: 1, 2, then 1 again
-    texts, failed = _run(engine, {1, 2})
+    texts, failed = run(engine, {1, 2})
     assert failed == {1: p.ErrorKind.OUT_OF_MEMORY}
     assert texts[2] == expected[2]
 
@@ -133,9 +103,9 @@ def test_top_k_as_large_as_the_vocabulary_is_no_top_k(demo):
     for engine_type in (BatchEngine, SequentialEngine):
         texts = []
         for params in (huge_k, no_k):
-            engine = engine_type(model, tokenizer, context_length=4096, prompt_cache_bytes=0)
-            engine.admit(_generate(1, "hi", params))
-            done, failed = _run(engine, {1})
+            engine = demo_engine(engine_type, demo, prompt_cache_bytes=0)
+            engine.admit(generate(1, "hi", params))
+            done, failed = run(engine, {1})
             assert failed == {}
             texts.append(done[1])
         assert texts[0] == texts[1]

@@ -7,28 +7,21 @@ KV caches have room for the next token.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlx.core as mx
-import mlx_lm
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mlx_lm.generate import BatchGenerator, PromptProcessingBatch, _merge_caches
+from mlx_lm.generate import PromptProcessingBatch, _merge_caches
 from mlx_lm.models.cache import BatchKVCache, KVCache, RotatingKVCache, make_prompt_cache
 
 from mlxtrio import _protocol as p
-from mlxtrio.worker._prompt_batch import PromptBatch, bucket_length, merge_caches
-from mlxtrio.worker._demo import ensure_demo_model
-from mlxtrio.worker._engine import BatchEngine
+from mlxtrio.worker._batch import BatchEngine
+from mlxtrio.worker._mlx_lm._generator import PromptBatch, bucket_length, merge_caches
+
+from .engines import demo_engine
 
 PROMPTS = ["hello there, tell me a story about the sea", "the " * 70, "x"]
 GREEDY = p.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
-
-
-@pytest.fixture(scope="module")
-def demo(cache_dir: Path):  # noqa: ANN201
-    return mlx_lm.load(str(ensure_demo_model(cache_dir)))
 
 
 def _run(engine: BatchEngine, prompts: list[str], first_id: int) -> list[tuple[str, int]]:
@@ -57,9 +50,7 @@ def test_bucketed_prefill_gives_the_same_output(demo, prefill_step_size):
     model, tokenizer = demo
     results = []
     for bucket in (0, 32):
-        engine = BatchEngine(
-            model, tokenizer, context_length=4096, prompt_cache_bytes=1 << 26, prefill_step_size=prefill_step_size, prefill_bucket=bucket
-        )
+        engine = demo_engine(BatchEngine, demo, prompt_cache_bytes=1 << 26, prefill_step_size=prefill_step_size, prefill_bucket=bucket)
         first = _run(engine, PROMPTS, 0)
         # Longer prompts that share those prefixes start from the prompt cache.
         second = _run(engine, [prompt + " and more words" for prompt in PROMPTS], 10)
@@ -99,17 +90,24 @@ def test_part_of_a_batch_splits_as_in_mlx_lm(demo):
     assert moved.prompt_cache[0] is not batch.prompt_cache[0]
 
 
-def _ours_and_mlx_lms(demo, monkeypatch, name: str, mlx_lms: type, runs: list[list[str]]) -> list[list]:  # noqa: ANN001
-    """The engine's outputs for ``runs`` of prompts, as it is and then with ``name`` (in _engine) replaced by mlx-lm's class."""
+def _ours_and_mlx_lms(demo, monkeypatch, name: str, mlx_lms: object, runs: list[list[str]]) -> list[list]:  # noqa: ANN001
+    """The engine's outputs for ``runs`` of prompts, as it is and then with ``name`` (in the generator's
+    module) replaced by mlx-lm's own (a class or a function)."""
     model, tokenizer = demo
+    used: list[str] = []
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        used.append(name)
+        return mlx_lms(*args, **kwargs)
+
     results = []
     for own in (False, True):
         if own:
-            monkeypatch.setattr(f"mlxtrio.worker._engine.{name}", mlx_lms)
-        engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=1 << 26, solo=False)
-        generator = engine._generator  # noqa: SLF001
-        assert (mlx_lms in (type(generator), type(generator._prompt_batch))) == own  # noqa: SLF001
+            monkeypatch.setattr(f"mlxtrio.worker._mlx_lm._generator.{name}", mlx_lms if isinstance(mlx_lms, type) else counted)
+        engine = demo_engine(BatchEngine, demo, prompt_cache_bytes=1 << 26)
         results.append([_run(engine, prompts, 10 * index) for index, prompts in enumerate(runs)])
+        prompt_batch = engine._generator._prompt_batch  # noqa: SLF001
+        assert (type(prompt_batch) is mlx_lms or name in used) == own
     return results
 
 
@@ -171,7 +169,7 @@ def test_other_caches_are_merged_by_mlx_lm():
 
 def test_a_cached_burst_starts_without_growing_its_cache(demo):
     model, tokenizer = demo
-    engine = BatchEngine(model, tokenizer, context_length=4096, prompt_cache_bytes=1 << 26, solo=False)
+    engine = demo_engine(BatchEngine, demo, prompt_cache_bytes=1 << 26)
     _run(engine, PROMPTS[:2], 0)
     for index, prompt in enumerate(PROMPTS[:2]):
         engine.admit(p.Generate(10 + index, GREEDY, None, prompt))
@@ -185,5 +183,5 @@ def test_a_cached_burst_starts_without_growing_its_cache(demo):
 def test_merging_with_room_gives_the_same_output_as_mlx_lms_merge(demo, monkeypatch):
     # Cold, then from the prompt cache, then longer prompts extending the cached ones.
     runs = [PROMPTS, PROMPTS, [prompt + " again" for prompt in PROMPTS]]
-    results = _ours_and_mlx_lms(demo, monkeypatch, "Generator", BatchGenerator, runs)
+    results = _ours_and_mlx_lms(demo, monkeypatch, "merge_caches", _merge_caches, runs)
     assert results[0] == results[1]

@@ -6,12 +6,8 @@ prefix of a longer cached conversation). mlx-lm's ``PromptTrie.search``
 walks the trie below the prompt depth-first and copies the path so far at
 every edge (``extra + [tok]``), so that lookup costs the square of the
 extension's length, on the worker's one thread, where every decoding
-sequence waits for it: in mlx-lm 0.32.2 a 100-token prompt below a cached
-entry 1,000 tokens longer took 0.8 ms, 4,000 longer 11.8 ms and 16,000
-longer 189 ms; this search takes 0.16, 0.78 and 3.7 ms
-(bench/prompt_trie_probe.py, docs/PERFORMANCE.md). Upstream
-knows it (ml-explore/mlx-lm#1607); the pinned release has the quadratic
-search.
+sequence waits for it (docs/PERFORMANCE.md). Upstream knows it
+(ml-explore/mlx-lm#1607); the pinned release has the quadratic search.
 
 ``PromptTrie`` here walks the same nodes in the same order with the same
 pruning, and keeps each path as a link to its parent instead of a copy, so
@@ -22,12 +18,11 @@ it visits.
 What it finds, ``fetch_nearest_cache`` hands out as a copy (the request
 trims and extends its own), made with ``copy.deepcopy``. MLX arrays are
 values, and copying one only makes a new handle on the same data, so the
-cost is deepcopy's walk of the cache objects. For the Qwen2.5-0.5B shape's
-24 layers on an H100 host the lookup and its copy took 0.32 ms, the largest
-part of an admission there (bench/admission_probe.py). ``copy_cache`` walks
-them directly: a new object of each cache class with its attributes copied
-the same way, a new handle for each array, and deepcopy itself for anything
-else; the lookup took 0.16 ms with it. Everything else is mlx-lm's.
+cost is deepcopy's generic walk of the cache objects, the largest part of
+an admission on a fast host. ``copy_cache`` walks them directly: a new
+object of each cache class with its attributes copied the same way, a new
+handle for each array, and deepcopy itself for anything else. Everything
+else is mlx-lm's.
 """
 
 from __future__ import annotations
@@ -142,7 +137,7 @@ class PromptCache(mlx_cache.LRUPromptCache):
         self._trie = PromptTrie()
 
     def fetch_nearest_cache(self, model: Any, tokens: list[int]) -> tuple[list[Any] | None, list[int]]:
-        # mlx-lm 0.32.2's, with copy_cache for copy.deepcopy.
+        # mlx-lm's own, with copy_cache for copy.deepcopy.
         result = self._trie.search(model, tokens)
         if result.exact is not None:
             return copy_cache(self._trie.get(result.model, result.exact).prompt_cache), []

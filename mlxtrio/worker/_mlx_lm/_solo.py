@@ -1,21 +1,19 @@
 """One sequence decoded alone, on a plain KV cache, until a second one arrives.
 
-mlx-lm's ``BatchGenerator`` serves one sequence as a batch of one: a batch KV
-cache, an attention mask, per-sequence bookkeeping. On the 2-core CI machine
-that made one stream 13% slower than ``stream_generate`` in-process, and
-through the server the sequential engine was 15-20% faster for one stream
-(docs/PERFORMANCE.md). So a request that finds the engine idle is decoded as
-``generate_step`` does: a plain cache, on mlx-lm's generation stream, the
-next step launched before the current token is read. The first token is
-the exception: it goes out before the step after it is launched, since the
-client is waiting for it. Its prompt goes in a chunk per engine step, as in
-the batch. When another request arrives, the sequence joins the batch: its
-cache and the token sampled next (not yet fed to the model) go into the
-generator as a prompt cache and a one-token prompt, exactly where a batched
-sequence would have been (right after the first token, that token is the
-one-token prompt). The sampler and the logits processors are called once
-per token either way, so seeded sampling and grammars do not notice the
-move.
+mlx-lm's ``BatchGenerator`` serves one sequence as a batch of one: a batch
+KV cache, an attention mask, per-sequence bookkeeping, which make one stream
+slower than ``generate_step`` (docs/PERFORMANCE.md). So a request that finds
+the engine idle is decoded as ``generate_step`` does: a plain cache, on
+mlx-lm's generation stream, the next step launched before the current token
+is read. The first token is the exception: it goes out before the step after
+it is launched, since the client is waiting for it. Its prompt goes in a
+chunk per engine step, as in the batch. When another request arrives, the
+sequence joins the batch: its cache and the token sampled next (not yet fed
+to the model) go into the generator as a prompt cache and a one-token
+prompt, exactly where a batched sequence would have been (right after the
+first token, that token is the one-token prompt). The sampler and the logits
+processors are called once per token either way, so seeded sampling and
+grammars do not notice the move.
 
 ``generate_step`` itself cannot be used: it keeps the sampled-but-not-fed
 token to itself, and without it the move would cost a token's sampling twice.
@@ -30,8 +28,9 @@ import attrs
 import mlx.core as mx
 from mlx_lm.generate import generation_stream
 
-__all__ = ["SoloDecoder"]
+__all__ = ["Processor", "Sampler", "SoloDecoder"]
 
+# mlx-lm's sampler (log probabilities -> token) and logits processor ((tokens so far, logits) -> logits).
 Sampler = Callable[[mx.array], mx.array]
 Processor = Callable[[mx.array, mx.array], mx.array]
 

@@ -1,29 +1,24 @@
-"""mlx-lm's prompt batch, made cheaper where a server's traffic meets it.
+"""mlx-lm's ``BatchGenerator`` and its prompt batch, made cheaper where a server's traffic meets them.
 
 **A burst moves whole.** When every prompt in the batch is in, mlx-lm's
 ``split`` deep-copies the batch's KV cache and filters both copies, to hand
 the finished prompts to generation and keep the rest. A burst of requests
 that finds the engine idle is exactly that case: all of them end their
 prompts in the same step and all of them move. ``PromptBatch`` hands the
-batch over as it is instead: a burst's KV cache is not copied on its way
-to generation (mlx-lm copies it twice, the deep copy and then the filter's
-gather). On the 2-core CI machine with the demo model, whose cache is
-small, the burst's first step was no faster beyond the noise
-(bench/burst_probe.py, docs/PERFORMANCE.md); the copy grows with the
-model and the prompts. Outputs are the same: the copy held the same
-arrays, and the filter only trimmed left padding that every row shares,
-which the mask hides.
+batch over as it is instead, so a burst's KV cache is not copied on its way
+to generation, a copy that grows with the model and the prompts. Outputs
+are the same: the copy held the same arrays, and the filter only trimmed
+left padding that every row shares, which the mask hides.
 
 **Prompt-length buckets** (``BucketedPromptBatch``): few shapes, so a backend
 that compiles per shape compiles few. MLX's CUDA backend compiles for each
-new input shape: on an H100 a prompt length seen for the first time costs
-50-750 ms to prefill, and 7-12 ms once seen (bench/prefill_probe.py,
-docs/PERFORMANCE.md). A server meets a new length with nearly every request.
-mlx-lm's prompt batch already right-pads the prompts of one prefill step to
-the longest and masks the padding; here the padded length is rounded up to a
-bucket, so lengths repeat. The padding is masked, so outputs are unchanged;
-the cost is the padded tokens' compute, at most one bucket's worth per
-prefill chunk.
+new input shape, so a prompt length seen for the first time prefills many
+times slower than one seen before (docs/PERFORMANCE.md), and a server meets
+a new length with nearly every request. mlx-lm's prompt batch already
+right-pads the prompts of one prefill step to the longest and masks the
+padding; here the padded length is rounded up to a bucket, so lengths
+repeat. The padding is masked, so outputs are unchanged; the cost is the
+padded tokens' compute, at most one bucket's worth per prefill chunk.
 
 **Merged caches with room for the next token** (``merge_caches``, used by
 ``Generator``): mlx-lm merges the requests' KV caches into a batch cache
@@ -35,9 +30,14 @@ allocated with the room that write would have added. The rows hold the
 same keys and values; only the buffer behind them is longer, as after
 mlx-lm's own growth.
 
-All follow mlx-lm 0.32 (pinned): the engine puts one in place of the
-generator's own empty prompt batch, and batches it takes in are merged into
-it, so its class stays.
+**First tokens read at once** (``Generator.first_tokens``): the generator
+samples a sequence's first token in the step that ends its prompt but
+hands it out a step later; the engine may read it in that step instead.
+
+What is copied from mlx-lm follows the pinned release's code (see
+``__init__``): the generator puts one of these prompt batches in place of
+its own empty one, and batches it takes in are merged into it, so its class
+stays.
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ import copy
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.generate import BatchGenerator, PromptProcessingBatch, _merge_caches, _right_pad_prompts
+from mlx_lm.generate import BatchGenerator, PromptProcessingBatch, StopSequences, _merge_caches, _right_pad_prompts
 from mlx_lm.models.cache import BatchKVCache, KVCache
+
+from ._solo import Processor, Sampler
 
 __all__ = ["BucketedPromptBatch", "Generator", "PromptBatch", "bucket_length", "merge_caches"]
 
@@ -73,8 +75,8 @@ class PromptBatch(PromptProcessingBatch):
 class BucketedPromptBatch(PromptBatch):
     """mlx-lm's prompt batch, its padding rounded up to a multiple of ``bucket`` tokens.
 
-    ``prompt`` follows mlx-lm 0.32's own (pinned) and differs only in the
-    padded length, which is also applied to a single prompt.
+    ``prompt`` follows mlx-lm's own and differs only in the padded length,
+    which is also applied to a single prompt.
     """
 
     bucket = 32
@@ -111,7 +113,7 @@ class BucketedPromptBatch(PromptBatch):
 
 
 def _merge_with_room(caches: list[KVCache]) -> BatchKVCache:
-    """``BatchKVCache.merge`` (mlx-lm 0.32), its buffers long enough for one more token."""
+    """``BatchKVCache.merge``, its buffers long enough for one more token."""
     lengths = [cache.size() for cache in caches]
     longest = max(lengths)
     if longest == 0:
@@ -131,7 +133,7 @@ def _merge_with_room(caches: list[KVCache]) -> BatchKVCache:
     merged = BatchKVCache(padding)
     merged.keys, merged.values = keys, values
     merged.offset += longest
-    merged._idx = longest  # noqa: SLF001 - mlx-lm is pinned
+    merged._idx = longest  # noqa: SLF001
     return merged
 
 
@@ -151,10 +153,68 @@ def merge_caches(caches: list[list[Any]]) -> list[Any]:
 
 
 class Generator(BatchGenerator):
-    """mlx-lm's ``BatchGenerator``, its new prompt batches' caches merged by ``merge_caches``."""
+    """mlx-lm's ``BatchGenerator`` on ``PromptBatch``, its new prompt batches' caches merged by ``merge_caches``."""
+
+    def __init__(
+        self, model: Any, *, decode_concurrency: int, prefill_batch_size: int, prefill_step_size: int, prefill_bucket: int
+    ) -> None:
+        super().__init__(
+            model,
+            max_tokens=1,
+            completion_batch_size=decode_concurrency,
+            prefill_batch_size=prefill_batch_size,
+            prefill_step_size=prefill_step_size,
+        )
+        # Its prompt batch, empty still, becomes one of ours (``prefill_bucket`` 0: no buckets).
+        if prefill_bucket > 0:
+            prompt_batch = BucketedPromptBatch.empty(model, self.sampler, prefill_step_size=prefill_step_size)
+            prompt_batch.bucket = prefill_bucket
+        else:
+            prompt_batch = PromptBatch.empty(model, self.sampler, prefill_step_size=prefill_step_size)
+        self._prompt_batch = prompt_batch
+
+    def add(
+        self,
+        prompt: list[int],
+        *,
+        cache: list[Any] | None,
+        cached_tokens: list[int],
+        max_tokens: int,
+        sampler: Sampler,
+        processors: list[Processor],
+        stop: StopSequences,
+    ) -> int:
+        """One sequence in, its uid: ``prompt`` still to prefill, after ``cache`` (None: none) holding ``cached_tokens``."""
+        (uid,) = self.insert(
+            [prompt],
+            caches=[cache],
+            all_tokens=[cached_tokens],
+            max_tokens=[max_tokens],
+            samplers=[sampler],
+            logits_processors=[processors],
+            stop_sequences=[stop],
+        )
+        return uid
+
+    def first_tokens(self, uids: list[int], *, always: bool) -> dict[int, tuple[int, mx.array]]:
+        """The first tokens of ``uids``, whose prompts went all in during the step just taken, read now.
+
+        Reading them waits for that step's computation, which would otherwise
+        overlap the building of the next: so unless ``always``, only when they
+        are the whole batch (nothing else decoding pays for the wait). The
+        generator still hands each out with its next step.
+        """
+        batch = self._generation_batch
+        newcomers = set(uids)
+        if not newcomers or not batch.uids:
+            return {}
+        if not always and not set(batch.uids) <= newcomers:
+            return {}
+        values = batch._next_tokens.tolist()
+        return {uid: (values[row], batch._next_logprobs[row]) for row, uid in enumerate(batch.uids) if uid in newcomers}
 
     def _make_batch(self, n: int) -> PromptProcessingBatch:
-        # mlx-lm 0.32's own (pinned), but for the merge.
+        # mlx-lm's own, but for the merge.
         taken = [self._unprocessed_sequences.popleft() for _ in range(n)]
         for sequence in taken:
             self._currently_processing.append([sequence[1], 0, sum(len(segment) for segment in sequence[1])])

@@ -6,41 +6,31 @@ A decode step of B sequences gives every projection an input of shape
 (B, 1, K): to ``mx.quantized_matmul`` that is B matrices of one row each,
 against one weight. MLX's CUDA backend picks its kernel from the output's
 last two dimensions (M rows) and counts the leading ones as a batch
-(mlx/backend/cuda/quantized/quantized.cpp). On an H100 a decode step of the
-Qwen2.5-7B shape in 4 bits took 7.3 ms for one sequence, 32 ms for 8 and
-95 ms for 32, while its largest projection given a (B, K) matrix took
-0.10-0.22 ms at every B from 1 to 32 (bench/batch_scaling_probe.py,
-docs/PERFORMANCE.md): batched 4-bit decode cost about what decoding the
-sequences one by one would, and B one-row products instead of one B-row
-product would explain it. With this fold the same H100 took 8.5 ms for one
-sequence, 17 ms for 8 and 25 ms for 32 (``step_ms_folded``), and mlxtrio's
-aggregate at 32 streams went from 312 to 1,069 tokens/s.
-
-MLX's Metal backend folds those dimensions itself (for a 2-D weight and a
-row-contiguous input it takes M = x.size / K, in
+(mlx/backend/cuda/quantized/quantized.cpp), so that batched 4-bit decode
+there cost about what decoding the sequences one by one would
+(docs/PERFORMANCE.md). MLX's Metal backend folds those dimensions itself
+(for a 2-D weight and a row-contiguous input it takes M = x.size / K, in
 mlx/backend/metal/quantized.cpp), which is why batched 4-bit decode scales
 on Apple silicon; here it changes nothing. The same rows as one (B*L, K)
 matrix make one product whatever the backend, and the reshape moves no
-data (the rows are contiguous), so the worker folds
-the leading dimensions of every quantized projection's input into one,
-including a tied output layer (``QuantizedEmbedding.as_linear``). Each row
-is the same product (bit for bit on the CPU backend, where the tests run; a
-GPU kernel for more rows may round differently). mlx-lm builds its
-quantized layers as the plain ``mlx.nn`` classes; an instance of exactly
-those classes gets a subclass that folds, everything else (a model's own
-quantized class) is left as it is.
+data (the rows are contiguous), so the worker folds the leading dimensions
+of every quantized projection's input into one, including a tied output
+layer (``QuantizedEmbedding.as_linear``). Each row is the same product (bit
+for bit on the CPU backend, where the tests run; a GPU kernel for more rows
+may round differently). mlx-lm builds its quantized layers as the plain
+``mlx.nn`` classes; an instance of exactly those classes gets a subclass
+that folds, everything else (a model's own quantized class) is left as it
+is.
 
 Float32 on the CPU backend: MLX's CPU kernel for quantized products runs
-about 9 times slower on bfloat16 inputs and scales than on float32, and 40
-times slower on float16 (bench/quantized_cpu_probe.py): a Qwen2.5-0.5B shape
-in 4 bits decoded a token in about 3 s on the 2-core CI machine, and a
-prompt of 100 tokens outlasted the hang timeout. mlx-lm's conversion keeps
+many times slower on bfloat16 inputs and scales than on float32, and slower
+still on float16 (docs/PERFORMANCE.md), while mlx-lm's conversion keeps
 scales in the model's own type, usually bfloat16 or float16. On the CPU
 backend the worker therefore keeps each quantized projection's scales and
 biases in float32 (for 4 bits in groups of 64, an eighth of the packed
-weights' bytes becomes a quarter) and casts the
-input up and the output back, so that everything around the product (the
-residual stream, the KV cache) keeps the model's own type and size.
+weights' bytes becomes a quarter) and casts the input up and the output
+back, so that everything around the product (the residual stream, the KV
+cache) keeps the model's own type and size.
 """
 
 from __future__ import annotations

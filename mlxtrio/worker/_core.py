@@ -1,0 +1,140 @@
+"""What both engines share: a request's admission, the prompt cache's keeping, and a token's way to its output."""
+
+from __future__ import annotations
+
+import abc
+import sys
+from typing import Any
+
+import mlx.core as mx
+
+from .._protocol import Delta, Generate, SamplingParams
+from ._failpoints import failpoint
+from ._failures import FailurePolicy, RequestError
+from ._grammar import GrammarCompiler
+from ._mlx_lm import PromptCache, can_trim_prompt_cache
+from ._output import SequenceOutput, new_output
+from ._prompt import PromptTokens, choices, keep_cache
+from ._sampling import Processor, model_params
+from ._tools import tool_format
+
+__all__ = ["EngineCore", "StepResult"]
+
+# What a step produced: every sequence's delta, and the requests that failed in it.
+StepResult = tuple[list[Delta], list[tuple[int, RequestError]]]
+
+
+class EngineCore(FailurePolicy, abc.ABC):
+    """The part of an engine that does not depend on how it decodes (the contract: ``_engine.Engine``)."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, context_length: int | None, prompt_cache_bytes: int) -> None:
+        super().__init__()
+        self._model = model
+        self._tokenizer = tokenizer
+        self._prompt_tokens = PromptTokens(tokenizer, context_length=context_length)
+        self._eos = frozenset(tokenizer.eos_token_ids)
+        # KV caches of finished sequences, by their tokens, bounded in bytes on every insert.
+        self._prompt_cache = (
+            PromptCache(max_size=1 << 20, max_bytes=prompt_cache_bytes) if prompt_cache_bytes > 0 else None
+        )
+        self.grammars = GrammarCompiler(tokenizer)
+        # Caches remembered since the last settle(), perhaps not computed yet.
+        self._unsettled: list[list[Any]] = []
+
+    def admit(self, request: Generate) -> None:
+        """Start the request's sequences, one per choice: they share one tokenization of its prompt.
+
+        Should one of them fail to start, none goes on (the request fails as a whole).
+        """
+        prompt = self._prompt_tokens(request)
+        started: list[int] = []
+        try:
+            for choice in choices(request):
+                self._admit(choice, prompt)
+                started.append(choice.request_id)
+        except Exception:
+            for request_id in started:
+                self.cancel(request_id)
+            raise
+
+    @abc.abstractmethod
+    def _admit(self, request: Generate, prompt: list[int]) -> None:
+        """Start one sequence of ``request`` on ``prompt``'s tokens."""
+
+    @abc.abstractmethod
+    def cancel(self, request_id: int) -> bool:
+        """Stop the sequence; whether it was running."""
+
+    @property
+    @abc.abstractmethod
+    def active(self) -> int:
+        """How many sequences are running (or have output still to send)."""
+
+    def _sampling(self, params: SamplingParams) -> SamplingParams:
+        return model_params(params, getattr(self._tokenizer, "vocab_size", None))
+
+    def _new_sequence(
+        self, request: Generate, params: SamplingParams, prompt: list[int], cached: int, processors: list[Processor]
+    ) -> SequenceOutput:
+        return new_output(self._tokenizer, request, params, prompt, cached, processors, parse_tools=self.tool_format is not None)
+
+    def _accept_token(self, sequence: SequenceOutput, token: int, logprobs: mx.array) -> Delta | None:
+        """A token decoded outside mlx-lm's BatchGenerator (which stops at end tokens itself):
+        an end token ends the sequence and is not part of its text."""
+        if token in self._eos and not sequence.params.ignore_eos:
+            return sequence.accept(None, "stop")
+        return sequence.accept(token, None, logprobs)
+
+    def _remember(self, tokens: list[int], cache: list[Any]) -> None:
+        if self._prompt_cache is not None:
+            keep_cache(self._prompt_cache, tokens, cache)
+            self._unsettled.append(cache)
+
+    def _remember_held(self, cache: list[Any], seen: list[int]) -> None:
+        """Keep a finished sequence's cache. A pipelined decoder runs a step ahead
+        of (or behind) what was read: the cache's own offset says how many of the
+        tokens seen it holds."""
+        if not can_trim_prompt_cache(cache):
+            return
+        held = cache[0].offset
+        if 0 < held <= len(seen):
+            self._remember(seen[:held], cache)
+
+    def settle(self) -> None:
+        """Compute the KV caches remembered since the last call; the worker calls it after each step's frame.
+
+        A sequence leaving a batch leaves with its own rows of the batch's KV
+        cache as mlx-lm extracts them: lazy arrays, slices of the whole
+        batch's. Kept so in the prompt cache, each holds the batch's entire
+        buffers alive, beyond the bytes the cache counts against its cap
+        (tests/worker/test_prompt_cache.py), and the next request that uses
+        one computes the slice in its own first step. Computed here, after
+        the frame with the sequences' last tokens has gone out, they hold
+        just their rows: at once when the engine is idle (so that its memory
+        is what it says before the next request comes), asynchronously while
+        it decodes (the step in flight is not waited for). Should that fail
+        (out of memory, most likely), the prompt cache is emptied and
+        serving goes on.
+        """
+        if not self._unsettled:
+            return
+        arrays = [layer.state for cache in self._unsettled for layer in cache]
+        self._unsettled.clear()
+        try:
+            failpoint("settle")
+            if self.active:
+                mx.async_eval(arrays)
+            else:
+                mx.eval(arrays)
+        except Exception as exc:  # noqa: BLE001 - a cache is a speed-up: dropped, not fatal
+            print(f"mlxtrio worker: could not keep finished sequences' caches ({exc}); emptying the prompt cache", file=sys.stderr)
+            if self._prompt_cache is not None:
+                self._prompt_cache.trim_to(n_sequences=0)
+
+    @property
+    def prompt_cache_bytes(self) -> int:
+        return 0 if self._prompt_cache is None else self._prompt_cache.nbytes
+
+    @property
+    def tool_format(self) -> str | None:
+        return tool_format(self._tokenizer)

@@ -1,0 +1,35 @@
+"""Loading models with mlx-lm: a directory, a hub repository, the demo's architecture, and whether a model batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlx_lm
+from mlx_lm.models.cache import make_prompt_cache
+
+__all__ = ["can_batch", "download", "llama_model", "load"]
+
+
+def load(path: Path) -> tuple[Any, Any, dict]:
+    """The model, its ``TokenizerWrapper`` and its config, as mlx-lm loads them."""
+    return mlx_lm.load(str(path), return_config=True)
+
+
+def download(repo: str) -> Path:
+    """A hub repository's files, fetched (or found in the hub cache) as mlx-lm fetches them."""
+    from mlx_lm.utils import _download
+
+    return Path(_download(repo))
+
+
+def llama_model(args: dict) -> Any:
+    """A llama of the given configuration, its weights initialised at random (the demo model)."""
+    from mlx_lm.models import llama
+
+    return llama.Model(llama.ModelArgs.from_dict(args))
+
+
+def can_batch(model: Any) -> bool:
+    """Whether every layer's KV cache can be merged into (and split out of) a batch."""
+    return all(callable(getattr(cache, "merge", None)) for cache in make_prompt_cache(model))

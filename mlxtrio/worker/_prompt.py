@@ -1,0 +1,117 @@
+"""A request's prompt made ready for an engine: its choices, its tokens, and where the prompt cache can start it.
+
+The chat template is rendered and the prompt tokenized here, once per
+request whatever its number of choices, and checked against the context: a
+prompt that cannot fit is refused by its length alone where that shows it
+(``_prompt_bound.py``), before it is tokenized. The prompt cache (KV caches
+of finished sequences, by their tokens) gives the nearest entry for a
+prompt that shares a prefix with one seen before (the next turn of a chat,
+a shared system prompt), so that prefix's prefill is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+
+from .._protocol import ErrorKind, Generate
+from ._failures import RequestError
+from ._mlx_lm import PromptCache, can_trim_prompt_cache, trim_prompt_cache
+from ._prompt_bound import PromptTooLong
+from ._tokenize import PromptEncoder
+from ._tools import chat_messages
+
+__all__ = ["PromptTokens", "choices", "keep_cache", "nearest_cache"]
+
+# The prompt cache is per worker, and a worker serves one model.
+_MODEL_KEY = "model"
+
+
+def choices(request: Generate) -> list[Generate]:
+    """A request's choices as requests of their own: ids ``request_id`` onwards and, with a seed,
+    ``seed + index`` for each (choices differ, and the same request gives the same choices again)."""
+    if request.choices <= 1:
+        return [request]
+    params = request.params
+    return [
+        msgspec.structs.replace(
+            request,
+            request_id=request.request_id + index,
+            choices=1,
+            params=params if params.seed is None else msgspec.structs.replace(params, seed=params.seed + index),
+        )
+        for index in range(request.choices)
+    ]
+
+
+class PromptTokens:
+    """Requests' prompts as token ids, for one model's tokenizer and context."""
+
+    def __init__(self, tokenizer: Any, *, context_length: int | None) -> None:
+        self._tokenizer = tokenizer
+        self._encoder = PromptEncoder(tokenizer)
+        self._context_length = context_length
+
+    def __call__(self, request: Generate) -> list[int]:
+        """The request's prompt as ids; refused (``INVALID_REQUEST``) if it cannot fit the context with its max_tokens."""
+        tokenizer = self._tokenizer
+        budget = None if self._context_length is None else self._context_length - request.params.max_tokens
+        if request.messages is not None:
+            if not getattr(tokenizer, "has_chat_template", False):
+                raise RequestError(ErrorKind.INVALID_REQUEST, "this model has no chat template; use /v1/completions")
+            messages = chat_messages(request.messages)
+            extra = {"tools": json.loads(request.tools)} if request.tools else {}
+            try:
+                prompt = self._encoder.chat(messages, budget=budget, **extra)
+            except PromptTooLong as exc:
+                raise self._too_long(request, str(exc)) from None
+            except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
+                raise RequestError(ErrorKind.INVALID_REQUEST, f"the chat template rejected these messages: {exc}", param="messages") from exc
+        else:
+            text = request.prompt or ""
+            bos = getattr(tokenizer, "bos_token", None)
+            try:
+                prompt = self._encoder.text(text, add_special_tokens=bos is None or not text.startswith(bos), budget=budget)
+            except PromptTooLong as exc:
+                raise self._too_long(request, str(exc)) from None
+        if not prompt:
+            raise RequestError(ErrorKind.INVALID_REQUEST, "the prompt is empty", param="prompt" if request.messages is None else "messages")
+        if budget is not None and len(prompt) > budget:
+            raise self._too_long(request, f"{len(prompt)} tokens")
+        vocabulary = getattr(tokenizer, "vocab_size", None)
+        if vocabulary and any(not 0 <= token < vocabulary for token, _ in request.params.logit_bias):
+            raise RequestError(ErrorKind.INVALID_REQUEST, f"logit_bias names a token outside the vocabulary (0..{vocabulary - 1})", param="logit_bias")
+        return prompt
+
+    def _too_long(self, request: Generate, prompt_has: str) -> RequestError:
+        return RequestError(
+            ErrorKind.INVALID_REQUEST,
+            f"this model's context is {self._context_length} tokens; the prompt has {prompt_has}, "
+            f"and max_tokens asks for {request.params.max_tokens} more",
+            param="prompt" if request.messages is None else "messages",
+            code="context_length_exceeded",
+        )
+
+
+def nearest_cache(prompt_cache: PromptCache | None, prompt: list[int]) -> tuple[list[Any] | None, int]:
+    """The nearest cached KV cache for ``prompt`` (a copy of its own) and how many of its tokens it holds."""
+    if prompt_cache is None:
+        return None, 0
+    cache, rest = prompt_cache.fetch_nearest_cache(_MODEL_KEY, prompt)
+    if cache is None:
+        return None, 0
+    if not rest:
+        # The whole prompt is cached, but generation needs the logits of its
+        # last token: give that token back to be computed again.
+        if not can_trim_prompt_cache(cache):
+            return None, 0
+        trim_prompt_cache(cache, 1)
+        rest = prompt[-1:]
+    return cache, len(prompt) - len(rest)
+
+
+def keep_cache(prompt_cache: PromptCache, tokens: list[int], cache: list[Any]) -> None:
+    """Keep a finished sequence's KV cache, holding ``tokens``, for the prompts that will share its prefix."""
+    prompt_cache.insert_cache(_MODEL_KEY, tokens, cache)
