@@ -56,7 +56,7 @@ async def test_greedy_output_is_the_same_alone_and_in_a_batch(client, admin, ser
 
 @bounded(120)
 async def test_a_stream_decoded_alone_keeps_its_text_when_others_join_midway(client):
-    """The first request on an idle worker is decoded alone (worker/_solo.py) and moves into the
+    """The first request on an idle worker is decoded alone (worker/_mlx_lm/_solo.py) and moves into the
     batch when the others arrive, here while it streams: through the real worker, nothing changes."""
     first = {"model": "demo", "prompt": "Once upon a time", "max_tokens": 64, "ignore_eos": True, "temperature": 1.0, "seed": 99}
     alone = await _text(client, **first)
