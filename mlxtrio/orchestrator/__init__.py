@@ -3,7 +3,7 @@
 from ._catalog import DEMO_MODEL_ID, ModelCatalog, ModelEntry
 from ._intake import Arrival, Intake, IntakeStatistics
 from ._supervisor import Supervisor
-from ._worker import Events, ModelWorker, WorkerState, WorkerStatus
+from ._served_model import Events, ModelWorker, WorkerState, WorkerStatus
 
 __all__ = [
     "DEMO_MODEL_ID",

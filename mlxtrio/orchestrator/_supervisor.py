@@ -16,7 +16,7 @@ from .._config import Config
 from .._errors import ErrorKind, ServerError
 from ._catalog import ModelCatalog
 from ._intake import Intake
-from ._worker import ModelWorker, WorkerStatus
+from ._served_model import ModelWorker, WorkerStatus
 
 __all__ = ["Supervisor"]
 
