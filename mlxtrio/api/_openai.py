@@ -17,7 +17,7 @@ import trio
 from quart import Response, g, request
 
 from .._errors import ErrorKind, ServerError
-from ..orchestrator import Arrival, Events, ModelWorker, Supervisor
+from ..orchestrator import Arrival, Events, ServedModel, Supervisor
 from ._asgi import App, enter_for_body
 from ._auth import require_bearer_token
 from ._common import ServerState, install_error_handlers, json_response
@@ -296,7 +296,7 @@ def _timed_out(timeout: float) -> ServerError:
     return ServerError(ErrorKind.TIMEOUT, f"the request did not finish within the request timeout ({timeout:g} s)", code="timeout")
 
 
-async def _ensure_ready_by(worker: ModelWorker, deadline: float, timeout: float) -> None:
+async def _ensure_ready_by(worker: ServedModel, deadline: float, timeout: float) -> None:
     """The model loaded (if it was not) by ``deadline``, the request's; a 504 past it."""
     with trio.move_on_at(deadline) as scope:
         await worker.ensure_ready()
@@ -326,7 +326,7 @@ async def _collect(opened: AbstractAsyncContextManager[Events], choices: int, ti
 
 
 async def _stream(
-    worker: ModelWorker,
+    worker: ServedModel,
     generation: Callable[[], AbstractAsyncContextManager[Events]],
     timeout: float,
     *,

@@ -184,7 +184,7 @@ def test_the_log_format_is_checked():
 
 @bounded(60)
 async def test_a_load_says_it_is_still_loading(admin, monkeypatch):
-    from mlxtrio.orchestrator import _worker
+    from mlxtrio.orchestrator import _served_model as _worker
 
     monkeypatch.setattr(_worker, "_LOADING_REPORT_INTERVAL", 0.1)  # the demo loads in about a second
     logger = logging.getLogger("mlxtrio.orchestrator")
