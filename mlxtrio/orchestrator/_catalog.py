@@ -16,7 +16,6 @@ from pathlib import Path
 
 import attrs
 
-from ..tuning import parse_worker_blas, parse_worker_cpus
 from .._config import Config, ModelSettings
 from .._errors import ErrorKind, ServerError
 from .._models import weights_size
@@ -150,7 +149,7 @@ class ModelCatalog:
     def worker_config(self, entry: ModelEntry, *, slot: int = 0) -> WorkerConfig:
         """How to start ``entry``'s worker; ``slot`` numbers the models, so that each gets its own core."""
         config, settings = self._config, entry.settings
-        cpus, cpu_backend_only = parse_worker_cpus(config.worker_cpus).for_worker(slot)
+        cpus, cpu_backend_only = config.worker_cpus.for_worker(slot)
         # An alias's own settings (the config file's) over the server's.
         own_concurrency = settings.decode_concurrency if settings is not None else None
         return WorkerConfig(
@@ -168,7 +167,7 @@ class ModelCatalog:
             chat_template=settings.chat_template if settings is not None else None,
             cpus=cpus,
             cpus_for_cpu_backend_only=cpu_backend_only,
-            blas_library=parse_worker_blas(config.worker_blas).library(),
+            blas_library=config.worker_blas.library(),
         )
 
 

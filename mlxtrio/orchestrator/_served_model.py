@@ -28,7 +28,6 @@ from .. import _protocol as p
 from .._config import Config
 from .._errors import ErrorKind, ServerError
 from ..ipc import IPCError
-from ..tuning import parse_worker_allocator
 from ._catalog import ModelEntry, idle_timeout
 from ._events import ProcessEvent, Started, StartFailed
 from ._intake import Arrival
@@ -281,7 +280,7 @@ class ServedModel:
             process = await WorkerProcess.spawn(
                 self._worker_config,
                 # This process's environment as it is now, with the worker's malloc preloaded.
-                environment=parse_worker_allocator(self._config.worker_allocator).environment(os.environ),
+                environment=self._config.worker_allocator.environment(os.environ),
                 send_timeout=self._config.hang_timeout,
             )
         except OSError as exc:

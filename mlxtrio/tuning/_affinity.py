@@ -61,6 +61,18 @@ class WorkerCpus:
     mode: str  # "auto", "none" or "list"
     cpus: tuple[int, ...] = ()
 
+    def __str__(self) -> str:
+        """The setting as it would be written: ``auto``, ``none`` or a CPU list such as ``0-3,6``."""
+        if self.mode != "list":
+            return self.mode
+        runs: list[list[int]] = []
+        for cpu in self.cpus:
+            if runs and runs[-1][1] == cpu - 1:
+                runs[-1][1] = cpu
+            else:
+                runs.append([cpu, cpu])
+        return ",".join(str(low) if low == high else f"{low}-{high}" for low, high in runs)
+
     def for_worker(self, slot: int) -> tuple[tuple[int, ...], bool]:
         """(CPUs, whether only on the CPU backend) for the ``slot``-th model's worker; () for none."""
         if self.mode == "list":
