@@ -125,8 +125,8 @@ async def _write_snapshots(config: Config, state: ServerState) -> None:
             try:
                 await trio.to_thread.run_sync(write_atomically, path, snapshot)
             except OSError as exc:
-                # A full disk, or status.json replaced by a directory, must not stop the server
-                # (issue 22, item 9): said once per streak of failures, tried again every tick.
+                # A full disk, or status.json replaced by a directory, must not stop the server:
+                # said once per streak of failures, tried again every tick.
                 if not failing:
                     log.warning(
                         "cannot write the status snapshot %s (trying again every %g s): %s", path, _SNAPSHOT_INTERVAL, exc

@@ -140,8 +140,8 @@ def parent_watch(parent_pid: int | None = None) -> Callable[..., None]:
     """An ``interrupt`` for the worker's waits: raises once the parent process is gone.
 
     A reparented process sees a different parent pid; polling it once a wait
-    slice (50 ms) notices an orchestrator that died without a word, on Linux
-    and on macOS alike.
+    slice (``WAIT_SLICE``) notices an orchestrator that died without a word,
+    on Linux and on macOS alike.
     """
     parent_pid = os.getppid() if parent_pid is None else parent_pid
 
