@@ -65,6 +65,8 @@ class _Run:
 
 
 class ServedModel:
+    """One model the server serves: what the HTTP side loads, asks to generate, pings and unloads."""
+
     def __init__(
         self,
         entry: ModelEntry,
