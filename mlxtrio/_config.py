@@ -1,8 +1,11 @@
-"""Settings: flags, environment variables, and defaults that follow the machine's RAM.
+"""Settings: flags, environment variables, a config file, and defaults that follow the machine's RAM.
 
-Precedence: an explicit flag, then its environment variable, then the RAM
-tier's default. The tier is part of the effective configuration that
-/admin/status reports.
+Precedence: an explicit flag, then its environment variable, then the config
+file, then the default (``Config``'s, or the RAM tier's). The tier is part of
+the effective configuration that /admin/status reports. Every default is
+written once, on ``Config``'s field, and every setting is parsed once, in
+``Config.from_environment``, into its field's type; the rest of the server
+only reads typed values.
 """
 
 from __future__ import annotations

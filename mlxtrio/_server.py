@@ -119,7 +119,8 @@ async def _write_snapshots(config: Config, state: ServerState) -> None:
     failing = False
     while True:
         snapshot = msgspec.json.encode(
-            {"pid": os.getpid(), "shutting_down": state.shutting_down, "workers": state.supervisor.describe()}
+            # Written when it changes: the models' states, not the traffic through their channels.
+            {"pid": os.getpid(), "shutting_down": state.shutting_down, "workers": state.supervisor.describe(ipc=False)}
         )
         if snapshot != last:
             try:

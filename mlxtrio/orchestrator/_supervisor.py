@@ -107,5 +107,8 @@ class Supervisor:
             statuses.insert(0, ModelStatus(model=default))
         return statuses
 
-    def describe(self) -> list[dict]:
-        return [attrs.asdict(status) for status in self.statistics()]
+    def describe(self, *, ipc: bool = True) -> list[dict]:
+        """Each model's status, as JSON; ``ipc=False`` leaves out the channel's counters, which change with every token."""
+        fields = attrs.fields(ModelStatus)
+        keep = None if ipc else attrs.filters.exclude(fields.channel, fields.routes)
+        return [attrs.asdict(status, filter=keep) for status in self.statistics()]
