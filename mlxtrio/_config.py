@@ -1,8 +1,11 @@
-"""Settings: flags, environment variables, and defaults that follow the machine's RAM.
+"""Settings: flags, environment variables, a config file, and defaults that follow the machine's RAM.
 
-Precedence: an explicit flag, then its environment variable, then the RAM
-tier's default. The tier is part of the effective configuration that
-/admin/status reports.
+Precedence: an explicit flag, then its environment variable, then the config
+file, then the default (``Config``'s, or the RAM tier's). The tier is part of
+the effective configuration that /admin/status reports. Every default is
+written once, on ``Config``'s field, and every setting is parsed once, in
+``Config.from_environment``, into its field's type; the rest of the server
+only reads typed values.
 """
 
 from __future__ import annotations
@@ -11,14 +14,20 @@ import ipaddress
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import attrs
 
-from .tuning import parse_worker_cpus
-from .tuning import parse_worker_allocator
-from .tuning import parse_worker_blas
+from .tuning import (
+    WorkerAllocator,
+    WorkerBlas,
+    WorkerCpus,
+    parse_worker_allocator,
+    parse_worker_blas,
+    parse_worker_cpus,
+)
 
 __all__ = ["Config", "ModelSettings", "RamTier", "ram_tier", "total_ram_bytes"]
 
@@ -129,45 +138,39 @@ def _number(convert: Callable[[str], object]) -> Callable[[object], object]:
     return checked
 
 
-# Each setting: its environment variable, and how a value (a string, or a TOML value) becomes it.
-# Its key in the config file is its name here.
-_SETTINGS: dict[str, tuple[str | None, Callable[[object], object]]] = {
-    "host": ("MLX_HOST", str),
-    "port": ("MLX_PORT", _number(int)),
-    "admin_host": ("MLX_ADMIN_HOST", str),
-    "admin_port": ("MLX_ADMIN_PORT", _number(int)),
-    "allowed_hosts": ("MLX_ALLOWED_HOSTS", _host_names),
-    "cors_origins": ("MLX_CORS_ORIGINS", _web_origins),
-    "model": ("MLX_MODEL", str),
-    "idle_timeout": ("MLX_IDLE_TIMEOUT", _number(float)),
-    "request_timeout": ("MLX_REQUEST_TIMEOUT", _number(float)),
-    "memory_budget_bytes": ("MLX_MEMORY_BUDGET", _number(int)),
-    "max_loaded_models": ("MLX_MAX_LOADED_MODELS", _number(int)),
-    "hang_timeout": ("MLX_HANG_TIMEOUT", _number(float)),
-    "grace_period": ("MLX_GRACE_PERIOD", _number(float)),
-    "body_timeout": ("MLX_BODY_TIMEOUT", _number(float)),
-    "decode_concurrency": ("MLX_DECODE_CONCURRENCY", _number(int)),
-    "prefill_batch_size": ("MLX_PREFILL_BATCH_SIZE", _number(int)),
-    "prefill_step_size": ("MLX_PREFILL_STEP_SIZE", _number(int)),
-    "prefill_bucket": ("MLX_PREFILL_BUCKET", _number(int)),
-    "max_queue": ("MLX_MAX_QUEUE", _number(int)),
-    "worker_cpus": ("MLX_WORKER_CPUS", str),
-    "worker_allocator": ("MLX_WORKER_ALLOCATOR", str),
-    "worker_blas": ("MLX_WORKER_BLAS", str),
-    "prompt_cache_bytes": ("MLX_PROMPT_CACHE_BYTES", _number(int)),
-    "max_body_bytes": ("MLX_MAX_BODY_BYTES", _number(int)),
-    "max_tokens_limit": ("MLX_MAX_TOKENS", _number(int)),
-    "max_choices": ("MLX_MAX_CHOICES", _number(int)),
-    "grammar_max_bytes": ("MLX_GRAMMAR_MAX_BYTES", _number(int)),
-    "grammar_compile_timeout": ("MLX_GRAMMAR_COMPILE_TIMEOUT", _number(float)),
-    "cache_dir": ("MLX_CACHE_DIR", _path),
-    "hf_hub_cache": (None, _path),
-    "allow_downloads": ("MLX_ALLOW_DOWNLOADS", _boolean),
-    "pid_file": ("MLX_PID_FILE", _path),
-    "state_dir": ("MLX_STATE_DIR", _path),
+def _tuning(kind: type, parse: Callable[[str], object]) -> Callable[[object], object]:
+    def parsed(value: object) -> object:
+        return value if isinstance(value, kind) else parse(str(value))
+
+    return parsed
+
+
+# How a value (a string, a TOML value, a flag's) becomes a setting of each type; a field's
+# metadata may name a parser of its own ("parse") and its environment variable ("variable").
+_PARSERS_BY_TYPE: dict[object, Callable[[object], object]] = {
+    str: str,
+    int: _number(int),
+    float: _number(float),
+    bool: _boolean,
+    Path: _path,
+    WorkerCpus: _tuning(WorkerCpus, parse_worker_cpus),
+    WorkerAllocator: _tuning(WorkerAllocator, parse_worker_allocator),
+    WorkerBlas: _tuning(WorkerBlas, parse_worker_blas),
 }
+
+
+def _parsers(cls: type, names: typing.Iterable[str]) -> dict[str, Callable[[object], object]]:
+    """The parser of each of ``cls``'s fields ``names``: its own, else its type's (``X | None``: X's)."""
+    hints = typing.get_type_hints(cls)
+    fields = attrs.fields_dict(cls)
+    parsers = {}
+    for name in names:
+        types = [kind for kind in typing.get_args(hints[name]) or (hints[name],) if kind is not type(None)]
+        parsers[name] = fields[name].metadata.get("parse") or _PARSERS_BY_TYPE[types[0]]
+    return parsers
+
+
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
-_MODEL_KEYS = {"path", "idle_timeout", "decode_concurrency", "chat_template"}
 
 
 @attrs.frozen(kw_only=True)
@@ -183,7 +186,7 @@ class ModelSettings:
 
 
 def _read_config_file(path: Path) -> tuple[dict[str, object], tuple[ModelSettings, ...]]:
-    """The settings and the models of a TOML config file; ValueError, naming the file, if it is wrong."""
+    """The settings (parsed) and the models of a TOML config file; ValueError, naming the file, if it is wrong."""
     try:
         document = tomllib.loads(path.read_text())
     except OSError as exc:
@@ -191,44 +194,39 @@ def _read_config_file(path: Path) -> tuple[dict[str, object], tuple[ModelSetting
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path}: not valid TOML: {exc}") from None
     table = document.pop("models", {})
-    unknown = sorted(set(document) - set(_SETTINGS))
+    unknown = sorted(set(document) - set(_SETTING_PARSERS))
     if unknown:
         hint = " (API keys and tokens go in MLX_API_KEY_FILE and MLX_ADMIN_TOKEN)" if {"api_keys", "admin_token"} & set(unknown) else ""
         raise ValueError(f"{path}: unknown settings {', '.join(unknown)}{hint}")
     settings = {}
     for key, value in document.items():
         try:
-            settings[key] = _SETTINGS[key][1](value)
+            settings[key] = _SETTING_PARSERS[key](value)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: {key} = {value!r}: {exc}") from None
     if not isinstance(table, dict):
         raise ValueError(f"{path}: [models] must be a table of aliases")
-    models = []
-    for name, entry in table.items():
-        if not _MODEL_ID.fullmatch(name) or name == "demo":
-            raise ValueError(f"{path}: {name!r} cannot name a model")
-        if isinstance(entry, str):
-            entry = {"path": entry}
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            raise ValueError(f"{path}: models.{name} needs a path (a directory or a Hugging Face repo id)")
-        unknown = sorted(set(entry) - _MODEL_KEYS)
-        if unknown:
-            raise ValueError(f"{path}: models.{name}: unknown settings {', '.join(unknown)}")
-        try:
-            models.append(
-                ModelSettings(
-                    name=name,
-                    path=entry["path"],
-                    idle_timeout=None if "idle_timeout" not in entry else float(_number(float)(entry["idle_timeout"])),
-                    decode_concurrency=None if "decode_concurrency" not in entry else int(_number(int)(entry["decode_concurrency"])),
-                    chat_template=entry.get("chat_template"),
-                )
-            )
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: models.{name}: {exc}") from None
-        if models[-1].decode_concurrency is not None and models[-1].decode_concurrency < 1:
-            raise ValueError(f"{path}: models.{name}: decode_concurrency must be at least 1")
-    return settings, tuple(models)
+    return settings, tuple(_model_settings(path, name, entry) for name, entry in table.items())
+
+
+def _model_settings(path: Path, name: str, entry: object) -> ModelSettings:
+    """One entry of the config file's [models] table."""
+    if not _MODEL_ID.fullmatch(name) or name == "demo":
+        raise ValueError(f"{path}: {name!r} cannot name a model")
+    if isinstance(entry, str):
+        entry = {"path": entry}
+    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+        raise ValueError(f"{path}: models.{name} needs a path (a directory or a Hugging Face repo id)")
+    unknown = sorted(set(entry) - set(_MODEL_PARSERS))
+    if unknown:
+        raise ValueError(f"{path}: models.{name}: unknown settings {', '.join(unknown)}")
+    try:
+        model = ModelSettings(name=name, **{key: _MODEL_PARSERS[key](value) for key, value in entry.items()})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: models.{name}: {exc}") from None
+    if model.decode_concurrency is not None and model.decode_concurrency < 1:
+        raise ValueError(f"{path}: models.{name}: decode_concurrency must be at least 1")
+    return model
 
 
 def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -241,6 +239,8 @@ def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
 
 @attrs.frozen(kw_only=True)
 class Config:
+    """The server's settings, each of its type: ``from_environment`` parses them, once."""
+
     host: str = "127.0.0.1"
     port: int = 11440
     admin_host: str = "127.0.0.1"
@@ -248,13 +248,14 @@ class Config:
     # Host header names both APIs answer to besides loopback names and the bound
     # address ("*": any), and the web origins browsers may call them from ("*": any).
     # None by default: a web page cannot drive the APIs (api/_origin.py).
-    allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=_host_names)
-    cors_origins: tuple[str, ...] = attrs.field(default=(), converter=_web_origins)
+    allowed_hosts: tuple[str, ...] = attrs.field(default=(), metadata={"parse": _host_names})
+    cors_origins: tuple[str, ...] = attrs.field(default=(), metadata={"parse": _web_origins})
     # The default model: a local directory or a Hugging Face repo id; None serves the demo.
     model: str | None = None
+    # These four default to the RAM tier's (ram_tier).
     idle_timeout: float
     request_timeout: float
-    memory_budget_bytes: int
+    memory_budget_bytes: int = attrs.field(metadata={"variable": "MLX_MEMORY_BUDGET"})
     # Models resident at once (each its own worker); one more evicts the least recently used idle one.
     max_loaded_models: int
     ram_bytes: int
@@ -277,16 +278,16 @@ class Config:
     # Requests that may wait beyond those being decoded; past that: 429.
     max_queue: int = 128
     # CPUs each worker runs on: "auto", "none" or a CPU list (see tuning/_affinity.py).
-    worker_cpus: str = "auto"
+    worker_cpus: WorkerCpus = WorkerCpus("auto")
     # The malloc each worker runs with: "auto", "system" or a library's path (see tuning/_allocator.py).
-    worker_allocator: str = "auto"
+    worker_allocator: WorkerAllocator = WorkerAllocator("auto")
     # The BLAS each worker's MLX runs float32 products with: "auto", "mlx" or a library's path (see tuning/_blas.py).
-    worker_blas: str = "auto"
+    worker_blas: WorkerBlas = WorkerBlas("auto")
     # Byte cap of each worker's prompt (KV) cache; 0 turns it off.
     prompt_cache_bytes: int = 1 << 30
     # Request limits: body size (413 past it), max_tokens and n (400 past them).
     max_body_bytes: int = 16 * 1024 * 1024
-    max_tokens_limit: int = 32768
+    max_tokens_limit: int = attrs.field(default=32768, metadata={"variable": "MLX_MAX_TOKENS"})
     max_choices: int = 16
     # Grammars (response_format, required tool calls): a JSON schema's size in
     # bytes (400 past it, checked by the orchestrator), and how long the worker
@@ -298,7 +299,8 @@ class Config:
     api_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
     admin_token: str | None = attrs.field(default=None, repr=False)
     cache_dir: Path
-    hf_hub_cache: Path
+    # HF_HUB_CACHE or HF_HOME, as Hugging Face's own tools read them (_default_hf_hub).
+    hf_hub_cache: Path = attrs.field(metadata={"variable": None})
     # Hugging Face repo ids not in the local cache may be fetched only if allowed.
     allow_downloads: bool = False
     pid_file: Path | None = None
@@ -322,20 +324,16 @@ class Config:
         tier = ram_tier(ram)
         config_file = overrides.get("config_file") or env.get("MLX_CONFIG") or None
         from_file, models = _read_config_file(Path(str(config_file))) if config_file else ({}, ())
-        defaults = {
+        values: dict[str, object] = {
             "idle_timeout": tier.idle_timeout,
             "request_timeout": tier.request_timeout,
             "memory_budget_bytes": tier.memory_budget_bytes,
             "max_loaded_models": tier.max_loaded_models,
         }
-        values: dict[str, object] = {}
-        for key, (variable, convert) in _SETTINGS.items():
-            if variable is not None and env.get(variable):
-                values[key] = convert(env[variable])
-            elif key in from_file:
-                values[key] = convert(from_file[key])
-            elif key in defaults:
-                values[key] = defaults[key]
+        values.update(from_file)
+        for key, variable in _VARIABLES.items():
+            if env.get(variable):
+                values[key] = _SETTING_PARSERS[key](env[variable])
         values.setdefault("cache_dir", _default_cache_dir(env))
         if "hf_hub_cache" not in values or "HF_HUB_CACHE" in env or "HF_HOME" in env:
             values["hf_hub_cache"] = _default_hf_hub(env)
@@ -347,37 +345,54 @@ class Config:
             models=models,
             config_file=Path(str(config_file)) if config_file else None,
         )
-        values.update({key: value for key, value in overrides.items() if value is not None})
+        for key, value in overrides.items():
+            if value is not None:
+                values[key] = _SETTING_PARSERS[key](value) if key in _SETTING_PARSERS else value
         config = cls(**values)
+        config._check()
+        return config
+
+    def _check(self) -> None:
+        """What each setting's type does not say already."""
         for name in ("decode_concurrency", "prefill_batch_size", "prefill_step_size", "max_body_bytes", "max_tokens_limit", "max_choices", "max_loaded_models", "grammar_max_bytes"):
-            if getattr(config, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
-        if config.prefill_bucket < 0:
-            raise ValueError(f"prefill_bucket must be 0 (off) or more, not {config.prefill_bucket}")
-        parse_worker_cpus(config.worker_cpus)  # refused at start, not when a worker starts
-        # Also looks jemalloc up now (ldconfig, a subprocess, cached): not later, inside the event loop.
-        parse_worker_allocator(config.worker_allocator).library()
-        parse_worker_blas(config.worker_blas).library()  # the same for OpenBLAS
-        if not config.grammar_compile_timeout > 0:
-            raise ValueError(f"grammar_compile_timeout must be more than 0, not {config.grammar_compile_timeout}")
-        if not config.body_timeout > 0:
-            raise ValueError(f"body_timeout must be more than 0, not {config.body_timeout}")
-        if config.max_queue < 0:
-            raise ValueError(f"max_queue must be 0 or more, not {config.max_queue}")
-        if not is_loopback(config.admin_host) and not config.admin_token:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.prefill_bucket < 0:
+            raise ValueError(f"prefill_bucket must be 0 (off) or more, not {self.prefill_bucket}")
+        # Libraries are looked up now (ldconfig, a subprocess, cached): not later, inside the event loop.
+        self.worker_allocator.library()
+        self.worker_blas.library()
+        if not self.grammar_compile_timeout > 0:
+            raise ValueError(f"grammar_compile_timeout must be more than 0, not {self.grammar_compile_timeout}")
+        if not self.body_timeout > 0:
+            raise ValueError(f"body_timeout must be more than 0, not {self.body_timeout}")
+        if self.max_queue < 0:
+            raise ValueError(f"max_queue must be 0 or more, not {self.max_queue}")
+        if not is_loopback(self.admin_host) and not self.admin_token:
             raise ValueError(
-                f"the admin API would listen on {config.admin_host}, beyond this machine, with no token: "
+                f"the admin API would listen on {self.admin_host}, beyond this machine, with no token: "
                 "set MLX_ADMIN_TOKEN, or keep MLX_ADMIN_HOST on 127.0.0.1"
             )
-        return config
 
     def describe(self) -> dict:
         """The effective settings, for /admin/status: secrets only as whether they are set."""
         settings = {
-            key: (str(value) if isinstance(value, Path) else value)
+            key: (str(value) if isinstance(value, Path | WorkerCpus | WorkerAllocator | WorkerBlas) else value)
             for key, value in attrs.asdict(self, recurse=False).items()
         }
         settings["models"] = {model.name: attrs.asdict(model) for model in self.models}
         settings["api_keys"] = len(self.api_keys)
         settings["admin_token"] = self.admin_token is not None
         return settings
+
+
+# Fields that are no settings of their own: measured, read their own way (secrets), or the file's.
+_NOT_SETTINGS = {"ram_bytes", "ram_tier", "api_keys", "admin_token", "config_file", "models"}
+_SETTING_PARSERS = _parsers(Config, [field.name for field in attrs.fields(Config) if field.name not in _NOT_SETTINGS])
+# Each setting's environment variable: MLX_ and its name, unless its field names another (or None).
+_VARIABLES = {
+    name: variable
+    for name, field in attrs.fields_dict(Config).items()
+    if name in _SETTING_PARSERS and (variable := field.metadata.get("variable", f"MLX_{name.upper()}")) is not None
+}
+_MODEL_PARSERS = _parsers(ModelSettings, [field.name for field in attrs.fields(ModelSettings) if field.name != "name"])

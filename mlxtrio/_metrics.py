@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .orchestrator import WorkerStatus
+from .orchestrator import ModelStatus
 
 __all__ = ["Metrics"]
 
@@ -31,7 +31,7 @@ _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.
 class _WorkerCollector(Collector):
     """Each model's worker, as ``/admin/status`` shows it, at scrape time."""
 
-    def __init__(self, statistics: Callable[[], Sequence[WorkerStatus]]) -> None:
+    def __init__(self, statistics: Callable[[], Sequence[ModelStatus]]) -> None:
         self._statistics = statistics
 
     def collect(self) -> Iterator[Metric]:
@@ -59,7 +59,7 @@ class _WorkerCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, worker_statistics: Callable[[], Sequence[WorkerStatus]]) -> None:
+    def __init__(self, worker_statistics: Callable[[], Sequence[ModelStatus]]) -> None:
         self.registry = registry = CollectorRegistry()
         self.requests = Counter(
             "mlxtrio_requests", "HTTP requests by endpoint, model and final status", ["endpoint", "model", "status"], registry=registry

@@ -92,11 +92,13 @@ class _Message(msgspec.Struct, array_like=True, frozen=True, tag=True):
     pass
 
 
-class WorkerConfig(msgspec.Struct, frozen=True):
+class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     """What a worker is started with (JSON on its command line, beside the channel spec).
 
     The orchestrator has already decided that this model may be loaded: a
-    request never names a filesystem path the worker opens.
+    request never names a filesystem path the worker opens. Every field is
+    required: the orchestrator's settings (``_config.Config``) hold the
+    defaults, and the catalog fills each field from them.
     """
 
     model_id: str
@@ -105,24 +107,25 @@ class WorkerConfig(msgspec.Struct, frozen=True):
     location: str
     cache_dir: str
     memory_budget_bytes: int
-    prefill_step_size: int = 512
+    # Prompt tokens per prefill chunk.
+    prefill_step_size: int
     # Sequences decoded together; 1 means no batching (the sequential path).
-    decode_concurrency: int = 32
+    decode_concurrency: int
     # Prompts prefilled together.
-    prefill_batch_size: int = 8
+    prefill_batch_size: int
     # Prefill lengths rounded up to multiples of this (0: off).
-    prefill_bucket: int = 0
+    prefill_bucket: int
     # Byte cap of the prompt (KV) cache kept across requests; 0 turns it off.
-    prompt_cache_bytes: int = 1 << 30
-    # A Jinja chat template to use instead of the tokenizer's (the config file's, per model).
-    chat_template: str | None = None
+    prompt_cache_bytes: int
+    # A Jinja chat template to use instead of the tokenizer's (the config file's, per model); None: the tokenizer's.
+    chat_template: str | None
     # CPUs to pin the worker to (empty: none), and whether only when MLX runs on the CPU.
-    cpus: tuple[int, ...] = ()
-    cpus_for_cpu_backend_only: bool = True
+    cpus: tuple[int, ...]
+    cpus_for_cpu_backend_only: bool
     # A BLAS library to load before MLX, as the orchestrator resolved MLX_WORKER_BLAS; None: MLX's own (see tuning/_blas.py).
-    blas_library: str | None = None
+    blas_library: str | None
     # Seconds a request's grammar may take to compile (worker/_grammar.py); past it: 400.
-    grammar_compile_timeout: float = 5.0
+    grammar_compile_timeout: float
 
 
 # --- orchestrator -> worker ----------------------------------------------------

@@ -119,14 +119,15 @@ async def _write_snapshots(config: Config, state: ServerState) -> None:
     failing = False
     while True:
         snapshot = msgspec.json.encode(
-            {"pid": os.getpid(), "shutting_down": state.shutting_down, "workers": state.supervisor.describe()}
+            # Written when it changes: the models' states, not the traffic through their channels.
+            {"pid": os.getpid(), "shutting_down": state.shutting_down, "workers": state.supervisor.describe(ipc=False)}
         )
         if snapshot != last:
             try:
                 await trio.to_thread.run_sync(write_atomically, path, snapshot)
             except OSError as exc:
-                # A full disk, or status.json replaced by a directory, must not stop the server
-                # (issue 22, item 9): said once per streak of failures, tried again every tick.
+                # A full disk, or status.json replaced by a directory, must not stop the server:
+                # said once per streak of failures, tried again every tick.
                 if not failing:
                     log.warning(
                         "cannot write the status snapshot %s (trying again every %g s): %s", path, _SNAPSHOT_INTERVAL, exc

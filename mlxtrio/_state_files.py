@@ -5,7 +5,7 @@ the directory: a reader sees the old file or the new one, never half of one,
 even across a power cut. The temporary file gets a random name and is created
 with ``O_EXCL | O_NOFOLLOW`` at mode 0600, so a name planted in advance (a
 symlink, where the state lives in a shared directory such as /tmp) is never
-followed nor reused (issue 22, item 10).
+followed nor reused.
 
 The pid file is also the server's lock: it is held with ``flock`` for the
 server's life, so a second server given the same pid file refuses to start

@@ -62,14 +62,14 @@ def create_admin_app(state: ServerState) -> App:
     async def load() -> Response:
         model = await _model_from_body(state, required=True)
         assert model is not None
-        worker = await supervisor.worker(model)
+        worker = await supervisor.served_model(model)
         await worker.ensure_ready()
         return json_response({"model": model, "state": worker.statistics().state, "pid": worker.statistics().pid})
 
     @app.post("/admin/unload")
     async def unload() -> Response:
         model = await _model_from_body(state, required=False)
-        workers = supervisor.loaded_workers() if model is None else [await supervisor.worker(model)]
+        workers = supervisor.loaded_models() if model is None else [await supervisor.served_model(model)]
         for worker in workers:
             await worker.unload()
         return json_response({"unloaded": [worker.model_id for worker in workers]})
@@ -82,7 +82,7 @@ def create_admin_app(state: ServerState) -> App:
     @app.get("/admin/health")
     async def health() -> Response:
         report = []
-        for worker in supervisor.loaded_workers():
+        for worker in supervisor.loaded_models():
             entry: dict = {"model": worker.model_id, "state": worker.statistics().state}
             if entry["state"] == "ready":
                 try:

@@ -22,7 +22,7 @@ from quart_trio import QuartTrio
 
 from .. import _protocol as p
 from .._errors import ErrorKind, ServerError
-from ..orchestrator import Arrival, Events, Intake, ModelWorker
+from ..orchestrator import Arrival, Events, Intake, ServedModel
 from ._asgi import HeldForBody, enter_for_body
 from ._common import ServerState, json_response
 from ._errors import status_of
@@ -132,7 +132,7 @@ def _timed_out(timeout: float) -> ServerError:
     return ServerError(ErrorKind.TIMEOUT, f"the request did not finish within the request timeout ({timeout:g} s)", code="timeout")
 
 
-async def _ensure_ready_by(worker: ModelWorker, deadline: float, timeout: float) -> None:
+async def _ensure_ready_by(worker: ServedModel, deadline: float, timeout: float) -> None:
     """The model loaded (if it was not) by ``deadline``, the request's; a 504 past it."""
     with trio.move_on_at(deadline) as scope:
         await worker.ensure_ready()
@@ -145,7 +145,7 @@ class Generation:
     """A GenerationRequest and its model's worker: run once, collected whole (``collect``) or streamed (``stream``)."""
 
     request: GenerationRequest
-    worker: ModelWorker
+    worker: ServedModel
     arrival: Arrival | None
     timeout: float
     in_flight: InFlight
@@ -155,7 +155,7 @@ class Generation:
         """The request's model found (a 404 if unknown), and a model that can be forced to call a tool if it must."""
         if state.shutting_down:
             raise ServerError(ErrorKind.UNAVAILABLE, "the server is shutting down", code="shutting_down")
-        worker = await state.supervisor.worker(generation_request.model)
+        worker = await state.supervisor.served_model(generation_request.model)
         current_record().model = generation_request.model
         arrival: Arrival | None = g.get("arrival")
         if arrival is not None:

@@ -21,29 +21,16 @@ from ._errors import (
     RingTimeoutError,
 )
 from ._names import MAX_NAME_LENGTH, NAME_PREFIX, SharedObject, list_objects, sweep_stale_objects
-from ._ring import (
-    DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_RING_CAPACITY,
-    WAIT_SLICE,
-    RingMemory,
-    RingReader,
-    RingSpec,
-    RingStatistics,
-    RingWriter,
-)
-from ._semaphore import HAS_TIMED_WAIT
+from ._ring import RingReader, RingStatistics, RingWriter
+from ._ring_memory import RingMemory, RingSpec
 
 if TYPE_CHECKING:
     from ._router import MessageRouter, RouterStatistics
     from ._trio import TrioChannel, TrioChannelStatistics
 
 __all__ = [
-    "DEFAULT_MAX_MESSAGE_SIZE",
-    "DEFAULT_RING_CAPACITY",
-    "HAS_TIMED_WAIT",
     "MAX_NAME_LENGTH",
     "NAME_PREFIX",
-    "WAIT_SLICE",
     "BrokenRingError",
     "Channel",
     "ChannelSpec",

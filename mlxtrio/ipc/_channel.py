@@ -22,14 +22,8 @@ import msgspec
 
 from ._errors import PeerGoneError
 from ._names import new_base_name
-from ._ring import (
-    DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_RING_CAPACITY,
-    RingMemory,
-    RingReader,
-    RingSpec,
-    RingWriter,
-)
+from ._ring import DEFAULT_MAX_MESSAGE_SIZE, RingReader, RingWriter
+from ._ring_memory import DEFAULT_RING_CAPACITY, RingMemory, RingSpec
 
 __all__ = ["Channel", "ChannelSpec", "parent_watch"]
 
@@ -96,12 +90,8 @@ class Channel:
         )
 
     @classmethod
-    def attach(cls, spec: ChannelSpec, *, doorbell_fd: int | None = None) -> Channel:
-        """The worker's end: opens the rings the orchestrator created.
-
-        ``doorbell_fd`` defaults to ``spec.doorbell_fd``, the descriptor the
-        worker inherited; an in-process test passes its own.
-        """
+    def attach(cls, spec: ChannelSpec) -> Channel:
+        """The worker's end: opens the rings the orchestrator created, and rings the doorbell it inherited."""
         to_worker = RingMemory.attach(spec.to_worker)
         try:
             to_orchestrator = RingMemory.attach(spec.to_orchestrator)
@@ -111,11 +101,7 @@ class Channel:
         return cls(
             spec,
             RingReader(to_worker, max_message_size=spec.max_message_size),
-            RingWriter(
-                to_orchestrator,
-                max_message_size=spec.max_message_size,
-                doorbell_fd=spec.doorbell_fd if doorbell_fd is None else doorbell_fd,
-            ),
+            RingWriter(to_orchestrator, max_message_size=spec.max_message_size, doorbell_fd=spec.doorbell_fd),
             (to_worker, to_orchestrator),
         )
 
@@ -154,8 +140,8 @@ def parent_watch(parent_pid: int | None = None) -> Callable[..., None]:
     """An ``interrupt`` for the worker's waits: raises once the parent process is gone.
 
     A reparented process sees a different parent pid; polling it once a wait
-    slice (50 ms) notices an orchestrator that died without a word, on Linux
-    and on macOS alike.
+    slice (``WAIT_SLICE``) notices an orchestrator that died without a word,
+    on Linux and on macOS alike.
     """
     parent_pid = os.getppid() if parent_pid is None else parent_pid
 

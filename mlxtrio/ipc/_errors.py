@@ -1,6 +1,6 @@
 """Exceptions raised by the IPC layer.
 
-They are few and specific on purpose: the supervisor turns every one of them
+They are few and specific on purpose: the orchestrator turns every one of them
 into the same action (drop the worker, fail its requests, start a fresh one),
 but a reader of a log should see at once *why* the channel broke.
 """

@@ -37,10 +37,9 @@ _SHM_DIR = "/dev/shm"
 _OBJECT_RE = re.compile(rf"^(sem\.)?({NAME_PREFIX}(\d+)_[0-9a-f]+[a-z]*)$")
 
 
-def new_base_name(*, pid: int | None = None) -> str:
-    """A fresh base name; callers append a short suffix of lowercase letters."""
-    pid = os.getpid() if pid is None else pid
-    name = f"/{NAME_PREFIX}{pid}_{secrets.token_hex(4)}"
+def new_base_name() -> str:
+    """A fresh base name of this process's; callers append a short suffix of lowercase letters."""
+    name = f"/{NAME_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
     # Leave room for a three-letter suffix (ring + object kind).
     assert len(name) + 3 <= MAX_NAME_LENGTH, name
     return name
@@ -89,7 +88,7 @@ def sweep_stale_objects(*, shm_dir: str = _SHM_DIR) -> list[str]:
     Any local user can create entries in /dev/shm, named like ours or not, so
     only regular files of this user are removed, never through a symlink, and
     what cannot be listed, inspected or removed is logged and skipped: a
-    stranger's file must not stop a server from starting (issue 22, item 8).
+    stranger's file must not stop a server from starting.
 
     macOS has no directory listing of POSIX IPC objects, so there this is a
     no-op; the immediate unlink is what keeps the system clean there.

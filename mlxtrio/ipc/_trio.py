@@ -5,8 +5,8 @@ into a pipe) after every post of the ring's ``frames`` semaphore, and the
 receiving task waits for the pipe with ``trio.lowlevel.wait_readable``, then
 takes the frame with a non-blocking ``sem_trywait``. A thread blocked in
 ``sem_wait`` would have to be woken and handed back to the event loop (two
-more wake-ups per token, each tens of microseconds on a small machine), and a
-cancelled wait could abandon it, to swallow a unit meant for the next reader.
+more wake-ups per token), and a cancelled wait could abandon it, to swallow a
+unit meant for the next reader.
 Here a cancelled receive is a cancelled ``wait_readable``: nothing taken. The
 doorbell's end-of-file, when the worker dies, ends receives at once.
 
@@ -16,10 +16,10 @@ returns without yielding to the scheduler (it still raises Cancelled if its
 scope is cancelled): a request's ``Generate`` then leaves in the same turn
 as the request's body, instead of after one more turn of every other
 request's HTTP work. In a burst that is what lets the worker admit the first
-requests while the orchestrator is still taking in the rest
-(docs/PERFORMANCE.md). When the ring is full, the wait for space happens in a thread
-started through ``trio.to_thread`` with the channel's own CapacityLimiter,
-waiting in 50 ms slices that check ``trio.from_thread.check_cancelled()`` and
+requests while the orchestrator is still taking in the rest. When the ring
+is full, the wait for space happens in a thread started through
+``trio.to_thread`` with the channel's own CapacityLimiter, waiting in slices
+(``WAIT_SLICE``) that check ``trio.from_thread.check_cancelled()`` and
 the channel's stop reason; it is never abandoned, and cancellable until the
 first chunk of its message is out.
 """
@@ -33,7 +33,7 @@ from typing import Any
 import attrs
 import trio
 
-from ._channel import Channel, ChannelSpec
+from ._channel import Channel
 from ._errors import BrokenRingError, IPCError, PeerGoneError
 
 __all__ = ["TrioChannel", "TrioChannelStatistics"]
@@ -41,8 +41,13 @@ __all__ = ["TrioChannel", "TrioChannelStatistics"]
 
 @attrs.frozen
 class TrioChannelStatistics:
+    """What went through a channel, as its two rings count it, and how its sends and receives waited."""
+
     messages_sent: int
     messages_received: int
+    # Messages longer than a quarter of the ring cross it in several chunks.
+    chunks_sent: int
+    chunks_received: int
     bytes_sent: int
     bytes_received: int
     # Sends that found the ring full and waited in a thread.
@@ -81,17 +86,13 @@ class TrioChannel:
         self._doorbell_waits = 0
 
     @property
-    def spec(self) -> ChannelSpec:
-        return self._channel.spec
-
-    @property
     def channel(self) -> Channel:
         return self._channel
 
     def stop(self, reason: IPCError) -> None:
         """Make every current and future send or receive raise ``reason``.
 
-        The supervisor calls this the moment it sees the worker exit or hang,
+        The orchestrator calls this the moment it sees the worker exit or hang,
         so no task waits out a timeout for a peer that is gone. The first
         reason wins.
         """
@@ -213,6 +214,8 @@ class TrioChannel:
         return TrioChannelStatistics(
             messages_sent=sent.messages,
             messages_received=received.messages,
+            chunks_sent=sent.chunks,
+            chunks_received=received.chunks,
             bytes_sent=sent.bytes,
             bytes_received=received.bytes,
             blocking_sends=self._blocking_sends,

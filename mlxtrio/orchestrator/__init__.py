@@ -1,9 +1,11 @@
-"""The orchestrator's supervision side: model catalog, one ModelWorker per model, the supervisor."""
+"""The orchestrator's supervision side: the model catalog, one ServedModel per model, the supervisor."""
 
 from ._catalog import DEMO_MODEL_ID, ModelCatalog, ModelEntry
 from ._intake import Arrival, Intake, IntakeStatistics
+from ._lifecycle import ModelState, ModelStatus
+from ._served_model import ServedModel
+from ._streams import Events
 from ._supervisor import Supervisor
-from ._worker import Events, ModelWorker, WorkerState, WorkerStatus
 
 __all__ = [
     "DEMO_MODEL_ID",
@@ -13,8 +15,8 @@ __all__ = [
     "IntakeStatistics",
     "ModelCatalog",
     "ModelEntry",
-    "ModelWorker",
+    "ModelState",
+    "ModelStatus",
+    "ServedModel",
     "Supervisor",
-    "WorkerState",
-    "WorkerStatus",
 ]

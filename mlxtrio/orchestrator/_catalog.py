@@ -16,8 +16,6 @@ from pathlib import Path
 
 import attrs
 
-from ..tuning import parse_worker_cpus
-from ..tuning import parse_worker_blas
 from .._config import Config, ModelSettings
 from .._errors import ErrorKind, ServerError
 from .._models import weights_size
@@ -151,7 +149,9 @@ class ModelCatalog:
     def worker_config(self, entry: ModelEntry, *, slot: int = 0) -> WorkerConfig:
         """How to start ``entry``'s worker; ``slot`` numbers the models, so that each gets its own core."""
         config, settings = self._config, entry.settings
-        cpus, cpu_backend_only = parse_worker_cpus(config.worker_cpus).for_worker(slot)
+        cpus, cpu_backend_only = config.worker_cpus.for_worker(slot)
+        # An alias's own settings (the config file's) over the server's.
+        own_concurrency = settings.decode_concurrency if settings is not None else None
         return WorkerConfig(
             model_id=entry.id,
             source=entry.source,
@@ -159,7 +159,7 @@ class ModelCatalog:
             cache_dir=str(config.cache_dir),
             memory_budget_bytes=config.memory_budget_bytes,
             prefill_step_size=config.prefill_step_size,
-            decode_concurrency=decode_concurrency(config, entry),
+            decode_concurrency=own_concurrency or config.decode_concurrency,
             prefill_batch_size=config.prefill_batch_size,
             prefill_bucket=config.prefill_bucket,
             prompt_cache_bytes=config.prompt_cache_bytes,
@@ -167,15 +167,11 @@ class ModelCatalog:
             chat_template=settings.chat_template if settings is not None else None,
             cpus=cpus,
             cpus_for_cpu_backend_only=cpu_backend_only,
-            blas_library=parse_worker_blas(config.worker_blas).library(),
+            blas_library=config.worker_blas.library(),
         )
 
 
-def decode_concurrency(config: Config, entry: ModelEntry) -> int:
-    settings = entry.settings
-    return settings.decode_concurrency if settings is not None and settings.decode_concurrency else config.decode_concurrency
-
-
 def idle_timeout(config: Config, entry: ModelEntry) -> float:
+    """The model's idle timeout: its alias's own, else the server's."""
     settings = entry.settings
     return settings.idle_timeout if settings is not None and settings.idle_timeout is not None else config.idle_timeout

@@ -4,10 +4,8 @@ A worker that finds its engine idle starts a step as soon as its ring is
 empty. In a burst, requests reach it one by one, as the orchestrator finishes
 taking each in (HTTP, parsing, validation), and when the worker admits them
 faster than they come it starts on the first few alone. The rest then wait
-for that step and pay for one of their own: on an H100 a batch's first step
-of the Qwen2.5-0.5B shape took 10.5-12 ms, and bursts of 8 reached their
-median first token in 27.6-30.2 ms, against 20.4-23.3 ms as one batch
-(docs/PERFORMANCE.md, seventh session).
+for that step and pay for one of their own, and reach their first token
+later than they would have as one batch (docs/PERFORMANCE.md).
 
 So the HTTP side registers each generation request as it begins
 (``Intake.arrive``), says which model it is for once its body names one

@@ -1,4 +1,4 @@
-"""The supervisor: one ModelWorker per model, each with its lifetime task in the supervisor's nursery.
+"""The supervisor: one ServedModel per model, each with its lifetime task in the supervisor's nursery.
 
 It also decides which models may be resident at once: at most
 ``max_loaded_models`` workers, whose weights fit the memory budget together.
@@ -16,20 +16,21 @@ from .._config import Config
 from .._errors import ErrorKind, ServerError
 from ._catalog import ModelCatalog
 from ._intake import Intake
-from ._worker import ModelWorker, WorkerStatus
+from ._lifecycle import ModelStatus
+from ._served_model import ServedModel
 
 __all__ = ["Supervisor"]
 
 
 class Supervisor:
-    """Finds or starts the worker for a model id; answers status; stops them all at the end."""
+    """Finds or starts the served model for a model id; answers status; stops them all at the end."""
 
     def __init__(self, config: Config, catalog: ModelCatalog) -> None:
         self._config = config
         self.catalog = catalog
         # Generation requests the HTTP side is still taking in (a hint for the workers).
         self.intake = Intake()
-        self._workers: dict[str, ModelWorker] = {}
+        self._models: dict[str, ServedModel] = {}
         self._nursery: trio.Nursery | None = None
         # One load decision at a time: two new models must not both see the same free room.
         self._room = trio.Lock()
@@ -41,25 +42,25 @@ class Supervisor:
             task_status.started()
             await trio.sleep_forever()
 
-    async def worker(self, model_id: str) -> ModelWorker:
-        """The worker for ``model_id`` (not necessarily loaded); ServerError 404 for unknown ids."""
-        worker = self._workers.get(model_id)
-        if worker is None:
+    async def served_model(self, model_id: str) -> ServedModel:
+        """The served model for ``model_id`` (not necessarily loaded); ServerError 404 for unknown ids."""
+        served = self._models.get(model_id)
+        if served is None:
             entry = self.catalog.resolve(model_id)
-            worker = self._workers.get(model_id)  # resolve() does not checkpoint, but be plain about it
-            if worker is None:
-                worker = ModelWorker(
+            served = self._models.get(model_id)  # resolve() does not checkpoint, but be plain about it
+            if served is None:
+                served = ServedModel(
                     entry,
-                    self.catalog.worker_config(entry, slot=len(self._workers)),
+                    self.catalog.worker_config(entry, slot=len(self._models)),
                     config=self._config,
                     admit_load=self._admit_load,
                 )
-                self._workers[model_id] = worker
+                self._models[model_id] = served
                 assert self._nursery is not None, "the supervisor is not running"
-                await self._nursery.start(worker.run)
-        return worker
+                await self._nursery.start(served.run)
+        return served
 
-    async def _admit_load(self, incoming: ModelWorker) -> None:
+    async def _admit_load(self, incoming: ServedModel) -> None:
         """Make room for ``incoming`` (evicting least recently used idle models), then let it load."""
         config = self._config
         async with self._room:
@@ -74,11 +75,11 @@ class Supervisor:
                     code="model_too_large",
                 )
             while True:
-                others = [worker for worker in self._workers.values() if worker is not incoming and worker.resident]
-                used = sum(worker.resident_bytes for worker in others)
+                others = [served for served in self._models.values() if served is not incoming and served.resident]
+                used = sum(served.resident_bytes for served in others)
                 if len(others) < config.max_loaded_models and used + need <= config.memory_budget_bytes:
                     break
-                idle = sorted((worker for worker in others if worker.idle), key=lambda worker: worker.last_used)
+                idle = sorted((served for served in others if served.idle), key=lambda served: served.last_used)
                 if not idle:
                     raise ServerError(
                         ErrorKind.UNAVAILABLE,
@@ -90,27 +91,24 @@ class Supervisor:
                 await idle[0].unload(f"evicted to make room for {incoming.model_id!r} (least recently used)")
             incoming.begin_load()
 
-    def loaded_workers(self) -> list[ModelWorker]:
-        return list(self._workers.values())
+    def loaded_models(self) -> list[ServedModel]:
+        return list(self._models.values())
 
     async def unload_all(self) -> None:
         """Stop every worker gracefully (Shutdown, then a bounded wait, then SIGKILL)."""
         async with trio.open_nursery() as nursery:
-            for worker in self._workers.values():
-                nursery.start_soon(worker.unload)
+            for served in self._models.values():
+                nursery.start_soon(served.unload)
 
-    def statistics(self) -> list[WorkerStatus]:
-        statuses = [worker.statistics() for worker in self._workers.values()]
+    def statistics(self) -> list[ModelStatus]:
+        statuses = [served.statistics() for served in self._models.values()]
         default = self.catalog.default_model
-        if default not in self._workers:
-            statuses.insert(
-                0,
-                WorkerStatus(
-                    model=default, pid=None, state="unloaded", restarts=0, loads=0, loaded_at=None, last_used_at=None,
-                    memory_bytes=None, engine=None, active_requests=0, queued_requests=0, failure=None, retry_at=None,
-                ),
-            )
+        if default not in self._models:
+            statuses.insert(0, ModelStatus(model=default))
         return statuses
 
-    def describe(self) -> list[dict]:
-        return [attrs.asdict(status) for status in self.statistics()]
+    def describe(self, *, ipc: bool = True) -> list[dict]:
+        """Each model's status, as JSON; ``ipc=False`` leaves out the channel's counters, which change with every token."""
+        fields = attrs.fields(ModelStatus)
+        keep = None if ipc else attrs.filters.exclude(fields.channel, fields.routes)
+        return [attrs.asdict(status, filter=keep) for status in self.statistics()]

@@ -1,7 +1,8 @@
 """Host tuning for workers: CPU pinning, the malloc and the BLAS a worker runs with.
 
-The orchestrator parses the settings (``parse_worker_*``) and hands a worker
-the result; the worker applies it before MLX is imported. Nothing here
+The server's configuration parses the settings (``parse_worker_*``) once,
+the orchestrator hands each worker what they mean for it, and the worker
+applies that before MLX is imported. Nothing here
 imports MLX.
 """
 

@@ -3,11 +3,9 @@
 On MLX's CPU backend the worker's Python thread hands every evaluation to
 MLX's scheduler thread and waits for it: two threads taking turns, never
 working at once. When they sit on different cores each turn is a cross-core
-wake-up, which on a virtual machine goes through the hypervisor. On the
-2-core CI VM pinning gave the serving worker 13-15% more single-stream decode
-(in-process, ``stream_generate`` ran 573 tok/s on two cores and 863 on one;
-docs/PERFORMANCE.md). It costs nothing there, since the CPU backend's matrix
-work is single-threaded too.
+wake-up, which on a virtual machine goes through the hypervisor; on one core
+they hand over without one (docs/PERFORMANCE.md). It costs nothing there,
+since the CPU backend's matrix work is single-threaded too.
 
 A worker pinned to a single core also runs its threads under Linux's
 ``SCHED_BATCH`` policy (``batch_this_process``). Under the default policy a
@@ -16,14 +14,11 @@ thread that wakes another on its own core is usually preempted by it at once
 thread, is switched out while MLX runs it, is switched back in to queue the
 next, and so on. ``SCHED_BATCH`` is the same fair share with no wake-up
 preemption for its threads: MLX's thread runs when the Python thread waits,
-with all the work queued by then. On the 2-core CI VM that took the
-worker's main thread from 19 switches per one-token request to 1.3,
-single-stream decode of the demo model from 824-855 to 1,479-1,565 tok/s,
-and the aggregate at 8 streams up by 23-34% (docs/PERFORMANCE.md, "ninth
-session"). A worker on more than one core is left as it is: its two threads
-then sit on different cores and do not preempt each other. The orchestrator
-keeps the default policy, so a worker woken by a request does not preempt
-it either.
+with all the work queued by then, so a step costs a few context switches
+instead of one per operation (docs/PERFORMANCE.md). A worker on more than
+one core is left as it is: its two threads then sit on different cores and
+do not preempt each other. The orchestrator keeps the default policy, so a
+worker woken by a request does not preempt it either.
 
 ``worker_cpus`` (MLX_WORKER_CPUS):
 
@@ -60,6 +55,18 @@ class WorkerCpus:
 
     mode: str  # "auto", "none" or "list"
     cpus: tuple[int, ...] = ()
+
+    def __str__(self) -> str:
+        """The setting as it would be written: ``auto``, ``none`` or a CPU list such as ``0-3,6``."""
+        if self.mode != "list":
+            return self.mode
+        runs: list[list[int]] = []
+        for cpu in self.cpus:
+            if runs and runs[-1][1] == cpu - 1:
+                runs[-1][1] = cpu
+            else:
+                runs.append([cpu, cpu])
+        return ",".join(str(low) if low == high else f"{low}-{high}" for low, high in runs)
 
     def for_worker(self, slot: int) -> tuple[tuple[int, ...], bool]:
         """(CPUs, whether only on the CPU backend) for the ``slot``-th model's worker; () for none."""

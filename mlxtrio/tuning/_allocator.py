@@ -2,11 +2,9 @@
 
 MLX builds every step's graph on the host: array nodes, shared pointers,
 vectors, allocated and freed by the thousand per token, by the Python thread
-and MLX's own threads. glibc's malloc pays more for that than jemalloc: on
-an H100, where one stream of the Qwen2.5-0.5B shape is bound by that host
-thread, the served stream went from 0.95x of in-process mlx-lm to
-1.15-1.21x, and on MLX's CPU backend the demo model decoded about a quarter
-faster (docs/PERFORMANCE.md, "the worker's malloc"). The worker is a
+and MLX's own threads. glibc's malloc pays more for that than jemalloc,
+which shows wherever decoding is bound by that host work: a single stream
+on a GPU, and MLX's CPU backend (docs/PERFORMANCE.md). The worker is a
 process of its own, so it can run with another malloc without touching the
 orchestrator: the library is preloaded (``LD_PRELOAD``) into the worker's
 environment when it starts. Its tokens do not change: a malloc hands out

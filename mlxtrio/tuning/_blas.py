@@ -1,15 +1,12 @@
 """Which BLAS a worker's MLX runs its float32 matrix products with (Linux; elsewhere MLX's own).
 
 MLX's Linux wheels for the CPU (``mlx[cpu]``) link the reference BLAS of
-netlib, bundled in the wheel: correct, but plain loops. On the 2-core CI
-machine a float32 product of 8 rows by a (4864, 896) weight, one decode
-step's largest projection for a Qwen2.5-0.5B shape, took 20.8 ms with it
-and 2.2 ms with OpenBLAS, and 256 rows (a prefill chunk) 660 ms against
-15.6 (bench/blas_probe.py, docs/PERFORMANCE.md, "the worker's BLAS"). MLX
-calls the standard CBLAS entry points (``cblas_sgemm``), so a BLAS loaded
-into the process's global symbol scope before MLX's own library is the one
-MLX's calls reach: the worker loads it with ``RTLD_GLOBAL`` before it
-imports MLX (``load_worker_blas``). Only the worker does this, and only
+netlib, bundled in the wheel: correct, but plain loops, many times slower
+than OpenBLAS on a decode step's float32 products and more so on a prefill
+chunk's (docs/PERFORMANCE.md). MLX calls the standard CBLAS entry points
+(``cblas_sgemm``), so a BLAS loaded into the process's global symbol scope
+before MLX's own library is the one MLX's calls reach: the worker loads it
+with ``RTLD_GLOBAL`` before it imports MLX (``load_worker_blas``). Only the worker does this, and only
 float32 products go through a BLAS: MLX computes half-precision and
 quantized products with kernels of its own, which this does not change. On
 macOS MLX uses Accelerate, and nothing is loaded.

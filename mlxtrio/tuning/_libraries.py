@@ -44,6 +44,10 @@ class LibrarySetting:
     # ``auto``'s library where the system has it: ``lib<AUTO>``.
     AUTO: ClassVar[str]
 
+    def __str__(self) -> str:
+        """The setting as it would be written: its mode, or the library's path."""
+        return self.path if self.mode == "path" and self.path is not None else self.mode
+
     def library(self) -> str | None:
         """The library a worker runs with instead of its default, or None for the default."""
         if self.mode == "path":

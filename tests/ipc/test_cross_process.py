@@ -256,14 +256,19 @@ async def test_router_fans_out_each_message_to_its_own_route():
     async with open_peer("echo") as peer:
         got: dict[int, list[int]] = {}
 
+        async def read() -> None:
+            # As the orchestrator's reader does: receive, decode, route.
+            while True:
+                router.route(codec.decode(await peer.channel.receive()))
+
         async def client(request: int) -> None:
-            with router.open_route(request) as route:
+            with router.open_routes([request]) as route:
                 for index in range(per_request):
                     await peer.channel.send(codec.encode(Token(request, index)))
                 got[request] = [(await route.receive()).index for _ in range(per_request)]
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(router.pump, peer.channel, codec)
+            nursery.start_soon(read)
             async with trio.open_nursery() as clients:
                 for request in range(requests):
                     clients.start_soon(client, request)
@@ -279,7 +284,7 @@ async def test_router_close_all_reaches_every_open_route():
     async with trio.open_nursery() as nursery:
 
         async def wait(key: int) -> None:
-            with router.open_route(key) as route:
+            with router.open_routes([key]) as route:
                 async for message in route:
                     finals.append(message)
 

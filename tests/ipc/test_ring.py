@@ -23,6 +23,7 @@ from mlxtrio.ipc import (
     RingReader,
     RingTimeoutError,
     RingWriter,
+    list_objects,
     sweep_stale_objects,
 )
 from mlxtrio.ipc._names import new_base_name
@@ -221,20 +222,20 @@ def test_codec_round_trip_and_rejects_unknown_or_corrupt():
 
 
 @linux_only
-def test_sweep_removes_objects_of_dead_creators_only(tmp_path):
+def test_sweep_removes_objects_of_dead_creators_only():
     import subprocess
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
-    dead_pid = int(dead.stdout)
-    stale = RingMemory.create(new_base_name(pid=dead_pid) + "x", capacity=128)
-    live = RingMemory.create(new_base_name() + "x", capacity=128)
+    # A process that creates a channel and dies without unlinking it.
+    script = "import os\nfrom mlxtrio.ipc import Channel\nChannel.create(capacity=128)\nprint(os.getpid())"
+    dead_pid = int(subprocess.run([sys.executable, "-c", script], capture_output=True, check=True).stdout)
+    stale_entries = {found.entry for found in list_objects() if found.creator_pid == dead_pid}
+    live = Channel.create(capacity=128)
     try:
+        assert len(stale_entries) == 6  # two rings, each a memory object and two semaphores
         removed = sweep_stale_objects()
-        stale_entries = {stale.spec.memory_name[1:], "sem." + stale.spec.frames_name[1:], "sem." + stale.spec.slots_name[1:]}
         assert stale_entries <= set(removed)
         assert not any(entry.startswith(f"mlxtrio{os.getpid()}_") for entry in removed)
-        assert os.path.exists("/dev/shm/" + live.spec.memory_name[1:])
+        assert os.path.exists("/dev/shm/" + live.spec.to_worker.memory_name[1:])
     finally:
-        for memory in (stale, live):
-            memory.unlink()
-            memory.close()
+        live.unlink()
+        live.close()

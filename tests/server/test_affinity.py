@@ -115,13 +115,18 @@ def test_bad_settings_are_refused_at_start(value: str, cache_dir: Path, tmp_path
         parse_worker_cpus(value)
 
 
-def test_a_worker_that_cannot_pin_goes_on_unpinned(capsys: pytest.CaptureFixture[str]):
+def test_a_worker_that_cannot_pin_goes_on_unpinned(capsys: pytest.CaptureFixture[str], cache_dir: Path, tmp_path: Path):
     """Pinning speeds a worker up; failing to pin (a CPU taken away since the start) must not stop it loading."""
-    from mlxtrio._protocol import WorkerConfig
+    import msgspec
+
+    from mlxtrio.orchestrator import ModelCatalog
     from mlxtrio.worker._main import _pin
 
     before = os.sched_getaffinity(0)
-    config = WorkerConfig("demo", "demo", "", "/nowhere", 1, cpus=(1 << 16,), cpus_for_cpu_backend_only=False)
+    catalog = ModelCatalog(make_config(cache_dir, tmp_path))
+    config = msgspec.structs.replace(
+        catalog.worker_config(catalog.resolve("demo")), cpus=(1 << 16,), cpus_for_cpu_backend_only=False
+    )
     assert _pin(config) == ()
     assert "running unpinned" in capsys.readouterr().err
     assert os.sched_getaffinity(0) == before

@@ -116,6 +116,6 @@ async def test_aliases_serve_with_their_own_settings(client, admin, server):
     assert (await worker_entry(admin, "tiny"))["engine"] == "batched"
     # plain's idle timeout is its own.
     with trio.fail_after(10):
-        await (await server.state.supervisor.worker("plain")).wait_stopped()
+        await (await server.state.supervisor.served_model("plain")).wait_stopped()
     assert (await worker_entry(admin, "tiny"))["state"] == "ready"
     assert "plain" in (await status(admin))["config"]["models"]

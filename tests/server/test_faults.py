@@ -36,7 +36,7 @@ async def _ok(client) -> None:  # noqa: ANN001
 
 
 async def _worker(server):  # noqa: ANN001, ANN202
-    return await server.state.supervisor.worker("demo")
+    return await server.state.supervisor.served_model("demo")
 
 
 async def _stream_events(client, body: dict, started: trio.Event, texts: list[str], events: list[dict]) -> None:  # noqa: ANN001
@@ -244,7 +244,7 @@ async def test_a_corrupt_or_unknown_frame_to_the_worker_restarts_it(client, admi
         nursery.start_soon(_stream_events, client, LONG, started, texts, events)
         await started.wait()
         worker = await _worker(server)
-        await worker._run.channel.send(frame)  # noqa: SLF001 - the one way in for a bad frame
+        await worker._run.process._channel.send(frame)  # noqa: SLF001 - the one way in for a bad frame
         sent_at = time.monotonic()
     assert time.monotonic() - sent_at < 1.0
     error = events[-1]["error"]

@@ -59,19 +59,18 @@ async def sent(server: ServerHandle, client: httpx.AsyncClient, monkeypatch: pyt
     ``sent.arriving`` has the server's whole intake at each send.
     """
     assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200  # loaded
-    worker = await server.state.supervisor.worker("demo")
-    channel = worker._run.channel  # noqa: SLF001
+    worker = await server.state.supervisor.served_model("demo")
+    process = worker._run.process  # noqa: SLF001
     messages = _Sent()
-    send = channel.send
+    send = process.send
 
-    async def recording(payload: bytes) -> None:
-        message = p.TO_WORKER.decode(payload)
+    async def recording(message: p.ToWorker) -> None:
         if isinstance(message, p.Generate):
             messages.append(message)
             messages.arriving.append(server.state.supervisor.intake.arriving)
-        await send(payload)
+        await send(message)
 
-    monkeypatch.setattr(channel, "send", recording)
+    monkeypatch.setattr(process, "send", recording)
     return messages
 
 

@@ -91,7 +91,7 @@ async def test_every_in_flight_request_learns_of_a_crash(client, admin):
 async def test_idle_worker_is_unloaded_and_reloaded_on_demand(client, admin, server):
     assert (await client.post("/v1/completions", json={**LONG, "max_tokens": 2})).status_code == 200
     pid = (await worker_entry(admin))["pid"]
-    worker = await server.state.supervisor.worker("demo")
+    worker = await server.state.supervisor.served_model("demo")
     await worker.wait_stopped()
     entry = await worker_entry(admin)
     assert (entry["state"], entry["pid"], entry["restarts"]) == ("unloaded", None, 0)
@@ -184,7 +184,7 @@ async def test_admin_status_load_health_unload(admin, openapi):
             "model": "demo", "pid": None, "state": "unloaded", "restarts": 0, "loads": 0, "loaded_at": None,
             "last_used_at": None, "memory_bytes": None, "engine": None, "active_requests": 0, "queued_requests": 0, "failure": None, "retry_at": None,
             "restart_causes": {}, "last_crash": None, "load_seconds": None, "cpus": [], "allocator": None, "blas": None,
-            "scheduling": None,
+            "scheduling": None, "channel": None, "routes": None,
         }
     ]
     for key in ("ram_tier", "ram_bytes", "memory_budget_bytes", "idle_timeout", "request_timeout", "model"):

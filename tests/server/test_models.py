@@ -69,7 +69,7 @@ async def test_loading_one_more_evicts_the_least_recently_used(client, admin, se
     await _ok(client, "demo")  # A is now the least recently used
     await _ok(client, B)
     assert await _states(admin) == {"demo": "ready", A: "unloaded", B: "ready"}
-    evicted = await server.state.supervisor.worker(A)
+    evicted = await server.state.supervisor.served_model(A)
     assert evicted.statistics().restarts == 0  # an eviction is no crash
     await _ok(client, A)  # and now demo is the least recently used
     assert await _states(admin) == {"demo": "unloaded", A: "ready", B: "ready"}
@@ -128,7 +128,7 @@ async def test_the_memory_budget_counts_every_loaded_model(client, admin, server
 async def test_keep_alive_zero_unloads_after_the_request(client, admin, server):
     await _ok(client, "demo", keep_alive=0)
     with trio.fail_after(10):
-        await (await server.state.supervisor.worker("demo")).wait_stopped()
+        await (await server.state.supervisor.served_model("demo")).wait_stopped()
     entry = await worker_entry(admin, "demo")
     assert entry["state"] == "unloaded" and entry["restarts"] == 0
 
@@ -142,7 +142,7 @@ async def test_keep_alive_overrides_the_idle_timeout(client, admin, server):
     assert (await worker_entry(admin, "demo"))["state"] == "ready"
     await _ok(client, "demo", keep_alive="0.5s")
     started = trio.current_time()
-    await (await server.state.supervisor.worker("demo")).wait_stopped()
+    await (await server.state.supervisor.served_model("demo")).wait_stopped()
     assert 0.4 < trio.current_time() - started < 3
 
 

@@ -63,7 +63,7 @@ async def test_metrics_count_requests_tokens_latencies_and_workers(client, admin
     assert _value(samples, "mlxtrio_worker_memory_bytes", model="demo") > 0
 
     os.kill((await worker_entry(admin))["pid"], signal.SIGKILL)
-    await (await server.state.supervisor.worker("demo")).wait_stopped()
+    await (await server.state.supervisor.served_model("demo")).wait_stopped()
     assert (await client.post("/v1/completions", json=COMPLETION)).status_code == 200
     samples = await _metrics(admin)
     assert _value(samples, "mlxtrio_worker_restarts_total", model="demo", cause="crash") == 1
@@ -184,7 +184,7 @@ def test_the_log_format_is_checked():
 
 @bounded(60)
 async def test_a_load_says_it_is_still_loading(admin, monkeypatch):
-    from mlxtrio.orchestrator import _worker
+    from mlxtrio.orchestrator import _served_model as _worker
 
     monkeypatch.setattr(_worker, "_LOADING_REPORT_INTERVAL", 0.1)  # the demo loads in about a second
     logger = logging.getLogger("mlxtrio.orchestrator")

@@ -15,7 +15,8 @@ import mlx.nn as nn
 import mlx_lm
 import pytest
 
-from mlxtrio import _protocol as p
+from mlxtrio import Config
+from mlxtrio.orchestrator import ModelCatalog, ModelEntry
 from mlxtrio.worker._demo import ensure_demo_model
 from mlxtrio.worker._main import _load
 from mlxtrio.worker._mlx_lm._quantized import compute_quantized_in_float32, fold_quantized_inputs
@@ -167,7 +168,7 @@ def test_the_worker_loads_a_quantized_model_folded(cache_dir: Path, tmp_path: Pa
         str(ensure_demo_model(cache_dir)), mlx_path=str(quantized), quantize=True, q_group_size=64, q_bits=4,
         dtype="bfloat16",
     )
-    config = p.WorkerConfig("demo-4bit", "local", str(quantized), str(cache_dir), 1 << 30)
+    config = ModelCatalog(Config.from_environment(env={}, cache_dir=cache_dir)).worker_config(ModelEntry("demo-4bit", "local", str(quantized), ""))
     model, _, _, _ = _load(config)
     projections = [module for module in model.modules() if isinstance(module, nn.QuantizedLinear)]
     assert projections
