@@ -1,15 +1,17 @@
 """Engines on the demo model as the worker makes them, and the requests the tests give them.
 
-``demo_engine`` gives an engine the worker's settings (``WorkerConfig``'s
-defaults, the one place they are written) except those a test names; the
-engines themselves take every setting explicitly.
+``demo_engine`` gives an engine the worker's settings (as the catalog makes
+them from ``Config``'s defaults, the one place they are written) except
+those a test names; the engines themselves take every setting explicitly.
 """
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from mlxtrio import Config
 from mlxtrio import _protocol as p
+from mlxtrio.orchestrator import ModelCatalog, ModelEntry
 from mlxtrio.worker._batch import BatchEngine
 
 E = TypeVar("E")
@@ -17,7 +19,7 @@ E = TypeVar("E")
 # The demo model's context.
 CONTEXT_LENGTH = 4096
 # The worker's settings as the orchestrator sends them by default.
-WORKER = p.WorkerConfig(model_id="demo", source="demo", location="", cache_dir="", memory_budget_bytes=0)
+WORKER = ModelCatalog(Config.from_environment(env={})).worker_config(ModelEntry("demo", "demo", "", ""))
 GREEDY = p.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 # A request id no test gives a request of its own.
 _MOVER = 1 << 40
