@@ -34,7 +34,7 @@ error in the server's log. The warm-up before that level is taken fills the
 bounded caches (the prompt cache, cut to ``--prompt-cache-mib``, and the
 compiled grammars), so that what grows past it is not a cache filling.
 
-Loopback only. tests/server/test_soak.py runs the first (not ``--hostile``) at a reduced size in CI.
+Loopback only. tests/e2e/test_soak.py runs the first (not ``--hostile``) at a reduced size in CI.
 """
 
 from __future__ import annotations

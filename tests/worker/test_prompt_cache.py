@@ -6,7 +6,6 @@ import copy
 import gc
 
 import mlx.core as mx
-import mlx_lm
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st

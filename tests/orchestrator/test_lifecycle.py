@@ -12,8 +12,7 @@ from functools import partial
 import pytest
 import trio
 
-from ..helpers import bounded
-from .conftest import status, worker_entry
+from ..helpers import bounded, status, worker_entry
 
 # About 6 s of generation for the demo model on a small machine: still running when a fault lands.
 LONG = {"model": "demo", "prompt": "Tell me everything.", "max_tokens": 4000, "ignore_eos": True}

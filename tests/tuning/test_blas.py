@@ -18,8 +18,7 @@ import pytest
 from mlxtrio.tuning import WorkerBlas, blas_in_use, parse_worker_blas
 from mlxtrio.tuning import find_system_library
 
-from ..helpers import bounded
-from .conftest import loaded_entry, make_config, worker_maps
+from ..helpers import bounded, loaded_entry, make_config, worker_maps
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="loading another BLAS is Linux-only")
 

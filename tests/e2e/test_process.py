@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -16,61 +15,14 @@ import trio
 from mlxtrio import main
 from mlxtrio.ipc import list_objects
 
-from ..helpers import bounded
-from .conftest import make_config
-
-LONG_STREAM = {"model": "demo", "prompt": "go", "max_tokens": 1500, "ignore_eos": True, "stream": True}
-
-
-def _server_env(cache_dir: Path, tmp_path: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "MLX_CACHE_DIR": str(cache_dir),
-        "HF_HOME": str(tmp_path / "hf"),
-        "MLX_PORT": "0",
-        "MLX_ADMIN_PORT": "0",
-    }
-
-
-async def _start_server(
-    cache_dir: Path, tmp_path: Path, *extra: str, own_session: bool = False
-) -> tuple[trio.Process, str, str, list[bytes]]:
-    """Start ``python -m mlxtrio serve`` on free ports; return it, its two URLs and its log so far."""
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "mlxtrio", "serve", *extra],
-        env=_server_env(cache_dir, tmp_path),
-        stderr=-1,
-        start_new_session=own_session,
-    )
-    log: list[bytes] = []
-    buffer = b""
-    with trio.fail_after(30):
-        while (match := re.search(rb"OpenAI API on (\S+), admin API on (\S+)", buffer)) is None:
-            chunk = await process.stderr.receive_some()
-            assert chunk, b"".join(log).decode()
-            log.append(chunk)
-            buffer += chunk
-    return process, match.group(1).decode(), match.group(2).decode(), log
-
-
-async def _kill_if_running(process: trio.Process) -> None:
-    """A test's last word on its server: whatever happened, it is not left behind."""
-    if process.returncode is None:
-        process.kill()
-    await process.wait()
-
-
-async def _drain(process: trio.Process, log: list[bytes]) -> None:
-    while chunk := await process.stderr.receive_some():
-        log.append(chunk)
-
+from ..helpers import LONG_STREAM, bounded, drain, kill_if_running, make_config, server_env, start_server
 
 async def _signal_mid_stream(
     process: trio.Process, url: str, log: list[bytes], deliver: Callable[[httpx.AsyncClient], Awaitable[None]]
 ) -> tuple[list[str], int]:
     """Stream a long request, ``deliver`` a signal after its first event, read the stream out, wait for the exit."""
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_drain, process, log)
+        nursery.start_soon(drain, process, log)
         async with httpx.AsyncClient(timeout=60) as client:
             async with client.stream("POST", url + "/v1/completions", json=LONG_STREAM) as response:
                 lines = response.aiter_lines()
@@ -87,7 +39,7 @@ async def _signal_mid_stream(
 @bounded(120)
 async def test_sigterm_lets_the_request_in_flight_finish_then_exits_clean(cache_dir, tmp_path):
     pid_file = tmp_path / "state" / "mlxtrio.pid"
-    process, url, admin_url, log = await _start_server(
+    process, url, admin_url, log = await start_server(
         cache_dir, tmp_path, "--pid-file", str(pid_file), "--state-dir", str(tmp_path / "state")
     )
     try:
@@ -110,15 +62,15 @@ async def test_sigterm_lets_the_request_in_flight_finish_then_exits_clean(cache_
         snapshot = json.loads((tmp_path / "state" / "status.json").read_text())
         assert snapshot["pid"] == process.pid
     finally:
-        await _kill_if_running(process)
+        await kill_if_running(process)
 
 
 @bounded(120)
 async def test_a_second_signal_stops_at_once(cache_dir, tmp_path):
-    process, url, _admin_url, log = await _start_server(cache_dir, tmp_path)
+    process, url, _admin_url, log = await start_server(cache_dir, tmp_path)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, process, log)
+            nursery.start_soon(drain, process, log)
             async with httpx.AsyncClient(timeout=60) as client:
                 async with client.stream("POST", url + "/v1/completions", json=LONG_STREAM) as response:
                     lines = response.aiter_lines()  # held: a dropped iterator is finalized, closing the stream
@@ -136,13 +88,13 @@ async def test_a_second_signal_stops_at_once(cache_dir, tmp_path):
         assert b"stopping now" in b"".join(log)
         assert not [found for found in list_objects() if found.creator_pid == process.pid]
     finally:
-        await _kill_if_running(process)
+        await kill_if_running(process)
 
 
 @bounded(120)
 async def test_ctrl_c_to_the_terminal_reaches_the_orchestrator_only(cache_dir, tmp_path):
     """A terminal's Ctrl-C signals its whole process group; the worker has its own session."""
-    process, url, _admin_url, log = await _start_server(cache_dir, tmp_path, own_session=True)
+    process, url, _admin_url, log = await start_server(cache_dir, tmp_path, own_session=True)
     try:
         async def ctrl_c(client: httpx.AsyncClient) -> None:
             os.killpg(process.pid, signal.SIGINT)
@@ -152,7 +104,7 @@ async def test_ctrl_c_to_the_terminal_reaches_the_orchestrator_only(cache_dir, t
         assert rest[-1] == "data: [DONE]", rest[-3:]
         assert status == 0, b"".join(log).decode()
     finally:
-        await _kill_if_running(process)
+        await kill_if_running(process)
 
 
 @bounded(60)
@@ -206,12 +158,12 @@ async def test_a_sigterm_as_soon_as_the_pid_file_exists_stops_the_server_cleanly
     server listens: the handlers are in before the pid file is written, so it stops cleanly."""
     pid_file = tmp_path / "mlxtrio.pid"
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "mlxtrio", "serve", "--pid-file", str(pid_file)], env=_server_env(cache_dir, tmp_path), stderr=-1
+        [sys.executable, "-m", "mlxtrio", "serve", "--pid-file", str(pid_file)], env=server_env(cache_dir, tmp_path), stderr=-1
     )
     log: list[bytes] = []
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, process, log)
+            nursery.start_soon(drain, process, log)
             with trio.fail_after(30):
                 while not (pid_file.exists() and pid_file.read_text().strip()):
                     await trio.sleep(0.001)
@@ -219,7 +171,7 @@ async def test_a_sigterm_as_soon_as_the_pid_file_exists_stops_the_server_cleanly
             with trio.fail_after(30):
                 assert await process.wait() == 0, b"".join(log).decode()
     finally:
-        await _kill_if_running(process)
+        await kill_if_running(process)
     assert not pid_file.exists()
 
 
@@ -264,7 +216,7 @@ async def test_cli_says_plainly_what_is_wrong(tmp_path):
 
 @bounded(120)
 async def test_orchestrator_sigkill_the_worker_exits_and_the_next_start_sweeps(cache_dir, tmp_path):
-    first, _url, admin_url, _log = await _start_server(cache_dir, tmp_path)
+    first, _url, admin_url, _log = await start_server(cache_dir, tmp_path)
     try:
         async with httpx.AsyncClient(timeout=60) as client:
             worker_pid = (await client.post(admin_url + "/admin/load", json={"model": "demo"})).json()["pid"]
@@ -279,7 +231,7 @@ async def test_orchestrator_sigkill_the_worker_exits_and_the_next_start_sweeps(c
         finally:
             os.close(exited)
     finally:
-        await _kill_if_running(first)
+        await kill_if_running(first)
 
     # What a server killed while it held shared memory (before its worker said Hello) leaves behind.
     code = (
@@ -291,14 +243,14 @@ async def test_orchestrator_sigkill_the_worker_exits_and_the_next_start_sweeps(c
     dead_pid = int(dead.stdout)
     assert [found for found in list_objects() if found.creator_pid == dead_pid]
 
-    second, _url, _admin_url, log = await _start_server(cache_dir, tmp_path)
+    second, _url, _admin_url, log = await start_server(cache_dir, tmp_path)
     try:
         assert not [found for found in list_objects() if found.creator_pid in (dead_pid, first.pid)]
         assert b"shared-memory objects left by dead mlxtrio processes" in b"".join(log), b"".join(log).decode()
     finally:
         second.send_signal(signal.SIGTERM)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, second, log)
+            nursery.start_soon(drain, second, log)
             with trio.fail_after(30):
                 assert await second.wait() == 0
 
@@ -307,10 +259,10 @@ async def test_orchestrator_sigkill_the_worker_exits_and_the_next_start_sweeps(c
 async def test_sigterm_does_not_wait_for_idle_keep_alive_connections(cache_dir, tmp_path):
     """Clients keep connections open between requests (SDK pools, load balancers): a graceful
     stop closes the idle ones at once instead of waiting out the grace period for them."""
-    process, url, admin_url, log = await _start_server(cache_dir, tmp_path)  # grace period: 30 s, the default
+    process, url, admin_url, log = await start_server(cache_dir, tmp_path)  # grace period: 30 s, the default
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, process, log)
+            nursery.start_soon(drain, process, log)
             async with httpx.AsyncClient(timeout=60) as client:
                 for target in (url + "/v1/models", url + "/v1/completions", admin_url + "/admin/status"):
                     if target.endswith("completions"):
@@ -326,17 +278,17 @@ async def test_sigterm_does_not_wait_for_idle_keep_alive_connections(cache_dir, 
                 assert status == 0, b"".join(log).decode()
                 assert trio.current_time() - started < 10
     finally:
-        await _kill_if_running(process)
+        await kill_if_running(process)
 
 
 @bounded(60)
 async def test_an_idle_keep_alive_connection_is_closed_by_the_server(cache_dir, tmp_path):
     """Idle connections do not pile up: after a response, the server closes the connection
     once it has been idle for Hypercorn's keep-alive timeout (5 s)."""
-    process, url, _admin_url, log = await _start_server(cache_dir, tmp_path)
+    process, url, _admin_url, log = await start_server(cache_dir, tmp_path)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, process, log)
+            nursery.start_soon(drain, process, log)
             host, port = url.removeprefix("http://").rsplit(":", 1)
             stream = await trio.open_tcp_stream(host, int(port))
             await stream.send_all(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -351,4 +303,4 @@ async def test_an_idle_keep_alive_connection_is_closed_by_the_server(cache_dir, 
             with trio.fail_after(10):
                 assert await process.wait() == 0, b"".join(log).decode()
     finally:
-        await _kill_if_running(process)
+        await kill_if_running(process)

@@ -11,8 +11,7 @@ import trio
 from mlxtrio._models import weights_size
 from mlxtrio.worker._demo import ensure_demo_model
 
-from ..helpers import bounded
-from .conftest import status, worker_entry
+from ..helpers import bounded, status, worker_entry
 
 A, B = "test/tiny-a", "test/tiny-b"
 LONG = {"prompt": "Tell me everything.", "max_tokens": 4000, "ignore_eos": True}

@@ -13,8 +13,7 @@ import trio
 from mlxtrio import Config
 from mlxtrio.worker._demo import ensure_demo_model
 
-from ..helpers import bounded
-from .conftest import status, worker_entry
+from ..helpers import bounded, status, worker_entry
 
 
 def _write(path: Path, text: str) -> Path:

@@ -17,8 +17,7 @@ import msgspec
 import pytest
 import trio
 
-from ..helpers import bounded
-from .conftest import worker_entry
+from ..helpers import bounded, worker_entry
 
 SHORT = {"model": "demo", "prompt": "Hello", "max_tokens": 3, "ignore_eos": True}
 LONG = {"model": "demo", "prompt": "Tell me everything.", "max_tokens": 4000, "ignore_eos": True}

@@ -9,8 +9,7 @@ import openai
 import pytest
 import trio
 
-from ..helpers import bounded
-from .conftest import sse_events
+from ..helpers import bounded, sse_events
 
 # ignore_eos: the demo model samples its end token now and then; these tests count tokens.
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 12, "ignore_eos": True}

@@ -14,8 +14,7 @@ import pytest
 
 from mlxtrio.tuning import allowed_cpus, parse_worker_cpus
 
-from ..helpers import bounded
-from .conftest import loaded_entry, make_config
+from ..helpers import bounded, loaded_entry, make_config
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
 

@@ -7,8 +7,7 @@ import json
 import jsonschema
 import pytest
 
-from ..helpers import bounded
-from .conftest import sse_events
+from ..helpers import bounded, sse_events
 
 SCHEMA = {
     "type": "object",

@@ -21,8 +21,7 @@ from hypothesis import strategies as st
 from openai import AsyncOpenAI, BadRequestError
 from pydantic import BaseModel, Field
 
-from ..helpers import bounded
-from .conftest import sse_events
+from ..helpers import bounded, sse_events
 
 
 def nested_arrays(depth: int) -> dict:

@@ -16,8 +16,7 @@ import trio
 
 from mlxtrio import Config
 
-from ..helpers import bounded
-from .conftest import loaded_entry, sse_events, status, worker_entry
+from ..helpers import bounded, loaded_entry, sse_events, status, worker_entry
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 ATTACKER = "http://attacker.example"

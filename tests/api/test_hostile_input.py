@@ -17,8 +17,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ..helpers import bounded
-from .conftest import sse_events
+from ..helpers import bounded, sse_events
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

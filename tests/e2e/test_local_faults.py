@@ -19,9 +19,7 @@ import trio
 from mlxtrio import _server
 from mlxtrio._state_files import PidFileHeld, take_pid_file, write_atomically
 
-from ..helpers import bounded
-from .conftest import loaded_entry, worker_entry
-from .test_process import LONG_STREAM, _drain, _kill_if_running, _server_env, _start_server
+from ..helpers import LONG_STREAM, bounded, drain, kill_if_running, loaded_entry, server_env, start_server, worker_entry
 
 
 @pytest.fixture
@@ -44,17 +42,17 @@ async def test_a_start_survives_what_others_leave_in_dev_shm(cache_dir, tmp_path
     planted = Path(f"/dev/shm/mlxtrio{dead.pid}_ab12x")
     planted.mkdir()
     try:
-        process, url, _admin_url, log = await _start_server(cache_dir, tmp_path)
+        process, url, _admin_url, log = await start_server(cache_dir, tmp_path)
         try:
             async with httpx.AsyncClient(timeout=60) as client:
                 assert (await client.get(url + "/health")).status_code == 200
             process.send_signal(signal.SIGTERM)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_drain, process, log)
+                nursery.start_soon(drain, process, log)
                 with trio.fail_after(30):
                     assert await process.wait() == 0, b"".join(log).decode()
         finally:
-            await _kill_if_running(process)
+            await kill_if_running(process)
         assert planted.is_dir()
     finally:
         planted.rmdir()
@@ -112,14 +110,14 @@ async def test_an_unwritable_snapshot_is_logged_once_and_the_server_keeps_servin
 async def test_a_second_server_with_the_same_pid_file_refuses_and_leaves_it(cache_dir, tmp_path):
     """It once overwrote the pid file, failed on the port, and deleted the first server's pid file."""
     pid_file = tmp_path / "run" / "mlxtrio.pid"
-    first, url, _admin_url, log = await _start_server(cache_dir, tmp_path, "--pid-file", str(pid_file))
+    first, url, _admin_url, log = await start_server(cache_dir, tmp_path, "--pid-file", str(pid_file))
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, first, log)
+            nursery.start_soon(drain, first, log)
             with trio.fail_after(30):
                 second = await trio.run_process(
                     [sys.executable, "-m", "mlxtrio", "serve", "--pid-file", str(pid_file), "--port", url.rsplit(":", 1)[1]],
-                    env=_server_env(cache_dir, tmp_path),
+                    env=server_env(cache_dir, tmp_path),
                     capture_stderr=True,
                     check=False,
                 )
@@ -134,7 +132,7 @@ async def test_a_second_server_with_the_same_pid_file_refuses_and_leaves_it(cach
                 assert await first.wait() == 0, b"".join(log).decode()
         assert not pid_file.exists()
     finally:
-        await _kill_if_running(first)
+        await kill_if_running(first)
 
 
 def test_temporary_files_are_random_exclusive_and_never_a_planted_symlink(tmp_path):

@@ -11,8 +11,7 @@ import pytest
 import trio
 from hypercorn.protocol.h11 import H11Protocol
 
-from ..helpers import bounded
-from .conftest import loaded_entry, worker_entry
+from ..helpers import bounded, loaded_entry, worker_entry
 
 LONG = {"model": "demo", "prompt": "Tell me everything.", "max_tokens": 400, "ignore_eos": True}
 

@@ -13,9 +13,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..helpers import bounded
-from .conftest import sse_events, worker_entry
-from .test_process import _drain, _kill_if_running, _start_server
+from ..helpers import bounded, drain, kill_if_running, sse_events, start_server, worker_entry
 
 COMPLETION = {"model": "demo", "prompt": "Once upon a time", "max_tokens": 8, "ignore_eos": True}
 
@@ -150,7 +148,7 @@ async def test_request_ids_and_one_log_line_per_request(client, request_log):
 async def test_json_logs_with_worker_stderr_and_loading_lines(cache_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MLX_LOG_FORMAT", "json")
     monkeypatch.setenv("MLXTRIO_FAILPOINTS", "step=error")  # the worker says why it gives up, on stderr
-    process, url, _admin_url, log = await _start_server(cache_dir, tmp_path)
+    process, url, _admin_url, log = await start_server(cache_dir, tmp_path)
     try:
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             failed = await client.post("/v1/completions", json=COMPLETION, headers={"X-Request-Id": "json-1"})
@@ -158,11 +156,11 @@ async def test_json_logs_with_worker_stderr_and_loading_lines(cache_dir, tmp_pat
             assert (await client.post("/v1/completions", json=COMPLETION)).status_code == 503
         process.send_signal(signal.SIGTERM)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, process, log)
+            nursery.start_soon(drain, process, log)
             with trio.fail_after(30):
                 await process.wait()
     finally:
-        await _kill_if_running(process)
+        await kill_if_running(process)
     lines = [json.loads(line) for line in b"".join(log).decode().splitlines() if line.strip()]
     assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
     request = next(line for line in lines if line.get("request_id") == "json-1")
