@@ -7,7 +7,7 @@ ASGI app tasks). An exception that leaves it fails that nursery, so
 down, its workers killed with it, for what one client did. Such exceptions
 do happen: a client that closes a half-sent body as the body timeout answers
 408 makes Hypercorn's 400 for the short body race its own ``send_eof``, and
-trio raises ``BusyResourceError`` out of ``send_all`` (issue 22, item 5;
+trio raises ``BusyResourceError`` out of ``send_all`` (issue 22;
 pgjones/hypercorn#203 is another escape of the same kind). Rather than
 chase each one, every connection runs as ``_ContainedTCPServer``: an
 exception is logged and ends that connection, whose socket trio's

@@ -124,7 +124,7 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     cpus_for_cpu_backend_only: bool
     # A BLAS library to load before MLX, as the orchestrator resolved MLX_WORKER_BLAS; None: MLX's own (see tuning/_blas.py).
     blas_library: str | None
-    # Seconds a request's grammar may take to compile (worker/_grammar.py); past it: 400.
+    # Seconds a request's grammar may take to compile (worker/_grammar.py); past it, the request fails as invalid_request (grammar_timeout).
     grammar_compile_timeout: float
 
 
@@ -159,7 +159,7 @@ class Grammar(msgspec.Struct, array_like=True, frozen=True):
 
     syntax: str
     text: str
-    # The request's field it came from, for a 400 that names it.
+    # The request's field it came from, for an error that names it.
     param: str = "response_format"
 
 
@@ -285,7 +285,7 @@ class Delta(msgspec.Struct, array_like=True, frozen=True):
     # Calls completed in this delta (their text is not in ``text``).
     tool_calls: tuple[ToolCall, ...] = ()
     # On a last delta: the sequence failed after all (its grammar failed midway); the request gets this
-    # error, a 400 naming the request's field ``error_param``.
+    # error, an invalid_request naming the request's field ``error_param`` (code grammar_failed).
     error: str | None = None
     error_param: str | None = None
 

@@ -230,7 +230,7 @@ class ServedModel:
         return trio.current_time() - started, pong
 
     async def unload(self, reason: str = "unloaded on request") -> None:
-        """Stop the worker (if any) and wait until it is gone. In-flight requests get a 503."""
+        """Stop the worker (if any) and wait until it is gone. In-flight requests fail as unavailable."""
         self._lifecycle.request_unload(reason)
         if self._run is not None:
             self._changed.set()

@@ -3,7 +3,7 @@
 It also decides which models may be resident at once: at most
 ``max_loaded_models`` workers, whose weights fit the memory budget together.
 Loading one more first unloads the least recently used idle ones; if the
-others are all busy, the load is refused (503, Retry-After) rather than
+others are all busy, the load is refused (unavailable, with a retry-after) rather than
 taking memory the machine does not have.
 """
 
