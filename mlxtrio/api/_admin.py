@@ -62,17 +62,17 @@ def create_admin_app(state: ServerState) -> App:
     async def load() -> Response:
         model = await _model_from_body(state, required=True)
         assert model is not None
-        worker = await supervisor.served_model(model)
-        await worker.ensure_ready()
-        return json_response({"model": model, "state": worker.statistics().state, "pid": worker.statistics().pid})
+        served = await supervisor.served_model(model)
+        await served.ensure_ready()
+        return json_response({"model": model, "state": served.statistics().state, "pid": served.statistics().pid})
 
     @app.post("/admin/unload")
     async def unload() -> Response:
         model = await _model_from_body(state, required=False)
-        workers = supervisor.loaded_models() if model is None else [await supervisor.served_model(model)]
-        for worker in workers:
-            await worker.unload()
-        return json_response({"unloaded": [worker.model_id for worker in workers]})
+        models = supervisor.loaded_models() if model is None else [await supervisor.served_model(model)]
+        for served in models:
+            await served.unload()
+        return json_response({"unloaded": [served.model_id for served in models]})
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -82,11 +82,11 @@ def create_admin_app(state: ServerState) -> App:
     @app.get("/admin/health")
     async def health() -> Response:
         report = []
-        for worker in supervisor.loaded_models():
-            entry: dict = {"model": worker.model_id, "state": worker.statistics().state}
+        for served in supervisor.loaded_models():
+            entry: dict = {"model": served.model_id, "state": served.statistics().state}
             if entry["state"] == "ready":
                 try:
-                    seconds, pong = await worker.ping()
+                    seconds, pong = await served.ping()
                     entry.update(
                         ok=True,
                         round_trip_ms=round(seconds * 1000, 3),

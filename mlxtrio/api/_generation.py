@@ -1,4 +1,4 @@
-"""One generation, whichever API surface asked for it, run against its model's worker.
+"""One generation, whichever API surface asked for it, run against the worker of its model.
 
 A surface translates its request into a ``GenerationRequest``, and the
 worker's ``Delta`` events back into its own responses through an ``Answer``;
@@ -132,20 +132,20 @@ def _timed_out(timeout: float) -> ServerError:
     return ServerError(ErrorKind.TIMEOUT, f"the request did not finish within the request timeout ({timeout:g} s)", code="timeout")
 
 
-async def _ensure_ready_by(worker: ServedModel, deadline: float, timeout: float) -> None:
+async def _ensure_ready_by(served: ServedModel, deadline: float, timeout: float) -> None:
     """The model loaded (if it was not) by ``deadline``, the request's; a 504 past it."""
     with trio.move_on_at(deadline) as scope:
-        await worker.ensure_ready()
+        await served.ensure_ready()
     if scope.cancelled_caught:
         raise _timed_out(timeout)
 
 
 @attrs.define(eq=False)
 class Generation:
-    """A GenerationRequest and its model's worker: run once, collected whole (``collect``) or streamed (``stream``)."""
+    """A GenerationRequest and the model that serves it: run once, collected whole (``collect``) or streamed (``stream``)."""
 
     request: GenerationRequest
-    worker: ServedModel
+    served: ServedModel
     arrival: Arrival | None
     timeout: float
     in_flight: InFlight
@@ -155,27 +155,27 @@ class Generation:
         """The request's model found (a 404 if unknown), and a model that can be forced to call a tool if it must."""
         if state.shutting_down:
             raise ServerError(ErrorKind.UNAVAILABLE, "the server is shutting down", code="shutting_down")
-        worker = await state.supervisor.served_model(generation_request.model)
+        served = await state.supervisor.served_model(generation_request.model)
         current_record().model = generation_request.model
         arrival: Arrival | None = g.get("arrival")
         if arrival is not None:
             # Counted for this model's worker only from here (it may now wait for a load).
-            arrival.identify(worker.model_id)
+            arrival.identify(served.model_id)
         timeout = state.config.request_timeout
         if generation_request.forced_tool_choice is not None:
-            await _ensure_ready_by(worker, trio.current_time() + timeout, timeout)
-            if worker.tool_format != "json_tools":
+            await _ensure_ready_by(served, trio.current_time() + timeout, timeout)
+            if served.tool_format != "json_tools":
                 raise ServerError(
                     ErrorKind.INVALID_REQUEST,
                     f"tool_choice {generation_request.forced_tool_choice} needs a model with <tool_call> JSON tool calls; "
-                    f"{generation_request.model!r} has {worker.tool_format or 'no tool calling'}",
+                    f"{generation_request.model!r} has {served.tool_format or 'no tool calling'}",
                     param="tool_choice",
                 )
-        return cls(generation_request, worker, arrival, timeout, state.in_flight)
+        return cls(generation_request, served, arrival, timeout, state.in_flight)
 
     def _generate(self) -> AbstractAsyncContextManager[Events]:
         asked = self.request
-        return self.worker.generate(
+        return self.served.generate(
             asked.params,
             messages=asked.messages,
             prompt=asked.prompt,
@@ -231,8 +231,8 @@ class Generation:
         the same.
         """
         deadline = trio.current_time() + self.timeout
-        self.worker.check_capacity(self.request.n)
-        await _ensure_ready_by(self.worker, deadline, self.timeout)
+        self.served.check_capacity(self.request.n)
+        await _ensure_ready_by(self.served, deadline, self.timeout)
 
         record = current_record()
         held = await enter_for_body(self._generate(), unused=lambda: record.finish(CLIENT_CLOSED_REQUEST))
