@@ -277,11 +277,15 @@ class ModelLifecycle:
 
     # --- status -----------------------------------------------------------------------
 
-    def statistics(self, *, now: float, wall: float) -> ModelStatus:
-        """The status at trio's ``now``, whose wall-clock time is ``wall``."""
+    def statistics(self, *, now: float, wall_offset: float) -> ModelStatus:
+        """The status at trio's ``now``; a time on trio's clock plus ``wall_offset`` is its wall-clock time.
+
+        A past event's time is that sum alone, not computed from ``now``: a status read twice
+        with nothing changed between is the same, to the last digit.
+        """
 
         def wall_time(at: float | None) -> float | None:
-            return None if at is None else wall - (now - at)
+            return None if at is None else at + wall_offset
 
         ready = self.ready
         return ModelStatus(
@@ -297,7 +301,7 @@ class ModelLifecycle:
             active_requests=self.active,
             queued_requests=max(0, self.active - self.decode_concurrency),
             failure=self.failure.message if self.failure is not None else None,
-            retry_at=None if self.retry_at is None else wall + max(0.0, self.retry_at - now),
+            retry_at=None if self.retry_at is None else max(now, self.retry_at) + wall_offset,
             restart_causes=dict(self.restart_causes),
             last_crash=self.last_crash,
             load_seconds=self.load_seconds,

@@ -95,6 +95,9 @@ class ServedModel:
         self._wake = trio.Event()
         self._run_ended = trio.Event()
         self._changed = trio.Event()  # activity changed: the monitor recomputes its deadlines
+        # Wall-clock time minus trio's, read once: the status's times (trio's clock inside) read back
+        # the same at every call, and the status snapshot is rewritten only when something changed.
+        self._wall_offset = time.time() - trio.current_time()
 
     # --- for the HTTP side -----------------------------------------------------
 
@@ -242,7 +245,7 @@ class ServedModel:
             await self._run_ended.wait()
 
     def statistics(self) -> ModelStatus:
-        status = self._lifecycle.statistics(now=trio.current_time(), wall=time.time())
+        status = self._lifecycle.statistics(now=trio.current_time(), wall_offset=self._wall_offset)
         run = self._run
         if run is None:
             return status

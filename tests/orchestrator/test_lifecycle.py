@@ -272,3 +272,15 @@ async def test_requests_past_the_grace_period_are_ended_by_the_server(server, cl
     assert any("grace period (1 s) is over: ending the 2 requests" in message for message in messages), messages
     ended = [record for record in caplog.records if record.name == "mlxtrio.requests" and record.endpoint == "/v1/completions"]
     assert sorted((record.stream, record.status) for record in ended) == [(False, 503), (True, 503)]
+
+
+@bounded(60)
+async def test_a_loaded_idle_model_reads_the_same_in_every_status_snapshot(client, server):
+    """status.json is rewritten only when its bytes change: a loaded, idle model's times must not move
+    (its load and last use were once recomputed from two clocks at each read, so every snapshot differed)."""
+    assert (await client.post("/v1/completions", json={"model": "demo", "prompt": "hi", "max_tokens": 2})).status_code == 200
+    supervisor = server.state.supervisor
+    first = json.dumps(supervisor.describe(ipc=False))
+    for _ in range(5):
+        await trio.sleep(0.01)  # trio's clock and the wall clock move on between reads
+        assert json.dumps(supervisor.describe(ipc=False)) == first

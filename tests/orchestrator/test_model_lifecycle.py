@@ -117,6 +117,6 @@ def test_statistics_give_wall_clock_times():
     lifecycle = _lifecycle()
     _ready(lifecycle, at=100.0)
     lifecycle.began(3, now=101.0)
-    status = lifecycle.statistics(now=110.0, wall=1_000_000.0)
+    status = lifecycle.statistics(now=110.0, wall_offset=999_890.0)
     assert (status.state, status.pid, status.loaded_at, status.last_used_at) == ("ready", 42, 999_990.0, None)
     assert (status.active_requests, status.queued_requests, status.memory_bytes) == (3, 1, 100)
