@@ -68,8 +68,9 @@ def json_response(payload: object, status: int = 200) -> Response:
     return Response(_json.encode(payload), status=status, content_type="application/json")
 
 
-def error_response(error: ServerError, body: ErrorBody = openai_error) -> Response:
-    response = json_response(body(error), status_of(error))
+def error_response(error: ServerError, body: ErrorBody = openai_error, *, status: int | None = None) -> Response:
+    """``error`` as ``body`` writes it, with its kind's status (or ``status``: an HTTP error's own, where no kind is its)."""
+    response = json_response(body(error), status_of(error) if status is None else status)
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
     if error.www_authenticate:
@@ -96,7 +97,7 @@ def install_error_handlers(target: QuartTrio | Blueprint, body: ErrorBody = open
             413: "the request body is too large",
         }.get(status, error.description or error.name)
         kind = KIND_OF_STATUS.get(status, ErrorKind.INVALID_REQUEST if status < 500 else ErrorKind.INTERNAL)
-        return error_response(ServerError(kind, message, close_connection=status == 413), body)
+        return error_response(ServerError(kind, message, close_connection=status == 413), body, status=status)
 
     @target.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:

@@ -45,3 +45,25 @@ async def test_each_surface_writes_its_own_error_bodies():
     unknown = await client.post("/v1/nobodys", headers={"Authorization": "Bearer key"})
     assert unknown.status_code == 404
     assert (await unknown.get_json())["error"] == {"message": "no such endpoint", "type": "not_found_error", "param": None, "code": None}
+
+
+async def test_an_http_error_keeps_its_own_status_in_the_surface_shape():
+    """werkzeug's errors without an ErrorKind of their own (a 418, a 501) keep their status; once they became 400 or 500."""
+    from werkzeug.exceptions import ImATeapot, NotImplemented as NotImplementedError_
+
+    app = App(__name__)
+    install_error_handlers(app)
+
+    @app.get("/teapot")
+    async def teapot() -> Response:
+        raise ImATeapot()
+
+    @app.get("/unimplemented")
+    async def unimplemented() -> Response:
+        raise NotImplementedError_()
+
+    client = app.test_client()
+    for path, status in (("/teapot", 418), ("/unimplemented", 501)):
+        answer = await client.get(path)
+        assert answer.status_code == status
+        assert set((await answer.get_json())["error"]) == {"message", "type", "param", "code"}
