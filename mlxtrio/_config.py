@@ -138,6 +138,13 @@ def _number(convert: Callable[[str], object]) -> Callable[[object], object]:
     return checked
 
 
+def _text(value: object) -> str:
+    # The environment gives strings; a config file's value may be anything TOML has.
+    if not isinstance(value, str):
+        raise TypeError(f"must be a string, not {type(value).__name__}")
+    return value
+
+
 def _tuning(kind: type, parse: Callable[[str], object]) -> Callable[[object], object]:
     def parsed(value: object) -> object:
         return value if isinstance(value, kind) else parse(str(value))
@@ -148,7 +155,7 @@ def _tuning(kind: type, parse: Callable[[str], object]) -> Callable[[object], ob
 # How a value (a string, a TOML value, a flag's) becomes a setting of each type; a field's
 # metadata may name a parser of its own ("parse") and its environment variable ("variable").
 _PARSERS_BY_TYPE: dict[object, Callable[[object], object]] = {
-    str: str,
+    str: _text,
     int: _number(int),
     float: _number(float),
     bool: _boolean,
