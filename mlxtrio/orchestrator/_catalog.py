@@ -93,7 +93,7 @@ class ModelCatalog:
         )
 
     def resolve(self, model_id: str) -> ModelEntry:
-        """The entry for ``model_id``, or a 404 ServerError."""
+        """The entry for ``model_id``, or a ServerError (not_found)."""
         if model_id == DEMO_MODEL_ID:
             return ModelEntry(DEMO_MODEL_ID, "demo", "", "built-in demo model: random weights, nonsense text")
         alias = self._config.model_settings(model_id)

@@ -156,7 +156,7 @@ class ModelLifecycle:
         self.last_used = self.used_at = now
 
     def check_capacity(self, sequences: int = 1) -> None:
-        """Admission control: a bounded queue in front of the worker, then 429."""
+        """Admission control: a bounded queue in front of the worker, then overloaded."""
         if self.active + sequences > self.decode_concurrency + self.max_queue:
             raise ServerError(
                 ErrorKind.OVERLOADED,

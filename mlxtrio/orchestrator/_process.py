@@ -25,7 +25,7 @@ from .. import _protocol as p
 from ..ipc import Channel, IPCError, PeerGoneError, ProtocolError, TrioChannel, TrioChannelStatistics
 from ._events import Exited
 
-__all__ = ["WorkerProcess", "exit_reason"]
+__all__ = ["WorkerProcess"]
 
 # What the worker writes to stderr (warnings, tracebacks) goes to this logger, line by line.
 worker_log = logging.getLogger("mlxtrio.worker")
@@ -40,7 +40,7 @@ _EXIT_REASONS = {
 }
 
 
-def exit_reason(returncode: int) -> tuple[str, str]:
+def _exit_reason(returncode: int) -> tuple[str, str]:
     """(cause, reason) for a worker's unexpected exit."""
     if returncode < 0:
         try:
@@ -158,7 +158,7 @@ class WorkerProcess:
         await process.wait()
         if process.stderr is not None:
             await process.stderr.aclose()
-        cause, reason = self._killed_for or exit_reason(process.returncode)
+        cause, reason = self._killed_for or _exit_reason(process.returncode)
         return Exited(process.pid, process.returncode, cause, reason)
 
     async def close(self, reason: str) -> None:

@@ -157,7 +157,7 @@ class ServedModel:
         return self._lifecycle.last_used
 
     def check_capacity(self, sequences: int = 1) -> None:
-        """Admission control: a bounded queue in front of the worker, then 429."""
+        """Admission control: a bounded queue in front of the worker, then overloaded."""
         self._lifecycle.check_capacity(sequences)
 
     @contextlib.asynccontextmanager

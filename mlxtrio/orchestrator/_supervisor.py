@@ -43,7 +43,7 @@ class Supervisor:
             await trio.sleep_forever()
 
     async def served_model(self, model_id: str) -> ServedModel:
-        """The served model for ``model_id`` (not necessarily loaded); ServerError 404 for unknown ids."""
+        """The served model for ``model_id`` (not necessarily loaded); a not_found ServerError for unknown ids."""
         served = self._models.get(model_id)
         if served is None:
             entry = self.catalog.resolve(model_id)
