@@ -43,7 +43,7 @@ __all__ = [
 class ErrorKind(str, enum.Enum):
     """What went wrong, in the server's own words: the one list of failures a client can be told of.
 
-    The worker sends the first three in ``RequestFailed``; the orchestrator and
+    The worker sends kinds in ``RequestFailed`` and ``LoadFailed``; the orchestrator and
     the API layer raise any of them as ``ServerError``. Nothing but the API
     layer knows HTTP: it alone turns a kind into a status and a surface's
     error type (api/_errors.py), so the worker and the orchestrator stay the
@@ -254,10 +254,11 @@ class Ready(_Message, tag="ready"):
 
 
 class LoadFailed(_Message, tag="load_failed"):
-    """The model could not be loaded. ``kind``: "not_found", "too_large", "invalid" or "error"."""
+    """The model could not be loaded: why, as a kind and OpenAI's code (``model_not_found``, ``model_too_large`` ...)."""
 
-    kind: str
+    kind: ErrorKind
     message: str
+    code: str
 
 
 class TokenLogprob(msgspec.Struct, array_like=True, frozen=True):

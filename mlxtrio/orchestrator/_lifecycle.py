@@ -30,7 +30,6 @@ __all__ = ["Kill", "ModelLifecycle", "ModelState", "ModelStatus", "Stop", "Wait"
 # Back-off after failed loads: 1 s, 2 s, 4 s ... capped.
 _BACKOFF_BASE = 1.0
 _BACKOFF_CAP = 60.0
-_LOAD_FAILURE_KINDS = {"not_found": ErrorKind.NOT_FOUND, "too_large": ErrorKind.OUT_OF_MEMORY, "invalid": ErrorKind.INVALID_REQUEST}
 
 
 class ModelState(str, enum.Enum):
@@ -229,8 +228,7 @@ class ModelLifecycle:
             elif isinstance(event, p.LoadFailed):
                 # The worker exits by itself after saying so: no crash.
                 self.stop_reason = "load failed"
-                kind = _LOAD_FAILURE_KINDS.get(event.kind, ErrorKind.INTERNAL)
-                self._load_failed(ServerError(kind, event.message, code=f"model_{event.kind}"), now=now)
+                self._load_failed(ServerError(event.kind, event.message, code=event.code), now=now)
 
     def exit_error(self, event: Exited) -> ServerError:
         """What the requests open when the process exited are told."""

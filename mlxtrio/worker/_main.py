@@ -40,9 +40,10 @@ COMPILE_POLL = 0.002
 
 
 class _LoadError(Exception):
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: p.ErrorKind, code: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+        self.code = code
 
 
 def _pin(config: p.WorkerConfig) -> tuple[int, ...]:
@@ -84,22 +85,23 @@ def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context 
         try:
             path = download(config.location)
         except Exception as exc:  # noqa: BLE001
-            raise _LoadError("not_found", f"could not fetch {config.location!r}: {exc}") from exc
+            raise _LoadError(p.ErrorKind.NOT_FOUND, "model_not_found", f"could not fetch {config.location!r}: {exc}") from exc
     else:
-        raise _LoadError("invalid", f"unknown model source {config.source!r}")
+        raise _LoadError(p.ErrorKind.INVALID_REQUEST, "model_invalid", f"unknown model source {config.source!r}")
     size = weights_size(path)
     if size > config.memory_budget_bytes:
         raise _LoadError(
-            "too_large",
+            p.ErrorKind.OUT_OF_MEMORY,
+            "model_too_large",
             f"model {config.model_id!r} has {size} bytes of weights; the memory budget is "
             f"{config.memory_budget_bytes} bytes",
         )
     try:
         model, tokenizer, model_config = load(path)
     except FileNotFoundError as exc:
-        raise _LoadError("not_found", str(exc)) from exc
+        raise _LoadError(p.ErrorKind.NOT_FOUND, "model_not_found", str(exc)) from exc
     except ValueError as exc:
-        raise _LoadError("invalid", str(exc)) from exc
+        raise _LoadError(p.ErrorKind.INVALID_REQUEST, "model_invalid", str(exc)) from exc
     # A batched step hands each quantized projection one matrix of rows; on
     # the CPU backend they compute in float32, many times faster there (see _mlx_lm/_quantized.py).
     speed_up_quantized(model)
@@ -131,10 +133,10 @@ def main(argv: list[str]) -> int:
             cpus = _pin(config)
             model, tokenizer, context, memory = _load(config)
         except _LoadError as exc:
-            send(p.LoadFailed(exc.kind, str(exc)))
+            send(p.LoadFailed(exc.kind, str(exc), exc.code))
             return p.WorkerExit.LOAD_FAILED
         except Exception as exc:  # noqa: BLE001 - any load failure is reported, not swallowed
-            send(p.LoadFailed("error", f"{type(exc).__name__}: {exc}"))
+            send(p.LoadFailed(p.ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}", "model_error"))
             return p.WorkerExit.LOAD_FAILED
         # MLX comes in only now: Hello went out first, so the orchestrator
         # could unlink the channel's names while this imports and loads.

@@ -90,7 +90,7 @@ def test_a_load_the_worker_refuses_fails_by_its_kind_and_is_no_crash():
     lifecycle = _lifecycle()
     lifecycle.request_load()
     lifecycle.handle(Started(pid=7), now=0.0)
-    lifecycle.handle(p.LoadFailed("not_found", "no such model"), now=1.0)
+    lifecycle.handle(p.LoadFailed(p.ErrorKind.NOT_FOUND, "no such model", "model_not_found"), now=1.0)
     assert lifecycle.failure is not None
     assert (lifecycle.failure.kind, lifecycle.failure.code) == (ErrorKind.NOT_FOUND, "model_not_found")
     lifecycle.handle(Exited(pid=7, returncode=3, cause="crash", reason="exited (status 3)"), now=2.0)
