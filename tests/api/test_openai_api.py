@@ -377,3 +377,27 @@ async def test_logprobs_chat_and_legacy_completions(client, openapi):
     assert "".join(logprobs["tokens"]) == legacy["choices"][0]["text"]
     bad = await client.post("/v1/chat/completions", json={**CHAT, "top_logprobs": 2})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "top_logprobs"
+
+
+@bounded(60)
+async def test_null_is_accepted_wherever_openais_spec_makes_a_field_nullable(client, openapi):
+    """``"n": null``, ``"stream": null``, ``"logprobs": null`` ... mean the default, as the OpenAPI file allows (issue 24)."""
+    chat_nulls = dict.fromkeys(
+        ["n", "stream", "logprobs", "top_logprobs", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+         "seed", "presence_penalty", "frequency_penalty", "logit_bias", "stop", "stream_options"]
+    )
+    answer = await client.post(
+        "/v1/chat/completions",
+        json={"model": "demo", "messages": [{"role": "user", "content": "hi"}], **chat_nulls, "max_tokens": 3},
+    )
+    assert answer.status_code == 200, answer.text
+    openapi.validate(answer.json(), "CreateChatCompletionResponse")
+    assert len(answer.json()["choices"]) == 1 and answer.json()["choices"][0]["logprobs"] is None
+    completion_nulls = dict.fromkeys(
+        ["n", "stream", "logprobs", "max_tokens", "temperature", "top_p", "seed", "presence_penalty",
+         "frequency_penalty", "logit_bias", "stop", "stream_options"]
+    )
+    answer = await client.post("/v1/completions", json={"model": "demo", "prompt": "hi", **completion_nulls, "max_tokens": 3})
+    assert answer.status_code == 200, answer.text
+    openapi.validate(answer.json(), "CreateCompletionResponse")
+    assert len(answer.json()["choices"]) == 1

@@ -110,9 +110,10 @@ class CommonRequest(msgspec.Struct, kw_only=True):
     top_p: float | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
-    stream: bool = False
+    # OpenAI's spec makes these nullable: null is the default (__post_init__).
+    stream: bool | None = False
     stream_options: _StreamOptions | None = None
-    n: int = 1
+    n: int | None = 1
     # Extension (vLLM's name): generate exactly max_tokens.
     ignore_eos: bool = False
     presence_penalty: float | None = None
@@ -124,6 +125,12 @@ class CommonRequest(msgspec.Struct, kw_only=True):
     repetition_penalty: float | None = None
     # Extension (Ollama's): how long the model stays loaded after this request.
     keep_alive: float | str | None = None
+
+    def __post_init__(self) -> None:
+        if self.stream is None:
+            self.stream = False
+        if self.n is None:
+            self.n = 1
 
     def max_tokens_or_default(self, limits: RequestLimits) -> int:
         return self.max_tokens if self.max_tokens is not None else limits.default_max_tokens
@@ -189,12 +196,18 @@ class ChatCompletionRequest(CommonRequest, kw_only=True):
 
     messages: list[Message]
     max_completion_tokens: int | None = None
-    logprobs: bool = False
+    # Nullable in OpenAI's spec: null is false.
+    logprobs: bool | None = False
     top_logprobs: int | None = None
     response_format: _ResponseFormat | None = None
     tools: list[Tool] | None = None
     tool_choice: str | _NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.logprobs is None:
+            self.logprobs = False
 
     def tool_mode(self) -> str | None:
         """None (no tools offered), "none", "auto", "required", or the one function's name."""
