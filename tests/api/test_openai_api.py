@@ -401,3 +401,18 @@ async def test_null_is_accepted_wherever_openais_spec_makes_a_field_nullable(cli
     assert answer.status_code == 200, answer.text
     openapi.validate(answer.json(), "CreateCompletionResponse")
     assert len(answer.json()["choices"]) == 1
+
+
+@bounded(60)
+async def test_routes_answer_without_the_v1_prefix_too(server):
+    """Clients configured with a base URL without /v1 reach the same endpoints (issue 24, item 9)."""
+    import openai
+
+    root = server.openai_url.removesuffix("/v1").rstrip("/")
+    async with openai.AsyncOpenAI(base_url=root, api_key="none") as sdk:
+        chat = await sdk.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+        assert chat.choices[0].message.role == "assistant"
+        completion = await sdk.completions.create(model="demo", prompt="hi", max_tokens=3)
+        assert completion.usage.completion_tokens == 3
+        assert "demo" in [model.id async for model in sdk.models.list()]
+        assert (await sdk.models.retrieve("demo")).id == "demo"

@@ -10,9 +10,11 @@ from ._serving_completion import completions
 
 __all__ = ["GENERATION_PATHS", "openai_routes"]
 
-CHAT_COMPLETIONS = "/v1/chat/completions"
-COMPLETIONS = "/v1/completions"
-GENERATION_PATHS = frozenset({CHAT_COMPLETIONS, COMPLETIONS})
+# Each path also without /v1: several clients are configured with a base URL that lacks it.
+PREFIXES = ("/v1", "")
+CHAT_COMPLETIONS = "/chat/completions"
+COMPLETIONS = "/completions"
+GENERATION_PATHS = frozenset(prefix + path for prefix in PREFIXES for path in (CHAT_COMPLETIONS, COMPLETIONS))
 
 
 def _model_object(entry) -> dict:  # noqa: ANN001 - ModelEntry
@@ -23,20 +25,23 @@ def openai_routes(state: ServerState) -> Blueprint:
     routes = Blueprint("openai", __name__)
     catalog = state.supervisor.catalog
 
-    @routes.post(CHAT_COMPLETIONS)
     async def chat_completions_route() -> Response:
         return await chat_completions(state, await request.get_data(cache=False))
 
-    @routes.post(COMPLETIONS)
     async def completions_route() -> Response:
         return await completions(state, await request.get_data(cache=False))
 
-    @routes.get("/v1/models")
     async def list_models() -> Response:
         return json_response({"object": "list", "data": [_model_object(entry) for entry in catalog.list()]})
 
-    @routes.get("/v1/models/<path:model_id>")
     async def get_model(model_id: str) -> Response:
         return json_response(_model_object(catalog.resolve(model_id)))
+
+    for prefix in PREFIXES:
+        # Quart names a view by its endpoint: one name per path.
+        routes.add_url_rule(prefix + CHAT_COMPLETIONS, f"chat_completions{prefix}", chat_completions_route, methods=["POST"])
+        routes.add_url_rule(prefix + COMPLETIONS, f"completions{prefix}", completions_route, methods=["POST"])
+        routes.add_url_rule(prefix + "/models", f"list_models{prefix}", list_models, methods=["GET"])
+        routes.add_url_rule(prefix + "/models/<path:model_id>", f"get_model{prefix}", get_model, methods=["GET"])
 
     return routes
