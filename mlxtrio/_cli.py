@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import sys
@@ -22,6 +23,7 @@ log = logging.getLogger("mlxtrio")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlxtrio", description="OpenAI-compatible LLM server for MLX")
+    parser.add_argument("--version", action="version", version=f"mlxtrio {importlib.metadata.version('mlxtrio')}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server in the foreground")
     serve.add_argument("--config", type=Path, help="a TOML file of settings and model aliases (MLX_CONFIG)")
@@ -45,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--allow-downloads", action="store_true", default=None, help="fetch repo ids missing from the cache (MLX_ALLOW_DOWNLOADS)"
     )
-    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    serve.add_argument(
+        "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO"
+    )
     serve.add_argument("--log-format", choices=LOG_FORMATS, help="text or json, one object per line (MLX_LOG_FORMAT, default text)")
     return parser
 

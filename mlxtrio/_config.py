@@ -340,7 +340,10 @@ class Config:
         values.update(from_file)
         for key, variable in _VARIABLES.items():
             if env.get(variable):
-                values[key] = _SETTING_PARSERS[key](env[variable])
+                try:
+                    values[key] = _SETTING_PARSERS[key](env[variable])
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"{variable}={env[variable]!r}: {exc}") from None
         values.setdefault("cache_dir", _default_cache_dir(env))
         if "hf_hub_cache" not in values or "HF_HUB_CACHE" in env or "HF_HOME" in env:
             values["hf_hub_cache"] = _default_hf_hub(env)

@@ -22,7 +22,9 @@ difference.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from collections.abc import Awaitable, Callable
 
 import hypercorn.config
@@ -86,4 +88,10 @@ async def serve(
 ) -> None:
     """``hypercorn.trio.serve``, each connection contained (see the module's docstring)."""
     hypercorn.trio.run.TCPServer = _ContainedTCPServer  # type: ignore[misc]
-    await hypercorn.trio.serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
+    try:
+        await hypercorn.trio.serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
+    except (OSError, BaseExceptionGroup) as exc:
+        if not any(isinstance(leaf, OSError) and leaf.errno == errno.EADDRINUSE for leaf in _leaves(exc)):
+            raise
+        # The OS does not say which address: name it, the operator has two ports to check.
+        raise OSError(errno.EADDRINUSE, f"{os.strerror(errno.EADDRINUSE)}: {', '.join(config.bind)}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -200,6 +201,14 @@ async def test_cli_says_plainly_what_is_wrong(tmp_path):
         [sys.executable, "-m", "mlxtrio", "serve"], env={**os.environ, "MLX_PORT": "abc"}, capture_stderr=True, check=False
     )
     assert bad.returncode == 2 and b"invalid setting" in bad.stderr and b"Traceback" not in bad.stderr
+    # Which variable, and what it was (issue 24, item 15).
+    assert b"MLX_PORT='abc'" in bad.stderr, bad.stderr.decode()
+    level = await trio.run_process(
+        [sys.executable, "-m", "mlxtrio", "serve", "--log-level", "foo"], capture_stderr=True, check=False
+    )
+    assert level.returncode == 2 and b"invalid choice: 'FOO'" in level.stderr, level.stderr.decode()
+    version = await trio.run_process([sys.executable, "-m", "mlxtrio", "--version"], capture_stdout=True, check=False)
+    assert version.returncode == 0 and re.fullmatch(rb"mlxtrio \d+\.\d+\S*\n", version.stdout), version.stdout
     with trio.socket.socket() as taken:
         await taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -211,6 +220,7 @@ async def test_cli_says_plainly_what_is_wrong(tmp_path):
             check=False,
         )
     assert busy.returncode == 1 and b"Address already in use" in busy.stderr, busy.stderr.decode()
+    assert f"127.0.0.1:{port}".encode() in busy.stderr, busy.stderr.decode()
     assert b"Traceback" not in busy.stderr
 
 
