@@ -42,7 +42,7 @@ def create_admin_app(state: ServerState) -> App:
     install_observability(app, state.metrics)
     install_browser_checks(app, state.config, bound_host=state.config.admin_host)
     admin_token = [state.config.admin_token] if state.config.admin_token else []
-    require_bearer_token(app, admin_token, code="invalid_admin_token")
+    require_bearer_token(app, admin_token, code="invalid_admin_token", what="admin token")
     supervisor = state.supervisor
     started_at = time.time()
 

@@ -23,8 +23,12 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
-def require_bearer_token(app: QuartTrio, tokens: Collection[str], *, code: str, open_paths: Collection[str] = ()) -> None:
+def require_bearer_token(
+    app: QuartTrio, tokens: Collection[str], *, code: str, what: str = "API key", open_paths: Collection[str] = ()
+) -> None:
     """Answer 401 in OpenAI's shape, before the body is read, unless a request carries one of ``tokens``.
+
+    ``what`` names the token in the 401's message: an API key, or the admin token.
 
     The body is never read for a refused request, so the 401 also closes the
     connection: what is left of the body must not be parsed as a next request.
@@ -41,7 +45,7 @@ def require_bearer_token(app: QuartTrio, tokens: Collection[str], *, code: str, 
         if scheme.lower() != "bearer" or not presented.strip():
             raise ServerError(
                 ErrorKind.UNAUTHENTICATED,
-                "no API key: send it as 'Authorization: Bearer <key>'",
+                f"no {what}: send it as 'Authorization: Bearer <{what.split()[-1]}>'",
                 code=code,
                 www_authenticate=True,
                 close_connection=True,
@@ -51,4 +55,6 @@ def require_bearer_token(app: QuartTrio, tokens: Collection[str], *, code: str, 
         for digest in digests:
             matched |= hmac.compare_digest(wanted, digest)
         if not matched:
-            raise ServerError(ErrorKind.UNAUTHENTICATED, "the API key is not valid", code=code, www_authenticate=True, close_connection=True)
+            raise ServerError(
+                ErrorKind.UNAUTHENTICATED, f"the {what} is not valid", code=code, www_authenticate=True, close_connection=True
+            )

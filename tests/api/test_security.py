@@ -49,9 +49,12 @@ async def test_admin_token_guards_the_admin_api_and_no_secret_is_shown(admin, op
     for path in ("/admin/status", "/admin/health", "/metrics"):
         refused = await admin.get(path)
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_admin_token"
+        # It asks for what it needs: the admin token, not an API key (issue 24, item 18).
+        assert "admin token" in refused.json()["error"]["message"] and "API key" not in refused.json()["error"]["message"]
         openapi.validate(refused.json(), "ErrorResponse")
         # An API key is not an admin token.
-        assert (await admin.get(path, headers={"Authorization": f"Bearer {KEYS[0]}"})).status_code == 401
+        wrong = await admin.get(path, headers={"Authorization": f"Bearer {KEYS[0]}"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["message"] == "the admin token is not valid"
     assert (await admin.post("/admin/load", json={"model": "demo"})).status_code == 401
     allowed = await admin.get("/admin/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert allowed.status_code == 200
