@@ -277,8 +277,9 @@ class ServedModel:
         """An event to the state machine; a load it settles releases everyone waiting for it."""
         lifecycle = self._lifecycle
         lifecycle.handle(event, now=trio.current_time())
-        if self._attempt is not None and not lifecycle.loading:
-            self._attempt.finish(lifecycle.failure)
+        attempt = self._attempt
+        if attempt is not None and not attempt.done.is_set() and not lifecycle.loading:
+            attempt.finish(lifecycle.failure)
 
     async def _run_process(self, attempt: _Attempt) -> None:
         try:

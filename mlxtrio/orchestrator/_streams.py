@@ -100,7 +100,7 @@ class RequestStreams:
 
     def __init__(self) -> None:
         self._router: MessageRouter[p.Delta | p.RequestFailed] = MessageRouter(key=_request_id)
-        self._ids = itertools.count(1)
+        self._next_id = 1
         self._nonces = itertools.count(1)
         self._pings: dict[int, _Ping] = {}
         self.closed = False
@@ -108,8 +108,8 @@ class RequestStreams:
     @contextlib.contextmanager
     def open(self, sequences: int) -> Iterator[Events]:
         """``sequences`` new request ids, consecutive (the worker numbers a request's choices from its first)."""
-        first = next(self._ids)
-        self._ids = itertools.count(first + sequences)
+        first = self._next_id
+        self._next_id += sequences
         request_ids = range(first, first + sequences)
         with self._router.open_routes(request_ids) as route:
             yield Events(route, request_ids)

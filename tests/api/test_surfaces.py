@@ -8,6 +8,8 @@ paths that no surface serves keep OpenAI's shape.
 from __future__ import annotations
 
 from quart import Blueprint, Response
+from werkzeug.exceptions import ImATeapot
+from werkzeug.exceptions import NotImplemented as NotImplementedError_
 
 from mlxtrio import ErrorKind, ServerError
 from mlxtrio.api._asgi import App
@@ -49,8 +51,6 @@ async def test_each_surface_writes_its_own_error_bodies():
 
 async def test_an_http_error_keeps_its_own_status_in_the_surface_shape():
     """werkzeug's errors without an ErrorKind of their own (a 418, a 501) keep their status; once they became 400 or 500."""
-    from werkzeug.exceptions import ImATeapot, NotImplemented as NotImplementedError_
-
     app = App(__name__)
     install_error_handlers(app)
 

@@ -87,15 +87,9 @@ class ChatCompletion(OpenAIAnswer):
     _calls_so_far: list[int]
 
     def _choice_chunk(self, index: int, delta: dict, finish_reason: str | None, logprobs: Sequence[p.TokenLogprob] = ()) -> dict:
-        return {
-            "id": self.id,
-            "object": self.chunk_object,
-            "created": self.created,
-            "model": self.model,
-            "choices": [
-                {"index": index, "delta": delta, "logprobs": _logprobs(logprobs) if self.logprobs else None, "finish_reason": finish_reason}
-            ],
-        }
+        return self.chunk(
+            [{"index": index, "delta": delta, "logprobs": _logprobs(logprobs) if self.logprobs else None, "finish_reason": finish_reason}]
+        )
 
     def opening(self, first: p.Delta) -> bytes:
         # A role chunk per choice, sent with the first token's.
