@@ -15,6 +15,7 @@ import msgspec
 from .ipc import Codec
 
 __all__ = [
+    "Admitted",
     "Cancel",
     "ChatMessage",
     "Delta",
@@ -297,6 +298,16 @@ class Step(_Message, tag="step"):
     deltas: tuple[Delta, ...]
 
 
+class Admitted(_Message, tag="admitted"):
+    """Requests the engine took in: their prompts fit and every check that comes before a first token passed.
+
+    A stream's 200 waits for it (what it refuses is an ordinary error
+    response), and goes out with it, before the prefill's first token.
+    """
+
+    request_ids: tuple[int, ...]
+
+
 class RequestFailed(_Message, tag="request_failed"):
     """One sequence failed; the others go on."""
 
@@ -316,7 +327,7 @@ class Pong(_Message, tag="pong"):
     active_memory_bytes: int = 0
 
 
-ToOrchestrator = Hello | Ready | LoadFailed | Step | RequestFailed | Pong
+ToOrchestrator = Hello | Ready | LoadFailed | Admitted | Step | RequestFailed | Pong
 
 TO_WORKER: Codec[ToWorker] = Codec(ToWorker)
 TO_ORCHESTRATOR: Codec[ToOrchestrator] = Codec(ToOrchestrator)

@@ -89,14 +89,15 @@ class Collected:
 class Answer(Protocol):
     """How a surface answers one generation: a whole response, or a stream's events as the bytes to send.
 
-    A stream is ``opening``, then ``delta`` per event, then ``closing``; or,
-    where it fails after its 200, ``error`` instead of what is left.
+    A stream is ``opening`` (with the 200, once the worker has taken the
+    request in), then ``delta`` per event, then ``closing``; or, where it
+    fails after its 200, ``error`` instead of what is left.
     ``delta`` runs per token: it builds what it sends and nothing more.
     """
 
     def response(self, collected: Collected) -> object: ...
 
-    def opening(self, first: p.Delta) -> bytes: ...
+    def opening(self) -> bytes: ...
 
     def delta(self, choice: int, delta: p.Delta) -> bytes: ...
 
@@ -222,13 +223,14 @@ class Generation:
         request's end leaves it, which cancels its sequences
         (``enter_for_body``).
 
-        The 200 waits for the first event of the generation: every error the
-        worker decides before a first token (a prompt over the context, a
-        schema that cannot be enforced or did not compile in time, a template
-        that refuses the messages) is then an ordinary error response, as it is
-        without streaming, instead of an error event after a 200. Headers and
-        the first token leave together, so the client's time to first token is
-        the same.
+        The 200 waits for the worker to take the request in (``p.Admitted``):
+        every error it decides before a first token (a prompt over the
+        context, a schema that cannot be enforced or did not compile in time,
+        a template that refuses the messages, a token outside the vocabulary)
+        is then an ordinary error response, as it is without streaming,
+        instead of an error event after a 200. The answer's opening (a chat's
+        role chunk) goes out with the 200, before the prefill, as OpenAI's
+        does: a client sees at once that its request is being answered.
         """
         deadline = trio.current_time() + self.timeout
         self.served.check_capacity(self.request.n)
@@ -238,13 +240,13 @@ class Generation:
         held = await enter_for_body(self._generate(), unused=lambda: record.finish(CLIENT_CLOSED_REQUEST))
         # A ServerError from here is the response (the request's end leaves ``held``, cancelling the rest).
         with trio.move_on_at(deadline) as scope:
-            first = await held.value.__anext__()
+            await held.value.admitted()
         if scope.cancelled_caught:
             raise _timed_out(self.timeout)
         # From here the body (or, without one, the request's end) finishes the record, with the stream's outcome.
         record.streaming = True
         response = Response(
-            self._body(held, first, answer, record, deadline), status=200, content_type="text/event-stream"
+            self._body(held, answer, record, deadline), status=200, content_type="text/event-stream; charset=utf-8"
         )
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"
@@ -253,11 +255,11 @@ class Generation:
         return response
 
     async def _body(
-        self, held: HeldForBody[Events], first: p.Delta, answer: Answer, record: RequestRecord, deadline: float
+        self, held: HeldForBody[Events], answer: Answer, record: RequestRecord, deadline: float
     ) -> AsyncIterator[bytes]:
-        """The stream's bytes. Events that are ready together leave together (the opening with the first
-        token's, the last token's with the closing): each body message is a socket write and an HTTP chunk,
-        and the orchestrator's CPU per write is what a burst of requests queues behind."""
+        """The stream's bytes. Events that are ready together leave together (the last token's with the
+        closing): each body message is a socket write and an HTTP chunk, and the orchestrator's CPU per
+        write is what a burst of requests queues behind."""
         # Until it ends otherwise, the client left (the generator is closed mid-yield).
         status = CLIENT_CLOSED_REQUEST
         lasts: list[p.Delta | None] = [None] * self.request.n
@@ -266,24 +268,23 @@ class Generation:
         try:
             # No cancel scope may stay open across a yield: a fresh one per wait.
             async with held as events:
-                waiting = answer.opening(first)
-                delta: p.Delta | None = first  # taken before the 200
-                while delta is not None or not events.finished:
-                    if delta is None:
-                        # Past the deadline, or cut at the end of a graceful stop's grace period.
-                        with self.in_flight.cuttable(deadline) as scope:
-                            delta = await events.__anext__()
-                        if scope.cancelled_caught:
-                            # Leaving the block cancels the sequence in the worker.
-                            error = self.in_flight.error() if self.in_flight.is_cut else _timed_out(self.timeout)
-                            status = status_of(error)
-                            yield waiting + answer.error(error)
-                            return
-                    delta, taken = None, delta
-                    index = events.choice(taken)
-                    record.on_delta(index, taken)
-                    lasts[index] = taken
-                    waiting += answer.delta(index, taken)
+                opening = answer.opening()
+                if opening:
+                    yield opening
+                while not events.finished:
+                    # Past the deadline, or cut at the end of a graceful stop's grace period.
+                    with self.in_flight.cuttable(deadline) as scope:
+                        delta = await events.__anext__()
+                    if scope.cancelled_caught:
+                        # Leaving the block cancels the sequence in the worker.
+                        error = self.in_flight.error() if self.in_flight.is_cut else _timed_out(self.timeout)
+                        status = status_of(error)
+                        yield waiting + answer.error(error)
+                        return
+                    index = events.choice(delta)
+                    record.on_delta(index, delta)
+                    lasts[index] = delta
+                    waiting += answer.delta(index, delta)
                     if not events.finished:
                         yield waiting
                         waiting = b""

@@ -32,6 +32,13 @@ _FAILURE_CODES = {
 
 
 @attrs.frozen
+class _Admission:
+    """A request the worker took in (``p.Admitted`` names several)."""
+
+    request_id: int
+
+
+@attrs.frozen
 class _WorkerGone:
     """The last thing an open request receives when its worker dies."""
 
@@ -61,9 +68,24 @@ class Events:
     def __aiter__(self) -> Events:
         return self
 
+    async def admitted(self) -> None:
+        """Until the worker has taken the request in; raises ServerError if it refuses it or the worker dies.
+
+        Only before the first Delta: the worker tells of the admission first.
+        """
+        message = await self._receive()
+        if not isinstance(message, _Admission):
+            raise AssertionError(f"a request's first message was not its admission: {message!r}")
+
     async def __anext__(self) -> p.Delta:
-        if self.finished:
-            raise StopAsyncIteration
+        while True:
+            if self.finished:
+                raise StopAsyncIteration
+            message = await self._receive()
+            if not isinstance(message, _Admission):
+                return message
+
+    async def _receive(self) -> p.Delta | _Admission:
         try:
             message = await self._route.receive()
         except trio.EndOfChannel:
@@ -78,7 +100,7 @@ class Events:
             raise ServerError(
                 message.kind, message.message, code=message.code or _FAILURE_CODES.get(message.kind), param=message.param
             )
-        if message.finish_reason is not None:
+        if isinstance(message, p.Delta) and message.finish_reason is not None:
             self._unfinished.discard(message.request_id)
             if message.error is not None:
                 raise ServerError(ErrorKind.INVALID_REQUEST, message.error, code="grammar_failed", param=message.error_param)
@@ -91,7 +113,7 @@ class _Ping:
     answer: p.Pong | None = None
 
 
-def _request_id(message: p.Delta | p.RequestFailed) -> int:
+def _request_id(message: p.Delta | p.RequestFailed | _Admission) -> int:
     return message.request_id
 
 
@@ -99,7 +121,7 @@ class RequestStreams:
     """The open requests and pings of one worker process, fed by its messages."""
 
     def __init__(self) -> None:
-        self._router: MessageRouter[p.Delta | p.RequestFailed] = MessageRouter(key=_request_id)
+        self._router: MessageRouter[p.Delta | p.RequestFailed | _Admission] = MessageRouter(key=_request_id)
         self._next_id = 1
         self._nonces = itertools.count(1)
         self._pings: dict[int, _Ping] = {}
@@ -120,6 +142,9 @@ class RequestStreams:
             route = self._router.route
             for delta in message.deltas:
                 route(delta)
+        elif isinstance(message, p.Admitted):
+            for request_id in message.request_ids:
+                self._router.route(_Admission(request_id))
         elif isinstance(message, p.RequestFailed):
             self._router.route(message)
         elif isinstance(message, p.Pong):

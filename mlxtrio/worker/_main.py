@@ -178,7 +178,8 @@ def main(argv: list[str]) -> int:
         channel.close()
 
 
-def _admit(engine, message: p.Generate, send) -> None:  # noqa: ANN001
+def _admit(engine, message: p.Generate, send, admitted: list[int]) -> None:  # noqa: ANN001
+    """Into the engine, its id added to ``admitted``; or refused, its RequestFailed sent."""
     from ._failures import RequestError
 
     try:
@@ -187,9 +188,11 @@ def _admit(engine, message: p.Generate, send) -> None:  # noqa: ANN001
         send(p.RequestFailed(message.request_id, exc.kind, str(exc), exc.param, exc.code))
     except Exception as exc:  # noqa: BLE001 - one bad request must not take the others down
         send(p.RequestFailed(message.request_id, p.ErrorKind.INTERNAL, f"could not start generation: {type(exc).__name__}: {exc}"))
+    else:
+        admitted.append(message.request_id)
 
 
-def _admit_compiled(engine, compiling: dict, send, *, timeout: float) -> None:  # noqa: ANN001
+def _admit_compiled(engine, compiling: dict, send, admitted: list[int], *, timeout: float) -> None:  # noqa: ANN001
     """Admit the requests whose grammars have compiled; refuse those that failed to, or ran past ``timeout``."""
     from ._grammar import GrammarError
 
@@ -205,7 +208,7 @@ def _admit_compiled(engine, compiling: dict, send, *, timeout: float) -> None:  
             except Exception as exc:  # noqa: BLE001 - that request's failure only
                 send(p.RequestFailed(request_id, p.ErrorKind.INTERNAL, f"could not compile the grammar: {type(exc).__name__}: {exc}"))
             else:
-                _admit(engine, message, send)
+                _admit(engine, message, send, admitted)
         elif now - submitted >= timeout:
             # The compile goes on in its thread (llguidance's own limits bound it); the request is answered now.
             del compiling[request_id]
@@ -245,6 +248,8 @@ def _serve(  # noqa: ANN001
         # Not read on the busy path, where a step follows every poll.
         forming_until = time.monotonic() + forming_limit if forming else 0.0
         followers = 0
+        # Requests taken in by this turn of the loop: told to the orchestrator before the step runs.
+        admitted: list[int] = []
         while frame is not None:
             message = decode(frame)
             if isinstance(message, p.Generate):
@@ -253,7 +258,7 @@ def _serve(  # noqa: ANN001
                 if grammar is not None and not engine.grammars.compiled(grammar):
                     compiling[message.request_id] = (message, engine.grammars.submit(grammar), time.monotonic())
                 else:
-                    _admit(engine, message, send)
+                    _admit(engine, message, send, admitted)
             elif isinstance(message, p.Cancel):
                 if compiling.pop(message.request_id, None) is None:
                     engine.cancel(message.request_id)
@@ -268,7 +273,9 @@ def _serve(  # noqa: ANN001
                 if wait > 0:
                     frame = receive(timeout=wait)
         if compiling:
-            _admit_compiled(engine, compiling, send, timeout=grammar_compile_timeout)
+            _admit_compiled(engine, compiling, send, admitted, timeout=grammar_compile_timeout)
+        if admitted:
+            send(p.Admitted(tuple(admitted)))
         if engine.active:
             watch()
             deltas, failures = engine.step()

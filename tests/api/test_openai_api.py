@@ -90,15 +90,16 @@ async def _http_chunks(url: str, path: str, request: dict) -> list[bytes]:
 @bounded(120)
 @pytest.mark.parametrize("include_usage", [True, False])
 async def test_events_ready_together_leave_in_one_write(server, include_usage: bool):
-    """The role chunk goes out with the first token's, and the last token's with the usage
-    chunk and [DONE]: each write costs the orchestrator CPU that a burst of requests waits for.
-    Every other event is its own HTTP chunk, sent as soon as it is made."""
+    """The last token's chunk goes out with the usage chunk and [DONE]: each write costs the
+    orchestrator CPU that a burst of requests waits for. The role chunk goes out alone, when the
+    request is admitted (before its first token), and every other event is its own HTTP chunk,
+    sent as soon as it is made."""
     request = {**CHAT, "stream": True, "stream_options": {"include_usage": include_usage}}
     chunks = await _http_chunks(server.openai_url, "/v1/chat/completions", request)
     events = [sse_events(chunk.decode()) for chunk in chunks]
     first, last = events[0], events[-1]
-    assert first[0]["choices"][0]["delta"]["role"] == "assistant"
-    assert len(first) == 2 and first[1]["choices"][0]["delta"].get("content")
+    assert [event["choices"][0]["delta"] for event in first] == [{"role": "assistant", "content": ""}]
+    assert events[1][0]["choices"][0]["delta"].get("content")
     assert last[-1] == "[DONE]"
     if include_usage:
         assert last[-2]["usage"]["completion_tokens"] == 12

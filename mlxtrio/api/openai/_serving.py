@@ -89,7 +89,7 @@ class OpenAIAnswer:
     def chunk(self, choices: list[dict]) -> dict:
         return {"id": self.id, "object": self.chunk_object, "created": self.created, "model": self.model, "choices": choices}
 
-    def opening(self, first: p.Delta) -> bytes:
+    def opening(self) -> bytes:
         return b""
 
     def closing(self, usage: Usage | None) -> bytes:

@@ -91,8 +91,8 @@ class ChatCompletion(OpenAIAnswer):
             [{"index": index, "delta": delta, "logprobs": _logprobs(logprobs) if self.logprobs else None, "finish_reason": finish_reason}]
         )
 
-    def opening(self, first: p.Delta) -> bytes:
-        # A role chunk per choice, sent with the first token's.
+    def opening(self) -> bytes:
+        # A role chunk per choice, sent with the 200.
         choices = range(len(self._calls_so_far))
         return b"".join(sse(self._choice_chunk(index, {"role": "assistant", "content": ""}, None)) for index in choices)
 
