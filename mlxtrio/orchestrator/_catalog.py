@@ -121,7 +121,13 @@ class ModelCatalog:
             path = _local_path(target)
             if path is None:
                 if self._cached_snapshot(target) is None and not self._config.allow_downloads:
-                    log.warning("model %r: %s; requests for it fail until then", model_id, self._not_cached(target))
+                    log.warning(
+                        "model %r: %r is neither a directory nor in the Hugging Face cache (%s), and downloads are off: "
+                        "requests for it fail until it is downloaded, or the server runs with --allow-downloads",
+                        model_id,
+                        target,
+                        self._config.hf_hub_cache,
+                    )
             elif (problem := model_directory_problem(path)) is not None:
                 where = "" if str(path) == model_id else f" ({path})"
                 log.warning("model %r%s will not load as it is: %s", model_id, where, problem)
