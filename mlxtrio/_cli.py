@@ -15,6 +15,7 @@ from ._config import Config
 from ._logging import LOG_FORMATS, configure_logging
 from ._server import main as serve_main
 from ._state_files import PidFileHeld
+from .orchestrator import ModelCatalog
 
 __all__ = ["main"]
 
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             state_dir=args.state_dir,
             allow_downloads=args.allow_downloads,
         )
+        ModelCatalog(config).check_configured()
     except ValueError as exc:
         log.error("invalid setting: %s", exc)
         return 2

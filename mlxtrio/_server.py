@@ -153,7 +153,9 @@ async def main(
         log.info("removed %d shared-memory objects left by dead mlxtrio processes", len(swept))
     if not is_loopback(config.host) and not config.api_keys:
         log.warning("the OpenAI API listens on %s with no API key: anyone who can reach it can use it", config.host)
-    supervisor = Supervisor(config, ModelCatalog(config))
+    catalog = ModelCatalog(config)
+    catalog.log_configured()
+    supervisor = Supervisor(config, catalog)
     state = ServerState(config, supervisor, Metrics(supervisor.statistics))
     stop = trio.Event()
     forced: list[bool] = []

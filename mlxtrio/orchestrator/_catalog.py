@@ -5,11 +5,13 @@ directory or a repo id), the built-in demo, and repo ids present in the local
 Hugging Face cache (or fetched, when the operator allows downloads). A model
 id in a request is never used as a path: a repo id is checked against a
 strict pattern and mapped to its cache directory, and the resolved files
-must lie inside the cache.
+must lie inside the cache. A configured local model also answers to its
+directory's name, a name only looked up among the configured ones.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -18,12 +20,16 @@ import attrs
 
 from .._config import Config, ModelSettings
 from .._errors import ErrorKind, ServerError
-from .._models import weights_size
+from .._models import model_directory_problem, weights_size
 from .._protocol import WorkerConfig
 
 __all__ = ["DEMO_MODEL_ID", "ModelCatalog", "ModelEntry"]
 
+log = logging.getLogger("mlxtrio.orchestrator")
+
 DEMO_MODEL_ID = "demo"
+# A 404 for a model names this many of the models there are.
+_LISTED_IN_404 = 8
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
@@ -42,13 +48,95 @@ class ModelEntry:
         return weights_size(Path(self.location)) if self.source == "local" else 0
 
 
+class _Missing(LookupError):
+    """No model by that name: why, in a sentence (``resolve`` adds what exists)."""
+
+
+def _local_path(target: str) -> Path | None:
+    """``target`` as a local directory's path, or None for a Hugging Face repo id (``owner/name``) not on disk."""
+    path = Path(target).expanduser()
+    return path if path.exists() or not _REPO_ID.match(target) else None
+
+
 class ModelCatalog:
     def __init__(self, config: Config) -> None:
         self._config = config
+        # The directory names of the configured local models, each an alias of its model's id;
+        # a name two of them share is no one's (said at start-up), and an explicit alias wins.
+        self._short_names: dict[str, str] = {}
+        self._shared_names: dict[str, list[str]] = {}
+        claims: dict[str, list[str]] = {}
+        configured = self._configured()
+        taken = {DEMO_MODEL_ID} | {model_id for model_id, _ in configured}
+        for model_id, target in configured:
+            path = _local_path(target)
+            name = path.name if path is not None else ""
+            if name and name not in taken:
+                claims.setdefault(name, []).append(model_id)
+        for name, model_ids in claims.items():
+            if len(model_ids) == 1:
+                self._short_names[name] = model_ids[0]
+            else:
+                self._shared_names[name] = model_ids
 
     @property
     def default_model(self) -> str:
         return self._config.model or DEMO_MODEL_ID
+
+    def _configured(self) -> list[tuple[str, str]]:
+        """The operator's models, (id, path or repo id): the config file's aliases, then the default model."""
+        models = [(alias.name, alias.path) for alias in self._config.models]
+        model = self._config.model
+        if model is not None and model != DEMO_MODEL_ID and self._config.model_settings(model) is None:
+            models.append((model, model))
+        return models
+
+    def check_configured(self) -> None:
+        """Refuse (ValueError) a configured local model that cannot exist: a path that is not there, or no directory."""
+        problems = []
+        for model_id, target in self._configured():
+            path = _local_path(target)
+            if path is None or path.is_dir():
+                continue  # a repo id may be downloaded yet; a directory that is no model is told at its load
+            why = "is not a directory" if path.exists() else "does not exist"
+            setting = f"{self._config.config_file}: models.{model_id}" if model_id != target else "model"
+            problems.append(f"{setting} = {target!r}: {path.absolute()} {why}")
+        if problems:
+            raise ValueError(
+                "; ".join(problems) + " (a model is a local directory, an alias of the config file, "
+                "or a Hugging Face repo id such as mlx-community/Qwen2.5-0.5B-Instruct-4bit)"
+            )
+
+    def log_configured(self) -> None:
+        """At start-up: the short names, the names no model gets, and models that will not load as they are."""
+        for name, model_id in self._short_names.items():
+            log.info("model %r also answers to %r, its directory's name", model_id, name)
+        for name, model_ids in self._shared_names.items():
+            log.warning(
+                "%r is the directory name of several models (%s): it names none of them; give each an alias in the config file",
+                name,
+                ", ".join(map(repr, model_ids)),
+            )
+        for model_id, target in self._configured():
+            path = _local_path(target)
+            if path is None:
+                if self._cached_snapshot(target) is None and not self._config.allow_downloads:
+                    log.warning(
+                        "model %r: %r is neither a directory nor in the Hugging Face cache (%s), and downloads are off: "
+                        "requests for it fail until it is downloaded, or the server runs with --allow-downloads",
+                        model_id,
+                        target,
+                        self._config.hf_hub_cache,
+                    )
+            elif (problem := model_directory_problem(path)) is not None:
+                where = "" if str(path) == model_id else f" ({path})"
+                log.warning("model %r%s will not load as it is: %s", model_id, where, problem)
+
+    def _not_cached(self, repo_id: str) -> str:
+        return (
+            f"{repo_id!r} is not in the Hugging Face cache ({self._config.hf_hub_cache}) and downloads are off: "
+            "download it first, or start the server with --allow-downloads (MLX_ALLOW_DOWNLOADS=1)"
+        )
 
     def _cached_snapshot(self, repo_id: str) -> Path | None:
         if not _REPO_ID.match(repo_id) or ".." in repo_id:
@@ -73,73 +161,67 @@ class ModelCatalog:
             return snapshot
         return None
 
-    def _alias(self, settings: ModelSettings) -> ModelEntry:
-        """An alias from the config file: the operator's path or repo id, under the alias's name."""
-        target = settings.path
+    def _target(self, model_id: str, target: str, what: str, settings: ModelSettings | None = None) -> ModelEntry:
+        """The operator's directory or repo id ``target``, served as ``model_id``."""
         path = Path(target).expanduser()
         if path.is_dir():
-            return ModelEntry(settings.name, "local", str(path.resolve()), f"alias for {target}", settings)
+            return ModelEntry(model_id, "local", str(path.resolve()), what, settings)
         snapshot = self._cached_snapshot(target)
         if snapshot is not None:
-            return ModelEntry(settings.name, "local", str(snapshot), f"alias for {target} (Hugging Face cache)", settings)
+            return ModelEntry(model_id, "local", str(snapshot), f"{what} (Hugging Face cache)", settings)
         if self._config.allow_downloads and _REPO_ID.match(target):
-            return ModelEntry(settings.name, "hub", target, f"alias for {target} (to download)", settings)
-        raise ServerError(
-            ErrorKind.NOT_FOUND,
-            f"the model {settings.name!r} is an alias for {target!r}, which is neither a directory nor in the "
-            "Hugging Face cache (and downloads are off)",
-            code="model_not_found",
-            param="model",
-        )
+            return ModelEntry(model_id, "hub", target, f"{what} (to download)", settings)
+        if _local_path(target) is None:
+            raise _Missing(f"the model {model_id!r} ({what}): {self._not_cached(target)}")
+        raise _Missing(f"the model {model_id!r} ({what}): {path} is no directory")
 
-    def resolve(self, model_id: str) -> ModelEntry:
-        """The entry for ``model_id``, or a ServerError (not_found)."""
+    def _find(self, model_id: str) -> ModelEntry:
         if model_id == DEMO_MODEL_ID:
             return ModelEntry(DEMO_MODEL_ID, "demo", "", "built-in demo model: random weights, nonsense text")
         alias = self._config.model_settings(model_id)
         if alias is not None:
-            return self._alias(alias)
+            return self._target(model_id, alias.path, f"alias for {alias.path}", alias)
         if self._config.model is not None and model_id == self._config.model:
-            path = Path(model_id).expanduser()
-            if path.is_dir():
-                return ModelEntry(model_id, "local", str(path.resolve()), "configured model (local directory)")
-            snapshot = self._cached_snapshot(model_id)
-            if snapshot is not None:
-                return ModelEntry(model_id, "local", str(snapshot), "configured model (Hugging Face cache)")
-            if self._config.allow_downloads and _REPO_ID.match(model_id):
-                return ModelEntry(model_id, "hub", model_id, "configured model (to download)")
-            raise ServerError(
-                ErrorKind.NOT_FOUND,
-                f"the configured model {model_id!r} is neither a directory nor in the Hugging Face cache "
-                "(and downloads are off)",
-                code="model_not_found",
-                param="model",
-            )
+            return self._target(model_id, model_id, "configured model")
+        if model_id in self._short_names:
+            return self._find(self._short_names[model_id])
         snapshot = self._cached_snapshot(model_id)
         if snapshot is not None:
             return ModelEntry(model_id, "local", str(snapshot), "Hugging Face cache")
-        if self._config.allow_downloads and _REPO_ID.match(model_id) and ".." not in model_id:
-            return ModelEntry(model_id, "hub", model_id, "Hugging Face Hub (to download)")
-        raise ServerError(ErrorKind.NOT_FOUND, f"the model {model_id!r} does not exist", code="model_not_found", param="model")
+        if _REPO_ID.match(model_id) and ".." not in model_id:
+            if self._config.allow_downloads:
+                return ModelEntry(model_id, "hub", model_id, "Hugging Face Hub (to download)")
+            raise _Missing(self._not_cached(model_id))
+        if model_id in self._shared_names:
+            sharing = ", ".join(map(repr, self._shared_names[model_id]))
+            raise _Missing(f"{model_id!r} is the directory name of several models ({sharing}), so of none")
+        raise _Missing(f"the model {model_id!r} does not exist")
+
+    def resolve(self, model_id: str) -> ModelEntry:
+        """The entry for ``model_id`` (a short name gives its model's), or a ServerError (not_found) that lists what exists."""
+        try:
+            return self._find(model_id)
+        except _Missing as missing:
+            ids = [repr(entry.id) for entry in self.list()]
+            shown = ", ".join(ids[:_LISTED_IN_404])
+            if len(ids) > _LISTED_IN_404:
+                shown += f" and {len(ids) - _LISTED_IN_404} more"
+            message = f"{missing}; the models here: {shown} (GET /v1/models)"
+            raise ServerError(ErrorKind.NOT_FOUND, message, code="model_not_found", param="model") from None
 
     def list(self) -> list[ModelEntry]:
-        entries = [self.resolve(DEMO_MODEL_ID)]
-        for alias in self._config.models:
+        entries = []
+        configured = [DEMO_MODEL_ID] + [model_id for model_id, _ in self._configured()]
+        for model_id in configured:
             try:
-                entries.append(self._alias(alias))
-            except ServerError:
+                entries.append(self._find(model_id))
+            except _Missing:
                 pass  # a target that is not there (yet): not offered
-        aliases = {alias.name for alias in self._config.models}
-        if self._config.model is not None and self._config.model not in aliases | {DEMO_MODEL_ID}:
-            try:
-                entries.append(self.resolve(self._config.model))
-            except ServerError:
-                pass
         hub = self._config.hf_hub_cache
         if hub.is_dir():
             for repo_dir in sorted(hub.glob("models--*--*")):
                 repo_id = repo_dir.name[len("models--") :].replace("--", "/", 1)
-                if repo_id == self._config.model:
+                if repo_id in configured:
                     continue
                 snapshot = self._cached_snapshot(repo_id)
                 if snapshot is not None and any(snapshot.glob("*.safetensors")):

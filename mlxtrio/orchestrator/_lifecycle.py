@@ -268,10 +268,12 @@ class ModelLifecycle:
 
     def _load_failed(self, error: ServerError, *, now: float, at_once: bool = False) -> None:
         self.failures += 1
-        self.failure = error
         self.loading = False
         self.state = ModelState.FAILED
-        self.retry_at = now + (0.0 if at_once else min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (self.failures - 1)))
+        wait = 0.0 if at_once else min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (self.failures - 1))
+        self.retry_at = now + wait
+        # Those who waited for this load are told when the next may be tried, as those refused during the back-off are.
+        self.failure = ServerError(error.kind, error.message, code=error.code, retry_after=wait)
 
     # --- status -----------------------------------------------------------------------
 

@@ -279,7 +279,11 @@ class ServedModel:
         lifecycle.handle(event, now=trio.current_time())
         attempt = self._attempt
         if attempt is not None and not attempt.done.is_set() and not lifecycle.loading:
-            attempt.finish(lifecycle.failure)
+            failure = lifecycle.failure
+            if failure is not None:
+                # Each failure's message names the model (and where from, as the worker tells it).
+                log.warning("%s (next attempt in %g s at the earliest)", failure.message, failure.retry_after)
+            attempt.finish(failure)
 
     async def _run_process(self, attempt: _Attempt) -> None:
         try:
@@ -290,7 +294,7 @@ class ServedModel:
                 send_timeout=self._config.hang_timeout,
             )
         except OSError as exc:
-            self._handle(StartFailed(f"could not start a worker: {exc}"))
+            self._handle(StartFailed(f"could not start a worker for model {self.model_id!r}: {exc}"))
             return
         run = _Run(process, RequestStreams(), attempt)
         self._run = run

@@ -47,7 +47,8 @@ class Supervisor:
         served = self._models.get(model_id)
         if served is None:
             entry = self.catalog.resolve(model_id)
-            served = self._models.get(model_id)  # resolve() does not checkpoint, but be plain about it
+            # A short name gives its model's entry: one served model, whichever name a request uses.
+            served = self._models.get(entry.id)
             if served is None:
                 served = ServedModel(
                     entry,
@@ -55,7 +56,7 @@ class Supervisor:
                     config=self._config,
                     admit_load=self._admit_load,
                 )
-                self._models[model_id] = served
+                self._models[entry.id] = served
                 assert self._nursery is not None, "the supervisor is not running"
                 await self._nursery.start(served.run)
         return served

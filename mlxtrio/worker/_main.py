@@ -25,7 +25,7 @@ import msgspec
 
 from .. import _protocol as p
 from ..tuning import allocator_in_use, batch_this_process, blas_in_use, load_worker_blas, pin_this_process, scheduling_policy
-from .._models import weights_size
+from .._models import model_directory_problem, weights_size
 from ..ipc import Channel, ChannelSpec, IPCError, PeerGoneError, ProtocolError, parent_watch
 from ._failpoints import failpoint
 
@@ -40,7 +40,9 @@ COMPILE_POLL = 0.002
 
 
 class _LoadError(Exception):
-    def __init__(self, kind: p.ErrorKind, code: str, message: str) -> None:
+    """Why the model did not load, in a sentence; unavailable by default: the server tries again after a back-off."""
+
+    def __init__(self, message: str, *, kind: p.ErrorKind = p.ErrorKind.UNAVAILABLE, code: str = "load_failed") -> None:
         super().__init__(message)
         self.kind = kind
         self.code = code
@@ -73,7 +75,7 @@ def _pin(config: p.WorkerConfig) -> tuple[int, ...]:
 def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context length)
     import mlx.core as mx
 
-    from ._mlx_lm import download, load, set_chat_template, speed_up_quantized
+    from ._mlx_lm import download, load, set_chat_template, speed_up_quantized, unsupported_architecture
 
     if config.source == "demo":
         from ._demo import ensure_demo_model
@@ -82,26 +84,24 @@ def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context 
     elif config.source == "local":
         path = Path(config.location)
     elif config.source == "hub":
-        try:
-            path = download(config.location)
-        except Exception as exc:  # noqa: BLE001
-            raise _LoadError(p.ErrorKind.NOT_FOUND, "model_not_found", f"could not fetch {config.location!r}: {exc}") from exc
+        path = _download(download, config.location)
     else:
-        raise _LoadError(p.ErrorKind.INVALID_REQUEST, "model_invalid", f"unknown model source {config.source!r}")
+        raise _LoadError(f"unknown model source {config.source!r}")
+    # Checked before mlx-lm reads the files, whose own errors name a file, not the problem.
+    problem = model_directory_problem(path) or unsupported_architecture(path)
+    if problem is not None:
+        raise _LoadError(problem)
     size = weights_size(path)
     if size > config.memory_budget_bytes:
         raise _LoadError(
-            p.ErrorKind.OUT_OF_MEMORY,
-            "model_too_large",
-            f"model {config.model_id!r} has {size} bytes of weights; the memory budget is "
-            f"{config.memory_budget_bytes} bytes",
+            f"its weights are {size} bytes; the memory budget is {config.memory_budget_bytes} bytes",
+            kind=p.ErrorKind.OUT_OF_MEMORY,
+            code="model_too_large",
         )
     try:
         model, tokenizer, model_config = load(path)
-    except FileNotFoundError as exc:
-        raise _LoadError(p.ErrorKind.NOT_FOUND, "model_not_found", str(exc)) from exc
-    except ValueError as exc:
-        raise _LoadError(p.ErrorKind.INVALID_REQUEST, "model_invalid", str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - whatever mlx-lm raises (memory, a weight it cannot map) is this load's failure
+        raise _LoadError(f"mlx-lm could not load it: {type(exc).__name__}: {exc}") from exc
     # A batched step hands each quantized projection one matrix of rows; on
     # the CPU backend they compute in float32, many times faster there (see _mlx_lm/_quantized.py).
     speed_up_quantized(model)
@@ -110,6 +110,18 @@ def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context 
         set_chat_template(tokenizer, config.chat_template)
     context = model_config.get("max_position_embeddings")
     return model, tokenizer, context, mx.get_active_memory()
+
+
+def _download(download, repo: str) -> Path:  # noqa: ANN001 - _mlx_lm.download
+    """The repository's files; a repository the Hub does not have is not found, any other failure may pass."""
+    from huggingface_hub.utils import RepositoryNotFoundError
+
+    try:
+        return download(repo)
+    except RepositoryNotFoundError as exc:
+        raise _LoadError("the Hugging Face Hub has no such repository", kind=p.ErrorKind.NOT_FOUND, code="model_not_found") from exc
+    except Exception as exc:  # noqa: BLE001 - the network, the disk: another attempt may succeed
+        raise _LoadError(f"could not fetch it: {type(exc).__name__}: {exc}") from exc
 
 
 def main(argv: list[str]) -> int:
@@ -132,11 +144,10 @@ def main(argv: list[str]) -> int:
             load_worker_blas(config.blas_library, cpus=config.cpus)
             cpus = _pin(config)
             model, tokenizer, context, memory = _load(config)
-        except _LoadError as exc:
-            send(p.LoadFailed(exc.kind, str(exc), exc.code))
-            return p.WorkerExit.LOAD_FAILED
         except Exception as exc:  # noqa: BLE001 - any load failure is reported, not swallowed
-            send(p.LoadFailed(p.ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}", "model_error"))
+            failure = exc if isinstance(exc, _LoadError) else _LoadError(f"{type(exc).__name__}: {exc}")
+            where = f"from {config.location}" if config.location else "(the built-in demo)"
+            send(p.LoadFailed(failure.kind, f"cannot load model {config.model_id!r} {where}: {failure}", failure.code))
             return p.WorkerExit.LOAD_FAILED
         # MLX comes in only now: Hello went out first, so the orchestrator
         # could unlink the channel's names while this imports and loads.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
@@ -107,3 +108,44 @@ def test_state_files_are_atomic_and_owner_only(tmp_path):
     assert target.read_bytes() == b"two"
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert [path.name for path in target.parent.iterdir()] == ["status.json"]  # no temporary left
+
+
+def test_a_directory_name_is_a_short_name_unless_two_models_share_it(tmp_path, caplog):
+    from mlxtrio._config import ModelSettings
+
+    for name in ("a/mymodel", "b/mymodel", "c/other", "d/tiny"):
+        (tmp_path / name).mkdir(parents=True)
+    config = Config.from_environment(
+        {},
+        hf_hub_cache=tmp_path / "hub",
+        model=str(tmp_path / "a" / "mymodel"),
+        models=(
+            ModelSettings(name="twin", path=str(tmp_path / "b" / "mymodel")),
+            ModelSettings(name="other-alias", path=str(tmp_path / "c" / "other")),
+            # An explicit alias named as another model's directory: the alias wins.
+            ModelSettings(name="other", path=str(tmp_path / "d" / "tiny")),
+            ModelSettings(name="hub", path="someone/not-cached"),
+        ),
+    )
+    with caplog.at_level(logging.INFO, "mlxtrio"):
+        catalog = ModelCatalog(config)
+        catalog.log_configured()
+    assert catalog.resolve("tiny").id == "other"
+    assert catalog.resolve("other").id == "other"
+    with pytest.raises(ServerError):
+        catalog.resolve("mymodel")
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert any("'mymodel'" in line and "twin" in line and str(tmp_path / "a" / "mymodel") in line for line in warnings), warnings
+    assert any("someone/not-cached" in line and "--allow-downloads" in line for line in warnings), warnings
+
+
+def test_a_404_lists_what_exists_up_to_a_bound(tmp_path):
+    hub = tmp_path / "hub"
+    for index in range(14):
+        _cache_repo(hub, f"org/model-{index:02}")
+    catalog = ModelCatalog(Config.from_environment({}, hf_hub_cache=hub))
+    with pytest.raises(ServerError) as caught:
+        catalog.resolve("nope")
+    message = caught.value.message
+    assert "'demo'" in message and "'org/model-00'" in message and "and 7 more" in message, message
+    assert "'org/model-13'" not in message

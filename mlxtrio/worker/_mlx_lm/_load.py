@@ -8,12 +8,25 @@ from typing import Any
 import mlx_lm
 from mlx_lm.models.cache import make_prompt_cache
 
-__all__ = ["can_batch", "download", "llama_model", "load"]
+__all__ = ["can_batch", "download", "llama_model", "load", "unsupported_architecture"]
 
 
 def load(path: Path) -> tuple[Any, Any, dict]:
     """The model, its ``TokenizerWrapper`` and its config, as mlx-lm loads them."""
     return mlx_lm.load(str(path), return_config=True)
+
+
+def unsupported_architecture(path: Path) -> str | None:
+    """Why mlx-lm has no model class for the directory's config.json, in a sentence; None if it has one."""
+    from mlx_lm.utils import _get_classes, load_config
+
+    config = load_config(path)
+    try:
+        _get_classes(config)
+    except ValueError:
+        model_type = config["model_type"]
+        return f"unsupported architecture: model_type {model_type!r} is not one that mlx-lm {mlx_lm.__version__} implements"
+    return None
 
 
 def download(repo: str) -> Path:
