@@ -65,8 +65,11 @@ _MODEL_ARGS = {
 }
 
 
-# How far below zero the logit of a never-sampled token is pushed, per unit of the constant dimension.
-_NEVER_SAMPLED_WEIGHT = 40.0
+# The constant hidden dimension's value: about twice an embedding entry's spread, so that an embedding
+# quantized to 4 bits keeps its other entries' detail.
+_CONSTANT = 0.25
+# The never-sampled rows' weight on it: their logits end up 60 and more below the others'.
+_NEVER_SAMPLED_WEIGHT = 150.0
 
 
 def demo_model_path(cache_dir: Path) -> Path:
@@ -149,7 +152,7 @@ def _build_weights(directory: Path, vocab_size: int, never_sampled: list[int]) -
     model = llama_model(args)
     # Dimension 0 of the residual stream: the same in every embedding, never written by a layer, so after
     # the final norm it is positive in every context; only the never-sampled rows read it, negatively.
-    model.model.embed_tokens.weight[:, 0] = 1.0
+    model.model.embed_tokens.weight[:, 0] = _CONSTANT
     for layer in model.model.layers:
         layer.self_attn.o_proj.weight[0, :] = 0.0
         layer.mlp.down_proj.weight[0, :] = 0.0
