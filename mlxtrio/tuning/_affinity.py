@@ -206,16 +206,16 @@ def choosing_cpus() -> Iterator[None]:
         os.close(descriptor)
 
 
-def _lock(descriptor: int) -> bool:
-    """An exclusive flock on ``descriptor`` within ``_CHOOSING_WAIT``; whether it was had."""
+def _lock(descriptor: int) -> None:
+    """An exclusive flock on ``descriptor``, unless another holds it for ``_CHOOSING_WAIT``."""
     deadline = time.monotonic() + _CHOOSING_WAIT
     while True:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
+            return
         except BlockingIOError:
             if time.monotonic() > deadline:
-                return False
+                return
             time.sleep(0.01)
 
 
