@@ -15,18 +15,22 @@ fragments that every streaming detokenizer rightly holds back until they form
 characters, and a benchmark timing the first visible text measures that
 hold-back instead of the server.
 
+``demo`` is the server's own demo model (mlxtrio/worker/_demo.py), whose
+text is printable at any temperature, built into DEST like the others.
+
     python -m bench.bench_models NAME DEST     # NAME: demo, qwen2.5-0.5b-bf16, qwen2.5-0.5b-4bit, qwen2.5-7b-bf16, qwen2.5-7b-4bit
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import random
 import shutil
 import sys
 from pathlib import Path
+
+from mlxtrio.worker._demo import build_demo_model, byte_decoder, never_sampled_ids
 
 SHAPES = {
     "qwen2.5-0.5b": {
@@ -64,28 +68,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def build_chosen(args: argparse.Namespace) -> Path:
     """The model ``add_model_options`` chose, built if it is not yet."""
-    return build(args.model, args.models_dir / args.model, cache_dir=args.models_dir)
-
-
-@functools.cache
-def byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, backwards: each printable stand-in to the byte it stands for."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    stand_ins = dict(zip(printable, printable))
-    extra = 0
-    for byte in range(256):
-        if byte not in stand_ins:
-            stand_ins[byte] = 256 + extra
-            extra += 1
-    return {chr(stand_in): byte for byte, stand_in in stand_ins.items()}
-
-
-def never_picked(directory: Path) -> list[int]:
-    """Ids greedy decoding must not pick: special tokens and single non-text bytes."""
-    vocab = json.loads((directory / "tokenizer.json").read_text())["model"]["vocab"]
-    byte_of = byte_decoder()
-    ids = [index for symbol, index in vocab.items() if len(symbol) == 1 and not 32 <= byte_of[symbol] <= 126]
-    return ids + list(range(VOCAB_SIZE - len(SPECIAL), VOCAB_SIZE))
+    return build(args.model, args.models_dir / args.model)
 
 
 def build_tokenizer(directory: Path) -> int:
@@ -128,13 +111,11 @@ def build_tokenizer(directory: Path) -> int:
     return tokenizer.token_to_id("<|im_end|>")
 
 
-def build(name: str, dest: Path, *, cache_dir: Path | None = None) -> Path:
-    """Build ``name`` into ``dest`` (kept if already complete) and return its directory."""
+def build(name: str, dest: Path) -> Path:
+    """Build ``name`` into ``dest`` (kept if already complete and of this build) and return its directory."""
     if name == "demo":
-        # The server's own demo model, as its worker builds it (no public entry point builds it elsewhere).
-        from mlxtrio.worker._demo import ensure_demo_model
-
-        return ensure_demo_model(cache_dir or dest.parent)
+        # The server's own demo model, as its worker builds it into its cache.
+        return build_demo_model(dest)
     if (dest / "config.json").exists():
         if json.loads((dest / "config.json").read_text()).get("mlxtrio_bench_version") == BUILD_VERSION:
             return dest
@@ -163,7 +144,8 @@ def build(name: str, dest: Path, *, cache_dir: Path | None = None) -> Path:
     mx.random.seed(0)
     model = qwen2.Model(qwen2.ModelArgs.from_dict(config))
     output = model.model.embed_tokens if config["tie_word_embeddings"] else model.lm_head
-    output.weight[mx.array(never_picked(staging))] = 0
+    # Special tokens and single non-text bytes: never the greedy pick.
+    output.weight[mx.array(never_sampled_ids(staging / "tokenizer.json"))] = 0
     model.set_dtype(mx.bfloat16)
     if dtype == "4bit":
         nn.quantize(model, group_size=64, bits=4)

@@ -773,7 +773,7 @@ def tokenizer_dirs() -> dict[str, Path]:
         staging.mkdir(parents=True, exist_ok=True)
         build_tokenizer(staging)
         staging.rename(large)
-    return {"demo (512)": build("demo", MODELS_DIR / "demo", cache_dir=MODELS_DIR), "BPE 151,936": large}
+    return {"demo (512)": build("demo", MODELS_DIR / "demo"), "BPE 151,936": large}
 
 
 def main() -> None:

@@ -120,7 +120,8 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     prompt_cache_bytes: int
     # A Jinja chat template to use instead of the tokenizer's (the config file's, per model); None: the tokenizer's.
     chat_template: str | None
-    # CPUs to pin the worker to (empty: none), and whether only when MLX runs on the CPU.
+    # CPUs to pin the worker to (empty: none), and whether only when MLX runs on the CPU. The latter is
+    # MLX_WORKER_CPUS=auto: ``cpus`` is then the preferred core, passed over if another mlxtrio worker holds it.
     cpus: tuple[int, ...]
     cpus_for_cpu_backend_only: bool
     # A BLAS library to load before MLX, as the orchestrator resolved MLX_WORKER_BLAS; None: MLX's own (see tuning/_blas.py).

@@ -24,23 +24,56 @@ worker woken by a request does not preempt it either.
 
 - ``auto`` (default): each model's worker on one core of its own, from the
   last allowed core down, but only when MLX runs on the CPU: a GPU backend
-  keeps the whole machine;
+  keeps the whole machine. "Its own" is machine-wide: a core that another
+  mlxtrio worker (this server's or another's) is pinned to is passed over,
+  and when every core is held the worker runs unpinned rather than share one
+  at half speed (``choose_core``);
 - ``none``: no pinning;
 - a CPU list such as ``2,3`` or ``4-7``: every worker on those CPUs, whatever
   the backend.
+
+What other workers hold is read from ``/proc`` as the worker chooses
+(``other_workers_cpus``): the affinity of every live process started as
+``python -m mlxtrio.worker``. Nothing is claimed or stored, so a server
+killed with SIGKILL holds nothing once its worker is gone (a worker exits
+with its orchestrator). Two workers choosing at the same moment take turns
+under ``choosing_cpus``, an flock the kernel drops with a dead holder. On
+macOS there is no affinity API: nothing is pinned, read or locked.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-from collections.abc import Callable
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import attrs
 
 T = TypeVar("T")
 
-__all__ = ["WorkerCpus", "allowed_cpus", "batch_this_process", "parse_worker_cpus", "pin_this_process", "scheduling_policy"]
+__all__ = [
+    "WorkerCpus",
+    "allowed_cpus",
+    "batch_this_process",
+    "choose_core",
+    "choosing_cpus",
+    "held_cpus",
+    "other_workers_cpus",
+    "parse_worker_cpus",
+    "pin_this_process",
+    "scheduling_policy",
+]
+
+# How the orchestrator starts a worker (orchestrator/_process.py): what marks one in /proc/<pid>/cmdline.
+_WORKER_ARGUMENTS = [b"-m", b"mlxtrio.worker"]
+# A worker waits this long at most for another to finish choosing, then chooses without the lock.
+_CHOOSING_WAIT = 5.0
 
 
 def allowed_cpus() -> tuple[int, ...]:
@@ -78,19 +111,25 @@ class WorkerCpus:
         return (allowed[-1 - slot % len(allowed)],), True
 
 
+def _cpu_list(text: str) -> set[int]:
+    """The CPUs of a list such as ``0-3,6`` (Linux's own notation); ValueError if it is not one."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        low, high = int(first), int(last or first)
+        if low < 0 or high < low:
+            raise ValueError(text)
+        cpus.update(range(low, high + 1))
+    return cpus
+
+
 def parse_worker_cpus(value: str) -> WorkerCpus:
     """``auto``, ``none`` or a CPU list (``0-3,6``) of CPUs this process may use; ValueError otherwise."""
     text = value.strip().lower()
     if text in {"auto", "none"}:
         return WorkerCpus(text)
-    cpus: set[int] = set()
     try:
-        for part in text.split(","):
-            first, _, last = part.strip().partition("-")
-            low, high = int(first), int(last or first)
-            if low < 0 or high < low:
-                raise ValueError
-            cpus.update(range(low, high + 1))
+        cpus = _cpu_list(text)
     except ValueError:
         raise ValueError(f"worker_cpus must be 'auto', 'none' or a CPU list like '0-3,6', not {value!r}") from None
     allowed = allowed_cpus()
@@ -100,6 +139,84 @@ def parse_worker_cpus(value: str) -> WorkerCpus:
             f"(allowed: {','.join(map(str, allowed))})"
         )
     return WorkerCpus("list", tuple(sorted(cpus)))
+
+
+def other_workers_cpus() -> dict[int, frozenset[int]]:
+    """The CPUs every other live mlxtrio worker on this machine may run on, by pid (anyone's); {} but on Linux."""
+    if not sys.platform.startswith("linux"):
+        return {}
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as file:
+                if file.read().split(b"\0")[1:3] != _WORKER_ARGUMENTS:
+                    continue
+            with open(f"/proc/{entry}/status", encoding="ascii", errors="replace") as file:
+                fields = dict(line.partition(":")[::2] for line in file)
+            # A zombie's affinity is its last, but it runs nowhere.
+            if fields.get("State", "").strip().startswith(("Z", "X")):
+                continue
+            found[int(entry)] = frozenset(_cpu_list(fields["Cpus_allowed_list"].strip()))
+        except (OSError, KeyError, ValueError):
+            continue  # gone meanwhile, or not readable: it holds nothing we can know of
+    return found
+
+
+def held_cpus(others: Iterable[frozenset[int]], allowed: tuple[int, ...]) -> set[int]:
+    """The CPUs that other workers hold: a worker held to fewer CPUs than ``allowed`` holds those; one allowed them all, none."""
+    every = set(allowed)
+    return set().union(*(cpus for cpus in others if not every <= cpus))
+
+
+def choose_core(preferred: int, allowed: tuple[int, ...], held: set[int]) -> int | None:
+    """The first core of ``allowed`` from ``preferred`` down (round to the last) that is not ``held``; None if all are."""
+    if not allowed:
+        return None
+    start = allowed.index(preferred) if preferred in allowed else len(allowed) - 1
+    order = [allowed[(start - step) % len(allowed)] for step in range(len(allowed))]
+    return next((cpu for cpu in order if cpu not in held), None)
+
+
+@contextlib.contextmanager
+def choosing_cpus() -> Iterator[None]:
+    """Held by a worker from reading what others hold until it is pinned: two choosing at once take turns.
+
+    An flock on a file of this user's (owner-only, never through a symlink),
+    which the kernel releases when its holder dies, SIGKILL included. A lock
+    that cannot be had (a file not ours, a holder stuck past ``_CHOOSING_WAIT``)
+    costs only the turn-taking: the worker chooses without it.
+    """
+    directory = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    path = os.path.join(directory, f"mlxtrio-{os.geteuid()}-cpus.lock")
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        info = os.fstat(descriptor)
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
+            if info.st_mode & 0o077:
+                os.fchmod(descriptor, 0o600)
+            _lock(descriptor)  # released with the descriptor
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _lock(descriptor: int) -> None:
+    """An exclusive flock on ``descriptor``, unless another holds it for ``_CHOOSING_WAIT``."""
+    deadline = time.monotonic() + _CHOOSING_WAIT
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
 
 
 def pin_this_process(cpus: tuple[int, ...]) -> bool:

@@ -5,18 +5,29 @@ template, byte-level BPE tokenizer, KV cache, sampler, streaming detokenizer),
 so a fresh checkout answers a request without downloading anything. It is
 materialised once into the cache directory, atomically (built in a temporary
 directory, then renamed), and loaded like any other local model.
+
+Like a trained model's, its text is printable: it never samples a special
+token other than the end of a turn (which ends the answer, not text), a
+control byte or a byte that is only a piece of a UTF-8 character, at any
+temperature. Prompts still use the special tokens and every byte. One hidden
+dimension of the residual stream is held at a constant (every embedding has
+it, no layer writes to it), and the output rows of those tokens weigh that
+dimension so heavily against them that their logits sit far below every
+other's, whatever the context.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 # Bump when anything below changes: a new version is a new directory.
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 _VOCAB_SIZE = 512
 _SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 # Tools in the json_tools syntax (Hermes, Qwen 2.5): "<tool_call>" and
@@ -54,8 +65,47 @@ _MODEL_ARGS = {
 }
 
 
+# The constant hidden dimension's value: about twice an embedding entry's spread, so that an embedding
+# quantized to 4 bits keeps its other entries' detail.
+_CONSTANT = 0.25
+# The never-sampled rows' weight on it: their logits end up 60 and more below the others'.
+_NEVER_SAMPLED_WEIGHT = 150.0
+
+
 def demo_model_path(cache_dir: Path) -> Path:
     return cache_dir / "models" / f"demo-v{DEMO_VERSION}"
+
+
+@functools.cache
+def byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, backwards: each printable stand-in to the byte it stands for."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    stand_ins = dict(zip(printable, printable))
+    extra = 0
+    for byte in range(256):
+        if byte not in stand_ins:
+            stand_ins[byte] = 256 + extra
+            extra += 1
+    return {chr(stand_in): byte for byte, stand_in in stand_ins.items()}
+
+
+def never_sampled_ids(tokenizer_file: Path, *, keep: Iterable[int] = ()) -> list[int]:
+    """Ids of a byte-level BPE that are not printable text alone: special tokens but ``keep``, control bytes, pieces of characters."""
+    data = json.loads(tokenizer_file.read_text(encoding="utf-8"))
+    special = {token["id"] for token in data.get("added_tokens", ()) if token.get("special")}
+    byte_of = byte_decoder()
+    never = set(special)
+    for symbol, index in data["model"]["vocab"].items():
+        if index in special:
+            continue
+        try:
+            text = bytes(byte_of[char] for char in symbol).decode("utf-8")
+        except (KeyError, UnicodeDecodeError):
+            never.add(index)
+            continue
+        if not text.isprintable():
+            never.add(index)
+    return sorted(never - set(keep))
 
 
 def _build_tokenizer(directory: Path) -> None:
@@ -91,7 +141,7 @@ def _build_tokenizer(directory: Path) -> None:
     )
 
 
-def _build_weights(directory: Path, vocab_size: int) -> None:
+def _build_weights(directory: Path, vocab_size: int, never_sampled: list[int]) -> None:
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
@@ -100,35 +150,64 @@ def _build_weights(directory: Path, vocab_size: int) -> None:
     args = dict(_MODEL_ARGS, vocab_size=vocab_size)
     mx.random.seed(20261125)
     model = llama_model(args)
+    # Dimension 0 of the residual stream: the same in every embedding, never written by a layer, so after
+    # the final norm it is positive in every context; only the never-sampled rows read it, negatively.
+    model.model.embed_tokens.weight[:, 0] = _CONSTANT
+    for layer in model.model.layers:
+        layer.self_attn.o_proj.weight[0, :] = 0.0
+        layer.mlp.down_proj.weight[0, :] = 0.0
+    model.lm_head.weight[:, 0] = 0.0
+    model.lm_head.weight[mx.array(never_sampled), 0] = -_NEVER_SAMPLED_WEIGHT
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(directory / "model.safetensors"), weights, metadata={"format": "mlx"})
-    config = dict(args, architectures=["LlamaForCausalLM"], eos_token_id=None, mlxtrio_demo=True)
+    config = dict(args, architectures=["LlamaForCausalLM"], eos_token_id=None, mlxtrio_demo=DEMO_VERSION)
     (directory / "config.json").write_text(json.dumps(config, indent=2))
 
 
 def ensure_demo_model(cache_dir: Path) -> Path:
     """The demo model's directory, built on first use."""
-    target = demo_model_path(cache_dir)
-    if (target / "config.json").exists():
+    return build_demo_model(demo_model_path(cache_dir))
+
+
+def _demo_marker(directory: Path) -> object:
+    """``mlxtrio_demo`` in ``directory``'s config.json: the version of the demo model there; None where there is none."""
+    try:
+        return json.loads((directory / "config.json").read_text()).get("mlxtrio_demo")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _is_this_version(directory: Path) -> bool:
+    marker = _demo_marker(directory)
+    return type(marker) is int and marker == DEMO_VERSION
+
+
+def build_demo_model(target: Path) -> Path:
+    """The demo model built into ``target``, unless it holds this version already; another version's demo there is replaced."""
+    if _is_this_version(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
     try:
         _build_tokenizer(staging)
         vocab_size = len(json.loads((staging / "tokenizer.json").read_text())["model"]["vocab"])
-        _build_weights(staging, max(vocab_size, len(_SPECIAL_TOKENS) + 256))
         # The eos token id is known only once the tokenizer exists.
         from transformers import PreTrainedTokenizerFast
 
         eos = PreTrainedTokenizerFast(tokenizer_file=str(staging / "tokenizer.json")).convert_tokens_to_ids("<|end|>")
+        never = never_sampled_ids(staging / "tokenizer.json", keep=(eos,))
+        _build_weights(staging, max(vocab_size, len(_SPECIAL_TOKENS) + 256), never)
         config = json.loads((staging / "config.json").read_text())
         config["eos_token_id"] = eos
         (staging / "config.json").write_text(json.dumps(config, indent=2))
+        if _demo_marker(target) is not None and not _is_this_version(target):
+            # Another version's demo, in a directory named by the caller (the cache's is per version).
+            shutil.rmtree(target)
         try:
             os.rename(staging, target)
         except OSError:
-            # Another process built it first: theirs is as good as ours.
-            if not (target / "config.json").exists():
+            # Another process built it first: theirs is as good as ours. Anything else there is not ours to replace.
+            if not _is_this_version(target):
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -24,7 +24,19 @@ from pathlib import Path
 import msgspec
 
 from .. import _protocol as p
-from ..tuning import allocator_in_use, batch_this_process, blas_in_use, load_worker_blas, pin_this_process, scheduling_policy
+from ..tuning import (
+    allocator_in_use,
+    allowed_cpus,
+    batch_this_process,
+    blas_in_use,
+    choose_core,
+    choosing_cpus,
+    held_cpus,
+    load_worker_blas,
+    other_workers_cpus,
+    pin_this_process,
+    scheduling_policy,
+)
 from .._models import model_directory_problem, weights_size
 from ..ipc import Channel, ChannelSpec, IPCError, PeerGoneError, ProtocolError, parent_watch
 from ._failpoints import failpoint
@@ -54,22 +66,38 @@ def _pin(config: p.WorkerConfig) -> tuple[int, ...]:
 
     if not config.cpus:
         return ()
-    if config.cpus_for_cpu_backend_only and mx.default_device().type != mx.DeviceType.cpu:
+    auto = config.cpus_for_cpu_backend_only
+    if auto and mx.default_device().type != mx.DeviceType.cpu:
         return ()
-    try:
-        if not pin_this_process(config.cpus):
+    # Until pinned: a worker choosing at the same moment sees this one's choice.
+    with choosing_cpus():
+        cpus = config.cpus
+        if auto:
+            allowed, others = allowed_cpus(), other_workers_cpus()
+            core = choose_core(cpus[0], allowed, held_cpus(others.values(), allowed))
+            if core is None:
+                holders = ", ".join(
+                    f"pid {pid} on {','.join(map(str, sorted(held)))}"
+                    for pid, held in sorted(others.items())
+                    if not set(allowed) <= held
+                )
+                print(f"mlxtrio worker: every CPU is held by another mlxtrio worker ({holders}); running unpinned", file=sys.stderr)
+                return ()
+            cpus = (core,)
+        try:
+            if not pin_this_process(cpus):
+                return ()
+        except OSError as exc:
+            # A speed-up, not a condition of serving: say so and go on unpinned.
+            print(f"mlxtrio worker: could not pin to CPUs {cpus}: {exc}; running unpinned", file=sys.stderr)
             return ()
-    except OSError as exc:
-        # A speed-up, not a condition of serving: say so and go on unpinned.
-        print(f"mlxtrio worker: could not pin to CPUs {config.cpus}: {exc}; running unpinned", file=sys.stderr)
-        return ()
-    if len(config.cpus) == 1:
+    if len(cpus) == 1:
         # Both of MLX's threads on one core: no wake-up preemption between them (see mlxtrio/tuning/_affinity.py).
         try:
             batch_this_process()
         except OSError as exc:
             print(f"mlxtrio worker: could not set SCHED_BATCH: {exc}; running under the default policy", file=sys.stderr)
-    return config.cpus
+    return cpus
 
 
 def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context length)

@@ -10,11 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+import trio
 
-from mlxtrio.tuning import allowed_cpus, parse_worker_cpus
+from mlxtrio.tuning import allowed_cpus, choose_core, held_cpus, other_workers_cpus, parse_worker_cpus
 
-from ..helpers import bounded, loaded_entry, make_config
+from ..helpers import bounded, kill_if_running, loaded_entry, make_config, start_server
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
 
@@ -29,10 +31,18 @@ def thread_policies(pid: int) -> set[int]:
     return {os.sched_getscheduler(int(task)) for task in os.listdir(f"/proc/{pid}/task")}
 
 
+def free_core_for(pid: int) -> int | None:
+    """The core auto gives a first model's worker ``pid``, the other mlxtrio workers now running (anyone's) being what they are."""
+    others = [cpus for other, cpus in other_workers_cpus().items() if other != pid]
+    return choose_core(allowed_cpus()[-1], allowed_cpus(), held_cpus(others, allowed_cpus()))
+
+
 @bounded(120)
 async def test_by_default_a_cpu_worker_is_pinned_to_one_core_with_all_its_threads(admin):
     entry = await loaded_entry(admin)
-    expected = allowed_cpus()[-1]
+    # The last core, unless another mlxtrio worker on this machine holds it.
+    expected = free_core_for(entry["pid"])
+    assert expected is not None
     assert entry["cpus"] == [expected]
     threads = thread_cpus(entry["pid"])
     assert len(threads) > 1  # MLX's own threads are there, and pinned too
@@ -131,3 +141,90 @@ def test_a_worker_that_cannot_pin_goes_on_unpinned(capsys: pytest.CaptureFixture
     assert os.sched_getaffinity(0) == before
     # Nor does it give up wake-up preemption.
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+def test_auto_chooses_a_core_no_other_worker_holds_from_its_own_down():
+    cpus = (0, 1, 2, 3)
+    assert choose_core(3, cpus, set()) == 3
+    assert choose_core(3, cpus, {3}) == 2
+    assert choose_core(3, cpus, {3, 2, 0}) == 1
+    # A second model's worker starts one core lower, and wraps round.
+    assert choose_core(2, cpus, {3}) == 2
+    assert choose_core(0, cpus, {0}) == 3
+    # Every core held: none, and the worker goes unpinned rather than share one.
+    assert choose_core(3, cpus, {0, 1, 2, 3}) is None
+    assert choose_core(1, (0, 1), {0, 1}) is None
+    assert choose_core(1, (0, 1), {1}) == 0
+
+
+def test_only_a_pinned_worker_holds_cores():
+    """An unpinned worker may run anywhere, like any process: it holds nothing. A worker on some cores holds those."""
+    cpus = (0, 1, 2, 3)
+    assert held_cpus([frozenset(cpus)], cpus) == set()
+    assert held_cpus([frozenset(range(8))], cpus) == set()  # allowed more than we are: not pinned either
+    assert held_cpus([frozenset(cpus), frozenset({3}), frozenset({1, 2})], cpus) == {1, 2, 3}
+    assert held_cpus([], cpus) == set()
+
+
+async def _load(admin: httpx.AsyncClient, url: str) -> dict:
+    """The demo loaded on the server whose admin API is at ``url``; its worker's status entry."""
+    response = await admin.post(url + "/admin/load", json={"model": "demo"})
+    assert response.status_code == 200, response.text
+    return (await admin.get(url + "/admin/status")).json()["workers"][0]
+
+
+@pytest.mark.skipif(len(allowed_cpus()) < 2, reason="needs two CPUs")
+@bounded(180)
+async def test_servers_on_one_machine_give_their_workers_different_cores(server, cache_dir, tmp_path):
+    """Two servers' workers on a core each, never the same one, even loaded at the same moment. Once every core
+    is held a further worker runs unpinned rather than halve another's speed; a server killed with SIGKILL holds
+    nothing after (what is held is read from the live workers, not from claims that could outlive one)."""
+    cpus = allowed_cpus()
+    # Cores that mlxtrio workers outside this test hold (a server someone runs beside the suite) are not free.
+    free = set(cpus) - held_cpus(other_workers_cpus().values(), cpus)
+    assert len(free) >= 2, f"other mlxtrio workers hold all but {sorted(free)} of this machine's cores"
+    second, _url, second_url, _log = await start_server(cache_dir, tmp_path)
+    third = None
+    try:
+        async with httpx.AsyncClient(timeout=60) as admin:
+            entries = {}
+
+            async def load(name: str, url: str) -> None:
+                entries[name] = await _load(admin, url)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(load, "first", server.admin_url)
+                nursery.start_soon(load, "second", second_url)
+            first_cpus, second_cpus = set(entries["first"]["cpus"]), set(entries["second"]["cpus"])
+            assert len(first_cpus) == len(second_cpus) == 1
+            assert first_cpus != second_cpus
+            assert first_cpus | second_cpus <= free
+            for name, held in (("first", first_cpus), ("second", second_cpus)):
+                assert all(threads == held for threads in thread_cpus(entries[name]["pid"]))
+
+            third, _url, third_url, _log = await start_server(cache_dir, tmp_path)
+            entry = await _load(admin, third_url)
+            if len(free) > 2:
+                assert len(entry["cpus"]) == 1 and set(entry["cpus"]) <= free - first_cpus - second_cpus
+            else:
+                assert entry["cpus"] == []
+                assert entry["scheduling"] == "normal"
+                assert all(threads == set(cpus) for threads in thread_cpus(entry["pid"]))
+
+            # SIGKILL the second server: its worker exits at once, and its core is free for the next worker.
+            exited = os.pidfd_open(entries["second"]["pid"])
+            try:
+                second.kill()
+                with trio.fail_after(5):
+                    await trio.lowlevel.wait_readable(exited)
+            finally:
+                os.close(exited)
+            assert (await admin.post(third_url + "/admin/unload", json={"model": "demo"})).status_code == 200
+            entry = await _load(admin, third_url)
+            assert len(entry["cpus"]) == 1 and not set(entry["cpus"]) & first_cpus
+            if len(free) == 2:
+                assert set(entry["cpus"]) == second_cpus
+    finally:
+        await kill_if_running(second)
+        if third is not None:
+            await kill_if_running(third)

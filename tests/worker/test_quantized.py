@@ -136,9 +136,10 @@ def test_on_the_cpu_quantized_products_run_in_float32(bfloat16_quantized_demo, k
     assert after.dtype == mx.bfloat16
     assert cache[0].keys.dtype == mx.bfloat16
     assert model.model.embed_tokens(tokens).dtype == mx.bfloat16
-    # The same products, rounded less: the same greedy tokens, logits within bfloat16's rounding.
+    # The same products, rounded less: the same greedy tokens, logits within bfloat16's rounding (relative:
+    # the logits of the tokens the demo never samples lie far below zero, where a bfloat16 step is 0.5).
     assert mx.array_equal(mx.argmax(after, axis=-1), mx.argmax(before, axis=-1)).item()
-    assert mx.allclose(after.astype(mx.float32), before.astype(mx.float32), atol=0.1).item()
+    assert mx.allclose(after.astype(mx.float32), before.astype(mx.float32), rtol=2**-7, atol=0.1).item()
     assert compute_quantized_in_float32(model) == 0  # twice is once
 
 
