@@ -57,6 +57,11 @@ class ServerHandle:
         self._stop.set()
 
 
+def _errors_only(record: logging.LogRecord) -> bool:
+    """Hypercorn's info lines are its "Running on" banners, which repeat our own "API on" line."""
+    return record.levelno >= logging.WARNING
+
+
 def _hypercorn_config(host: str, port: int, grace_period: float) -> hypercorn.config.Config:
     config = hypercorn.config.Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -64,6 +69,7 @@ def _hypercorn_config(host: str, port: int, grace_period: float) -> hypercorn.co
     config.graceful_timeout = grace_period + _LAST_WORDS_LIMIT
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
+    config.errorlog.addFilter(_errors_only)  # once: a logger keeps one of each filter
     return config
 
 
@@ -106,7 +112,12 @@ async def _watch_signals(
                 log.info("%s: stopping gracefully (send it again to stop at once)", signal.Signals(signum).name)
                 handle.shutdown()
             else:
-                log.warning("%s again: stopping now", signal.Signals(signum).name)
+                # Asked for, not a fault: the requests still in flight are cut, the workers killed.
+                log.info(
+                    "%s again: stopping now (%d requests in flight cut, model workers killed)",
+                    signal.Signals(signum).name,
+                    handle.state.in_flight.count,
+                )
                 forced.append(True)
                 root.cancel()
                 return

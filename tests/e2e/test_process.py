@@ -86,7 +86,13 @@ async def test_a_second_signal_stops_at_once(cache_dir, tmp_path):
                     with trio.fail_after(10):
                         status = await process.wait()
         assert status == 1, b"".join(log).decode()
-        assert b"stopping now" in b"".join(log)
+        lines = b"".join(log).decode().splitlines()
+        assert any(" INFO mlxtrio: SIGTERM again: stopping now" in line for line in lines), lines
+        # Asked for: said plainly, not warned about as if the worker had died on its own.
+        assert not [line for line in lines if " WARNING " in line and "worker" in line], lines
+        assert any(
+            " INFO mlxtrio.orchestrator: " in line and "stopped at once" in line and "worker pid" in line for line in lines
+        ), lines
         assert not [found for found in list_objects() if found.creator_pid == process.pid]
     finally:
         await kill_if_running(process)
