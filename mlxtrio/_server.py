@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 from functools import partial
+from pathlib import Path
 
 import attrs
 import hypercorn.config
@@ -26,7 +27,7 @@ import trio
 from . import _http
 from ._config import Config, is_loopback
 from ._metrics import Metrics
-from ._state_files import PidFile, take_pid_file, write_atomically
+from ._state_files import PidFile, remove_quietly, take_pid_file, write_atomically
 from .api import ServerState, create_admin_app, create_api_app
 from .ipc import sweep_stale_objects
 from .orchestrator import ModelCatalog, Supervisor
@@ -126,6 +127,23 @@ async def _watch_signals(
 async def _write_snapshots(config: Config, state: ServerState) -> None:
     assert config.state_dir is not None
     path = config.state_dir / "status.json"
+    try:
+        await _write_each_change(path, state)
+    finally:
+        # Gone with the server, like its pid file: a status.json left would pass a dead server off as live.
+        _remove_own_snapshot(path)
+
+
+def _remove_own_snapshot(path: Path) -> None:
+    try:
+        recorded = msgspec.json.decode(path.read_bytes())
+    except (OSError, msgspec.DecodeError):
+        return
+    if isinstance(recorded, dict) and recorded.get("pid") == os.getpid():
+        remove_quietly(path)
+
+
+async def _write_each_change(path: Path, state: ServerState) -> None:
     last = b""
     failing = False
     while True:

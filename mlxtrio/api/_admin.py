@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import attrs
@@ -52,6 +53,7 @@ def create_admin_app(state: ServerState) -> App:
     async def status() -> Response:
         return json_response(
             {
+                "pid": os.getpid(),
                 "started_at": started_at,
                 "shutting_down": state.shutting_down,
                 "intake": attrs.asdict(supervisor.intake.statistics()),
