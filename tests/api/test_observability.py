@@ -172,7 +172,7 @@ async def test_log_lines_say_what_the_request_named_and_leave_out_what_did_not_h
     unknown = await client.post("/v1/completions", json={**COMPLETION, "model": "no/such"}, headers={"X-Request-Id": "r-404"})
     assert unknown.status_code == 404
     assert (await request_log.wait_for(request_id="r-404")).model == "no/such"
-    hostile = "evil\nmodel=forged status=200\r\x1b[31m\u2028" + "x" * 5000
+    hostile = "evil\nmodel=forged status=200\r\x1b[31m\u2028" + "x" * 200
     forged = await client.post("/v1/completions", json={**COMPLETION, "model": hostile}, headers={"X-Request-Id": "r-forged"})
     assert forged.status_code == 404
     line = await request_log.wait_for(request_id="r-forged")
