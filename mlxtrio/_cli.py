@@ -9,12 +9,14 @@ import os
 import sys
 from pathlib import Path
 
+import attrs
 import trio
 
 from ._config import Config
 from ._logging import LOG_FORMATS, configure_logging
 from ._server import main as serve_main
 from ._state_files import PidFileHeld
+from ._status_report import report
 from .orchestrator import ModelCatalog
 
 __all__ = ["main"]
@@ -52,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO"
     )
     serve.add_argument("--log-format", choices=LOG_FORMATS, help="text or json, one object per line (MLX_LOG_FORMAT, default text)")
+    defaults = attrs.fields(Config)
+    status = commands.add_parser("status", help="a running server's URLs, health and models (admin token: MLX_ADMIN_TOKEN)")
+    status.add_argument("--url", default=f"http://{defaults.host.default}:{defaults.port.default}", help="its OpenAI API")
+    status.add_argument(
+        "--admin-url", default=f"http://{defaults.admin_host.default}:{defaults.admin_port.default}", help="its admin API"
+    )
+    status.add_argument("--json", action="store_true", help="print /admin/status as the server gives it")
     return parser
 
 
@@ -63,6 +72,8 @@ def _first_leaf(error: BaseException) -> BaseException:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "status":
+        return report(url=args.url.rstrip("/"), admin_url=args.admin_url.rstrip("/"), as_json=args.json)
     try:
         configure_logging(args.log_level, log_format=args.log_format or os.environ.get("MLX_LOG_FORMAT", "text"))
     except ValueError as exc:

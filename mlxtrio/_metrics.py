@@ -8,7 +8,7 @@ tests run several servers in one process.
 
 Label values are bounded: a model label is only ever a model the catalog
 resolved (an unknown id counts as ``""``), an endpoint label only a route the
-app has.
+app has, its variables written ``{name}`` (``api._observe.endpoint_name``).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 from functools import partial
+from pathlib import Path
 
 import attrs
 import hypercorn.config
@@ -26,7 +27,7 @@ import trio
 from . import _http
 from ._config import Config, is_loopback
 from ._metrics import Metrics
-from ._state_files import PidFile, take_pid_file, write_atomically
+from ._state_files import PidFile, remove_quietly, take_pid_file, write_atomically
 from .api import ServerState, create_admin_app, create_api_app
 from .ipc import sweep_stale_objects
 from .orchestrator import ModelCatalog, Supervisor
@@ -57,6 +58,11 @@ class ServerHandle:
         self._stop.set()
 
 
+def _errors_only(record: logging.LogRecord) -> bool:
+    """Hypercorn's info lines are its "Running on" banners, which repeat our own "API on" line."""
+    return record.levelno >= logging.WARNING
+
+
 def _hypercorn_config(host: str, port: int, grace_period: float) -> hypercorn.config.Config:
     config = hypercorn.config.Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -64,6 +70,7 @@ def _hypercorn_config(host: str, port: int, grace_period: float) -> hypercorn.co
     config.graceful_timeout = grace_period + _LAST_WORDS_LIMIT
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
+    config.errorlog.addFilter(_errors_only)  # once: a logger keeps one of each filter
     return config
 
 
@@ -106,7 +113,12 @@ async def _watch_signals(
                 log.info("%s: stopping gracefully (send it again to stop at once)", signal.Signals(signum).name)
                 handle.shutdown()
             else:
-                log.warning("%s again: stopping now", signal.Signals(signum).name)
+                # Asked for, not a fault: the requests still in flight are cut, the workers killed.
+                log.info(
+                    "%s again: stopping now (%d requests in flight cut, model workers killed)",
+                    signal.Signals(signum).name,
+                    handle.state.in_flight.count,
+                )
                 forced.append(True)
                 root.cancel()
                 return
@@ -115,6 +127,23 @@ async def _watch_signals(
 async def _write_snapshots(config: Config, state: ServerState) -> None:
     assert config.state_dir is not None
     path = config.state_dir / "status.json"
+    try:
+        await _write_each_change(path, state)
+    finally:
+        # Gone with the server, like its pid file: a status.json left would pass a dead server off as live.
+        _remove_own_snapshot(path)
+
+
+def _remove_own_snapshot(path: Path) -> None:
+    try:
+        recorded = msgspec.json.decode(path.read_bytes())
+    except (OSError, msgspec.DecodeError):
+        return
+    if isinstance(recorded, dict) and recorded.get("pid") == os.getpid():
+        remove_quietly(path)
+
+
+async def _write_each_change(path: Path, state: ServerState) -> None:
     last = b""
     failing = False
     while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import attrs
@@ -13,7 +14,7 @@ from ._asgi import App
 from ._auth import require_bearer_token
 from ._common import ServerState, install_error_handlers, json_response
 from ._decode import decode_body
-from ._observe import install_observability
+from ._observe import current_record, install_observability
 from ._origin import install_browser_checks
 
 __all__ = ["create_admin_app"]
@@ -31,6 +32,8 @@ async def _model_from_body(state: ServerState, *, required: bool) -> str | None:
         parsed = decode_body(body, _ModelBody)
     if parsed.model is None and required:
         return state.supervisor.catalog.default_model
+    if parsed.model is not None:
+        current_record().name_model(parsed.model)
     return parsed.model
 
 
@@ -50,6 +53,7 @@ def create_admin_app(state: ServerState) -> App:
     async def status() -> Response:
         return json_response(
             {
+                "pid": os.getpid(),
                 "started_at": started_at,
                 "shutting_down": state.shutting_down,
                 "intake": attrs.asdict(supervisor.intake.statistics()),

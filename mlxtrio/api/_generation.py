@@ -156,8 +156,10 @@ class Generation:
         """The request's model found (a 404 if unknown), and a model that can be forced to call a tool if it must."""
         if state.shutting_down:
             raise ServerError(ErrorKind.UNAVAILABLE, "the server is shutting down", code="shutting_down")
+        record = current_record()
+        record.name_model(generation_request.model)  # logged even if it resolves to nothing (a 404)
         served = await state.supervisor.served_model(generation_request.model)
-        current_record().model = generation_request.model
+        record.model = generation_request.model
         arrival: Arrival | None = g.get("arrival")
         if arrival is not None:
             # Counted for this model's worker only from here (it may now wait for a load).

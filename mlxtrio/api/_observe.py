@@ -9,6 +9,7 @@ request").
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
@@ -29,6 +30,29 @@ request_log = logging.getLogger("mlxtrio.requests")
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 CLIENT_CLOSED_REQUEST = 499
 _QUIET_ENDPOINTS = frozenset({"/health", "/metrics", "/admin/status", "/admin/health"})
+# A route's variables, as Werkzeug writes them (<path:model_id>), and as a person reads them ({model_id}).
+_ROUTE_VARIABLE = re.compile(r"<(?:[^<>:]+:)?([^<>:]+)>")
+# The route variable that names a model, for the log line of a request refused before its model resolved.
+_MODEL_VARIABLE = "model_id"
+# How much of a model id the log keeps: the id is the client's text, of any length.
+_LOGGED_MODEL_LIMIT = 128
+# A text-line value that a reader (or a log parser) could take for more than one field.
+_NEEDS_QUOTES = re.compile(r"[\s=\"\\]")
+
+
+def endpoint_name(rule: str) -> str:
+    """A route's name in logs and metric labels: its template, variables as {name}; never the path asked for."""
+    return _ROUTE_VARIABLE.sub(r"{\1}", rule)
+
+
+def loggable(text: str) -> str:
+    """Untrusted text for a log line: every character that is not printable escaped, the length bounded."""
+    # A backslash too: an escape in the text must not read as one of ours.
+    shown = "".join(
+        character if character.isprintable() and character != "\\" else character.encode("unicode_escape").decode("ascii")
+        for character in text[:_LOGGED_MODEL_LIMIT]
+    )
+    return shown + "…" if len(text) > _LOGGED_MODEL_LIMIT else shown
 
 
 @attrs.define(eq=False)
@@ -40,6 +64,8 @@ class RequestRecord:
     started: float = attrs.Factory(time.perf_counter)
     # Set once the model id resolved: an unknown id must not become a label value.
     model: str = ""
+    # The model the request named, for its log line only (``loggable``): shown when it did not resolve.
+    named_model: str = ""
     streaming: bool = False
     prompt_tokens: int = 0
     cached_tokens: int = 0
@@ -73,6 +99,10 @@ class RequestRecord:
             histogram.observe(0.0)
         self._last_token_at[choice] = now
 
+    def name_model(self, model: str) -> None:
+        """The model the request named, as its log line shows it (a label takes only ``model``, once resolved)."""
+        self.named_model = loggable(model)
+
     @property
     def completion_tokens(self) -> int:
         return sum(self._completion_tokens.values())
@@ -98,19 +128,29 @@ class RequestRecord:
             "request_id": self.request_id,
             "method": self.method,
             "endpoint": self.endpoint,
-            "model": model,
+            "model": model or self.named_model,
             "status": status,
             "stream": self.streaming,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
-            "ttft_ms": None if ttft is None else round(ttft * 1000, 1),
-            "duration_ms": round(seconds * 1000, 1),
         }
-        summary = " ".join(f"{key}={value}" for key, value in fields.items() if key not in ("request_id", "method", "endpoint"))
+        if ttft is not None:
+            # Left out, in text and JSON alike, when nothing was generated.
+            fields["ttft_ms"] = round(ttft * 1000, 1)
+        fields["duration_ms"] = round(seconds * 1000, 1)
+        summary = " ".join(
+            f"{key}={_quoted(value) if isinstance(value, str) else value}"
+            for key, value in fields.items()
+            if key not in ("request_id", "method", "endpoint")
+        )
         # Probes and scrapes would drown the rest.
         level = logging.DEBUG if self.endpoint in _QUIET_ENDPOINTS else logging.INFO
         request_log.log(level, "%s %s %s %s", self.request_id, self.method, self.endpoint, summary, extra=fields)
+
+
+def _quoted(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False) if _NEEDS_QUOTES.search(value) else value
 
 
 def current_record() -> RequestRecord:
@@ -124,8 +164,11 @@ def install_observability(app: QuartTrio, metrics: Metrics) -> None:
     async def begin() -> None:
         given = request.headers.get("X-Request-Id", "")
         request_id = given if _CLIENT_REQUEST_ID.fullmatch(given) else "req-" + secrets.token_hex(8)
-        endpoint = request.url_rule.rule if request.url_rule is not None else "other"
-        g.record = RequestRecord(request_id, request.method, endpoint, metrics)
+        endpoint = endpoint_name(request.url_rule.rule) if request.url_rule is not None else "other"
+        g.record = record = RequestRecord(request_id, request.method, endpoint, metrics)
+        named = (request.view_args or {}).get(_MODEL_VARIABLE)
+        if isinstance(named, str):
+            record.name_model(named)
 
     @app.after_request
     async def end(response: Response) -> Response:

@@ -86,6 +86,10 @@ class WorkerProcess:
     def pid(self) -> int:
         return self._process.pid
 
+    @property
+    def running(self) -> bool:
+        return self._process.returncode is None
+
     def statistics(self) -> TrioChannelStatistics:
         return self._channel.statistics()
 

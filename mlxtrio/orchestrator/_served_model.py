@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -307,6 +308,11 @@ class ServedModel:
                 await process.serve(partial(self._received, run))
                 nursery.cancel_scope.cancel()
         finally:
+            # Cancelled with the worker still running: only the server's end does that, a stop
+            # asked for (a second Ctrl-C, the stop's time limit), not a crash to warn about.
+            if trio.current_effective_deadline() == -math.inf and process.running:
+                self._lifecycle.begin_stop("the server is stopping now")
+                log.info("model %r: worker pid %d stopped at once: the server is stopping now", self.model_id, process.pid)
             with trio.CancelScope(shield=True):
                 await self._clean_up(run)
 

@@ -60,8 +60,16 @@ async def test_metrics_count_requests_tokens_latencies_and_workers(client, admin
     assert _value(samples, "mlxtrio_model_load_seconds", model="demo") > 0
     assert _value(samples, "mlxtrio_worker_memory_bytes", model="demo") > 0
 
-    os.kill((await worker_entry(admin))["pid"], signal.SIGKILL)
-    await (await server.state.supervisor.served_model("demo")).wait_stopped()
+    orchestrator_log = _Records.attach("mlxtrio.orchestrator")
+    try:
+        worker_pid = (await worker_entry(admin))["pid"]
+        os.kill(worker_pid, signal.SIGKILL)
+        await (await server.state.supervisor.served_model("demo")).wait_stopped()
+    finally:
+        orchestrator_log.detach()
+    # Killed by someone else: a crash, and a warning.
+    crash = await orchestrator_log.wait_for(levelno=logging.WARNING)
+    assert "killed by SIGKILL" in crash.getMessage() and str(worker_pid) in crash.getMessage()
     assert (await client.post("/v1/completions", json=COMPLETION)).status_code == 200
     samples = await _metrics(admin)
     assert _value(samples, "mlxtrio_worker_restarts_total", model="demo", cause="crash") == 1
@@ -90,6 +98,18 @@ class _Records(logging.Handler):
         self.records.append(record)
         self._changed.set()
 
+    @classmethod
+    def attach(cls, name: str, level: int = logging.DEBUG) -> _Records:
+        handler = cls()
+        handler.logger, handler.level_before = logging.getLogger(name), logging.getLogger(name).level
+        handler.logger.addHandler(handler)
+        handler.logger.setLevel(level)
+        return handler
+
+    def detach(self) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.level_before)
+
     async def wait_for(self, **fields: object) -> logging.LogRecord:
         while True:
             for record in self.records:
@@ -101,13 +121,9 @@ class _Records(logging.Handler):
 
 @pytest.fixture
 def request_log():  # noqa: ANN201
-    logger = logging.getLogger("mlxtrio.requests")
-    handler, level = _Records(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
+    handler = _Records.attach("mlxtrio.requests")
     yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    handler.detach()
 
 
 @bounded(60)
@@ -144,6 +160,58 @@ async def test_request_ids_and_one_log_line_per_request(client, request_log):
     assert (await request_log.wait_for(request_id="n-1")).status == 499
 
 
+@bounded(60)
+async def test_log_lines_say_what_the_request_named_and_leave_out_what_did_not_happen(client, admin, request_log):
+    # Nothing generated: no time to a first token, rather than "ttft_ms=None".
+    refused = await client.post("/v1/completions", json={**COMPLETION, "max_tokens": -1}, headers={"X-Request-Id": "r-400"})
+    assert refused.status_code == 400
+    line = await request_log.wait_for(request_id="r-400")
+    assert not hasattr(line, "ttft_ms") and "ttft_ms" not in line.getMessage(), line.getMessage()
+
+    # An unknown model is logged as the request named it; its untrusted text is bounded and kept on one line.
+    unknown = await client.post("/v1/completions", json={**COMPLETION, "model": "no/such"}, headers={"X-Request-Id": "r-404"})
+    assert unknown.status_code == 404
+    assert (await request_log.wait_for(request_id="r-404")).model == "no/such"
+    hostile = "evil\nmodel=forged status=200\r\x1b[31m\u2028" + "x" * 200
+    forged = await client.post("/v1/completions", json={**COMPLETION, "model": hostile}, headers={"X-Request-Id": "r-forged"})
+    assert forged.status_code == 404
+    line = await request_log.wait_for(request_id="r-forged")
+    message = line.getMessage()
+    assert line.model.startswith("evil\\nmodel=forged") and len(line.model) <= 200, line.model
+    assert message.isprintable() and "\x1b" not in line.model, message
+    # Quoted in the text line, so that what it holds cannot pass for a field of its own.
+    assert f"model={json.dumps(line.model, ensure_ascii=False)} status=404" in message, message
+
+    not_loaded = await admin.post("/admin/load", json={"model": "no/such-admin"}, headers={"X-Request-Id": "r-admin"})
+    assert not_loaded.status_code == 404
+    assert (await request_log.wait_for(request_id="r-admin")).model == "no/such-admin"
+
+    # A route with a variable is logged under a readable name; the variable is the model it named.
+    missing = await client.get("/v1/models/no-such-model", headers={"X-Request-Id": "r-route"})
+    assert missing.status_code == 404
+    line = await request_log.wait_for(request_id="r-route")
+    assert (line.endpoint, line.model) == ("/v1/models/{model_id}", "no-such-model"), (line.endpoint, line.model)
+    assert "/v1/models/{model_id}" in line.getMessage()
+
+    # The same readable name is the metric label, never the raw path, nor the model it named.
+    exposition = (await admin.get("/metrics")).text
+    assert "<path:" not in exposition and "no-such-model" not in exposition and "no/such" not in exposition
+    samples = await _metrics(admin)
+    assert _value(samples, "mlxtrio_requests_total", endpoint="/v1/models/{model_id}", model="", status="404") == 1
+
+
+async def test_hypercorn_keeps_its_errors_but_not_its_running_on_lines(caplog):
+    from mlxtrio._server import _hypercorn_config
+
+    caplog.set_level(logging.DEBUG)
+    config = _hypercorn_config("127.0.0.1", 0, 1.0)
+    await config.log.info("Running on http://127.0.0.1:0 (CTRL + C to quit)")
+    await config.log.error("a real error")
+    await config.log.warning("a real warning")
+    messages = [record.getMessage() for record in caplog.records if record.name.startswith("hypercorn")]
+    assert messages == ["a real error", "a real warning"]
+
+
 @bounded(120)
 async def test_json_logs_with_worker_stderr_and_loading_lines(cache_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MLX_LOG_FORMAT", "json")
@@ -165,6 +233,10 @@ async def test_json_logs_with_worker_stderr_and_loading_lines(cache_dir, tmp_pat
     assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
     request = next(line for line in lines if line.get("request_id") == "json-1")
     assert (request["logger"], request["status"], request["model"]) == ("mlxtrio.requests", 500, "demo")
+    assert "ttft_ms" not in request  # it generated nothing
+    # Hypercorn's own "Running on" lines would repeat this one.
+    banners = [line for line in lines if "API on" in line["message"] or "Running on" in line["message"]]
+    assert len(banners) == 1 and banners[0]["message"].startswith(f"OpenAI API on {url}, admin API on "), banners
     worker = [line for line in lines if line["logger"] == "mlxtrio.worker"]
     assert any("generation keeps failing" in line["message"] for line in worker), worker
     assert any(line["message"].startswith("loading model 'demo' (worker pid") for line in lines)

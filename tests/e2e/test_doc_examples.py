@@ -8,10 +8,10 @@ valid config file. A changed example is tested as changed.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 import shutil
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -62,17 +62,36 @@ async def test_curl_examples(server, name, block):
         assert output.rstrip().endswith("data: [DONE]")
 
 
+# The commands that run a Python example: the file it names, with the project's environment.
+RUNS = {
+    match.group(1): block for _, block in _blocks("sh") for match in re.finditer(r"^\.venv/bin/python (\S+\.py)$", block, re.MULTILINE)
+}
+
+
 @pytest.mark.parametrize(("name", "block"), PYTHON, ids=[name for name, _ in PYTHON])
 @bounded(120)
-async def test_python_examples(server, name, block):
-    printed = io.StringIO()
+async def test_python_examples_run_as_shown(server, tmp_path, name, block):
+    """Saved under the name its first line gives, and run by the command the docs give, in a process of its own."""
+    named = re.fullmatch(r"# (\S+\.py)", block.splitlines()[0])
+    assert named, f"{name}: a Python example starts with '# FILE.py', the file its command runs"
+    assert named.group(1) in RUNS, f"{name}: no `.venv/bin/python {named.group(1)}` in the docs, to say which Python has its imports"
+    (tmp_path / named.group(1)).write_text(_local(block, server))
+    # The tests run in the project's environment (make test): the .venv the command names.
+    (tmp_path / ".venv").symlink_to(sys.prefix)
+    result = await trio.run_process(
+        ["bash", "-c", "set -e\n" + RUNS[named.group(1)]], cwd=tmp_path, capture_stdout=True, capture_stderr=True, check=False
+    )
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert result.stdout.decode().strip(), "the example printed nothing"
 
-    def run() -> None:
-        with contextlib.redirect_stdout(printed):
-            exec(compile(_local(block, server), name, "exec"), {"__name__": "__example__"})  # noqa: S102
 
-    await trio.to_thread.run_sync(run)
-    assert printed.getvalue().strip()
+def test_the_environment_the_readme_runs_examples_with_has_the_client():
+    """The README says the .venv that make sets up has `openai`: it comes with the test extras, which make installs."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    assert any(re.match(r"openai\b", requirement) for requirement in extras)
+    assert "pip install -e '.[test]'" in (ROOT / "Makefile").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install openai" in readme and "make serve" in readme
 
 
 def test_json_error_examples_are_openai_errors(openapi):
