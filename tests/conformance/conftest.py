@@ -1,7 +1,7 @@
-"""One running server for the whole conformance suite, reached through the official ``openai`` client and httpx.
+"""One running server for all of the conformance tests, reached through the official ``openai`` client and httpx.
 
-By default the suite starts one ``python -m mlxtrio serve`` (the demo model, free ports) for the session and
-stops it at the end. ``MLXTRIO_CONFORMANCE_URL`` (e.g. ``http://127.0.0.1:11440``, without ``/v1``) points the
+By default one ``python -m mlxtrio serve`` (the demo model, free ports) is started for these tests and
+stopped after them. ``MLXTRIO_CONFORMANCE_URL`` (e.g. ``http://127.0.0.1:11440``, without ``/v1``) points the
 suite at a server that is already running instead; ``MLXTRIO_CONFORMANCE_MODEL`` names the model to ask for
 (default ``demo``) and ``MLXTRIO_CONFORMANCE_API_KEY`` the key to send, if that server needs one.
 """
@@ -72,9 +72,12 @@ class _Server:
             raise AssertionError("the server did not stop within 30 s of SIGTERM:\n" + "".join(self.log)) from None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def base_url(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The server's root URL (no ``/v1``); the model is loaded before the first test runs."""
+    """The server's root URL (no ``/v1``); the model is loaded before the first test runs.
+
+    Package-scoped: the server stops when the last conformance test is done, not at the end of the whole suite.
+    """
     if url := os.environ.get("MLXTRIO_CONFORMANCE_URL"):
         yield url.rstrip("/")
         return
@@ -104,12 +107,12 @@ def _headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def model() -> str:
     return _model()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def client(base_url: str) -> Iterator[openai.OpenAI]:
     """The official client, as applications use it; no retries, so an error is seen as the server sent it."""
     with openai.OpenAI(
@@ -121,7 +124,7 @@ def client(base_url: str) -> Iterator[openai.OpenAI]:
         yield client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def http(base_url: str) -> Iterator[httpx.Client]:
     """Raw HTTP for what the client hides: bodies that are not JSON, status codes, SSE lines."""
     with httpx.Client(base_url=base_url, headers=_headers(), timeout=REQUEST_TIMEOUT) as client:

@@ -439,7 +439,7 @@ def test_request_cancellation(base_url: str, client: openai.OpenAI, model: str):
     for _ in range(3):
         with pytest.raises(openai.APITimeoutError):
             impatient.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": "Write a long story"}], max_tokens=2000, extra_body={"ignore_eos": True}
+                model=model, messages=[{"role": "user", "content": "Write a long story"}], max_tokens=4000, extra_body={"ignore_eos": True}
             )
     answer = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Write a long story"}], max_tokens=10)
     assert len(answer.choices) == 1
