@@ -22,6 +22,9 @@ from ._tools import ToolCallExtractor
 
 __all__ = ["SequenceOutput", "new_output"]
 
+# OpenAI's floor for a token the request's constraints rule out: JSON has no -inf (it would go out as null).
+_LOGPROB_FLOOR = -9999.0
+
 
 @attrs.define(eq=False)
 class SequenceOutput:
@@ -76,8 +79,8 @@ class SequenceOutput:
             ids = mx.argpartition(-logprobs, params.top_logprobs - 1)[: params.top_logprobs]
             values = logprobs[ids]
             pairs = sorted(zip(ids.tolist(), values.tolist()), key=lambda pair: -pair[1])
-            top = tuple((decode([tid]), value) for tid, value in pairs)
-        return TokenLogprob(decode([token]), float(logprobs[token].item()), top)
+            top = tuple((decode([tid]), max(value, _LOGPROB_FLOOR)) for tid, value in pairs)
+        return TokenLogprob(decode([token]), max(float(logprobs[token].item()), _LOGPROB_FLOOR), top)
 
     def _release(self, *, final: bool) -> tuple[str, bool]:
         """Text safe to send now, and whether a stop string ended the sequence.

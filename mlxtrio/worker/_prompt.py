@@ -81,8 +81,11 @@ class PromptTokens:
         if budget is not None and len(prompt) > budget:
             raise self._too_long(request, f"{len(prompt)} tokens")
         vocabulary = getattr(tokenizer, "vocab_size", None)
-        if vocabulary and any(not 0 <= token < vocabulary for token, _ in request.params.logit_bias):
-            raise RequestError(ErrorKind.INVALID_REQUEST, f"logit_bias names a token outside the vocabulary (0..{vocabulary - 1})", param="logit_bias")
+        outside = [token for token, _ in request.params.logit_bias if not 0 <= token < vocabulary] if vocabulary else []
+        if outside:
+            raise RequestError(
+                ErrorKind.INVALID_REQUEST, f"logit_bias names token {outside[0]}, outside the vocabulary (0..{vocabulary - 1})", param="logit_bias"
+            )
         return prompt
 
     def _too_long(self, request: Generate, prompt_has: str) -> RequestError:

@@ -87,7 +87,11 @@ class OpenAIAnswer:
         }
 
     def chunk(self, choices: list[dict]) -> dict:
-        return {"id": self.id, "object": self.chunk_object, "created": self.created, "model": self.model, "choices": choices}
+        chunk = {"id": self.id, "object": self.chunk_object, "created": self.created, "model": self.model, "choices": choices}
+        if self.include_usage:
+            # OpenAI's spec: with include_usage, every chunk before the usage chunk says "usage": null.
+            chunk["usage"] = None
+        return chunk
 
     def opening(self) -> bytes:
         return b""
