@@ -183,6 +183,9 @@ class SamplingParams(msgspec.Struct, array_like=True, frozen=True):
     top_logprobs: int = 0
     # What the output must match (response_format, a required tool call); None: free text.
     grammar: Grammar | None = None
+    # The request named no max_tokens: max_tokens is the server's cap (MLX_MAX_TOKENS), and the worker
+    # lowers it to what the context leaves after the prompt, as vLLM does.
+    fit_context: bool = False
 
 
 class Generate(_Message, tag="generate"):

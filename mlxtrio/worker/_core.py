@@ -47,6 +47,7 @@ class EngineCore(FailurePolicy, abc.ABC):
         Should one of them fail to start, none goes on (the request fails as a whole).
         """
         prompt = self._prompt_tokens(request)
+        request = self._prompt_tokens.fit(request, prompt)
         started: list[int] = []
         try:
             for choice in choices(request):

@@ -55,9 +55,11 @@ class PromptTokens:
         self._context_length = context_length
 
     def __call__(self, request: Generate) -> list[int]:
-        """The request's prompt as ids; refused (``INVALID_REQUEST``) if it cannot fit the context with its max_tokens."""
+        """The request's prompt as ids; refused (``INVALID_REQUEST``) if it cannot fit the context with its
+        max_tokens (with one token at least, where it named none)."""
         tokenizer = self._tokenizer
-        budget = None if self._context_length is None else self._context_length - request.params.max_tokens
+        room = 1 if request.params.fit_context else request.params.max_tokens
+        budget = None if self._context_length is None else self._context_length - room
         if request.messages is not None:
             if not getattr(tokenizer, "has_chat_template", False):
                 raise RequestError(ErrorKind.INVALID_REQUEST, "this model has no chat template; use /v1/completions")
@@ -85,11 +87,19 @@ class PromptTokens:
             raise RequestError(ErrorKind.INVALID_REQUEST, f"logit_bias names a token outside the vocabulary (0..{vocabulary - 1})", param="logit_bias")
         return prompt
 
+    def fit(self, request: Generate, prompt: list[int]) -> Generate:
+        """``request`` with the max_tokens that ``prompt`` leaves room for, where it named none (up to the server's cap)."""
+        params = request.params
+        if not params.fit_context or self._context_length is None:
+            return request
+        room = min(params.max_tokens, self._context_length - len(prompt))
+        return msgspec.structs.replace(request, params=msgspec.structs.replace(params, max_tokens=room))
+
     def _too_long(self, request: Generate, prompt_has: str) -> RequestError:
+        wants = "leaving no room for a completion" if request.params.fit_context else f"and max_tokens asks for {request.params.max_tokens} more"
         return RequestError(
             ErrorKind.INVALID_REQUEST,
-            f"this model's context is {self._context_length} tokens; the prompt has {prompt_has}, "
-            f"and max_tokens asks for {request.params.max_tokens} more",
+            f"this model's context is {self._context_length} tokens; the prompt has {prompt_has}, {wants}",
             param="prompt" if request.messages is None else "messages",
             code="context_length_exceeded",
         )

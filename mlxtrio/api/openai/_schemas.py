@@ -132,8 +132,9 @@ class CommonRequest(msgspec.Struct, kw_only=True):
         if self.n is None:
             self.n = 1
 
-    def max_tokens_or_default(self, limits: RequestLimits) -> int:
-        return self.max_tokens if self.max_tokens is not None else limits.default_max_tokens
+    def asked_max_tokens(self) -> int | None:
+        """The max_tokens the request names; None: up to the context's end (the worker decides)."""
+        return self.max_tokens
 
     def _max_tokens_param(self) -> str:
         return "max_tokens"
@@ -141,8 +142,8 @@ class CommonRequest(msgspec.Struct, kw_only=True):
     def validate(self, limits: RequestLimits) -> None:
         if not self.model:
             raise ServerError(ErrorKind.INVALID_REQUEST, "model must not be empty", param="model")
-        max_tokens, param = self.max_tokens_or_default(limits), self._max_tokens_param()
-        if not 1 <= max_tokens <= limits.max_tokens:
+        max_tokens, param = self.asked_max_tokens(), self._max_tokens_param()
+        if max_tokens is not None and not 1 <= max_tokens <= limits.max_tokens:
             raise ServerError(ErrorKind.INVALID_REQUEST, f"{param} must be within [1, {limits.max_tokens}], not {max_tokens}", param=param)
         if self.temperature is not None and not 0 <= self.temperature <= 2:
             raise ServerError(ErrorKind.INVALID_REQUEST, f"temperature must be within [0, 2], not {self.temperature}", param="temperature")
@@ -265,10 +266,10 @@ class ChatCompletionRequest(CommonRequest, kw_only=True):
             param="response_format.type",
         )
 
-    def max_tokens_or_default(self, limits: RequestLimits) -> int:
+    def asked_max_tokens(self) -> int | None:
         if self.max_completion_tokens is not None:
             return self.max_completion_tokens
-        return super().max_tokens_or_default(limits)
+        return super().asked_max_tokens()
 
     def _max_tokens_param(self) -> str:
         return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
