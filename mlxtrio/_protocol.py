@@ -265,11 +265,16 @@ class LoadFailed(_Message, tag="load_failed"):
 
 
 class TokenLogprob(msgspec.Struct, array_like=True, frozen=True):
-    """One generated token's log probability, and the most likely alternatives at that step."""
+    """One token's log probability, and the most likely alternatives at that step (with no alternatives of their own)."""
 
+    # The token's text: U+FFFD where it holds part of a character, which ``token_bytes`` holds whole.
     token: str
-    logprob: float
-    top: tuple[tuple[str, float], ...] = ()
+    # None for an echoed prompt's first token, which nothing predicts.
+    logprob: float | None
+    top: tuple[TokenLogprob, ...] = ()
+    # The token's own bytes: joined, a sequence's rebuild its text's UTF-8.
+    token_bytes: bytes = b""
+    id: int = 0
 
 
 class Delta(msgspec.Struct, array_like=True, frozen=True):

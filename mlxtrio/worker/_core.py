@@ -16,6 +16,7 @@ from ._mlx_lm import PromptCache, can_trim_prompt_cache
 from ._output import SequenceOutput, new_output
 from ._prompt import PromptTokens, choices, keep_cache
 from ._sampling import Processor, model_params
+from ._token_pieces import TokenPieces
 from ._tools import tool_format
 
 __all__ = ["EngineCore", "StepResult"]
@@ -38,6 +39,7 @@ class EngineCore(FailurePolicy, abc.ABC):
             PromptCache(max_size=1 << 20, max_bytes=prompt_cache_bytes) if prompt_cache_bytes > 0 else None
         )
         self.grammars = GrammarCompiler(tokenizer)
+        self._pieces = TokenPieces(tokenizer)
         # Caches remembered since the last settle(), perhaps not computed yet.
         self._unsettled: list[list[Any]] = []
 
@@ -77,7 +79,7 @@ class EngineCore(FailurePolicy, abc.ABC):
     def _new_sequence(
         self, request: Generate, params: SamplingParams, prompt: list[int], cached: int, processors: list[Processor]
     ) -> SequenceOutput:
-        return new_output(self._tokenizer, request, params, prompt, cached, processors, parse_tools=self.tool_format is not None)
+        return new_output(self._tokenizer, self._pieces, request, params, prompt, cached, processors, parse_tools=self.tool_format is not None)
 
     def _accept_token(self, sequence: SequenceOutput, token: int, logprobs: mx.array) -> Delta | None:
         """A token decoded outside mlx-lm's BatchGenerator (which stops at end tokens itself):

@@ -18,6 +18,7 @@ import mlx.core as mx
 from .._protocol import Delta, Generate, SamplingParams, TokenLogprob, ToolCall
 from ._grammar import GrammarProcessor
 from ._sampling import Processor
+from ._token_pieces import TokenPieces
 from ._tools import ToolCallExtractor
 
 __all__ = ["SequenceOutput", "new_output"]
@@ -29,8 +30,8 @@ class SequenceOutput:
 
     request_id: int
     params: SamplingParams
-    # The model's tokenizer, for the text of log probabilities' tokens.
-    tokenizer: Any
+    # The model's tokens' texts and bytes, for log probabilities.
+    pieces: TokenPieces
     detokenizer: Any
     prompt_tokens: int
     cached_tokens: int = 0
@@ -70,14 +71,14 @@ class SequenceOutput:
     def _logprob(self, token: int, logprobs: mx.array) -> TokenLogprob:
         """The token's log probability and the top alternatives the request asked for."""
         params = self.params
-        decode = self.tokenizer.decode
-        top: tuple[tuple[str, float], ...] = ()
+        pieces = self.pieces
+        top: tuple[TokenLogprob, ...] = ()
         if params.top_logprobs > 0:
             ids = mx.argpartition(-logprobs, params.top_logprobs - 1)[: params.top_logprobs]
             values = logprobs[ids]
             pairs = sorted(zip(ids.tolist(), values.tolist()), key=lambda pair: -pair[1])
-            top = tuple((decode([tid]), value) for tid, value in pairs)
-        return TokenLogprob(decode([token]), float(logprobs[token].item()), top)
+            top = tuple(pieces.logprob(tid, value) for tid, value in pairs)
+        return pieces.logprob(token, float(logprobs[token].item()), top, first=self.completion_tokens == 0)
 
     def _release(self, *, final: bool) -> tuple[str, bool]:
         """Text safe to send now, and whether a stop string ended the sequence.
@@ -125,6 +126,7 @@ class SequenceOutput:
 
 def new_output(
     tokenizer: Any,
+    pieces: TokenPieces,
     request: Generate,
     params: SamplingParams,
     prompt: list[int],
@@ -138,7 +140,7 @@ def new_output(
     # A detokenizer of its own, as a reset copy of the tokenizer's: building
     # one anew converts the whole vocabulary, and the worker admits requests
     # one after another.
-    sequence = SequenceOutput(request.request_id, params, tokenizer, tokenizer.detokenizer, len(prompt), cached)
+    sequence = SequenceOutput(request.request_id, params, pieces, tokenizer.detokenizer, len(prompt), cached)
     sequence.grammar = next((each for each in processors if isinstance(each, GrammarProcessor)), None)
     if request.parse_tool_calls and parse_tools:
         sequence.tools = ToolCallExtractor(tokenizer, json.loads(request.tools) if request.tools else None, limit=request.max_tool_calls)

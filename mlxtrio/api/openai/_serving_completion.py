@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -36,16 +37,37 @@ def generation_request(completion: CompletionRequest, limits: RequestLimits) -> 
     )
 
 
+def _name(entry: p.TokenLogprob) -> str:
+    """A token as the completions API names it: its text, or ``bytes:\\xe6\\x97`` (OpenAI's spelling)
+    for one that holds part of a character, whose text alone would read U+FFFD."""
+    try:
+        return entry.token_bytes.decode("utf-8") if entry.token_bytes else entry.token
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{byte:02x}" for byte in entry.token_bytes)
+
+
+def _alternatives(entry: p.TokenLogprob) -> dict[str, float | None]:
+    """The alternatives keyed by name; two tokens of one name (a vocabulary may spell a text twice)
+    are told apart by id, vLLM's ``token_id:`` spelling, so that none hides another."""
+    top: dict[str, float | None] = {}
+    for alternative in entry.top:
+        name = _name(alternative)
+        top[f"token_id:{alternative.id}" if name in top else name] = alternative.logprob
+    return top
+
+
 def _logprobs(entries: Sequence[p.TokenLogprob], offset: int) -> dict:
-    """The completions API's older shape: parallel lists, and each token's offset in the text."""
+    """The completions API's older shape: parallel lists, and each token's offset in the text (in characters:
+    a token that holds part of a character is at that character)."""
     offsets = []
+    characters = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for entry in entries:
         offsets.append(offset)
-        offset += len(entry.token)
+        offset += len(characters.decode(entry.token_bytes))
     return {
-        "tokens": [entry.token for entry in entries],
+        "tokens": [_name(entry) for entry in entries],
         "token_logprobs": [entry.logprob for entry in entries],
-        "top_logprobs": [dict(entry.top) for entry in entries],
+        "top_logprobs": [_alternatives(entry) for entry in entries],
         "text_offset": offsets,
     }
 
