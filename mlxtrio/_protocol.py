@@ -186,6 +186,9 @@ class SamplingParams(msgspec.Struct, array_like=True, frozen=True):
     # The request named no max_tokens: max_tokens is the server's cap (MLX_MAX_TOKENS), and the worker
     # lowers it to what the context leaves after the prompt, as vLLM does.
     fit_context: bool = False
+    # A completion's first delta starts with its prompt's text (``Delta.echoed``), and, with logprobs,
+    # the prompt tokens' log probabilities (the first's None).
+    echo: bool = False
 
 
 class Generate(_Message, tag="generate"):
@@ -209,6 +212,9 @@ class Generate(_Message, tag="generate"):
     # The request's n: its choices are sequences request_id, request_id + 1, ..., sampling with
     # seed, seed + 1, ... where there is a seed. They share one Generate, so one tokenization.
     choices: int = 1
+    # In place of ``prompt``: a completion's several prompts, or its token ids. The choices are split
+    # evenly among them in order: with k each, prompt i's are sequences request_id + i * k onwards.
+    prompts: tuple[str | tuple[int, ...], ...] = ()
 
 
 class Cancel(_Message, tag="cancel"):
@@ -297,6 +303,9 @@ class Delta(msgspec.Struct, array_like=True, frozen=True):
     # error, an invalid_request naming the request's field ``error_param`` (code grammar_failed).
     error: str | None = None
     error_param: str | None = None
+    # On an echoing sequence's first delta: how many characters of ``text`` are the prompt's (the
+    # rest is generated); its logprobs then start with the prompt's ``prompt_tokens``.
+    echoed: int = 0
 
 
 class Step(_Message, tag="step"):

@@ -44,6 +44,9 @@ class SequenceOutput:
     tools: ToolCallExtractor | None = None
     # The sequence's grammar, when it has one: a failure of it midway ends the sequence with an error.
     grammar: GrammarProcessor | None = None
+    # An echoing completion's prompt text and its tokens' log probabilities, until its first delta carries them.
+    echo: str | None = None
+    echo_logprobs: tuple[TokenLogprob, ...] = ()
 
     def accept(self, token: int | None, finish_reason: str | None, logprobs: mx.array | None = None) -> Delta | None:
         """Take one generated token (None: no token, just the end), with the log probabilities it
@@ -109,10 +112,15 @@ class SequenceOutput:
             calls = tuple(found)
             if self.tools.done or (finish_reason == "stop" and self.tools.calls_made):
                 finish_reason = "tool_calls"
-        if not text and not calls and finish_reason is None:
+        if not text and not calls and finish_reason is None and self.echo is None:
             return None
         logprobs = tuple(self.pending_logprobs)
         self.pending_logprobs.clear()
+        echoed = 0
+        if self.echo is not None:
+            # Ahead of what stop strings and tool calls were looked for in: the prompt is not output.
+            echoed, text, logprobs = len(self.echo), self.echo + text, self.echo_logprobs + logprobs
+            self.echo, self.echo_logprobs = None, ()
         error = param = None
         if finish_reason is not None and self.grammar is not None and self.grammar.error is not None:
             # Its output ended where the grammar failed: not valid, and not to pass for it.
@@ -120,7 +128,7 @@ class SequenceOutput:
             error = f"{param}: enforcing the schema failed midway: {self.grammar.error}"
         return Delta(
             self.request_id, text, self.prompt_tokens, self.completion_tokens, finish_reason, self.cached_tokens, logprobs, calls,
-            error, param,
+            error, param, echoed,
         )
 
 

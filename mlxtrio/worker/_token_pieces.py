@@ -40,7 +40,7 @@ class TokenPieces:
             self._known[token] = known
         return known
 
-    def logprob(self, token: int, logprob: float, top: tuple[TokenLogprob, ...] = (), *, first: bool = False) -> TokenLogprob:
+    def logprob(self, token: int, logprob: float | None, top: tuple[TokenLogprob, ...] = (), *, first: bool = False) -> TokenLogprob:
         """``token``'s entry; ``first``: a sequence's first generated token, whose leading space the
         detokenizer may drop from the text (then from its bytes too, which rebuild that text)."""
         text, data = self.piece(token)
