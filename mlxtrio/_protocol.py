@@ -185,6 +185,12 @@ class SamplingParams(msgspec.Struct, array_like=True, frozen=True):
     top_logprobs: int = 0
     # What the output must match (response_format, a required tool call); None: free text.
     grammar: Grammar | None = None
+    # The request named no max_tokens: max_tokens is the server's cap (MLX_MAX_TOKENS), and the worker
+    # lowers it to what the context leaves after the prompt, as vLLM does.
+    fit_context: bool = False
+    # A completion's first delta starts with its prompt's text (``Delta.echoed``), and, with logprobs,
+    # the prompt tokens' log probabilities (the first's None).
+    echo: bool = False
 
 
 class Generate(_Message, tag="generate"):
@@ -208,6 +214,9 @@ class Generate(_Message, tag="generate"):
     # The request's n: its choices are sequences request_id, request_id + 1, ..., sampling with
     # seed, seed + 1, ... where there is a seed. They share one Generate, so one tokenization.
     choices: int = 1
+    # In place of ``prompt``: a completion's several prompts, or its token ids. The choices are split
+    # evenly among them in order: with k each, prompt i's are sequences request_id + i * k onwards.
+    prompts: tuple[str | tuple[int, ...], ...] = ()
 
 
 class Cancel(_Message, tag="cancel"):
@@ -264,11 +273,16 @@ class LoadFailed(_Message, tag="load_failed"):
 
 
 class TokenLogprob(msgspec.Struct, array_like=True, frozen=True):
-    """One generated token's log probability, and the most likely alternatives at that step."""
+    """One token's log probability, and the most likely alternatives at that step (with no alternatives of their own)."""
 
+    # The token's text: U+FFFD where it holds part of a character, which ``token_bytes`` holds whole.
     token: str
-    logprob: float
-    top: tuple[tuple[str, float], ...] = ()
+    # None for an echoed prompt's first token, which nothing predicts.
+    logprob: float | None
+    top: tuple[TokenLogprob, ...] = ()
+    # The token's own bytes: joined, a sequence's rebuild its text's UTF-8.
+    token_bytes: bytes = b""
+    id: int = 0
 
 
 class Delta(msgspec.Struct, array_like=True, frozen=True):
@@ -291,6 +305,9 @@ class Delta(msgspec.Struct, array_like=True, frozen=True):
     # error, an invalid_request naming the request's field ``error_param`` (code grammar_failed).
     error: str | None = None
     error_param: str | None = None
+    # On an echoing sequence's first delta: how many characters of ``text`` are the prompt's (the
+    # rest is generated); its logprobs then start with the prompt's ``prompt_tokens``.
+    echoed: int = 0
 
 
 class Step(_Message, tag="step"):

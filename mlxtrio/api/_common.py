@@ -22,8 +22,6 @@ __all__ = ["ErrorBody", "RequestLimits", "ServerState", "error_response", "insta
 
 log = logging.getLogger("mlxtrio.api")
 _json = msgspec.json.Encoder()
-# A request that names no max_tokens gets this many, or the server's cap if lower.
-_DEFAULT_MAX_TOKENS = 1024
 
 # How a surface writes an error's body (``{"error": {...}}`` for OpenAI's).
 ErrorBody = Callable[[ServerError], dict]
@@ -31,16 +29,16 @@ ErrorBody = Callable[[ServerError], dict]
 
 @attrs.frozen(kw_only=True)
 class RequestLimits:
-    """What one request may ask for (MLX_MAX_TOKENS, MLX_MAX_CHOICES, MLX_GRAMMAR_MAX_BYTES)."""
+    """What one request may ask for (MLX_MAX_TOKENS, MLX_MAX_CHOICES, MLX_GRAMMAR_MAX_BYTES).
+
+    A request that names no max_tokens may generate up to the end of the
+    context, and at most ``max_tokens``: only the worker knows its prompt's length.
+    """
 
     max_tokens: int
     max_choices: int
     # A grammar's JSON schema, in bytes.
     grammar_max_bytes: int
-
-    @property
-    def default_max_tokens(self) -> int:
-        return min(_DEFAULT_MAX_TOKENS, self.max_tokens)
 
 
 @attrs.define(eq=False)

@@ -38,10 +38,11 @@ class GenerationRequest:
 
     model: str
     params: p.SamplingParams
-    # Exactly one of them: a chat's messages, or a completion's prompt.
+    # Exactly one of them: a chat's messages, a completion's prompt, or its several prompts or token ids.
     messages: tuple[p.ChatMessage, ...] | None = None
     prompt: str | None = None
-    # Choices: sequences of the one prompt.
+    prompts: tuple[str | tuple[int, ...], ...] = ()
+    # Sequences: of the one prompt, or split evenly among the prompts.
     n: int = 1
     stream: bool = False
     # Seconds the model stays loaded after this request (negative: forever; None: the idle timeout).
@@ -182,6 +183,7 @@ class Generation:
             asked.params,
             messages=asked.messages,
             prompt=asked.prompt,
+            prompts=asked.prompts,
             n=asked.n,
             keep_alive=asked.keep_alive,
             tools=asked.tools,

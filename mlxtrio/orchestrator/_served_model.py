@@ -168,6 +168,7 @@ class ServedModel:
         *,
         messages: tuple[p.ChatMessage, ...] | None = None,
         prompt: str | None = None,
+        prompts: tuple[str | tuple[int, ...], ...] = (),
         n: int = 1,
         keep_alive: float | None = None,
         tools: str | None = None,
@@ -175,7 +176,7 @@ class ServedModel:
         max_tool_calls: int = 0,
         arrival: Arrival | None = None,
     ) -> AsyncIterator[Events]:
-        """Start ``n`` sequences (choices) of one prompt; their deltas arrive through one Events.
+        """Start ``n`` sequences (choices) of one prompt, or split evenly among ``prompts``; their deltas arrive through one Events.
 
         With a seed, choice ``i`` samples with ``seed + i`` (the worker sees to
         it): choices differ, and the same request gives the same choices again.
@@ -200,7 +201,7 @@ class ServedModel:
                     expected = arrival.hand_over() if arrival is not None else 0
                     # One Generate for all the choices: the prompt crosses once and is tokenized once.
                     await run.process.send(
-                        p.Generate(events.first_id, params, messages, prompt, tools, parse_tool_calls, max_tool_calls, expected, n)
+                        p.Generate(events.first_id, params, messages, prompt, tools, parse_tool_calls, max_tool_calls, expected, n, prompts)
                     )
                 except IPCError as exc:
                     raise ServerError(ErrorKind.UNAVAILABLE, f"the model worker is unavailable: {exc}", code="worker_unavailable") from exc

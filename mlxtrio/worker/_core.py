@@ -8,14 +8,16 @@ from typing import Any
 
 import mlx.core as mx
 
-from .._protocol import Delta, Generate, SamplingParams
+from .._protocol import Delta, Generate, SamplingParams, TokenLogprob
 from ._failpoints import failpoint
 from ._failures import FailurePolicy, RequestError
 from ._grammar import GrammarCompiler
 from ._mlx_lm import PromptCache, can_trim_prompt_cache
 from ._output import SequenceOutput, new_output
-from ._prompt import PromptTokens, choices, keep_cache
+from ._prompt import PromptTokens, keep_cache, prompt_source
+from ._prompt_logprobs import prompt_logprobs
 from ._sampling import Processor, model_params
+from ._token_pieces import TokenPieces
 from ._tools import tool_format
 
 __all__ = ["EngineCore", "StepResult"]
@@ -38,18 +40,21 @@ class EngineCore(FailurePolicy, abc.ABC):
             PromptCache(max_size=1 << 20, max_bytes=prompt_cache_bytes) if prompt_cache_bytes > 0 else None
         )
         self.grammars = GrammarCompiler(tokenizer)
+        self._pieces = TokenPieces(tokenizer)
+        # The last prompt echoed: its ids, text and log probabilities (a prompt's choices are admitted together).
+        self._echoed: tuple[list[int], str, tuple[TokenLogprob, ...]] | None = None
         # Caches remembered since the last settle(), perhaps not computed yet.
         self._unsettled: list[list[Any]] = []
 
     def admit(self, request: Generate) -> None:
-        """Start the request's sequences, one per choice: they share one tokenization of its prompt.
+        """Start the request's sequences, one per choice (of each of its prompts): they share one tokenization of their prompt.
 
         Should one of them fail to start, none goes on (the request fails as a whole).
         """
-        prompt = self._prompt_tokens(request)
+        sequences = self._prompt_tokens.sequences(request)
         started: list[int] = []
         try:
-            for choice in choices(request):
+            for choice, prompt in sequences:
                 self._admit(choice, prompt)
                 started.append(choice.request_id)
         except Exception:
@@ -76,7 +81,20 @@ class EngineCore(FailurePolicy, abc.ABC):
     def _new_sequence(
         self, request: Generate, params: SamplingParams, prompt: list[int], cached: int, processors: list[Processor]
     ) -> SequenceOutput:
-        return new_output(self._tokenizer, request, params, prompt, cached, processors, parse_tools=self.tool_format is not None)
+        sequence = new_output(self._tokenizer, self._pieces, request, params, prompt, cached, processors, parse_tools=self.tool_format is not None)
+        if params.echo:
+            sequence.echo, sequence.echo_logprobs = self._echo(request, params, prompt)
+        return sequence
+
+    def _echo(self, request: Generate, params: SamplingParams, prompt: list[int]) -> tuple[str, tuple[TokenLogprob, ...]]:
+        """The prompt's text and, with logprobs, its tokens' log probabilities: computed once for a prompt's choices."""
+        echoed = self._echoed
+        if echoed is None or echoed[0] is not prompt:
+            source = prompt_source(request)
+            text = source if isinstance(source, str) else self._tokenizer.decode(prompt)
+            logprobs = prompt_logprobs(self._model, prompt, self._pieces, top=params.top_logprobs) if params.logprobs else ()
+            echoed = self._echoed = (prompt, text, logprobs)
+        return echoed[1], echoed[2]
 
     def _accept_token(self, sequence: SequenceOutput, token: int, logprobs: mx.array) -> Delta | None:
         """A token decoded outside mlx-lm's BatchGenerator (which stops at end tokens itself):

@@ -18,6 +18,7 @@ import mlx.core as mx
 from .._protocol import Delta, Generate, SamplingParams, TokenLogprob, ToolCall
 from ._grammar import GrammarProcessor
 from ._sampling import Processor
+from ._token_pieces import TokenPieces
 from ._tools import ToolCallExtractor
 
 __all__ = ["SequenceOutput", "new_output"]
@@ -32,8 +33,8 @@ class SequenceOutput:
 
     request_id: int
     params: SamplingParams
-    # The model's tokenizer, for the text of log probabilities' tokens.
-    tokenizer: Any
+    # The model's tokens' texts and bytes, for log probabilities.
+    pieces: TokenPieces
     detokenizer: Any
     prompt_tokens: int
     cached_tokens: int = 0
@@ -46,6 +47,9 @@ class SequenceOutput:
     tools: ToolCallExtractor | None = None
     # The sequence's grammar, when it has one: a failure of it midway ends the sequence with an error.
     grammar: GrammarProcessor | None = None
+    # An echoing completion's prompt text and its tokens' log probabilities, until its first delta carries them.
+    echo: str | None = None
+    echo_logprobs: tuple[TokenLogprob, ...] = ()
 
     def accept(self, token: int | None, finish_reason: str | None, logprobs: mx.array | None = None) -> Delta | None:
         """Take one generated token (None: no token, just the end), with the log probabilities it
@@ -73,14 +77,14 @@ class SequenceOutput:
     def _logprob(self, token: int, logprobs: mx.array) -> TokenLogprob:
         """The token's log probability and the top alternatives the request asked for."""
         params = self.params
-        decode = self.tokenizer.decode
-        top: tuple[tuple[str, float], ...] = ()
+        pieces = self.pieces
+        top: tuple[TokenLogprob, ...] = ()
         if params.top_logprobs > 0:
             ids = mx.argpartition(-logprobs, params.top_logprobs - 1)[: params.top_logprobs]
             values = logprobs[ids]
             pairs = sorted(zip(ids.tolist(), values.tolist()), key=lambda pair: -pair[1])
-            top = tuple((decode([tid]), max(value, _LOGPROB_FLOOR)) for tid, value in pairs)
-        return TokenLogprob(decode([token]), max(float(logprobs[token].item()), _LOGPROB_FLOOR), top)
+            top = tuple(pieces.logprob(tid, max(value, _LOGPROB_FLOOR)) for tid, value in pairs)
+        return pieces.logprob(token, max(float(logprobs[token].item()), _LOGPROB_FLOOR), top, first=self.completion_tokens == 0)
 
     def _release(self, *, final: bool) -> tuple[str, bool]:
         """Text safe to send now, and whether a stop string ended the sequence.
@@ -111,10 +115,15 @@ class SequenceOutput:
             calls = tuple(found)
             if self.tools.done or (finish_reason == "stop" and self.tools.calls_made):
                 finish_reason = "tool_calls"
-        if not text and not calls and finish_reason is None:
+        if not text and not calls and finish_reason is None and self.echo is None:
             return None
         logprobs = tuple(self.pending_logprobs)
         self.pending_logprobs.clear()
+        echoed = 0
+        if self.echo is not None:
+            # Ahead of what stop strings and tool calls were looked for in: the prompt is not output.
+            echoed, text, logprobs = len(self.echo), self.echo + text, self.echo_logprobs + logprobs
+            self.echo, self.echo_logprobs = None, ()
         error = param = None
         if finish_reason is not None and self.grammar is not None and self.grammar.error is not None:
             # Its output ended where the grammar failed: not valid, and not to pass for it.
@@ -122,12 +131,13 @@ class SequenceOutput:
             error = f"{param}: enforcing the schema failed midway: {self.grammar.error}"
         return Delta(
             self.request_id, text, self.prompt_tokens, self.completion_tokens, finish_reason, self.cached_tokens, logprobs, calls,
-            error, param,
+            error, param, echoed,
         )
 
 
 def new_output(
     tokenizer: Any,
+    pieces: TokenPieces,
     request: Generate,
     params: SamplingParams,
     prompt: list[int],
@@ -141,7 +151,7 @@ def new_output(
     # A detokenizer of its own, as a reset copy of the tokenizer's: building
     # one anew converts the whole vocabulary, and the worker admits requests
     # one after another.
-    sequence = SequenceOutput(request.request_id, params, tokenizer, tokenizer.detokenizer, len(prompt), cached)
+    sequence = SequenceOutput(request.request_id, params, pieces, tokenizer.detokenizer, len(prompt), cached)
     sequence.grammar = next((each for each in processors if isinstance(each, GrammarProcessor)), None)
     if request.parse_tool_calls and parse_tools:
         sequence.tools = ToolCallExtractor(tokenizer, json.loads(request.tools) if request.tools else None, limit=request.max_tool_calls)

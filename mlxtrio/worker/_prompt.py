@@ -23,7 +23,7 @@ from ._prompt_bound import PromptTooLong
 from ._tokenize import PromptEncoder
 from ._tools import chat_messages
 
-__all__ = ["PromptTokens", "choices", "keep_cache", "nearest_cache"]
+__all__ = ["PromptTokens", "choices", "keep_cache", "nearest_cache", "prompt_source"]
 
 # The prompt cache is per worker, and a worker serves one model.
 _MODEL_KEY = "model"
@@ -46,6 +46,23 @@ def choices(request: Generate) -> list[Generate]:
     ]
 
 
+def _parts(request: Generate) -> list[Generate]:
+    """A request of several prompts as a request per prompt, each with its share of the choices and their ids."""
+    prompts = request.prompts
+    if len(prompts) <= 1:
+        return [request]
+    each = request.choices // len(prompts)
+    return [
+        msgspec.structs.replace(request, request_id=request.request_id + index * each, choices=each, prompts=(prompt,))
+        for index, prompt in enumerate(prompts)
+    ]
+
+
+def prompt_source(request: Generate) -> str | tuple[int, ...]:
+    """A completion request's one prompt, as sent: its text, or its token ids."""
+    return request.prompts[0] if request.prompts else request.prompt or ""
+
+
 class PromptTokens:
     """Requests' prompts as token ids, for one model's tokenizer and context."""
 
@@ -54,10 +71,18 @@ class PromptTokens:
         self._encoder = PromptEncoder(tokenizer)
         self._context_length = context_length
 
+    def sequences(self, request: Generate) -> list[tuple[Generate, list[int]]]:
+        """Each sequence of ``request`` with its prompt's ids (one list per prompt, whatever its choices).
+        Every prompt is tokenized, or refused with the whole request, before any sequence starts."""
+        tokenized = [(part, self(part)) for part in _parts(request)]
+        return [(self.fit(choice, prompt), prompt) for part, prompt in tokenized for choice in choices(part)]
+
     def __call__(self, request: Generate) -> list[int]:
-        """The request's prompt as ids; refused (``INVALID_REQUEST``) if it cannot fit the context with its max_tokens."""
+        """The request's prompt as ids; refused (``INVALID_REQUEST``) if it cannot fit the context with its
+        max_tokens (with one token at least, where it named none)."""
         tokenizer = self._tokenizer
-        budget = None if self._context_length is None else self._context_length - request.params.max_tokens
+        room = 1 if request.params.fit_context else request.params.max_tokens
+        budget = None if self._context_length is None else self._context_length - room
         if request.messages is not None:
             if not getattr(tokenizer, "has_chat_template", False):
                 raise RequestError(ErrorKind.INVALID_REQUEST, "this model has no chat template; use /v1/completions")
@@ -69,11 +94,12 @@ class PromptTokens:
                 raise self._too_long(request, str(exc)) from None
             except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
                 raise RequestError(ErrorKind.INVALID_REQUEST, f"the chat template rejected these messages: {exc}", param="messages") from exc
+        elif isinstance(source := prompt_source(request), tuple):
+            prompt = self._token_ids(source)
         else:
-            text = request.prompt or ""
             bos = getattr(tokenizer, "bos_token", None)
             try:
-                prompt = self._encoder.text(text, add_special_tokens=bos is None or not text.startswith(bos), budget=budget)
+                prompt = self._encoder.text(source, add_special_tokens=bos is None or not source.startswith(bos), budget=budget)
             except PromptTooLong as exc:
                 raise self._too_long(request, str(exc)) from None
         if not prompt:
@@ -88,11 +114,27 @@ class PromptTokens:
             )
         return prompt
 
+    def _token_ids(self, ids: tuple[int, ...]) -> list[int]:
+        """A prompt sent as token ids, each within the vocabulary (its added tokens included)."""
+        size = len(self._tokenizer)
+        outside = next((token for token in ids if not 0 <= token < size), None)
+        if outside is not None:
+            raise RequestError(ErrorKind.INVALID_REQUEST, f"prompt token id {outside} is outside the vocabulary (0..{size - 1})", param="prompt")
+        return list(ids)
+
+    def fit(self, request: Generate, prompt: list[int]) -> Generate:
+        """``request`` with the max_tokens that ``prompt`` leaves room for, where it named none (up to the server's cap)."""
+        params = request.params
+        if not params.fit_context or self._context_length is None:
+            return request
+        room = min(params.max_tokens, self._context_length - len(prompt))
+        return msgspec.structs.replace(request, params=msgspec.structs.replace(params, max_tokens=room))
+
     def _too_long(self, request: Generate, prompt_has: str) -> RequestError:
+        wants = "leaving no room for a completion" if request.params.fit_context else f"and max_tokens asks for {request.params.max_tokens} more"
         return RequestError(
             ErrorKind.INVALID_REQUEST,
-            f"this model's context is {self._context_length} tokens; the prompt has {prompt_has}, "
-            f"and max_tokens asks for {request.params.max_tokens} more",
+            f"this model's context is {self._context_length} tokens; the prompt has {prompt_has}, {wants}",
             param="prompt" if request.messages is None else "messages",
             code="context_length_exceeded",
         )

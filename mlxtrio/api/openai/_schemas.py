@@ -32,6 +32,9 @@ _TOKEN_ID_RE = re.compile(r"[0-9]{1,10}")
 MAX_TOKEN_ID = 2**31 - 1
 # Each entry is added to the logits at every step of the sequence's batch.
 MAX_LOGIT_BIAS = 300
+# Token ids a completion's prompts may hold in all, whatever the model: no model's context is longer,
+# and the worker holds each prompt to its model's own.
+MAX_PROMPT_TOKEN_IDS = 1 << 20
 # Roles whose messages must have content (OpenAI's OpenAPI description); an assistant's may
 # leave it out when it calls tools.
 _CONTENT_REQUIRED = {"system", "developer", "user", "tool"}
@@ -132,8 +135,9 @@ class CommonRequest(msgspec.Struct, kw_only=True):
         if self.n is None:
             self.n = 1
 
-    def max_tokens_or_default(self, limits: RequestLimits) -> int:
-        return self.max_tokens if self.max_tokens is not None else limits.default_max_tokens
+    def asked_max_tokens(self) -> int | None:
+        """The max_tokens the request names; None: up to the context's end (the worker decides)."""
+        return self.max_tokens
 
     def _max_tokens_param(self) -> str:
         return "max_tokens"
@@ -141,8 +145,8 @@ class CommonRequest(msgspec.Struct, kw_only=True):
     def validate(self, limits: RequestLimits) -> None:
         if not self.model:
             raise ServerError(ErrorKind.INVALID_REQUEST, "model must not be empty", param="model")
-        max_tokens, param = self.max_tokens_or_default(limits), self._max_tokens_param()
-        if not 1 <= max_tokens <= limits.max_tokens:
+        max_tokens, param = self.asked_max_tokens(), self._max_tokens_param()
+        if max_tokens is not None and not 1 <= max_tokens <= limits.max_tokens:
             raise ServerError(ErrorKind.INVALID_REQUEST, f"{param} must be within [1, {limits.max_tokens}], not {max_tokens}", param=param)
         if self.temperature is not None and not 0 <= self.temperature <= 2:
             raise ServerError(ErrorKind.INVALID_REQUEST, f"temperature must be within [0, 2], not {self.temperature}", param="temperature")
@@ -265,10 +269,10 @@ class ChatCompletionRequest(CommonRequest, kw_only=True):
             param="response_format.type",
         )
 
-    def max_tokens_or_default(self, limits: RequestLimits) -> int:
+    def asked_max_tokens(self) -> int | None:
         if self.max_completion_tokens is not None:
             return self.max_completion_tokens
-        return super().max_tokens_or_default(limits)
+        return super().asked_max_tokens()
 
     def _max_tokens_param(self) -> str:
         return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
@@ -318,19 +322,84 @@ class ChatCompletionRequest(CommonRequest, kw_only=True):
                         )
 
 
+def _prompt_error(message: str) -> ServerError:
+    return ServerError(
+        ErrorKind.INVALID_REQUEST, f"prompt is a string, a list of strings, a list of token ids or a list of lists of them: {message}", param="prompt"
+    )
+
+
+def _token_ids(value: object) -> tuple[int, ...]:
+    """A prompt of token ids, checked for what the orchestrator can know (the worker checks them against the vocabulary)."""
+    if not isinstance(value, list) or not value:
+        raise _prompt_error("a list of token ids must not be empty")
+    # bool is an int to Python, not to JSON.
+    if any(type(token) is not int or not 0 <= token <= MAX_TOKEN_ID for token in value):
+        raise _prompt_error(f"token ids are integers within [0, {MAX_TOKEN_ID}]")
+    return tuple(value)
+
+
 class CompletionRequest(CommonRequest, kw_only=True):
     """POST /v1/completions."""
 
-    prompt: str
+    # A string, strings, token ids or lists of token ids (OpenAI's four forms; ``prompts`` reads them).
+    prompt: str | list[object]
     # The legacy API's logprobs: how many alternatives per token (0 to 5), or null for none.
     logprobs: int | None = None
+    # Nullable in OpenAI's spec: null is false.
+    echo: bool | None = False
+    # Candidates per prompt, of which the n with the highest mean log probability are returned; null: n.
+    best_of: int | None = None
+    # Insertion (text after the completion) is not supported: a 400 rather than ignored.
+    suffix: str | None = None
+
+    def prompts(self) -> tuple[str | tuple[int, ...], ...]:
+        """The prompts: strings, or token ids."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            prompts: tuple[str | tuple[int, ...], ...] = (prompt,)
+        elif prompt and all(isinstance(each, str) for each in prompt):
+            prompts = tuple(prompt)  # type: ignore[arg-type]
+        elif prompt and all(isinstance(each, list) for each in prompt):
+            prompts = tuple(_token_ids(each) for each in prompt)
+        elif prompt and not any(isinstance(each, (str, list)) for each in prompt):
+            prompts = (_token_ids(prompt),)
+        else:
+            raise _prompt_error("not an empty list, nor a mixture")
+        if any(each == "" for each in prompts):
+            raise ServerError(ErrorKind.INVALID_REQUEST, "prompt must not be empty", param="prompt")
+        if sum(len(each) for each in prompts if isinstance(each, tuple)) > MAX_PROMPT_TOKEN_IDS:
+            raise _prompt_error(f"at most {MAX_PROMPT_TOKEN_IDS} token ids in all")
+        return prompts
+
+    @property
+    def candidates(self) -> int:
+        """Sequences per prompt: best_of, or n."""
+        return self.n if self.best_of is None else self.best_of
 
     def validate(self, limits: RequestLimits) -> None:
         super().validate(limits)
+        if self.echo is None:
+            self.echo = False
         if self.logprobs is not None and not 0 <= self.logprobs <= 5:
             raise ServerError(ErrorKind.INVALID_REQUEST, f"logprobs must be within [0, 5], not {self.logprobs}", param="logprobs")
-        if self.prompt == "":
-            raise ServerError(ErrorKind.INVALID_REQUEST, "prompt must not be empty", param="prompt")
+        if self.suffix:
+            raise ServerError(ErrorKind.INVALID_REQUEST, "suffix (inserting text before a suffix) is not supported", param="suffix")
+        if self.best_of is not None:
+            if not self.n <= self.best_of <= limits.max_choices:
+                raise ServerError(
+                    ErrorKind.INVALID_REQUEST, f"best_of must be within [n ({self.n}), {limits.max_choices}], not {self.best_of}", param="best_of"
+                )
+            if self.stream and self.best_of > self.n:
+                raise ServerError(ErrorKind.INVALID_REQUEST, "best_of greater than n cannot be streamed", param="best_of")
+        prompts = len(self.prompts())
+        if prompts * self.candidates > limits.max_choices:
+            param = "prompt" if prompts > 1 else "best_of"
+            raise ServerError(
+                ErrorKind.INVALID_REQUEST,
+                f"{prompts} prompts with {self.candidates} choices each make {prompts * self.candidates} sequences; "
+                f"at most {limits.max_choices} per request (MLX_MAX_CHOICES)",
+                param=param,
+            )
 
 
 def decode_request(body: bytes, request_type: type[R], limits: RequestLimits) -> R:

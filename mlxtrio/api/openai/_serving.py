@@ -30,11 +30,13 @@ def sampling_params(
     request: CommonRequest, limits: RequestLimits, *, grammar: p.Grammar | None, logprobs: bool, top_logprobs: int
 ) -> p.SamplingParams:
     """The fields both endpoints take, as the worker samples by them (each endpoint spells its logprobs its own way)."""
+    max_tokens = request.asked_max_tokens()
     return p.SamplingParams(
         grammar=grammar,
         logprobs=logprobs,
         top_logprobs=top_logprobs,
-        max_tokens=request.max_tokens_or_default(limits),
+        max_tokens=limits.max_tokens if max_tokens is None else max_tokens,
+        fit_context=max_tokens is None,
         temperature=1.0 if request.temperature is None else request.temperature,
         top_p=1.0 if request.top_p is None else request.top_p,
         stop=tuple([request.stop] if isinstance(request.stop, str) else request.stop or ()),

@@ -64,16 +64,13 @@ def _tools_json(tools: list[Tool]) -> str:
     return msgspec.json.encode([{"type": "function", "function": msgspec.structs.asdict(tool.function)} for tool in tools]).decode()
 
 
-def _logprob(token: str, logprob: float) -> dict:
-    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+def _logprob(entry: p.TokenLogprob) -> dict:
+    return {"token": entry.token, "logprob": entry.logprob, "bytes": list(entry.token_bytes)}
 
 
 def _logprobs(entries: Sequence[p.TokenLogprob]) -> dict:
     return {
-        "content": [
-            {**_logprob(entry.token, entry.logprob), "top_logprobs": [_logprob(token, value) for token, value in entry.top]}
-            for entry in entries
-        ],
+        "content": [{**_logprob(entry), "top_logprobs": [_logprob(alternative) for alternative in entry.top]} for entry in entries],
         "refusal": None,
     }
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Sequence
 from typing import ClassVar
 
 import attrs
+import msgspec
 from quart import Response
 
 from ... import _protocol as p
 from .._common import RequestLimits, ServerState
-from .._generation import Collected, GenerationRequest, respond
+from .._generation import Collected, GenerationRequest, Usage, respond
 from ._schemas import CompletionRequest, decode_request
 from ._serving import OpenAIAnswer, sampling_params, sse, usage_object
 
@@ -19,44 +21,108 @@ __all__ = ["TextCompletion", "completions"]
 
 async def completions(state: ServerState, body: bytes) -> Response:
     completion = decode_request(body, CompletionRequest, state.limits)
-    wants_logprobs = completion.logprobs is not None
-    answer = TextCompletion(**OpenAIAnswer.heading(completion, "cmpl-"), logprobs=wants_logprobs, offsets=[0] * completion.n)
-    return await respond(state, generation_request(completion, state.limits), answer)
+    prompts = completion.prompts()
+    answer = TextCompletion(
+        **OpenAIAnswer.heading(completion, "cmpl-"),
+        logprobs=completion.logprobs is not None,
+        candidates=completion.candidates,
+        choices=completion.n,
+        offsets=[0] * (len(prompts) * completion.candidates),
+    )
+    return await respond(state, generation_request(completion, prompts, state.limits), answer)
 
 
-def generation_request(completion: CompletionRequest, limits: RequestLimits) -> GenerationRequest:
+def generation_request(completion: CompletionRequest, prompts: tuple[str | tuple[int, ...], ...], limits: RequestLimits) -> GenerationRequest:
+    """Every prompt's candidates (best_of, or n) in one generation: one prompt text as ``prompt``, anything else as ``prompts``."""
     wanted = completion.logprobs is not None
+    # best_of ranks its candidates by their log probabilities, asked for or not.
+    ranked = completion.candidates > completion.n
+    params = sampling_params(completion, limits, grammar=None, logprobs=wanted or ranked, top_logprobs=completion.logprobs or 0)
+    one_text = len(prompts) == 1 and isinstance(prompts[0], str)
     return GenerationRequest(
         model=completion.model,
-        params=sampling_params(completion, limits, grammar=None, logprobs=wanted, top_logprobs=completion.logprobs or 0),
-        prompt=completion.prompt,
-        n=completion.n,
+        params=msgspec.structs.replace(params, echo=bool(completion.echo)),
+        prompt=prompts[0] if one_text else None,  # type: ignore[arg-type]
+        prompts=() if one_text else prompts,
+        n=len(prompts) * completion.candidates,
         stream=completion.stream,
         keep_alive=completion.keep_alive_seconds(),
     )
 
 
+def _usage(lasts: Sequence[p.Delta], per_prompt: int) -> Usage:
+    """Every prompt's tokens once, every sequence's completion (each prompt's ``per_prompt`` sequences share its prompt)."""
+    groups = [lasts[start : start + per_prompt] for start in range(0, len(lasts), per_prompt)]
+    return Usage(
+        sum(group[0].prompt_tokens for group in groups),
+        sum(last.completion_tokens for last in lasts),
+        sum(max(last.cached_tokens for last in group) for group in groups),
+    )
+
+
+def _mean_logprob(entries: Sequence[p.TokenLogprob], last: p.Delta) -> float:
+    """The generated tokens' mean log probability (an echoed prompt's come first, and do not count)."""
+    generated = entries[len(entries) - last.completion_tokens :] if last.completion_tokens else ()
+    if not generated:
+        return float("-inf")
+    return sum(entry.logprob or 0.0 for entry in generated) / len(generated)
+
+
+def _name(entry: p.TokenLogprob) -> str:
+    """A token as the completions API names it: its text, or ``bytes:\\xe6\\x97`` (OpenAI's spelling)
+    for one that holds part of a character, whose text alone would read U+FFFD."""
+    try:
+        return entry.token_bytes.decode("utf-8") if entry.token_bytes else entry.token
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{byte:02x}" for byte in entry.token_bytes)
+
+
+def _alternatives(entry: p.TokenLogprob) -> dict[str, float | None]:
+    """The alternatives keyed by name; two tokens of one name (a vocabulary may spell a text twice)
+    are told apart by id, vLLM's ``token_id:`` spelling, so that none hides another."""
+    top: dict[str, float | None] = {}
+    for alternative in entry.top:
+        name = _name(alternative)
+        top[f"token_id:{alternative.id}" if name in top else name] = alternative.logprob
+    return top
+
+
 def _logprobs(entries: Sequence[p.TokenLogprob], offset: int) -> dict:
-    """The completions API's older shape: parallel lists, and each token's offset in the text."""
+    """The completions API's older shape: parallel lists, and each token's offset in the text (in characters:
+    a token that holds part of a character is at that character)."""
     offsets = []
+    characters = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for entry in entries:
         offsets.append(offset)
-        offset += len(entry.token)
+        offset += len(characters.decode(entry.token_bytes))
     return {
-        "tokens": [entry.token for entry in entries],
+        "tokens": [_name(entry) for entry in entries],
         "token_logprobs": [entry.logprob for entry in entries],
-        "top_logprobs": [dict(entry.top) for entry in entries],
+        # None for an echoed prompt's first token, as OpenAI gives it (nothing predicts it).
+        "top_logprobs": [None if entry.logprob is None else _alternatives(entry) for entry in entries],
         "text_offset": offsets,
     }
 
 
 @attrs.define(eq=False, kw_only=True)
 class TextCompletion(OpenAIAnswer):
-    """One text completion: its chunks as they come, or the whole response."""
+    """One text completion: its chunks as they come, or the whole response.
+
+    Sequences come ``candidates`` per prompt, in the prompts' order; each
+    prompt returns ``choices`` (n) of them, as choice ``prompt index * n + i``:
+    all of them (streamed, or without best_of), or the best by mean log probability.
+    """
 
     chunk_object: ClassVar[str] = "text_completion"
-    # Streamed: where each choice's next chunk starts in its text.
+    candidates: int
+    choices: int
+    # Streamed: where each sequence's next chunk starts in its text, and its latest delta (for the usage).
     _offsets: list[int]
+    _lasts: list[p.Delta | None] = attrs.field(init=False)
+
+    @_lasts.default
+    def _no_deltas(self) -> list[p.Delta | None]:
+        return [None] * len(self._offsets)
 
     def _choice(self, index: int, text: str, finish_reason: str | None, logprobs: Sequence[p.TokenLogprob], offset: int) -> dict:
         return {
@@ -69,11 +135,30 @@ class TextCompletion(OpenAIAnswer):
     def delta(self, choice: int, delta: p.Delta) -> bytes:
         offset = self._offsets[choice]
         self._offsets[choice] = offset + len(delta.text)
-        return sse(self.chunk([self._choice(choice, delta.text, delta.finish_reason, delta.logprobs, offset)]))
+        self._lasts[choice] = delta
+        if not delta.echoed:
+            return sse(self.chunk([self._choice(choice, delta.text, delta.finish_reason, delta.logprobs, offset)]))
+        # The echoed prompt is the choice's first chunk, with its tokens' log probabilities.
+        echoed, split = delta.echoed, delta.prompt_tokens if delta.logprobs else 0
+        prompt = sse(self.chunk([self._choice(choice, delta.text[:echoed], None, delta.logprobs[:split], offset)]))
+        if len(delta.text) == echoed and delta.finish_reason is None and len(delta.logprobs) == split:
+            return prompt
+        rest = self._choice(choice, delta.text[echoed:], delta.finish_reason, delta.logprobs[split:], offset + echoed)
+        return prompt + sse(self.chunk([rest]))
+
+    def closing(self, usage: Usage | None) -> bytes:
+        # Every prompt's tokens, not the first's alone.
+        return super().closing(None if usage is None else _usage(self._lasts, self.candidates))  # type: ignore[arg-type]
 
     def response(self, collected: Collected) -> dict:
-        choices = [
-            self._choice(index, text, last.finish_reason, logprobs, 0)
-            for index, (text, logprobs, last) in enumerate(zip(collected.texts, collected.logprobs, collected.lasts, strict=True))
-        ]
-        return {**self.chunk(choices), "usage": usage_object(collected.usage)}
+        lasts, per_prompt = collected.lasts, self.candidates
+        choices = []
+        for number, start in enumerate(range(0, len(lasts), per_prompt)):
+            group = range(start, start + per_prompt)
+            if per_prompt > self.choices:
+                group = sorted(group, key=lambda index: -_mean_logprob(collected.logprobs[index], lasts[index]))[: self.choices]
+            choices.extend(
+                self._choice(number * self.choices + rank, collected.texts[index], lasts[index].finish_reason, collected.logprobs[index], 0)
+                for rank, index in enumerate(group)
+            )
+        return {**self.chunk(choices), "usage": usage_object(_usage(lasts, per_prompt))}

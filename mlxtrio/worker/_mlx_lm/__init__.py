@@ -6,7 +6,7 @@ repeats parts of their code: ``BatchGenerator`` and its prompt batch
 (``_generator.py``), the prompt cache and its trie (``_prompt_cache.py``),
 the quantized layers (``_quantized.py``), the per-token computation of
 ``generate_step`` (``_solo.py``), what sits behind ``TokenizerWrapper``
-(``_tokenizer.py``), and loading (``_load.py``). The next mlx-lm upgrade
+(``_tokenizer.py``, the detokenizers' token maps among it), and loading (``_load.py``). The next mlx-lm upgrade
 touches this folder: every other worker module takes mlx-lm through the
 names below. The batched engine (``_batch.py``) alone also calls the
 generator's ``next``, ``remove`` and ``close`` and reads ``next``'s
@@ -26,7 +26,7 @@ from ._load import can_batch, download, llama_model, load, unsupported_architect
 from ._prompt_cache import PromptCache
 from ._quantized import speed_up_quantized
 from ._solo import Processor, Sampler, SoloDecoder
-from ._tokenizer import chat_renderer, set_chat_template, wrapped_tokenizer
+from ._tokenizer import chat_renderer, set_chat_template, token_bytes, wrapped_tokenizer
 
 __all__ = [
     "Generator",
@@ -49,6 +49,7 @@ __all__ = [
     "make_prompt_cache",
     "set_chat_template",
     "speed_up_quantized",
+    "token_bytes",
     "trim_prompt_cache",
     "unsupported_architecture",
     "wrapped_tokenizer",

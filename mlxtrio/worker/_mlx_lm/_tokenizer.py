@@ -1,10 +1,13 @@
-"""What lies behind mlx-lm's ``TokenizerWrapper``: the transformers tokenizer it wraps, and its own chat renderer."""
+"""What lies behind mlx-lm's ``TokenizerWrapper``: the transformers tokenizer it wraps, its own chat renderer, its detokenizer's token map."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["chat_renderer", "set_chat_template", "wrapped_tokenizer"]
+from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, SPMStreamingDetokenizer, _byte_decoder
+
+__all__ = ["chat_renderer", "set_chat_template", "token_bytes", "wrapped_tokenizer"]
 
 
 def wrapped_tokenizer(wrapper: Any, default: Any = None) -> Any:
@@ -21,3 +24,29 @@ def set_chat_template(wrapper: Any, template: str) -> None:
     """Render chats with ``template`` instead of the tokenizer's own (mlx-lm reads it from the transformers tokenizer)."""
     wrapper._tokenizer.chat_template = template  # noqa: SLF001
     wrapper.has_chat_template = True
+
+
+def token_bytes(wrapper: Any) -> tuple[Callable[[int], bytes] | None, bool]:
+    """How the model's streaming detokenizer reads one token as bytes (None: it decodes whole texts, not
+    token by token), and whether it drops the leading space of a sequence's first text.
+
+    Read as the detokenizer reads them (byte 0 included, which mlx-lm's byte-level
+    detokenizer takes for its character), a sequence's tokens' bytes rebuild the text it sends.
+    """
+    detokenizer = getattr(wrapper, "_detokenizer", None)
+    if isinstance(detokenizer, BPEStreamingDetokenizer):
+        tokenmap, byte_decoder = detokenizer.tokenmap, _byte_decoder()
+
+        def byte_level(token: int) -> bytes:
+            piece = tokenmap[token] if token < len(tokenmap) else "!"
+            return b"".join(bytes([byte_decoder[c]]) if byte_decoder.get(c) else c.encode() for c in piece)
+
+        return byte_level, True
+    if isinstance(detokenizer, SPMStreamingDetokenizer):
+        pieces, separator = detokenizer.tokenmap, SPMStreamingDetokenizer._sep  # noqa: SLF001
+
+        def sentencepiece(token: int) -> bytes:
+            return pieces[token].replace(separator, b" ")
+
+        return sentencepiece, detokenizer.trim_space
+    return None, False
