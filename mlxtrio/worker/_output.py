@@ -17,6 +17,7 @@ import mlx.core as mx
 
 from .._protocol import Delta, Generate, SamplingParams, TokenLogprob, ToolCall
 from ._grammar import GrammarProcessor
+from ._mlx_lm import detokenizer
 from ._sampling import Processor
 from ._token_pieces import TokenPieces
 from ._tools import ToolCallExtractor
@@ -151,7 +152,7 @@ def new_output(
     # A detokenizer of its own, as a reset copy of the tokenizer's: building
     # one anew converts the whole vocabulary, and the worker admits requests
     # one after another.
-    sequence = SequenceOutput(request.request_id, params, pieces, tokenizer.detokenizer, len(prompt), cached)
+    sequence = SequenceOutput(request.request_id, params, pieces, detokenizer(tokenizer), len(prompt), cached)
     sequence.grammar = next((each for each in processors if isinstance(each, GrammarProcessor)), None)
     if request.parse_tool_calls and parse_tools:
         sequence.tools = ToolCallExtractor(tokenizer, json.loads(request.tools) if request.tools else None, limit=request.max_tool_calls)

@@ -43,7 +43,6 @@ def test_some_logprobs_chat(client: openai.OpenAI, model: str, top_logprobs: int
     assert all(len(token.top_logprobs) == top_logprobs for token in content)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 24 item 6: logprob bytes of a token inside a multi-byte character are those of U+FFFD")
 def test_logprob_bytes_rebuild_the_text(client: openai.OpenAI, model: str):
     """test_some_logprobs_chat's alternatives, checked for what ``bytes`` is for: tokens that split a character."""
     answer = client.chat.completions.create(
@@ -281,7 +280,6 @@ def test_single_completion(client: openai.OpenAI, model: str):
     assert answer.usage.total_tokens == answer.usage.prompt_tokens + 5
 
 
-@pytest.mark.xfail(strict=True, reason="issue 24 item 5: /v1/completions takes only a string prompt")
 def test_single_completion_token_ids(client: openai.OpenAI, model: str):
     answer = client.completions.create(model=model, prompt=[40, 41, 42, 43, 44], max_tokens=5, temperature=0.0)
     assert answer.usage.prompt_tokens == 5
@@ -298,7 +296,7 @@ def test_no_logprobs(client: openai.OpenAI, model: str):
     [
         0,
         1,
-        pytest.param(5, marks=pytest.mark.xfail(strict=True, reason="issue 24 item 6: alternatives that decode alike (U+FFFD) collide as keys")),
+        5,
     ],
 )
 def test_some_logprobs(client: openai.OpenAI, model: str, logprobs: int):
@@ -307,8 +305,8 @@ def test_some_logprobs(client: openai.OpenAI, model: str, logprobs: int):
     result = answer.choices[0].logprobs
     assert len(result.tokens) == len(result.token_logprobs) == len(result.top_logprobs) == len(result.text_offset) == answer.usage.completion_tokens
     assert result.text_offset == sorted(result.text_offset)
-    for top in result.top_logprobs:
-        assert logprobs <= len(top) <= logprobs + 1
+    for top, token in zip(result.top_logprobs, result.tokens, strict=True):
+        assert max(logprobs, 1) <= len(top) <= logprobs + 1 and token in top
 
 
 def test_too_many_completion_logprobs(client: openai.OpenAI, model: str):
@@ -368,7 +366,6 @@ def test_completion_stream_options(client: openai.OpenAI, http: httpx.Client, mo
         assert error_of(response, 400)["param"].startswith("stream_options")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 24 item 5: /v1/completions takes only a string prompt")
 @pytest.mark.parametrize("prompts", [[PROMPT] * 2, [[40, 41, 42, 43, 44]] * 2], ids=["texts", "token-ids"])
 def test_batch_completions(client: openai.OpenAI, http: httpx.Client, model: str, prompts: list):
     batch = client.completions.create(model=model, prompt=prompts, max_tokens=5, temperature=0.0)
@@ -384,7 +381,6 @@ def test_batch_completions(client: openai.OpenAI, http: httpx.Client, model: str
     assert texts[0] == texts[1]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 24 item 5: /v1/completions has no echo")
 @pytest.mark.parametrize("logprobs", [1, 0])
 def test_echo_logprob_completion(client: openai.OpenAI, model: str, logprobs: int):
     answer = client.completions.create(model=model, prompt=PROMPT, max_tokens=5, temperature=0.0, echo=True, logprobs=logprobs)
@@ -399,7 +395,6 @@ def test_echo_logprob_completion(client: openai.OpenAI, model: str, logprobs: in
 # --- completion/test_completion_text_offset.py ----------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 24 item 6: a token inside a multi-byte character counts as one U+FFFD in the whole answer's text_offset")
 def test_stream_text_offset_matches_non_stream_with_stop_holdback(client: openai.OpenAI, model: str):
     # The origin feeds vLLM's serving class made-up outputs; here the server's own, with a stop string that may
     # hold text back while it could still be starting.
@@ -420,7 +415,6 @@ def test_invalid_prompts(http: httpx.Client, model: str, prompt: list):
     assert error_of(response, 400)["param"] == "prompt"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 24 item 5: /v1/completions takes only a string prompt")
 def test_nonempty_prompt_list_ok(client: openai.OpenAI, model: str):
     answer = client.completions.create(model=model, prompt=["hello"], max_tokens=2)
     assert len(answer.choices) == 1

@@ -27,7 +27,7 @@ async def completions(state: ServerState, body: bytes) -> Response:
         logprobs=completion.logprobs is not None,
         candidates=completion.candidates,
         choices=completion.n,
-        offsets=[0] * (len(prompts) * completion.candidates),
+        sequences=len(prompts) * completion.candidates,
     )
     return await respond(state, generation_request(completion, prompts, state.limits), answer)
 
@@ -78,29 +78,44 @@ def _name(entry: p.TokenLogprob) -> str:
 
 
 def _alternatives(entry: p.TokenLogprob) -> dict[str, float | None]:
-    """The alternatives keyed by name; two tokens of one name (a vocabulary may spell a text twice)
-    are told apart by id, vLLM's ``token_id:`` spelling, so that none hides another."""
+    """The alternatives keyed by name, and the sampled token where it is not among them ("up to logprobs+1
+    elements", as OpenAI's reference has it); two tokens of one name (a vocabulary may spell a text
+    twice) are told apart by id, vLLM's ``token_id:`` spelling, so that none hides another."""
     top: dict[str, float | None] = {}
-    for alternative in entry.top:
+    alternatives = entry.top
+    if all(alternative.id != entry.id for alternative in alternatives):
+        alternatives = (*alternatives, entry)
+    for alternative in alternatives:
         name = _name(alternative)
         top[f"token_id:{alternative.id}" if name in top else name] = alternative.logprob
     return top
 
 
-def _logprobs(entries: Sequence[p.TokenLogprob], offset: int) -> dict:
-    """The completions API's older shape: parallel lists, and each token's offset in the text (in characters:
-    a token that holds part of a character is at that character)."""
-    offsets = []
-    characters = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    for entry in entries:
-        offsets.append(offset)
-        offset += len(characters.decode(entry.token_bytes))
+@attrs.define
+class _Offsets:
+    """Where a sequence's tokens start in its text, in characters, counted from its tokens' own bytes
+    (a token that holds part of a character is at that character), so that a stream, whose text may be
+    held back behind a stop string, places them where the whole answer does."""
+
+    at: int = 0
+    _characters: codecs.IncrementalDecoder = attrs.Factory(lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+
+    def place(self, entries: Sequence[p.TokenLogprob]) -> list[int]:
+        offsets = []
+        for entry in entries:
+            offsets.append(self.at)
+            self.at += len(self._characters.decode(entry.token_bytes))
+        return offsets
+
+
+def _logprobs(entries: Sequence[p.TokenLogprob], offsets: _Offsets) -> dict:
+    """The completions API's older shape: parallel lists, and each token's offset in the text."""
     return {
         "tokens": [_name(entry) for entry in entries],
         "token_logprobs": [entry.logprob for entry in entries],
         # None for an echoed prompt's first token, as OpenAI gives it (nothing predicts it).
         "top_logprobs": [None if entry.logprob is None else _alternatives(entry) for entry in entries],
-        "text_offset": offsets,
+        "text_offset": offsets.place(entries),
     }
 
 
@@ -116,34 +131,38 @@ class TextCompletion(OpenAIAnswer):
     chunk_object: ClassVar[str] = "text_completion"
     candidates: int
     choices: int
-    # Streamed: where each sequence's next chunk starts in its text, and its latest delta (for the usage).
-    _offsets: list[int]
+    sequences: int
+    # Streamed: each sequence's token offsets so far, and its latest delta (for the usage).
+    _offsets: list[_Offsets] = attrs.field(init=False)
     _lasts: list[p.Delta | None] = attrs.field(init=False)
+
+    @_offsets.default
+    def _at_the_start(self) -> list[_Offsets]:
+        return [_Offsets() for _ in range(self.sequences)]
 
     @_lasts.default
     def _no_deltas(self) -> list[p.Delta | None]:
-        return [None] * len(self._offsets)
+        return [None] * self.sequences
 
-    def _choice(self, index: int, text: str, finish_reason: str | None, logprobs: Sequence[p.TokenLogprob], offset: int) -> dict:
+    def _choice(self, index: int, text: str, finish_reason: str | None, logprobs: Sequence[p.TokenLogprob], offsets: _Offsets) -> dict:
         return {
             "text": text,
             "index": index,
-            "logprobs": _logprobs(logprobs, offset) if self.logprobs else None,
+            "logprobs": _logprobs(logprobs, offsets) if self.logprobs else None,
             "finish_reason": finish_reason,
         }
 
     def delta(self, choice: int, delta: p.Delta) -> bytes:
-        offset = self._offsets[choice]
-        self._offsets[choice] = offset + len(delta.text)
+        offsets = self._offsets[choice]
         self._lasts[choice] = delta
         if not delta.echoed:
-            return sse(self.chunk([self._choice(choice, delta.text, delta.finish_reason, delta.logprobs, offset)]))
+            return sse(self.chunk([self._choice(choice, delta.text, delta.finish_reason, delta.logprobs, offsets)]))
         # The echoed prompt is the choice's first chunk, with its tokens' log probabilities.
         echoed, split = delta.echoed, delta.prompt_tokens if delta.logprobs else 0
-        prompt = sse(self.chunk([self._choice(choice, delta.text[:echoed], None, delta.logprobs[:split], offset)]))
+        prompt = sse(self.chunk([self._choice(choice, delta.text[:echoed], None, delta.logprobs[:split], offsets)]))
         if len(delta.text) == echoed and delta.finish_reason is None and len(delta.logprobs) == split:
             return prompt
-        rest = self._choice(choice, delta.text[echoed:], delta.finish_reason, delta.logprobs[split:], offset + echoed)
+        rest = self._choice(choice, delta.text[echoed:], delta.finish_reason, delta.logprobs[split:], offsets)
         return prompt + sse(self.chunk([rest]))
 
     def closing(self, usage: Usage | None) -> bytes:
@@ -158,7 +177,7 @@ class TextCompletion(OpenAIAnswer):
             if per_prompt > self.choices:
                 group = sorted(group, key=lambda index: -_mean_logprob(collected.logprobs[index], lasts[index]))[: self.choices]
             choices.extend(
-                self._choice(number * self.choices + rank, collected.texts[index], lasts[index].finish_reason, collected.logprobs[index], 0)
+                self._choice(number * self.choices + rank, collected.texts[index], lasts[index].finish_reason, collected.logprobs[index], _Offsets())
                 for rank, index in enumerate(group)
             )
         return {**self.chunk(choices), "usage": usage_object(_usage(lasts, per_prompt))}

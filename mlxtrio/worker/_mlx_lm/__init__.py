@@ -26,7 +26,7 @@ from ._load import can_batch, download, llama_model, load, unsupported_architect
 from ._prompt_cache import PromptCache
 from ._quantized import speed_up_quantized
 from ._solo import Processor, Sampler, SoloDecoder
-from ._tokenizer import chat_renderer, set_chat_template, token_bytes, wrapped_tokenizer
+from ._tokenizer import chat_renderer, detokenizer, set_chat_template, token_bytes, wrapped_tokenizer
 
 __all__ = [
     "Generator",
@@ -41,6 +41,7 @@ __all__ = [
     "can_batch",
     "can_trim_prompt_cache",
     "chat_renderer",
+    "detokenizer",
     "download",
     "generate_step",
     "llama_model",

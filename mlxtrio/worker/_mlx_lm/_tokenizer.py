@@ -7,7 +7,27 @@ from typing import Any
 
 from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, SPMStreamingDetokenizer, _byte_decoder
 
-__all__ = ["chat_renderer", "set_chat_template", "token_bytes", "wrapped_tokenizer"]
+__all__ = ["chat_renderer", "detokenizer", "set_chat_template", "token_bytes", "wrapped_tokenizer"]
+
+
+class _SpacedBPEDetokenizer(BPEStreamingDetokenizer):
+    """mlx-lm's byte-level detokenizer, keeping the leading space of a sequence's first token.
+
+    In a byte-level vocabulary the space is part of the token (" Paris"
+    after "The capital is"); dropping it loses text a completion needs, and
+    transformers' ``decode`` (what vLLM's and llama.cpp's servers send) keeps it.
+    """
+
+    def _maybe_trim_space(self, current_text: str) -> str:
+        return current_text
+
+
+def detokenizer(wrapper: Any) -> Any:
+    """A fresh streaming detokenizer for one sequence (a reset copy of the wrapper's own)."""
+    fresh = wrapper.detokenizer
+    if type(fresh) is BPEStreamingDetokenizer:
+        fresh.__class__ = _SpacedBPEDetokenizer
+    return fresh
 
 
 def wrapped_tokenizer(wrapper: Any, default: Any = None) -> Any:
@@ -28,7 +48,8 @@ def set_chat_template(wrapper: Any, template: str) -> None:
 
 def token_bytes(wrapper: Any) -> tuple[Callable[[int], bytes] | None, bool]:
     """How the model's streaming detokenizer reads one token as bytes (None: it decodes whole texts, not
-    token by token), and whether it drops the leading space of a sequence's first text.
+    token by token), and whether it drops the leading space of a sequence's first text (``detokenizer``'s do
+    so only in a SentencePiece vocabulary, where the space marks a word's start, as transformers' decode does).
 
     Read as the detokenizer reads them (byte 0 included, which mlx-lm's byte-level
     detokenizer takes for its character), a sequence's tokens' bytes rebuild the text it sends.
@@ -41,7 +62,7 @@ def token_bytes(wrapper: Any) -> tuple[Callable[[int], bytes] | None, bool]:
             piece = tokenmap[token] if token < len(tokenmap) else "!"
             return b"".join(bytes([byte_decoder[c]]) if byte_decoder.get(c) else c.encode() for c in piece)
 
-        return byte_level, True
+        return byte_level, False
     if isinstance(detokenizer, SPMStreamingDetokenizer):
         pieces, separator = detokenizer.tokenmap, SPMStreamingDetokenizer._sep  # noqa: SLF001
 
