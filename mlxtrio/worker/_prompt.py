@@ -91,7 +91,7 @@ class PromptTokens:
             try:
                 prompt = self._encoder.chat(messages, budget=budget, **extra)
             except PromptTooLong as exc:
-                raise self._too_long(request, str(exc)) from None
+                raise self._too_long(request, exc.fewest_tokens, at_least=True) from None
             except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
                 raise RequestError(ErrorKind.INVALID_REQUEST, f"the chat template rejected these messages: {exc}", param="messages") from exc
         elif isinstance(source := prompt_source(request), tuple):
@@ -101,11 +101,11 @@ class PromptTokens:
             try:
                 prompt = self._encoder.text(source, add_special_tokens=bos is None or not source.startswith(bos), budget=budget)
             except PromptTooLong as exc:
-                raise self._too_long(request, str(exc)) from None
+                raise self._too_long(request, exc.fewest_tokens, at_least=True) from None
         if not prompt:
             raise RequestError(ErrorKind.INVALID_REQUEST, "the prompt is empty", param="prompt" if request.messages is None else "messages")
         if budget is not None and len(prompt) > budget:
-            raise self._too_long(request, f"{len(prompt)} tokens")
+            raise self._too_long(request, len(prompt))
         vocabulary = getattr(tokenizer, "vocab_size", None)
         outside = [token for token, _ in request.params.logit_bias if not 0 <= token < vocabulary] if vocabulary else []
         if outside:
@@ -130,12 +130,21 @@ class PromptTokens:
         room = min(params.max_tokens, self._context_length - len(prompt))
         return msgspec.structs.replace(request, params=msgspec.structs.replace(params, max_tokens=room))
 
-    def _too_long(self, request: Generate, prompt_has: str) -> RequestError:
-        wants = "leaving no room for a completion" if request.params.fit_context else f"and max_tokens asks for {request.params.max_tokens} more"
+    def _too_long(self, request: Generate, tokens: int, *, at_least: bool = False) -> RequestError:
+        """OpenAI's code and wording (clients and litellm recognise both: "This model's maximum context length is")."""
+        what = "prompt" if request.messages is None else "messages"
+        resulted = f"at least {tokens}" if at_least else f"{tokens}"
+        if request.params.fit_context:
+            however = f"your {what} resulted in {resulted} tokens, leaving no room for a completion"
+        else:
+            completion = request.params.max_tokens
+            total = f"at least {tokens + completion}" if at_least else f"{tokens + completion}"
+            however = f"you requested {total} tokens ({resulted} in the {what}, {completion} in the completion)"
         return RequestError(
             ErrorKind.INVALID_REQUEST,
-            f"this model's context is {self._context_length} tokens; the prompt has {prompt_has}, {wants}",
-            param="prompt" if request.messages is None else "messages",
+            f"This model's maximum context length is {self._context_length} tokens. However, {however}. "
+            f"Please reduce the length of the {what} or completion.",
+            param=what,
             code="context_length_exceeded",
         )
 

@@ -56,6 +56,7 @@ class PromptTooLong(Exception):
 
     def __init__(self, characters: int, fewest_tokens: int) -> None:
         super().__init__(f"{characters} characters, so at least {fewest_tokens} tokens")
+        self.fewest_tokens = fewest_tokens
 
 
 def _shrink(normalizer: dict | None) -> int | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from ..helpers import bounded, sse_events
 
 # The demo model's context (its max_position_embeddings).
@@ -62,6 +64,14 @@ async def test_without_max_tokens_a_prompt_near_the_context_end_generates_up_to_
         assert refused.status_code == 400
         openapi.validate(refused.json(), "ErrorResponse")
         assert refused.json()["error"]["code"] == "context_length_exceeded"
+        # OpenAI's wording, which clients and litellm recognise a context overflow by.
+        what = "prompt" if path == "/v1/completions" else "messages"
+        shape = (
+            rf"This model's maximum context length is {CONTEXT} tokens\. However, you requested (\d+) tokens "
+            rf"\((\d+) in the {what}, 1024 in the completion\)\. Please reduce the length of the {what} or completion\."
+        )
+        matched = re.fullmatch(shape, refused.json()["error"]["message"])
+        assert matched and int(matched[1]) == int(matched[2]) + 1024, refused.json()["error"]["message"]
 
 
 @bounded(120)
@@ -74,5 +84,9 @@ async def test_without_max_tokens_a_prompt_that_leaves_no_room_is_context_length
         openapi.validate(response.json(), "ErrorResponse")
         error = response.json()["error"]
         assert (error["param"], error["code"]) == ("prompt", "context_length_exceeded"), error
-        assert "no room" in error["message"], error
+        assert re.fullmatch(
+            rf"This model's maximum context length is {CONTEXT} tokens\. However, your prompt resulted in (at least )?\d+ tokens, "
+            r"leaving no room for a completion\. Please reduce the length of the prompt or completion\.",
+            error["message"],
+        ), error
 
