@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -72,8 +73,9 @@ class BatchEngine(EngineCore):
         prompt_cache_bytes: int,
         prefill_bucket: int,
         first_tokens_always_early: bool,
+        progress: Callable[[], None],
     ) -> None:
-        super().__init__(model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes)
+        super().__init__(model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes, progress=progress)
         # Whether newcomers to a running batch get their first tokens early too (see the class's docstring).
         self._always_early = first_tokens_always_early
         self._prefill_step_size = prefill_step_size

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import abc
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import mlx.core as mx
 
-from .._protocol import Delta, Generate, SamplingParams, TokenLogprob
+from .._protocol import Delta, ErrorKind, Generate, SamplingParams, TokenLogprob
 from ._failpoints import failpoint
 from ._failures import FailurePolicy, RequestError
 from ._grammar import GrammarCompiler
 from ._mlx_lm import PromptCache, can_trim_prompt_cache
 from ._output import SequenceOutput, new_output
 from ._prompt import PromptTokens, keep_cache, prompt_source
-from ._prompt_logprobs import prompt_logprobs
+from ._prompt_logprobs import MOST_ECHOED_ENTRIES, prompt_logprobs
 from ._sampling import Processor, model_params
 from ._token_pieces import TokenPieces
 from ._tools import tool_format
@@ -29,8 +30,12 @@ StepResult = tuple[list[Delta], list[tuple[int, RequestError]]]
 class EngineCore(FailurePolicy, abc.ABC):
     """The part of an engine that does not depend on how it decodes (the contract: ``_engine.Engine``)."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, context_length: int | None, prompt_cache_bytes: int) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, *, context_length: int | None, prompt_cache_bytes: int, progress: Callable[[], None]
+    ) -> None:
         super().__init__()
+        # Called between chunks of long work outside a step (a long prompt must not look like a hang).
+        self._progress = progress
         self._model = model
         self._tokenizer = tokenizer
         self._prompt_tokens = PromptTokens(tokenizer, context_length=context_length)
@@ -52,6 +57,17 @@ class EngineCore(FailurePolicy, abc.ABC):
         Should one of them fail to start, none goes on (the request fails as a whole).
         """
         sequences = self._prompt_tokens.sequences(request)
+        params = request.params
+        if params.echo and params.logprobs:
+            # Each sequence's first delta carries its prompt's entries, and a request's first deltas share a frame.
+            entries = sum(len(prompt) for _, prompt in sequences) * (1 + params.top_logprobs)
+            if entries > MOST_ECHOED_ENTRIES:
+                raise RequestError(
+                    ErrorKind.INVALID_REQUEST,
+                    f"echo with logprobs would return {entries} log probabilities (prompt tokens x choices x (logprobs + 1)); "
+                    f"at most {MOST_ECHOED_ENTRIES}: send a shorter prompt, fewer choices or fewer logprobs",
+                    param="echo",
+                )
         started: list[int] = []
         try:
             for choice, prompt in sequences:
@@ -61,6 +77,9 @@ class EngineCore(FailurePolicy, abc.ABC):
             for request_id in started:
                 self.cancel(request_id)
             raise
+        finally:
+            # The echoed prompt's log probabilities live on in its sequences only.
+            self._echoed = None
 
     @abc.abstractmethod
     def _admit(self, request: Generate, prompt: list[int]) -> None:
@@ -92,7 +111,7 @@ class EngineCore(FailurePolicy, abc.ABC):
         if echoed is None or echoed[0] is not prompt:
             source = prompt_source(request)
             text = source if isinstance(source, str) else self._tokenizer.decode(prompt)
-            logprobs = prompt_logprobs(self._model, prompt, self._pieces, top=params.top_logprobs) if params.logprobs else ()
+            logprobs = prompt_logprobs(self._model, prompt, self._pieces, top=params.top_logprobs, progress=self._progress) if params.logprobs else ()
             echoed = self._echoed = (prompt, text, logprobs)
         return echoed[1], echoed[2]
 

@@ -86,7 +86,8 @@ def make_engine(
     ``config`` lets more than one sequence decode at once, else sequential.
 
     ``context_length``: the model's (None: unknown); ``first_tokens_always_early``: see
-    ``BatchEngine``; ``progress``: called between prefill chunks of the sequential engine.
+    ``BatchEngine``; ``progress``: called where the worker computes at length outside a step (the
+    sequential engine's prefill chunks, an echoed prompt's log probabilities), so that it is no hang.
     """
     if config.decode_concurrency > 1 and can_batch(model):
         return BatchEngine(
@@ -99,6 +100,7 @@ def make_engine(
             prompt_cache_bytes=config.prompt_cache_bytes,
             prefill_bucket=config.prefill_bucket,
             first_tokens_always_early=first_tokens_always_early,
+            progress=progress,
         )
     return SequentialEngine(
         model,

@@ -9,6 +9,7 @@ own: the prompt is within the context already, and a chunk's logits are
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import mlx.core as mx
@@ -17,14 +18,21 @@ from .._protocol import TokenLogprob
 from ._mlx_lm import make_prompt_cache
 from ._token_pieces import TokenPieces
 
-__all__ = ["prompt_logprobs"]
+__all__ = ["MOST_ECHOED_ENTRIES", "prompt_logprobs"]
 
 # Prompt positions per forward pass: their logits over the vocabulary are what the pass holds.
 _CHUNK = 256
+# The most log probabilities (tokens and alternatives) a request's echoed prompts may return: they
+# go to the orchestrator in one frame, far below the ring's largest message.
+MOST_ECHOED_ENTRIES = 1 << 18
 
 
-def prompt_logprobs(model: Any, prompt: list[int], pieces: TokenPieces, *, top: int) -> tuple[TokenLogprob, ...]:
-    """Each prompt token's log probability and ``top`` alternatives; the first token's is None (nothing predicts it)."""
+def prompt_logprobs(
+    model: Any, prompt: list[int], pieces: TokenPieces, *, top: int, progress: Callable[[], None]
+) -> tuple[TokenLogprob, ...]:
+    """Each prompt token's log probability and ``top`` alternatives; the first token's is None (nothing predicts it).
+
+    ``progress`` is called after each chunk: the pass runs outside a step, and a long one must not look like a hang."""
     entries = [pieces.logprob(prompt[0], None)]
     cache = make_prompt_cache(model)
     for start in range(0, len(prompt) - 1, _CHUNK):
@@ -44,4 +52,5 @@ def prompt_logprobs(model: Any, prompt: list[int], pieces: TokenPieces, *, top: 
         else:
             alternatives = [()] * len(targets)
         entries.extend(pieces.logprob(token, value, others) for token, value, others in zip(targets, chosen.tolist(), alternatives))
+        progress()
     return tuple(entries)

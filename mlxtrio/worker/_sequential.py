@@ -49,10 +49,8 @@ class SequentialEngine(EngineCore):
         prompt_cache_bytes: int,
         progress: Callable[[], None],
     ) -> None:
-        super().__init__(model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes)
+        super().__init__(model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes, progress=progress)
         self._prefill_step_size = prefill_step_size
-        # Called between prefill chunks: a long prompt must not look like a hang.
-        self._progress = progress
         self._running: dict[int, _Running] = {}
 
     @property

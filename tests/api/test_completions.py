@@ -164,3 +164,19 @@ async def test_suffix_is_refused_clearly(client, openapi):
     for empty in (None, ""):
         fine = await client.post("/v1/completions", json={"model": "demo", "prompt": "x", "suffix": empty, "max_tokens": 2})
         assert fine.status_code == 200
+
+
+@bounded(60)
+async def test_echoed_log_probabilities_are_bounded(client, openapi):
+    # About 4,000 prompt tokens x 16 choices x 6 entries: far past what one frame to the orchestrator may carry.
+    body = {"model": "demo", "prompt": " the" * 4000, "max_tokens": 1, "echo": True, "logprobs": 5, "n": 16}
+    for stream in (False, True):
+        response = await client.post("/v1/completions", json={**body, "stream": stream})
+        assert response.status_code == 400, response.text[:300]
+        openapi.validate(response.json(), "ErrorResponse")
+        error = response.json()["error"]
+        assert error["param"] == "echo" and "at most 262144" in error["message"], error
+    # Within it, the same prompt is answered.
+    response = await client.post("/v1/completions", json={**body, "n": 1, "logprobs": 1})
+    assert response.status_code == 200, response.text[:300]
+    assert len(response.json()["choices"][0]["logprobs"]["tokens"]) == response.json()["usage"]["total_tokens"]

@@ -18,7 +18,7 @@ import jsonschema
 import openai
 import pytest
 
-from ._wire import assert_count_matches_finish, error_of, stream
+from ._wire import error_of
 
 MESSAGES = [{"role": "system", "content": "you are a helpful assistant"}, {"role": "user", "content": "what is 1+1?"}]
 PROMPT = "Hello, my name is"

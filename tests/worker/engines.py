@@ -32,6 +32,7 @@ def demo_engine(kind: type[E], demo: tuple[Any, Any], **options: Any) -> E:
         "context_length": CONTEXT_LENGTH,
         "prefill_step_size": WORKER.prefill_step_size,
         "prompt_cache_bytes": WORKER.prompt_cache_bytes,
+        "progress": lambda: None,
     }
     if kind is BatchEngine:
         settings.update(
@@ -40,8 +41,6 @@ def demo_engine(kind: type[E], demo: tuple[Any, Any], **options: Any) -> E:
             prefill_bucket=WORKER.prefill_bucket,
             first_tokens_always_early=False,
         )
-    else:
-        settings["progress"] = lambda: None
     return kind(model, tokenizer, **{**settings, **options})
 
 

@@ -15,7 +15,10 @@ def test_chunked_prompt_logprobs_match_one_whole_pass(demo):
     model, tokenizer = demo
     # Longer than a chunk (256), so that the KV cache carries one chunk's context into the next.
     prompt = random.Random(7).choices(range(6, len(tokenizer)), k=600)
-    entries = prompt_logprobs(model, prompt, TokenPieces(tokenizer), top=2)
+    chunks: list[int] = []
+    entries = prompt_logprobs(model, prompt, TokenPieces(tokenizer), top=2, progress=lambda: chunks.append(len(chunks)))
+    # Progress after each of its three chunks: the pass runs outside a step, and must not look like a hang.
+    assert len(chunks) == 3
     logits = model(mx.array(prompt)[None])[0].astype(mx.float32)
     whole = (logits - mx.logsumexp(logits, axis=-1, keepdims=True)).tolist()
     assert len(entries) == len(prompt)
