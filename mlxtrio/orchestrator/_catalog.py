@@ -202,21 +202,27 @@ class ModelCatalog:
         try:
             return self._find(model_id)
         except _Missing as missing:
-            ids = [repr(entry.id) for entry in self.list()]
+            # The configured models only: any request may ask for a model that is not there, and the
+            # Hugging Face cache's listing reads a directory tree of the operator's size.
+            ids = [repr(entry.id) for entry in self._configured_entries()]
             shown = ", ".join(ids[:_LISTED_IN_404])
             if len(ids) > _LISTED_IN_404:
                 shown += f" and {len(ids) - _LISTED_IN_404} more"
-            message = f"{missing}; the models here: {shown} (GET /v1/models)"
+            message = f"{missing}; the models configured here: {shown} (GET /v1/models lists the Hugging Face cache's too)"
             raise ServerError(ErrorKind.NOT_FOUND, message, code="model_not_found", param="model") from None
 
-    def list(self) -> list[ModelEntry]:
+    def _configured_entries(self) -> list[ModelEntry]:
         entries = []
-        configured = [DEMO_MODEL_ID] + [model_id for model_id, _ in self._configured()]
-        for model_id in configured:
+        for model_id in [DEMO_MODEL_ID] + [model_id for model_id, _ in self._configured()]:
             try:
                 entries.append(self._find(model_id))
             except _Missing:
                 pass  # a target that is not there (yet): not offered
+        return entries
+
+    def list(self) -> list[ModelEntry]:
+        entries = self._configured_entries()
+        configured = {entry.id for entry in entries} | {model_id for model_id, _ in self._configured()}
         hub = self._config.hf_hub_cache
         if hub.is_dir():
             for repo_dir in sorted(hub.glob("models--*--*")):

@@ -140,12 +140,17 @@ def test_a_directory_name_is_a_short_name_unless_two_models_share_it(tmp_path, c
 
 
 def test_a_404_lists_what_exists_up_to_a_bound(tmp_path):
-    hub = tmp_path / "hub"
+    from mlxtrio._config import ModelSettings
+
     for index in range(14):
-        _cache_repo(hub, f"org/model-{index:02}")
-    catalog = ModelCatalog(Config.from_environment({}, hf_hub_cache=hub))
+        (tmp_path / f"model-{index:02}").mkdir()
+    # A cached repository is not listed: reading the cache's tree is not work any request may cause.
+    hub = tmp_path / "hub"
+    _cache_repo(hub, "org/cached")
+    models = tuple(ModelSettings(name=f"alias-{index:02}", path=str(tmp_path / f"model-{index:02}")) for index in range(14))
+    catalog = ModelCatalog(Config.from_environment({}, hf_hub_cache=hub, models=models))
     with pytest.raises(ServerError) as caught:
         catalog.resolve("nope")
     message = caught.value.message
-    assert "'demo'" in message and "'org/model-00'" in message and "and 7 more" in message, message
-    assert "'org/model-13'" not in message
+    assert "'demo'" in message and "'alias-00'" in message and "and 7 more" in message, message
+    assert "'alias-13'" not in message and "org/cached" not in message
