@@ -2,10 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
+# The agent CLIs (Claude Code, Codex) that tests/e2e/test_agents.py runs, pinned by their lock file.
+AGENTS ?= tests/e2e/agents
 
-.PHONY: test serve bench-ipc clean
+.PHONY: test serve bench-ipc agents clean
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(AGENTS)/node_modules/.installed
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 serve: $(VENV)/.installed
@@ -20,5 +22,11 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -m pip install -e '.[test]'
 	touch $@
 
+agents: $(AGENTS)/node_modules/.installed
+
+$(AGENTS)/node_modules/.installed: $(AGENTS)/package-lock.json
+	npm ci --prefix $(AGENTS) --no-audit --no-fund
+	touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis $(AGENTS)/node_modules
