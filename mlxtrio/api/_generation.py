@@ -11,6 +11,7 @@ record.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
@@ -55,6 +56,9 @@ class GenerationRequest:
     # The request's tool choice as its 400 shows it, when it forces a call: the forcing grammar
     # writes the json_tools syntax, so only a model that reads that syntax back may be forced.
     forced_tool_choice: str | None = None
+    # The chat template's thinking switch (None: its default), and counting the prompt instead of generating.
+    thinking: bool | None = None
+    count_only: bool = False
 
 
 @attrs.frozen
@@ -75,12 +79,15 @@ class Usage:
 
 @attrs.frozen
 class Collected:
-    """A whole generation, per choice: its text, its tool calls, its tokens' log probabilities, and its last Delta."""
+    """A whole generation, per choice: its text, its tool calls, its tokens' log probabilities, its last Delta,
+    its reasoning, and the stop string that ended it (None where none did)."""
 
     texts: list[str]
     tool_calls: list[list[p.ToolCall]]
     logprobs: list[list[p.TokenLogprob]]
     lasts: list[p.Delta]
+    reasonings: list[str] = attrs.field(factory=list)
+    stop_strings: list[str | None] = attrs.field(factory=list)
 
     @property
     def usage(self) -> Usage:
@@ -94,6 +101,8 @@ class Answer(Protocol):
     request in), then ``delta`` per event, then ``closing``; or, where it
     fails after its 200, ``error`` instead of what is left.
     ``delta`` runs per token: it builds what it sends and nothing more.
+    While nothing else goes out for a while (a long prefill), ``keepalive``
+    does, again and again.
     """
 
     def response(self, collected: Collected) -> object: ...
@@ -105,6 +114,10 @@ class Answer(Protocol):
     def closing(self, usage: Usage | None) -> bytes: ...
 
     def error(self, error: ServerError) -> bytes: ...
+
+    def keepalive(self) -> bytes:
+        """What goes out when the stream has been silent for ``MLX_STREAM_KEEPALIVE`` (an SSE comment, a ping)."""
+        ...
 
 
 def install_intake(app: QuartTrio, intake: Intake, paths: Collection[str]) -> None:
@@ -151,6 +164,8 @@ class Generation:
     arrival: Arrival | None
     timeout: float
     in_flight: InFlight
+    # Seconds of silence on a stream before a keep-alive event (0: none).
+    keepalive: float = 0.0
 
     @classmethod
     async def start(cls, state: ServerState, generation_request: GenerationRequest) -> Generation:
@@ -175,7 +190,7 @@ class Generation:
                     f"{generation_request.model!r} has {served.tool_format or 'no tool calling'}",
                     param="tool_choice",
                 )
-        return cls(generation_request, served, arrival, timeout, state.in_flight)
+        return cls(generation_request, served, arrival, timeout, state.in_flight, state.config.stream_keepalive)
 
     def _generate(self) -> AbstractAsyncContextManager[Events]:
         asked = self.request
@@ -189,6 +204,8 @@ class Generation:
             tools=asked.tools,
             parse_tool_calls=asked.parse_tool_calls,
             max_tool_calls=asked.max_tool_calls,
+            thinking=asked.thinking,
+            count_only=asked.count_only,
             arrival=self.arrival,
         )
 
@@ -197,6 +214,7 @@ class Generation:
         choices = self.request.n
         record = current_record()
         parts: list[list[str]] = [[] for _ in range(choices)]
+        reasonings: list[list[str]] = [[] for _ in range(choices)]
         logprobs: list[list[p.TokenLogprob]] = [[] for _ in range(choices)]
         calls: list[list[p.ToolCall]] = [[] for _ in range(choices)]
         lasts: list[p.Delta | None] = [None] * choices
@@ -206,12 +224,20 @@ class Generation:
                     index = events.choice(delta)
                     record.on_delta(index, delta)
                     parts[index].append(delta.text)
+                    reasonings[index].append(delta.reasoning)
                     logprobs[index].extend(delta.logprobs)
                     calls[index].extend(delta.tool_calls)
                     lasts[index] = delta
         if scope.cancelled_caught or any(last is None for last in lasts):
             raise _timed_out(self.timeout)
-        return Collected(["".join(part) for part in parts], calls, logprobs, lasts)  # type: ignore[arg-type]
+        return Collected(
+            ["".join(part) for part in parts],
+            calls,
+            logprobs,
+            lasts,  # type: ignore[arg-type]
+            ["".join(part) for part in reasonings],
+            [last.stop_string for last in lasts],  # type: ignore[union-attr]
+        )
 
     async def stream(self, answer: Answer) -> Response:
         """A streaming response: ``answer``'s events; the error as its last event if it fails after the 200.
@@ -278,7 +304,13 @@ class Generation:
                 while not events.finished:
                     # Past the deadline, or cut at the end of a graceful stop's grace period.
                     with self.in_flight.cuttable(deadline) as scope:
-                        delta = await events.__anext__()
+                        # Until the next event, or a keep-alive's time (waiting for an event can be cut short safely).
+                        with trio.move_on_after(self.keepalive or math.inf) as silence:
+                            delta = await events.__anext__()
+                    if silence.cancelled_caught and not scope.cancelled_caught:
+                        yield waiting + answer.keepalive()
+                        waiting = b""
+                        continue
                     if scope.cancelled_caught:
                         # Leaving the block cancels the sequence in the worker.
                         error = self.in_flight.error() if self.in_flight.is_cut else _timed_out(self.timeout)
