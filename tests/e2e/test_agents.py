@@ -37,7 +37,7 @@ from ..helpers import bounded
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / "tests" / "e2e" / "agents" / "node_modules" / ".bin"
 KEY = "e2e-agents-key"
-# A nonsense model runs out of room in about one run in a hundred; three in a row would be a real fault.
+# A nonsense model seldom talks until it runs out of room; three runs in a row that did would be a real fault.
 ATTEMPTS = 3
 # A turn's output, at most: with Claude Code's ~1,200-token request it leaves room for one continuation.
 CLAUDE_MAX_OUTPUT_TOKENS = 1300
