@@ -51,6 +51,8 @@ class SequenceOutput:
     # An echoing completion's prompt text and its tokens' log probabilities, until its first delta carries them.
     echo: str | None = None
     echo_logprobs: tuple[TokenLogprob, ...] = ()
+    # The stop string that ended the sequence, once one has.
+    stop_string: str | None = None
 
     def accept(self, token: int | None, finish_reason: str | None, logprobs: mx.array | None = None) -> Delta | None:
         """Take one generated token (None: no token, just the end), with the log probabilities it
@@ -96,10 +98,12 @@ class SequenceOutput:
         held = self.held
         stops = self.params.stop
         if stops:
-            found = [index for index in (held.find(stop) for stop in stops) if index >= 0]
+            found = [(index, stop) for stop in stops if (index := held.find(stop)) >= 0]
             if found:
+                # The one that starts first (of those starting there, the first listed) ends the text.
+                at, self.stop_string = min(found, key=lambda pair: pair[0])
                 self.held = ""
-                return held[: min(found)], True
+                return held[:at], True
         if final or not stops:
             self.held = ""
             return held, False
@@ -132,7 +136,7 @@ class SequenceOutput:
             error = f"{param}: enforcing the schema failed midway: {self.grammar.error}"
         return Delta(
             self.request_id, text, self.prompt_tokens, self.completion_tokens, finish_reason, self.cached_tokens, logprobs, calls,
-            error, param, echoed,
+            error, param, echoed, stop_string=self.stop_string if finish_reason is not None else None,
         )
 
 
