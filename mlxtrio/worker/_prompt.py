@@ -87,7 +87,10 @@ class PromptTokens:
             if not getattr(tokenizer, "has_chat_template", False):
                 raise RequestError(ErrorKind.INVALID_REQUEST, "this model has no chat template; use /v1/completions")
             messages = chat_messages(request.messages)
-            extra = {"tools": json.loads(request.tools)} if request.tools else {}
+            extra: dict[str, Any] = {"tools": json.loads(request.tools)} if request.tools else {}
+            if request.thinking is not None:
+                # mlx-lm's wrapper gives it to the template under the model's own name for it.
+                extra["enable_thinking"] = request.thinking
             try:
                 prompt = self._encoder.chat(messages, budget=budget, **extra)
             except PromptTooLong as exc:
