@@ -19,21 +19,26 @@ _MESSAGES = (p.ChatMessage("system", "be brief"), p.ChatMessage("user", "the cac
 def collect(server: ServerHandle, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     """Collect a GenerationRequest as a surface's non-streaming answer does, outside an HTTP request."""
     state = server.state
-    record = RequestRecord("req-seam", "POST", "seam", state.metrics)
-    monkeypatch.setattr(_generation, "current_record", lambda: record)
 
     async def run(request: GenerationRequest) -> Collected:
+        record = RequestRecord("req-seam", "POST", "seam", state.metrics)
+        monkeypatch.setattr(_generation, "current_record", lambda: record)
+        record.model = request.model
         served = await state.supervisor.served_model(request.model)
-        return await Generation(request, served, None, state.config.request_timeout, state.in_flight).collect()
+        collected = await Generation(request, served, None, state.config.request_timeout, state.in_flight).collect()
+        record.finish(200)
+        return collected
 
     return run
 
 
-async def test_counting_thinking_and_stop_strings_reach_the_collected_answer(collect):
+async def test_counting_thinking_and_stop_strings_reach_the_collected_answer(server: ServerHandle, collect):
     plain = await collect(GenerationRequest(model="demo", params=_PARAMS, messages=_MESSAGES))
     assert plain.texts[0] and plain.reasonings == [""] and plain.stop_strings == [None]
-    # A count: the prompt generating reports, nothing generated.
+    # A count: the prompt generating reports, nothing generated, and no prompt tokens served in the metrics.
+    served_before = server.state.metrics.prompt_tokens.labels("demo")._value.get()  # noqa: SLF001
     counted = await collect(GenerationRequest(model="demo", params=_PARAMS, messages=_MESSAGES, count_only=True))
+    assert server.state.metrics.prompt_tokens.labels("demo")._value.get() == served_before  # noqa: SLF001
     assert (counted.texts, counted.lasts[0].finish_reason) == ([""], "counted")
     assert (counted.usage.prompt_tokens, counted.usage.completion_tokens) == (plain.usage.prompt_tokens, 0)
     # Thinking on: the demo's template opens a think block, so all it writes is reasoning.
