@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 
 from mlxtrio import _protocol as p
@@ -16,9 +17,9 @@ from .engines import CONTEXT_LENGTH, GREEDY, demo_engine, run
 _TOOLS = json.dumps([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}])
 
 
-def _chat(request_id: int, text: str, **options: object) -> p.Generate:
+def _chat(request_id: int, text: str, params: p.SamplingParams = GREEDY, **options: object) -> p.Generate:
     messages = (p.ChatMessage("system", "be brief"), p.ChatMessage("user", text))
-    return p.Generate(request_id, GREEDY, messages, None, tools=_TOOLS, **options)
+    return p.Generate(request_id, params, messages, None, tools=_TOOLS, **options)
 
 
 def _only_deltas(engine) -> list[p.Delta]:  # noqa: ANN001
@@ -80,3 +81,24 @@ def test_a_count_fails_as_generating_would(demo, engine_type):
     with pytest.raises(RequestError, match="outside the vocabulary"):
         engine.admit(p.Generate(1, GREEDY, None, None, prompts=((1, 1 << 20),), count_only=True))
     assert not engine.active
+
+
+def test_the_worker_loop_admits_a_count_then_sends_its_count_and_compiles_no_grammar(demo):
+    from .test_batch_forming import Orchestrator
+
+    end = Orchestrator(demo, follower_wait=0.0)
+    try:
+        # A schema that would not compile: a count does not get as far as compiling it.
+        broken = msgspec.structs.replace(GREEDY, grammar=p.Grammar("json_schema", '{"type": "no such type"}'))
+        end.end.writer.send(p.TO_WORKER.encode(_chat(1, "the cache", count_only=True, params=broken)))
+        received: list[object] = []
+        while not any((isinstance(message, p.Step) and message.deltas) or isinstance(message, p.RequestFailed) for message in received):
+            frame = end.end.reader.receive(timeout=30)
+            assert frame is not None, "no frame from the worker"
+            received.append(p.TO_ORCHESTRATOR.decode(frame))
+        assert [type(message) for message in received] == [p.Admitted, p.Step]
+        (counted,) = received[1].deltas
+        assert (counted.request_id, counted.finish_reason, counted.completion_tokens) == (1, "counted", 0)
+        assert counted.prompt_tokens > 0
+    finally:
+        end.close()
