@@ -10,8 +10,9 @@ abandoned halfway, nor the connection used by two threads at once.
 
 Bounded two ways. Entries older than the age bound are removed (at open and on
 each put) and never read. After each put the oldest entries go until the
-stored bytes (the JSON of each entry's response, input items and history) are
-within the byte bound; an entry larger than the bound by itself is not stored.
+stored bytes (the JSON of each entry's response, input items and history, and
+an allowance for SQLite's records of them) are within the byte bound; an entry
+larger than the bound by itself is not stored.
 
 A file there that is not this store's database (corrupt, another program's,
 another schema version) is moved aside to ``responses.sqlite3.unreadable``
@@ -48,6 +49,10 @@ _SET_ASIDE = FILE_NAME + ".unreadable"
 _APPLICATION_ID = 0x6D6C7872
 _SCHEMA_VERSION = 1
 _DAY = 86400.0
+# Bytes counted for each entry and each input item beyond their JSON: SQLite's own records of them
+# (row headers, ids, index entries), so that the file stays near the bound however small the items.
+_ENTRY_BYTES = 256
+_ITEM_BYTES = 64
 # A vacuum returns free pages to the file system once they are this share of the file.
 _FREE_SHARE = 4
 
@@ -72,7 +77,7 @@ CREATE TABLE input_items (
     id TEXT NOT NULL,
     item BLOB NOT NULL,
     PRIMARY KEY (response, position)
-) WITHOUT ROWID;
+);
 CREATE INDEX input_items_by_id ON input_items (response, id);
 CREATE TABLE totals (one INTEGER PRIMARY KEY CHECK (one = 1), entries INTEGER NOT NULL, bytes INTEGER NOT NULL);
 INSERT INTO totals VALUES (1, 0, 0);
@@ -243,14 +248,13 @@ class ResponseStore:
     def _call(self, operation: Callable[..., Any], *args: object) -> Any:
         """``operation(self, connection, *args)`` in this thread; an unreadable file is set aside and it runs again."""
         try:
-            connection = self._connection or self._open()
             try:
-                result = operation(self, connection, *args)
+                result = operation(self, self._connection or self._open(), *args)
             except sqlite3.DatabaseError as exc:
                 if not _unreadable(exc):
                     raise
                 self._close()
-                self._move_aside(f"failed ({exc})")
+                self._move_aside(f"cannot be read ({exc})")
                 result = operation(self, self._open(), *args)
         except (OSError, sqlite3.Error) as exc:
             self._close()
@@ -270,18 +274,12 @@ class ResponseStore:
         connection = _connect(self.path)
         try:
             why = _adopt(connection)
-        except sqlite3.DatabaseError as exc:
-            connection.close()
-            if not _unreadable(exc):
-                raise
-            why = f"is not a readable database ({exc})"
-        if why is not None:
-            connection.close()
-            self._move_aside(why)
-            _create_private(self.path)
-            connection = _connect(self.path)
-            _adopt(connection)
-        try:
+            if why is not None:
+                connection.close()
+                self._move_aside(why)
+                _create_private(self.path)
+                connection = _connect(self.path)
+                _adopt(connection)
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")
             with _transaction(connection):
@@ -331,7 +329,7 @@ def _put(
 ) -> bool:
     items = [(item["id"], _encode(item)) for item in input_items]
     response_json, history_json = _encode(response), _encode(history)
-    size = len(response_json) + len(history_json) + sum(len(item) for _, item in items)
+    size = _ENTRY_BYTES + len(response_json) + len(history_json) + sum(_ITEM_BYTES + len(item) for _, item in items)
     if size > store.max_bytes:
         store.too_large += 1
         return False
