@@ -189,6 +189,18 @@ async def test_a_database_left_readable_by_others_is_made_private(tmp_path):
     assert stat.S_IMODE((tmp_path / FILE_NAME).stat().st_mode) == 0o600
 
 
+async def test_a_symlink_planted_at_the_databases_path_is_never_followed(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / FILE_NAME).symlink_to(target)
+    store = make_store(tmp_path / "state")
+    assert not await put(store, "resp_1")
+    with pytest.raises(ServerError):
+        await store.get("alice", "resp_1")
+    assert target.read_bytes() == b""
+
+
 async def test_nothing_is_stored_or_created_when_the_byte_bound_is_zero(tmp_path):
     store = make_store(tmp_path / "state", max_bytes=0)
     assert not store.enabled
