@@ -394,6 +394,17 @@ async def test_the_file_stays_near_the_byte_bound_under_churn(tmp_path, size, co
     assert not (tmp_path / f"{FILE_NAME}-wal").exists()
 
 
+async def test_space_freed_by_a_large_eviction_is_given_back_to_the_file_system(tmp_path):
+    bound = 256 * 1024
+    store = make_store(tmp_path, max_bytes=bound)
+    for n in range(30):
+        assert await put(store, f"resp_{n}", size=8000)
+    assert await put(store, "resp_large", size=bound - 4096)  # evicts all thirty
+    assert store.evicted == 30
+    await store.aclose()
+    assert (tmp_path / FILE_NAME).stat().st_size < 1.25 * bound
+
+
 def test_the_bounds_and_the_state_directory_come_from_the_config(tmp_path):
     config = Config.from_environment({"MLX_CACHE_DIR": str(tmp_path)})
     assert (config.responses_store_bytes, config.responses_store_days) == (256 * 1024 * 1024, 30.0)

@@ -350,7 +350,7 @@ def _put(
     if evicted:
         free, pages = (connection.execute(f"PRAGMA {name}").fetchone()[0] for name in ("freelist_count", "page_count"))
         if free * _FREE_SHARE > pages:
-            connection.execute("PRAGMA incremental_vacuum")
+            connection.executescript("PRAGMA incremental_vacuum;")  # execute() would free one page only
     return True
 
 
@@ -432,7 +432,8 @@ def _transaction(connection: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE")
     try:
         yield
     except BaseException:
-        connection.rollback()
+        with contextlib.suppress(sqlite3.Error):  # the error that ended it says more than a failed rollback
+            connection.rollback()
         raise
     connection.commit()
 
