@@ -10,6 +10,8 @@ import logging
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -50,6 +52,20 @@ async def put(store: ResponseStore, response_id: str, *, owner: str = "alice", s
         history=[{"role": "user", "content": "hello"}],
         **options,
     )
+
+
+def check_consistent(path: Path) -> int:
+    """The database's totals match its rows and no input item outlives its response; how many entries it has."""
+    database = sqlite3.connect(path)
+    try:
+        totals = database.execute("SELECT entries, bytes FROM totals").fetchone()
+        rows = database.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM responses").fetchone()
+        orphans = database.execute("SELECT count(*) FROM input_items WHERE response NOT IN (SELECT seq FROM responses)").fetchone()[0]
+        assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        database.close()
+    assert totals == rows and orphans == 0
+    return rows[0]
 
 
 async def stored_ids(store: ResponseStore, response_ids: list[str], owner: str = "alice") -> list[str]:
@@ -260,9 +276,60 @@ async def test_many_tasks_put_at_once_one_thread_at_a_time(tmp_path, monkeypatch
     assert all(results[n] for n in range(60))
     assert most[0] == 1
     assert (await store.statistics())["entries"] == 60
+    check_consistent(tmp_path / FILE_NAME)
     for n in range(60):
         stored = await store.get(f"owner_{n % 3}", f"resp_{n}")
         assert stored.response["id"] == f"resp_{n}" and stored.input_items == items(n % 5)
+
+
+async def test_two_servers_sharing_a_state_directory_share_the_store_safely(tmp_path):
+    first, second = make_store(tmp_path, max_bytes=40_000), make_store(tmp_path, max_bytes=40_000)
+
+    async def puts(store: ResponseStore, name: str) -> None:
+        for n in range(40):
+            assert await put(store, f"resp_{name}_{n}", size=500, input_items=items(3))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for name, store in (("a", first), ("b", second), ("c", first), ("d", second)):
+                nursery.start_soon(puts, store, name)
+    assert await first.get("alice", "resp_b_39") is not None
+    assert await second.get("alice", "resp_a_39") is not None
+    assert (await first.statistics())["bytes"] <= 40_000
+    await first.aclose()
+    await second.aclose()
+    assert 0 < check_consistent(tmp_path / FILE_NAME) < 160
+
+
+_KEEPS_PUTTING = """
+import sys, trio
+from pathlib import Path
+from mlxtrio.api.responses._store import ResponseStore
+
+async def main():
+    store = ResponseStore(Path(sys.argv[1]), max_bytes=200_000, max_age_days=30)
+    for n in range(1_000_000):
+        items = [{"id": f"msg_{k}", "text": "x" * 300} for k in range(5)]
+        await store.put("alice", f"resp_{n}", response={"id": f"resp_{n}", "text": "y" * 2000}, input_items=items, history=items)
+        if n == 100:
+            print("putting", flush=True)
+
+trio.run(main)
+"""
+
+
+async def test_a_server_killed_while_storing_leaves_a_whole_store(tmp_path):
+    with subprocess.Popen([sys.executable, "-c", _KEEPS_PUTTING, str(tmp_path)], stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}) as process:
+        try:
+            assert await trio.to_thread.run_sync(process.stdout.readline) == b"putting\n"
+        finally:
+            process.kill()
+    assert check_consistent(tmp_path / FILE_NAME) > 0
+    reopened = make_store(tmp_path)
+    assert await reopened.put("alice", "resp_after", response={}, input_items=[], history=[])
+    assert (await reopened.statistics())["bytes"] <= 200_000
+    await reopened.aclose()
+    check_consistent(tmp_path / FILE_NAME)
 
 
 async def test_a_cancelled_caller_waits_for_its_transaction_and_the_store_stays_whole(tmp_path, monkeypatch):
