@@ -245,6 +245,12 @@ async def test_statistics_open_nothing(tmp_path):
     statistics = await store.statistics()
     assert statistics["entries"] is None and statistics["path"] == str(tmp_path / "state" / FILE_NAME)
     assert not (tmp_path / "state").exists()
+    assert await put(store, "resp_1")
+    assert (await store.statistics())["entries"] == 1
+    await store.aclose()
+    (tmp_path / "state" / FILE_NAME).unlink()
+    assert (await store.statistics())["entries"] is None
+    assert not (tmp_path / "state" / FILE_NAME).exists()
 
 
 async def test_many_tasks_put_at_once_one_thread_at_a_time(tmp_path, monkeypatch):

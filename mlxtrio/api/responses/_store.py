@@ -132,6 +132,7 @@ class ResponseStore:
         ``"id"``; ``history`` is what a response continuing this one starts from.
         False: the store is off, the entry alone is over the byte bound, or the
         database failed (logged). Older entries may be evicted to make room.
+        ValueError: an input item without a string id.
         """
         if not self.enabled:
             return False
@@ -180,8 +181,7 @@ class ResponseStore:
         """Bounds, counters, and what is stored now (None before first use or when unreadable); opens nothing."""
         entries = size = None
         if self._connection is not None:
-            with contextlib.suppress(ServerError):
-                entries, size = await self._run(_totals)
+            entries, size = await trio.to_thread.run_sync(self._totals, limiter=self._limiter)
         return {
             "enabled": self.enabled,
             "path": str(self.path),
@@ -241,6 +241,13 @@ class ResponseStore:
             raise
         self._connection = connection
         return connection
+
+    def _totals(self) -> tuple[int, int] | tuple[None, None]:
+        """Entries and bytes stored, if the database is open and readable: never a reason to open it."""
+        try:
+            return self._connection.execute("SELECT entries, bytes FROM totals").fetchone()
+        except (AttributeError, sqlite3.Error):  # closed meanwhile, or failing: the next call will say
+            return None, None
 
     def _close(self) -> None:
         if self._connection is not None:
@@ -361,7 +368,3 @@ def _delete(store: ResponseStore, connection: sqlite3.Connection, owner: str, re
         if row is not None:
             connection.execute("DELETE FROM responses WHERE seq = ?", row)
     return row is not None
-
-
-def _totals(store: ResponseStore, connection: sqlite3.Connection) -> tuple[int, int]:
-    return connection.execute("SELECT entries, bytes FROM totals").fetchone()
