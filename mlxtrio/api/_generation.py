@@ -11,9 +11,10 @@ record.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import attrs
 import trio
@@ -113,6 +114,14 @@ class Answer(Protocol):
     def error(self, error: ServerError) -> bytes: ...
 
 
+@runtime_checkable
+class KeptAlive(Protocol):
+    """An Answer whose stream says it is alive until its first Delta, every ``Config.stream_ping_interval``
+    (Anthropic's ``ping``): a long prefill sends nothing else, and clients and proxies give up on silence."""
+
+    def keepalive(self) -> bytes: ...
+
+
 def install_intake(app: QuartTrio, intake: Intake, paths: Collection[str]) -> None:
     """A POST to one of ``paths`` is in the server's intake from after its key check until its Generate goes out."""
 
@@ -157,6 +166,7 @@ class Generation:
     arrival: Arrival | None
     timeout: float
     in_flight: InFlight
+    ping_interval: float
 
     @classmethod
     async def start(cls, state: ServerState, generation_request: GenerationRequest) -> Generation:
@@ -181,7 +191,7 @@ class Generation:
                     f"{generation_request.model!r} has {served.tool_format or 'no tool calling'}",
                     param="tool_choice",
                 )
-        return cls(generation_request, served, arrival, timeout, state.in_flight)
+        return cls(generation_request, served, arrival, timeout, state.in_flight, state.config.stream_ping_interval)
 
     def _generate(self) -> AbstractAsyncContextManager[Events]:
         asked = self.request
@@ -292,10 +302,17 @@ class Generation:
                 opening = answer.opening()
                 if opening:
                     yield opening
+                # Until the first Delta, a stream that keeps alive wakes up to say so.
+                keepalive = answer.keepalive if isinstance(answer, KeptAlive) else None
                 while not events.finished:
                     # Past the deadline, or cut at the end of a graceful stop's grace period.
                     with self.in_flight.cuttable(deadline) as scope:
-                        delta = await events.__anext__()
+                        with trio.move_on_after(self.ping_interval if keepalive else math.inf) as quiet:
+                            delta = await events.__anext__()
+                    if quiet.cancelled_caught and not scope.cancelled_caught:
+                        yield keepalive()  # type: ignore[misc]
+                        continue
+                    keepalive = None
                     if scope.cancelled_caught:
                         # Leaving the block cancels the sequence in the worker.
                         error = self.in_flight.error() if self.in_flight.is_cut else _timed_out(self.timeout)
