@@ -7,7 +7,11 @@ order; errors by the SDK's exception classes and Anthropic's error shape.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import signal
+import time
 
 import anthropic
 import httpx
@@ -17,7 +21,11 @@ import trio
 from anthropic.types import Message, MessageTokensCount
 from anthropic.types.shared import ErrorResponse
 
-from ..helpers import bounded
+from mlxtrio import ErrorKind, ServerError
+from mlxtrio.api._errors import STATUS
+from mlxtrio.api.anthropic._errors import anthropic_error
+
+from ..helpers import bounded, worker_entry
 
 HELLO = [{"role": "user", "content": "Hello there"}]
 WEATHER = {
@@ -43,10 +51,14 @@ def _message(body: dict) -> Message:
     return Message.model_validate(body, strict=True)
 
 
-def _error(body: dict, kind: str) -> None:
+def _error(body: dict, kind: str, *, request_id: bool = True) -> None:
+    """Anthropic's error body, as the SDK's type reads it (whose union lacks the documented request_too_large)."""
+    if kind == "request_too_large":
+        body = {**body, "error": {**body["error"], "type": "invalid_request_error"}}
     parsed = ErrorResponse.model_validate(body, strict=True)
-    assert parsed.type == "error" and parsed.error.type == kind, body
-    assert parsed.error.message and parsed.request_id
+    assert parsed.type == "error" and parsed.error.message, body
+    assert parsed.error.type == kind or kind == "request_too_large", body
+    assert parsed.request_id if request_id else True
 
 
 def _prompt(message: Message) -> int:
@@ -204,3 +216,243 @@ async def test_count_tokens_is_the_prompt_the_generation_reports(server):
     MessageTokensCount.model_validate(json.loads(raw.http_response.text), strict=True)
     assert counted.input_tokens == _prompt(generated)
     assert bare.input_tokens + 20 < counted.input_tokens
+
+
+# --- what real clients send, and what cannot be honoured
+
+
+@bounded(120)
+async def test_the_fields_claude_code_sends_are_accepted(client):
+    """Claude Code's body, shortened (the captures in docs/API.md's list): betas, cache_control everywhere, a system
+    message between turns, adaptive thinking shown as omitted, context management, effort, deferred tools."""
+    body = {
+        "model": "demo",
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "<system-reminder>x</system-reminder>"}, {"type": "text", "text": "hi"}]},
+            {"role": "system", "content": [{"type": "text", "text": "# Environment", "cache_control": {"type": "ephemeral"}}], "output_config": {"effort": "medium"}},
+        ],
+        "system": [
+            {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.332.18b; cc_entrypoint=sdk-cli;"},
+            {"type": "text", "text": "You are a Claude agent.", "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+        ],
+        "tools": [
+            {**WEATHER, "cache_control": {"type": "ephemeral"}, "strict": True, "eager_input_streaming": True},
+            {"name": "DeferredToolPlaceholder", "description": "never call this tool", "input_schema": {"type": "object", "properties": {}}, "defer_loading": True},
+        ],
+        "metadata": {"user_id": '{"device_id": "a01b"}'},
+        "max_tokens": 32000,
+        "thinking": {"type": "adaptive", "display": "omitted"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        "output_config": {"effort": "high"},
+        "service_tier": "auto",
+        "cache_control": {"type": "ephemeral"},
+        "stream": True,
+    }
+    headers = {
+        "anthropic-version": "2023-06-01",
+        "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27",
+        "x-app": "cli",
+    }
+    response = await client.post("/v1/messages?beta=true", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    kinds = [kind for kind, _ in _sse(response.text)]
+    assert kinds[0] == "ping" and kinds[-2:] == ["message_delta", "message_stop"]
+    counted = await client.post("/v1/messages/count_tokens?beta=true", json={k: v for k, v in body.items() if k not in ("max_tokens", "stream")}, headers=headers)
+    shown = await client.post(
+        "/v1/messages/count_tokens", json={"model": "demo", "messages": body["messages"], "system": body["system"][1:], "tools": body["tools"][:1]}
+    )
+    # The billing header and the deferred tool are not shown to the model.
+    assert counted.status_code == 200 and counted.json() == shown.json()
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}}]}]}, "images are not supported yet"),
+        ({"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}]}]}, "documents"),
+        ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": {}}]}]}]}, "messages.0.content.0.content.0"),
+        ({"messages": [*HELLO, {"role": "assistant", "content": "The answer is ("}]}, "prefill"),
+        ({"tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]}, "tools.0.type"),
+        ({"mcp_servers": [{"type": "url", "url": "https://example.com/sse", "name": "x"}]}, "mcp_servers"),
+        ({"container": "container_1"}, "container"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 2048}, "tools": [WEATHER], "tool_choice": {"type": "any"}}, "thinking"),
+        ({"tool_choice": {"type": "tool", "name": "nope"}, "tools": [WEATHER]}, "tool_choice.name"),
+        ({"tool_choice": {"type": "any"}}, "needs tools"),
+        ({"tools": [{"name": "has space", "input_schema": {"type": "object"}}]}, "tools.0.name"),
+        ({"temperature": 1.5}, "temperature"),
+        ({"stop_sequences": ["x"] * 17}, "stop_sequences"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
+        ({"messages": []}, "messages"),
+    ],
+)
+@bounded(60)
+async def test_what_cannot_be_honoured_is_a_400_that_says_so(server, fields, says):
+    async with _sdk(server) as sdk:
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            # The body's fields over these: some of them this SDK no longer names.
+            await sdk.messages.create(model="demo", max_tokens=5, messages=HELLO, extra_body=fields)
+    assert refused.value.status_code == 400
+    _error(refused.value.body, "invalid_request_error")
+    assert says in refused.value.body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "demo", "max_tokens": 5, "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        json.dumps({"model": "demo", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}] * 200_000}).encode()[:-1] + b', "stop_sequences": ' + json.dumps(["x"] * 100_000).encode() + b"}",
+        json.dumps({"model": "demo", "max_tokens": 5, "messages": [{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]}, *HELLO]}).encode().replace(b'"input": {}', b'"input": ' + b'{"a": ' * 50_000 + b"1" + b"}" * 50_000),
+        b'{"model": "demo", "max_tokens": "many", "messages": []}',
+        b'{"model": "demo", "max_tokens": 5, "messages": "hi"}',
+        b'{"model": "demo", "max_tokens": 5, "messages": [{"role": "user", "content": 5}]}',
+        b'{"model": "demo", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "text"}]}]}',
+        b'{"model": 7, "max_tokens": 5, "messages": []}',
+        b'{"model": "demo", "max_tokens": 1e400, "messages": []}',
+        b'{"model": "demo", "max_tokens": 5, "messages": [{"role": "user", "content": "\xff"}]}',
+        b'[1, 2, 3]',
+        b'{"model": "demo", "messages": [{"role": "user", "content": "no max_tokens"}]}',
+        b"not json",
+    ],
+    ids=["deep", "huge", "deep-input", "type", "messages-str", "content-int", "text-missing", "model-int", "huge-number", "utf8", "array", "missing", "garbage"],
+)
+@bounded(60)
+async def test_hostile_bodies_are_400s_in_anthropics_shape(client, body):
+    response = await client.post("/v1/messages", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    _error(response.json(), "invalid_request_error")
+    assert (await client.get("/health")).status_code == 200
+
+
+# --- errors: Anthropic's shape and status on every path
+
+
+def test_every_error_kind_has_an_anthropic_body_that_the_sdk_reads():
+    expected = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                413: "request_too_large", 429: "rate_limit_error", 500: "api_error", 503: "overloaded_error", 504: "timeout_error"}
+    for kind in ErrorKind:
+        body = anthropic_error(ServerError(kind, "what went wrong", code="a_code", param="a_field"))
+        assert body["error"]["message"] == "what went wrong"
+        _error(body, expected.get(STATUS[kind], body["error"]["type"]), request_id=False)
+
+
+@pytest.mark.parametrize("server_settings", [{"api_keys": ("sk-one", "sk-two")}])
+@bounded(60)
+async def test_api_keys_as_x_api_key_or_bearer_and_401s_in_anthropics_shape(server, client):
+    async with _sdk(server, api_key="sk-one") as by_header, anthropic.AsyncAnthropic(
+        base_url=server.openai_url, auth_token="sk-two", max_retries=0
+    ) as by_bearer:
+        assert (await by_header.messages.create(model="demo", max_tokens=2, messages=HELLO)).type == "message"
+        assert (await by_bearer.messages.count_tokens(model="demo", messages=HELLO)).input_tokens > 0
+    async with _sdk(server, api_key="sk-wrong") as wrong:
+        with pytest.raises(anthropic.AuthenticationError) as refused:
+            await wrong.messages.create(model="demo", max_tokens=2, messages=HELLO)
+    _error(refused.value.body, "authentication_error")
+    # Without a key, before any route is matched: on this surface's paths, its shape.
+    for path in ("/v1/messages", "/v1/messages/count_tokens", "/v1/messages/batches"):
+        response = await client.post(path, json={})
+        assert response.status_code == 401
+        _error(response.json(), "authentication_error")
+
+
+@bounded(60)
+async def test_errors_before_the_view_and_from_the_model_in_anthropics_shape(server, client):
+    cases = [
+        (await client.post("/v1/messages/batches", json={}), 404, "not_found_error"),
+        (await client.get("/v1/messages"), 405, "invalid_request_error"),
+        (await client.post("/v1/messages", json={"model": "demo", "max_tokens": 5, "messages": HELLO}, headers={"Origin": "http://evil.example"}), 403, "permission_error"),
+        (await client.post("/v1/messages", content=b"{}", headers={"content-type": "text/plain"}), 415, "invalid_request_error"),
+        (await client.post("/v1/messages", content=b'{"model": "' + b"x" * (17 * 1024 * 1024) + b'"}', headers={"content-type": "application/json"}), 413, "request_too_large"),
+    ]
+    for response, status, kind in cases:
+        assert response.status_code == status, response.text
+        _error(response.json(), kind)
+    async with _sdk(server) as sdk:
+        with pytest.raises(anthropic.NotFoundError) as missing:
+            await sdk.messages.create(model="claude-opus-5-5", max_tokens=5, messages=HELLO)
+        _error(missing.value.body, "not_found_error")
+        server.state.shutting_down = True
+        try:
+            with pytest.raises(anthropic.APIStatusError) as stopping:
+                await sdk.messages.create(model="demo", max_tokens=5, messages=HELLO)
+        finally:
+            server.state.shutting_down = False
+    assert stopping.value.status_code == 503
+    _error(stopping.value.body, "overloaded_error")
+
+
+@pytest.mark.parametrize("server_settings", [{"decode_concurrency": 1, "max_queue": 1}])
+@bounded(120)
+async def test_a_full_queue_is_a_429_rate_limit_error(server, client, admin):
+    long = {"model": "demo", "prompt": "go", "max_tokens": 3000, "ignore_eos": True}
+    assert (await admin.post("/admin/load", json={"model": "demo"})).status_code == 200
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):
+            nursery.start_soon(functools.partial(client.post, "/v1/completions", json=long))
+        while (await admin.get("/admin/status")).json()["workers"][0]["active_requests"] < 2:
+            await trio.sleep(0.01)
+        async with _sdk(server) as sdk:
+            with pytest.raises(anthropic.RateLimitError) as refused:
+                await sdk.messages.create(model="demo", max_tokens=5, messages=HELLO)
+        nursery.cancel_scope.cancel()
+    assert int(refused.value.response.headers["retry-after"]) >= 1
+    _error(refused.value.body, "rate_limit_error")
+
+
+# A prompt whose prefill takes hundreds of steps of 8 tokens; pings every 50 ms meanwhile.
+LONG_PREFILL = {"prefill_step_size": 8, "stream_ping_interval": 0.05}
+LONG_PROMPT = {"model": "demo", "max_tokens": 10, "messages": [{"role": "user", "content": "the " * 3500}], "stream": True}
+
+
+async def _events(client, body: dict, *, kill_after, admin) -> tuple[list[tuple[str, dict]], float]:  # noqa: ANN001
+    """Stream ``body``; kill the model's worker once ``kill_after(events)``; the events and seconds from the kill to the end."""
+    events: list[tuple[str, dict]] = []
+    killed_at = None
+    async with client.stream("POST", "/v1/messages", json=body) as response:
+        assert response.status_code == 200
+        kind = None
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line.removeprefix("data: "))))
+                if killed_at is None and kill_after(events):
+                    os.kill((await worker_entry(admin))["pid"], signal.SIGKILL)
+                    killed_at = time.monotonic()
+    assert killed_at is not None, events
+    return events, time.monotonic() - killed_at
+
+
+@pytest.mark.parametrize("server_settings", [LONG_PREFILL])
+@bounded(120)
+async def test_pings_while_the_prefill_runs_and_a_worker_killed_then_is_an_error_event(client, admin):
+    events, took = await _events(client, LONG_PROMPT, kill_after=lambda events: len(events) == 3, admin=admin)
+    assert took < 1.0
+    assert [kind for kind, _ in events] == ["ping", "ping", "ping", "error"], "the kill came after prefill; the prompt is too short for this machine"
+    _error(events[-1][1], "overloaded_error")
+    assert "SIGKILL" in events[-1][1]["error"]["message"] or "crash" in events[-1][1]["error"]["message"]
+
+
+@bounded(120)
+async def test_a_worker_killed_mid_stream_is_an_error_event_within_a_second(client, admin):
+    body = {"model": "demo", "max_tokens": 4000, "messages": HELLO, "stream": True, "temperature": 0}
+    events, took = await _events(client, body, kill_after=lambda events: events[-1][0] == "content_block_delta", admin=admin)
+    assert took < 1.0
+    kinds = [kind for kind, _ in events]
+    assert kinds[:4] == ["ping", "message_start", "content_block_start", "content_block_delta"] and kinds[-1] == "error"
+    assert "message_stop" not in kinds
+    _error(events[-1][1], "overloaded_error")
+    # The next request gets a fresh worker.
+    assert (await client.post("/v1/messages", json={**body, "stream": False, "max_tokens": 2})).status_code == 200
+
+
+@pytest.mark.parametrize("server_settings", [{**LONG_PREFILL, "request_timeout": 1.0}])
+@bounded(120)
+async def test_the_request_timeout_is_a_504_timeout_error_or_its_event(client, admin):
+    assert (await admin.post("/admin/load", json={"model": "demo"})).status_code == 200
+    whole = await client.post("/v1/messages", json={**LONG_PROMPT, "stream": False})
+    assert whole.status_code == 504
+    _error(whole.json(), "timeout_error")
+    streamed = _sse((await client.post("/v1/messages", json=LONG_PROMPT)).text)
+    assert {kind for kind, _ in streamed[:-1]} == {"ping"} and streamed[-1][0] == "error"
+    _error(streamed[-1][1], "timeout_error")

@@ -24,6 +24,7 @@ import msgspec
 from ... import _protocol as p
 from ..._errors import ServerError
 from .._generation import Collected, Usage
+from .._observe import current_record
 from ._errors import anthropic_error
 
 __all__ = ["MessageAnswer"]
@@ -81,6 +82,8 @@ class MessageAnswer:
 
     id: str
     model: str
+    # The request's id, for a stream's error event (sent where the request's context is gone).
+    request_id: str
     # thinking.display "omitted": the blocks, without their text.
     omit_thinking: bool
     # The stream so far: message_start sent, the open block's type and index, the thinking so far's digest.
@@ -93,7 +96,7 @@ class MessageAnswer:
 
     @classmethod
     def new(cls, model: str, *, omit_thinking: bool) -> MessageAnswer:
-        return cls(id="msg_" + secrets.token_hex(12), model=model, omit_thinking=omit_thinking)
+        return cls(id="msg_" + secrets.token_hex(12), model=model, request_id=current_record().request_id, omit_thinking=omit_thinking)
 
     def _message(self, content: list[dict], stop: str | None, stop_sequence: str | None, usage: Usage | None) -> dict:
         return {
@@ -185,4 +188,4 @@ class MessageAnswer:
         )
 
     def error(self, error: ServerError) -> bytes:
-        return event("error", anthropic_error(error))
+        return event("error", anthropic_error(error, self.request_id))

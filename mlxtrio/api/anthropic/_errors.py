@@ -29,12 +29,13 @@ _TYPES = {
 }
 
 
-def anthropic_error(error: ServerError) -> dict:
+def anthropic_error(error: ServerError, request_id: str | None = None) -> dict:
+    """The body; ``request_id`` (the one X-Request-Id and the request's log line carry) is the current request's by default."""
     status = status_of(error)
     kind = _TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
     body: dict = {"type": "error", "error": {"type": kind, "message": error.message}}
-    # The id the request's log line and X-Request-Id carry.
-    record = g.get("record") if has_request_context() else None
-    if record is not None:
-        body["request_id"] = record.request_id
+    if request_id is None and has_request_context() and "record" in g:
+        request_id = g.record.request_id
+    if request_id is not None:
+        body["request_id"] = request_id
     return body
