@@ -456,3 +456,21 @@ async def test_the_request_timeout_is_a_504_timeout_error_or_its_event(client, a
     streamed = _sse((await client.post("/v1/messages", json=LONG_PROMPT)).text)
     assert {kind for kind, _ in streamed[:-1]} == {"ping"} and streamed[-1][0] == "error"
     _error(streamed[-1][1], "timeout_error")
+
+
+@bounded(120)
+async def test_an_output_format_and_a_stop_sequence(server):
+    schema = {"type": "object", "properties": {"sunny": {"type": "boolean"}, "wind": {"enum": ["calm", "stormy"]}}, "required": ["sunny", "wind"]}
+    async with _sdk(server) as sdk:
+        formatted = await sdk.messages.create(
+            model="demo", max_tokens=200, messages=HELLO, extra_body={"output_config": {"format": {"type": "json_schema", "schema": schema}}}
+        )
+        beta = await sdk.messages.create(model="demo", max_tokens=200, messages=HELLO, extra_body={"output_format": {"type": "json_schema", "schema": schema}})
+        free = await sdk.messages.create(model="demo", max_tokens=30, messages=HELLO, **GREEDY)
+        word = free.content[0].text.split()[1]
+        stopped = await sdk.messages.create(model="demo", max_tokens=30, messages=HELLO, stop_sequences=["\u2603", word], **GREEDY)
+    for answer in (formatted, beta):
+        assert answer.stop_reason == "end_turn"
+        jsonschema.validate(json.loads(answer.content[0].text), schema)
+    assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == word
+    assert free.content[0].text.startswith(stopped.content[0].text) and word not in stopped.content[0].text
