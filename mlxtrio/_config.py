@@ -273,8 +273,9 @@ class Config:
     grace_period: float = 30.0
     # How long a client may take to send a request's body (408 past it): Quart's own default.
     body_timeout: float = 60.0
-    # A stream that keeps alive (Anthropic's ping events) says so this often until its first token.
-    stream_ping_interval: float = 5.0
+    # Seconds a stream may stay silent (a long prefill) before a keep-alive event goes out, so that
+    # proxies and clients that drop idle connections keep it; 0: never.
+    stream_keepalive: float = 15.0
     # Continuous batching: sequences decoded together (1: no batching), prompts
     # prefilled together, prompt tokens per prefill chunk.
     decode_concurrency: int = 32
@@ -378,8 +379,6 @@ class Config:
             raise ValueError(f"grammar_compile_timeout must be more than 0, not {self.grammar_compile_timeout}")
         if not self.body_timeout > 0:
             raise ValueError(f"body_timeout must be more than 0, not {self.body_timeout}")
-        if not self.stream_ping_interval > 0:
-            raise ValueError(f"stream_ping_interval must be more than 0, not {self.stream_ping_interval}")
         if self.max_queue < 0:
             raise ValueError(f"max_queue must be 0 or more, not {self.max_queue}")
         if not is_loopback(self.admin_host) and not self.admin_token:

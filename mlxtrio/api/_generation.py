@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import attrs
 import trio
@@ -101,6 +101,8 @@ class Answer(Protocol):
     request in), then ``delta`` per event, then ``closing``; or, where it
     fails after its 200, ``error`` instead of what is left.
     ``delta`` runs per token: it builds what it sends and nothing more.
+    While nothing else goes out for a while (a long prefill), ``keepalive``
+    does, again and again.
     """
 
     def response(self, collected: Collected) -> object: ...
@@ -113,13 +115,9 @@ class Answer(Protocol):
 
     def error(self, error: ServerError) -> bytes: ...
 
-
-@runtime_checkable
-class KeptAlive(Protocol):
-    """An Answer whose stream says it is alive until its first Delta, every ``Config.stream_ping_interval``
-    (Anthropic's ``ping``): a long prefill sends nothing else, and clients and proxies give up on silence."""
-
-    def keepalive(self) -> bytes: ...
+    def keepalive(self) -> bytes:
+        """What goes out when the stream has been silent for ``MLX_STREAM_KEEPALIVE`` (an SSE comment, a ping)."""
+        ...
 
 
 def install_intake(app: QuartTrio, intake: Intake, paths: Collection[str]) -> None:
@@ -166,7 +164,8 @@ class Generation:
     arrival: Arrival | None
     timeout: float
     in_flight: InFlight
-    ping_interval: float
+    # Seconds of silence on a stream before a keep-alive event (0: none).
+    keepalive: float = 0.0
 
     @classmethod
     async def start(cls, state: ServerState, generation_request: GenerationRequest) -> Generation:
@@ -191,7 +190,7 @@ class Generation:
                     f"{generation_request.model!r} has {served.tool_format or 'no tool calling'}",
                     param="tool_choice",
                 )
-        return cls(generation_request, served, arrival, timeout, state.in_flight, state.config.stream_ping_interval)
+        return cls(generation_request, served, arrival, timeout, state.in_flight, state.config.stream_keepalive)
 
     def _generate(self) -> AbstractAsyncContextManager[Events]:
         asked = self.request
@@ -302,17 +301,16 @@ class Generation:
                 opening = answer.opening()
                 if opening:
                     yield opening
-                # Until the first Delta, a stream that keeps alive wakes up to say so.
-                keepalive = answer.keepalive if isinstance(answer, KeptAlive) else None
                 while not events.finished:
                     # Past the deadline, or cut at the end of a graceful stop's grace period.
                     with self.in_flight.cuttable(deadline) as scope:
-                        with trio.move_on_after(self.ping_interval if keepalive else math.inf) as quiet:
+                        # Until the next event, or a keep-alive's time (waiting for an event can be cut short safely).
+                        with trio.move_on_after(self.keepalive or math.inf) as silence:
                             delta = await events.__anext__()
-                    if quiet.cancelled_caught and not scope.cancelled_caught:
-                        yield keepalive()  # type: ignore[misc]
+                    if silence.cancelled_caught and not scope.cancelled_caught:
+                        yield waiting + answer.keepalive()
+                        waiting = b""
                         continue
-                    keepalive = None
                     if scope.cancelled_caught:
                         # Leaving the block cancels the sequence in the worker.
                         error = self.in_flight.error() if self.in_flight.is_cut else _timed_out(self.timeout)

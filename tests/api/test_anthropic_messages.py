@@ -400,7 +400,7 @@ async def test_a_full_queue_is_a_429_rate_limit_error(server, client, admin):
 
 
 # A prompt whose prefill takes hundreds of steps of 8 tokens; pings every 50 ms meanwhile.
-LONG_PREFILL = {"prefill_step_size": 8, "stream_ping_interval": 0.05}
+LONG_PREFILL = {"prefill_step_size": 8, "stream_keepalive": 0.05}
 LONG_PROMPT = {"model": "demo", "max_tokens": 10, "messages": [{"role": "user", "content": "the " * 3500}], "stream": True}
 
 

@@ -1,11 +1,11 @@
 """A Message, whole or as Anthropic's stream of events, from one sequence's Deltas.
 
 A stream is ``ping`` at once (the 200 goes out when the worker admits the
-request) and every ``Config.stream_ping_interval`` until the first Delta;
-then ``message_start`` (with the prompt's usage, which the first Delta
-carries), each content block as ``content_block_start``, its deltas and
-``content_block_stop``, then ``message_delta`` (stop reason, usage) and
-``message_stop``. A failure after the 200 is an ``error`` event, the last.
+request), and again whenever it has been silent for
+``Config.stream_keepalive`` (a long prefill); ``message_start`` comes with
+the first Delta, which carries the prompt's usage; then each content block
+as ``content_block_start``, its deltas and ``content_block_stop``; then
+``message_delta`` (stop reason, usage) and ``message_stop``. A failure after the 200 is an ``error`` event, the last.
 
 A thinking block's ``signature`` is the base64 SHA-256 of its thinking
 text: Anthropic's clients require one and send it back with the block;
