@@ -474,3 +474,46 @@ async def test_an_output_format_and_a_stop_sequence(server):
         jsonschema.validate(json.loads(answer.content[0].text), schema)
     assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == word
     assert free.content[0].text.startswith(stopped.content[0].text) and word not in stopped.content[0].text
+
+
+# --- thinking: the demo model's template opens a think block when thinking is on, and it never closes it
+
+
+@bounded(120)
+async def test_thinking_enabled_answers_with_a_thinking_block(server):
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    async with _sdk(server) as sdk:
+        raw = await sdk.messages.with_raw_response.create(model="demo", max_tokens=10, messages=HELLO, thinking=thinking)
+        message = _message(json.loads(raw.http_response.text))
+        off = await sdk.messages.create(model="demo", max_tokens=10, messages=HELLO, thinking={"type": "disabled"})
+        default = await sdk.messages.create(model="demo", max_tokens=10, messages=HELLO)
+        events = [event async for event in await sdk.messages.create(model="demo", max_tokens=10, messages=HELLO, thinking=thinking, stream=True, **GREEDY)]
+        async with sdk.messages.stream(model="demo", max_tokens=10, messages=HELLO, thinking=thinking, **GREEDY) as stream:
+            final = await stream.get_final_message()
+        # The thinking goes back in the next turn, as the template's reasoning_content.
+        turn = [*HELLO, {"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in final.content] + [{"type": "text", "text": "Hi."}]},
+                {"role": "user", "content": "And?"}]
+        again = await sdk.messages.count_tokens(model="demo", messages=turn, thinking=thinking)
+        without = await sdk.messages.count_tokens(model="demo", messages=[*turn[:1], {"role": "assistant", "content": "Hi."}, turn[2]], thinking=thinking)
+    (block,) = message.content
+    assert block.type == "thinking" and block.thinking and block.signature and message.stop_reason == "max_tokens"
+    assert [block.type for block in off.content] == [block.type for block in default.content] == ["text"]
+    kinds = [(event.type, getattr(getattr(event, "delta", None), "type", None)) for event in events]
+    assert kinds[:2] == [("message_start", None), ("content_block_start", None)] and events[1].content_block.type == "thinking"
+    assert {kind for kind in kinds[2:-4]} == {("content_block_delta", "thinking_delta")}
+    assert kinds[-4:] == [("content_block_delta", "signature_delta"), ("content_block_stop", None), ("message_delta", None), ("message_stop", None)]
+    (streamed,) = final.content
+    assert streamed.type == "thinking" and streamed.thinking == "".join(event.delta.thinking for event in events[2:-4])
+    assert streamed.signature == events[-4].delta.signature
+    assert again.input_tokens > without.input_tokens
+
+
+@bounded(120)
+async def test_thinking_shown_as_omitted_has_its_signature_only(server):
+    thinking = {"type": "enabled", "budget_tokens": 1024, "display": "omitted"}
+    async with _sdk(server) as sdk:
+        message = await sdk.messages.create(model="demo", max_tokens=10, messages=HELLO, thinking=thinking)
+        events = [event async for event in await sdk.messages.create(model="demo", max_tokens=10, messages=HELLO, thinking=thinking, stream=True)]
+    (block,) = message.content
+    assert block.type == "thinking" and block.thinking == "" and block.signature
+    assert [event.delta.type for event in events if event.type == "content_block_delta"] == ["signature_delta"]
