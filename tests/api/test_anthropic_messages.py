@@ -284,6 +284,7 @@ async def test_the_fields_claude_code_sends_are_accepted(client):
         ({"max_tokens": 0}, "max_tokens"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
         ({"messages": []}, "messages"),
+        ({"messages": [{"role": "user", "content": "the " * 5000}]}, "prompt is too long: This model's maximum context length is 4096 tokens"),
     ],
 )
 @bounded(60)

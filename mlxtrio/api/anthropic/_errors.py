@@ -33,7 +33,11 @@ def anthropic_error(error: ServerError, request_id: str | None = None) -> dict:
     """The body; ``request_id`` (the one X-Request-Id and the request's log line carry) is the current request's by default."""
     status = status_of(error)
     kind = _TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-    body: dict = {"type": "error", "error": {"type": kind, "message": error.message}}
+    message = error.message
+    if error.code == "context_length_exceeded":
+        # Anthropic's wording, which Claude Code recognises (it then compacts the conversation).
+        message = f"prompt is too long: {message}"
+    body: dict = {"type": "error", "error": {"type": kind, "message": message}}
     if request_id is None and has_request_context() and "record" in g:
         request_id = g.record.request_id
     if request_id is not None:
