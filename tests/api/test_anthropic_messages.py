@@ -12,18 +12,24 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import anthropic
 import httpx
 import jsonschema
+import msgspec
 import pytest
 import trio
 from anthropic.types import Message, MessageTokensCount
 from anthropic.types.shared import ErrorResponse
 
 from mlxtrio import ErrorKind, ServerError
+from mlxtrio import _protocol as p
+from mlxtrio.api._common import RequestLimits
 from mlxtrio.api._errors import STATUS
 from mlxtrio.api.anthropic._errors import anthropic_error
+from mlxtrio.api.anthropic._schemas import MessagesRequest
+from mlxtrio.api.anthropic._serving import generation_request
 
 from ..helpers import bounded, worker_entry
 
@@ -518,3 +524,59 @@ async def test_thinking_shown_as_omitted_has_its_signature_only(server):
     (block,) = message.content
     assert block.type == "thinking" and block.thinking == "" and block.signature
     assert [event.delta.type for event in events if event.type == "content_block_delta"] == ["signature_delta"]
+
+
+@bounded(120)
+async def test_a_real_claude_code_request_is_accepted_whole(client):
+    """Claude Code's own request (a tool result's turn), every field as it sent them: read, translated and
+    counted; generating needs a context the demo model does not have, and the error says so Claude Code's way."""
+    capture = json.loads((Path(__file__).parent / "captures" / "claude-code.json").read_text())
+    body = {**capture["body"], "model": "demo"}
+    counted = await client.post("/v1/messages/count_tokens?beta=true", json={k: v for k, v in body.items() if k not in ("max_tokens", "stream")}, headers=capture["headers"])
+    assert counted.status_code == 200, counted.text
+    MessageTokensCount.model_validate(counted.json(), strict=True)
+    assert counted.json()["input_tokens"] > 4096
+    refused = await client.post(capture["path"], json=body, headers=capture["headers"])
+    assert refused.status_code == 400
+    _error(refused.json(), "invalid_request_error")
+    assert refused.json()["error"]["message"].startswith(f"prompt is too long: This model's maximum context length is 4096 tokens. However, your messages resulted in {counted.json()['input_tokens']} tokens")
+
+
+def test_the_translation_into_one_generation_request():
+    """What the model is given: the tools shown, the calls allowed, the messages in the template's roles and order."""
+    limits = RequestLimits(max_tokens=100, max_choices=16, grammar_max_bytes=65536)
+
+    def translate(**fields: object):  # noqa: ANN202
+        request = msgspec.json.decode(json.dumps({"model": "demo", "max_tokens": 1000, "messages": HELLO, **fields}), type=MessagesRequest)
+        request.validate(limits)
+        return generation_request(request, limits)
+
+    deferred = {**TIME, "defer_loading": True}
+    one = translate(tools=[WEATHER, deferred], tool_choice={"type": "auto", "disable_parallel_tool_use": True})
+    assert one.max_tool_calls == 1 and one.parse_tool_calls and one.params.max_tokens == 100 and one.params.fit_context
+    assert [tool["function"]["name"] for tool in json.loads(one.tools)] == ["get_weather"]
+    assert one.thinking is False and one.forced_tool_choice is None and one.params.grammar is None
+    none = translate(tools=[WEATHER], tool_choice={"type": "none"})
+    assert none.tools is None and not none.parse_tool_calls
+    forced = translate(tools=[WEATHER, TIME], tool_choice={"type": "any"}, thinking={"type": "adaptive"})
+    assert forced.params.grammar.syntax == "json_tool_call" and forced.forced_tool_choice and forced.thinking is False
+    assert translate(thinking={"type": "adaptive"}).thinking is None and translate(thinking={"type": "enabled", "budget_tokens": 9}).thinking is True
+    turn = translate(
+        system=[{"type": "text", "text": "x-anthropic-billing-header: cc_version=1"}, {"type": "text", "text": "Be brief."}],
+        tools=[WEATHER, deferred],
+        messages=[
+            *HELLO,
+            {"role": "assistant", "content": [{"type": "thinking", "thinking": "hmm", "signature": "s"}, {"type": "redacted_thinking", "data": "x"},
+                                              {"type": "text", "text": "Let me look."}, {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}}]},
+            {"role": "user", "content": [{"type": "text", "text": "Thanks."}, {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True, "content": "down"},
+                                         {"type": "tool_result", "tool_use_id": "toolu_2", "content": [{"type": "tool_reference", "tool_name": "get_time"}]}]},
+        ],
+    )
+    assert [(message.role, message.content) for message in turn.messages] == [
+        ("system", "Be brief."), ("user", "Hello there"), ("assistant", "Let me look."), ("tool", "Error: down"), ("tool", ""), ("user", "Thanks.")
+    ]
+    assistant = turn.messages[2]
+    assert assistant.reasoning == "hmm" and assistant.tool_calls == (p.ToolCall("get_weather", '{"city":"Oslo"}', "toolu_1"),)
+    assert [message.tool_call_id for message in turn.messages[3:5]] == ["toolu_1", "toolu_2"]
+    # A tool_reference shows the deferred tool from then on.
+    assert [tool["function"]["name"] for tool in json.loads(turn.tools)] == ["get_weather", "get_time"]
