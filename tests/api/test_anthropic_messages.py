@@ -22,6 +22,7 @@ import pytest
 import trio
 from anthropic.types import Message, MessageTokensCount
 from anthropic.types.shared import ErrorResponse
+from prometheus_client.parser import text_string_to_metric_families
 
 from mlxtrio import ErrorKind, ServerError
 from mlxtrio import _protocol as p
@@ -580,3 +581,20 @@ def test_the_translation_into_one_generation_request():
     assert [message.tool_call_id for message in turn.messages[3:5]] == ["toolu_1", "toolu_2"]
     # A tool_reference shows the deferred tool from then on.
     assert [tool["function"]["name"] for tool in json.loads(turn.tools)] == ["get_weather", "get_time"]
+
+
+@bounded(60)
+async def test_metrics_and_request_ids_name_the_surface(client, admin):
+    answered = await client.post("/v1/messages", json={"model": "demo", "max_tokens": 2, "messages": HELLO}, headers={"X-Request-Id": "claude-1"})
+    refused = await client.post("/v1/messages/count_tokens", json={"model": "demo"})
+    assert answered.headers["X-Request-Id"] == "claude-1" and refused.json()["request_id"] == refused.headers["X-Request-Id"]
+    samples = {}
+    for family in text_string_to_metric_families((await admin.get("/metrics")).text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+
+    def requests(endpoint: str, status: str) -> float:
+        labels = {"surface": "anthropic", "endpoint": endpoint, "model": "demo" if status == "200" else "", "status": status}
+        return samples.get(("mlxtrio_requests_total", tuple(sorted(labels.items()))), 0.0)
+
+    assert requests("/v1/messages", "200") == 1 and requests("/v1/messages/count_tokens", "400") == 1
