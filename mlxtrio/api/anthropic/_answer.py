@@ -5,7 +5,8 @@ request), and again whenever it has been silent for
 ``Config.stream_keepalive`` (a long prefill); ``message_start`` comes with
 the first Delta, which carries the prompt's usage; then each content block
 as ``content_block_start``, its deltas and ``content_block_stop``; then
-``message_delta`` (stop reason, usage) and ``message_stop``. A failure after the 200 is an ``error`` event, the last.
+``message_delta`` (stop reason, usage) and ``message_stop``. A failure
+after the 200 is an ``error`` event, the last.
 
 A thinking block's ``signature`` is the base64 SHA-256 of its thinking
 text: Anthropic's clients require one and send it back with the block;
