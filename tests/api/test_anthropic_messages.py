@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import anthropic
-import httpx
 import jsonschema
 import msgspec
 import pytest
