@@ -62,7 +62,8 @@ class Metrics:
     def __init__(self, worker_statistics: Callable[[], Sequence[ModelStatus]]) -> None:
         self.registry = registry = CollectorRegistry()
         self.requests = Counter(
-            "mlxtrio_requests", "HTTP requests by endpoint, model and final status", ["endpoint", "model", "status"], registry=registry
+            "mlxtrio_requests", "HTTP requests by API surface, endpoint, model and final status", ["surface", "endpoint", "model", "status"],
+            registry=registry,
         )
         self.request_duration = Histogram(
             "mlxtrio_request_duration_seconds", "From arrival to the last byte", ["endpoint", "model"],

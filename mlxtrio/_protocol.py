@@ -148,6 +148,8 @@ class ChatMessage(msgspec.Struct, array_like=True, frozen=True):
     # An assistant turn's calls, and the call a tool message answers.
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
+    # An assistant turn's thinking, given to the template as ``reasoning_content`` when not empty.
+    reasoning: str = ""
 
 
 class Grammar(msgspec.Struct, array_like=True, frozen=True):
@@ -217,6 +219,10 @@ class Generate(_Message, tag="generate"):
     # In place of ``prompt``: a completion's several prompts, or its token ids. The choices are split
     # evenly among them in order: with k each, prompt i's are sequences request_id + i * k onwards.
     prompts: tuple[str | tuple[int, ...], ...] = ()
+    # The chat template's thinking switch (``enable_thinking``); None: the template's default.
+    thinking: bool | None = None
+    # Only count the prompt's tokens: Admitted, then one last Delta (finish_reason "counted"); nothing is generated.
+    count_only: bool = False
 
 
 class Cancel(_Message, tag="cancel"):
@@ -293,7 +299,7 @@ class Delta(msgspec.Struct, array_like=True, frozen=True):
     # Totals so far, so the last delta carries the usage.
     prompt_tokens: int
     completion_tokens: int
-    # None while the sequence goes on; "stop" or "length" on its last delta.
+    # None while the sequence goes on; "stop" or "length" on its last delta ("counted" for a count_only Generate).
     finish_reason: str | None = None
     # Prompt tokens whose KV cache came from the prompt cache.
     cached_tokens: int = 0
@@ -308,6 +314,10 @@ class Delta(msgspec.Struct, array_like=True, frozen=True):
     # On an echoing sequence's first delta: how many characters of ``text`` are the prompt's (the
     # rest is generated); its logprobs then start with the prompt's ``prompt_tokens``.
     echoed: int = 0
+    # The model's thinking released in this step, split from ``text`` by the tokenizer's think markers.
+    reasoning: str = ""
+    # On a last delta ending in "stop": the stop string that ended the sequence; None when anything else did.
+    stop_string: str | None = None
 
 
 class Step(_Message, tag="step"):

@@ -42,7 +42,7 @@ def create_admin_app(state: ServerState) -> App:
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     app.config["BODY_TIMEOUT"] = state.config.body_timeout
     install_error_handlers(app)
-    install_observability(app, state.metrics)
+    install_observability(app, state.metrics, own_surface="admin")
     install_browser_checks(app, state.config, bound_host=state.config.admin_host)
     admin_token = [state.config.admin_token] if state.config.admin_token else []
     require_bearer_token(app, admin_token, code="invalid_admin_token", what="admin token")

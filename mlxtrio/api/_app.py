@@ -18,23 +18,22 @@ from ._common import ServerState, install_error_handlers, json_response
 from ._generation import install_intake
 from ._observe import install_observability
 from ._origin import install_browser_checks
-from ._surface import Surface
+from ._surface import Surface, error_body_by_path
 
 __all__ = ["SURFACES", "create_api_app"]
 
 SURFACES: tuple[Surface, ...] = (openai.SURFACE,)
 
-
 def create_api_app(state: ServerState) -> App:
     app = App("mlxtrio.api.main", in_flight=state.in_flight)
     app.config["MAX_CONTENT_LENGTH"] = state.config.max_body_bytes
     app.config["BODY_TIMEOUT"] = state.config.body_timeout
-    # Errors on paths no surface serves are OpenAI-shaped.
-    install_error_handlers(app)
-    install_observability(app, state.metrics)
+    # Errors on paths no surface owns are OpenAI-shaped.
+    install_error_handlers(app, error_body_by_path(SURFACES))
+    install_observability(app, state.metrics, own_surface="server")
     install_browser_checks(app, state.config, bound_host=state.config.host)
     # /health stays open: load balancers and the daemon script probe it without a key.
-    require_bearer_token(app, state.config.api_keys, code="invalid_api_key", open_paths={"/health"})
+    require_bearer_token(app, state.config.api_keys, code="invalid_api_key", open_paths={"/health"}, key_header="x-api-key")
     # After the key check.
     install_intake(app, state.supervisor.intake, frozenset().union(*(surface.generation_paths for surface in SURFACES)))
 

@@ -55,6 +55,9 @@ class GenerationRequest:
     # The request's tool choice as its 400 shows it, when it forces a call: the forcing grammar
     # writes the json_tools syntax, so only a model that reads that syntax back may be forced.
     forced_tool_choice: str | None = None
+    # The chat template's thinking switch (None: its default), and counting the prompt instead of generating.
+    thinking: bool | None = None
+    count_only: bool = False
 
 
 @attrs.frozen
@@ -75,12 +78,15 @@ class Usage:
 
 @attrs.frozen
 class Collected:
-    """A whole generation, per choice: its text, its tool calls, its tokens' log probabilities, and its last Delta."""
+    """A whole generation, per choice: its text, its tool calls, its tokens' log probabilities, its last Delta,
+    its reasoning, and the stop string that ended it (None where none did)."""
 
     texts: list[str]
     tool_calls: list[list[p.ToolCall]]
     logprobs: list[list[p.TokenLogprob]]
     lasts: list[p.Delta]
+    reasonings: list[str] = attrs.field(factory=list)
+    stop_strings: list[str | None] = attrs.field(factory=list)
 
     @property
     def usage(self) -> Usage:
@@ -189,6 +195,8 @@ class Generation:
             tools=asked.tools,
             parse_tool_calls=asked.parse_tool_calls,
             max_tool_calls=asked.max_tool_calls,
+            thinking=asked.thinking,
+            count_only=asked.count_only,
             arrival=self.arrival,
         )
 
@@ -197,6 +205,7 @@ class Generation:
         choices = self.request.n
         record = current_record()
         parts: list[list[str]] = [[] for _ in range(choices)]
+        reasonings: list[list[str]] = [[] for _ in range(choices)]
         logprobs: list[list[p.TokenLogprob]] = [[] for _ in range(choices)]
         calls: list[list[p.ToolCall]] = [[] for _ in range(choices)]
         lasts: list[p.Delta | None] = [None] * choices
@@ -206,12 +215,20 @@ class Generation:
                     index = events.choice(delta)
                     record.on_delta(index, delta)
                     parts[index].append(delta.text)
+                    reasonings[index].append(delta.reasoning)
                     logprobs[index].extend(delta.logprobs)
                     calls[index].extend(delta.tool_calls)
                     lasts[index] = delta
         if scope.cancelled_caught or any(last is None for last in lasts):
             raise _timed_out(self.timeout)
-        return Collected(["".join(part) for part in parts], calls, logprobs, lasts)  # type: ignore[arg-type]
+        return Collected(
+            ["".join(part) for part in parts],
+            calls,
+            logprobs,
+            lasts,  # type: ignore[arg-type]
+            ["".join(part) for part in reasonings],
+            [last.stop_string for last in lasts],  # type: ignore[union-attr]
+        )
 
     async def stream(self, answer: Answer) -> Response:
         """A streaming response: ``answer``'s events; the error as its last event if it fails after the 200.

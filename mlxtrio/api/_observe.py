@@ -61,6 +61,8 @@ class RequestRecord:
     method: str
     endpoint: str
     metrics: Metrics
+    # The API surface whose route it is ("openai", "anthropic", "responses"; "server" for the app's own, "" for none).
+    surface: str = ""
     started: float = attrs.Factory(time.perf_counter)
     # Set once the model id resolved: an unknown id must not become a label value.
     model: str = ""
@@ -113,7 +115,7 @@ class RequestRecord:
         self._finished = True
         seconds = time.perf_counter() - self.started
         metrics, model = self.metrics, self.model
-        metrics.requests.labels(self.endpoint, model, str(status)).inc()
+        metrics.requests.labels(self.surface, self.endpoint, model, str(status)).inc()
         metrics.request_duration.labels(self.endpoint, model).observe(seconds)
         ttft = None if self.first_token_at is None else self.first_token_at - self.started
         if model and self._completion_tokens:
@@ -128,6 +130,7 @@ class RequestRecord:
             "request_id": self.request_id,
             "method": self.method,
             "endpoint": self.endpoint,
+            "surface": self.surface,
             "model": model or self.named_model,
             "status": status,
             "stream": self.streaming,
@@ -157,15 +160,21 @@ def current_record() -> RequestRecord:
     return g.record
 
 
-def install_observability(app: QuartTrio, metrics: Metrics) -> None:
-    """Before any other hook: even a refused request gets an id, a log line and a count."""
+def install_observability(app: QuartTrio, metrics: Metrics, *, own_surface: str) -> None:
+    """Before any other hook: even a refused request gets an id, a log line and a count.
+
+    ``own_surface`` labels the app's own routes; a blueprint's routes are the surface it is named after.
+    """
 
     @app.before_request
     async def begin() -> None:
         given = request.headers.get("X-Request-Id", "")
         request_id = given if _CLIENT_REQUEST_ID.fullmatch(given) else "req-" + secrets.token_hex(8)
-        endpoint = endpoint_name(request.url_rule.rule) if request.url_rule is not None else "other"
-        g.record = record = RequestRecord(request_id, request.method, endpoint, metrics)
+        routed = request.url_rule is not None
+        endpoint = endpoint_name(request.url_rule.rule) if routed else "other"
+        # A blueprint is a surface's routes (``_surface.Surface``); the app's own routes are the server's.
+        surface = (request.blueprint or own_surface) if routed else ""
+        g.record = record = RequestRecord(request_id, request.method, endpoint, metrics, surface=surface)
         named = (request.view_args or {}).get(_MODEL_VARIABLE)
         if isinstance(named, str):
             record.name_model(named)

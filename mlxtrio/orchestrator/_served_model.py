@@ -174,6 +174,8 @@ class ServedModel:
         tools: str | None = None,
         parse_tool_calls: bool = False,
         max_tool_calls: int = 0,
+        thinking: bool | None = None,
+        count_only: bool = False,
         arrival: Arrival | None = None,
     ) -> AsyncIterator[Events]:
         """Start ``n`` sequences (choices) of one prompt, or split evenly among ``prompts``; their deltas arrive through one Events.
@@ -182,6 +184,8 @@ class ServedModel:
         it): choices differ, and the same request gives the same choices again.
         ``keep_alive`` (seconds; negative: forever; None: the idle timeout)
         replaces the model's, as in Ollama.
+        ``thinking``: the chat template's thinking switch (None: its default). ``count_only``: the worker
+        counts the prompt's tokens and generates nothing (one last Delta, finish_reason "counted").
         ``arrival``: the request's place in the server's intake, handed over as
         its Generate goes out (its ``followers``: see _intake.py).
         """
@@ -201,7 +205,20 @@ class ServedModel:
                     expected = arrival.hand_over() if arrival is not None else 0
                     # One Generate for all the choices: the prompt crosses once and is tokenized once.
                     await run.process.send(
-                        p.Generate(events.first_id, params, messages, prompt, tools, parse_tool_calls, max_tool_calls, expected, n, prompts)
+                        p.Generate(
+                            events.first_id,
+                            params,
+                            messages,
+                            prompt,
+                            tools,
+                            parse_tool_calls,
+                            max_tool_calls,
+                            expected,
+                            n,
+                            prompts,
+                            thinking=thinking,
+                            count_only=count_only,
+                        )
                     )
                 except IPCError as exc:
                     raise ServerError(ErrorKind.UNAVAILABLE, f"the model worker is unavailable: {exc}", code="worker_unavailable") from exc

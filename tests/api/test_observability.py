@@ -43,10 +43,10 @@ async def test_metrics_count_requests_tokens_latencies_and_workers(client, admin
     assert (await client.post("/v1/completions", json={**COMPLETION, "model": "no/such"})).status_code == 404
 
     samples = await _metrics(admin)
-    assert _value(samples, "mlxtrio_requests_total", endpoint="/v1/completions", model="demo", status="200") == 3
+    assert _value(samples, "mlxtrio_requests_total", surface="openai", endpoint="/v1/completions", model="demo", status="200") == 3
     # Requests refused before their model resolved carry no model: ids from clients never become labels.
-    assert _value(samples, "mlxtrio_requests_total", endpoint="/v1/completions", model="", status="400") == 1
-    assert _value(samples, "mlxtrio_requests_total", endpoint="/v1/completions", model="", status="404") == 1
+    assert _value(samples, "mlxtrio_requests_total", surface="openai", endpoint="/v1/completions", model="", status="400") == 1
+    assert _value(samples, "mlxtrio_requests_total", surface="openai", endpoint="/v1/completions", model="", status="404") == 1
     assert _value(samples, "mlxtrio_completion_tokens_total", model="demo") == sum(u["completion_tokens"] for u in usages) == 24
     assert _value(samples, "mlxtrio_prompt_tokens_total", model="demo") == sum(u["prompt_tokens"] for u in usages)
     cached = sum(u["prompt_tokens_details"]["cached_tokens"] for u in usages)
@@ -197,7 +197,7 @@ async def test_log_lines_say_what_the_request_named_and_leave_out_what_did_not_h
     exposition = (await admin.get("/metrics")).text
     assert "<path:" not in exposition and "no-such-model" not in exposition and "no/such" not in exposition
     samples = await _metrics(admin)
-    assert _value(samples, "mlxtrio_requests_total", endpoint="/v1/models/{model_id}", model="", status="404") == 1
+    assert _value(samples, "mlxtrio_requests_total", surface="openai", endpoint="/v1/models/{model_id}", model="", status="404") == 1
 
 
 async def test_hypercorn_keeps_its_errors_but_not_its_running_on_lines(caplog):

@@ -43,6 +43,20 @@ async def test_api_keys_guard_the_openai_api(server, client, openapi):
             await official.models.list()
 
 
+@pytest.mark.parametrize("server_settings", [{"api_keys": KEYS}])
+@bounded(60)
+async def test_api_keys_also_come_as_x_api_key(server, client):
+    """Anthropic's clients send the key as ``x-api-key``: the same keys, on every path of the API port."""
+    for headers in ({"x-api-key": KEYS[0]}, {"x-api-key": KEYS[1], "Authorization": "Bearer wrong"}):
+        response = await client.post("/v1/completions", json=COMPLETION, headers=headers)
+        assert response.status_code == 200, (headers, response.text)
+    for headers in ({"x-api-key": "wrong"}, {"x-api-key": ""}, {"X-Api-Key": KEYS[0][:-1]}):
+        response = await client.post("/v1/completions", json=COMPLETION, headers=headers)
+        assert response.status_code == 401, (headers, response.text)
+    refused = await client.get("/v1/models")
+    assert "x-api-key" in refused.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("server_settings", [{"admin_token": ADMIN_TOKEN, "api_keys": KEYS}])
 @bounded(60)
 async def test_admin_token_guards_the_admin_api_and_no_secret_is_shown(admin, openapi):
