@@ -313,6 +313,10 @@ class Config:
     pid_file: Path | None = None
     # Where the status snapshot (status.json) is written; None: nowhere.
     state_dir: Path | None = None
+    # Stored Responses API responses, in responses.sqlite3 under state_dir (None: cache_dir/state):
+    # their JSON's bytes in all (0: nothing is stored) and their age in days, the oldest evicted first.
+    responses_store_bytes: int = 256 * 1024 * 1024
+    responses_store_days: float = 30.0
     # The TOML file the settings came from (--config, MLX_CONFIG), and the models it names.
     config_file: Path | None = None
     models: tuple[ModelSettings, ...] = ()
@@ -376,6 +380,10 @@ class Config:
             raise ValueError(f"grammar_compile_timeout must be more than 0, not {self.grammar_compile_timeout}")
         if not self.body_timeout > 0:
             raise ValueError(f"body_timeout must be more than 0, not {self.body_timeout}")
+        if self.responses_store_bytes < 0:
+            raise ValueError(f"responses_store_bytes must be 0 (nothing stored) or more, not {self.responses_store_bytes}")
+        if not self.responses_store_days > 0:
+            raise ValueError(f"responses_store_days must be more than 0, not {self.responses_store_days}")
         if self.max_queue < 0:
             raise ValueError(f"max_queue must be 0 or more, not {self.max_queue}")
         if not is_loopback(self.admin_host) and not self.admin_token:

@@ -1,0 +1,494 @@
+"""Stored responses: what ``previous_response_id`` continues and ``GET /v1/responses/{id}`` reads.
+
+One SQLite database, ``responses.sqlite3`` in the state directory, opened on
+first use. Its files hold whole conversations, so they are the owner's alone:
+the directory is made 0700 and the database file is created 0600 before SQLite
+opens it (SQLite gives its -wal, -shm and -journal files the database's mode).
+Every call runs in a thread, one at a time on the one connection, and a
+cancelled caller waits for its thread (Trio's default): a transaction is never
+abandoned halfway, nor the connection used by two threads at once.
+
+Bounded two ways. Entries older than the age bound are removed (at open and on
+each put) and never read. After each put the oldest entries go until the
+stored bytes (the JSON of each entry's response, input items and history) are
+within the byte bound; an entry larger than the bound by itself is not stored.
+
+A file there that is not this store's database (corrupt, another program's,
+another schema version) is moved aside to ``responses.sqlite3.unreadable``
+with a log line, and the store starts empty: the server never fails to start
+or answer over it, and the one copy set aside keeps the disk bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import msgspec
+import trio
+
+from ..._config import Config
+from ..._errors import ErrorKind, ServerError
+
+__all__ = ["FILE_NAME", "InputItemsPage", "ResponseStore", "StoredResponse", "state_directory"]
+
+log = logging.getLogger("mlxtrio.api")
+
+FILE_NAME = "responses.sqlite3"
+_SET_ASIDE = FILE_NAME + ".unreadable"
+# Marks the file as this store's, so that another program's SQLite database is never taken for it.
+_APPLICATION_ID = 0x6D6C7872
+_SCHEMA_VERSION = 1
+_DAY = 86400.0
+# A vacuum returns free pages to the file system once they are this share of the file.
+_FREE_SHARE = 4
+
+_SCHEMA = f"""
+PRAGMA application_id = {_APPLICATION_ID};
+PRAGMA user_version = {_SCHEMA_VERSION};
+CREATE TABLE responses (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    owner TEXT NOT NULL,
+    id TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    previous_response_id TEXT,
+    response BLOB NOT NULL,
+    history BLOB NOT NULL,
+    bytes INTEGER NOT NULL,
+    UNIQUE (owner, id)
+);
+CREATE INDEX responses_by_age ON responses (created_at);
+CREATE TABLE input_items (
+    response INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    item BLOB NOT NULL,
+    PRIMARY KEY (response, position)
+) WITHOUT ROWID;
+CREATE INDEX input_items_by_id ON input_items (response, id);
+CREATE TABLE totals (one INTEGER PRIMARY KEY CHECK (one = 1), entries INTEGER NOT NULL, bytes INTEGER NOT NULL);
+INSERT INTO totals VALUES (1, 0, 0);
+CREATE TRIGGER responses_added AFTER INSERT ON responses BEGIN
+    UPDATE totals SET entries = entries + 1, bytes = bytes + NEW.bytes;
+END;
+CREATE TRIGGER responses_removed AFTER DELETE ON responses BEGIN
+    UPDATE totals SET entries = entries - 1, bytes = bytes - OLD.bytes;
+    DELETE FROM input_items WHERE response = OLD.seq;
+END;
+"""
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+
+
+def state_directory(config: Config) -> Path:
+    """Where the server keeps state of its own: ``state_dir``, else ``cache_dir``'s ``state`` folder."""
+    return config.state_dir if config.state_dir is not None else config.cache_dir / "state"
+
+
+@attrs.frozen(kw_only=True)
+class StoredResponse:
+    """A stored response as ``put`` was given it; ``created_at`` is when it was stored (Unix seconds)."""
+
+    response: dict[str, Any]
+    input_items: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+    previous_response_id: str | None
+    created_at: float
+
+
+@attrs.frozen(kw_only=True)
+class InputItemsPage:
+    """One page of a stored response's input items, in the order asked for."""
+
+    items: list[dict[str, Any]]
+    has_more: bool
+
+
+@attrs.define(eq=False)
+class ResponseStore:
+    """Stored responses by owner (the API key's owner id; "" when the server has no keys).
+
+    A response of one owner is invisible to another: ``get``, ``input_items``
+    and ``delete`` answer for it as for an id never stored. Reads raise
+    ``ServerError`` (internal) when the database cannot be used; ``put`` logs
+    that and answers False instead, so that a response is still served.
+    """
+
+    directory: Path
+    max_bytes: int = attrs.field(kw_only=True)
+    max_age_days: float = attrs.field(kw_only=True)
+    # Unix time; tests move it.
+    clock: Callable[[], float] = attrs.field(default=time.time, kw_only=True)
+    # Counted since the server started, for statistics().
+    stored: int = attrs.field(default=0, init=False)
+    evicted: int = attrs.field(default=0, init=False)
+    expired: int = attrs.field(default=0, init=False)
+    too_large: int = attrs.field(default=0, init=False)
+    failures: int = attrs.field(default=0, init=False)
+    set_aside: int = attrs.field(default=0, init=False)
+    _connection: sqlite3.Connection | None = attrs.field(default=None, init=False)
+    _limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(1), init=False)
+    _failing: bool = attrs.field(default=False, init=False)
+
+    @classmethod
+    def from_config(cls, config: Config) -> ResponseStore:
+        return cls(state_directory(config), max_bytes=config.responses_store_bytes, max_age_days=config.responses_store_days)
+
+    @property
+    def path(self) -> Path:
+        return self.directory / FILE_NAME
+
+    @property
+    def enabled(self) -> bool:
+        """False when the byte bound is 0: nothing is stored, nothing found, no file made."""
+        return self.max_bytes > 0
+
+    async def put(
+        self,
+        owner: str,
+        response_id: str,
+        *,
+        response: dict[str, Any],
+        input_items: list[dict[str, Any]],
+        history: list[dict[str, Any]],
+        previous_response_id: str | None = None,
+    ) -> bool:
+        """Store a response (replacing one of the same owner and id); whether it was stored.
+
+        ``input_items`` are listed by ``input_items()`` and each needs a string
+        ``"id"``; ``history`` is what a response continuing this one starts from.
+        False: the store is off, the entry alone is over the byte bound, or the
+        database failed (logged). Older entries may be evicted to make room.
+        """
+        if not self.enabled:
+            return False
+        for item in input_items:
+            if not isinstance(item.get("id"), str):
+                raise ValueError("every input item needs a string id")
+        try:
+            return await self._run(_put, owner, response_id, response, input_items, history, previous_response_id)
+        except ServerError:
+            return False
+
+    async def get(self, owner: str, response_id: str) -> StoredResponse | None:
+        """The stored response, or None (never stored, another owner's, evicted, expired, deleted)."""
+        if not self.enabled:
+            return None
+        return await self._run(_get, owner, response_id)
+
+    async def input_items(
+        self,
+        owner: str,
+        response_id: str,
+        *,
+        after: str | None = None,
+        limit: int = 20,
+        order: Literal["asc", "desc"] = "desc",
+    ) -> InputItemsPage | None:
+        """A page of the response's input items, or None where ``get`` would be None.
+
+        ``order``: "asc" from the first item, "desc" from the last; ``after``: an
+        item id, the page starting past it in that order (an id not among the
+        items: an empty page).
+        """
+        if limit < 1 or order not in ("asc", "desc"):
+            raise ValueError(f"limit must be at least 1 and order asc or desc, not {limit!r} and {order!r}")
+        if not self.enabled:
+            return None
+        return await self._run(_input_items, owner, response_id, after, limit, order)
+
+    async def delete(self, owner: str, response_id: str) -> bool:
+        """Remove the response; False where ``get`` would be None."""
+        if not self.enabled:
+            return False
+        return await self._run(_delete, owner, response_id)
+
+    async def statistics(self) -> dict[str, object]:
+        """Bounds, counters, and what is stored now (None before first use or when unreadable); opens nothing."""
+        entries = size = None
+        if self._connection is not None:
+            with contextlib.suppress(ServerError):
+                entries, size = await self._run(_totals)
+        return {
+            "enabled": self.enabled,
+            "path": str(self.path),
+            "max_bytes": self.max_bytes,
+            "max_age_days": self.max_age_days,
+            "entries": entries,
+            "bytes": size,
+            "stored": self.stored,
+            "evicted": self.evicted,
+            "expired": self.expired,
+            "too_large": self.too_large,
+            "failures": self.failures,
+            "set_aside": self.set_aside,
+        }
+
+    async def aclose(self) -> None:
+        """Close the database (a later call opens it again)."""
+        await trio.to_thread.run_sync(self._close, limiter=self._limiter)
+
+    async def _run(self, operation: Callable[..., Any], *args: object) -> Any:
+        return await trio.to_thread.run_sync(self._call, operation, *args, limiter=self._limiter)
+
+    def _call(self, operation: Callable[..., Any], *args: object) -> Any:
+        """``operation(self, connection, *args)`` in this thread; an unreadable file is set aside and it runs again."""
+        try:
+            connection = self._connection or self._open()
+            try:
+                result = operation(self, connection, *args)
+            except sqlite3.DatabaseError as exc:
+                if not _unreadable(exc):
+                    raise
+                self._close()
+                self._move_aside(f"failed ({exc})")
+                result = operation(self, self._open(), *args)
+        except (OSError, sqlite3.Error) as exc:
+            self._close()
+            self.failures += 1
+            if not self._failing:
+                log.error("the response store %s cannot be used: %s", self.path, exc)
+                self._failing = True
+            raise ServerError(ErrorKind.INTERNAL, "the response store cannot be used now; the server's log says why") from exc
+        if self._failing:
+            log.info("the response store %s works again", self.path)
+            self._failing = False
+        return result
+
+    def _open(self) -> sqlite3.Connection:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _create_private(self.path)
+        connection = _connect(self.path)
+        try:
+            why = _adopt(connection)
+        except sqlite3.DatabaseError as exc:
+            connection.close()
+            if not _unreadable(exc):
+                raise
+            why = f"is not a readable database ({exc})"
+        if why is not None:
+            connection.close()
+            self._move_aside(why)
+            _create_private(self.path)
+            connection = _connect(self.path)
+            _adopt(connection)
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")
+            with _transaction(connection):
+                self._expire(connection)
+        except BaseException:
+            connection.close()
+            raise
+        self._connection = connection
+        return connection
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            with contextlib.suppress(sqlite3.Error):
+                connection.close()
+
+    def _move_aside(self, why: str) -> None:
+        """Move the database and its journals to ``_SET_ASIDE``, replacing an earlier one."""
+        aside = self.path.with_name(_SET_ASIDE)
+        os.replace(self.path, aside)
+        for suffix in ("-wal", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{aside}{suffix}")
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{self.path}-shm")
+        self.set_aside += 1
+        log.warning("the response store %s %s: moved aside to %s; starting empty", self.path, why, aside)
+
+    def _expire(self, connection: sqlite3.Connection) -> None:
+        self.expired += connection.execute("DELETE FROM responses WHERE created_at < ?", (self._cutoff(),)).rowcount
+
+    def _cutoff(self) -> float:
+        return self.clock() - self.max_age_days * _DAY
+
+
+def _put(
+    store: ResponseStore,
+    connection: sqlite3.Connection,
+    owner: str,
+    response_id: str,
+    response: dict[str, Any],
+    input_items: list[dict[str, Any]],
+    history: list[dict[str, Any]],
+    previous_response_id: str | None,
+) -> bool:
+    items = [(item["id"], _encode(item)) for item in input_items]
+    response_json, history_json = _encode(response), _encode(history)
+    size = len(response_json) + len(history_json) + sum(len(item) for _, item in items)
+    if size > store.max_bytes:
+        store.too_large += 1
+        return False
+    with _transaction(connection):
+        store._expire(connection)
+        connection.execute("DELETE FROM responses WHERE owner = ? AND id = ?", (owner, response_id))
+        seq = connection.execute(
+            "INSERT INTO responses (owner, id, created_at, previous_response_id, response, history, bytes) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (owner, response_id, store.clock(), previous_response_id, response_json, history_json, size),
+        ).lastrowid
+        connection.executemany(
+            "INSERT INTO input_items (response, position, id, item) VALUES (?, ?, ?, ?)",
+            ((seq, position, item_id, item) for position, (item_id, item) in enumerate(items)),
+        )
+        evicted = _evict(connection, store.max_bytes)
+    store.stored += 1
+    store.evicted += evicted
+    if evicted:
+        free, pages = (connection.execute(f"PRAGMA {name}").fetchone()[0] for name in ("freelist_count", "page_count"))
+        if free * _FREE_SHARE > pages:
+            connection.execute("PRAGMA incremental_vacuum")
+    return True
+
+
+def _evict(connection: sqlite3.Connection, max_bytes: int) -> int:
+    """Remove the oldest entries until the stored bytes are within ``max_bytes``; how many went."""
+    excess = connection.execute("SELECT bytes FROM totals").fetchone()[0] - max_bytes
+    evicted = 0
+    while excess > 0:
+        last = None
+        for seq, size in connection.execute("SELECT seq, bytes FROM responses ORDER BY seq LIMIT 64").fetchall():
+            last, excess, evicted = seq, excess - size, evicted + 1
+            if excess <= 0:
+                break
+        if last is None:
+            break
+        connection.execute("DELETE FROM responses WHERE seq <= ?", (last,))
+    return evicted
+
+
+def _find(store: ResponseStore, connection: sqlite3.Connection, owner: str, response_id: str, columns: str) -> tuple | None:
+    return connection.execute(
+        f"SELECT {columns} FROM responses WHERE owner = ? AND id = ? AND created_at >= ?", (owner, response_id, store._cutoff())
+    ).fetchone()
+
+
+def _get(store: ResponseStore, connection: sqlite3.Connection, owner: str, response_id: str) -> StoredResponse | None:
+    with _transaction(connection, "BEGIN"):
+        row = _find(store, connection, owner, response_id, "seq, response, history, previous_response_id, created_at")
+        if row is None:
+            return None
+        seq, response, history, previous_response_id, created_at = row
+        items = connection.execute("SELECT item FROM input_items WHERE response = ? ORDER BY position", (seq,)).fetchall()
+    return StoredResponse(
+        response=_decode(response),
+        input_items=[_decode(item) for (item,) in items],
+        history=_decode(history),
+        previous_response_id=previous_response_id,
+        created_at=created_at,
+    )
+
+
+def _input_items(
+    store: ResponseStore, connection: sqlite3.Connection, owner: str, response_id: str, after: str | None, limit: int, order: str
+) -> InputItemsPage | None:
+    with _transaction(connection, "BEGIN"):
+        row = _find(store, connection, owner, response_id, "seq")
+        if row is None:
+            return None
+        (seq,) = row
+        start = -1 if order == "asc" else 1 << 62
+        if after is not None:
+            (start,) = connection.execute("SELECT min(position) FROM input_items WHERE response = ? AND id = ?", (seq, after)).fetchone()
+            if start is None:
+                return InputItemsPage(items=[], has_more=False)
+        comparison, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
+        rows = connection.execute(
+            f"SELECT item FROM input_items WHERE response = ? AND position {comparison} ? ORDER BY position {direction} LIMIT ?",
+            (seq, start, limit + 1),
+        ).fetchall()
+    return InputItemsPage(items=[_decode(item) for (item,) in rows[:limit]], has_more=len(rows) > limit)
+
+
+def _delete(store: ResponseStore, connection: sqlite3.Connection, owner: str, response_id: str) -> bool:
+    with _transaction(connection):
+        row = _find(store, connection, owner, response_id, "seq")
+        if row is not None:
+            connection.execute("DELETE FROM responses WHERE seq = ?", row)
+    return row is not None
+
+
+def _totals(store: ResponseStore, connection: sqlite3.Connection) -> tuple[int, int]:
+    return connection.execute("SELECT entries, bytes FROM totals").fetchone()
+
+
+@contextlib.contextmanager
+def _transaction(connection: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Iterator[None]:
+    """A transaction (IMMEDIATE: a writer takes the lock first, so another server's writer never deadlocks it)."""
+    connection.execute(begin)
+    try:
+        yield
+    except BaseException:
+        connection.rollback()
+        raise
+    connection.commit()
+
+
+def _unreadable(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite says the file is damaged or no database at all (not: busy, full, read-only ...)."""
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _create_private(path: Path) -> None:
+    """Make ``path`` (never through a symlink) a regular file that only its owner may read: before SQLite opens it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(f"{path} is not a regular file")
+        if mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            side = Path(f"{path}{suffix}")
+            if side.lstat().st_mode & 0o077 and not side.is_symlink():
+                side.chmod(0o600)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level None: transactions are _transaction's; check_same_thread off: one thread at a time, not always the same one.
+    return sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+
+
+def _adopt(connection: sqlite3.Connection) -> str | None:
+    """Make an empty database this store's; why the database is not this store's, or None."""
+    connection.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect on an empty database only
+    with _transaction(connection):
+        application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if (application_id, version) == (0, 0) and not connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            for statement in _statements(_SCHEMA):
+                connection.execute(statement)
+            return None
+    if application_id != _APPLICATION_ID:
+        return "is not an mlxtrio response store (another program's SQLite database)"
+    if version != _SCHEMA_VERSION:
+        return f"has schema version {version}, not this server's {_SCHEMA_VERSION}"
+    return None
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of ``script`` one by one (executescript would commit the transaction around them)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
