@@ -111,7 +111,8 @@ class ResponseAnswer:
             "incomplete_details": None,
             **self.echo,
             "output": output,
-            "usage": usage,
+            # Not nullable: left out until it is known.
+            **({"usage": usage} if usage is not None else {}),
             **fields,
         }
 
@@ -233,9 +234,15 @@ class ResponseAnswer:
         return events + self._event(f"response.{final['status']}", response=final)
 
     def error(self, error: ServerError) -> bytes:
+        """The error event, then ``response.failed`` with the output so far: an item cut short is incomplete, with no done events."""
+        output = list(self._output)
+        if self._open is not None:
+            part = {"type": "reasoning_text", "text": "".join(self._parts)}
+            if self._open["type"] == "message":
+                part = _text_part(part["text"], self._open_logprobs)
+            output.append({**self._open, "content": [part], "status": "incomplete"})
         events = self._event("error", code=error.code or str(STATUS[error.kind]), message=error.message, param=error.param)
-        events += self._close("incomplete")
-        self.final = self._response("failed", list(self._output), None, error=_failure(error))
+        self.final = self._response("failed", output, None, error=_failure(error))
         return events + self._event("response.failed", response=self.final)
 
 

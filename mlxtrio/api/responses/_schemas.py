@@ -84,12 +84,12 @@ class Tool(msgspec.Struct, kw_only=True):
     strict: bool | None = None
 
 
-class _AllowedTool(msgspec.Struct, kw_only=True):
+class _AllowedTool(msgspec.Struct, kw_only=True, omit_defaults=True):
     type: str
     name: str | None = None
 
 
-class ToolChoice(msgspec.Struct, kw_only=True):
+class ToolChoice(msgspec.Struct, kw_only=True, omit_defaults=True):
     """``{"type": "function", "name": ...}``, or ``{"type": "allowed_tools", "mode": ..., "tools": [...]}``."""
 
     type: str
@@ -98,7 +98,7 @@ class ToolChoice(msgspec.Struct, kw_only=True):
     tools: list[_AllowedTool] | None = None
 
 
-class _Format(msgspec.Struct, kw_only=True):
+class _Format(msgspec.Struct, kw_only=True, omit_defaults=True):
     type: str
     name: str | None = None
     schema: dict[str, object] | None = None
