@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -377,3 +378,29 @@ async def test_a_worker_killed_mid_stream_is_a_failure_event_within_a_second(cli
     assert events[-2]["code"] == "worker_crashed"
     failed = events[-1]["response"]
     assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
+
+
+CODEX = json.loads((Path(__file__).parent / "captures" / "codex.json").read_text())
+
+
+@bounded(120)
+async def test_what_codex_cli_sends_is_served(client, openapi):
+    """Codex CLI's own request bodies (tests/api/captures/codex.json): every field accepted, its namespace of tools
+    offered as functions, the turn that carries a call's output served; a hosted tool is a 400 naming it."""
+    first = _check_stream(await _events(client, CODEX["turn1"]), openapi)
+    assert first["status"] in ("completed", "incomplete") and first["store"] is False
+    second = {
+        **CODEX["turn1"],
+        "tools": [*CODEX["turn1"]["tools"], CODEX["namespace"]],
+        "input": [*CODEX["turn1"]["input"], CODEX["function_call"], CODEX["function_call_output"]],
+    }
+    _check_stream(await _events(client, second), openapi)
+    # Forced to call the namespaced function: its call names the namespace.
+    spawned = CODEX["namespace"]["tools"][0]["name"]
+    forced = (await client.post("/v1/responses", json={**second, "stream": False, "tool_choice": {"type": "function", "name": spawned}})).json()
+    openapi.validate(forced, "Response")
+    assert forced["output"][-1]["name"] == spawned and forced["output"][-1]["namespace"] == CODEX["namespace"]["name"]
+    hosted = await client.post("/v1/responses", json={**CODEX["turn1"], "tools": [*CODEX["turn1"]["tools"], CODEX["web_search"]]})
+    assert hosted.status_code == 400
+    error = hosted.json()["error"]
+    assert error["param"] == "tools[2].type" and "web_search" in error["message"]

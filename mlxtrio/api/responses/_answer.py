@@ -86,6 +86,8 @@ class ResponseAnswer:
     # The response object's fields that come from the request (model, instructions, tools, ...).
     echo: dict
     logprobs: bool
+    # The namespace of each function in one, which its calls name.
+    namespaces: dict[str, str] = attrs.Factory(dict)
     id: str = attrs.Factory(lambda: "resp_" + secrets.token_hex(24))
     created_at: int = attrs.Factory(lambda: int(time.time()))
     # The whole response once it is known (completed, incomplete or failed): what the store keeps.
@@ -137,7 +139,7 @@ class ResponseAnswer:
         if text or not calls:
             logprobs = _logprobs(collected.logprobs[0]) if self.logprobs else []
             output.append(_message_item([_text_part(text, logprobs)], "incomplete" if incomplete else "completed"))
-        output.extend(_call_item(call) for call in calls)
+        output.extend(_call_item(call, self.namespaces) for call in calls)
         return self._ended(output, collected.usage, last.finish_reason)
 
     # -- the stream
@@ -194,7 +196,7 @@ class ResponseAnswer:
     def _call(self, call: p.ToolCall) -> bytes:
         events = self._close()
         index = len(self._output)
-        item = {**_call_item(call), "arguments": "", "status": "in_progress"}
+        item = {**_call_item(call, self.namespaces), "arguments": "", "status": "in_progress"}
         events += self._add(item, None)
         events += self._event("response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=call.arguments)
         events += self._event(
@@ -254,8 +256,8 @@ def _message_item(parts: list[dict], status: str) -> dict:
     return {"id": item_id("message"), "type": "message", "role": "assistant", "content": parts, "status": status}
 
 
-def _call_item(call: p.ToolCall) -> dict:
-    return {
+def _call_item(call: p.ToolCall, namespaces: dict[str, str]) -> dict:
+    item = {
         "id": item_id("function_call"),
         "type": "function_call",
         "call_id": "call_" + secrets.token_hex(12),
@@ -263,3 +265,6 @@ def _call_item(call: p.ToolCall) -> dict:
         "arguments": call.arguments,
         "status": "completed",
     }
+    if call.name in namespaces:
+        item["namespace"] = namespaces[call.name]
+    return item

@@ -75,13 +75,15 @@ class InputItem(msgspec.Struct, kw_only=True):
 
 
 class Tool(msgspec.Struct, kw_only=True):
-    """A function tool; any other type is a hosted tool, which this server does not have."""
+    """A function tool, or a namespace of them; any other type is a hosted tool, which this server does not have."""
 
     type: str
     name: str | None = None
     description: str | None = None
     parameters: dict[str, object] | None = None
     strict: bool | None = None
+    # A namespace's functions (Codex CLI groups its agent tools so): offered to the model as functions of their own.
+    tools: list[Tool] | None = None
 
 
 class _AllowedTool(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -158,17 +160,32 @@ class _InputFields(msgspec.Struct, kw_only=True):
                 ErrorKind.INVALID_REQUEST, f"reasoning.effort is one of {sorted(_EFFORTS)}, not {self.reasoning.effort!r}", param="reasoning.effort"
             )
         for index, tool in enumerate(self.tools or ()):
-            if tool.type != "function":
-                raise ServerError(
-                    ErrorKind.INVALID_REQUEST,
-                    f"tools[{index}]: the hosted tool {tool.type!r} is not available on this server; only function tools are",
-                    param=f"tools[{index}].type",
-                )
-            if tool.name is None or not NAME.fullmatch(tool.name):
-                raise ServerError(ErrorKind.INVALID_REQUEST, "a function name is 1 to 64 of a-z, A-Z, 0-9, _ and -", param=f"tools[{index}].name")
-        if len({tool.name for tool in self.tools or ()}) != len(self.tools or ()):
-            raise ServerError(ErrorKind.INVALID_REQUEST, "tools: function names must be unique", param="tools")
+            if tool.type == "namespace":
+                _check_name(tool, f"tools[{index}]")
+                if not tool.tools:
+                    raise ServerError(ErrorKind.INVALID_REQUEST, f"tools[{index}]: a namespace needs its tools", param=f"tools[{index}].tools")
+                for number, inner in enumerate(tool.tools):
+                    _check_function(inner, f"tools[{index}].tools[{number}]")
+            else:
+                _check_function(tool, f"tools[{index}]")
+        names = [tool.name for tool, _ in self.functions()]
+        if len(set(names)) != len(names):
+            raise ServerError(ErrorKind.INVALID_REQUEST, "tools: function names must be unique, also across namespaces", param="tools")
         self.grammar(limits)
+
+    def functions(self) -> list[tuple[Tool, str | None]]:
+        """Every function tool, and the namespace it is in (None: none)."""
+        found: list[tuple[Tool, str | None]] = []
+        for tool in self.tools or ():
+            if tool.type == "namespace":
+                found.extend((inner, tool.name) for inner in tool.tools or ())
+            else:
+                found.append((tool, None))
+        return found
+
+    def namespaces(self) -> dict[str, str]:
+        """The namespace of each function in one, by the function's name (its calls name it)."""
+        return {tool.name: namespace for tool, namespace in self.functions() if namespace is not None and tool.name is not None}
 
     @property
     def thinking(self) -> bool | None:
@@ -178,7 +195,7 @@ class _InputFields(msgspec.Struct, kw_only=True):
 
     def tool_mode(self) -> tuple[str, frozenset[str]]:
         """"none", "auto" or "required", and the names of the functions the model may call."""
-        names = [tool.name for tool in self.tools or () if tool.name is not None]
+        names = [tool.name for tool, _ in self.functions() if tool.name is not None]
         choice = self.tool_choice if self.tool_choice is not None else "auto"
         if isinstance(choice, str):
             if choice not in ("none", "auto", "required"):
@@ -208,7 +225,7 @@ class _InputFields(msgspec.Struct, kw_only=True):
         mode, allowed = self.tool_mode()
         if mode == "none":
             return []
-        return [tool for tool in self.tools or () if tool.name in allowed]
+        return [tool for tool, _ in self.functions() if tool.name in allowed]
 
     @property
     def forced_tool_choice(self) -> str | None:
@@ -240,6 +257,21 @@ class _InputFields(msgspec.Struct, kw_only=True):
         raise ServerError(
             ErrorKind.INVALID_REQUEST, f"text.format.type is one of text, json_object, json_schema, not {text_format.type!r}", param="text.format.type"
         )
+
+
+def _check_name(tool: Tool, param: str) -> None:
+    if tool.name is None or not NAME.fullmatch(tool.name):
+        raise ServerError(ErrorKind.INVALID_REQUEST, "a tool's name is 1 to 64 of a-z, A-Z, 0-9, _ and -", param=f"{param}.name")
+
+
+def _check_function(tool: Tool, param: str) -> None:
+    if tool.type != "function":
+        raise ServerError(
+            ErrorKind.INVALID_REQUEST,
+            f"{param}: the hosted tool {tool.type!r} is not available on this server; only function tools (and namespaces of them) are",
+            param=f"{param}.type",
+        )
+    _check_name(tool, param)
 
 
 class CountRequest(_InputFields, kw_only=True):

@@ -80,6 +80,12 @@ def _params(asked: CreateRequest, limits: RequestLimits) -> p.SamplingParams:
     )
 
 
+def _tool_object(tool: Tool) -> dict:
+    if tool.type == "namespace":
+        return {"type": "namespace", "name": tool.name, "description": tool.description or "", "tools": [_tool_object(inner) for inner in tool.tools or ()]}
+    return {"type": "function", "name": tool.name, "description": tool.description, "parameters": tool.parameters, "strict": tool.strict}
+
+
 def _echo(asked: CreateRequest) -> dict:
     """The response object's fields that repeat the request."""
     text_format = asked.text.format if asked.text is not None else None
@@ -101,10 +107,7 @@ def _echo(asked: CreateRequest) -> dict:
             "verbosity": (asked.text.verbosity if asked.text else None) or "medium",
         },
         "tool_choice": choice if isinstance(choice, str) else msgspec.to_builtins(choice),
-        "tools": [
-            {"type": "function", "name": tool.name, "description": tool.description, "parameters": tool.parameters, "strict": tool.strict}
-            for tool in asked.tools or ()
-        ],
+        "tools": [_tool_object(tool) for tool in asked.tools or ()],
         "top_logprobs": asked.top_logprobs or 0,
         "top_p": 1.0 if asked.top_p is None else asked.top_p,
         "truncation": "disabled",
@@ -120,7 +123,7 @@ async def create_response(state: ServerState, store: ResponseStore, body: bytes)
     generation_request = _generation_request(
         asked, history + items, params=_params(asked, state.limits), stream=bool(asked.stream)
     )
-    answer = ResponseAnswer(echo=_echo(asked), logprobs=asked.logprobs)
+    answer = ResponseAnswer(echo=_echo(asked), logprobs=asked.logprobs, namespaces=asked.namespaces())
     owner = api_key_owner()
 
     async def keep() -> None:
