@@ -273,6 +273,9 @@ class Config:
     grace_period: float = 30.0
     # How long a client may take to send a request's body (408 past it): Quart's own default.
     body_timeout: float = 60.0
+    # Seconds a stream may stay silent (a long prefill) before a keep-alive event goes out, so that
+    # proxies and clients that drop idle connections keep it; 0: never.
+    stream_keepalive: float = 15.0
     # Continuous batching: sequences decoded together (1: no batching), prompts
     # prefilled together, prompt tokens per prefill chunk.
     decode_concurrency: int = 32

@@ -11,6 +11,7 @@ record.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
@@ -100,6 +101,8 @@ class Answer(Protocol):
     request in), then ``delta`` per event, then ``closing``; or, where it
     fails after its 200, ``error`` instead of what is left.
     ``delta`` runs per token: it builds what it sends and nothing more.
+    While nothing else goes out for a while (a long prefill), ``keepalive``
+    does, again and again.
     """
 
     def response(self, collected: Collected) -> object: ...
@@ -111,6 +114,10 @@ class Answer(Protocol):
     def closing(self, usage: Usage | None) -> bytes: ...
 
     def error(self, error: ServerError) -> bytes: ...
+
+    def keepalive(self) -> bytes:
+        """What goes out when the stream has been silent for ``MLX_STREAM_KEEPALIVE`` (an SSE comment, a ping)."""
+        ...
 
 
 def install_intake(app: QuartTrio, intake: Intake, paths: Collection[str]) -> None:
@@ -157,6 +164,8 @@ class Generation:
     arrival: Arrival | None
     timeout: float
     in_flight: InFlight
+    # Seconds of silence on a stream before a keep-alive event (0: none).
+    keepalive: float = 0.0
 
     @classmethod
     async def start(cls, state: ServerState, generation_request: GenerationRequest) -> Generation:
@@ -181,7 +190,7 @@ class Generation:
                     f"{generation_request.model!r} has {served.tool_format or 'no tool calling'}",
                     param="tool_choice",
                 )
-        return cls(generation_request, served, arrival, timeout, state.in_flight)
+        return cls(generation_request, served, arrival, timeout, state.in_flight, state.config.stream_keepalive)
 
     def _generate(self) -> AbstractAsyncContextManager[Events]:
         asked = self.request
@@ -295,7 +304,13 @@ class Generation:
                 while not events.finished:
                     # Past the deadline, or cut at the end of a graceful stop's grace period.
                     with self.in_flight.cuttable(deadline) as scope:
-                        delta = await events.__anext__()
+                        # Until the next event, or a keep-alive's time (waiting for an event can be cut short safely).
+                        with trio.move_on_after(self.keepalive or math.inf) as silence:
+                            delta = await events.__anext__()
+                    if silence.cancelled_caught and not scope.cancelled_caught:
+                        yield waiting + answer.keepalive()
+                        waiting = b""
+                        continue
                     if scope.cancelled_caught:
                         # Leaving the block cancels the sequence in the worker.
                         error = self.in_flight.error() if self.in_flight.is_cut else _timed_out(self.timeout)

@@ -27,6 +27,23 @@ async def test_the_role_chunk_goes_out_when_the_request_is_admitted_before_any_t
         assert chunk["choices"] == [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
 
 
+@pytest.mark.parametrize("server_settings", [{"hang_timeout": 30.0, "stream_keepalive": 0.2}])
+@bounded(60)
+async def test_a_silent_stream_sends_keep_alive_comments_that_clients_skip(client, monkeypatch):
+    """A long prefill sends nothing for a while: proxies and clients that drop idle connections must see it alive."""
+    monkeypatch.setenv("MLXTRIO_FAILPOINTS", "step=hang@1")
+    async with client.stream("POST", "/v1/chat/completions", json=CHAT) as response:
+        assert response.status_code == 200
+        seen: list[str] = []
+        async for line in response.aiter_lines():
+            seen.append(line)
+            if seen.count(": keep-alive") == 3:
+                break
+    # The role chunk first, then only comments (an SSE comment is not an event: readers skip it).
+    events = [line for line in seen if line]
+    assert events[0].startswith("data: ") and set(events[1:]) == {": keep-alive"}
+
+
 @bounded(60)
 async def test_a_request_refused_at_admission_is_still_an_error_response(client):
     # Refused by the worker (a token outside the vocabulary), not by the orchestrator's checks.

@@ -20,6 +20,7 @@ __all__ = ["OpenAIAnswer", "sampling_params", "sse", "tool_call_object", "usage_
 
 _json = msgspec.json.Encoder()
 _DONE = b"data: [DONE]\n\n"
+_KEEPALIVE = b": keep-alive\n\n"
 
 
 def sse(payload: dict) -> bytes:
@@ -105,3 +106,7 @@ class OpenAIAnswer:
 
     def error(self, error: ServerError) -> bytes:
         return sse(openai_error(error))
+
+    def keepalive(self) -> bytes:
+        # An SSE comment: every SSE reader skips it, and a proxy sees the connection is alive.
+        return _KEEPALIVE
