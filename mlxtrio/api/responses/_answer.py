@@ -235,6 +235,10 @@ class ResponseAnswer:
         final = self._ended(list(self._output), usage, self._finish)
         return events + self._event(f"response.{final['status']}", response=final)
 
+    def keepalive(self) -> bytes:
+        # The Responses API has no ping event; every SSE reader skips a comment (as on the OpenAI surface).
+        return b": keep-alive\n\n"
+
     def error(self, error: ServerError) -> bytes:
         """The error event, then ``response.failed`` with the output so far: an item cut short is incomplete, with no done events."""
         output = list(self._output)
