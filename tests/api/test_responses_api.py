@@ -259,7 +259,11 @@ async def test_previous_response_id_continues_a_conversation_across_a_restart(ca
 
 @pytest.mark.parametrize("server_settings", [{"api_keys": ("key-one", "key-two")}])
 @bounded(120)
-async def test_a_stored_response_is_its_api_keys_alone(server):
+async def test_a_stored_response_is_its_api_keys_alone(server, openapi):
+    async with _sdk(server, "nope") as stranger:
+        with pytest.raises(openai.AuthenticationError) as refused:
+            await stranger.responses.create(model="demo", input="hi")
+    openapi.validate(refused.value.response.json(), "ErrorResponse")
     async with _sdk(server, "key-one") as one, _sdk(server, "key-two") as two:
         mine = await one.responses.create(model="demo", input="secret", max_output_tokens=16)
         assert (await one.responses.retrieve(mine.id)).id == mine.id
@@ -349,6 +353,20 @@ async def test_hostile_and_malformed_bodies_get_openai_shaped_400s(client, opena
     unknown_model = await client.post("/v1/responses", json={**BAD, "model": "nope"})
     assert unknown_model.status_code == 404
     openapi.validate(unknown_model.json(), "ErrorResponse")
+    # Unrouted paths and methods under the surface's prefix: its shape too.
+    for method, path in (("GET", "/v1/responses/a/b/c"), ("PUT", "/v1/responses")):
+        response = await client.request(method, path)
+        assert response.status_code in (404, 405)
+        openapi.validate(response.json(), "ErrorResponse")
+
+
+@bounded(120)
+async def test_metrics_and_request_logs_name_the_surface(client, admin):
+    assert (await client.post("/v1/responses", json={**BAD, "max_output_tokens": 16})).status_code == 200
+    assert (await client.post("/v1/responses", json={**BAD, "temperature": 9})).status_code == 400
+    metrics = (await admin.get("/metrics")).text
+    assert 'mlxtrio_requests_total{endpoint="/v1/responses",model="demo",status="200",surface="responses"} 1.0' in metrics
+    assert 'mlxtrio_requests_total{endpoint="/v1/responses",model="",status="400",surface="responses"} 1.0' in metrics
 
 
 @bounded(60)
@@ -404,3 +422,50 @@ async def test_what_codex_cli_sends_is_served(client, openapi):
     assert hosted.status_code == 400
     error = hosted.json()["error"]
     assert error["param"] == "tools[2].type" and "web_search" in error["message"]
+
+
+@bounded(120)
+async def test_reasoning_effort_is_the_thinking_switch_and_the_thinking_a_reasoning_item(client, openapi):
+    """The demo model thinks when its template's switch is on (and never closes its think block)."""
+    body = {"model": "demo", "input": "Think first.", "max_output_tokens": 16}
+    thought = (await client.post("/v1/responses", json={**body, "reasoning": {"effort": "high", "summary": "auto"}})).json()
+    openapi.validate(thought, "Response")
+    [reasoning] = thought["output"]
+    assert reasoning["type"] == "reasoning" and reasoning["content"][0]["type"] == "reasoning_text" and reasoning["content"][0]["text"]
+    assert thought["usage"]["output_tokens_details"]["reasoning_tokens"] == thought["usage"]["output_tokens"] == 16
+    events = await _events(client, {**body, "reasoning": {"effort": "medium"}})
+    final = _check_stream(events, openapi)
+    kinds = [event["type"] for event in events]
+    deltas = kinds.count("response.reasoning_text.delta")
+    assert deltas > 0 and kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.reasoning_text.delta"] * deltas,
+        "response.reasoning_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.incomplete",
+    ]
+    assert final["output"][0]["content"][0]["text"] == "".join(event["delta"] for event in events if event["type"] == "response.reasoning_text.delta")
+    for effort in ("none", "minimal"):
+        plain = (await client.post("/v1/responses", json={**body, "reasoning": {"effort": effort}})).json()
+        assert [item["type"] for item in plain["output"]] == ["message"]
+        assert plain["usage"]["output_tokens_details"]["reasoning_tokens"] == 0
+
+
+@bounded(120)
+async def test_a_reasoning_item_reaches_the_template_with_the_turn_it_precedes(client):
+    turn = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "hello"}]},
+        {"role": "user", "content": "again"},
+    ]
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": "a long thought " * 8}]}
+    counts = []
+    for items in (turn, [turn[0], reasoning, *turn[1:]]):
+        response = await client.post("/v1/responses/input_tokens", json={"model": "demo", "input": items})
+        assert response.status_code == 200, response.text
+        counts.append(response.json()["input_tokens"])
+    assert counts[1] > counts[0] + 8

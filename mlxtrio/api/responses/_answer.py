@@ -136,7 +136,8 @@ class ResponseAnswer:
         if reasoning:
             output.append(_reasoning_item(reasoning, "incomplete" if incomplete and not collected.texts[0] else "completed"))
         text, calls = collected.texts[0], collected.tool_calls[0]
-        if text or not calls:
+        # A message where there is text, or nothing else (as a stream opens one).
+        if text or not (calls or reasoning):
             logprobs = _logprobs(collected.logprobs[0]) if self.logprobs else []
             output.append(_message_item([_text_part(text, logprobs)], "incomplete" if incomplete else "completed"))
         output.extend(_call_item(call, self.namespaces) for call in calls)

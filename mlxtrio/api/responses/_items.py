@@ -83,12 +83,20 @@ def _function_call_output(item: InputItem, param: str) -> dict:
     return {"type": "function_call_output", "call_id": item.call_id, "output": output, "status": "completed"}
 
 
+def _reasoning_parts(parts: list[Part], kind: str, param: str) -> list[dict]:
+    for index, part in enumerate(parts):
+        if part.type != kind or part.text is None:
+            raise _invalid(f"{param}[{index}]: a {kind} part with its text, not {part.type!r}", f"{param}[{index}]")
+    return [{"type": kind, "text": part.text} for part in parts]
+
+
 def _reasoning(item: InputItem, param: str) -> dict:
-    content = item.content if isinstance(item.content, list) else []
+    if isinstance(item.content, str):
+        raise _invalid(f"{param}.content: a list of reasoning_text parts", f"{param}.content")
     reasoning: dict = {
         "type": "reasoning",
-        "summary": [{"type": "summary_text", "text": _part_text(part, f"{param}.summary[{index}]")} for index, part in enumerate(item.summary or ())],
-        "content": [{"type": "reasoning_text", "text": _part_text(part, f"{param}.content[{index}]")} for index, part in enumerate(content)],
+        "summary": _reasoning_parts(item.summary or [], "summary_text", f"{param}.summary"),
+        "content": _reasoning_parts(item.content or [], "reasoning_text", f"{param}.content"),
     }
     if item.encrypted_content is not None:
         reasoning["encrypted_content"] = item.encrypted_content
