@@ -97,6 +97,23 @@ def _check_stream(events: list[dict], openapi) -> dict:  # noqa: ANN001
     return final
 
 
+def _assert_one_item(events: list[dict], content: str, last: str) -> None:
+    """A stream of one output item whose content part is ``content`` (output_text, reasoning_text): OpenAI's order of events."""
+    kinds = [event["type"] for event in events]
+    deltas = kinds.count(f"response.{content}.delta")
+    assert deltas > 0 and kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *[f"response.{content}.delta"] * deltas,
+        f"response.{content}.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        last,
+    ]
+
+
 @bounded(120)
 async def test_create_a_response(server, client, openapi):
     body = {"model": "demo", "input": "Hello there", "max_output_tokens": 16, "instructions": "Be brief.", "metadata": {"k": "v"}}
@@ -120,19 +137,7 @@ async def test_create_a_response(server, client, openapi):
 async def test_a_stream_sends_openais_events_in_order(server, client, openapi):
     events = await _events(client, {"model": "demo", "input": "Hello there", "max_output_tokens": 32})
     final = _check_stream(events, openapi)
-    kinds = [event["type"] for event in events]
-    deltas = kinds.count("response.output_text.delta")
-    assert deltas > 0 and kinds == [
-        "response.created",
-        "response.in_progress",
-        "response.output_item.added",
-        "response.content_part.added",
-        *["response.output_text.delta"] * deltas,
-        "response.output_text.done",
-        "response.content_part.done",
-        "response.output_item.done",
-        "response.completed" if final["status"] == "completed" else "response.incomplete",
-    ]
+    _assert_one_item(events, "output_text", "response.completed" if final["status"] == "completed" else "response.incomplete")
     text = "".join(event["delta"] for event in events if event["type"] == "response.output_text.delta")
     assert final["output"][0]["content"][0]["text"] == text
     # The SDK's stream helper wants a completed response: a format the demo model finishes well within the limit.
@@ -435,19 +440,7 @@ async def test_reasoning_effort_is_the_thinking_switch_and_the_thinking_a_reason
     assert thought["usage"]["output_tokens_details"]["reasoning_tokens"] == thought["usage"]["output_tokens"] == 16
     events = await _events(client, {**body, "reasoning": {"effort": "medium"}})
     final = _check_stream(events, openapi)
-    kinds = [event["type"] for event in events]
-    deltas = kinds.count("response.reasoning_text.delta")
-    assert deltas > 0 and kinds == [
-        "response.created",
-        "response.in_progress",
-        "response.output_item.added",
-        "response.content_part.added",
-        *["response.reasoning_text.delta"] * deltas,
-        "response.reasoning_text.done",
-        "response.content_part.done",
-        "response.output_item.done",
-        "response.incomplete",
-    ]
+    _assert_one_item(events, "reasoning_text", "response.incomplete")
     assert final["output"][0]["content"][0]["text"] == "".join(event["delta"] for event in events if event["type"] == "response.reasoning_text.delta")
     for effort in ("none", "minimal"):
         plain = (await client.post("/v1/responses", json={**body, "reasoning": {"effort": effort}})).json()
