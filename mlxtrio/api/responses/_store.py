@@ -1,33 +1,30 @@
 """Stored responses: what ``previous_response_id`` continues and ``GET /v1/responses/{id}`` reads.
 
 One SQLite database, ``responses.sqlite3`` in the state directory, opened on
-first use. Its files hold whole conversations, so they are the owner's alone:
-the directory is made 0700 and the database file is created 0600 before SQLite
-opens it (SQLite gives its -wal, -shm and -journal files the database's mode).
-Every call runs in a thread, one at a time on the one connection, and a
-cancelled caller waits for its thread (Trio's default): a transaction is never
-abandoned halfway, nor the connection used by two threads at once.
+first use; its files hold whole conversations, so they are the owner's alone
+(the directory made 0700, the files 0600: ``_sqlite``). Every call runs in a
+thread, one at a time on the one connection, and a cancelled caller waits for
+its thread (Trio's default): a transaction is never abandoned halfway, nor the
+connection used by two threads at once.
 
 Bounded two ways. Entries older than the age bound are removed (at open and on
 each put) and never read. After each put the oldest entries go until the
-stored bytes (the JSON of each entry's response, input items and history) are
-within the byte bound; an entry larger than the bound by itself is not stored.
+stored bytes (the JSON of each entry's response, input items and history, and
+an allowance for SQLite's records of them) are within the byte bound; an entry
+larger than the bound by itself is not stored.
 
 A file there that is not this store's database (corrupt, another program's,
-another schema version) is moved aside to ``responses.sqlite3.unreadable``
-with a log line, and the store starts empty: the server never fails to start
-or answer over it, and the one copy set aside keeps the disk bounded.
+another schema version) is moved aside (``_sqlite``) with a log line, and the
+store starts empty: the server never fails to start or answer over it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sqlite3
-import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,53 +34,20 @@ import trio
 
 from ..._config import Config
 from ..._errors import ErrorKind, ServerError
+from ._sqlite import move_aside, open_database, set_aside_path, transaction, unreadable
 
 __all__ = ["FILE_NAME", "InputItemsPage", "ResponseStore", "StoredResponse", "state_directory"]
 
 log = logging.getLogger("mlxtrio.api")
 
 FILE_NAME = "responses.sqlite3"
-_SET_ASIDE = FILE_NAME + ".unreadable"
-# Marks the file as this store's, so that another program's SQLite database is never taken for it.
-_APPLICATION_ID = 0x6D6C7872
-_SCHEMA_VERSION = 1
 _DAY = 86400.0
+# Bytes counted for each entry and each input item beyond their JSON: SQLite's own records of them
+# (row headers, ids, index entries), so that the file stays near the bound however small the items.
+_ENTRY_BYTES = 256
+_ITEM_BYTES = 64
 # A vacuum returns free pages to the file system once they are this share of the file.
 _FREE_SHARE = 4
-
-_SCHEMA = f"""
-PRAGMA application_id = {_APPLICATION_ID};
-PRAGMA user_version = {_SCHEMA_VERSION};
-CREATE TABLE responses (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    owner TEXT NOT NULL,
-    id TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    previous_response_id TEXT,
-    response BLOB NOT NULL,
-    history BLOB NOT NULL,
-    bytes INTEGER NOT NULL,
-    UNIQUE (owner, id)
-);
-CREATE INDEX responses_by_age ON responses (created_at);
-CREATE TABLE input_items (
-    response INTEGER NOT NULL,
-    position INTEGER NOT NULL,
-    id TEXT NOT NULL,
-    item BLOB NOT NULL,
-    PRIMARY KEY (response, position)
-) WITHOUT ROWID;
-CREATE INDEX input_items_by_id ON input_items (response, id);
-CREATE TABLE totals (one INTEGER PRIMARY KEY CHECK (one = 1), entries INTEGER NOT NULL, bytes INTEGER NOT NULL);
-INSERT INTO totals VALUES (1, 0, 0);
-CREATE TRIGGER responses_added AFTER INSERT ON responses BEGIN
-    UPDATE totals SET entries = entries + 1, bytes = bytes + NEW.bytes;
-END;
-CREATE TRIGGER responses_removed AFTER DELETE ON responses BEGIN
-    UPDATE totals SET entries = entries - 1, bytes = bytes - OLD.bytes;
-    DELETE FROM input_items WHERE response = OLD.seq;
-END;
-"""
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
@@ -168,6 +132,7 @@ class ResponseStore:
         ``"id"``; ``history`` is what a response continuing this one starts from.
         False: the store is off, the entry alone is over the byte bound, or the
         database failed (logged). Older entries may be evicted to make room.
+        ValueError: an input item without a string id.
         """
         if not self.enabled:
             return False
@@ -216,8 +181,7 @@ class ResponseStore:
         """Bounds, counters, and what is stored now (None before first use or when unreadable); opens nothing."""
         entries = size = None
         if self._connection is not None:
-            with contextlib.suppress(ServerError):
-                entries, size = await self._run(_totals)
+            entries, size = await trio.to_thread.run_sync(self._totals, limiter=self._limiter)
         return {
             "enabled": self.enabled,
             "path": str(self.path),
@@ -243,14 +207,14 @@ class ResponseStore:
     def _call(self, operation: Callable[..., Any], *args: object) -> Any:
         """``operation(self, connection, *args)`` in this thread; an unreadable file is set aside and it runs again."""
         try:
-            connection = self._connection or self._open()
             try:
-                result = operation(self, connection, *args)
+                result = operation(self, self._connection or self._open(), *args)
             except sqlite3.DatabaseError as exc:
-                if not _unreadable(exc):
+                if not unreadable(exc):
                     raise
                 self._close()
-                self._move_aside(f"failed ({exc})")
+                move_aside(self.path)
+                self._note_set_aside(f"cannot be read ({exc})")
                 result = operation(self, self._open(), *args)
         except (OSError, sqlite3.Error) as exc:
             self._close()
@@ -266,25 +230,11 @@ class ResponseStore:
 
     def _open(self) -> sqlite3.Connection:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _create_private(self.path)
-        connection = _connect(self.path)
-        try:
-            why = _adopt(connection)
-        except sqlite3.DatabaseError as exc:
-            connection.close()
-            if not _unreadable(exc):
-                raise
-            why = f"is not a readable database ({exc})"
+        connection, why = open_database(self.path)
         if why is not None:
-            connection.close()
-            self._move_aside(why)
-            _create_private(self.path)
-            connection = _connect(self.path)
-            _adopt(connection)
+            self._note_set_aside(why)
         try:
-            connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute("PRAGMA synchronous = NORMAL")
-            with _transaction(connection):
+            with transaction(connection):
                 self._expire(connection)
         except BaseException:
             connection.close()
@@ -292,25 +242,22 @@ class ResponseStore:
         self._connection = connection
         return connection
 
+    def _totals(self) -> tuple[int, int] | tuple[None, None]:
+        """Entries and bytes stored, if the database is open and readable: never a reason to open it."""
+        try:
+            return self._connection.execute("SELECT entries, bytes FROM totals").fetchone()
+        except (AttributeError, sqlite3.Error):  # closed meanwhile, or failing: the next call will say
+            return None, None
+
     def _close(self) -> None:
         if self._connection is not None:
             connection, self._connection = self._connection, None
             with contextlib.suppress(sqlite3.Error):
                 connection.close()
 
-    def _move_aside(self, why: str) -> None:
-        """Move the database and its journals to ``_SET_ASIDE``, replacing an earlier one."""
-        aside = self.path.with_name(_SET_ASIDE)
-        os.replace(self.path, aside)
-        for suffix in ("-wal", "-journal"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{aside}{suffix}")
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{self.path}-shm")
+    def _note_set_aside(self, why: str) -> None:
         self.set_aside += 1
-        log.warning("the response store %s %s: moved aside to %s; starting empty", self.path, why, aside)
+        log.warning("the response store %s %s: moved aside to %s; starting empty", self.path, why, set_aside_path(self.path))
 
     def _expire(self, connection: sqlite3.Connection) -> None:
         self.expired += connection.execute("DELETE FROM responses WHERE created_at < ?", (self._cutoff(),)).rowcount
@@ -331,11 +278,11 @@ def _put(
 ) -> bool:
     items = [(item["id"], _encode(item)) for item in input_items]
     response_json, history_json = _encode(response), _encode(history)
-    size = len(response_json) + len(history_json) + sum(len(item) for _, item in items)
+    size = _ENTRY_BYTES + len(response_json) + len(history_json) + sum(_ITEM_BYTES + len(item) for _, item in items)
     if size > store.max_bytes:
         store.too_large += 1
         return False
-    with _transaction(connection):
+    with transaction(connection):
         store._expire(connection)
         connection.execute("DELETE FROM responses WHERE owner = ? AND id = ?", (owner, response_id))
         seq = connection.execute(
@@ -352,7 +299,7 @@ def _put(
     if evicted:
         free, pages = (connection.execute(f"PRAGMA {name}").fetchone()[0] for name in ("freelist_count", "page_count"))
         if free * _FREE_SHARE > pages:
-            connection.execute("PRAGMA incremental_vacuum")
+            connection.executescript("PRAGMA incremental_vacuum;")  # execute() would free one page only
     return True
 
 
@@ -379,7 +326,7 @@ def _find(store: ResponseStore, connection: sqlite3.Connection, owner: str, resp
 
 
 def _get(store: ResponseStore, connection: sqlite3.Connection, owner: str, response_id: str) -> StoredResponse | None:
-    with _transaction(connection, "BEGIN"):
+    with transaction(connection, "BEGIN"):
         row = _find(store, connection, owner, response_id, "seq, response, history, previous_response_id, created_at")
         if row is None:
             return None
@@ -397,7 +344,7 @@ def _get(store: ResponseStore, connection: sqlite3.Connection, owner: str, respo
 def _input_items(
     store: ResponseStore, connection: sqlite3.Connection, owner: str, response_id: str, after: str | None, limit: int, order: str
 ) -> InputItemsPage | None:
-    with _transaction(connection, "BEGIN"):
+    with transaction(connection, "BEGIN"):
         row = _find(store, connection, owner, response_id, "seq")
         if row is None:
             return None
@@ -416,79 +363,8 @@ def _input_items(
 
 
 def _delete(store: ResponseStore, connection: sqlite3.Connection, owner: str, response_id: str) -> bool:
-    with _transaction(connection):
+    with transaction(connection):
         row = _find(store, connection, owner, response_id, "seq")
         if row is not None:
             connection.execute("DELETE FROM responses WHERE seq = ?", row)
     return row is not None
-
-
-def _totals(store: ResponseStore, connection: sqlite3.Connection) -> tuple[int, int]:
-    return connection.execute("SELECT entries, bytes FROM totals").fetchone()
-
-
-@contextlib.contextmanager
-def _transaction(connection: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Iterator[None]:
-    """A transaction (IMMEDIATE: a writer takes the lock first, so another server's writer never deadlocks it)."""
-    connection.execute(begin)
-    try:
-        yield
-    except BaseException:
-        connection.rollback()
-        raise
-    connection.commit()
-
-
-def _unreadable(exc: sqlite3.DatabaseError) -> bool:
-    """Whether SQLite says the file is damaged or no database at all (not: busy, full, read-only ...)."""
-    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
-
-
-def _create_private(path: Path) -> None:
-    """Make ``path`` (never through a symlink) a regular file that only its owner may read: before SQLite opens it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise OSError(f"{path} is not a regular file")
-        if mode & 0o077:
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-    for suffix in ("-wal", "-shm", "-journal"):
-        with contextlib.suppress(FileNotFoundError):
-            side = Path(f"{path}{suffix}")
-            if side.lstat().st_mode & 0o077 and not side.is_symlink():
-                side.chmod(0o600)
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    # isolation_level None: transactions are _transaction's; check_same_thread off: one thread at a time, not always the same one.
-    return sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
-
-
-def _adopt(connection: sqlite3.Connection) -> str | None:
-    """Make an empty database this store's; why the database is not this store's, or None."""
-    connection.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect on an empty database only
-    with _transaction(connection):
-        application_id = connection.execute("PRAGMA application_id").fetchone()[0]
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
-        if (application_id, version) == (0, 0) and not connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            for statement in _statements(_SCHEMA):
-                connection.execute(statement)
-            return None
-    if application_id != _APPLICATION_ID:
-        return "is not an mlxtrio response store (another program's SQLite database)"
-    if version != _SCHEMA_VERSION:
-        return f"has schema version {version}, not this server's {_SCHEMA_VERSION}"
-    return None
-
-
-def _statements(script: str) -> Iterator[str]:
-    """The statements of ``script`` one by one (executescript would commit the transaction around them)."""
-    statement = ""
-    for line in script.splitlines(keepends=True):
-        statement += line
-        if sqlite3.complete_statement(statement):
-            yield statement
-            statement = ""
