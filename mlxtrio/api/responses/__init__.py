@@ -4,9 +4,9 @@
 checks, ``_items`` the input items (as stored and listed, and as the chat
 template's messages), ``_serving`` the translation of a request into a
 ``GenerationRequest``, ``_answer`` the Response object and its stream
-events, and ``_store`` the stored responses (``store``,
-``previous_response_id``, the GET/DELETE endpoints) in SQLite under the
-state directory.
+events, and ``_store`` (with ``_sqlite``, its database file) the stored
+responses (``store``, ``previous_response_id``, the GET/DELETE endpoints)
+in SQLite under the state directory.
 """
 
 from .._errors import openai_error

@@ -26,6 +26,8 @@ __all__ = ["CountRequest", "CreateRequest", "InputItem", "Part", "Tool", "decode
 MAX_METADATA_KEYS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
+# Within what the worker's counter takes.
+MAX_TOOL_CALLS = 2**31 - 1
 # The efforts that turn a model's thinking off where its template has a switch; the others turn it on.
 _NO_THINKING = {"none", "minimal"}
 _EFFORTS = _NO_THINKING | {"low", "medium", "high", "xhigh", "max"}
@@ -131,6 +133,7 @@ class _InputFields(msgspec.Struct, kw_only=True):
     tools: list[Tool] | None = None
     tool_choice: str | ToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    max_tool_calls: int | None = None
     text: TextParam | None = None
     reasoning: Reasoning | None = None
     truncation: str | None = None
@@ -155,6 +158,12 @@ class _InputFields(msgspec.Struct, kw_only=True):
             raise ServerError(ErrorKind.INVALID_REQUEST, "input is required", param="input")
         if self.input == [] and self.previous_response_id is None:
             raise ServerError(ErrorKind.INVALID_REQUEST, "input must not be an empty list", param="input")
+        if self.max_tool_calls is not None and not 1 <= self.max_tool_calls <= MAX_TOOL_CALLS:
+            raise ServerError(
+                ErrorKind.INVALID_REQUEST, f"max_tool_calls must be within [1, {MAX_TOOL_CALLS}], not {self.max_tool_calls}", param="max_tool_calls"
+            )
+        if self.text is not None and self.text.verbosity not in (None, "low", "medium", "high"):
+            raise ServerError(ErrorKind.INVALID_REQUEST, f"text.verbosity is low, medium or high, not {self.text.verbosity[:20]!r}", param="text.verbosity")
         if self.reasoning is not None and self.reasoning.effort is not None and self.reasoning.effort not in _EFFORTS:
             raise ServerError(
                 ErrorKind.INVALID_REQUEST, f"reasoning.effort is one of {sorted(_EFFORTS)}, not {self.reasoning.effort!r}", param="reasoning.effort"
@@ -283,7 +292,6 @@ class CreateRequest(_InputFields, kw_only=True):
 
     model: str  # type: ignore[assignment]
     max_output_tokens: int | None = None
-    max_tool_calls: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     top_logprobs: int | None = None
@@ -324,8 +332,6 @@ class CreateRequest(_InputFields, kw_only=True):
                 f"max_output_tokens must be within [16, {limits.max_tokens}], not {self.max_output_tokens}",
                 param="max_output_tokens",
             )
-        if self.max_tool_calls is not None and self.max_tool_calls < 1:
-            raise ServerError(ErrorKind.INVALID_REQUEST, f"max_tool_calls must be at least 1, not {self.max_tool_calls}", param="max_tool_calls")
         if self.temperature is not None and not 0 <= self.temperature <= 2:
             raise ServerError(ErrorKind.INVALID_REQUEST, f"temperature must be within [0, 2], not {self.temperature}", param="temperature")
         if self.top_p is not None and not 0 < self.top_p <= 1:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import attrs
 import msgspec
 from quart import Response
 from quart.wrappers.response import IterableBody
@@ -61,7 +62,7 @@ def _generation_request(
         stream=stream,
         tools=_tools_json(tools),
         parse_tool_calls=bool(tools),
-        max_tool_calls=1 if asked.parallel_tool_calls is False else getattr(asked, "max_tool_calls", None) or 0,
+        max_tool_calls=1 if asked.parallel_tool_calls is False else asked.max_tool_calls or 0,
         forced_tool_choice=asked.forced_tool_choice,
         thinking=asked.thinking,
         count_only=count_only,
@@ -120,43 +121,54 @@ async def create_response(state: ServerState, store: ResponseStore, body: bytes)
     asked = decode_request(body, CreateRequest, state.limits)
     items = input_items(asked.input)
     history = await _history(store, asked.previous_response_id)
-    generation_request = _generation_request(
-        asked, history + items, params=_params(asked, state.limits), stream=bool(asked.stream)
-    )
+    generation_request = _generation_request(asked, history + items, params=_params(asked, state.limits), stream=bool(asked.stream))
     answer = ResponseAnswer(echo=_echo(asked), logprobs=asked.logprobs, namespaces=asked.namespaces())
-    owner = api_key_owner()
-
-    async def keep() -> None:
-        final = answer.final
-        if asked.store and final is not None and final["status"] != "failed":
-            await store.put(
-                owner,
-                answer.id,
-                response=final,
-                input_items=items,
-                history=[*history, *items, *final["output"]],
-                previous_response_id=asked.previous_response_id,
-            )
-
+    keeper = _Keeper(store=store if asked.store else None, owner=api_key_owner(), asked=asked, history=history, items=items, answer=answer)
     generation = await Generation.start(state, generation_request)
     if not asked.stream:
         response = answer.response(await generation.collect())
-        await keep()
+        await keeper.keep()
         return json_response(response)
     streamed = await generation.stream(answer)
-    streamed.response = IterableBody(_kept_before_last(streamed.response.iter, answer, keep))
+    # The core's stream, wrapped: its last chunk waits for the response to be kept.
+    streamed.response = IterableBody(keeper.kept_before_last(streamed.response.iter))
     return streamed
 
 
-async def _kept_before_last(body: AsyncIterator[bytes], answer: ResponseAnswer, keep) -> AsyncIterator[bytes]:  # noqa: ANN001
-    """The stream's chunks; the response is kept before the chunk that ends it goes out (``answer.final`` is set by then)."""
-    try:
-        async for chunk in body:
-            if answer.final is not None:
-                await keep()
-            yield chunk
-    finally:
-        await body.aclose()  # type: ignore[attr-defined]
+@attrs.frozen(kw_only=True)
+class _Keeper:
+    """Keeps a response once its answer is whole (completed or incomplete; a failed one is not kept)."""
+
+    # None: the request said store false.
+    store: ResponseStore | None
+    owner: str
+    asked: CreateRequest
+    history: list[dict]
+    items: list[dict]
+    answer: ResponseAnswer
+
+    async def keep(self) -> None:
+        final = self.answer.final
+        if self.store is None or final is None or final["status"] == "failed":
+            return
+        await self.store.put(
+            self.owner,
+            self.answer.id,
+            response=final,
+            input_items=self.items,
+            history=[*self.history, *self.items, *final["output"]],
+            previous_response_id=self.asked.previous_response_id,
+        )
+
+    async def kept_before_last(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The stream's chunks; the one that ends it goes out once the response is kept (``answer.final`` is set by then)."""
+        try:
+            async for chunk in body:
+                if self.answer.final is not None:
+                    await self.keep()
+                yield chunk
+        finally:
+            await body.aclose()  # type: ignore[attr-defined]
 
 
 async def count_input_tokens(state: ServerState, store: ResponseStore, body: bytes) -> Response:
