@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import pydantic
 import pytest
 import trio
 
@@ -128,9 +129,10 @@ async def test_create_a_response(server, client, openapi):
     usage = created["usage"]
     assert 0 < usage["output_tokens"] <= 16 and usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
     async with _sdk(server) as sdk:
-        made = await sdk.responses.create(model="demo", input=[{"role": "user", "content": "hi"}], max_output_tokens=16)
-        assert made.output_text == made.output[0].content[0].text
-        assert made.usage.input_tokens_details.cached_tokens >= 0
+        made = [await sdk.responses.create(model="demo", input=[{"role": "user", "content": "hi"}], max_output_tokens=16) for _ in range(2)]
+    assert made[0].output_text == made[0].output[0].content[0].text
+    # The second shares the first's prompt: the prompt cache serves it.
+    assert made[1].usage.input_tokens_details.cached_tokens > 0
 
 
 @bounded(120)
@@ -206,6 +208,14 @@ async def test_json_schema_output_parses_as_the_schema(server):
         )
     person = json.loads(response.output_text)
     assert set(person) == {"name", "age"} and isinstance(person["age"], int)
+
+    class Person(pydantic.BaseModel):
+        name: str
+        age: int
+
+    async with _sdk(server) as sdk:
+        parsed = await sdk.responses.parse(model="demo", input="A person", text_format=Person, max_output_tokens=200)
+    assert isinstance(parsed.output_parsed, Person)
 
 
 @bounded(120)
@@ -296,6 +306,9 @@ async def test_input_tokens_counts_what_a_response_is_fed(server, client, openap
     openapi.validate(counted.json(), "TokenCountsResource")
     created = (await client.post("/v1/responses", json={**request, "max_output_tokens": 16})).json()
     assert counted.json() == {"object": "response.input_tokens", "input_tokens": created["usage"]["input_tokens"]}
+    # The instructions and the tools are in the prompt.
+    bare = (await client.post("/v1/responses/input_tokens", json={"model": "demo", "input": request["input"]})).json()
+    assert bare["input_tokens"] + 10 < counted.json()["input_tokens"]
     async with _sdk(server) as sdk:
         count = await sdk.responses.input_tokens.count(model="demo", input="Hello")
     assert count.input_tokens > 0
