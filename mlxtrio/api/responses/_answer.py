@@ -98,6 +98,8 @@ class ResponseAnswer:
     _open: dict | None = None
     _parts: list[str] = attrs.Factory(list)
     _open_logprobs: list[dict] = attrs.Factory(list)
+    # Log probabilities of tokens whose text has not come yet.
+    _pending: list[p.TokenLogprob] = attrs.Factory(list)
     _finish: str | None = None
 
     def _response(self, status: str, output: list[dict], usage: dict | None, **fields: object) -> dict:
@@ -209,6 +211,11 @@ class ResponseAnswer:
 
     def delta(self, choice: int, delta: p.Delta) -> bytes:
         events = b""
+        if self.logprobs:
+            # A token's text may come in a later delta (held back while it could start a stop string or a call).
+            self._pending.extend(delta.logprobs)
+            if not delta.text and (delta.reasoning or delta.tool_calls):
+                self._pending.clear()
         if delta.reasoning:
             events += self._opened("reasoning")
             self._parts.append(delta.reasoning)
@@ -217,12 +224,10 @@ class ResponseAnswer:
         if delta.text:
             events += self._opened("message")
             self._parts.append(delta.text)
-            logprobs = _logprobs(delta.logprobs) if self.logprobs else []
-            self._open_logprobs.extend(logprobs)
+            self._open_logprobs.extend(_logprobs(self._pending))
             where = {"item_id": self._open["id"], "output_index": len(self._output), "content_index": 0}  # type: ignore[index]
-            events += self._event(
-                "response.output_text.delta", **where, delta=delta.text, logprobs=_delta_logprobs(delta.logprobs) if self.logprobs else []
-            )
+            events += self._event("response.output_text.delta", **where, delta=delta.text, logprobs=_delta_logprobs(self._pending))
+            self._pending.clear()
         for call in delta.tool_calls:
             events += self._call(call)
         if delta.finish_reason is not None:
