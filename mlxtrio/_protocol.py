@@ -223,6 +223,9 @@ class Generate(_Message, tag="generate"):
     thinking: bool | None = None
     # Only count the prompt's tokens: Admitted, then one last Delta (finish_reason "counted"); nothing is generated.
     count_only: bool = False
+    # Split the model's thinking into ``Delta.reasoning`` (False: it stays in the text, markers and all,
+    # for a surface whose wire has no place for it).
+    split_reasoning: bool = True
 
 
 class Cancel(_Message, tag="cancel"):

@@ -59,6 +59,8 @@ class GenerationRequest:
     # The chat template's thinking switch (None: its default), and counting the prompt instead of generating.
     thinking: bool | None = None
     count_only: bool = False
+    # The model's thinking in ``Delta.reasoning``; False: left in the text (a wire with no place for it).
+    split_reasoning: bool = True
 
 
 @attrs.frozen
@@ -206,6 +208,7 @@ class Generation:
             max_tool_calls=asked.max_tool_calls,
             thinking=asked.thinking,
             count_only=asked.count_only,
+            split_reasoning=asked.split_reasoning,
             arrival=self.arrival,
         )
 

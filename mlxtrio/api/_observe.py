@@ -79,6 +79,10 @@ class RequestRecord:
     _finished: bool = False
 
     def on_delta(self, choice: int, delta: Delta) -> None:
+        if delta.finish_reason == "counted":
+            # A count processed no prompt: logged with its count, not added to the prompt tokens served.
+            self.prompt_tokens = delta.prompt_tokens
+            return
         now = time.perf_counter()
         new_tokens = delta.completion_tokens - self._completion_tokens.get(choice, 0)
         self._completion_tokens[choice] = delta.completion_tokens

@@ -176,6 +176,7 @@ class ServedModel:
         max_tool_calls: int = 0,
         thinking: bool | None = None,
         count_only: bool = False,
+        split_reasoning: bool = True,
         arrival: Arrival | None = None,
     ) -> AsyncIterator[Events]:
         """Start ``n`` sequences (choices) of one prompt, or split evenly among ``prompts``; their deltas arrive through one Events.
@@ -186,6 +187,7 @@ class ServedModel:
         replaces the model's, as in Ollama.
         ``thinking``: the chat template's thinking switch (None: its default). ``count_only``: the worker
         counts the prompt's tokens and generates nothing (one last Delta, finish_reason "counted").
+        ``split_reasoning``: the model's thinking goes in ``Delta.reasoning``, not in the text.
         ``arrival``: the request's place in the server's intake, handed over as
         its Generate goes out (its ``followers``: see _intake.py).
         """
@@ -218,6 +220,7 @@ class ServedModel:
                             prompts,
                             thinking=thinking,
                             count_only=count_only,
+                            split_reasoning=split_reasoning,
                         )
                     )
                 except IPCError as exc:

@@ -91,8 +91,7 @@ class BatchEngine(EngineCore):
         # A request that finds nothing else running is decoded alone on a plain
         # cache until a second arrives (see _mlx_lm/_solo.py).
         self._alone: _Alone | None = None
-        # Deltas and failures made outside a step (moving a sequence into the batch), sent with the next.
-        self._carried: list[Delta] = []
+        # Failures made outside a step (moving a sequence into the batch), sent with the next.
         self._carried_failures: list[tuple[int, RequestError]] = []
         self._stop_at_eos = StopSequences([[token] for token in self._eos])
         self._never_stop = StopSequences(None)

@@ -44,7 +44,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ._mlx_lm import chat_renderer
+from ._mlx_lm import apply_chat_template, chat_renderer
 
 __all__ = ["ControlTokens"]
 
@@ -188,8 +188,8 @@ class ControlTokens:
         to encode before it is encoded (raising if it is too long)."""
         if self._second is None:
             return self._transformers(messages, template)
-        text = self._wrapper.apply_chat_template(
-            self._mark(messages), add_generation_prompt=True, tokenize=False, **self._mark(template)
+        text = apply_chat_template(
+            self._wrapper, self._mark(messages), add_generation_prompt=True, tokenize=False, **self._mark(template)
         )
         if _ESCAPED.search(text):
             raise ValueError("the chat template escapes the request's text, so the control tokens it spells cannot be told apart")
@@ -223,4 +223,4 @@ class ControlTokens:
         python_template = chat_renderer(self._wrapper) is not None
         if not supported or python_template or self._in_keys(messages) or self._in_keys(template):
             raise ValueError("the request spells the model's control tokens where its tokenizer cannot encode them as text")
-        return list(self._wrapper.apply_chat_template(messages, add_generation_prompt=True, sanitize_control_tokens=True, **template))
+        return list(apply_chat_template(self._wrapper, messages, add_generation_prompt=True, sanitize_control_tokens=True, **template))

@@ -50,13 +50,19 @@ class EngineCore(FailurePolicy, abc.ABC):
         self._echoed: tuple[list[int], str, tuple[TokenLogprob, ...]] | None = None
         # Caches remembered since the last settle(), perhaps not computed yet.
         self._unsettled: list[list[Any]] = []
+        # Deltas made outside a step (a count, a sequence moving into the batch), sent with the next.
+        self._carried: list[Delta] = []
 
     def admit(self, request: Generate) -> None:
         """Start the request's sequences, one per choice (of each of its prompts): they share one tokenization of their prompt.
 
         Should one of them fail to start, none goes on (the request fails as a whole).
+        A count (``count_only``) starts none: each sequence's last delta, its prompt's count, goes out with the next step.
         """
         sequences = self._prompt_tokens.sequences(request)
+        if request.count_only:
+            self._carried.extend(Delta(choice.request_id, "", len(prompt), 0, "counted") for choice, prompt in sequences)
+            return
         params = request.params
         if params.echo and params.logprobs:
             # Each sequence's first delta carries its prompt's entries, and a request's first deltas share a frame.

@@ -27,28 +27,36 @@ from collections.abc import Iterable
 from pathlib import Path
 
 # Bump when anything below changes: a new version is a new directory.
-DEMO_VERSION = 3
+DEMO_VERSION = 4
 _VOCAB_SIZE = 512
-_SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+# "<think>" and "</think>" are what mlx-lm recognises a model's thinking by.
+_SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<think>", "</think>"]
 # Tools in the json_tools syntax (Hermes, Qwen 2.5): "<tool_call>" and
-# "tool_call.name" are what mlx-lm recognises it by.
+# "tool_call.name" are what mlx-lm recognises it by. Thinking as Qwen3's: an
+# assistant turn's earlier thinking (reasoning_content) in a think block, and
+# with enable_thinking (off unless given), the generation prompt opens one.
 _CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% if tools %}<|system|>You may call functions: answer with "
     '<tool_call>{"name": ..., "arguments": {...}}</tool_call>.'
     "{% for tool in tools %}\n{{ tool | tojson }}{% endfor %}<|end|>{% endif %}"
     "{% for message in messages %}"
+    "{% set thought = '' %}"
+    "{% if message['role'] == 'assistant' and message['reasoning_content'] is defined and message['reasoning_content'] %}"
+    "{% set thought = '<think>\n' + message['reasoning_content'] + '\n</think>\n' %}"
+    "{% endif %}"
     "{% if message['role'] == 'assistant' and message['tool_calls'] is defined and message['tool_calls'] %}"
-    "<|assistant|>{{ message['content'] or '' }}"
+    "<|assistant|>{{ thought }}{{ message['content'] or '' }}"
     "{% for tool_call in message['tool_calls'] %}"
     "{% if tool_call.function is defined %}{% set tool_call = tool_call.function %}{% endif %}"
     '<tool_call>{"name": "{{ tool_call.name }}", "arguments": {{ tool_call.arguments | tojson }}}</tool_call>'
     "{% endfor %}<|end|>"
     "{% else %}"
-    "{{ '<|' + message['role'] + '|>' + (message['content'] or '') + '<|end|>' }}"
+    "{{ '<|' + message['role'] + '|>' + thought + (message['content'] or '') + '<|end|>' }}"
     "{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}"
+    "{% if enable_thinking is defined and enable_thinking %}{{ '<think>\n' }}{% endif %}{% endif %}"
 )
 _MODEL_ARGS = {
     "model_type": "llama",

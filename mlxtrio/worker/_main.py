@@ -294,7 +294,8 @@ def _serve(  # noqa: ANN001
             if isinstance(message, p.Generate):
                 followers = message.followers
                 grammar = message.params.grammar
-                if grammar is not None and not engine.grammars.compiled(grammar):
+                # A count needs no grammar: it generates nothing.
+                if grammar is not None and not message.count_only and not engine.grammars.compiled(grammar):
                     compiling[message.request_id] = (message, engine.grammars.submit(grammar), time.monotonic())
                 else:
                     _admit(engine, message, send, admitted)

@@ -1,8 +1,9 @@
 """A sequence's output side: its tokens become the deltas the worker sends.
 
 Both engines hand each generated token to the sequence's ``SequenceOutput``,
-which detokenizes it (a streaming detokenizer of its own), holds back text
-that may be the start of a stop string, splits tool calls out of the text
+which detokenizes it (a streaming detokenizer of its own), splits the
+model's thinking from its text (``_reasoning.py``), holds back text that may
+be the start of a stop string, splits tool calls out of the text
 when the request has tools, gathers log probabilities when it asked for
 them, counts tokens, and says what to send: a ``Delta``, or nothing yet.
 """
@@ -17,7 +18,8 @@ import mlx.core as mx
 
 from .._protocol import Delta, Generate, SamplingParams, TokenLogprob, ToolCall
 from ._grammar import GrammarProcessor
-from ._mlx_lm import detokenizer
+from ._mlx_lm import detokenizer, opens_thinking
+from ._reasoning import ReasoningSplitter
 from ._sampling import Processor
 from ._token_pieces import TokenPieces
 from ._tools import ToolCallExtractor
@@ -51,6 +53,11 @@ class SequenceOutput:
     # An echoing completion's prompt text and its tokens' log probabilities, until its first delta carries them.
     echo: str | None = None
     echo_logprobs: tuple[TokenLogprob, ...] = ()
+    # The stop string that ended the sequence, once one has.
+    stop_string: str | None = None
+    # Splits the model's thinking from its text, where the model has think markers; and thinking not sent yet.
+    reasoning: ReasoningSplitter | None = None
+    pending_reasoning: str = ""
 
     def accept(self, token: int | None, finish_reason: str | None, logprobs: mx.array | None = None) -> Delta | None:
         """Take one generated token (None: no token, just the end), with the log probabilities it
@@ -60,7 +67,7 @@ class SequenceOutput:
                 self.pending_logprobs.append(self._logprob(token, logprobs))
             self.completion_tokens += 1
             self.detokenizer.add_token(token)
-            self.held += self.detokenizer.last_segment
+            self._take(self.detokenizer.last_segment, final=False)
             text, stopped = self._release(final=False)
             if stopped:
                 return self._delta(text, "stop")
@@ -71,9 +78,18 @@ class SequenceOutput:
         if finish_reason is None:
             return self._delta(text, None)
         self.detokenizer.finalize()
-        self.held += self.detokenizer.last_segment
+        self._take(self.detokenizer.last_segment, final=True)
         rest, stopped = self._release(final=True)
         return self._delta(text + rest, "stop" if stopped else finish_reason)
+
+    def _take(self, segment: str, *, final: bool) -> None:
+        """The detokenizer's new text: its reasoning to go out as it is, its text to be looked through for stop strings."""
+        if self.reasoning is None:
+            self.held += segment
+            return
+        reasoning, text = self.reasoning.feed(segment, final=final)
+        self.pending_reasoning += reasoning
+        self.held += text
 
     def _logprob(self, token: int, logprobs: mx.array) -> TokenLogprob:
         """The token's log probability and the top alternatives the request asked for."""
@@ -96,10 +112,12 @@ class SequenceOutput:
         held = self.held
         stops = self.params.stop
         if stops:
-            found = [index for index in (held.find(stop) for stop in stops) if index >= 0]
+            found = [(index, stop) for stop in stops if (index := held.find(stop)) >= 0]
             if found:
+                # The one that starts first (of those starting there, the first listed) ends the text.
+                at, self.stop_string = min(found, key=lambda pair: pair[0])
                 self.held = ""
-                return held[: min(found)], True
+                return held[:at], True
         if final or not stops:
             self.held = ""
             return held, False
@@ -116,7 +134,8 @@ class SequenceOutput:
             calls = tuple(found)
             if self.tools.done or (finish_reason == "stop" and self.tools.calls_made):
                 finish_reason = "tool_calls"
-        if not text and not calls and finish_reason is None and self.echo is None:
+        reasoning, self.pending_reasoning = self.pending_reasoning, ""
+        if not text and not calls and not reasoning and finish_reason is None and self.echo is None:
             return None
         logprobs = tuple(self.pending_logprobs)
         self.pending_logprobs.clear()
@@ -132,7 +151,7 @@ class SequenceOutput:
             error = f"{param}: enforcing the schema failed midway: {self.grammar.error}"
         return Delta(
             self.request_id, text, self.prompt_tokens, self.completion_tokens, finish_reason, self.cached_tokens, logprobs, calls,
-            error, param, echoed,
+            error, param, echoed, reasoning, self.stop_string if finish_reason is not None else None,
         )
 
 
@@ -154,6 +173,11 @@ def new_output(
     # one after another.
     sequence = SequenceOutput(request.request_id, params, pieces, detokenizer(tokenizer), len(prompt), cached)
     sequence.grammar = next((each for each in processors if isinstance(each, GrammarProcessor)), None)
+    start, end = getattr(tokenizer, "think_start", None), getattr(tokenizer, "think_end", None)
+    if start and end and request.split_reasoning:
+        # A grammar governs the whole output, which is then the answer, even where the prompt opened a think block.
+        inside = params.grammar is None and opens_thinking(tokenizer, prompt)
+        sequence.reasoning = ReasoningSplitter(start, end, inside=inside)
     if request.parse_tool_calls and parse_tools:
         sequence.tools = ToolCallExtractor(tokenizer, json.loads(request.tools) if request.tools else None, limit=request.max_tool_calls)
     return sequence

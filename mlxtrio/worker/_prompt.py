@@ -79,15 +79,18 @@ class PromptTokens:
 
     def __call__(self, request: Generate) -> list[int]:
         """The request's prompt as ids; refused (``INVALID_REQUEST``) if it cannot fit the context with its
-        max_tokens (with one token at least, where it named none)."""
+        max_tokens (with one token at least, where it named none). A count is not held to the context."""
         tokenizer = self._tokenizer
         room = 1 if request.params.fit_context else request.params.max_tokens
-        budget = None if self._context_length is None else self._context_length - room
+        budget = None if self._context_length is None or request.count_only else self._context_length - room
         if request.messages is not None:
             if not getattr(tokenizer, "has_chat_template", False):
                 raise RequestError(ErrorKind.INVALID_REQUEST, "this model has no chat template; use /v1/completions")
             messages = chat_messages(request.messages)
-            extra = {"tools": json.loads(request.tools)} if request.tools else {}
+            extra: dict[str, Any] = {"tools": json.loads(request.tools)} if request.tools else {}
+            if request.thinking is not None:
+                # mlx-lm's wrapper gives it to the template under the model's own name for it.
+                extra["enable_thinking"] = request.thinking
             try:
                 prompt = self._encoder.chat(messages, budget=budget, **extra)
             except PromptTooLong as exc:
@@ -125,7 +128,7 @@ class PromptTokens:
     def fit(self, request: Generate, prompt: list[int]) -> Generate:
         """``request`` with the max_tokens that ``prompt`` leaves room for, where it named none (up to the server's cap)."""
         params = request.params
-        if not params.fit_context or self._context_length is None:
+        if not params.fit_context or self._context_length is None or request.count_only:
             return request
         room = min(params.max_tokens, self._context_length - len(prompt))
         return msgspec.structs.replace(request, params=msgspec.structs.replace(params, max_tokens=room))

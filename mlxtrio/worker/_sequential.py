@@ -55,7 +55,8 @@ class SequentialEngine(EngineCore):
 
     @property
     def active(self) -> int:
-        return len(self._running)
+        # Carried deltas count as work: they go out with the next step.
+        return len(self._running) + (len(self._carried) > 0)
 
     def _admit(self, request: Generate, prompt: list[int]) -> None:
         if request.request_id in self._running:
@@ -78,6 +79,7 @@ class SequentialEngine(EngineCore):
         self._running[request.request_id] = _Running(self._new_sequence(request, params, prompt, cached, processors), tokens, cache, list(prompt))
 
     def cancel(self, request_id: int) -> bool:
+        self._carried = [delta for delta in self._carried if delta.request_id != request_id]
         running = self._running.pop(request_id, None)
         if running is None:
             return False
@@ -91,7 +93,7 @@ class SequentialEngine(EngineCore):
             self.cancel(request_id)
 
     def step(self) -> StepResult:
-        deltas: list[Delta] = []
+        deltas, self._carried = self._carried, []
         failures: list[tuple[int, RequestError]] = []
         for request_id, running in list(self._running.items()):
             try:

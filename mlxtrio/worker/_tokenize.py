@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._control_tokens import ControlTokens
-from ._mlx_lm import wrapped_tokenizer
+from ._mlx_lm import apply_chat_template, wrapped_tokenizer
 from ._prompt_bound import PromptTooLong, chars_per_token
 
 __all__ = ["PromptEncoder"]
@@ -90,8 +90,8 @@ class PromptEncoder:
             return self._control.chat(messages, template, fits=lambda text: self._fits(text, budget))
         tokenizer = self._tokenizer
         if not self._usable():
-            return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, **template))
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **template)
+            return list(apply_chat_template(tokenizer, messages, add_generation_prompt=True, **template))
+        text = apply_chat_template(tokenizer, messages, add_generation_prompt=True, tokenize=False, **template)
         self._fits(text, budget)
         return self._fast([text], add_special_tokens=False)[0].ids
 

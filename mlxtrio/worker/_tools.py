@@ -16,7 +16,7 @@ from typing import Any
 
 from .._protocol import ToolCall
 
-__all__ = ["ToolCallExtractor", "chat_messages", "tool_format"]
+__all__ = ["ToolCallExtractor", "chat_messages", "partial_suffix", "tool_format"]
 
 
 def tool_format(tokenizer: Any) -> str | None:
@@ -44,6 +44,9 @@ def chat_messages(messages) -> list[dict]:  # noqa: ANN001 - ChatMessages
             entry["tool_calls"] = calls
         if message.tool_call_id is not None:
             entry["tool_call_id"] = message.tool_call_id
+        if message.reasoning:
+            # The name Qwen3's and DeepSeek's templates read an earlier turn's thinking from.
+            entry["reasoning_content"] = message.reasoning
         rendered.append(entry)
     return rendered
 
@@ -71,7 +74,7 @@ class ToolCallExtractor:
             if not self._inside:
                 at = pending.find(self._start)
                 if at < 0:
-                    keep = 0 if final else _partial_suffix(pending, self._start)
+                    keep = 0 if final else partial_suffix(pending, self._start)
                     content.append(pending[: len(pending) - keep])
                     pending = pending[len(pending) - keep :]
                     break
@@ -118,7 +121,7 @@ class ToolCallExtractor:
         return calls or None
 
 
-def _partial_suffix(text: str, marker: str) -> int:
+def partial_suffix(text: str, marker: str) -> int:
     """How many characters at the end of ``text`` could begin ``marker``."""
     for length in range(min(len(marker) - 1, len(text)), 0, -1):
         if marker.startswith(text[-length:]):

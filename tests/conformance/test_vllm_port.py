@@ -511,7 +511,7 @@ def test_invalid_tool_choice_is_still_rejected(http: httpx.Client, model: str):
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
 @pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_current_weather"}}], ids=["required", "named"])
 def test_function_tool_use(client: openai.OpenAI, model: str, tool_choice, streamed: bool):
-    body = {"model": model, "messages": WEATHER_QUESTION, "tools": [WEATHER], "tool_choice": tool_choice, "max_tokens": 80, "seed": 11}
+    body = {"model": model, "messages": WEATHER_QUESTION, "tools": [WEATHER], "tool_choice": tool_choice, "max_tokens": 200, "seed": 11}
     if streamed:
         calls: dict[int, str] = defaultdict(str)
         names: dict[int, str] = defaultdict(str)

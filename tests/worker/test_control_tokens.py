@@ -22,6 +22,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from mlxtrio.worker import _demo
 from mlxtrio.worker._control_tokens import _CLOSE, _OPEN, _placeholder
 from mlxtrio.worker._demo import ensure_demo_model
+from mlxtrio.worker._mlx_lm import apply_chat_template
 from mlxtrio.worker._tokenize import PromptEncoder
 
 # Qwen2.5-Instruct's template (its default system prompt shortened).
@@ -168,7 +169,7 @@ def test_injected_text_is_encoded_as_text(families, name: str):
     look_alike = encoder.chat(_user(_look_alike(content, wrapper)))
     assert [t for t in ids if t in controls] == [t for t in look_alike if t in controls]
     # The client's text is what the vocabulary makes of it as text, in the template's split around it.
-    before, after = wrapper.apply_chat_template(_user("\0"), add_generation_prompt=True, tokenize=False).split(lead + "\0")
+    before, after = apply_chat_template(wrapper, _user("\0"), add_generation_prompt=True, tokenize=False).split(lead + "\0")
     expected = (
         wrapper.encode(before, add_special_tokens=False)
         + _as_plain_text(wrapper).encode(lead + content, add_special_tokens=False).ids
@@ -200,8 +201,8 @@ def test_marks_and_placeholders_cannot_be_forged(families, name: str):
     forged = "".join(f"{_OPEN}{word}{_CLOSE}{_placeholder(n)}{_OPEN}{chr(0xF0100 + n)}" for n, word in enumerate(words))
     ids = encoder.chat(_user(forged))
     assert [t for t in ids if t in controls] == [t for t in encoder.chat(_user("x")) if t in controls]
-    assert wrapper.decode(ids) == wrapper.apply_chat_template(
-        _user(forged.replace(_OPEN, "").replace(_CLOSE, "")), add_generation_prompt=True, tokenize=False
+    assert wrapper.decode(ids) == apply_chat_template(
+        wrapper, _user(forged.replace(_OPEN, "").replace(_CLOSE, "")), add_generation_prompt=True, tokenize=False
     )
 
 
@@ -243,7 +244,7 @@ def _check_tools_as_text(rendering, wrapper) -> tuple[list[dict], list[dict], li
     look_alike = encoder.chat(plain_messages, tools=plain_tools)
     assert [t for t in ids if t in controls] == [t for t in look_alike if t in controls]
     # And the text is all there: the control tokens the request spelled are in the prompt as text.
-    rendered = rendering.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+    rendered = apply_chat_template(rendering, messages, tools=tools, add_generation_prompt=True, tokenize=False)
     assert rendered.count(injection) >= 5
     assert rendering.decode(ids) == rendered
     return messages, tools, look_alike
@@ -287,7 +288,7 @@ def test_prompts_without_control_tokens_are_encoded_as_before(families, name: st
     messages = [{"role": ("user", "assistant")[n % 2], "content": text} for n, text in enumerate(contents)]
     _, tools = _tool_messages(tool_text)
     for extra in ({}, {"tools": tools}):
-        assert encoder.chat(messages, **extra) == list(wrapper.apply_chat_template(messages, add_generation_prompt=True, **extra))
+        assert encoder.chat(messages, **extra) == list(apply_chat_template(wrapper, messages, add_generation_prompt=True, **extra))
 
 
 

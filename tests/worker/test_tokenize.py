@@ -39,15 +39,15 @@ def tokenizer_with_bos(cache_dir: Path):  # noqa: ANN201
     return wrapper
 
 
-_DEMO_SPECIAL = ["<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+_DEMO_SPECIAL = ["<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<think>", "</think>"]
 
 
 def _reference_chat(tokenizer, messages: list[dict]) -> list[int]:  # noqa: ANN001
-    """The tokenizer's own ids; where the messages spell the demo's special tokens, those are text
+    """transformers' ids for the template as it is (no thinking switch set); where the messages spell the demo's special tokens, those are text
     (test_control_tokens.py): each message's text between the template's tokens, encoded with special tokens as text."""
     hf = tokenizer._tokenizer  # noqa: SLF001
     if not any(token in message["content"] for message in messages for token in _DEMO_SPECIAL):
-        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+        return list(hf.apply_chat_template(messages, add_generation_prompt=True, return_dict=False))
     backend = hf._tokenizer  # noqa: SLF001 - transformers' split_special_tokens would leave it set
     ids = [hf.convert_tokens_to_ids("<|bos|>")]
     for message in messages:
@@ -127,7 +127,7 @@ def test_tokenizer_without_a_backend_takes_its_own_path(tokenizer):
         """A tokenizer with no Rust backend: a slow one, or one mlx-lm wraps differently."""
 
         def apply_chat_template(self, messages, **kwargs):  # noqa: ANN001, ANN003, ANN201
-            return tokenizer.apply_chat_template(messages, **kwargs)
+            return tokenizer._tokenizer.apply_chat_template(messages, return_dict=False, **kwargs)  # noqa: SLF001
 
         def encode(self, text, **kwargs):  # noqa: ANN001, ANN003, ANN201
             return tokenizer.encode(text, **kwargs)

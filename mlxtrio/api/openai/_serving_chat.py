@@ -39,6 +39,8 @@ def generation_request(chat: ChatCompletionRequest, limits: RequestLimits) -> Ge
         parse_tool_calls=calls,
         max_tool_calls=1 if chat.parallel_tool_calls is False else 0,
         forced_tool_choice=repr(chat.tool_choice) if chat.forces_tool_call else None,
+        # Chat completions' wire has no place for thinking (yet): it stays in the content, as it always was.
+        split_reasoning=False,
     )
 
 

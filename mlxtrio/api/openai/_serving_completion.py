@@ -47,6 +47,8 @@ def generation_request(completion: CompletionRequest, prompts: tuple[str | tuple
         n=len(prompts) * completion.candidates,
         stream=completion.stream,
         keep_alive=completion.keep_alive_seconds(),
+        # A completion continues its prompt: thinking in it is text.
+        split_reasoning=False,
     )
 
 

@@ -26,7 +26,7 @@ from ._load import can_batch, download, llama_model, load, unsupported_architect
 from ._prompt_cache import PromptCache
 from ._quantized import speed_up_quantized
 from ._solo import Processor, Sampler, SoloDecoder
-from ._tokenizer import chat_renderer, detokenizer, set_chat_template, token_bytes, wrapped_tokenizer
+from ._tokenizer import apply_chat_template, chat_renderer, detokenizer, opens_thinking, set_chat_template, token_bytes, wrapped_tokenizer
 
 __all__ = [
     "Generator",
@@ -35,6 +35,7 @@ __all__ = [
     "Sampler",
     "SoloDecoder",
     "StopSequences",
+    "apply_chat_template",
     "apply_min_p",
     "apply_top_k",
     "apply_top_p",
@@ -48,6 +49,7 @@ __all__ = [
     "load",
     "make_logits_processors",
     "make_prompt_cache",
+    "opens_thinking",
     "set_chat_template",
     "speed_up_quantized",
     "token_bytes",

@@ -7,7 +7,11 @@ from typing import Any
 
 from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, SPMStreamingDetokenizer, _byte_decoder
 
-__all__ = ["chat_renderer", "detokenizer", "set_chat_template", "token_bytes", "wrapped_tokenizer"]
+__all__ = ["apply_chat_template", "chat_renderer", "detokenizer", "opens_thinking", "set_chat_template", "token_bytes", "wrapped_tokenizer"]
+
+# The last prompt tokens searched for a think block the prompt leaves open: the template writes its
+# opener in the generation prompt, and a search through a whole long prompt would hold the worker's thread.
+_THINK_TAIL = 64
 
 
 class _SpacedBPEDetokenizer(BPEStreamingDetokenizer):
@@ -38,6 +42,28 @@ def wrapped_tokenizer(wrapper: Any, default: Any = None) -> Any:
 def chat_renderer(wrapper: Any) -> Any:
     """mlx-lm's Python chat renderer for the model (used instead of a Jinja template), or None."""
     return getattr(wrapper, "_chat_template", None)
+
+
+def apply_chat_template(wrapper: Any, messages: list[dict], **kwargs: Any) -> Any:
+    """``wrapper.apply_chat_template``, except that without ``enable_thinking`` the template's own default
+    holds: mlx-lm's wrapper would set it, on wherever the model has think markers."""
+    if "enable_thinking" in kwargs or not hasattr(wrapper, "_thinking_kwarg"):
+        return wrapper.apply_chat_template(messages, **kwargs)
+    tokenize = kwargs.pop("tokenize", True)
+    hf = wrapped_tokenizer(wrapper)
+    renderer = chat_renderer(wrapper)
+    if renderer is None:
+        return hf.apply_chat_template(messages, tokenize=tokenize, return_dict=False, **kwargs)
+    text = renderer(messages, **kwargs)
+    return hf.encode(text, add_special_tokens=False) if tokenize else text
+
+
+def opens_thinking(wrapper: Any, prompt: list[int]) -> bool:
+    """Whether ``prompt`` ends inside a think block (its template opened one for the model to go on with)."""
+    if getattr(wrapper, "think_start", None) is None:
+        return False
+    start = max(0, len(prompt) - _THINK_TAIL)
+    return wrapper.rfind_think_start(prompt, start=start) > wrapper.rfind_think_end(prompt, start=start)
 
 
 def set_chat_template(wrapper: Any, template: str) -> None:
