@@ -319,6 +319,30 @@ async def test_input_tokens_counts_what_a_response_is_fed(server, client, openap
     assert count.input_tokens > 0
 
 
+@bounded(120)
+async def test_instructions_and_opening_developer_messages_are_one_system_message(client):
+    """Chat templates know a system role, often only first; Codex CLI sends its system prompt as two developer messages."""
+    user = {"role": "user", "content": "hi"}
+    as_developer = [
+        {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "Be brief."}]},
+        {"type": "message", "role": "system", "content": "Be kind."},
+        user,
+    ]
+    counts = []
+    for request in (
+        {"instructions": "Be brief.\n\nBe kind.", "input": [user]},
+        {"input": as_developer},
+        {"instructions": "Be brief.", "input": as_developer[1:]},
+    ):
+        response = await client.post("/v1/responses/input_tokens", json={"model": "demo", **request})
+        counts.append(response.json()["input_tokens"])
+    assert counts[0] == counts[1] == counts[2]
+    # Later, a developer message is a system one (the demo's template would write a developer role as text, a system one as its token).
+    later = [user, {"role": "developer", "content": "Be brief."}, {"role": "user", "content": "again"}]
+    renamed = [user, {"role": "system", "content": "Be brief."}, {"role": "user", "content": "again"}]
+    assert len({(await client.post("/v1/responses/input_tokens", json={"model": "demo", "input": items})).json()["input_tokens"] for items in (later, renamed)}) == 1
+
+
 BAD = {"model": "demo", "input": "hi"}
 BAD_BODIES = [
     (b"{", None),

@@ -140,9 +140,25 @@ def _text(parts: Sequence[dict]) -> str:
     return "".join(part.get("text", "") for part in parts)
 
 
+def _system_first(instructions: str | None, items: Sequence[dict]) -> tuple[list[p.ChatMessage], Sequence[dict]]:
+    """The instructions and the system or developer messages that open the conversation, as one system message.
+
+    Chat templates know a system role, often only as the first message, and
+    many drop a developer one; Codex CLI sends its system prompt as developer
+    messages, two of them.
+    """
+    texts = [instructions] if instructions else []
+    start = 0
+    while start < len(items) and items[start]["type"] == "message" and items[start]["role"] in ("system", "developer"):
+        texts.append(_text(items[start]["content"]))
+        start += 1
+    return ([p.ChatMessage("system", "\n\n".join(texts))] if texts else []), items[start:]
+
+
 def chat_messages(instructions: str | None, items: Sequence[dict]) -> tuple[p.ChatMessage, ...]:
-    """A conversation's items (earlier turns' first) as the chat template's messages, ``instructions`` as the system message."""
-    messages: list[p.ChatMessage] = [p.ChatMessage("system", instructions)] if instructions else []
+    """A conversation's items (earlier turns' first) as the chat template's messages: one system message first
+    (``instructions`` and the opening system or developer messages), and a developer message later as a system one."""
+    messages, items = _system_first(instructions, items)
     reasoning = ""
     # The assistant turn that function calls join: text and calls of one turn are one message.
     turn: p.ChatMessage | None = None
@@ -168,7 +184,7 @@ def chat_messages(instructions: str | None, items: Sequence[dict]) -> tuple[p.Ch
             turn = None
             reasoning = ""
             if kind == "message":
-                messages.append(p.ChatMessage(item["role"], _text(item["content"])))
+                messages.append(p.ChatMessage("system" if item["role"] == "developer" else item["role"], _text(item["content"])))
             else:
                 messages.append(p.ChatMessage("tool", item["output"], tool_call_id=item["call_id"]))
     return tuple(messages)
