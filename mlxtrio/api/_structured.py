@@ -19,7 +19,7 @@ import msgspec
 from .. import _protocol as p
 from .._errors import ErrorKind, ServerError
 
-__all__ = ["JSON_OBJECT", "NAME", "forced_call_grammar", "json_schema_grammar", "tool_call_grammar"]
+__all__ = ["JSON_OBJECT", "NAME", "forced_call_grammar", "json_schema_grammar", "template_tools", "tool_call_grammar"]
 
 # Without a schema: any JSON object.
 JSON_OBJECT: dict[str, Any] = {"type": "object"}
@@ -51,6 +51,11 @@ def json_schema_grammar(schema: Any, *, param: str, max_bytes: int) -> p.Grammar
 def tool_call_grammar(call_schema: dict[str, Any], *, param: str, max_bytes: int) -> p.Grammar:
     """One call in the json_tools syntax: ``<tool_call>``, a JSON object valid against ``call_schema``, ``</tool_call>``."""
     return p.Grammar("json_tool_call", _schema_text(call_schema, param=param, max_bytes=max_bytes), param)
+
+
+def template_tools(functions: Sequence[dict[str, Any]]) -> str:
+    """Functions (each a ``name``, ``description`` and ``parameters``) as JSON text, as chat templates take tools."""
+    return msgspec.json.encode([{"type": "function", "function": function} for function in functions]).decode()
 
 
 def forced_call_grammar(functions: Sequence[tuple[str, dict[str, Any] | None]], *, param: str, max_bytes: int) -> p.Grammar:

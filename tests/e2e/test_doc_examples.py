@@ -56,7 +56,9 @@ async def test_curl_examples(server, name, block):
     assert result.returncode == 0, result.stderr.decode()
     assert '"error"' not in output, output[-500:]
     assert output.strip(), "the example printed nothing"
-    if "/v1/" in block and "/v1/models" not in block:
+    if "/v1/messages" in block:
+        assert '"type":"message"' in output
+    elif "/v1/" in block and "/v1/models" not in block:
         assert '"choices"' in output
     if '"stream": true' in block:
         assert output.rstrip().endswith("data: [DONE]")

@@ -12,6 +12,7 @@ from quart import Response
 from ... import _protocol as p
 from .._common import RequestLimits, ServerState
 from .._generation import Collected, GenerationRequest, respond
+from .._structured import template_tools
 from ._schemas import ChatCompletionRequest, ContentPart, Message, Tool, decode_request
 from ._serving import OpenAIAnswer, sampling_params, sse, tool_call_object, usage_object
 
@@ -62,8 +63,7 @@ def _chat_message(message: Message) -> p.ChatMessage:
 
 
 def _tools_json(tools: list[Tool]) -> str:
-    """The tools as the chat template takes them."""
-    return msgspec.json.encode([{"type": "function", "function": msgspec.structs.asdict(tool.function)} for tool in tools]).decode()
+    return template_tools([msgspec.structs.asdict(tool.function) for tool in tools])
 
 
 def _logprob(entry: p.TokenLogprob) -> dict:

@@ -22,6 +22,7 @@ from ..._errors import ErrorKind, ServerError
 from .._auth import api_key_owner
 from .._common import RequestLimits, ServerState, json_response
 from .._generation import Generation, GenerationRequest
+from .._structured import template_tools
 from ._answer import ResponseAnswer, count_object
 from ._items import chat_messages, input_items
 from ._schemas import CountRequest, CreateRequest, Tool, decode_request
@@ -35,11 +36,9 @@ def not_found(response_id: str, param: str | None = None) -> ServerError:
 
 
 def _tools_json(tools: list[Tool]) -> str | None:
-    """The tools as the chat template takes them (chat completions' shape)."""
     if not tools:
         return None
-    functions = [{"type": "function", "function": {"name": tool.name, "description": tool.description or "", "parameters": tool.parameters or {}}} for tool in tools]
-    return msgspec.json.encode(functions).decode()
+    return template_tools([{"name": tool.name, "description": tool.description or "", "parameters": tool.parameters or {}} for tool in tools])
 
 
 async def _history(store: ResponseStore, previous_response_id: str | None) -> list[dict]:
