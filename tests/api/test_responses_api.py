@@ -131,6 +131,8 @@ async def test_create_a_response(server, client, openapi):
     assert message["type"] == "message" and message["role"] == "assistant"
     usage = created["usage"]
     assert 0 < usage["output_tokens"] <= 16 and usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    # Also without the /v1 prefix, as the OpenAI surface's paths.
+    assert (await client.post("/responses", json=body)).json()["object"] == "response"
     async with _sdk(server) as sdk:
         made = [await sdk.responses.create(model="demo", input=[{"role": "user", "content": "hi"}], max_output_tokens=16) for _ in range(2)]
     assert made[0].output_text == made[0].output[0].content[0].text
