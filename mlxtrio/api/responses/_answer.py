@@ -152,7 +152,7 @@ class ResponseAnswer:
         self._sequence += 1
         return b"event: " + kind.encode() + b"\ndata: " + _json.encode(payload) + b"\n\n"
 
-    def opening(self) -> bytes:
+    def opening(self, prompt_tokens: int) -> bytes:
         return self._event("response.created", response=self._response("in_progress", [], None)) + self._event(
             "response.in_progress", response=self._response("in_progress", [], None)
         )
