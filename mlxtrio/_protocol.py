@@ -337,6 +337,9 @@ class Admitted(_Message, tag="admitted"):
     """
 
     request_ids: tuple[int, ...]
+    # Each one's prompt tokens (of its first sequence's prompt), as its usage will count them: a stream's
+    # opening can tell the prompt's size before any token (Anthropic's message_start).
+    prompt_tokens: tuple[int, ...] = ()
 
 
 class RequestFailed(_Message, tag="request_failed"):

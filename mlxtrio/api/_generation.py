@@ -100,7 +100,7 @@ class Answer(Protocol):
     """How a surface answers one generation: a whole response, or a stream's events as the bytes to send.
 
     A stream is ``opening`` (with the 200, once the worker has taken the
-    request in), then ``delta`` per event, then ``closing``; or, where it
+    request in: it knows the prompt's size), then ``delta`` per event, then ``closing``; or, where it
     fails after its 200, ``error`` instead of what is left.
     ``delta`` runs per token: it builds what it sends and nothing more.
     While nothing else goes out for a while (a long prefill), ``keepalive``
@@ -109,7 +109,7 @@ class Answer(Protocol):
 
     def response(self, collected: Collected) -> object: ...
 
-    def opening(self) -> bytes: ...
+    def opening(self, prompt_tokens: int) -> bytes: ...
 
     def delta(self, choice: int, delta: p.Delta) -> bytes: ...
 
@@ -273,13 +273,13 @@ class Generation:
         held = await enter_for_body(self._generate(), unused=lambda: record.finish(CLIENT_CLOSED_REQUEST))
         # A ServerError from here is the response (the request's end leaves ``held``, cancelling the rest).
         with trio.move_on_at(deadline) as scope:
-            await held.value.admitted()
+            prompt_tokens = await held.value.admitted()
         if scope.cancelled_caught:
             raise _timed_out(self.timeout)
         # From here the body (or, without one, the request's end) finishes the record, with the stream's outcome.
         record.streaming = True
         response = Response(
-            self._body(held, answer, record, deadline), status=200, content_type="text/event-stream; charset=utf-8"
+            self._body(held, answer, record, deadline, prompt_tokens), status=200, content_type="text/event-stream; charset=utf-8"
         )
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"
@@ -288,7 +288,7 @@ class Generation:
         return response
 
     async def _body(
-        self, held: HeldForBody[Events], answer: Answer, record: RequestRecord, deadline: float
+        self, held: HeldForBody[Events], answer: Answer, record: RequestRecord, deadline: float, prompt_tokens: int
     ) -> AsyncIterator[bytes]:
         """The stream's bytes. Events that are ready together leave together (the last token's with the
         closing): each body message is a socket write and an HTTP chunk, and the orchestrator's CPU per
@@ -301,7 +301,7 @@ class Generation:
         try:
             # No cancel scope may stay open across a yield: a fresh one per wait.
             async with held as events:
-                opening = answer.opening()
+                opening = answer.opening(prompt_tokens)
                 if opening:
                     yield opening
                 while not events.finished:

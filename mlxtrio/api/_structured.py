@@ -10,6 +10,7 @@ and refuses with a 400 what it cannot enforce (``worker/_grammar.py``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,10 +19,12 @@ import msgspec
 from .. import _protocol as p
 from .._errors import ErrorKind, ServerError
 
-__all__ = ["JSON_OBJECT", "forced_call_grammar", "json_schema_grammar", "template_tools", "tool_call_grammar"]
+__all__ = ["JSON_OBJECT", "NAME", "forced_call_grammar", "json_schema_grammar", "template_tools", "tool_call_grammar"]
 
 # Without a schema: any JSON object.
 JSON_OBJECT: dict[str, Any] = {"type": "object"}
+# A function's or a response format's name, as OpenAI allows it: templates write it into the prompt as it is.
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _schema_text(schema: Any, *, param: str, max_bytes: int) -> str:

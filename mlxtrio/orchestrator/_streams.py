@@ -36,6 +36,7 @@ class _Admission:
     """A request the worker took in (``p.Admitted`` names several)."""
 
     request_id: int
+    prompt_tokens: int
 
 
 @attrs.frozen
@@ -68,14 +69,16 @@ class Events:
     def __aiter__(self) -> Events:
         return self
 
-    async def admitted(self) -> None:
-        """Until the worker has taken the request in; raises ServerError if it refuses it or the worker dies.
+    async def admitted(self) -> int:
+        """Until the worker has taken the request in: its prompt's tokens. Raises ServerError if it refuses
+        it or the worker dies.
 
         Only before the first Delta: the worker tells of the admission first.
         """
         message = await self._receive()
         if not isinstance(message, _Admission):
             raise AssertionError(f"a request's first message was not its admission: {message!r}")
+        return message.prompt_tokens
 
     async def __anext__(self) -> p.Delta:
         while True:
@@ -143,8 +146,8 @@ class RequestStreams:
             for delta in message.deltas:
                 route(delta)
         elif isinstance(message, p.Admitted):
-            for request_id in message.request_ids:
-                self._router.route(_Admission(request_id))
+            for request_id, prompt_tokens in zip(message.request_ids, message.prompt_tokens, strict=True):
+                self._router.route(_Admission(request_id, prompt_tokens))
         elif isinstance(message, p.RequestFailed):
             self._router.route(message)
         elif isinstance(message, p.Pong):

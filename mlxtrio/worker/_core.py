@@ -53,8 +53,9 @@ class EngineCore(FailurePolicy, abc.ABC):
         # Deltas made outside a step (a count, a sequence moving into the batch), sent with the next.
         self._carried: list[Delta] = []
 
-    def admit(self, request: Generate) -> None:
+    def admit(self, request: Generate) -> int:
         """Start the request's sequences, one per choice (of each of its prompts): they share one tokenization of their prompt.
+        Returns its first prompt's tokens.
 
         Should one of them fail to start, none goes on (the request fails as a whole).
         A count (``count_only``) starts none: each sequence's last delta, its prompt's count, goes out with the next step.
@@ -62,7 +63,7 @@ class EngineCore(FailurePolicy, abc.ABC):
         sequences = self._prompt_tokens.sequences(request)
         if request.count_only:
             self._carried.extend(Delta(choice.request_id, "", len(prompt), 0, "counted") for choice, prompt in sequences)
-            return
+            return len(sequences[0][1])
         params = request.params
         if params.echo and params.logprobs:
             # Each sequence's first delta carries its prompt's entries, and a request's first deltas share a frame.
@@ -86,6 +87,7 @@ class EngineCore(FailurePolicy, abc.ABC):
         finally:
             # The echoed prompt's log probabilities live on in its sequences only.
             self._echoed = None
+        return len(sequences[0][1])
 
     @abc.abstractmethod
     def _admit(self, request: Generate, prompt: list[int]) -> None:

@@ -57,8 +57,9 @@ class Engine(Protocol):
     def broken(self) -> bool:
         """Whether generation keeps failing whatever runs: the worker exits to be started afresh."""
 
-    def admit(self, request: Generate) -> None:
-        """Start the request's sequences (one per choice); raises ``RequestError`` for one it cannot serve."""
+    def admit(self, request: Generate) -> int:
+        """Start the request's sequences (one per choice); raises ``RequestError`` for one it cannot serve.
+        Returns its (first) prompt's tokens."""
 
     def step(self) -> StepResult:
         """Advance every running sequence by a token (or a prefill chunk)."""

@@ -217,21 +217,21 @@ def main(argv: list[str]) -> int:
         channel.close()
 
 
-def _admit(engine, message: p.Generate, send, admitted: list[int]) -> None:  # noqa: ANN001
-    """Into the engine, its id added to ``admitted``; or refused, its RequestFailed sent."""
+def _admit(engine, message: p.Generate, send, admitted: list[tuple[int, int]]) -> None:  # noqa: ANN001
+    """Into the engine, its id and prompt tokens added to ``admitted``; or refused, its RequestFailed sent."""
     from ._failures import RequestError
 
     try:
-        engine.admit(message)
+        prompt_tokens = engine.admit(message)
     except RequestError as exc:
         send(p.RequestFailed(message.request_id, exc.kind, str(exc), exc.param, exc.code))
     except Exception as exc:  # noqa: BLE001 - one bad request must not take the others down
         send(p.RequestFailed(message.request_id, p.ErrorKind.INTERNAL, f"could not start generation: {type(exc).__name__}: {exc}"))
     else:
-        admitted.append(message.request_id)
+        admitted.append((message.request_id, prompt_tokens))
 
 
-def _admit_compiled(engine, compiling: dict, send, admitted: list[int], *, timeout: float) -> None:  # noqa: ANN001
+def _admit_compiled(engine, compiling: dict, send, admitted: list[tuple[int, int]], *, timeout: float) -> None:  # noqa: ANN001
     """Admit the requests whose grammars have compiled; refuse those that failed to, or ran past ``timeout``."""
     from ._grammar import GrammarError
 
@@ -288,7 +288,7 @@ def _serve(  # noqa: ANN001
         forming_until = time.monotonic() + forming_limit if forming else 0.0
         followers = 0
         # Requests taken in by this turn of the loop: told to the orchestrator before the step runs.
-        admitted: list[int] = []
+        admitted: list[tuple[int, int]] = []
         while frame is not None:
             message = decode(frame)
             if isinstance(message, p.Generate):
@@ -315,7 +315,7 @@ def _serve(  # noqa: ANN001
         if compiling:
             _admit_compiled(engine, compiling, send, admitted, timeout=grammar_compile_timeout)
         if admitted:
-            send(p.Admitted(tuple(admitted)))
+            send(p.Admitted(*map(tuple, zip(*admitted))))
         if engine.active:
             watch()
             deltas, failures = engine.step()

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import anthropic
-import httpx
 import jsonschema
 import msgspec
 import pytest
@@ -124,8 +123,11 @@ async def test_a_stream_is_anthropics_event_sequence(server):
     assert kinds == ["message_start", "content_block_start", *["content_block_delta"] * (len(kinds) - 5), "content_block_stop", "message_delta", "message_stop"]
     start = raw[0].message
     assert start.id.startswith("msg_") and start.content == [] and start.stop_reason is None
-    # The same prompt again: the prompt cache holds all of it but the last token.
-    assert _prompt(start) == _prompt(whole) and start.usage.cache_read_input_tokens == _prompt(whole) - 1
+    # message_start goes out with the 200, at admission: the prompt's tokens are known, not yet how many the cache holds.
+    assert start.usage.input_tokens == _prompt(whole) and start.usage.cache_read_input_tokens == 0
+    # The same prompt again: the prompt cache holds all of it but the last token, as message_delta says.
+    assert raw[-2].usage.cache_read_input_tokens == _prompt(whole) - 1 and raw[-2].usage.input_tokens == 1
+    assert final.usage.cache_read_input_tokens == _prompt(whole) - 1 and _prompt(final) == _prompt(whole)
     assert raw[1].content_block.type == "text" and raw[1].index == 0
     assert all(event.delta.type == "text_delta" and event.index == 0 for event in raw[2:-3])
     assert "".join(event.delta.text for event in raw[2:-3]) == whole.content[0].text == final.content[0].text
@@ -134,13 +136,13 @@ async def test_a_stream_is_anthropics_event_sequence(server):
 
 
 @bounded(120)
-async def test_a_stream_opens_with_a_ping_and_its_sse_lines_name_each_event(client):
+async def test_a_stream_opens_with_message_start_and_its_sse_lines_name_each_event(client):
     request = {"model": "demo", "max_tokens": 5, "messages": HELLO, "stream": True}
     response = await client.post("/v1/messages", json=request, headers={"anthropic-version": "2023-06-01"})
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
     events = _sse(response.text)
-    assert events[0] == ("ping", {"type": "ping"})
-    assert events[1][0] == "message_start" and events[-1] == ("message_stop", {"type": "message_stop"})
+    assert events[0][0] == "message_start" and events[-1] == ("message_stop", {"type": "message_stop"})
+    assert events[0][1]["message"]["usage"]["input_tokens"] == events[-2][1]["usage"]["input_tokens"] > 0
 
 
 @bounded(120)
@@ -263,7 +265,7 @@ async def test_the_fields_claude_code_sends_are_accepted(client):
     response = await client.post("/v1/messages?beta=true", json=body, headers=headers)
     assert response.status_code == 200, response.text
     kinds = [kind for kind, _ in _sse(response.text)]
-    assert kinds[0] == "ping" and kinds[-2:] == ["message_delta", "message_stop"]
+    assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]
     counted = await client.post("/v1/messages/count_tokens?beta=true", json={k: v for k, v in body.items() if k not in ("max_tokens", "stream")}, headers=headers)
     shown = await client.post(
         "/v1/messages/count_tokens", json={"model": "demo", "messages": body["messages"], "system": body["system"][1:], "tools": body["tools"][:1]}
@@ -436,7 +438,7 @@ async def _events(client, body: dict, *, kill_after, admin) -> tuple[list[tuple[
 async def test_pings_while_the_prefill_runs_and_a_worker_killed_then_is_an_error_event(client, admin):
     events, took = await _events(client, LONG_PROMPT, kill_after=lambda events: len(events) == 3, admin=admin)
     assert took < 1.0
-    assert [kind for kind, _ in events] == ["ping", "ping", "ping", "error"], "the kill came after prefill; the prompt is too short for this machine"
+    assert [kind for kind, _ in events] == ["message_start", "ping", "ping", "error"], "the kill came after prefill; the prompt is too short for this machine"
     _error(events[-1][1], "overloaded_error")
     assert "SIGKILL" in events[-1][1]["error"]["message"] or "crash" in events[-1][1]["error"]["message"]
 
@@ -447,7 +449,7 @@ async def test_a_worker_killed_mid_stream_is_an_error_event_within_a_second(clie
     events, took = await _events(client, body, kill_after=lambda events: events[-1][0] == "content_block_delta", admin=admin)
     assert took < 1.0
     kinds = [kind for kind, _ in events]
-    assert kinds[:4] == ["ping", "message_start", "content_block_start", "content_block_delta"] and kinds[-1] == "error"
+    assert kinds[:3] == ["message_start", "content_block_start", "content_block_delta"] and kinds[-1] == "error"
     assert "message_stop" not in kinds
     _error(events[-1][1], "overloaded_error")
     # The next request gets a fresh worker.
@@ -462,7 +464,7 @@ async def test_the_request_timeout_is_a_504_timeout_error_or_its_event(client, a
     assert whole.status_code == 504
     _error(whole.json(), "timeout_error")
     streamed = _sse((await client.post("/v1/messages", json=LONG_PROMPT)).text)
-    assert {kind for kind, _ in streamed[:-1]} == {"ping"} and streamed[-1][0] == "error"
+    assert streamed[0][0] == "message_start" and {kind for kind, _ in streamed[1:-1]} == {"ping"} and streamed[-1][0] == "error"
     _error(streamed[-1][1], "timeout_error")
 
 

@@ -1,9 +1,9 @@
 """A Message, whole or as Anthropic's stream of events, from one sequence's Deltas.
 
-A stream is ``ping`` at once (the 200 goes out when the worker admits the
-request), and again whenever it has been silent for
-``Config.stream_keepalive`` (a long prefill); ``message_start`` comes with
-the first Delta, which carries the prompt's usage; then each content block
+A stream is ``message_start`` at once (the 200 goes out when the worker
+admits the request, which tells the prompt's tokens; how many of them the
+prompt cache held comes in ``message_delta``), a ``ping`` whenever it has been
+silent for ``Config.stream_keepalive`` (a long prefill); then each content block
 as ``content_block_start``, its deltas and ``content_block_stop``; then
 ``message_delta`` (stop reason, usage) and ``message_stop``. A failure
 after the 200 is an ``error`` event, the last.
@@ -125,8 +125,8 @@ class MessageAnswer:
 
     # --- the stream
 
-    def opening(self) -> bytes:
-        return _PING
+    def opening(self, prompt_tokens: int) -> bytes:
+        return self._start(Usage(prompt_tokens, 0, 0))
 
     def keepalive(self) -> bytes:
         return _PING

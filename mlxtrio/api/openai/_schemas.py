@@ -17,7 +17,7 @@ from ..._errors import ErrorKind, ServerError
 from .._common import RequestLimits
 from .._decode import decode_body
 from .._durations import duration_seconds
-from .._structured import JSON_OBJECT, forced_call_grammar, json_schema_grammar
+from .._structured import JSON_OBJECT, NAME, forced_call_grammar, json_schema_grammar
 
 __all__ = ["ChatCompletionRequest", "CommonRequest", "CompletionRequest", "ContentPart", "Message", "Tool", "decode_request"]
 
@@ -97,7 +97,7 @@ class _ResponseFormat(msgspec.Struct):
     json_schema: _JsonSchemaFormat | None = None
 
 
-_FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_FORMAT_NAME = NAME
 
 
 class _StreamOptions(msgspec.Struct):

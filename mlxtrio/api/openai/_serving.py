@@ -96,7 +96,7 @@ class OpenAIAnswer:
             chunk["usage"] = None
         return chunk
 
-    def opening(self) -> bytes:
+    def opening(self, prompt_tokens: int) -> bytes:
         return b""
 
     def closing(self, usage: Usage | None) -> bytes:

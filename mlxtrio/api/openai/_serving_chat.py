@@ -90,7 +90,7 @@ class ChatCompletion(OpenAIAnswer):
             [{"index": index, "delta": delta, "logprobs": _logprobs(logprobs) if self.logprobs else None, "finish_reason": finish_reason}]
         )
 
-    def opening(self) -> bytes:
+    def opening(self, prompt_tokens: int) -> bytes:
         # A role chunk per choice, sent with the 200.
         choices = range(len(self._calls_so_far))
         return b"".join(sse(self._choice_chunk(index, {"role": "assistant", "content": ""}, None)) for index in choices)
