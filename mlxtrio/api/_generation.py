@@ -12,7 +12,7 @@ record.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -242,8 +242,11 @@ class Generation:
             [last.stop_string for last in lasts],  # type: ignore[union-attr]
         )
 
-    async def stream(self, answer: Answer) -> Response:
+    async def stream(self, answer: Answer, *, before_closing: Callable[[], Awaitable[None]] | None = None) -> Response:
         """A streaming response: ``answer``'s events; the error as its last event if it fails after the 200.
+
+        ``before_closing`` is awaited once the answer is whole, after its ``closing`` is made and before it
+        goes out (the Responses API keeps the response then, so that a client may continue from it at once).
 
         The model is loaded, capacity checked and the generation entered before
         the 200 goes out, so a load failure, a full queue or a worker that is
@@ -279,7 +282,7 @@ class Generation:
         # From here the body (or, without one, the request's end) finishes the record, with the stream's outcome.
         record.streaming = True
         response = Response(
-            self._body(held, answer, record, deadline, prompt_tokens), status=200, content_type="text/event-stream; charset=utf-8"
+            self._body(held, answer, record, deadline, prompt_tokens, before_closing), status=200, content_type="text/event-stream; charset=utf-8"
         )
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"
@@ -288,7 +291,13 @@ class Generation:
         return response
 
     async def _body(
-        self, held: HeldForBody[Events], answer: Answer, record: RequestRecord, deadline: float, prompt_tokens: int
+        self,
+        held: HeldForBody[Events],
+        answer: Answer,
+        record: RequestRecord,
+        deadline: float,
+        prompt_tokens: int,
+        before_closing: Callable[[], Awaitable[None]] | None,
     ) -> AsyncIterator[bytes]:
         """The stream's bytes. Events that are ready together leave together (the last token's with the
         closing): each body message is a socket write and an HTTP chunk, and the orchestrator's CPU per
@@ -329,7 +338,10 @@ class Generation:
                         waiting = b""
             status = 200
             finished = all(last is not None for last in lasts)
-            yield waiting + answer.closing(Usage.of(lasts) if finished else None)  # type: ignore[arg-type]
+            closing = answer.closing(Usage.of(lasts) if finished else None)  # type: ignore[arg-type]
+            if before_closing is not None:
+                await before_closing()
+            yield waiting + closing
         except ServerError as exc:
             status = status_of(exc)
             yield waiting + answer.error(exc)

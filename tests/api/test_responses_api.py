@@ -279,6 +279,37 @@ async def test_previous_response_id_continues_a_conversation_across_a_restart(ca
         server.shutdown()
 
 
+@bounded(120)
+async def test_an_input_over_the_context_is_named_as_the_input(client, openapi):
+    """The worker measures a chat's messages; a Responses request calls them its input (param and wording)."""
+    for stream in (False, True):
+        body = {"model": "demo", "input": "the " * 5000, "max_output_tokens": 16, "stream": stream}
+        refused = await client.post("/v1/responses", json=body)
+        assert refused.status_code == 400, refused.text
+        openapi.validate(refused.json(), "ErrorResponse")
+        error = refused.json()["error"]
+        assert error["code"] == "context_length_exceeded" and error["param"] == "input"
+        assert "messages" not in error["message"] and "length of the input" in error["message"]
+
+
+@bounded(120)
+async def test_a_streamed_response_is_kept_before_its_last_event(client, openapi):
+    """A client that continues a conversation as soon as the stream's response.completed arrives finds it stored."""
+    body = {"model": "demo", "input": "My name is Ada.", "max_output_tokens": 16, "stream": True}
+    async with client.stream("POST", "/v1/responses", json=body) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                event = json.loads(line.removeprefix("data: "))
+                if event["type"] in ("response.completed", "response.incomplete"):
+                    break
+        # The connection is still open: the stream's own end has not been read yet.
+        kept = await client.get(f"/v1/responses/{event['response']['id']}")
+    assert kept.status_code == 200, kept.text
+    openapi.validate(kept.json(), "Response")
+    assert kept.json()["output"] == event["response"]["output"]
+
+
 @pytest.mark.parametrize("server_settings", [{"api_keys": ("key-one", "key-two")}])
 @bounded(120)
 async def test_a_stored_response_is_its_api_keys_alone(server, openapi):

@@ -9,12 +9,12 @@ responses (``store``, ``previous_response_id``, the GET/DELETE endpoints)
 in SQLite under the state directory.
 """
 
-from .._errors import openai_error
 from .._surface import Surface
+from ._errors import responses_error
 from ._router import GENERATION_PATHS, PATH_PREFIXES, responses_routes
 
 __all__ = ["SURFACE"]
 
 SURFACE = Surface(
-    name="responses", routes=responses_routes, generation_paths=GENERATION_PATHS, error_body=openai_error, path_prefixes=PATH_PREFIXES
+    name="responses", routes=responses_routes, generation_paths=GENERATION_PATHS, error_body=responses_error, path_prefixes=PATH_PREFIXES
 )

@@ -10,12 +10,9 @@ that a client may continue from it at once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import attrs
 import msgspec
 from quart import Response
-from quart.wrappers.response import IterableBody
 
 from ... import _protocol as p
 from ..._errors import ErrorKind, ServerError
@@ -128,10 +125,7 @@ async def create_response(state: ServerState, store: ResponseStore, body: bytes)
         response = answer.response(await generation.collect())
         await keeper.keep()
         return json_response(response)
-    streamed = await generation.stream(answer)
-    # The core's stream, wrapped: its last chunk waits for the response to be kept.
-    streamed.response = IterableBody(keeper.kept_before_last(streamed.response.iter))
-    return streamed
+    return await generation.stream(answer, before_closing=keeper.keep)
 
 
 @attrs.frozen(kw_only=True)
@@ -158,16 +152,6 @@ class _Keeper:
             history=[*self.history, *self.items, *final["output"]],
             previous_response_id=self.asked.previous_response_id,
         )
-
-    async def kept_before_last(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """The stream's chunks; the one that ends it goes out once the response is kept (``answer.final`` is set by then)."""
-        try:
-            async for chunk in body:
-                if self.answer.final is not None:
-                    await self.keep()
-                yield chunk
-        finally:
-            await body.aclose()  # type: ignore[attr-defined]
 
 
 async def count_input_tokens(state: ServerState, store: ResponseStore, body: bytes) -> Response:

@@ -1,0 +1,19 @@
+"""The Responses API's error bodies: OpenAI's, with the request's own words for what the worker calls the messages."""
+
+from __future__ import annotations
+
+from ..._errors import ServerError
+from .._errors import openai_error
+
+__all__ = ["responses_error"]
+
+
+def responses_error(error: ServerError) -> dict:
+    """``openai_error``; the worker names a chat's ``messages`` (its context overflow, a template's refusal),
+    which a Responses request calls its ``input``."""
+    body = openai_error(error)
+    if error.param == "messages":
+        details = body["error"]
+        details["param"] = "input"
+        details["message"] = details["message"].replace("the messages", "the input").replace("your messages", "your input")
+    return body
