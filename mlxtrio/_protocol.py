@@ -321,6 +321,8 @@ class Delta(msgspec.Struct, array_like=True, frozen=True):
     reasoning: str = ""
     # On a last delta ending in "stop": the stop string that ended the sequence; None when anything else did.
     stop_string: str | None = None
+    # Of completion_tokens so far, those that were the model's thinking (0 where it is not split out).
+    reasoning_tokens: int = 0
 
 
 class Step(_Message, tag="step"):

@@ -68,6 +68,8 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    # Of the completion tokens, those that were thinking (where the surface splits it out).
+    reasoning_tokens: int = 0
 
     @classmethod
     def of(cls, lasts: Sequence[p.Delta]) -> Usage:
@@ -76,6 +78,7 @@ class Usage:
             lasts[0].prompt_tokens,
             sum(last.completion_tokens for last in lasts),
             max(last.cached_tokens for last in lasts),
+            sum(last.reasoning_tokens for last in lasts),
         )
 
 

@@ -58,6 +58,8 @@ class SequenceOutput:
     # Splits the model's thinking from its text, where the model has think markers; and thinking not sent yet.
     reasoning: ReasoningSplitter | None = None
     pending_reasoning: str = ""
+    # Generated tokens that were thinking: inside a think block before or after their text (the markers' own included).
+    reasoning_tokens: int = 0
 
     def accept(self, token: int | None, finish_reason: str | None, logprobs: mx.array | None = None) -> Delta | None:
         """Take one generated token (None: no token, just the end), with the log probabilities it
@@ -87,7 +89,10 @@ class SequenceOutput:
         if self.reasoning is None:
             self.held += segment
             return
+        before = self.reasoning.inside
         reasoning, text = self.reasoning.feed(segment, final=final)
+        if not final and (before or self.reasoning.inside):
+            self.reasoning_tokens += 1
         self.pending_reasoning += reasoning
         self.held += text
 
@@ -151,7 +156,7 @@ class SequenceOutput:
             error = f"{param}: enforcing the schema failed midway: {self.grammar.error}"
         return Delta(
             self.request_id, text, self.prompt_tokens, self.completion_tokens, finish_reason, self.cached_tokens, logprobs, calls,
-            error, param, echoed, reasoning, self.stop_string if finish_reason is not None else None,
+            error, param, echoed, reasoning, self.stop_string if finish_reason is not None else None, self.reasoning_tokens,
         )
 
 

@@ -27,6 +27,11 @@ class ReasoningSplitter:
         # Right after a marker: the whitespace models put there belongs to neither part.
         self._after_marker = False
 
+    @property
+    def inside(self) -> bool:
+        """Whether the text so far has left the sequence inside a think block."""
+        return self._inside
+
     def feed(self, text: str, *, final: bool) -> tuple[str, str]:
         """(reasoning, text) released by ``text``; ``final``: nothing follows, so nothing is held back."""
         parts: tuple[list[str], list[str]] = ([], [])

@@ -124,3 +124,22 @@ def test_a_prompt_that_opens_a_think_block_starts_in_reasoning_unless_a_grammar_
         deltas.append(sequence.accept(None, "stop"))
         sent = [delta for delta in deltas if delta is not None]
         assert ("".join(d.reasoning for d in sent), "".join(d.text for d in sent)) == expected
+
+
+def test_the_tokens_that_were_thinking_are_counted_apart(demo):
+    """Usage's reasoning tokens are the tokens written inside a think block, its markers with it; the rest are the answer's."""
+    model, tokenizer = demo
+    request = p.Generate(1, msgspec.structs.replace(GREEDY, max_tokens=200), (p.ChatMessage("user", "x"),), None)
+    thinking = tokenizer.encode("<think>let me see</think>", add_special_tokens=False)
+    answer = tokenizer.encode("it is so", add_special_tokens=False)
+    sequence = _output(tokenizer, request, tokenizer.encode("<|assistant|>", add_special_tokens=False))
+    deltas = [sequence.accept(token, None) for token in thinking + answer]
+    last = sequence.accept(None, "stop")
+    assert last.completion_tokens == len(thinking) + len(answer)
+    assert last.reasoning_tokens == len(thinking)
+    assert max(delta.reasoning_tokens for delta in deltas if delta is not None) <= len(thinking)
+    # Without a split (chat completions keeps thinking in its text), nothing is counted apart.
+    plain = _output(tokenizer, p.Generate(1, request.params, request.messages, None, split_reasoning=False), [])
+    for token in thinking + answer:
+        plain.accept(token, None)
+    assert plain.accept(None, "stop").reasoning_tokens == 0

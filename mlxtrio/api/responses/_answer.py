@@ -55,21 +55,13 @@ def _text_part(text: str, logprobs: list[dict]) -> dict:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}
 
 
-def _usage(usage: Usage, output: Sequence[dict]) -> dict:
-    """OpenAI's usage. Reasoning tokens are the output tokens in the share of the output's characters that
-    are reasoning: the worker counts a sequence's tokens, not which of them were reasoning."""
-    reasoning = sum(len(part["text"]) for item in output if item["type"] == "reasoning" for part in item["content"])
-    other = sum(
-        len(item.get("arguments", "")) + len(item.get("name", "")) + sum(len(part["text"]) for part in item.get("content", ()))
-        for item in output
-        if item["type"] != "reasoning"
-    )
-    reasoning_tokens = round(usage.completion_tokens * reasoning / (reasoning + other)) if reasoning else 0
+def _usage(usage: Usage) -> dict:
+    """OpenAI's usage; reasoning tokens as the worker counted them (those generated inside a think block)."""
     return {
         "input_tokens": usage.prompt_tokens,
         "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0},
         "output_tokens": usage.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
     }
 
@@ -124,7 +116,7 @@ class ResponseAnswer:
         incomplete = finish == "length"
         details = {"incomplete_details": {"reason": "max_output_tokens"}} if incomplete else {}
         self.final = self._response(
-            "incomplete" if incomplete else "completed", output, None if usage is None else _usage(usage, output), **details
+            "incomplete" if incomplete else "completed", output, None if usage is None else _usage(usage), **details
         )
         return self.final
 
