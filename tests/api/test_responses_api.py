@@ -386,6 +386,9 @@ BAD_BODIES = [
     (json.dumps({**BAD, "conversation": "conv_1"}).encode(), "conversation"),
     (json.dumps({**BAD, "stream": "yes"}).encode(), "stream"),
     (b'{"model": "demo", "input": "hi", "max_output_tokens": 1e400}', "max_output_tokens"),
+    # Over the context: the worker names the prompt's messages, which are the input here.
+    (json.dumps({**BAD, "input": "the " * 5000}).encode(), "input"),
+    (json.dumps({**BAD, "input": [{"role": "user", "content": "the " * 5000}], "stream": True}).encode(), "input"),
     (b"\xff\xfe not utf-8", None),
     (b'{"model": "demo", "input": ' + b"[" * 100000 + b"]" * 100000 + b"}", "input[0]"),
     # Deep nesting inside an ignored field: msgspec recurses while skipping it.
@@ -400,6 +403,8 @@ async def test_hostile_and_malformed_bodies_get_openai_shaped_400s(client, opena
         assert response.status_code == 400, (body[:200], response.text)
         openapi.validate(response.json(), "ErrorResponse")
         assert response.json()["error"]["param"] == param, (body[:200], response.json())
+    over = await client.post("/v1/responses/input_tokens", json={**BAD, "input": "the " * 20_000})
+    assert over.status_code == 400 and over.json()["error"]["param"] == "input", over.text[:300]
     for path in ("/v1/responses/resp_nope", "/v1/responses/resp_nope/input_items"):
         missing = await client.get(path)
         assert missing.status_code == 404
