@@ -279,6 +279,24 @@ async def test_previous_response_id_continues_a_conversation_across_a_restart(ca
         server.shutdown()
 
 
+@pytest.mark.parametrize("server_settings", [{"max_body_bytes": 8192}])
+@bounded(120)
+async def test_a_conversation_continued_past_the_body_bound_is_a_400(client, openapi):
+    """A chain of stored turns would otherwise grow a prompt past what any one body may send, and every turn
+    would load, convert and send all of it: the conversation so far and the new input are held to the body's bound."""
+    first = await client.post("/v1/responses", json={"model": "demo", "input": "the " * 1500, "max_output_tokens": 16})
+    assert first.status_code == 200, first.text[:300]
+    for path in ("/v1/responses", "/v1/responses/input_tokens"):
+        body = {"model": "demo", "input": "the " * 700, "previous_response_id": first.json()["id"], "max_output_tokens": 16}
+        refused = await client.post(path, json=body if path == "/v1/responses" else {**body, "max_output_tokens": None})
+        assert refused.status_code == 400, refused.text[:300]
+        openapi.validate(refused.json(), "ErrorResponse")
+        error = refused.json()["error"]
+        assert error["param"] == "previous_response_id" and "8192 bytes (MLX_MAX_BODY_BYTES)" in error["message"], error
+    short = await client.post("/v1/responses", json={"model": "demo", "input": "hi", "previous_response_id": first.json()["id"], "max_output_tokens": 16})
+    assert short.status_code == 200, short.text[:300]
+
+
 @pytest.mark.parametrize("server_settings", [{"api_keys": ("key-one", "key-two")}])
 @bounded(120)
 async def test_a_stored_response_is_its_api_keys_alone(server, openapi):
