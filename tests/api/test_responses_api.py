@@ -421,7 +421,7 @@ async def test_hostile_and_malformed_bodies_get_openai_shaped_400s(client, opena
         assert response.status_code == 400, (body[:200], response.text)
         openapi.validate(response.json(), "ErrorResponse")
         assert response.json()["error"]["param"] == param, (body[:200], response.json())
-    over = await client.post("/v1/responses/input_tokens", json={**BAD, "input": "the " * 20_000})
+    over = await client.post("/v1/responses/input_tokens", json={**BAD, "input": "the " * 70_000})
     assert over.status_code == 400 and over.json()["error"]["param"] == "input", over.text[:300]
     for path in ("/v1/responses/resp_nope", "/v1/responses/resp_nope/input_items"):
         missing = await client.get(path)

@@ -11,7 +11,7 @@ from mlxtrio import _protocol as p
 from mlxtrio._protocol import ErrorKind
 from mlxtrio.worker._batch import BatchEngine
 from mlxtrio.worker._failures import RequestError
-from mlxtrio.worker._prompt import COUNT_CONTEXTS
+from mlxtrio.worker._prompt import count_bound
 from mlxtrio.worker._sequential import SequentialEngine
 
 from .engines import CONTEXT_LENGTH, GREEDY, demo_engine, run
@@ -79,7 +79,7 @@ def test_a_count_runs_no_model_keeps_no_cache_and_may_exceed_the_context(demo, e
 def test_a_count_far_over_the_context_is_refused_untokenized(demo, engine_type, monkeypatch: pytest.MonkeyPatch):
     """A count is not held to the context, but tokenizing megabytes would take the worker's one thread for seconds."""
     engine = demo_engine(engine_type, demo)
-    limit = COUNT_CONTEXTS * CONTEXT_LENGTH
+    limit = count_bound(CONTEXT_LENGTH)
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("a prompt far over the bound was tokenized")
 
@@ -91,7 +91,7 @@ def test_a_count_far_over_the_context_is_refused_untokenized(demo, engine_type, 
             engine.admit(request)
         error = refused.value
         assert error.kind == ErrorKind.INVALID_REQUEST and error.code == "context_length_exceeded", error
-        assert f"at most {limit} tokens" in str(error) and f"{COUNT_CONTEXTS} times" in str(error), error
+        assert f"at most {limit} tokens" in str(error) and f"context length of {CONTEXT_LENGTH} tokens" in str(error), error
     monkeypatch.undo()
     # Just over the bound, tokenized and refused too; at the bound or under, counted.
     over = "ab " * (limit // 2 + 100)
