@@ -23,10 +23,20 @@ from ._prompt_bound import PromptTooLong
 from ._tokenize import PromptEncoder
 from ._tools import chat_messages
 
-__all__ = ["PromptTokens", "choices", "keep_cache", "nearest_cache", "prompt_source"]
+__all__ = ["COUNT_CONTEXTS", "COUNT_FLOOR", "PromptTokens", "count_bound", "choices", "keep_cache", "nearest_cache", "prompt_source"]
 
 # The prompt cache is per worker, and a worker serves one model.
 _MODEL_KEY = "model"
+# A count may exceed the context (it tells how far over a conversation is), up to this many contexts, or
+# COUNT_FLOOR tokens where that is more (an agent's opening prompt alone can be several small contexts):
+# past that, tokenizing it would hold the worker's one thread for seconds, and the answer would not change what a client does.
+COUNT_CONTEXTS = 2
+COUNT_FLOOR = 65_536
+
+
+def count_bound(context_length: int) -> int:
+    """The most tokens a count's prompt may have, for a model of ``context_length``."""
+    return max(COUNT_FLOOR, COUNT_CONTEXTS * context_length)
 
 
 def choices(request: Generate) -> list[Generate]:
@@ -79,10 +89,13 @@ class PromptTokens:
 
     def __call__(self, request: Generate) -> list[int]:
         """The request's prompt as ids; refused (``INVALID_REQUEST``) if it cannot fit the context with its
-        max_tokens (with one token at least, where it named none). A count is not held to the context."""
+        max_tokens (with one token at least, where it named none). A count is held to ``COUNT_CONTEXTS`` contexts."""
         tokenizer = self._tokenizer
         room = 1 if request.params.fit_context else request.params.max_tokens
-        budget = None if self._context_length is None or request.count_only else self._context_length - room
+        if self._context_length is None:
+            budget = None
+        else:
+            budget = count_bound(self._context_length) if request.count_only else self._context_length - room
         if request.messages is not None:
             if not getattr(tokenizer, "has_chat_template", False):
                 raise RequestError(ErrorKind.INVALID_REQUEST, "this model has no chat template; use /v1/completions")
@@ -137,6 +150,14 @@ class PromptTokens:
         """OpenAI's code and wording (clients and litellm recognise both: "This model's maximum context length is")."""
         what = "prompt" if request.messages is None else "messages"
         resulted = f"at least {tokens}" if at_least else f"{tokens}"
+        if request.count_only:
+            return RequestError(
+                ErrorKind.INVALID_REQUEST,
+                f"A count's {what} may have at most {count_bound(self._context_length)} tokens (the more of {COUNT_FLOOR} and "
+                f"{COUNT_CONTEXTS} times this model's maximum context length of {self._context_length} tokens); yours has {resulted}.",
+                param=what,
+                code="context_length_exceeded",
+            )
         if request.params.fit_context:
             however = f"your {what} resulted in {resulted} tokens, leaving no room for a completion"
         else:

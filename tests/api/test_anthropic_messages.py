@@ -288,6 +288,7 @@ async def test_the_fields_claude_code_sends_are_accepted(client):
         ({"tool_choice": {"type": "tool", "name": "nope"}, "tools": [WEATHER]}, "tool_choice.name"),
         ({"tool_choice": {"type": "any"}}, "needs tools"),
         ({"tools": [{"name": "has space", "input_schema": {"type": "object"}}]}, "tools.0.name"),
+        ({"tools": [WEATHER, TIME, WEATHER]}, "tools.2.name: tool names must be unique"),
         ({"temperature": 1.5}, "temperature"),
         ({"stop_sequences": ["x"] * 17}, "stop_sequences"),
         ({"max_tokens": 0}, "max_tokens"),

@@ -75,3 +75,22 @@ async def test_a_chunked_body_past_the_limit_is_a_413(client, openapi):
     assert (await client.get("/health")).status_code == 200
     fine = await client.post("/v1/completions", json={"model": "demo", "prompt": "x", "max_tokens": 2})
     assert fine.status_code == 200
+
+
+@bounded(60)
+async def test_a_count_far_over_the_context_is_a_400_at_once_in_each_surfaces_shape(client, openapi):
+    """A count may exceed the context, not without bound: tokenizing 4 MiB would take the worker's one thread for seconds."""
+    messages = [{"role": "user", "content": FAR_TOO_LONG}]
+    # The model loaded, so that what is timed is the refusals alone.
+    assert (await client.post("/v1/messages/count_tokens", json={"model": "demo", "messages": [{"role": "user", "content": "hi"}]})).status_code == 200
+    began = trio.current_time()
+    counted = await client.post("/v1/messages/count_tokens", json={"model": "demo", "messages": messages})
+    assert counted.status_code == 400, counted.text[:300]
+    error = counted.json()
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error", error
+    assert "at most 65536 tokens (the more of 65536 and 2 times this model's maximum context length of 4096 tokens)" in error["error"]["message"], error
+    counted = await client.post("/v1/responses/input_tokens", json={"model": "demo", "input": messages})
+    assert counted.status_code == 400, counted.text[:300]
+    openapi.validate(counted.json(), "ErrorResponse")
+    assert counted.json()["error"]["code"] == "context_length_exceeded"
+    assert trio.current_time() - began < 1.0

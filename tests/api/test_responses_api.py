@@ -310,6 +310,24 @@ async def test_a_streamed_response_is_kept_before_its_last_event(client, openapi
     assert kept.json()["output"] == event["response"]["output"]
 
 
+@pytest.mark.parametrize("server_settings", [{"max_body_bytes": 8192}])
+@bounded(120)
+async def test_a_conversation_continued_past_the_body_bound_is_a_400(client, openapi):
+    """A chain of stored turns would otherwise grow a prompt past what any one body may send, and every turn
+    would load, convert and send all of it: the conversation so far and the new input are held to the body's bound."""
+    first = await client.post("/v1/responses", json={"model": "demo", "input": "the " * 1500, "max_output_tokens": 16})
+    assert first.status_code == 200, first.text[:300]
+    for path in ("/v1/responses", "/v1/responses/input_tokens"):
+        body = {"model": "demo", "input": "the " * 700, "previous_response_id": first.json()["id"], "max_output_tokens": 16}
+        refused = await client.post(path, json=body if path == "/v1/responses" else {**body, "max_output_tokens": None})
+        assert refused.status_code == 400, refused.text[:300]
+        openapi.validate(refused.json(), "ErrorResponse")
+        error = refused.json()["error"]
+        assert error["param"] == "previous_response_id" and "8192 bytes (MLX_MAX_BODY_BYTES)" in error["message"], error
+    short = await client.post("/v1/responses", json={"model": "demo", "input": "hi", "previous_response_id": first.json()["id"], "max_output_tokens": 16})
+    assert short.status_code == 200, short.text[:300]
+
+
 @pytest.mark.parametrize("server_settings", [{"api_keys": ("key-one", "key-two")}])
 @bounded(120)
 async def test_a_stored_response_is_its_api_keys_alone(server, openapi):
@@ -417,6 +435,9 @@ BAD_BODIES = [
     (json.dumps({**BAD, "conversation": "conv_1"}).encode(), "conversation"),
     (json.dumps({**BAD, "stream": "yes"}).encode(), "stream"),
     (b'{"model": "demo", "input": "hi", "max_output_tokens": 1e400}', "max_output_tokens"),
+    # Over the context: the worker names the prompt's messages, which are the input here.
+    (json.dumps({**BAD, "input": "the " * 5000}).encode(), "input"),
+    (json.dumps({**BAD, "input": [{"role": "user", "content": "the " * 5000}], "stream": True}).encode(), "input"),
     (b"\xff\xfe not utf-8", None),
     (b'{"model": "demo", "input": ' + b"[" * 100000 + b"]" * 100000 + b"}", "input[0]"),
     # Deep nesting inside an ignored field: msgspec recurses while skipping it.
@@ -431,6 +452,8 @@ async def test_hostile_and_malformed_bodies_get_openai_shaped_400s(client, opena
         assert response.status_code == 400, (body[:200], response.text)
         openapi.validate(response.json(), "ErrorResponse")
         assert response.json()["error"]["param"] == param, (body[:200], response.json())
+    over = await client.post("/v1/responses/input_tokens", json={**BAD, "input": "the " * 70_000})
+    assert over.status_code == 400 and over.json()["error"]["param"] == "input", over.text[:300]
     for path in ("/v1/responses/resp_nope", "/v1/responses/resp_nope/input_items"):
         missing = await client.get(path)
         assert missing.status_code == 404

@@ -8,8 +8,10 @@ import msgspec
 import pytest
 
 from mlxtrio import _protocol as p
+from mlxtrio._protocol import ErrorKind
 from mlxtrio.worker._batch import BatchEngine
 from mlxtrio.worker._failures import RequestError
+from mlxtrio.worker._prompt import count_bound
 from mlxtrio.worker._sequential import SequentialEngine
 
 from .engines import CONTEXT_LENGTH, GREEDY, demo_engine, run
@@ -54,7 +56,7 @@ def test_a_count_runs_no_model_keeps_no_cache_and_may_exceed_the_context(demo, e
         raise AssertionError("a count ran the model")
 
     monkeypatch.setattr(type(model), "__call__", never)
-    text = "ab " * 12_000
+    text = "ab " * 6_000
     # Generating, it would not fit (tests/worker/test_engine_admission.py); counted, it is just counted.
     engine.admit(p.Generate(1, GREEDY, None, text, count_only=True, choices=2))
     engine.admit(_chat(3, text, count_only=True))
@@ -71,6 +73,31 @@ def test_a_count_runs_no_model_keeps_no_cache_and_may_exceed_the_context(demo, e
     engine.admit(p.Generate(4, GREEDY, None, "the cache"))
     texts, failed = run(engine, {4})
     assert failed == {} and texts[4]
+
+
+@pytest.mark.parametrize("engine_type", [BatchEngine, SequentialEngine])
+def test_a_count_far_over_the_context_is_refused_untokenized(demo, engine_type, monkeypatch: pytest.MonkeyPatch):
+    """A count is not held to the context, but tokenizing megabytes would take the worker's one thread for seconds."""
+    engine = demo_engine(engine_type, demo)
+    limit = count_bound(CONTEXT_LENGTH)
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a prompt far over the bound was tokenized")
+
+    # The demo's longest token is 13 characters: this many cannot be fewer tokens than the bound.
+    far_over = "many words of a prompt far too long " * (limit * 13 // 36 + 1000)
+    monkeypatch.setattr(engine._prompt_tokens._encoder, "_fast", never)
+    for request in (p.Generate(1, GREEDY, None, far_over, count_only=True), _chat(2, far_over, count_only=True)):
+        with pytest.raises(RequestError) as refused:
+            engine.admit(request)
+        error = refused.value
+        assert error.kind == ErrorKind.INVALID_REQUEST and error.code == "context_length_exceeded", error
+        assert f"at most {limit} tokens" in str(error) and f"context length of {CONTEXT_LENGTH} tokens" in str(error), error
+    monkeypatch.undo()
+    # Just over the bound, tokenized and refused too; at the bound or under, counted.
+    over = "ab " * (limit // 2 + 100)
+    with pytest.raises(RequestError, match=f"at most {limit} tokens"):
+        engine.admit(p.Generate(3, GREEDY, None, over, count_only=True))
+    assert not engine.active
 
 
 @pytest.mark.parametrize("engine_type", [BatchEngine, SequentialEngine])

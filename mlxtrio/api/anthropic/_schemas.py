@@ -196,6 +196,9 @@ class CountTokensRequest(msgspec.Struct, kw_only=True):
                 raise invalid(f"tools.{index}.name", "a tool name is 1 to 128 of a-z, A-Z, 0-9, _ and -")
             if tool.input_schema is None:
                 raise invalid(f"tools.{index}.input_schema", "a client tool needs its input_schema")
+            if tool.name in names:
+                # A call names its tool: two of one name would leave the call's schema and the client's handler in doubt.
+                raise invalid(f"tools.{index}.name", f"tool names must be unique; {tool.name!r} is there twice")
             names.add(tool.name)
         choice = self.tool_choice
         if choice is None:

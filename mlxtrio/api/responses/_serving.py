@@ -38,12 +38,21 @@ def _tools_json(tools: list[Tool]) -> str | None:
     return template_tools([{"name": tool.name, "description": tool.description or "", "parameters": tool.parameters or {}} for tool in tools])
 
 
-async def _history(store: ResponseStore, previous_response_id: str | None) -> list[dict]:
+async def _history(store: ResponseStore, previous_response_id: str | None, *, body_bytes: int, max_body_bytes: int) -> list[dict]:
+    """The conversation so far, held with this request's body to the body's bound: a chain of turns would otherwise
+    grow past what any one request may send, and each turn would load, convert and send all of it."""
     if previous_response_id is None:
         return []
     stored = await store.get(api_key_owner(), previous_response_id)
     if stored is None:
         raise not_found(previous_response_id, "previous_response_id")
+    if stored.history_bytes + body_bytes > max_body_bytes:
+        raise ServerError(
+            ErrorKind.INVALID_REQUEST,
+            f"the conversation so far ({stored.history_bytes} bytes) and this request ({body_bytes} bytes) are more than "
+            f"{max_body_bytes} bytes (MLX_MAX_BODY_BYTES); send a shorter conversation in full, without previous_response_id",
+            param="previous_response_id",
+        )
     return stored.history
 
 
@@ -116,7 +125,7 @@ def _echo(asked: CreateRequest) -> dict:
 async def create_response(state: ServerState, store: ResponseStore, body: bytes) -> Response:
     asked = decode_request(body, CreateRequest, state.limits)
     items = input_items(asked.input)
-    history = await _history(store, asked.previous_response_id)
+    history = await _history(store, asked.previous_response_id, body_bytes=len(body), max_body_bytes=state.config.max_body_bytes)
     generation_request = _generation_request(asked, history + items, params=_params(asked, state.limits), stream=bool(asked.stream))
     answer = ResponseAnswer(echo=_echo(asked), logprobs=asked.logprobs, namespaces=asked.namespaces())
     keeper = _Keeper(store=store if asked.store else None, owner=api_key_owner(), asked=asked, history=history, items=items, answer=answer)
@@ -157,7 +166,8 @@ class _Keeper:
 async def count_input_tokens(state: ServerState, store: ResponseStore, body: bytes) -> Response:
     """The prompt's tokens as POST /v1/responses would feed the model the same input, counted by the model's worker."""
     asked = decode_request(body, CountRequest, state.limits)
-    conversation = await _history(store, asked.previous_response_id) + input_items(asked.input)
+    history = await _history(store, asked.previous_response_id, body_bytes=len(body), max_body_bytes=state.config.max_body_bytes)
+    conversation = history + input_items(asked.input)
     params = p.SamplingParams(max_tokens=1, grammar=asked.grammar(state.limits))
     generation = await Generation.start(state, _generation_request(asked, conversation, params=params, count_only=True))
     collected = await generation.collect()

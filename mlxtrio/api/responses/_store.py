@@ -67,6 +67,8 @@ class StoredResponse:
     history: list[dict[str, Any]]
     previous_response_id: str | None
     created_at: float
+    # The history's size as stored (its JSON's bytes), known without encoding it again.
+    history_bytes: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -338,6 +340,7 @@ def _get(store: ResponseStore, connection: sqlite3.Connection, owner: str, respo
         history=_decode(history),
         previous_response_id=previous_response_id,
         created_at=created_at,
+        history_bytes=len(history),
     )
 
 
