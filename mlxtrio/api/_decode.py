@@ -10,15 +10,27 @@ the speed of msgspec or of ``bytes`` methods: no Python loop over the body.
 from __future__ import annotations
 
 import re
-from typing import TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import msgspec
 
 from .._errors import ErrorKind, ServerError
 
-__all__ = ["decode_body"]
+if TYPE_CHECKING:
+    from ._common import RequestLimits
+
+__all__ = ["decode_body", "decode_request"]
 
 T = TypeVar("T")
+
+
+class _Request(Protocol):
+    """A surface's request body: its own checks, against the server's limits, after decoding."""
+
+    def validate(self, limits: RequestLimits) -> None: ...
+
+
+R = TypeVar("R", bound=_Request)
 
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
 _MISSING_RE = re.compile(r"missing required field `([^`]*)`")
@@ -77,3 +89,10 @@ def decode_body(body: bytes, body_type: type[T]) -> T:
         raise _invalid_utf8(body, body_type) from None
     except RecursionError:
         raise ServerError(ErrorKind.INVALID_REQUEST, "the body's JSON is nested too deeply") from None
+
+
+def decode_request(body: bytes, request_type: type[R], limits: RequestLimits) -> R:
+    """``body`` as a ``request_type``, checked by its own ``validate``; any problem is a 400 ServerError."""
+    request = decode_body(body, request_type)
+    request.validate(limits)
+    return request

@@ -30,7 +30,7 @@ from ._errors import status_of
 from ._in_flight import InFlight
 from ._observe import CLIENT_CLOSED_REQUEST, RequestRecord, current_record
 
-__all__ = ["Answer", "Collected", "Generation", "GenerationRequest", "Usage", "install_intake", "respond"]
+__all__ = ["Answer", "Collected", "Generation", "GenerationRequest", "Usage", "count_prompt_tokens", "install_intake", "respond"]
 
 
 @attrs.frozen(kw_only=True)
@@ -84,15 +84,14 @@ class Usage:
 
 @attrs.frozen
 class Collected:
-    """A whole generation, per choice: its text, its tool calls, its tokens' log probabilities, its last Delta,
-    its reasoning, and the stop string that ended it (None where none did)."""
+    """A whole generation, per choice: its text, its tool calls, its tokens' log probabilities, its last Delta
+    (its finish reason, the stop string that ended it), and its reasoning."""
 
     texts: list[str]
     tool_calls: list[list[p.ToolCall]]
     logprobs: list[list[p.TokenLogprob]]
     lasts: list[p.Delta]
-    reasonings: list[str] = attrs.field(factory=list)
-    stop_strings: list[str | None] = attrs.field(factory=list)
+    reasonings: list[str]
 
     @property
     def usage(self) -> Usage:
@@ -146,6 +145,13 @@ async def respond(state: ServerState, generation_request: GenerationRequest, ans
     if generation_request.stream:
         return await generation.stream(answer)
     return json_response(answer.response(await generation.collect()))
+
+
+async def count_prompt_tokens(state: ServerState, generation_request: GenerationRequest) -> int:
+    """The prompt's tokens as the model's worker would feed them to it (``count_only``): nothing is generated."""
+    assert generation_request.count_only
+    generation = await Generation.start(state, generation_request)
+    return (await generation.collect()).lasts[0].prompt_tokens
 
 
 def _timed_out(timeout: float) -> ServerError:
@@ -242,7 +248,6 @@ class Generation:
             logprobs,
             lasts,  # type: ignore[arg-type]
             ["".join(part) for part in reasonings],
-            [last.stop_string for last in lasts],  # type: ignore[union-attr]
         )
 
     async def stream(self, answer: Answer, *, before_closing: Callable[[], Awaitable[None]] | None = None) -> Response:

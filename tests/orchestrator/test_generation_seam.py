@@ -34,7 +34,7 @@ def collect(server: ServerHandle, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN
 
 async def test_counting_thinking_and_stop_strings_reach_the_collected_answer(server: ServerHandle, collect):
     plain = await collect(GenerationRequest(model="demo", params=_PARAMS, messages=_MESSAGES))
-    assert plain.texts[0] and plain.reasonings == [""] and plain.stop_strings == [None]
+    assert plain.texts[0] and plain.reasonings == [""] and plain.lasts[0].stop_string is None
     # A count: the prompt generating reports, nothing generated, and no prompt tokens served in the metrics.
     served_before = server.state.metrics.prompt_tokens.labels("demo")._value.get()  # noqa: SLF001
     counted = await collect(GenerationRequest(model="demo", params=_PARAMS, messages=_MESSAGES, count_only=True))
@@ -50,4 +50,4 @@ async def test_counting_thinking_and_stop_strings_reach_the_collected_answer(ser
         GenerationRequest(model="demo", params=p.SamplingParams(max_tokens=16, temperature=0.0, stop=("zzzz", stop)), messages=_MESSAGES)
     )
     assert stopped.texts[0] == plain.texts[0][: plain.texts[0].index(stop)]
-    assert (stopped.lasts[0].finish_reason, stopped.stop_strings) == ("stop", [stop])
+    assert (stopped.lasts[0].finish_reason, stopped.lasts[0].stop_string) == ("stop", stop)

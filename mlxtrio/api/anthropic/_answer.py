@@ -87,8 +87,7 @@ class MessageAnswer:
     request_id: str
     # thinking.display "omitted": the blocks, without their text.
     omit_thinking: bool
-    # The stream so far: message_start sent, the open block's type and index, the thinking so far's digest.
-    _started: bool = False
+    # The stream so far: the open block's type and index, the thinking so far's digest.
     _open: str | None = None
     _blocks: int = 0
     _thinking: hashlib._Hash = attrs.Factory(hashlib.sha256)
@@ -113,7 +112,7 @@ class MessageAnswer:
 
     def response(self, collected: Collected) -> dict:
         (text,), (calls,), (last,) = collected.texts, collected.tool_calls, collected.lasts
-        reasoning = collected.reasonings[0] if collected.reasonings else ""
+        reasoning = collected.reasonings[0]
         content: list[dict] = []
         if reasoning:
             shown = "" if self.omit_thinking else reasoning
@@ -126,16 +125,11 @@ class MessageAnswer:
     # --- the stream
 
     def opening(self, prompt_tokens: int) -> bytes:
-        return self._start(Usage(prompt_tokens, 0, 0))
+        # How much of the prompt the cache held is known later: message_delta's usage says.
+        return event("message_start", {"message": self._message([], None, None, Usage(prompt_tokens, 0, 0))})
 
     def keepalive(self) -> bytes:
         return _PING
-
-    def _start(self, usage: Usage | None) -> bytes:
-        if self._started:
-            return b""
-        self._started = True
-        return event("message_start", {"message": self._message([], None, None, usage)})
 
     def _close(self) -> bytes:
         """The open block's end: a thinking block's signature first."""
@@ -157,7 +151,7 @@ class MessageAnswer:
         return out + event("content_block_start", {"index": self._blocks - 1, "content_block": block})
 
     def delta(self, choice: int, delta: p.Delta) -> bytes:
-        out = self._start(Usage(delta.prompt_tokens, 0, delta.cached_tokens))
+        out = b""
         if delta.reasoning:
             if self._open != "thinking":
                 out += self._block({"type": "thinking", "thinking": "", "signature": ""})
@@ -182,8 +176,7 @@ class MessageAnswer:
         last = self._last
         stop = {"stop_reason": stop_reason(last, called=self._called), "stop_sequence": None if last is None else last.stop_string}
         return (
-            self._start(usage)
-            + self._close()
+            self._close()
             + event("message_delta", {"delta": stop, "usage": usage_object(usage)})
             + event("message_stop", {})
         )

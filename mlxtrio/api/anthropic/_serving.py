@@ -12,8 +12,8 @@ from quart import Response
 
 from ... import _protocol as p
 from .._common import RequestLimits, ServerState, json_response
-from .._decode import decode_body
-from .._generation import Generation, GenerationRequest, respond
+from .._decode import decode_request
+from .._generation import GenerationRequest, count_prompt_tokens, respond
 from .._structured import JSON_OBJECT, forced_call_grammar, json_schema_grammar, template_tools
 from ._answer import MessageAnswer
 from ._schemas import (
@@ -36,20 +36,16 @@ _BILLING_HEADER = "x-anthropic-billing-header:"
 
 
 async def messages(state: ServerState, body: bytes) -> Response:
-    request = decode_body(body, MessagesRequest)
-    request.validate(state.limits)
+    request = decode_request(body, MessagesRequest, state.limits)
     answer = MessageAnswer.new(request.model, omit_thinking=request.omits_thinking)
     return await respond(state, generation_request(request, state.limits), answer)
 
 
 async def count_tokens(state: ServerState, body: bytes) -> Response:
     """The prompt's tokens as /v1/messages would feed the model (template, system, tools), counted by its worker."""
-    request = decode_body(body, CountTokensRequest)
-    request.validate(state.limits)
-    counting = generation_request(request, state.limits, count_only=True)
-    generation = await Generation.start(state, counting)
-    collected = await generation.collect()
-    return json_response({"input_tokens": collected.lasts[0].prompt_tokens})
+    request = decode_request(body, CountTokensRequest, state.limits)
+    counted = await count_prompt_tokens(state, generation_request(request, state.limits, count_only=True))
+    return json_response({"input_tokens": counted})
 
 
 def generation_request(request: CountTokensRequest, limits: RequestLimits, *, count_only: bool = False) -> GenerationRequest:

@@ -8,20 +8,16 @@ as OpenAI's own clients send fields a server may not know.
 from __future__ import annotations
 
 import re
-from typing import TypeVar
 
 import msgspec
 
 from ... import _protocol as p
 from ..._errors import ErrorKind, ServerError
 from .._common import RequestLimits
-from .._decode import decode_body
 from .._durations import duration_seconds
 from .._structured import JSON_OBJECT, NAME, forced_call_grammar, json_schema_grammar
 
-__all__ = ["ChatCompletionRequest", "CommonRequest", "CompletionRequest", "ContentPart", "Message", "Tool", "decode_request"]
-
-R = TypeVar("R", bound="CommonRequest")
+__all__ = ["ChatCompletionRequest", "CommonRequest", "CompletionRequest", "ContentPart", "Message", "Tool"]
 
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 512
@@ -400,10 +396,3 @@ class CompletionRequest(CommonRequest, kw_only=True):
                 f"at most {limits.max_choices} per request (MLX_MAX_CHOICES)",
                 param=param,
             )
-
-
-def decode_request(body: bytes, request_type: type[R], limits: RequestLimits) -> R:
-    """Decode and validate a JSON body; any problem is a 400 ServerError."""
-    request = decode_body(body, request_type)
-    request.validate(limits)
-    return request

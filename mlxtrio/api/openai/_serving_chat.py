@@ -11,9 +11,10 @@ from quart import Response
 
 from ... import _protocol as p
 from .._common import RequestLimits, ServerState
+from .._decode import decode_request
 from .._generation import Collected, GenerationRequest, respond
 from .._structured import template_tools
-from ._schemas import ChatCompletionRequest, ContentPart, Message, Tool, decode_request
+from ._schemas import ChatCompletionRequest, ContentPart, Message, Tool
 from ._serving import OpenAIAnswer, sampling_params, sse, tool_call_object, usage_object
 
 __all__ = ["ChatCompletion", "chat_completions"]

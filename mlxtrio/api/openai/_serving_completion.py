@@ -12,8 +12,9 @@ from quart import Response
 
 from ... import _protocol as p
 from .._common import RequestLimits, ServerState
+from .._decode import decode_request
 from .._generation import Collected, GenerationRequest, Usage, respond
-from ._schemas import CompletionRequest, decode_request
+from ._schemas import CompletionRequest
 from ._serving import OpenAIAnswer, sampling_params, sse, usage_object
 
 __all__ = ["TextCompletion", "completions"]

@@ -128,7 +128,7 @@ class ResponseAnswer:
         output: list[dict] = []
         reasoning = collected.reasonings[0]
         if reasoning:
-            output.append(_reasoning_item(reasoning, "incomplete" if incomplete and not collected.texts[0] else "completed"))
+            output.append(_reasoning_item([_reasoning_part(reasoning)], "incomplete" if incomplete and not collected.texts[0] else "completed"))
         text, calls = collected.texts[0], collected.tool_calls[0]
         # A message where there is text, or nothing else (as a stream opens one).
         if text or not (calls or reasoning):
@@ -166,13 +166,12 @@ class ResponseAnswer:
         text, index = "".join(self._parts), len(self._output)
         where = {"item_id": item["id"], "output_index": index, "content_index": 0}
         if item["type"] == "reasoning":
-            part = {"type": "reasoning_text", "text": text}
+            part = _reasoning_part(text)
             events = self._event("response.reasoning_text.done", **where, text=text)
-            done = {**item, "content": [part], "status": status}
         else:
             part = _text_part(text, self._open_logprobs)
             events = self._event("response.output_text.done", **where, text=text, logprobs=self._open_logprobs)
-            done = {**item, "content": [part], "status": status}
+        done = {**item, "content": [part], "status": status}
         events += self._event("response.content_part.done", **where, part=part)
         self._output.append(done)
         return events + self._event("response.output_item.done", output_index=index, item=done)
@@ -183,10 +182,8 @@ class ResponseAnswer:
             return b""
         events = self._close()
         if kind == "reasoning":
-            item = {"id": item_id("reasoning"), "type": "reasoning", "summary": [], "content": [], "status": "in_progress"}
-            return events + self._add(item, {"type": "reasoning_text", "text": ""})
-        item = {"id": item_id("message"), "type": "message", "role": "assistant", "content": [], "status": "in_progress"}
-        return events + self._add(item, _text_part("", []))
+            return events + self._add(_reasoning_item([], "in_progress"), _reasoning_part(""))
+        return events + self._add(_message_item([], "in_progress"), _text_part("", []))
 
     def _call(self, call: p.ToolCall) -> bytes:
         events = self._close()
@@ -241,17 +238,20 @@ class ResponseAnswer:
         """The error event, then ``response.failed`` with the output so far: an item cut short is incomplete, with no done events."""
         output = list(self._output)
         if self._open is not None:
-            part = {"type": "reasoning_text", "text": "".join(self._parts)}
-            if self._open["type"] == "message":
-                part = _text_part(part["text"], self._open_logprobs)
+            text = "".join(self._parts)
+            part = _text_part(text, self._open_logprobs) if self._open["type"] == "message" else _reasoning_part(text)
             output.append({**self._open, "content": [part], "status": "incomplete"})
         events = self._event("error", code=error.code or str(STATUS[error.kind]), message=error.message, param=error.param)
         self.final = self._response("failed", output, None, error=_failure(error))
         return events + self._event("response.failed", response=self.final)
 
 
-def _reasoning_item(text: str, status: str) -> dict:
-    return {"id": item_id("reasoning"), "type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": text}], "status": status}
+def _reasoning_part(text: str) -> dict:
+    return {"type": "reasoning_text", "text": text}
+
+
+def _reasoning_item(parts: list[dict], status: str) -> dict:
+    return {"id": item_id("reasoning"), "type": "reasoning", "summary": [], "content": parts, "status": status}
 
 
 def _message_item(parts: list[dict], status: str) -> dict:

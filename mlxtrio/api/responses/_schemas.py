@@ -10,17 +10,16 @@ refused by name; fields that only tune OpenAI's service (``prompt_cache_key``,
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import msgspec
 
 from ... import _protocol as p
 from ..._errors import ErrorKind, ServerError
 from .._common import RequestLimits
-from .._decode import decode_body
 from .._structured import JSON_OBJECT, NAME, forced_call_grammar, json_schema_grammar
 
-__all__ = ["CountRequest", "CreateRequest", "InputItem", "Part", "Tool", "decode_request"]
+__all__ = ["CountRequest", "CreateRequest", "InputItem", "Part", "Tool"]
 
 # OpenAI's limits on metadata.
 MAX_METADATA_KEYS = 16
@@ -43,7 +42,6 @@ _INCLUDES = {
 }
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
-R = TypeVar("R", bound="_InputFields")
 
 Text = Annotated[str, msgspec.Meta(max_length=10_485_760)]
 
@@ -349,10 +347,3 @@ class CreateRequest(_InputFields, kw_only=True):
                 raise ServerError(ErrorKind.INVALID_REQUEST, f"metadata keys have at most {MAX_METADATA_KEY} characters", param="metadata")
             if len(value) > MAX_METADATA_VALUE:
                 raise ServerError(ErrorKind.INVALID_REQUEST, f"metadata values have at most {MAX_METADATA_VALUE} characters", param=f"metadata.{key}")
-
-
-def decode_request(body: bytes, request_type: type[R], limits: RequestLimits) -> R:
-    """Decode and validate a JSON body; any problem is a 400 ServerError."""
-    request = decode_body(body, request_type)
-    request.validate(limits)
-    return request

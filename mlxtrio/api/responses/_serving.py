@@ -18,11 +18,12 @@ from ... import _protocol as p
 from ..._errors import ErrorKind, ServerError
 from .._auth import api_key_owner
 from .._common import RequestLimits, ServerState, json_response
-from .._generation import Generation, GenerationRequest
+from .._decode import decode_request
+from .._generation import Generation, GenerationRequest, count_prompt_tokens
 from .._structured import template_tools
 from ._answer import ResponseAnswer, count_object
 from ._items import chat_messages, input_items
-from ._schemas import CountRequest, CreateRequest, Tool, decode_request
+from ._schemas import CountRequest, CreateRequest, Tool
 from ._store import ResponseStore
 
 __all__ = ["count_input_tokens", "create_response", "not_found"]
@@ -169,6 +170,5 @@ async def count_input_tokens(state: ServerState, store: ResponseStore, body: byt
     history = await _history(store, asked.previous_response_id, body_bytes=len(body), max_body_bytes=state.config.max_body_bytes)
     conversation = history + input_items(asked.input)
     params = p.SamplingParams(max_tokens=1, grammar=asked.grammar(state.limits))
-    generation = await Generation.start(state, _generation_request(asked, conversation, params=params, count_only=True))
-    collected = await generation.collect()
-    return json_response(count_object(collected.lasts[0].prompt_tokens))
+    counted = await count_prompt_tokens(state, _generation_request(asked, conversation, params=params, count_only=True))
+    return json_response(count_object(counted))
