@@ -32,6 +32,7 @@ from .tuning import (
 __all__ = ["Config", "ModelSettings", "RamTier", "ram_tier", "total_ram_bytes"]
 
 GB = 1_000_000_000
+MB = 1_000_000
 
 
 @attrs.frozen
@@ -41,6 +42,9 @@ class RamTier:
     request_timeout: float
     memory_budget_bytes: int
     max_loaded_models: int
+    image_max_pixels: int
+    images_per_request: int
+    image_max_bytes: int
 
 
 def total_ram_bytes() -> int:
@@ -50,10 +54,10 @@ def total_ram_bytes() -> int:
 def ram_tier(ram_bytes: int) -> RamTier:
     """Defaults by RAM (decimal GB): >= 64, 24-63, < 24."""
     if ram_bytes >= 64 * GB:
-        return RamTier(">=64GB", 600.0, 600.0, ram_bytes - 20 * GB, 4)
+        return RamTier(">=64GB", 600.0, 600.0, ram_bytes - 20 * GB, 4, 2048 * 2048, 16, 20 * MB)
     if ram_bytes >= 24 * GB:
-        return RamTier("24-63GB", 300.0, 300.0, ram_bytes - 8 * GB, 2)
-    return RamTier("<24GB", 180.0, 180.0, max(ram_bytes - 4 * GB, ram_bytes // 2), 1)
+        return RamTier("24-63GB", 300.0, 300.0, ram_bytes - 8 * GB, 2, 1536 * 1536, 8, 20 * MB)
+    return RamTier("<24GB", 180.0, 180.0, max(ram_bytes - 4 * GB, ram_bytes // 2), 1, 1024 * 1024, 4, 10 * MB)
 
 
 def _default_cache_dir(env: Mapping[str, str]) -> Path:
@@ -259,12 +263,21 @@ class Config:
     cors_origins: tuple[str, ...] = attrs.field(default=(), metadata={"parse": _web_origins})
     # The default model: a local directory or a Hugging Face repo id; None serves the demo.
     model: str | None = None
-    # These four default to the RAM tier's (ram_tier).
+    # These four, and the three image limits below, default to the RAM tier's (ram_tier).
     idle_timeout: float
     request_timeout: float
     memory_budget_bytes: int = attrs.field(metadata={"variable": "MLX_MEMORY_BUDGET"})
     # Models resident at once (each its own worker); one more evicts the least recently used idle one.
     max_loaded_models: int
+    # Images: pixels an image is resized to at most (aspect kept)
+    # before the model sees it, images in one request (400 past it), and an image's bytes as sent or fetched (413 past it).
+    image_max_pixels: int
+    images_per_request: int
+    image_max_bytes: int
+    # http(s) image URLs: fetched only when on (off: 400), never from private, loopback, link-local or metadata
+    # addresses (api/_fetch.py), each within image_max_bytes and image_fetch_timeout seconds.
+    image_fetch: bool = False
+    image_fetch_timeout: float = 10.0
     ram_bytes: int
     ram_tier: str
     # A worker with work that sends nothing for this long is killed and restarted.
@@ -343,6 +356,9 @@ class Config:
             "request_timeout": tier.request_timeout,
             "memory_budget_bytes": tier.memory_budget_bytes,
             "max_loaded_models": tier.max_loaded_models,
+            "image_max_pixels": tier.image_max_pixels,
+            "images_per_request": tier.images_per_request,
+            "image_max_bytes": tier.image_max_bytes,
         }
         values.update(from_file)
         for key, variable in _VARIABLES.items():
@@ -371,7 +387,7 @@ class Config:
 
     def _check(self) -> None:
         """What each setting's type does not say already."""
-        for name in ("decode_concurrency", "prefill_batch_size", "prefill_step_size", "max_body_bytes", "max_tokens_limit", "max_choices", "max_loaded_models", "grammar_max_bytes"):
+        for name in ("decode_concurrency", "prefill_batch_size", "prefill_step_size", "max_body_bytes", "max_tokens_limit", "max_choices", "max_loaded_models", "grammar_max_bytes", "image_max_pixels", "image_max_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.prefill_bucket < 0:
@@ -387,6 +403,10 @@ class Config:
             raise ValueError(f"responses_store_bytes must be 0 (nothing stored) or more, not {self.responses_store_bytes}")
         if not self.responses_store_days > 0:
             raise ValueError(f"responses_store_days must be more than 0, not {self.responses_store_days}")
+        if self.images_per_request < 0:
+            raise ValueError(f"images_per_request must be 0 (no images) or more, not {self.images_per_request}")
+        if not self.image_fetch_timeout > 0:
+            raise ValueError(f"image_fetch_timeout must be more than 0, not {self.image_fetch_timeout}")
         if self.max_queue < 0:
             raise ValueError(f"max_queue must be 0 or more, not {self.max_queue}")
         if not is_loopback(self.admin_host) and not self.admin_token:

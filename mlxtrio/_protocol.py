@@ -18,11 +18,14 @@ __all__ = [
     "Admitted",
     "Cancel",
     "ChatMessage",
+    "ContentPart",
     "Delta",
     "ErrorKind",
     "Generate",
     "Grammar",
     "Hello",
+    "ImageInput",
+    "LOW_DETAIL_PIXELS",
     "LoadFailed",
     "Ping",
     "Pong",
@@ -124,6 +127,8 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     # MLX_WORKER_CPUS=auto: ``cpus`` is then the preferred core, passed over if another mlxtrio worker holds it.
     cpus: tuple[int, ...]
     cpus_for_cpu_backend_only: bool
+    # Larger images are resized (their aspect kept) to at most this many pixels before the model sees them.
+    image_max_pixels: int
     # A BLAS library to load before MLX, as the orchestrator resolved MLX_WORKER_BLAS; None: MLX's own (see tuning/_blas.py).
     blas_library: str | None
     # Seconds a request's grammar may take to compile (worker/_grammar.py); past it, the request fails as invalid_request (grammar_timeout).
@@ -142,14 +147,40 @@ class ToolCall(msgspec.Struct, array_like=True, frozen=True):
     id: str = ""
 
 
+class ImageInput(msgspec.Struct, array_like=True, frozen=True):
+    """An image of a request, as sent: its bytes are decoded in the worker only (worker/_vision/)."""
+
+    # The encoded image (PNG, JPEG, WebP or GIF), as the client sent it or the fetcher got it.
+    data: bytes
+    # The request's field it came from (``messages[0].content[1]``), for an error that names it.
+    where: str
+    # OpenAI's ``detail``: "low" holds the image to LOW_DETAIL_PIXELS; "auto" and "high" to the server's image_max_pixels.
+    detail: str = "auto"
+
+
+# Pixels an image sent with detail "low" is resized to at most, as OpenAI's low detail (512 x 512).
+LOW_DETAIL_PIXELS = 512 * 512
+
+
+class ContentPart(msgspec.Struct, array_like=True, frozen=True):
+    """A part of a message's content, in order: text, or an image (an index into ``Generate.images``)."""
+
+    text: str = ""
+    # -1: a text part.
+    image: int = -1
+
+
 class ChatMessage(msgspec.Struct, array_like=True, frozen=True):
     role: str
+    # The message's text; with ``parts``, its text parts joined.
     content: str
     # An assistant turn's calls, and the call a tool message answers.
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     # An assistant turn's thinking, given to the template as ``reasoning_content`` when not empty.
     reasoning: str = ""
+    # A message with images: its content as parts in order, text and images (empty: ``content`` alone).
+    parts: tuple[ContentPart, ...] = ()
 
 
 class Grammar(msgspec.Struct, array_like=True, frozen=True):
@@ -226,6 +257,8 @@ class Generate(_Message, tag="generate"):
     # Split the model's thinking into ``Delta.reasoning`` (False: it stays in the text, markers and all,
     # for a surface whose wire has no place for it).
     split_reasoning: bool = True
+    # The images ``messages``' parts name, in order of appearance; only a vision model takes them.
+    images: tuple[ImageInput, ...] = ()
 
 
 class Cancel(_Message, tag="cancel"):

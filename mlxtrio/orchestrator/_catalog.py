@@ -256,6 +256,7 @@ class ModelCatalog:
             cpus=cpus,
             cpus_for_cpu_backend_only=cpu_backend_only,
             blas_library=config.worker_blas.library(),
+            image_max_pixels=config.image_max_pixels,
         )
 
 
