@@ -1,0 +1,1 @@
+"""Images in: models that read pictures along with text, through mlx-vlm."""
