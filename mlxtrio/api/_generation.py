@@ -27,6 +27,7 @@ from ..orchestrator import Arrival, Events, Intake, ServedModel
 from ._asgi import HeldForBody, enter_for_body
 from ._common import ServerState, json_response
 from ._errors import status_of
+from ._images import ImageSource, load_images
 from ._in_flight import InFlight
 from ._observe import CLIENT_CLOSED_REQUEST, RequestRecord, current_record
 
@@ -61,6 +62,9 @@ class GenerationRequest:
     count_only: bool = False
     # The model's thinking in ``Delta.reasoning``; False: left in the text (a wire with no place for it).
     split_reasoning: bool = True
+    # The images the messages' parts name by index, as the request refers to them: ``Generation.start``
+    # loads and checks them (api/_images.py) before anything goes to the worker.
+    images: tuple[ImageSource, ...] = ()
 
 
 @attrs.frozen
@@ -177,10 +181,13 @@ class Generation:
     in_flight: InFlight
     # Seconds of silence on a stream before a keep-alive event (0: none).
     keepalive: float = 0.0
+    # The request's images, loaded and checked.
+    images: tuple[p.ImageInput, ...] = ()
 
     @classmethod
     async def start(cls, state: ServerState, generation_request: GenerationRequest) -> Generation:
-        """The request's model found (a 404 if unknown), and a model that can be forced to call a tool if it must."""
+        """The request's model found (a 404 if unknown), its images loaded and checked (a 4xx naming the first bad one),
+        and a model that can be forced to call a tool if it must."""
         if state.shutting_down:
             raise ServerError(ErrorKind.UNAVAILABLE, "the server is shutting down", code="shutting_down")
         record = current_record()
@@ -191,6 +198,7 @@ class Generation:
         if arrival is not None:
             # Counted for this model's worker only from here (it may now wait for a load).
             arrival.identify(served.model_id)
+        images = await load_images(generation_request.images, state.config)
         timeout = state.config.request_timeout
         if generation_request.forced_tool_choice is not None:
             await _ensure_ready_by(served, trio.current_time() + timeout, timeout)
@@ -201,7 +209,7 @@ class Generation:
                     f"{generation_request.model!r} has {served.tool_format or 'no tool calling'}",
                     param="tool_choice",
                 )
-        return cls(generation_request, served, arrival, timeout, state.in_flight, state.config.stream_keepalive)
+        return cls(generation_request, served, arrival, timeout, state.in_flight, state.config.stream_keepalive, images)
 
     def _generate(self) -> AbstractAsyncContextManager[Events]:
         asked = self.request
@@ -218,6 +226,7 @@ class Generation:
             thinking=asked.thinking,
             count_only=asked.count_only,
             split_reasoning=asked.split_reasoning,
+            images=self.images,
             arrival=self.arrival,
         )
 

@@ -177,6 +177,7 @@ class ServedModel:
         thinking: bool | None = None,
         count_only: bool = False,
         split_reasoning: bool = True,
+        images: tuple[p.ImageInput, ...] = (),
         arrival: Arrival | None = None,
     ) -> AsyncIterator[Events]:
         """Start ``n`` sequences (choices) of one prompt, or split evenly among ``prompts``; their deltas arrive through one Events.
@@ -188,6 +189,7 @@ class ServedModel:
         ``thinking``: the chat template's thinking switch (None: its default). ``count_only``: the worker
         counts the prompt's tokens and generates nothing (one last Delta, finish_reason "counted").
         ``split_reasoning``: the model's thinking goes in ``Delta.reasoning``, not in the text.
+        ``images``: those the messages' parts name, checked by the API layer (api/_images.py).
         ``arrival``: the request's place in the server's intake, handed over as
         its Generate goes out (its ``followers``: see _intake.py).
         """
@@ -221,6 +223,7 @@ class ServedModel:
                             thinking=thinking,
                             count_only=count_only,
                             split_reasoning=split_reasoning,
+                            images=images,
                         )
                     )
                 except IPCError as exc:

@@ -275,9 +275,9 @@ async def test_the_fields_claude_code_sends_are_accepted(client):
 @pytest.mark.parametrize(
     ("fields", "says"),
     [
-        ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}}]}]}, "images are not supported yet"),
+        ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}}]}]}, "messages.0.content.0: not a PNG, JPEG, WebP or GIF image"),
         ({"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}]}]}, "documents"),
-        ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": {}}]}]}]}, "messages.0.content.0.content.0"),
+        ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": {"type": "file", "file_id": "f"}}]}]}]}, "messages.0.content.0.content.0.source: images by file_id"),
         ({"messages": [*HELLO, {"role": "assistant", "content": "The answer is ("}]}, "prefill"),
         ({"tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]}, "tools.0.type"),
         ({"mcp_servers": [{"type": "url", "url": "https://example.com/sse", "name": "x"}]}, "mcp_servers"),

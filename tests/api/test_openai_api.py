@@ -197,7 +197,7 @@ BAD_BODIES = [
     (b'{"model": "demo", "messages": "hi"}', "messages"),
     (b'{"model": "demo", "messages": [{"content": "hi"}]}', "messages[0].role"),
     (b'{"model": "demo", "messages": [{"role": "wizard", "content": "hi"}]}', "messages[0].role"),
-    (b'{"model": "demo", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}', "messages[0].content"),
+    (b'{"model": "demo", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}', "messages[0].content[0].image_url"),
     (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}', "max_tokens"),
     (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"}', "max_tokens"),
     (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e400}', None),

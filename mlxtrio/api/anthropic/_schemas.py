@@ -7,7 +7,7 @@ anywhere, ``service_tier``, ``context_management``, ``metadata``,
 ``output_config.effort``, a tool's
 ``defer_loading``), are accepted: msgspec ignores undeclared fields, and the
 declared ones are read only to be checked. What would change the answer and
-cannot be honoured (images, documents, server tools, MCP servers,
+cannot be honoured (documents, images by file id, server tools, MCP servers,
 containers, continuing an assistant message) is a 400 that says so.
 """
 
@@ -21,7 +21,9 @@ from ..._errors import ErrorKind, ServerError
 from .._common import RequestLimits
 
 __all__ = [
+    "Base64Source",
     "CountTokensRequest",
+    "ImageBlock",
     "Message",
     "MessagesRequest",
     "RedactedThinkingBlock",
@@ -50,8 +52,21 @@ class TextBlock(msgspec.Struct, tag_field="type", tag="text"):
     text: str
 
 
+class Base64Source(msgspec.Struct, tag_field="type", tag="base64"):
+    media_type: str
+    data: str
+
+
+class UrlSource(msgspec.Struct, tag_field="type", tag="url"):
+    url: str
+
+
+class FileSource(msgspec.Struct, tag_field="type", tag="file"):
+    file_id: str = ""
+
+
 class ImageBlock(msgspec.Struct, tag_field="type", tag="image"):
-    pass
+    source: Base64Source | UrlSource | FileSource
 
 
 class DocumentBlock(msgspec.Struct, tag_field="type", tag="document"):
@@ -92,7 +107,6 @@ class RedactedThinkingBlock(msgspec.Struct, tag_field="type", tag="redacted_thin
 Block = TextBlock | ImageBlock | DocumentBlock | SearchResultBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock
 # What no local model can be given yet, by block type: a 400 rather than a silent drop.
 _UNSUPPORTED = {
-    ImageBlock: "images are not supported yet",
     DocumentBlock: "documents are not supported",
     SearchResultBlock: "search results are not supported",
 }
@@ -244,9 +258,19 @@ class CountTokensRequest(msgspec.Struct, kw_only=True):
         return {"enabled": True, "disabled": False}.get(self.thinking.type)
 
 
+def _check_image(block: object, *, role: str, where: str) -> None:
+    if not isinstance(block, ImageBlock):
+        return
+    if role != "user":
+        raise invalid(where, "images belong in user messages (or in their tool results)")
+    if isinstance(block.source, FileSource):
+        raise invalid(f"{where}.source", "images by file_id are not supported (no Files API here); send the image as base64 data")
+
+
 def _check_block(block: object, *, role: str, where: str) -> None:
     if type(block) in _UNSUPPORTED:
         raise invalid(where, _UNSUPPORTED[type(block)])
+    _check_image(block, role=role, where=where)
     if role == "assistant" and isinstance(block, ToolResultBlock):
         raise invalid(where, "tool_result blocks belong in user messages")
     if role != "assistant" and isinstance(block, ToolUseBlock | ThinkingBlock | RedactedThinkingBlock):
@@ -257,6 +281,7 @@ def _check_block(block: object, *, role: str, where: str) -> None:
         for number, part in enumerate(block.content):
             if type(part) in _UNSUPPORTED:
                 raise invalid(f"{where}.content.{number}", _UNSUPPORTED[type(part)])
+            _check_image(part, role=role, where=f"{where}.content.{number}")
 
 
 class MessagesRequest(CountTokensRequest, kw_only=True):

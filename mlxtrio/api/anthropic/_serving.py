@@ -14,10 +14,13 @@ from ... import _protocol as p
 from .._common import RequestLimits, ServerState, json_response
 from .._decode import decode_request
 from .._generation import GenerationRequest, count_prompt_tokens, respond
+from .._images import ImageSource, ImageSources, parts_message
 from .._structured import JSON_OBJECT, forced_call_grammar, json_schema_grammar, template_tools
 from ._answer import MessageAnswer
 from ._schemas import (
+    Base64Source,
     CountTokensRequest,
+    ImageBlock,
     Message,
     MessagesRequest,
     TextBlock,
@@ -25,6 +28,7 @@ from ._schemas import (
     ToolReferenceBlock,
     ToolResultBlock,
     ToolUseBlock,
+    UrlSource,
 )
 
 __all__ = ["count_tokens", "generation_request", "messages"]
@@ -65,10 +69,12 @@ def generation_request(request: CountTokensRequest, limits: RequestLimits, *, co
         )
     else:
         params = p.SamplingParams(max_tokens=limits.max_tokens, fit_context=True)
+    sources = ImageSources()
     return GenerationRequest(
         model=request.model,
         params=params,
-        messages=chat_messages(request),
+        messages=chat_messages(request, sources),
+        images=tuple(sources.found),
         stream=isinstance(request, MessagesRequest) and bool(request.stream),
         tools=_tools(request) if calls else None,
         parse_tool_calls=calls,
@@ -115,20 +121,39 @@ def _joined(blocks: list[TextBlock]) -> str:
     return "\n".join(block.text for block in blocks)
 
 
-def chat_messages(request: CountTokensRequest) -> tuple[p.ChatMessage, ...]:
-    """The system prompt and the messages, as a chat template takes them."""
+def chat_messages(request: CountTokensRequest, sources: ImageSources) -> tuple[p.ChatMessage, ...]:
+    """The system prompt and the messages, as a chat template takes them; their images gathered in ``sources``."""
     chat: list[p.ChatMessage] = []
     system = request.system
     if isinstance(system, list):
         system = _joined([block for block in system if not block.text.startswith(_BILLING_HEADER)])
     if system:
         chat.append(p.ChatMessage("system", system))
-    for message in request.messages:
-        chat.extend(_chat_messages(message))
+    for index, message in enumerate(request.messages):
+        chat.extend(_chat_messages(message, f"messages.{index}.content", sources))
     return tuple(chat)
 
 
-def _chat_messages(message: Message) -> list[p.ChatMessage]:
+def _image(block: ImageBlock, where: str, sources: ImageSources) -> p.ContentPart:
+    source = block.source
+    if isinstance(source, Base64Source):
+        return sources.part(ImageSource(where=where, url=source.data, media_type=source.media_type))
+    assert isinstance(source, UrlSource)  # a file source is refused by the request's checks
+    return sources.part(ImageSource(where=where, url=source.url))
+
+
+def _parts(blocks: list, where: str, sources: ImageSources) -> list[p.ContentPart]:
+    """The text and image blocks of ``blocks`` (``where`` holds them) as a message's parts, in order."""
+    parts = []
+    for number, block in enumerate(blocks):
+        if isinstance(block, TextBlock):
+            parts.append(p.ContentPart(text=block.text))
+        elif isinstance(block, ImageBlock):
+            parts.append(_image(block, f"{where}.{number}", sources))
+    return parts
+
+
+def _chat_messages(message: Message, where: str, sources: ImageSources) -> list[p.ChatMessage]:
     """One Anthropic message as chat messages: a user's tool results are tool messages of their own, in order."""
     if isinstance(message.content, str):
         return [p.ChatMessage(message.role, message.content)]
@@ -140,20 +165,21 @@ def _chat_messages(message: Message) -> list[p.ChatMessage]:
         # Earlier thinking goes back as the template's reasoning_content; redacted thinking cannot be read.
         reasoning = "\n".join(block.thinking for block in message.content if isinstance(block, ThinkingBlock))
         return [p.ChatMessage("assistant", _joined(texts), calls, reasoning=reasoning)]
-    chat: list[p.ChatMessage] = []
-    texts = []
-    for block in message.content:
-        if isinstance(block, ToolResultBlock):
-            chat.append(p.ChatMessage("tool", _result_text(block), tool_call_id=block.tool_use_id))
-        elif isinstance(block, TextBlock):
-            texts.append(block)
-    if texts or not chat:
-        chat.append(p.ChatMessage(message.role, _joined(texts)))
+    chat = [
+        _result_message(block, f"{where}.{number}.content", sources) for number, block in enumerate(message.content) if isinstance(block, ToolResultBlock)
+    ]
+    parts = _parts(message.content, where, sources)
+    if parts or not chat:
+        chat.append(parts_message(message.role, parts, joiner="\n"))
     return chat
 
 
-def _result_text(block: ToolResultBlock) -> str:
-    """A tool result's text; an error result says so first, as templates have no field for it."""
+def _result_message(block: ToolResultBlock, where: str, sources: ImageSources) -> p.ChatMessage:
+    """A tool result as a tool message, its images (a screenshot) among its parts; an error result says so first,
+    as templates have no field for it."""
     content = block.content
-    text = content if isinstance(content, str) else _joined([part for part in content if isinstance(part, TextBlock)])
-    return f"Error: {text}" if block.is_error else text
+    parts = [p.ContentPart(text=content)] if isinstance(content, str) else _parts(content, where, sources)
+    if block.is_error:
+        opens_with_text = bool(parts) and parts[0].image < 0
+        parts[: int(opens_with_text)] = [p.ContentPart(text=f"Error: {parts[0].text if opens_with_text else ''}")]
+    return parts_message("tool", parts, joiner="\n", tool_call_id=block.tool_use_id)

@@ -15,9 +15,10 @@ from ... import _protocol as p
 from ..._errors import ErrorKind, ServerError
 from .._common import RequestLimits
 from .._durations import duration_seconds
+from .._images import check_detail
 from .._structured import JSON_OBJECT, NAME, forced_call_grammar, json_schema_grammar
 
-__all__ = ["ChatCompletionRequest", "CommonRequest", "CompletionRequest", "ContentPart", "Message", "Tool"]
+__all__ = ["ChatCompletionRequest", "CommonRequest", "CompletionRequest", "ContentPart", "ImageUrl", "Message", "Tool"]
 
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 512
@@ -36,9 +37,20 @@ MAX_PROMPT_TOKEN_IDS = 1 << 20
 _CONTENT_REQUIRED = {"system", "developer", "user", "tool"}
 
 
+class ImageUrl(msgspec.Struct):
+    url: str
+    detail: str | None = None
+
+
 class ContentPart(msgspec.Struct):
     type: str
     text: str | None = None
+    # An image_url part's image: OpenAI's object, or its URL alone (as vLLM also takes it).
+    image_url: ImageUrl | str | None = None
+
+    @property
+    def image(self) -> ImageUrl | None:
+        return ImageUrl(self.image_url) if isinstance(self.image_url, str) else self.image_url
 
 
 class _FunctionCall(msgspec.Struct):
@@ -309,13 +321,22 @@ class ChatCompletionRequest(CommonRequest, kw_only=True):
                         param=f"messages[{index}].tool_calls[{number}].function.name",
                     )
             if isinstance(message.content, list):
-                for part in message.content:
-                    if part.type != "text" or part.text is None:
-                        raise ServerError(
-                            ErrorKind.INVALID_REQUEST,
-                            f"messages[{index}].content: only text parts are supported, not {part.type!r}",
-                            param=f"messages[{index}].content",
-                        )
+                for number, part in enumerate(message.content):
+                    _check_part(part, message.role, f"messages[{index}].content[{number}]")
+
+
+def _check_part(part: ContentPart, role: str, where: str) -> None:
+    if part.type == "text" and part.text is not None:
+        return
+    if part.type != "image_url":
+        raise ServerError(ErrorKind.INVALID_REQUEST, f"{where}: a content part is text (with its text) or image_url, not {part.type!r}", param=where)
+    image = part.image
+    if image is None:
+        raise ServerError(ErrorKind.INVALID_REQUEST, f"{where}: an image_url part needs its image_url", param=f"{where}.image_url")
+    if role != "user":
+        # As OpenAI: only a user's message may hold an image.
+        raise ServerError(ErrorKind.INVALID_REQUEST, f"{where}: images are only allowed in user messages, not in a {role} message", param=where)
+    check_detail(image.detail, f"{where}.image_url.detail")
 
 
 def _prompt_error(message: str) -> ServerError:

@@ -13,6 +13,7 @@ from ... import _protocol as p
 from .._common import RequestLimits, ServerState
 from .._decode import decode_request
 from .._generation import Collected, GenerationRequest, respond
+from .._images import ImageSource, ImageSources, parts_message
 from .._structured import template_tools
 from ._schemas import ChatCompletionRequest, ContentPart, Message, Tool
 from ._serving import OpenAIAnswer, sampling_params, sse, tool_call_object, usage_object
@@ -30,10 +31,12 @@ def generation_request(chat: ChatCompletionRequest, limits: RequestLimits) -> Ge
     mode = chat.tool_mode()
     # tool_choice "none": the model is not told of the tools, so as not to call them.
     calls = mode not in (None, "none")
+    sources = ImageSources()
     return GenerationRequest(
         model=chat.model,
         params=sampling_params(chat, limits, grammar=chat.grammar(limits), logprobs=chat.logprobs, top_logprobs=chat.top_logprobs or 0),
-        messages=tuple(_chat_message(message) for message in chat.messages),
+        messages=tuple(_chat_message(message, index, sources) for index, message in enumerate(chat.messages)),
+        images=tuple(sources.found),
         n=chat.n,
         stream=chat.stream,
         keep_alive=chat.keep_alive_seconds(),
@@ -46,20 +49,25 @@ def generation_request(chat: ChatCompletionRequest, limits: RequestLimits) -> Ge
     )
 
 
-def _text(content: str | list[ContentPart] | None) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(part.text or "" for part in content)
+def _part(part: ContentPart, where: str, sources: ImageSources) -> p.ContentPart:
+    image = part.image
+    if image is None:
+        return p.ContentPart(text=part.text or "")
+    return sources.part(ImageSource(where=where, url=image.url, detail=image.detail or "auto"))
 
 
-def _chat_message(message: Message) -> p.ChatMessage:
-    return p.ChatMessage(
+def _chat_message(message: Message, index: int, sources: ImageSources) -> p.ChatMessage:
+    content = message.content
+    if content is None or isinstance(content, str):
+        parts = [p.ContentPart(text=content or "")]
+    else:
+        parts = [_part(part, f"messages[{index}].content[{number}]", sources) for number, part in enumerate(content)]
+    return parts_message(
         message.role,
-        _text(message.content),
-        tuple(p.ToolCall(call.function.name, call.function.arguments, call.id) for call in message.tool_calls or ()),
-        message.tool_call_id,
+        parts,
+        joiner="",
+        tool_calls=tuple(p.ToolCall(call.function.name, call.function.arguments, call.id) for call in message.tool_calls or ()),
+        tool_call_id=message.tool_call_id,
     )
 
 

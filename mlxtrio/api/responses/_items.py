@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from ... import _protocol as p
 from ..._errors import ErrorKind, ServerError
+from .._images import ImageSource, ImageSources, check_detail, parts_message
 from .._structured import NAME
 from ._schemas import InputItem, Part
 
@@ -39,7 +40,7 @@ def _part_text(part: Part, param: str) -> str:
     if part.type == "refusal" and part.refusal is not None:
         return part.refusal
     if part.type == "input_image":
-        raise _invalid(f"{param}: images are not supported yet", param)
+        raise _invalid(f"{param}: images are taken in user messages only", param)
     if part.type == "input_file":
         raise _invalid(f"{param}: files are not supported", param)
     raise _invalid(f"{param}: a content part is input_text or output_text with its text, not {part.type!r}", param)
@@ -55,14 +56,41 @@ def _texts(content: str | list[Part] | None, param: str) -> list[str]:
     return [_part_text(part, f"{param}[{index}]") for index, part in enumerate(content)]
 
 
+def _image(part: Part, param: str) -> dict:
+    """An input_image part as it is stored and listed: its URL kept as sent (a data: URL with the image), so that
+    a conversation continued from it gives the model the image again."""
+    if part.file_id is not None:
+        raise _invalid(f"{param}: images by file_id are not supported (no Files API here); send a data: URL as image_url", f"{param}.file_id")
+    if part.image_url is None:
+        raise _invalid(f"{param}: an input_image needs its image_url", f"{param}.image_url")
+    # "original": the image as large as the server takes any (MLX_IMAGE_MAX_PIXELS).
+    if part.detail != "original":
+        check_detail(part.detail, f"{param}.detail")
+    return {"type": "input_image", "image_url": part.image_url, "file_id": None, "detail": part.detail or "auto"}
+
+
+def _user_parts(content: str | list[Part] | None, param: str) -> list[dict]:
+    if not isinstance(content, list) or not content:
+        return [_input_text(text) for text in _texts(content, param)]
+    return [
+        _image(part, f"{param}[{index}]") if part.type == "input_image" else _input_text(_part_text(part, f"{param}[{index}]"))
+        for index, part in enumerate(content)
+    ]
+
+
+def _input_text(text: str) -> dict:
+    return {"type": "input_text", "text": text}
+
+
 def _message(item: InputItem, param: str) -> dict:
     if item.role not in _MESSAGE_ROLES:
         raise _invalid(f"{param}.role is one of {sorted(_MESSAGE_ROLES)}, not {item.role!r}", f"{param}.role")
-    texts = _texts(item.content, f"{param}.content")
-    if item.role == "assistant":
-        parts = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []} for text in texts]
+    if item.role == "user":
+        parts = _user_parts(item.content, f"{param}.content")
+    elif item.role == "assistant":
+        parts = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []} for text in _texts(item.content, f"{param}.content")]
     else:
-        parts = [{"type": "input_text", "text": text} for text in texts]
+        parts = [_input_text(text) for text in _texts(item.content, f"{param}.content")]
     return {"type": "message", "role": item.role, "content": parts, "status": "completed"}
 
 
@@ -155,14 +183,30 @@ def _system_first(instructions: str | None, items: Sequence[dict]) -> tuple[list
     return ([p.ChatMessage("system", "\n\n".join(texts))] if texts else []), items[start:]
 
 
-def chat_messages(instructions: str | None, items: Sequence[dict]) -> tuple[p.ChatMessage, ...]:
-    """A conversation's items (earlier turns' first) as the chat template's messages: one system message first
-    (``instructions`` and the opening system or developer messages), and a developer message later as a system one."""
+def _user_message(item: dict, where: str | None, sources: ImageSources) -> p.ChatMessage:
+    """A user message; its images named by ``where``'s parts (None: an earlier turn's, named by previous_response_id)."""
+    parts = []
+    for number, part in enumerate(item["content"]):
+        if part["type"] == "input_image":
+            detail = "high" if part["detail"] == "original" else part["detail"]
+            named = "previous_response_id" if where is None else f"{where}.content[{number}]"
+            parts.append(sources.part(ImageSource(where=named, url=part["image_url"], detail=detail)))
+        else:
+            parts.append(p.ContentPart(text=part.get("text", "")))
+    return parts_message("user", parts, joiner="")
+
+
+def chat_messages(instructions: str | None, items: Sequence[dict], *, sources: ImageSources, earlier: int = 0) -> tuple[p.ChatMessage, ...]:
+    """A conversation's items (the ``earlier`` turns' first) as the chat template's messages: one system message first
+    (``instructions`` and the opening system or developer messages), and a developer message later as a system one;
+    the user messages' images gathered in ``sources``, named by this request's input or else by previous_response_id."""
+    opening = len(items)
     messages, items = _system_first(instructions, items)
+    opening -= len(items)
     reasoning = ""
     # The assistant turn that function calls join: text and calls of one turn are one message.
     turn: p.ChatMessage | None = None
-    for item in items:
+    for position, item in enumerate(items, opening):
         kind = item["type"]
         if kind == "reasoning":
             reasoning += _text(item["content"]) or _text(item["summary"])
@@ -183,7 +227,9 @@ def chat_messages(instructions: str | None, items: Sequence[dict]) -> tuple[p.Ch
         else:
             turn = None
             reasoning = ""
-            if kind == "message":
+            if kind == "message" and item["role"] == "user":
+                messages.append(_user_message(item, f"input[{position - earlier}]" if position >= earlier else None, sources))
+            elif kind == "message":
                 messages.append(p.ChatMessage("system" if item["role"] == "developer" else item["role"], _text(item["content"])))
             else:
                 messages.append(p.ChatMessage("tool", item["output"], tool_call_id=item["call_id"]))

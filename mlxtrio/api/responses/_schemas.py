@@ -47,11 +47,15 @@ Text = Annotated[str, msgspec.Meta(max_length=10_485_760)]
 
 
 class Part(msgspec.Struct, kw_only=True):
-    """A content part: input_text, output_text, refusal, reasoning_text, summary_text (input_image and input_file are refused)."""
+    """A content part: input_text, output_text, refusal, reasoning_text, summary_text, input_image (input_file is refused)."""
 
     type: str
     text: str | None = None
     refusal: str | None = None
+    # input_image: a data: or http(s) URL (a file_id is refused: there is no file store).
+    image_url: str | None = None
+    file_id: str | None = None
+    detail: str | None = None
 
 
 class InputItem(msgspec.Struct, kw_only=True):

@@ -20,6 +20,7 @@ from .._auth import api_key_owner
 from .._common import RequestLimits, ServerState, json_response
 from .._decode import decode_request
 from .._generation import Generation, GenerationRequest, count_prompt_tokens
+from .._images import ImageSources
 from .._structured import template_tools
 from ._answer import ResponseAnswer, count_object
 from ._items import chat_messages, input_items
@@ -58,13 +59,21 @@ async def _history(store: ResponseStore, previous_response_id: str | None, *, bo
 
 
 def _generation_request(
-    asked: CreateRequest | CountRequest, conversation: list[dict], *, params: p.SamplingParams, stream: bool = False, count_only: bool = False
+    asked: CreateRequest | CountRequest,
+    history: list[dict],
+    items: list[dict],
+    *,
+    params: p.SamplingParams,
+    stream: bool = False,
+    count_only: bool = False,
 ) -> GenerationRequest:
     tools = asked.offered_tools()
+    sources = ImageSources()
     return GenerationRequest(
         model=asked.model or "",
         params=params,
-        messages=chat_messages(asked.instructions, conversation),
+        messages=chat_messages(asked.instructions, history + items, sources=sources, earlier=len(history)),
+        images=tuple(sources.found),
         stream=stream,
         tools=_tools_json(tools),
         parse_tool_calls=bool(tools),
@@ -127,7 +136,7 @@ async def create_response(state: ServerState, store: ResponseStore, body: bytes)
     asked = decode_request(body, CreateRequest, state.limits)
     items = input_items(asked.input)
     history = await _history(store, asked.previous_response_id, body_bytes=len(body), max_body_bytes=state.config.max_body_bytes)
-    generation_request = _generation_request(asked, history + items, params=_params(asked, state.limits), stream=bool(asked.stream))
+    generation_request = _generation_request(asked, history, items, params=_params(asked, state.limits), stream=bool(asked.stream))
     answer = ResponseAnswer(echo=_echo(asked), logprobs=asked.logprobs, namespaces=asked.namespaces())
     keeper = _Keeper(store=store if asked.store else None, owner=api_key_owner(), asked=asked, history=history, items=items, answer=answer)
     generation = await Generation.start(state, generation_request)
@@ -168,7 +177,6 @@ async def count_input_tokens(state: ServerState, store: ResponseStore, body: byt
     """The prompt's tokens as POST /v1/responses would feed the model the same input, counted by the model's worker."""
     asked = decode_request(body, CountRequest, state.limits)
     history = await _history(store, asked.previous_response_id, body_bytes=len(body), max_body_bytes=state.config.max_body_bytes)
-    conversation = history + input_items(asked.input)
     params = p.SamplingParams(max_tokens=1, grammar=asked.grammar(state.limits))
-    counted = await count_prompt_tokens(state, _generation_request(asked, conversation, params=params, count_only=True))
+    counted = await count_prompt_tokens(state, _generation_request(asked, history, input_items(asked.input), params=params, count_only=True))
     return json_response(count_object(counted))
