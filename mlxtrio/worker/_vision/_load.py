@@ -49,10 +49,18 @@ def load_vision(path: Path) -> VisionParts:
         from mlx_vlm.utils import load
     except ImportError as exc:
         raise ValueError(f"it is a vision model and mlx-vlm is not installed (pip install 'mlxtrio[vision]'): {exc}") from None
+    from transformers.utils import logging
+
+    # Its notices (no PyTorch, a deprecated processor option) are not the operator's concern: errors still show.
+    logging.set_verbosity_error()
     config = json.loads((path / "config.json").read_text())
     model, processor = load(str(path))
     text_config = _text_config(config, model)
-    return VisionParts(model, processor, _text_model(model, text_config), text_config)
+    if getattr(model.language_model, "get_rope_index", None) is not None:
+        # Multimodal rotary positions (Qwen2-VL and its kin) place the text after an image at positions of
+        # their own, which a text model's cache offset does not give.
+        raise ValueError(f"its language model ({config.get('model_type')!r}) places tokens by multimodal rotary positions, which mlxtrio does not serve yet")
+    return VisionParts(model, processor, _text_model(model, config, text_config), text_config)
 
 
 def _text_config(config: dict, model: Any) -> dict:
@@ -68,32 +76,31 @@ def _text_config(config: dict, model: Any) -> dict:
     return text
 
 
-def _text_model(model: Any, text_config: dict) -> Any:
-    """mlx-lm's model of the language model's architecture, on ``model.language_model``'s own arrays."""
+def _text_model(model: Any, config: dict, text_config: dict) -> Any:
+    """mlx-lm's model of the language model, on ``model.language_model``'s own arrays: mlx-lm's text-only class
+    for the whole checkpoint where it has one (Qwen2-VL, Gemma 3, Mistral 3 ...), else its class for the
+    language model's own architecture (LLaVA's llama)."""
     import mlx.nn as nn
     from mlx.utils import tree_flatten
     from mlx_lm.utils import _get_classes
 
-    model_type = text_config.get("model_type")
-    try:
-        model_class, args_class = _get_classes(text_config)
-    except ValueError:
-        raise ValueError(f"its language model ({model_type!r}) is not an architecture that mlx-lm implements") from None
-    text_model = model_class(args_class.from_dict(text_config))
     language = model.language_model
+    weights = tree_flatten(language.parameters())
     quantized = {
         path: {"group_size": module.group_size, "bits": module.bits, "mode": getattr(module, "mode", "affine")}
         for path, module in language.named_modules()
         if isinstance(module, nn.QuantizedLinear | nn.QuantizedEmbedding)
     }
-    if quantized:
-        nn.quantize(text_model, class_predicate=lambda path, _module: quantized.get(path, False))
-    try:
-        text_model.load_weights(tree_flatten(language.parameters()), strict=True)
-    except ValueError as exc:
-        raise ValueError(f"mlx-vlm's {model_type!r} language model does not map onto mlx-lm's ({exc})") from None
-    if getattr(language, "get_rope_index", None) is not None:
-        # Multimodal rotary positions (Qwen2-VL and its kin) place the text after an image at positions of
-        # their own, which a text model's cache offset does not give.
-        raise ValueError(f"its language model ({model_type!r}) places tokens by multimodal rotary positions, which mlxtrio does not serve yet")
-    return text_model
+    problems = []
+    for candidate, prefix in ((config, "language_model."), (text_config, "")):
+        try:
+            model_class, args_class = _get_classes(candidate)
+            text_model = model_class(args_class.from_dict(candidate))
+            if quantized:
+                nn.quantize(text_model, class_predicate=lambda path, _module: quantized.get(path.removeprefix(prefix), False))
+            text_model.load_weights([(prefix + name, value) for name, value in weights], strict=True)
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append(f"{candidate.get('model_type')!r}: {exc}")
+            continue
+        return text_model
+    raise ValueError(f"its language model does not map onto a model mlx-lm implements ({'; '.join(problems)})")
