@@ -209,11 +209,13 @@ async def test_every_surface_gives_the_model_the_same_image_prompt(client, serve
     import openai
 
     image, question = png(51), "what is it?"
-    reference = await chat(client, [user(image_part(image), question)])
+    reference = await chat(client, [user(image_part(image), question)], max_tokens=16)
     encoded = base64.b64encode(image).decode()
     async with anthropic.AsyncAnthropic(base_url=server.openai_url, api_key="unused", max_retries=0) as claude:
         content = [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": encoded}}, {"type": "text", "text": question}]
-        message = await claude.messages.create(model=MODEL, max_tokens=12, temperature=0, messages=[{"role": "user", "content": content}])
+        message = await claude.messages.create(
+            model=MODEL, max_tokens=16, extra_body={"temperature": 0}, messages=[{"role": "user", "content": content}]
+        )
         counted = await claude.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": content}])
     assert message.content[0].text == text_of(reference)
     assert message.usage.input_tokens + (message.usage.cache_read_input_tokens or 0) == reference["usage"]["prompt_tokens"]
@@ -221,13 +223,13 @@ async def test_every_surface_gives_the_model_the_same_image_prompt(client, serve
     async with openai.AsyncOpenAI(base_url=server.openai_url + "/v1", api_key="unused", max_retries=0) as sdk:
         response = await sdk.responses.create(
             model=MODEL,
-            max_output_tokens=12,
+            max_output_tokens=16,
             temperature=0,
             input=[{"role": "user", "content": [{"type": "input_image", "image_url": data_url(image)}, {"type": "input_text", "text": question}]}],
         )
         # A later turn by previous_response_id: the stored chain gives the model its image again.
-        follow = await sdk.responses.create(model=MODEL, max_output_tokens=12, temperature=0, previous_response_id=response.id, input="and?")
+        follow = await sdk.responses.create(model=MODEL, max_output_tokens=16, temperature=0, previous_response_id=response.id, input="and?")
     assert response.output_text == text_of(reference)
     assert response.usage.input_tokens == reference["usage"]["prompt_tokens"]
     turns = [user(image_part(image), question), {"role": "assistant", "content": response.output_text}, user("and?")]
-    assert follow.output_text == text_of(await chat(client, turns))
+    assert follow.output_text == text_of(await chat(client, turns, max_tokens=16))
