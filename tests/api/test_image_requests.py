@@ -20,10 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mlxtrio import ServerError
+from mlxtrio import ErrorKind, ServerError
 from mlxtrio import _protocol as p
 from mlxtrio.api._common import RequestLimits
 from mlxtrio.api._errors import status_of
+from mlxtrio.api import _images
 from mlxtrio.api._images import ImageSource, ImageSources, load_images
 from mlxtrio.api.anthropic._schemas import MessagesRequest
 from mlxtrio.api.anthropic._serving import generation_request as anthropic_request
@@ -299,6 +300,46 @@ async def test_loaded_images_are_the_bytes_as_sent(tmp_path):
     with pytest.raises(ServerError) as refused:
         await load_images([ImageSource(where="d", url="A" * (MAX_BYTES // 3 * 4 + 8), media_type="image/png")], config)
     assert status_of(refused.value) == 413 and refused.value.param == "d"
+
+
+async def test_fetched_images_are_checked_as_sent_ones_and_fetched_together(tmp_path, monkeypatch):
+    """With MLX_IMAGE_FETCH on, URLs go to the fetcher, all at once; what comes back is sniffed and held to the byte
+    limit as a data: URL is, and the first problem in the request's order is the error."""
+    config = make_config(tmp_path, tmp_path, image_max_bytes=MAX_BYTES, images_per_request=4, image_fetch=True, image_fetch_timeout=3.0)
+    bodies = {"https://a.example/ok.png": PNG, "HTTPS://a.example/ok.png": PNG, "https://a.example/page.html": b"<html>", "https://a.example/huge.png": PNG + bytes(MAX_BYTES)}
+    asked, both_waiting = [], trio.Event()
+
+    async def fetch_image(url: str, *, max_bytes: int, timeout: float, where: str) -> bytes:
+        assert (max_bytes, timeout) == (MAX_BYTES, 3.0)
+        asked.append(where)
+        if len(asked) == 2:
+            both_waiting.set()
+        await both_waiting.wait()
+        if url not in bodies:
+            raise ServerError(ErrorKind.INVALID_REQUEST, f"{where}: the fetch failed", param=where)
+        return bodies[url]
+
+    monkeypatch.setattr(_images, "fetch_image", fetch_image)
+
+    def source(where: str, url: str) -> ImageSource:
+        return ImageSource(where=where, url=url)
+
+    images = await load_images([source("a", "https://a.example/ok.png"), source("b", PNG_URL), source("c", "HTTPS://a.example/ok.png")], config)
+    assert [image.data for image in images] == [PNG, PNG, PNG] and sorted(asked) == ["a", "c"]
+    for url, code, says in [("https://a.example/page.html", 400, "not a PNG"), ("https://a.example/huge.png", 413, "MLX_IMAGE_MAX_BYTES")]:
+        asked.clear()
+        with pytest.raises(ServerError) as refused:
+            await load_images([source("first", "https://a.example/ok.png"), source("second", url)], config)
+        assert status_of(refused.value) == code and refused.value.param == "second" and says in refused.value.message
+    asked.clear()
+    with pytest.raises(ServerError) as refused:
+        await load_images([source("first", "https://a.example/gone.png"), source("second", "https://a.example/page.html")], config)
+    assert refused.value.param == "first"
+    # A bad data: URL is refused before anything is fetched.
+    asked.clear()
+    with pytest.raises(ServerError) as refused:
+        await load_images([source("first", "https://a.example/ok.png"), source("second", "data:image/png;base64,@")], config)
+    assert refused.value.param == "second" and asked == []
 
 
 _B64 = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=", max_size=64)
