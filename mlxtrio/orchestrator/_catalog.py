@@ -1,7 +1,7 @@
 """Which model ids may be served, and where each one's weights come from.
 
 The only doors to the filesystem: the operator's configured model (a
-directory or a repo id), the built-in demo, and repo ids present in the local
+directory or a repo id), the built-in demos, and repo ids present in the local
 Hugging Face cache (or fetched, when the operator allows downloads). A model
 id in a request is never used as a path: a repo id is checked against a
 strict pattern and mapped to its cache directory, and the resolved files
@@ -23,11 +23,17 @@ from .._errors import ErrorKind, ServerError
 from .._models import model_directory_problem, weights_size
 from .._protocol import WorkerConfig
 
-__all__ = ["DEMO_MODEL_ID", "ModelCatalog", "ModelEntry"]
+__all__ = ["DEMO_MODEL_ID", "DEMO_VISION_MODEL_ID", "ModelCatalog", "ModelEntry"]
 
 log = logging.getLogger("mlxtrio.orchestrator")
 
 DEMO_MODEL_ID = "demo"
+DEMO_VISION_MODEL_ID = "demo-vision"
+# The built-in models, each its own source (the worker builds it into the cache directory), and what it is.
+_BUILT_IN = {
+    DEMO_MODEL_ID: "built-in demo model: random weights, nonsense text",
+    DEMO_VISION_MODEL_ID: "built-in demo vision model (LLaVA): random weights, nonsense text, reads images",
+}
 # A 404 for a model names this many of the models there are.
 _LISTED_IN_404 = 8
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -36,7 +42,7 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._
 @attrs.frozen
 class ModelEntry:
     id: str
-    source: str  # "demo", "local", "hub"
+    source: str  # "demo", "demo-vision", "local", "hub"
     location: str
     description: str
     # Per-model settings from the config file, for an alias.
@@ -67,7 +73,7 @@ class ModelCatalog:
         self._shared_names: dict[str, list[str]] = {}
         claims: dict[str, list[str]] = {}
         configured = self._configured()
-        taken = {DEMO_MODEL_ID} | {model_id for model_id, _ in configured}
+        taken = set(_BUILT_IN) | {model_id for model_id, _ in configured}
         for model_id, target in configured:
             path = _local_path(target)
             name = path.name if path is not None else ""
@@ -87,7 +93,7 @@ class ModelCatalog:
         """The operator's models, (id, path or repo id): the config file's aliases, then the default model."""
         models = [(alias.name, alias.path) for alias in self._config.models]
         model = self._config.model
-        if model is not None and model != DEMO_MODEL_ID and self._config.model_settings(model) is None:
+        if model is not None and model not in _BUILT_IN and self._config.model_settings(model) is None:
             models.append((model, model))
         return models
 
@@ -176,8 +182,8 @@ class ModelCatalog:
         raise _Missing(f"the model {model_id!r} ({what}): {path} is no directory")
 
     def _find(self, model_id: str) -> ModelEntry:
-        if model_id == DEMO_MODEL_ID:
-            return ModelEntry(DEMO_MODEL_ID, "demo", "", "built-in demo model: random weights, nonsense text")
+        if model_id in _BUILT_IN:
+            return ModelEntry(model_id, model_id, "", _BUILT_IN[model_id])
         alias = self._config.model_settings(model_id)
         if alias is not None:
             return self._target(model_id, alias.path, f"alias for {alias.path}", alias)
@@ -213,7 +219,7 @@ class ModelCatalog:
 
     def _configured_entries(self) -> list[ModelEntry]:
         entries = []
-        for model_id in [DEMO_MODEL_ID] + [model_id for model_id, _ in self._configured()]:
+        for model_id in [*_BUILT_IN] + [model_id for model_id, _ in self._configured()]:
             try:
                 entries.append(self._find(model_id))
             except _Missing:

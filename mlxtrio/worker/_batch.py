@@ -22,8 +22,8 @@ from ._failpoints import failpoint
 from ._failures import RequestError, RetryOnce, generation_failure
 from ._mlx_lm import Generator, Processor, Sampler, SoloDecoder, StopSequences, make_prompt_cache
 from ._output import SequenceOutput
-from ._prompt import nearest_cache
 from ._sampling import make_processors, make_sampler
+from ._vision import Vision
 
 __all__ = ["BatchEngine"]
 
@@ -74,8 +74,9 @@ class BatchEngine(EngineCore):
         prefill_bucket: int,
         first_tokens_always_early: bool,
         progress: Callable[[], None],
+        vision: Vision | None = None,
     ) -> None:
-        super().__init__(model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes, progress=progress)
+        super().__init__(model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes, progress=progress, vision=vision)
         # Whether newcomers to a running batch get their first tokens early too (see the class's docstring).
         self._always_early = first_tokens_always_early
         self._prefill_step_size = prefill_step_size
@@ -116,8 +117,8 @@ class BatchEngine(EngineCore):
             raise RequestError(ErrorKind.INVALID_REQUEST, f"duplicate request id {request.request_id}")
         params = self._sampling(request.params)
         sampler, processors = make_sampler(params), make_processors(params, self.grammars)
-        cache, cached = nearest_cache(self._prompt_cache, prompt)
-        sequence = self._new_sequence(request, params, prompt, cached, processors)
+        cache, cached, hit = self._start_cache(prompt)
+        sequence = self._new_sequence(request, params, prompt, hit, processors)
         if alone is None and not self._uid_of:
             decoder = SoloDecoder(
                 self._model,
@@ -191,7 +192,7 @@ class BatchEngine(EngineCore):
             if delta is not None:
                 self._carried.append(delta)
                 if delta.finish_reason is not None:
-                    self._remember_held(decoder.cache, decoder.seen)
+                    self._remember_held(decoder.cache, decoder.seen, sequence)
                     return
             held = list(decoder.seen)
         self._insert(
@@ -230,7 +231,7 @@ class BatchEngine(EngineCore):
         if delta is not None and delta.finish_reason is not None:
             self._alone = None
             self._retries.forget(alone.request.request_id)
-            self._remember_held(alone.decoder.cache, alone.decoder.seen)
+            self._remember_held(alone.decoder.cache, alone.decoder.seen, alone.sequence)
         return delta, None
 
     def _forget(self, request_id: int) -> None:
@@ -299,7 +300,7 @@ class BatchEngine(EngineCore):
                     continue
             finish_reason = response.finish_reason
             if response.prompt_cache is not None:
-                self._remember(list(response.all_tokens), response.prompt_cache)
+                self._remember(list(response.all_tokens), response.prompt_cache, sequence)
             # A stop token ends the sequence and is not part of its text.
             token = None if finish_reason == "stop" or sent_early else response.token
             delta = sequence.accept(token, finish_reason, response.logprobs)
@@ -324,8 +325,8 @@ class BatchEngine(EngineCore):
         if ended_at_first:
             # Out of the batch before its next step, their prompts' caches kept: in one removal, as the
             # batch's caches are filtered once per removal (a burst of max_tokens=1 requests ends together).
-            for cache, tokens in self._generator.remove(ended_at_first, return_prompt_caches=True).values():
-                self._remember(list(tokens), cache)
+            for uid, (cache, tokens) in self._generator.remove(ended_at_first, return_prompt_caches=True).items():
+                self._remember(list(tokens), cache, self._by_uid[uid])
             for uid in ended_at_first:
                 self._forget(self._by_uid[uid].request_id)
         return deltas, []

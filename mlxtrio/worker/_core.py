@@ -13,13 +13,15 @@ from .._protocol import Delta, ErrorKind, Generate, SamplingParams, TokenLogprob
 from ._failpoints import failpoint
 from ._failures import FailurePolicy, RequestError
 from ._grammar import GrammarCompiler
-from ._mlx_lm import PromptCache, can_trim_prompt_cache
+from ._mlx_lm import PromptCache, can_trim_prompt_cache, trim_prompt_cache
 from ._output import SequenceOutput, new_output
-from ._prompt import PromptTokens, keep_cache, prompt_source
+from ._mlx_lm import make_prompt_cache
+from ._prompt import PromptTokens, keep_cache, nearest_cache, prompt_source
 from ._prompt_logprobs import MOST_ECHOED_ENTRIES, prompt_logprobs
 from ._sampling import Processor, model_params
 from ._token_pieces import TokenPieces
 from ._tools import tool_format
+from ._vision import Vision, VisionTokens
 
 __all__ = ["EngineCore", "StepResult"]
 
@@ -31,14 +33,23 @@ class EngineCore(FailurePolicy, abc.ABC):
     """The part of an engine that does not depend on how it decodes (the contract: ``_engine.Engine``)."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, *, context_length: int | None, prompt_cache_bytes: int, progress: Callable[[], None]
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        context_length: int | None,
+        prompt_cache_bytes: int,
+        progress: Callable[[], None],
+        vision: Vision | None = None,
     ) -> None:
         super().__init__()
         # Called between chunks of long work outside a step (a long prompt must not look like a hang).
         self._progress = progress
         self._model = model
         self._tokenizer = tokenizer
-        self._prompt_tokens = PromptTokens(tokenizer, context_length=context_length)
+        # A vision model's images: their prompts and prefill (None: the model takes text only).
+        self._vision = vision
+        self._prompt_tokens = PromptTokens(tokenizer, context_length=context_length, vision=vision)
         self._eos = frozenset(tokenizer.eos_token_ids)
         # KV caches of finished sequences, by their tokens, bounded in bytes on every insert.
         self._prompt_cache = (
@@ -102,6 +113,29 @@ class EngineCore(FailurePolicy, abc.ABC):
     def active(self) -> int:
         """How many sequences are running (or have output still to send)."""
 
+    def _start_cache(self, prompt: list[int]) -> tuple[list[Any] | None, int, int]:
+        """Where ``prompt``'s sequence starts: a KV cache (None: a fresh one), how many of its tokens that
+        cache holds, and how many of those came from the prompt cache.
+
+        A prompt with images is prefilled here, all but its last token (see ``_vision/_prompt.py``), from
+        the nearest prompt cache entry with the same images or none before its first image.
+        """
+        if not isinstance(prompt, VisionTokens):
+            cache, cached = nearest_cache(self._prompt_cache, prompt)
+            return cache, cached, cached
+        assert self._vision is not None
+        cache, cached = nearest_cache(self._prompt_cache, prompt.key)
+        if cached >= prompt.images_end:
+            return cache, cached, cached  # the images are in the cache: the rest is text
+        if cache is not None and cached > prompt.first_image:
+            # The entry ends among the images: their prefill starts over from the text before them.
+            trim_prompt_cache(cache, cached - prompt.first_image)
+            cached = prompt.first_image
+        if cache is None:
+            cache, cached = make_prompt_cache(self._model), 0
+        self._vision.prefill(prompt, cache, cached, self._progress)
+        return cache, len(prompt) - 1, cached
+
     def _sampling(self, params: SamplingParams) -> SamplingParams:
         return model_params(params, getattr(self._tokenizer, "vocab_size", None))
 
@@ -109,6 +143,8 @@ class EngineCore(FailurePolicy, abc.ABC):
         self, request: Generate, params: SamplingParams, prompt: list[int], cached: int, processors: list[Processor]
     ) -> SequenceOutput:
         sequence = new_output(self._tokenizer, self._pieces, request, params, prompt, cached, processors, parse_tools=self.tool_format is not None)
+        if isinstance(prompt, VisionTokens):
+            sequence.cache_key = prompt.key
         if params.echo:
             sequence.echo, sequence.echo_logprobs = self._echo(request, params, prompt)
         return sequence
@@ -130,12 +166,14 @@ class EngineCore(FailurePolicy, abc.ABC):
             return sequence.accept(None, "stop")
         return sequence.accept(token, None, logprobs)
 
-    def _remember(self, tokens: list[int], cache: list[Any]) -> None:
+    def _remember(self, tokens: list[int], cache: list[Any], sequence: SequenceOutput) -> None:
         if self._prompt_cache is not None:
-            keep_cache(self._prompt_cache, tokens, cache)
+            key = sequence.cache_key
+            # A prompt with images is kept under its key (its image tokens named by their pixels).
+            keep_cache(self._prompt_cache, tokens if key is None else key + tokens[len(key) :], cache)
             self._unsettled.append(cache)
 
-    def _remember_held(self, cache: list[Any], seen: list[int]) -> None:
+    def _remember_held(self, cache: list[Any], seen: list[int], sequence: SequenceOutput) -> None:
         """Keep a finished sequence's cache. A pipelined decoder runs a step ahead
         of (or behind) what was read: the cache's own offset says how many of the
         tokens seen it holds."""
@@ -143,7 +181,7 @@ class EngineCore(FailurePolicy, abc.ABC):
             return
         held = cache[0].offset
         if 0 < held <= len(seen):
-            self._remember(seen[:held], cache)
+            self._remember(seen[:held], cache, sequence)
 
     def settle(self) -> None:
         """Compute the KV caches remembered since the last call; the worker calls it after each step's frame.

@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 # Bump when anything below changes: a new version is a new directory.
@@ -149,6 +149,20 @@ def _build_tokenizer(directory: Path) -> None:
     )
 
 
+def push_down_never_sampled(model: object, never_sampled: list[int]) -> None:
+    """Give a llama (``model.embed_tokens``, ``model.layers``, ``lm_head``) the constant dimension and the rows that read it."""
+    import mlx.core as mx
+
+    # Dimension 0 of the residual stream: the same in every embedding, never written by a layer, so after
+    # the final norm it is positive in every context; only the never-sampled rows read it, negatively.
+    model.model.embed_tokens.weight[:, 0] = _CONSTANT
+    for layer in model.model.layers:
+        layer.self_attn.o_proj.weight[0, :] = 0.0
+        layer.mlp.down_proj.weight[0, :] = 0.0
+    model.lm_head.weight[:, 0] = 0.0
+    model.lm_head.weight[mx.array(never_sampled), 0] = -_NEVER_SAMPLED_WEIGHT
+
+
 def _build_weights(directory: Path, vocab_size: int, never_sampled: list[int]) -> None:
     import mlx.core as mx
     from mlx.utils import tree_flatten
@@ -158,14 +172,7 @@ def _build_weights(directory: Path, vocab_size: int, never_sampled: list[int]) -
     args = dict(_MODEL_ARGS, vocab_size=vocab_size)
     mx.random.seed(20261125)
     model = llama_model(args)
-    # Dimension 0 of the residual stream: the same in every embedding, never written by a layer, so after
-    # the final norm it is positive in every context; only the never-sampled rows read it, negatively.
-    model.model.embed_tokens.weight[:, 0] = _CONSTANT
-    for layer in model.model.layers:
-        layer.self_attn.o_proj.weight[0, :] = 0.0
-        layer.mlp.down_proj.weight[0, :] = 0.0
-    model.lm_head.weight[:, 0] = 0.0
-    model.lm_head.weight[mx.array(never_sampled), 0] = -_NEVER_SAMPLED_WEIGHT
+    push_down_never_sampled(model, never_sampled)
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(directory / "model.safetensors"), weights, metadata={"format": "mlx"})
     config = dict(args, architectures=["LlamaForCausalLM"], eos_token_id=None, mlxtrio_demo=DEMO_VERSION)
@@ -177,46 +184,58 @@ def ensure_demo_model(cache_dir: Path) -> Path:
     return build_demo_model(demo_model_path(cache_dir))
 
 
-def _demo_marker(directory: Path) -> object:
-    """``mlxtrio_demo`` in ``directory``'s config.json: the version of the demo model there; None where there is none."""
+def _marker(directory: Path, key: str) -> object:
+    """``key`` in ``directory``'s config.json: the version of the built-in model there; None where there is none."""
     try:
-        return json.loads((directory / "config.json").read_text()).get("mlxtrio_demo")
+        return json.loads((directory / "config.json").read_text()).get(key)
     except (OSError, ValueError, AttributeError):
         return None
 
 
-def _is_this_version(directory: Path) -> bool:
-    marker = _demo_marker(directory)
-    return type(marker) is int and marker == DEMO_VERSION
+def build_once(target: Path, *, key: str, version: int, build: Callable[[Path], None]) -> Path:
+    """``build(directory)`` into ``target``, unless it holds ``version`` (config.json's ``key``) already.
 
+    Built in a temporary directory, then renamed: a reader never sees half a model. Another version
+    there (a directory named by the caller; the cache's are per version) is replaced.
+    """
 
-def build_demo_model(target: Path) -> Path:
-    """The demo model built into ``target``, unless it holds this version already; another version's demo there is replaced."""
-    if _is_this_version(target):
+    def is_this_version() -> bool:
+        marker = _marker(target, key)
+        return type(marker) is int and marker == version
+
+    if is_this_version():
         return target
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
     try:
-        _build_tokenizer(staging)
-        vocab_size = len(json.loads((staging / "tokenizer.json").read_text())["model"]["vocab"])
-        # The eos token id is known only once the tokenizer exists.
-        from transformers import PreTrainedTokenizerFast
-
-        eos = PreTrainedTokenizerFast(tokenizer_file=str(staging / "tokenizer.json")).convert_tokens_to_ids("<|end|>")
-        never = never_sampled_ids(staging / "tokenizer.json", keep=(eos,))
-        _build_weights(staging, max(vocab_size, len(_SPECIAL_TOKENS) + 256), never)
-        config = json.loads((staging / "config.json").read_text())
-        config["eos_token_id"] = eos
-        (staging / "config.json").write_text(json.dumps(config, indent=2))
-        if _demo_marker(target) is not None and not _is_this_version(target):
-            # Another version's demo, in a directory named by the caller (the cache's is per version).
+        build(staging)
+        if _marker(target, key) is not None and not is_this_version():
             shutil.rmtree(target)
         try:
             os.rename(staging, target)
         except OSError:
             # Another process built it first: theirs is as good as ours. Anything else there is not ours to replace.
-            if not _is_this_version(target):
+            if not is_this_version():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _build(directory: Path) -> None:
+    _build_tokenizer(directory)
+    vocab_size = len(json.loads((directory / "tokenizer.json").read_text())["model"]["vocab"])
+    # The eos token id is known only once the tokenizer exists.
+    from transformers import PreTrainedTokenizerFast
+
+    eos = PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json")).convert_tokens_to_ids("<|end|>")
+    never = never_sampled_ids(directory / "tokenizer.json", keep=(eos,))
+    _build_weights(directory, max(vocab_size, len(_SPECIAL_TOKENS) + 256), never)
+    config = json.loads((directory / "config.json").read_text())
+    config["eos_token_id"] = eos
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def build_demo_model(target: Path) -> Path:
+    """The demo model built into ``target``, unless it holds this version already; another version's demo there is replaced."""
+    return build_once(target, key="mlxtrio_demo", version=DEMO_VERSION, build=_build)

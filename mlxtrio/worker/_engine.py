@@ -28,6 +28,7 @@ from ._core import StepResult
 from ._grammar import GrammarCompiler
 from ._mlx_lm import can_batch
 from ._sequential import SequentialEngine
+from ._vision import Vision
 
 __all__ = ["Engine", "StepResult", "make_engine"]
 
@@ -82,13 +83,15 @@ def make_engine(
     context_length: int | None,
     first_tokens_always_early: bool,
     progress: Callable[[], None],
+    vision: Vision | None = None,
 ) -> Engine:
     """The engine for ``model`` with the worker's settings: batched where its caches batch and
     ``config`` lets more than one sequence decode at once, else sequential.
 
     ``context_length``: the model's (None: unknown); ``first_tokens_always_early``: see
     ``BatchEngine``; ``progress``: called where the worker computes at length outside a step (the
-    sequential engine's prefill chunks, an echoed prompt's log probabilities), so that it is no hang.
+    sequential engine's prefill chunks, an echoed prompt's log probabilities), so that it is no hang;
+    ``vision``: a vision model's images (None: text only).
     """
     if config.decode_concurrency > 1 and can_batch(model):
         return BatchEngine(
@@ -102,6 +105,7 @@ def make_engine(
             prefill_bucket=config.prefill_bucket,
             first_tokens_always_early=first_tokens_always_early,
             progress=progress,
+            vision=vision,
         )
     return SequentialEngine(
         model,
@@ -110,4 +114,5 @@ def make_engine(
         prefill_step_size=config.prefill_step_size,
         prompt_cache_bytes=config.prompt_cache_bytes,
         progress=progress,
+        vision=vision,
     )

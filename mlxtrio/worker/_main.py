@@ -40,6 +40,7 @@ from ..tuning import (
 from .._models import model_directory_problem, weights_size
 from ..ipc import Channel, ChannelSpec, IPCError, PeerGoneError, ProtocolError, parent_watch
 from ._failpoints import failpoint
+from ._vision import takes_images
 
 # Not a message: 0xc1 is the one byte MessagePack never uses.
 _CORRUPT_FRAME = b"\xc1 not a message"
@@ -100,7 +101,7 @@ def _pin(config: p.WorkerConfig) -> tuple[int, ...]:
     return cpus
 
 
-def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context length)
+def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context length, memory, vision)
     import mlx.core as mx
 
     from ._mlx_lm import download, load, set_chat_template, speed_up_quantized, unsupported_architecture
@@ -109,14 +110,19 @@ def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context 
         from ._demo import ensure_demo_model
 
         path = ensure_demo_model(Path(config.cache_dir))
+    elif config.source == "demo-vision":
+        from ._vision._demo import ensure_demo_vision_model
+
+        path = ensure_demo_vision_model(Path(config.cache_dir))
     elif config.source == "local":
         path = Path(config.location)
     elif config.source == "hub":
         path = _download(download, config.location)
     else:
         raise _LoadError(f"unknown model source {config.source!r}")
+    vision = takes_images(path)
     # Checked before mlx-lm reads the files, whose own errors name a file, not the problem.
-    problem = model_directory_problem(path) or unsupported_architecture(path)
+    problem = model_directory_problem(path) or (None if vision else unsupported_architecture(path))
     if problem is not None:
         raise _LoadError(problem)
     size = weights_size(path)
@@ -126,10 +132,14 @@ def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context 
             kind=p.ErrorKind.OUT_OF_MEMORY,
             code="model_too_large",
         )
-    try:
-        model, tokenizer, model_config = load(path)
-    except Exception as exc:  # noqa: BLE001 - whatever mlx-lm raises (memory, a weight it cannot map) is this load's failure
-        raise _LoadError(f"mlx-lm could not load it: {type(exc).__name__}: {exc}") from exc
+    images = None
+    if vision:
+        model, tokenizer, model_config, images = _load_vision(config, path)
+    else:
+        try:
+            model, tokenizer, model_config = load(path)
+        except Exception as exc:  # noqa: BLE001 - whatever mlx-lm raises (memory, a weight it cannot map) is this load's failure
+            raise _LoadError(f"mlx-lm could not load it: {type(exc).__name__}: {exc}") from exc
     # A batched step hands each quantized projection one matrix of rows; on
     # the CPU backend they compute in float32, many times faster there (see _mlx_lm/_quantized.py).
     speed_up_quantized(model)
@@ -137,7 +147,23 @@ def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context 
         # The operator's template replaces the tokenizer's.
         set_chat_template(tokenizer, config.chat_template)
     context = model_config.get("max_position_embeddings")
-    return model, tokenizer, context, mx.get_active_memory()
+    return model, tokenizer, context, mx.get_active_memory(), images
+
+
+def _load_vision(config: p.WorkerConfig, path: Path):  # noqa: ANN202 - (text model, tokenizer, its config, Vision)
+    """A vision model: mlx-vlm's, its language model as mlx-lm's (see _vision/_load.py), and mlx-lm's tokenizer of it."""
+    from ._mlx_lm import load_tokenizer
+    from ._vision import Vision, load_vision
+
+    try:
+        parts = load_vision(path)
+        tokenizer = load_tokenizer(path, eos_token_ids=parts.config.get("eos_token_id"))
+    except ValueError as exc:
+        raise _LoadError(str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - as for a text model: this load's failure, whatever it is
+        raise _LoadError(f"mlx-vlm could not load it: {type(exc).__name__}: {exc}") from exc
+    vision = Vision(parts, max_pixels=config.image_max_pixels, prefill_step_size=config.prefill_step_size)
+    return parts.text_model, tokenizer, parts.config, vision
 
 
 def _download(download, repo: str) -> Path:  # noqa: ANN001 - _mlx_lm.download
@@ -171,7 +197,7 @@ def main(argv: list[str]) -> int:
             # Before MLX is imported (by _pin): MLX's calls must find this BLAS first.
             load_worker_blas(config.blas_library, cpus=config.cpus)
             cpus = _pin(config)
-            model, tokenizer, context, memory = _load(config)
+            model, tokenizer, context, memory, vision = _load(config)
         except Exception as exc:  # noqa: BLE001 - any load failure is reported, not swallowed
             failure = exc if isinstance(exc, _LoadError) else _LoadError(f"{type(exc).__name__}: {exc}")
             where = f"from {config.location}" if config.location else "(the built-in demo)"
@@ -195,6 +221,7 @@ def main(argv: list[str]) -> int:
             # One core for both of MLX's threads: reading a first token early costs no overlap there.
             first_tokens_always_early=len(cpus) == 1 and mx.default_device().type == mx.DeviceType.cpu,
             progress=heartbeat,
+            vision=vision,
         )
         send(
             p.Ready(

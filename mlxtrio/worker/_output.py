@@ -60,6 +60,8 @@ class SequenceOutput:
     pending_reasoning: str = ""
     # Generated tokens that were thinking: inside a think block before or after their text (the markers' own included).
     reasoning_tokens: int = 0
+    # A prompt with images: the prompt cache's key for it (its image tokens named by their pixels); None: its tokens.
+    cache_key: list[int] | None = None
 
     def accept(self, token: int | None, finish_reason: str | None, logprobs: mx.array | None = None) -> Delta | None:
         """Take one generated token (None: no token, just the end), with the log probabilities it

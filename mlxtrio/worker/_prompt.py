@@ -22,6 +22,7 @@ from ._mlx_lm import PromptCache, can_trim_prompt_cache, trim_prompt_cache
 from ._prompt_bound import PromptTooLong
 from ._tokenize import PromptEncoder
 from ._tools import chat_messages
+from ._vision import Vision
 
 __all__ = ["COUNT_CONTEXTS", "COUNT_FLOOR", "PromptTokens", "count_bound", "choices", "keep_cache", "nearest_cache", "prompt_source"]
 
@@ -76,8 +77,9 @@ def prompt_source(request: Generate) -> str | tuple[int, ...]:
 class PromptTokens:
     """Requests' prompts as token ids, for one model's tokenizer and context."""
 
-    def __init__(self, tokenizer: Any, *, context_length: int | None) -> None:
+    def __init__(self, tokenizer: Any, *, context_length: int | None, vision: Vision | None = None) -> None:
         self._tokenizer = tokenizer
+        self._vision = vision
         self._encoder = PromptEncoder(tokenizer)
         self._context_length = context_length
 
@@ -96,6 +98,10 @@ class PromptTokens:
             budget = None
         else:
             budget = count_bound(self._context_length) if request.count_only else self._context_length - room
+        if request.images and self._vision is None:
+            raise RequestError(
+                ErrorKind.INVALID_REQUEST, f"{request.images[0].where}: this model does not take images, only text", param=request.images[0].where
+            )
         if request.messages is not None:
             if not getattr(tokenizer, "has_chat_template", False):
                 raise RequestError(ErrorKind.INVALID_REQUEST, "this model has no chat template; use /v1/completions")
@@ -110,6 +116,9 @@ class PromptTokens:
                 raise self._too_long(request, exc.fewest_tokens, at_least=True) from None
             except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
                 raise RequestError(ErrorKind.INVALID_REQUEST, f"the chat template rejected these messages: {exc}", param="messages") from exc
+            if request.images:
+                assert self._vision is not None
+                prompt = self._vision.tokens(request, prompt)
         elif isinstance(source := prompt_source(request), tuple):
             prompt = self._token_ids(source)
         else:

@@ -19,8 +19,8 @@ from ._failpoints import failpoint
 from ._failures import RequestError
 from ._mlx_lm import generate_step, make_prompt_cache
 from ._output import SequenceOutput
-from ._prompt import nearest_cache
 from ._sampling import make_processors, make_sampler
+from ._vision import Vision
 
 __all__ = ["SequentialEngine"]
 
@@ -48,8 +48,9 @@ class SequentialEngine(EngineCore):
         prefill_step_size: int,
         prompt_cache_bytes: int,
         progress: Callable[[], None],
+        vision: Vision | None = None,
     ) -> None:
-        super().__init__(model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes, progress=progress)
+        super().__init__(model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes, progress=progress, vision=vision)
         self._prefill_step_size = prefill_step_size
         self._running: dict[int, _Running] = {}
 
@@ -62,7 +63,7 @@ class SequentialEngine(EngineCore):
         if request.request_id in self._running:
             raise RequestError(ErrorKind.INVALID_REQUEST, f"duplicate request id {request.request_id}")
         params = self._sampling(request.params)
-        cache, cached = nearest_cache(self._prompt_cache, prompt)
+        cache, cached, hit = self._start_cache(prompt)
         if cache is None:
             cache = make_prompt_cache(self._model)
         processors = make_processors(params, self.grammars)
@@ -76,7 +77,7 @@ class SequentialEngine(EngineCore):
             prefill_step_size=self._prefill_step_size,
             prompt_progress_callback=lambda done, total: self._progress(),
         )
-        self._running[request.request_id] = _Running(self._new_sequence(request, params, prompt, cached, processors), tokens, cache, list(prompt))
+        self._running[request.request_id] = _Running(self._new_sequence(request, params, prompt, hit, processors), tokens, cache, list(prompt))
 
     def cancel(self, request_id: int) -> bool:
         self._carried = [delta for delta in self._carried if delta.request_id != request_id]
@@ -107,7 +108,7 @@ class SequentialEngine(EngineCore):
             if delta is not None:
                 deltas.append(delta)
                 if delta.finish_reason is not None:
-                    self._remember_held(running.cache, running.seen)
+                    self._remember_held(running.cache, running.seen, running.sequence)
                     self.cancel(request_id)
         return deltas, failures
 

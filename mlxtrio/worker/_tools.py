@@ -33,6 +33,9 @@ def chat_messages(messages) -> list[dict]:  # noqa: ANN001 - ChatMessages
     rendered = []
     for message in messages:
         entry: dict[str, Any] = {"role": message.role, "content": message.content}
+        if message.parts:
+            # Parts in order, as vision models' templates take them: each image becomes the model's placeholder for one.
+            entry["content"] = [{"type": "text", "text": part.text} if part.image < 0 else {"type": "image"} for part in message.parts]
         if message.tool_calls:
             calls = []
             for call in message.tool_calls:

@@ -22,7 +22,7 @@ from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_p
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
 from ._generator import Generator
-from ._load import can_batch, download, llama_model, load, unsupported_architecture
+from ._load import can_batch, download, llama_model, load, load_tokenizer, unsupported_architecture
 from ._prompt_cache import PromptCache
 from ._quantized import speed_up_quantized
 from ._solo import Processor, Sampler, SoloDecoder
@@ -47,6 +47,7 @@ __all__ = [
     "generate_step",
     "llama_model",
     "load",
+    "load_tokenizer",
     "make_logits_processors",
     "make_prompt_cache",
     "opens_thinking",

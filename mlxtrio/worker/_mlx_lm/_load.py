@@ -8,12 +8,19 @@ from typing import Any
 import mlx_lm
 from mlx_lm.models.cache import make_prompt_cache
 
-__all__ = ["can_batch", "download", "llama_model", "load", "unsupported_architecture"]
+__all__ = ["can_batch", "download", "llama_model", "load", "load_tokenizer", "unsupported_architecture"]
 
 
 def load(path: Path) -> tuple[Any, Any, dict]:
     """The model, its ``TokenizerWrapper`` and its config, as mlx-lm loads them."""
     return mlx_lm.load(str(path), return_config=True)
+
+
+def load_tokenizer(path: Path, *, eos_token_ids: Any = None) -> Any:
+    """The ``TokenizerWrapper`` of the model in ``path``, as mlx-lm's ``load`` makes it (for a model mlx-vlm loads)."""
+    from mlx_lm.utils import load_tokenizer as _load_tokenizer
+
+    return _load_tokenizer(path, eos_token_ids=eos_token_ids)
 
 
 def unsupported_architecture(path: Path) -> str | None:

@@ -1,0 +1,12 @@
+"""Images in: vision-language models through mlx-vlm, in the same worker and engines as text models.
+
+``_load.py`` loads a vision model (mlx-vlm) with its language model as
+mlx-lm's; ``_images.py`` decodes an image within limits; ``_prompt.py``
+turns a chat request's images into prompt tokens, a prompt cache key and a
+prefill. ``_demo.py`` builds the ``demo-vision`` model.
+"""
+
+from ._load import VisionParts, load_vision, takes_images
+from ._prompt import Vision, VisionTokens
+
+__all__ = ["Vision", "VisionParts", "VisionTokens", "load_vision", "takes_images"]

@@ -1,0 +1,72 @@
+"""An image's bytes made pixels, in the worker only: decoded within limits, resized, and named by a hash of its pixels."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import warnings
+from typing import Any
+
+from ..._protocol import LOW_DETAIL_PIXELS, ErrorKind, ImageInput
+from .._failures import RequestError
+
+__all__ = ["DECODE_MAX_PIXELS", "DecodedImage", "decode_image"]
+
+# The most pixels an image may have to be decoded at all (a 48-megapixel photo fits; a header can claim billions of
+# pixels in a few bytes: a decompression bomb); below it, a large image is resized, not refused.
+DECODE_MAX_PIXELS = 50_000_000
+# What clients send (OpenAI and Anthropic take these four); the orchestrator sniffs the same.
+_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+
+
+class DecodedImage:
+    """An image as the model's processor takes it (RGB), and the digest of its pixels."""
+
+    __slots__ = ("digest", "image")
+
+    def __init__(self, image: Any, digest: bytes) -> None:
+        self.image = image
+        self.digest = digest
+
+
+def decode_image(source: ImageInput, *, max_pixels: int) -> DecodedImage:
+    """``source`` decoded to RGB, resized (its aspect kept) to at most ``max_pixels`` pixels, or
+    ``LOW_DETAIL_PIXELS`` with detail "low"; ``RequestError`` naming ``source.where`` if it cannot be."""
+    from PIL import Image, UnidentifiedImageError
+
+    where = source.where
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb check warns (or raises) at its limit: ours, below, decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(source.data), formats=_FORMATS)
+            width, height = image.size
+            if width * height > DECODE_MAX_PIXELS:
+                raise RequestError(
+                    ErrorKind.INVALID_REQUEST,
+                    f"{where}: the image is {width}x{height} pixels; at most {DECODE_MAX_PIXELS} pixels can be decoded",
+                    param=where,
+                )
+            limit = min(max_pixels, LOW_DETAIL_PIXELS) if source.detail == "low" else max_pixels
+            if width * height > limit and image.format == "JPEG":
+                # JPEG decodes at 1/2, 1/4 or 1/8 scale for nearly nothing: a large photo is not decoded whole.
+                image.draft("RGB", _scaled(width, height, limit))
+            image.seek(0)  # an animation's first frame
+            image = image.convert("RGB")
+    except RequestError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise RequestError(ErrorKind.INVALID_REQUEST, f"{where}: not a PNG, JPEG, WebP or GIF image that can be decoded ({exc})", param=where) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise RequestError(ErrorKind.INVALID_REQUEST, f"{where}: the image is corrupt or truncated ({exc})", param=where) from None
+    if image.width * image.height > limit:
+        image = image.resize(_scaled(image.width, image.height, limit), Image.Resampling.BICUBIC)
+    digest = hashlib.blake2b(image.tobytes(), digest_size=16, person=b"mlxtrio-image").digest()
+    return DecodedImage(image, hashlib.blake2b(f"{image.width}x{image.height}".encode(), key=digest, digest_size=16).digest())
+
+
+def _scaled(width: int, height: int, limit: int) -> tuple[int, int]:
+    """``width`` x ``height`` scaled down, aspect kept, to at most ``limit`` pixels (at least 1 x 1)."""
+    scale = math.sqrt(limit / (width * height))
+    return max(1, int(width * scale)), max(1, int(height * scale))

@@ -1,0 +1,203 @@
+"""Images in, end to end: the real server, a real worker running the built-in ``demo-vision`` model (a tiny LLaVA), over HTTP.
+
+The demo's weights are random, so its text is nonsense; but it follows the
+image: the same image gives the same greedy text, a different one other
+text. That is what shows an image reached the model, that a batch does not
+mix requests up, and that the prompt cache never serves one image's prefix
+for another.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import trio
+from PIL import Image
+
+from tests.helpers import bounded, worker_entry
+
+MODEL = "demo-vision"
+# The demo's image tokens per image (56 x 56 pixels, 14 x 14 patches).
+IMAGE_TOKENS = 16
+
+
+def png(seed: int, size: tuple[int, int] = (64, 64)) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def data_url(data: bytes, media_type: str = "image/png") -> str:
+    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+
+
+def image_part(data: bytes) -> dict:
+    return {"type": "image_url", "image_url": {"url": data_url(data)}}
+
+
+def user(*parts: dict | str) -> dict:
+    return {"role": "user", "content": [{"type": "text", "text": part} if isinstance(part, str) else part for part in parts]}
+
+
+async def chat(client, messages: list[dict], *, model: str = MODEL, max_tokens: int = 12, **extra) -> dict:
+    response = await client.post(
+        "/v1/chat/completions", json={"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, **extra}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def text_of(answer: dict) -> str:
+    return answer["choices"][0]["message"]["content"]
+
+
+@bounded(120)
+async def test_the_answer_follows_the_image_and_the_image_counts_in_the_prompt(client):
+    question = "what is in this picture?"
+    text_only = await chat(client, [user(question)])
+    first = await chat(client, [user(image_part(png(1)), question)])
+    again = await chat(client, [user(image_part(png(1)), question)])
+    other = await chat(client, [user(image_part(png(2)), question)])
+    # The placeholder the template writes for the image becomes the image's tokens.
+    assert first["usage"]["prompt_tokens"] == text_only["usage"]["prompt_tokens"] + IMAGE_TOKENS
+    assert text_of(first) == text_of(again)
+    assert text_of(first) != text_of(other)
+    assert text_of(first) != text_of(text_only)
+
+
+@bounded(180)
+async def test_a_batch_of_image_and_text_requests_gives_each_its_own_answer(client):
+    conversations = [
+        [user(image_part(png(11)), "describe it")],
+        [user(image_part(png(12)), "describe it")],
+        [user("describe nothing")],
+        [user("first", image_part(png(12)), "then", image_part(png(11)))],
+    ]
+    alone = [text_of(await chat(client, messages, max_tokens=16)) for messages in conversations]
+    assert len(set(alone)) == len(alone)
+    together: dict[int, str] = {}
+
+    async def one(index: int, messages: list[dict]) -> None:
+        together[index] = text_of(await chat(client, messages, max_tokens=16))
+
+    async with trio.open_nursery() as nursery:
+        for round_ in range(2):
+            for index, messages in enumerate(conversations):
+                nursery.start_soon(one, round_ * len(conversations) + index, messages)
+    assert [together[index % len(conversations)] for index in range(len(together))] == alone * 2
+    assert [together[index] for index in range(len(together))] == alone * 2
+
+
+@bounded(120)
+async def test_several_images_in_order_and_across_turns(client):
+    a, b = image_part(png(21)), image_part(png(22))
+    one = await chat(client, [user(a, "compare")])
+    ab = await chat(client, [user(a, b, "compare")])
+    ba = await chat(client, [user(b, a, "compare")])
+    assert ab["usage"]["prompt_tokens"] == one["usage"]["prompt_tokens"] + IMAGE_TOKENS
+    assert text_of(ab) != text_of(ba)
+    turns = [user(a, "this one"), {"role": "assistant", "content": "noted"}, user(b, "and this one?")]
+    across = await chat(client, turns)
+    assert across["usage"]["prompt_tokens"] > 2 * IMAGE_TOKENS
+
+
+@bounded(120)
+async def test_a_stream_with_an_image_gives_the_same_text(client):
+    messages = [user(image_part(png(31)), "go on")]
+    whole = text_of(await chat(client, messages))
+    streamed = []
+    async with client.stream(
+        "POST", "/v1/chat/completions", json={"model": MODEL, "messages": messages, "max_tokens": 12, "temperature": 0, "stream": True}
+    ) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.startswith("data: {"):
+                import json
+
+                for choice in json.loads(line[6:])["choices"]:
+                    streamed.append(choice["delta"].get("content") or "")
+    assert "".join(streamed) == whole
+
+
+@bounded(120)
+async def test_the_prompt_cache_reuses_a_kept_image_and_never_another(client):
+    first_turn = [user("a long enough question about this image", image_part(png(41)), "please answer")]
+    first = await chat(client, first_turn)
+    second_turn = [*first_turn, {"role": "assistant", "content": text_of(first)}, user("and more?")]
+    same = await chat(client, second_turn)
+    # The second turn starts from the first's cache: its image and all before it.
+    assert same["usage"]["prompt_tokens_details"]["cached_tokens"] >= first["usage"]["prompt_tokens"] - 1
+    changed_turn = [user("a long enough question about this image", image_part(png(42)), "please answer"), *second_turn[1:]]
+    changed = await chat(client, changed_turn)
+    # The text before the image may come from the cache; the image and what follows it may not.
+    before_image = (await chat(client, [user("a long enough question about this image")]))["usage"]["prompt_tokens"]
+    assert changed["usage"]["prompt_tokens_details"]["cached_tokens"] < before_image
+    fresh = await chat(client, changed_turn)
+    assert text_of(changed) == text_of(fresh)
+    assert text_of(changed) != text_of(same)
+
+
+@bounded(120)
+async def test_a_large_image_is_resized_not_refused_and_one_past_decoding_is_refused(client):
+    photo = io.BytesIO()
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)).save(photo, format="JPEG", quality=30)
+    answer = await chat(client, [user(image_part(photo.getvalue()), "what?")], model=MODEL)
+    assert answer["choices"][0]["finish_reason"] in ("stop", "length")
+    bomb = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(bomb, format="PNG")
+    response = await client.post(
+        "/v1/chat/completions",
+        json={"model": MODEL, "messages": [user("look", image_part(bomb.getvalue()))], "max_tokens": 4},
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "messages[0].content[1]" and "9000x9000" in error["message"]
+    await chat(client, [user(image_part(png(1)), "still there?")])
+
+
+@bounded(120)
+async def test_refusals_in_the_worker_name_the_part_and_leave_it_serving(client, admin):
+    corrupt = b"\x89PNG\r\n\x1a\n" + os.urandom(200)
+    response = await client.post(
+        "/v1/chat/completions", json={"model": MODEL, "messages": [user("see", image_part(corrupt))], "max_tokens": 4}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "messages[0].content[1]"
+    response = await client.post(
+        "/v1/chat/completions", json={"model": "demo", "messages": [user(image_part(png(1)), "see")], "max_tokens": 4}
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "messages[0].content[0]" and "does not take images" in error["message"]
+    await chat(client, [user(image_part(png(1)), "fine?")])
+    assert (await worker_entry(admin, MODEL))["restarts"] == 0
+    assert (await worker_entry(admin, "demo"))["restarts"] == 0
+
+
+@bounded(120)
+async def test_a_worker_killed_under_an_image_request_fails_it_at_once_and_the_next_gets_a_fresh_worker(client, admin):
+    await chat(client, [user(image_part(png(1)), "warm up")])
+    request = {"model": MODEL, "messages": [user(image_part(png(2)), "go")], "max_tokens": 4000, "ignore_eos": True, "stream": True}
+    errors = []
+    async with client.stream("POST", "/v1/chat/completions", json=request) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.startswith("data: {") and '"content"' in line and not errors:
+                os.kill((await worker_entry(admin, MODEL))["pid"], signal.SIGKILL)
+                killed_at = time.monotonic()
+                errors.append(None)
+            if line.startswith("data: {") and '"error"' in line:
+                errors.append(line)
+                break
+    assert time.monotonic() - killed_at < 1.0
+    assert "worker_crashed" in errors[-1]
+    answer = await chat(client, [user(image_part(png(2)), "again")])
+    assert answer["usage"]["prompt_tokens"] > IMAGE_TOKENS
+    assert (await worker_entry(admin, MODEL))["restarts"] == 1
