@@ -378,3 +378,70 @@ async def test_junk_data_urls_through_the_server_are_4xx(client):
             response = await client.post(path, json=build(url))
             assert 400 <= response.status_code < 500, (path, url[:40], response.text)
     await _answers(client, "responses")
+
+
+def _noise_png(seed: int) -> bytes:
+    """An image the demo's answers follow (a flat one would look like any other to its random weights)."""
+    pixels = bytes((seed * 97 + index * 31) % 256 for index in range(32 * 32 * 3))
+    out = io.BytesIO()
+    Image.frombytes("RGB", (32, 32), pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+@bounded(180)
+async def test_a_screenshot_in_a_tool_result_reaches_the_vision_model(server, client):
+    """Claude Code's shape: the tool's screenshot is counted in the prompt and steers the answer."""
+    shots = [base64.b64encode(_noise_png(seed)).decode() for seed in (1, 2)]
+
+    def turn(shot: str | None) -> list[dict]:
+        result = [{"type": "text", "text": "Done."}]
+        if shot is not None:
+            result.append({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": shot}})
+        return [
+            {"role": "user", "content": "Take a screenshot"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "screenshot", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": result}]},
+        ]
+
+    tools = [{"name": "screenshot", "input_schema": {"type": "object", "properties": {}}}]
+    async with anthropic.AsyncAnthropic(base_url=server.openai_url, api_key="unused", max_retries=0) as sdk:
+        none = {"type": "none"}
+        counts = [
+            (await sdk.messages.count_tokens(model="demo-vision", messages=turn(shot), tools=tools, tool_choice=none)).input_tokens for shot in (None, *shots)
+        ]
+        assert counts[1] == counts[2] > counts[0], counts
+        answers = [
+            await sdk.messages.create(model="demo-vision", max_tokens=12, messages=turn(shot), tools=tools, tool_choice=none, extra_body={"temperature": 0})
+            for shot in (shots[0], shots[1], shots[0])
+        ]
+    texts = ["".join(block.text for block in answer.content if block.type == "text") for answer in answers]
+    assert texts[0] == texts[2] != texts[1], texts
+    assert answers[0].usage.input_tokens + (answers[0].usage.cache_read_input_tokens or 0) == counts[1]
+
+
+@bounded(180)
+async def test_a_stored_response_replays_its_images_in_a_chain(client):
+    """input_items lists the image as sent; previous_response_id gives the model the image again, as the whole
+    conversation sent anew would."""
+    image = {"type": "input_image", "image_url": "data:image/png;base64," + base64.b64encode(_noise_png(3)).decode(), "detail": "auto"}
+    look = {"role": "user", "content": [{"type": "input_text", "text": "Look:"}, image]}
+    first = await client.post("/v1/responses", json={"model": "demo-vision", "input": [look], "max_output_tokens": 16, "temperature": 0})
+    assert first.status_code == 200, first.text
+    stored = first.json()
+    listed = (await client.get(f"/v1/responses/{stored['id']}/input_items")).json()["data"]
+    assert listed[0]["content"] == [{"type": "input_text", "text": "Look:"}, {**image, "file_id": None}]
+
+    async def count(**fields: object) -> int:
+        response = await client.post("/v1/responses/input_tokens", json={"model": "demo-vision", **fields})
+        assert response.status_code == 200, response.text
+        return response.json()["input_tokens"]
+
+    follow = {"role": "user", "content": "And now?"}
+    answer = [{key: item[key] for key in ("type", "role", "content")} for item in stored["output"] if item["type"] == "message"]
+    chained = await count(previous_response_id=stored["id"], input=[follow])
+    assert chained == await count(input=[look, *answer, follow])
+    assert chained > await count(input=[{**look, "content": look["content"][:1]}, *answer, follow])
+    second = await client.post(
+        "/v1/responses", json={"model": "demo-vision", "previous_response_id": stored["id"], "input": [follow], "max_output_tokens": 16}
+    )
+    assert second.status_code == 200 and second.json()["usage"]["input_tokens"] == chained, second.text
