@@ -126,3 +126,12 @@ def test_toml_examples_are_valid_config_files(tmp_path):
         path.write_text(block)
         settings, models = _read_config_file(path)
         assert settings and models, name
+
+
+def test_every_setting_is_in_the_configuration_table():
+    """CONFIGURATION.md gives each of Config's environment variables, with its config key, in a row of its table."""
+    from mlxtrio._config import _VARIABLES
+
+    rows = [line for line in (ROOT / "docs" / "CONFIGURATION.md").read_text().splitlines() if line.startswith("| ")]
+    for key, variable in _VARIABLES.items():
+        assert any(f"`{variable}`" in row and f"`{key}`" in row for row in rows), f"{variable} ({key}) has no row in docs/CONFIGURATION.md"
