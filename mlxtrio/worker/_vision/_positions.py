@@ -27,8 +27,11 @@ def turn_keys(cache: list[Any], text_model: Any, by: int) -> None:
     if by == 0:
         return
     for layer, entry in zip(text_model.layers, cache, strict=True):
-        keys, values = entry.state
-        batch, heads, length, dims = keys.shape
+        keys, held = entry.keys, entry.offset
+        if keys is None or not held:
+            continue
+        batch, heads, _, dims = keys.shape
         # One position per row: the rotary embedding turns each by the angle of position ``by``.
-        turned = layer.self_attn.rope(keys.reshape(batch * heads * length, 1, dims), offset=by)
-        entry.state = (turned.reshape(batch, heads, length, dims), values)
+        turned = layer.self_attn.rope(keys[..., :held, :].reshape(batch * heads * held, 1, dims), offset=by)
+        keys[..., :held, :] = turned.reshape(batch, heads, held, dims)
+        entry.keys = keys
