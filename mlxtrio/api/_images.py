@@ -160,7 +160,16 @@ async def load_images(sources: Sequence[ImageSource], config: Config) -> tuple[p
             for index, data in enumerate(found):
                 if data is None:
                     nursery.start_soon(fetch, index)
-    for data in found:
+    total = 0
+    for data, source in zip(found, sources, strict=True):
         if isinstance(data, ServerError):
             raise data
+        total += len(data)  # type: ignore[arg-type]
+        if total > config.max_body_bytes:
+            # Fetched images are not bounded by the body: all of a request's go to the worker in one message.
+            raise ServerError(
+                ErrorKind.TOO_LARGE,
+                f"{source.where}: the request's images come to more than {config.max_body_bytes} bytes, the most a request may carry (MLX_MAX_BODY_BYTES)",
+                param=source.where,
+            )
     return tuple(p.ImageInput(data, source.where, source.detail) for data, source in zip(found, sources, strict=True))  # type: ignore[arg-type]

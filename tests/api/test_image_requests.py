@@ -445,3 +445,20 @@ async def test_a_stored_response_replays_its_images_in_a_chain(client):
         "/v1/responses", json={"model": "demo-vision", "previous_response_id": stored["id"], "input": [follow], "max_output_tokens": 16}
     )
     assert second.status_code == 200 and second.json()["usage"]["input_tokens"] == chained, second.text
+
+
+async def test_a_request_s_images_in_all_are_held_to_what_a_body_may_carry(tmp_path, monkeypatch):
+    """Fetched images are not bounded by the body; all of a request's go to the worker in one message, so together
+    they are held to MLX_MAX_BODY_BYTES (a 413 naming the image that passes it), each still to MLX_IMAGE_MAX_BYTES."""
+    config = make_config(tmp_path, tmp_path, image_max_bytes=MAX_BYTES, images_per_request=4, image_fetch=True, max_body_bytes=2 * MAX_BYTES)
+    whole = PNG + bytes(MAX_BYTES - len(PNG))
+
+    async def fetch_image(url: str, *, max_bytes: int, timeout: float, where: str) -> bytes:
+        return whole
+
+    monkeypatch.setattr(_images, "fetch_image", fetch_image)
+    sources = [ImageSource(where=f"i{index}", url=f"https://a.example/{index}.png") for index in range(3)]
+    assert len(await load_images(sources[:2], config)) == 2
+    with pytest.raises(ServerError) as refused:
+        await load_images(sources, config)
+    assert status_of(refused.value) == 413 and refused.value.param == "i2" and "MLX_MAX_BODY_BYTES" in refused.value.message
