@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["model_directory_problem", "weights_size"]
+__all__ = ["model_directory_problem", "takes_images", "weights_size"]
 
 # The weight files mlx-lm loads from a model directory.
 WEIGHTS = "model*.safetensors"
@@ -34,3 +34,12 @@ def model_directory_problem(path: Path) -> str | None:
     if not any(path.glob(WEIGHTS)):
         return f"no weights: no {WEIGHTS} file"
     return None
+
+
+def takes_images(path: Path) -> bool:
+    """Whether the model directory's config.json describes a vision-language model (one with a vision tower)."""
+    try:
+        config = json.loads((path / "config.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("vision_config"), dict)

@@ -198,6 +198,9 @@ class Generation:
         if arrival is not None:
             # Counted for this model's worker only from here (it may now wait for a load).
             arrival.identify(served.model_id)
+        if generation_request.images and served.takes_images is False:
+            where = generation_request.images[0].where
+            raise ServerError(ErrorKind.INVALID_REQUEST, f"{where}: the model {served.model_id!r} does not take images, only text", param=where)
         images = await load_images(generation_request.images, state.config)
         timeout = state.config.request_timeout
         if generation_request.forced_tool_choice is not None:

@@ -20,7 +20,7 @@ import attrs
 
 from .._config import Config, ModelSettings
 from .._errors import ErrorKind, ServerError
-from .._models import model_directory_problem, weights_size
+from .._models import model_directory_problem, takes_images, weights_size
 from .._protocol import WorkerConfig
 
 __all__ = ["DEMO_MODEL_ID", "DEMO_VISION_MODEL_ID", "ModelCatalog", "ModelEntry"]
@@ -47,6 +47,13 @@ class ModelEntry:
     description: str
     # Per-model settings from the config file, for an alias.
     settings: ModelSettings | None = None
+
+    @property
+    def takes_images(self) -> bool | None:
+        """Whether the model takes images, from its config.json (None: not known before it is downloaded)."""
+        if self.source == "local":
+            return takes_images(Path(self.location))
+        return None if self.source == "hub" else self.source == DEMO_VISION_MODEL_ID
 
     @property
     def weights_bytes(self) -> int:

@@ -83,6 +83,9 @@ class ServedModel:
         self._admit_load = admit_load
         # Bytes of weights, when the files can be measured before loading (0: unknown).
         self.estimated_bytes = entry.weights_bytes
+        # Whether it takes images (None: not known until it is downloaded): a request with images to a text
+        # model is refused without loading it.
+        self.takes_images = entry.takes_images
         self._lifecycle = ModelLifecycle(
             model_id=entry.id,
             decode_concurrency=worker_config.decode_concurrency,

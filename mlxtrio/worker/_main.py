@@ -37,10 +37,9 @@ from ..tuning import (
     pin_this_process,
     scheduling_policy,
 )
-from .._models import model_directory_problem, weights_size
+from .._models import model_directory_problem, takes_images, weights_size
 from ..ipc import Channel, ChannelSpec, IPCError, PeerGoneError, ProtocolError, parent_watch
 from ._failpoints import failpoint
-from ._vision import takes_images
 
 # Not a message: 0xc1 is the one byte MessagePack never uses.
 _CORRUPT_FRAME = b"\xc1 not a message"

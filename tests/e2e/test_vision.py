@@ -170,15 +170,25 @@ async def test_refusals_in_the_worker_name_the_part_and_leave_it_serving(client,
     )
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "messages[0].content[1]"
+    await chat(client, [user(image_part(png(1)), "fine?")])
+    assert (await worker_entry(admin, MODEL))["restarts"] == 0
+
+
+@bounded(60)
+async def test_a_text_model_refuses_images_without_loading(client, admin):
     response = await client.post(
         "/v1/chat/completions", json={"model": "demo", "messages": [user(image_part(png(1)), "see")], "max_tokens": 4}
     )
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == "messages[0].content[0]" and "does not take images" in error["message"]
-    await chat(client, [user(image_part(png(1)), "fine?")])
-    assert (await worker_entry(admin, MODEL))["restarts"] == 0
-    assert (await worker_entry(admin, "demo"))["restarts"] == 0
+    assert (await worker_entry(admin, "demo"))["loads"] == 0
+    # A text model that is loaded refuses them in its worker too (a model the catalog could not tell of).
+    await chat(client, [user("hello")], model="demo")
+    response = await client.post(
+        "/v1/chat/completions", json={"model": "demo", "messages": [user(image_part(png(1)), "see")], "max_tokens": 4}
+    )
+    assert response.status_code == 400 and "does not take images" in response.json()["error"]["message"]
 
 
 @bounded(120)

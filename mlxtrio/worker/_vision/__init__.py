@@ -6,7 +6,7 @@ turns a chat request's images into prompt tokens, a prompt cache key and a
 prefill. ``_demo.py`` builds the ``demo-vision`` model.
 """
 
-from ._load import VisionParts, load_vision, takes_images
+from ._load import VisionParts, load_vision
 from ._prompt import Vision, VisionTokens
 
-__all__ = ["Vision", "VisionParts", "VisionTokens", "load_vision", "takes_images"]
+__all__ = ["Vision", "VisionParts", "VisionTokens", "load_vision"]

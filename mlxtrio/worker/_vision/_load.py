@@ -16,16 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["VisionParts", "load_vision", "takes_images"]
-
-
-def takes_images(path: Path) -> bool:
-    """Whether the model directory's config.json describes a vision-language model (one with a vision tower)."""
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and isinstance(config.get("vision_config"), dict)
+__all__ = ["VisionParts", "load_vision"]
 
 
 class VisionParts:
