@@ -59,7 +59,7 @@ def server_settings() -> dict:
 
 def _chat(*urls: str, role: str = "user") -> dict:
     parts = [{"type": "text", "text": "What is this?"}, *({"type": "image_url", "image_url": {"url": url}} for url in urls)]
-    return {"model": "demo", "max_tokens": 4, "messages": [{"role": role, "content": parts}]}
+    return {"model": "demo-vision", "max_tokens": 4, "messages": [{"role": role, "content": parts}]}
 
 
 def _anthropic_source(url: str) -> dict:
@@ -72,12 +72,12 @@ def _anthropic_source(url: str) -> dict:
 
 def _messages(*urls: str, role: str = "user") -> dict:
     blocks = [{"type": "text", "text": "What is this?"}, *({"type": "image", "source": _anthropic_source(url)} for url in urls)]
-    return {"model": "demo", "max_tokens": 4, "messages": [{"role": role, "content": blocks}]}
+    return {"model": "demo-vision", "max_tokens": 4, "messages": [{"role": role, "content": blocks}]}
 
 
 def _responses(*urls: str, role: str = "user") -> dict:
     parts = [{"type": "input_text", "text": "What is this?"}, *({"type": "input_image", "image_url": url} for url in urls)]
-    return {"model": "demo", "max_output_tokens": 16, "input": [{"role": role, "content": parts}]}
+    return {"model": "demo-vision", "max_output_tokens": 16, "input": [{"role": role, "content": parts}]}
 
 
 # Each surface: its path, how it puts images in a request, and how it names the first image's part.
@@ -162,7 +162,7 @@ async def test_the_official_clients_see_the_refusals_in_their_own_terms(server, 
         assert too_large.value.status_code == 413 and "MLX_IMAGE_MAX_BYTES" in too_large.value.message
         with pytest.raises(openai.BadRequestError) as by_file:
             await sdk.responses.create(
-                model="demo", input=[{"role": "user", "content": [{"type": "input_image", "file_id": "file-1", "detail": "auto"}]}]
+                model="demo-vision", input=[{"role": "user", "content": [{"type": "input_image", "file_id": "file-1", "detail": "auto"}]}]
             )
         assert by_file.value.param == "input[0].content[0].file_id"
     async with anthropic.AsyncAnthropic(base_url=server.openai_url, api_key="unused", max_retries=0) as sdk:
@@ -171,7 +171,7 @@ async def test_the_official_clients_see_the_refusals_in_their_own_terms(server, 
         assert "messages.0.content.1: not a PNG, JPEG, WebP or GIF image" in refused.value.message
         with pytest.raises(anthropic.BadRequestError) as by_file:
             await sdk.messages.count_tokens(
-                model="demo", messages=[{"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "file_1"}}]}]
+                model="demo-vision", messages=[{"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "file_1"}}]}]
             )
         assert "messages.0.content.0.source: images by file_id are not supported" in by_file.value.message
     await _answers(client, "chat")

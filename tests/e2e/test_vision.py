@@ -16,7 +16,6 @@ import signal
 import time
 
 import numpy as np
-import pytest
 import trio
 from PIL import Image
 
