@@ -49,7 +49,7 @@ class EngineCore(FailurePolicy, abc.ABC):
         self._tokenizer = tokenizer
         # A vision model's images: their prompts and prefill (None: the model takes text only).
         self._vision = vision
-        self._prompt_tokens = PromptTokens(tokenizer, context_length=context_length, vision=vision)
+        self._prompt_tokens = PromptTokens(tokenizer, context_length=context_length, vision=vision, progress=progress)
         self._eos = frozenset(tokenizer.eos_token_ids)
         # KV caches of finished sequences, by their tokens, bounded in bytes on every insert.
         self._prompt_cache = (
@@ -130,9 +130,13 @@ class EngineCore(FailurePolicy, abc.ABC):
             self._vision.to_text_positions(prompt, cache)
             return cache, cached, cached
         if cache is not None and cached > prompt.first_image:
-            # The entry ends among the images: their prefill starts over from the text before them.
-            trim_prompt_cache(cache, cached - prompt.first_image)
-            cached = prompt.first_image
+            # The entry ends among the images: their prefill starts over from the text before them, or from
+            # nothing where the entry cannot be cut back (a sliding window past its size).
+            if can_trim_prompt_cache(cache):
+                trim_prompt_cache(cache, cached - prompt.first_image)
+                cached = prompt.first_image
+            else:
+                cache = None
         if cache is None:
             cache, cached = make_prompt_cache(self._model), 0
         self._vision.prefill(prompt, cache, cached, self._progress)

@@ -72,8 +72,9 @@ class Vision:
             if isinstance(text, str)
         ]
 
-    def tokens(self, request: Generate, ids: list[int]) -> VisionTokens:
-        """The prompt ``ids`` (the template's rendering, a placeholder per image) with each image put in."""
+    def tokens(self, request: Generate, ids: list[int], *, progress: Callable[[], None] = lambda: None) -> VisionTokens:
+        """The prompt ``ids`` (the template's rendering, a placeholder per image) with each image put in;
+        ``progress`` called after each (a large image takes a second or more to decode)."""
         placeholder = next(((text, token) for text, token in self._placeholders if token in ids), None)
         found = 0 if placeholder is None else ids.count(placeholder[1])
         if found != len(request.images):
@@ -104,6 +105,7 @@ class Vision:
             for name, value in image_arrays.items():
                 arrays.setdefault(name, []).append(value)
             start = at + 1
+            progress()
         prompt.extend(ids[start:])
         key.extend(ids[start:])
         prompt.key = key

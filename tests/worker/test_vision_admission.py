@@ -1,0 +1,52 @@
+"""An image request's admission (a tiny Qwen2-VL): a heartbeat for each image it decodes, and a kept cache that
+cannot be cut back to before its images is not used as if it had been."""
+
+from __future__ import annotations
+
+import msgspec
+from mlx_lm.models.cache import KVCache
+
+import mlx.core as mx
+from mlxtrio.worker._batch import BatchEngine
+from mlxtrio.worker._mlx_lm import make_prompt_cache
+from mlxtrio.worker._prompt import PromptTokens, keep_cache
+from mlxtrio.worker._sequential import SequentialEngine
+
+from .test_vision_positions import engine, qwen, request
+
+__all__ = ["qwen"]
+
+
+class _Untrimmable(KVCache):
+    """A cache that cannot be cut back, as a sliding window past its size cannot."""
+
+    def is_trimmable(self) -> bool:
+        return False
+
+
+def test_each_image_decoded_is_a_heartbeat(qwen) -> None:  # noqa: ANN001
+    parts, tokenizer, vision = qwen
+    beats: list[int] = []
+    counted = SequentialEngine(
+        parts.text_model, tokenizer, context_length=4096, prompt_cache_bytes=0, prefill_step_size=7, progress=lambda: beats.append(1), vision=vision
+    )
+    # A count prefills nothing: what it costs is its images' decoding and processing, one after another.
+    counted.admit(msgspec.structs.replace(request(1, (1, 2, 3)), count_only=True))
+    assert len(beats) == 3
+
+
+def test_a_kept_cache_that_ends_among_the_images_and_cannot_be_cut_is_not_used(qwen) -> None:  # noqa: ANN001
+    parts, tokenizer, vision = qwen
+    cached = engine(qwen, BatchEngine, prompt_cache_bytes=1 << 26)
+    prompt = PromptTokens(tokenizer, context_length=4096, vision=vision)(request(1, (3, 5)))
+    # An entry that holds the prompt up to the second image (as an earlier turn's with the first image does).
+    held = prompt.images_end - 5
+    assert prompt.first_image < held
+    kept = [_Untrimmable() for _ in make_prompt_cache(parts.text_model)]
+    for layer in kept:
+        layer.update_and_fetch(mx.zeros((1, 2, held, 16)), mx.zeros((1, 2, held, 16)))
+    keep_cache(cached._prompt_cache, prompt.key[:held], kept)
+    cache, start, hit = cached._start_cache(prompt)
+    # The cache holds what the engine is told it holds: the prompt but its last token.
+    assert cache[0].offset == start == len(prompt) - 1
+    assert hit == 0
