@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import pytest
 from PIL import Image
@@ -86,3 +87,33 @@ def test_the_digest_follows_the_pixels_not_the_encoding() -> None:
     taller = decode_image(source(encoded(Image.new("RGB", (16, 64), (255, 0, 0)), "PNG")), max_pixels=10_000).digest
     assert as_png == as_png_again
     assert len({as_png, blue, taller}) == 3
+
+
+def with_scans(side: int, scans: int) -> bytes:
+    """A grey progressive JPEG and ``scans`` more scans of it: each a few bytes (one run of empty blocks after
+    another), each a pass over every block of the image when decoded."""
+    base = encoded(Image.new("L", (side, side), 128), "JPEG", progressive=True)
+    blocks = ((side + 7) // 8) ** 2
+    # An AC table of one symbol, code "0": a run of 2**14 empty blocks and 14 bits more.
+    table = b"\xff\xc4" + struct.pack(">H", 20) + bytes([0x11, 1, *[0] * 15, 0xE0])
+    count = -(-blocks // 32767)
+    bits = "".join("0" + format(blocks // count + (i < blocks % count) - 16384, "014b") for i in range(count))
+    bits += "1" * (-len(bits) % 8)
+    data = bytes(int(bits[i : i + 8], 2) for i in range(0, len(bits), 8)).replace(b"\xff", b"\xff\x00")
+    scan = b"\xff\xda" + struct.pack(">H", 8) + bytes([1, 1, 0x01, 1, 63, 0]) + data
+    return base[:-2] + table + scan * scans + b"\xff\xd9"
+
+
+def test_a_jpeg_of_many_scans_is_refused_before_it_is_decoded() -> None:
+    # A scan costs a few bytes to send and a pass over the whole image to decode: a few megabytes of them
+    # would hold the worker's thread for many minutes.
+    scans = with_scans(1024, 2000)
+    assert len(scans) < 200_000
+    with pytest.raises(RequestError) as refused:
+        decode_image(source(scans), max_pixels=10_000)
+    assert refused.value.kind is ErrorKind.INVALID_REQUEST
+    assert refused.value.param == WHERE
+    assert "scans" in str(refused.value)
+    # A photo's own progressive scans are a handful.
+    photo = encoded(Image.effect_noise((256, 256), 40).convert("RGB"), "JPEG", progressive=True)
+    assert decode_image(source(photo), max_pixels=10_000).image.size == (100, 100)

@@ -11,11 +11,14 @@ from typing import Any
 from ..._protocol import LOW_DETAIL_PIXELS, ErrorKind, ImageInput
 from .._failures import RequestError
 
-__all__ = ["DECODE_MAX_PIXELS", "DecodedImage", "decode_image"]
+__all__ = ["DECODE_MAX_PIXELS", "JPEG_MAX_SCANS", "DecodedImage", "decode_image"]
 
 # The most pixels an image may have to be decoded at all (a 48-megapixel photo fits; a header can claim billions of
 # pixels in a few bytes: a decompression bomb); below it, a large image is resized, not refused.
 DECODE_MAX_PIXELS = 50_000_000
+# The most scans a JPEG may have: a scan costs a few bytes to send and a pass over every block of the image to
+# decode, so a few megabytes of them hold the worker's thread for minutes; encoders write a dozen or so.
+JPEG_MAX_SCANS = 100
 # What clients send (OpenAI and Anthropic take these four); the orchestrator sniffs the same.
 _FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 
@@ -36,6 +39,11 @@ def decode_image(source: ImageInput, *, max_pixels: int) -> DecodedImage:
     from PIL import Image, UnidentifiedImageError
 
     where = source.where
+    # A scan begins at its marker, which entropy-coded data cannot hold (its 0xFF bytes are stuffed with 0x00).
+    if source.data.startswith(b"\xff\xd8") and (scans := source.data.count(b"\xff\xda")) > JPEG_MAX_SCANS:
+        raise RequestError(
+            ErrorKind.INVALID_REQUEST, f"{where}: the JPEG has {scans} scans; at most {JPEG_MAX_SCANS} are decoded", param=where
+        )
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb check warns (or raises) at its limit: ours, below, decides.
