@@ -118,7 +118,8 @@ class EngineCore(FailurePolicy, abc.ABC):
         cache holds, and how many of those came from the prompt cache.
 
         A prompt with images is prefilled here, all but its last token (see ``_vision/_prompt.py``), from
-        the nearest prompt cache entry with the same images or none before its first image.
+        the nearest prompt cache entry, cut back to the start of an image it ends inside (kept caches
+        hold true positions: the text between images is where the prefill puts it).
         """
         if not isinstance(prompt, VisionTokens):
             cache, cached = nearest_cache(self._prompt_cache, prompt)
@@ -129,12 +130,13 @@ class EngineCore(FailurePolicy, abc.ABC):
             # The images are in the cache: the rest is text.
             self._vision.to_text_positions(prompt, cache)
             return cache, cached, cached
-        if cache is not None and cached > prompt.first_image:
-            # The entry ends among the images: their prefill starts over from the text before them, or from
-            # nothing where the entry cannot be cut back (a sliding window past its size).
+        inside = next((first for first, end in prompt.spans if first < cached < end), None)
+        if cache is not None and inside is not None:
+            # The entry ends inside an image: the prefill starts over from that image, or from nothing where
+            # the entry cannot be cut back (a sliding window past its size).
             if can_trim_prompt_cache(cache):
-                trim_prompt_cache(cache, cached - prompt.first_image)
-                cached = prompt.first_image
+                trim_prompt_cache(cache, cached - inside)
+                cached = inside
             else:
                 cache = None
         if cache is None:

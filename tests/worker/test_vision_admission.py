@@ -1,5 +1,5 @@
 """An image request's admission (a tiny Qwen2-VL): a heartbeat for each image it decodes, and a kept cache that
-cannot be cut back to before its images is not used as if it had been."""
+cannot be cut back out of an image is not used as if it had been, and one that ends between images is used."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import msgspec
 from mlx_lm.models.cache import KVCache
 
 import mlx.core as mx
+from mlxtrio._protocol import ChatMessage, ContentPart, Generate, ImageInput
 from mlxtrio.worker._batch import BatchEngine
 from mlxtrio.worker._mlx_lm import make_prompt_cache
 from mlxtrio.worker._prompt import PromptTokens, keep_cache
 from mlxtrio.worker._sequential import SequentialEngine
 
-from .test_vision_positions import engine, qwen, request
+from .test_vision_positions import engine, png, qwen, reference, request, run
 
 __all__ = ["qwen"]
 
@@ -39,9 +40,9 @@ def test_a_kept_cache_that_ends_among_the_images_and_cannot_be_cut_is_not_used(q
     parts, tokenizer, vision = qwen
     cached = engine(qwen, BatchEngine, prompt_cache_bytes=1 << 26)
     prompt = PromptTokens(tokenizer, context_length=4096, vision=vision)(request(1, (3, 5)))
-    # An entry that holds the prompt up to the second image (as an earlier turn's with the first image does).
+    # An entry that ends inside the second image.
     held = prompt.images_end - 5
-    assert prompt.first_image < held
+    assert prompt.spans[1][0] < held
     kept = [_Untrimmable() for _ in make_prompt_cache(parts.text_model)]
     for layer in kept:
         layer.update_and_fetch(mx.zeros((1, 2, held, 16)), mx.zeros((1, 2, held, 16)))
@@ -50,3 +51,22 @@ def test_a_kept_cache_that_ends_among_the_images_and_cannot_be_cut_is_not_used(q
     # The cache holds what the engine is told it holds: the prompt but its last token.
     assert cache[0].offset == start == len(prompt) - 1
     assert hit == 0
+
+
+def test_a_next_turn_with_a_new_image_reuses_the_turns_before_it(qwen) -> None:  # noqa: ANN001
+    parts, tokenizer, vision = qwen
+    cached = engine(qwen, BatchEngine, prompt_cache_bytes=1 << 26)
+    first = request(1, (3,))
+    answer = run(cached, [first])[1]
+    later = ChatMessage("user", "and this?", parts=(ContentPart(image=1), ContentPart(text="and this?")))
+    second = Generate(
+        2, first.params, messages=(*first.messages, ChatMessage("assistant", answer), later),
+        images=(*first.images, ImageInput(png(5), "messages[2].content[0]")),
+    )
+    prompt = PromptTokens(tokenizer, context_length=4096, vision=vision)(second)
+    cache, start, hit = cached._start_cache(prompt)
+    # The first turn, its image included, comes from the prompt cache: only the new image and what follows is prefilled.
+    first_turn = PromptTokens(tokenizer, context_length=4096, vision=vision)(first)
+    assert hit >= first_turn.images_end
+    assert cache[0].offset == start == len(prompt) - 1
+    assert run(cached, [msgspec.structs.replace(second, request_id=3)])[3] == reference(qwen, second)

@@ -41,6 +41,8 @@ class VisionTokens(list):
     # Where the first image token is, and where the last one ends.
     first_image: int
     images_end: int
+    # Each image's tokens: where its first is, and where its last ends.
+    spans: list[tuple[int, int]]
     # The processor's arrays for all the images together (pixel_values and what the model also takes).
     arrays: dict[str, Any]
     # Multimodal rotary positions: the shift of the text after the images (see _positions.py); 0 for others.
@@ -86,6 +88,7 @@ class Vision:
         assert placeholder is not None
         text, token = placeholder
         prompt, key = VisionTokens(), []
+        prompt.spans = []
         arrays: dict[str, list[Any]] = {}
         start = 0
         first_image = images_end = -1
@@ -98,6 +101,8 @@ class Vision:
             image_positions = [i for i, t in enumerate(expansion) if t == self._image_token]
             if first_image < 0:
                 first_image = len(prompt) + (image_positions[0] if image_positions else 0)
+            if image_positions:
+                prompt.spans.append((len(prompt) + image_positions[0], len(prompt) + image_positions[-1] + 1))
             for position, piece in enumerate(expansion):
                 key.append(_image_key(decoded.digest, position) if piece == self._image_token else piece)
             prompt.extend(expansion)
