@@ -35,6 +35,7 @@ async def fetch_image(
     max_bytes: int,
     timeout: float,
     where: str,
+    received: Callable[[int], None] | None = None,
     address_allowed: Callable[[Address], bool] = is_public_address,
     ssl_context: ssl.SSLContext | None = None,
 ) -> bytes:
@@ -42,9 +43,10 @@ async def fetch_image(
 
     Raises ``ServerError``: INVALID_REQUEST naming ``where`` (as its param) for an address that is not
     public, a scheme, a status or a content type that is not an image's, a time-out; TOO_LARGE past ``max_bytes``.
+    ``received`` is told the size of each piece of the body as it comes, and may raise ``ServerError`` to stop it.
     ``address_allowed`` and ``ssl_context`` are for tests only (a local server, a test CA).
     """
-    fetch = _Fetch(where=where, max_bytes=max_bytes, allowed=address_allowed, tls=ssl_context or _default_tls())
+    fetch = _Fetch(where=where, max_bytes=max_bytes, allowed=address_allowed, tls=ssl_context or _default_tls(), received=received)
     with trio.move_on_after(timeout):
         target = parse_target(url, where=where)
         for hop in range(MAX_REDIRECTS + 1):
@@ -71,6 +73,7 @@ class _Fetch:
     max_bytes: int
     allowed: Callable[[Address], bool]
     tls: ssl.SSLContext
+    received: Callable[[int], None] | None = None
 
     def refuse(self, why: str, kind: ErrorKind = ErrorKind.INVALID_REQUEST) -> ServerError:
         return ServerError(kind, f"{self.where}: {why}", param=self.where)
@@ -169,4 +172,6 @@ class _Fetch:
             body += event.data
             if len(body) > self.max_bytes:
                 raise self.too_large(f"more than {self.max_bytes}")
+            if self.received is not None:
+                self.received(len(event.data))
         return bytes(body)

@@ -13,6 +13,7 @@ first bytes; the worker decodes, and resizes to ``MLX_IMAGE_MAX_PIXELS``.
 from __future__ import annotations
 
 import binascii
+import functools
 from collections.abc import Sequence
 
 import attrs
@@ -36,6 +37,14 @@ def _invalid(where: str, message: str) -> ServerError:
 
 def _too_large(where: str, size: int, max_bytes: int) -> ServerError:
     return ServerError(ErrorKind.TOO_LARGE, f"{where}: the image is {size} bytes; at most {max_bytes} (MLX_IMAGE_MAX_BYTES)", param=where)
+
+
+def _past_body(where: str, max_body_bytes: int) -> ServerError:
+    return ServerError(
+        ErrorKind.TOO_LARGE,
+        f"{where}: the request's images come to more than {max_body_bytes} bytes, the most a request may carry (MLX_MAX_BODY_BYTES)",
+        param=where,
+    )
 
 
 def check_detail(detail: str | None, where: str) -> str:
@@ -145,11 +154,25 @@ async def load_images(sources: Sequence[ImageSource], config: Config) -> tuple[p
         raise _invalid(where, f"at most {config.images_per_request} images per request (MLX_IMAGES_PER_REQUEST); the request has {len(sources)}")
     found: list[bytes | ServerError | None] = [_decoded(source, config) for source in sources]
     if any(data is None for data in found):
+        # The bytes held so far: fetches stop together once they pass what a body may carry, not each at its own limit.
+        held = sum(len(data) for data in found if data is not None)
+
+        def received(source: ImageSource, size: int) -> None:
+            nonlocal held
+            held += size
+            if held > config.max_body_bytes:
+                raise _past_body(source.where, config.max_body_bytes)
 
         async def fetch(index: int) -> None:
             source = sources[index]
             try:
-                data = await fetch_image(source.url, max_bytes=config.image_max_bytes, timeout=config.image_fetch_timeout, where=source.where)
+                data = await fetch_image(
+                    source.url,
+                    max_bytes=config.image_max_bytes,
+                    timeout=config.image_fetch_timeout,
+                    where=source.where,
+                    received=functools.partial(received, source),
+                )
                 if len(data) > config.image_max_bytes:
                     raise _too_large(source.where, len(data), config.image_max_bytes)
                 found[index] = _sniffed(data, source.where)
@@ -167,9 +190,5 @@ async def load_images(sources: Sequence[ImageSource], config: Config) -> tuple[p
         total += len(data)  # type: ignore[arg-type]
         if total > config.max_body_bytes:
             # Fetched images are not bounded by the body: all of a request's go to the worker in one message.
-            raise ServerError(
-                ErrorKind.TOO_LARGE,
-                f"{source.where}: the request's images come to more than {config.max_body_bytes} bytes, the most a request may carry (MLX_MAX_BODY_BYTES)",
-                param=source.where,
-            )
+            raise _past_body(source.where, config.max_body_bytes)
     return tuple(p.ImageInput(data, source.where, source.detail) for data, source in zip(found, sources, strict=True))  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ signed by it (server.pem, with its key), valid for a century.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.server
 import ipaddress
 import socket
@@ -23,10 +24,12 @@ import trio
 
 from mlxtrio._errors import ServerError
 from mlxtrio._protocol import ErrorKind
+from mlxtrio.api import _images
 from mlxtrio.api._fetch import fetch_image
 from mlxtrio.api._fetch_policy import is_public_address
+from mlxtrio.api._images import ImageSource
 
-from ..helpers import bounded
+from ..helpers import bounded, make_config
 
 TLS = Path(__file__).with_name("fetch_tls")
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(56))
@@ -353,3 +356,18 @@ async def test_a_name_is_resolved_once_and_every_address_must_be_allowed(site: S
     assert site.seen == [], "a host with one refused address was fetched from its allowed one"
     refused = await refusal(f"http://gone.test:{site.port}/image.png", address_allowed=only_this_host)
     assert "could not fetch" in refused.message and "does not resolve" in refused.message, refused.message
+
+
+@bounded(20)
+async def test_a_request_s_fetches_stop_together_at_what_a_body_may_carry(site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each fetch is held to MLX_IMAGE_MAX_BYTES, and all of a request's together to MLX_MAX_BODY_BYTES while they
+    run: a request of many URLs to large images holds no more than a body may."""
+    monkeypatch.setattr(_images, "fetch_image", functools.partial(fetch_image, address_allowed=only_this_host))
+    config = make_config(tmp_path, tmp_path, image_fetch=True, image_fetch_timeout=10.0, image_max_bytes=100 * MAX, max_body_bytes=4 * MAX)
+    sources = [ImageSource(where=f"messages[0].content[{index}]", url=f"http://127.0.0.1:{site.port}/slow") for index in range(4)]
+    started = trio.current_time()
+    with pytest.raises(ServerError) as refused:
+        await _images.load_images(sources, config)
+    # Four trickles of 100 bytes every 50 ms pass 4000 bytes together in half a second, each its own limit in 12.
+    assert trio.current_time() - started < 5
+    assert refused.value.kind is ErrorKind.TOO_LARGE and "MLX_MAX_BODY_BYTES" in refused.value.message, refused.value.message

@@ -309,7 +309,7 @@ async def test_fetched_images_are_checked_as_sent_ones_and_fetched_together(tmp_
     bodies = {"https://a.example/ok.png": PNG, "HTTPS://a.example/ok.png": PNG, "https://a.example/page.html": b"<html>", "https://a.example/huge.png": PNG + bytes(MAX_BYTES)}
     asked, both_waiting = [], trio.Event()
 
-    async def fetch_image(url: str, *, max_bytes: int, timeout: float, where: str) -> bytes:
+    async def fetch_image(url: str, *, max_bytes: int, timeout: float, where: str, received: object) -> bytes:
         assert (max_bytes, timeout) == (MAX_BYTES, 3.0)
         asked.append(where)
         if len(asked) == 2:
@@ -453,7 +453,7 @@ async def test_a_request_s_images_in_all_are_held_to_what_a_body_may_carry(tmp_p
     config = make_config(tmp_path, tmp_path, image_max_bytes=MAX_BYTES, images_per_request=4, image_fetch=True, max_body_bytes=2 * MAX_BYTES)
     whole = PNG + bytes(MAX_BYTES - len(PNG))
 
-    async def fetch_image(url: str, *, max_bytes: int, timeout: float, where: str) -> bytes:
+    async def fetch_image(url: str, *, max_bytes: int, timeout: float, where: str, received: object) -> bytes:
         return whole
 
     monkeypatch.setattr(_images, "fetch_image", fetch_image)
