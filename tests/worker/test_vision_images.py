@@ -86,3 +86,14 @@ def test_the_digest_follows_the_pixels_not_the_encoding() -> None:
     taller = decode_image(source(encoded(Image.new("RGB", (16, 64), (255, 0, 0)), "PNG")), max_pixels=10_000).digest
     assert as_png == as_png_again
     assert len({as_png, blue, taller}) == 3
+
+
+def test_a_photo_is_turned_upright_as_its_exif_orientation_says() -> None:
+    # 40 x 20 as stored, to be shown turned a quarter (EXIF orientation 6): 20 x 40, the red end on top.
+    stored = Image.new("RGB", (40, 20), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 10, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    decoded = decode_image(source(encoded(stored, "JPEG", exif=exif.tobytes())), max_pixels=10_000).image
+    assert decoded.size == (20, 40)
+    assert decoded.getpixel((10, 2))[0] > 200
