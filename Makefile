@@ -4,6 +4,9 @@ VENV ?= .venv
 PYTEST_ARGS ?=
 # The agent CLIs (Claude Code, Codex) that tests/e2e/test_agents.py runs, pinned by their lock file.
 AGENTS ?= tests/e2e/agents
+# Vision, light: mlx-vlm without the dependencies serving does not use (README: "Vision models");
+# the same pin as pyproject.toml's vision extra (tests/e2e/test_doc_examples.py checks).
+MLX_VLM ?= mlx-vlm==0.7.10
 
 .PHONY: test serve bench-ipc agents clean
 
@@ -19,7 +22,8 @@ bench-ipc: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --upgrade pip
-	$(VENV)/bin/python -m pip install -e '.[test]'
+	$(VENV)/bin/python -m pip install -e '.[test,vision-light]'
+	$(VENV)/bin/python -m pip install --no-deps '$(MLX_VLM)'
 	touch $@
 
 agents: $(AGENTS)/node_modules/.installed

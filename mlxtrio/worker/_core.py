@@ -126,7 +126,9 @@ class EngineCore(FailurePolicy, abc.ABC):
         assert self._vision is not None
         cache, cached = nearest_cache(self._prompt_cache, prompt.key)
         if cached >= prompt.images_end:
-            return cache, cached, cached  # the images are in the cache: the rest is text
+            # The images are in the cache: the rest is text.
+            self._vision.to_text_positions(prompt, cache)
+            return cache, cached, cached
         if cache is not None and cached > prompt.first_image:
             # The entry ends among the images: their prefill starts over from the text before them.
             trim_prompt_cache(cache, cached - prompt.first_image)
@@ -144,7 +146,7 @@ class EngineCore(FailurePolicy, abc.ABC):
     ) -> SequenceOutput:
         sequence = new_output(self._tokenizer, self._pieces, request, params, prompt, cached, processors, parse_tools=self.tool_format is not None)
         if isinstance(prompt, VisionTokens):
-            sequence.cache_key = prompt.key
+            sequence.cache_key, sequence.position_shift = prompt.key, prompt.shift
         if params.echo:
             sequence.echo, sequence.echo_logprobs = self._echo(request, params, prompt)
         return sequence
@@ -169,6 +171,9 @@ class EngineCore(FailurePolicy, abc.ABC):
     def _remember(self, tokens: list[int], cache: list[Any], sequence: SequenceOutput) -> None:
         if self._prompt_cache is not None:
             key = sequence.cache_key
+            if sequence.position_shift:
+                assert self._vision is not None
+                self._vision.to_true_positions(sequence.position_shift, cache)
             # A prompt with images is kept under its key (its image tokens named by their pixels).
             keep_cache(self._prompt_cache, tokens if key is None else key + tokens[len(key) :], cache)
             self._unsettled.append(cache)

@@ -62,6 +62,8 @@ class SequenceOutput:
     reasoning_tokens: int = 0
     # A prompt with images: the prompt cache's key for it (its image tokens named by their pixels); None: its tokens.
     cache_key: list[int] | None = None
+    # Its images' shift of multimodal rotary positions (worker/_vision/_positions.py), 0 where none.
+    position_shift: int = 0
 
     def accept(self, token: int | None, finish_reason: str | None, logprobs: mx.array | None = None) -> Delta | None:
         """Take one generated token (None: no token, just the end), with the log probabilities it

@@ -488,10 +488,11 @@ async def test_an_output_format_and_a_stop_sequence(server):
 async def test_thinking_enabled_answers_with_a_thinking_block(server):
     thinking = {"type": "enabled", "budget_tokens": 1024}
     async with _sdk(server) as sdk:
-        raw = await sdk.messages.with_raw_response.create(model="demo", max_tokens=10, messages=HELLO, thinking=thinking)
+        raw = await sdk.messages.with_raw_response.create(model="demo", max_tokens=10, messages=HELLO, thinking=thinking, **GREEDY)
         message = _message(json.loads(raw.http_response.text))
-        off = await sdk.messages.create(model="demo", max_tokens=10, messages=HELLO, thinking={"type": "disabled"})
-        default = await sdk.messages.create(model="demo", max_tokens=10, messages=HELLO)
+        # Greedy: a sampled answer may end at its first token, with no text block.
+        off = await sdk.messages.create(model="demo", max_tokens=10, messages=HELLO, thinking={"type": "disabled"}, **GREEDY)
+        default = await sdk.messages.create(model="demo", max_tokens=10, messages=HELLO, **GREEDY)
         events = [event async for event in await sdk.messages.create(model="demo", max_tokens=10, messages=HELLO, thinking=thinking, stream=True, **GREEDY)]
         async with sdk.messages.stream(model="demo", max_tokens=10, messages=HELLO, thinking=thinking, **GREEDY) as stream:
             final = await stream.get_final_message()

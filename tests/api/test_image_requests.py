@@ -20,10 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mlxtrio import ServerError
+from mlxtrio import ErrorKind, ServerError
 from mlxtrio import _protocol as p
 from mlxtrio.api._common import RequestLimits
 from mlxtrio.api._errors import status_of
+from mlxtrio.api import _images
 from mlxtrio.api._images import ImageSource, ImageSources, load_images
 from mlxtrio.api.anthropic._schemas import MessagesRequest
 from mlxtrio.api.anthropic._serving import generation_request as anthropic_request
@@ -301,6 +302,46 @@ async def test_loaded_images_are_the_bytes_as_sent(tmp_path):
     assert status_of(refused.value) == 413 and refused.value.param == "d"
 
 
+async def test_fetched_images_are_checked_as_sent_ones_and_fetched_together(tmp_path, monkeypatch):
+    """With MLX_IMAGE_FETCH on, URLs go to the fetcher, all at once; what comes back is sniffed and held to the byte
+    limit as a data: URL is, and the first problem in the request's order is the error."""
+    config = make_config(tmp_path, tmp_path, image_max_bytes=MAX_BYTES, images_per_request=4, image_fetch=True, image_fetch_timeout=3.0)
+    bodies = {"https://a.example/ok.png": PNG, "HTTPS://a.example/ok.png": PNG, "https://a.example/page.html": b"<html>", "https://a.example/huge.png": PNG + bytes(MAX_BYTES)}
+    asked, both_waiting = [], trio.Event()
+
+    async def fetch_image(url: str, *, max_bytes: int, timeout: float, where: str) -> bytes:
+        assert (max_bytes, timeout) == (MAX_BYTES, 3.0)
+        asked.append(where)
+        if len(asked) == 2:
+            both_waiting.set()
+        await both_waiting.wait()
+        if url not in bodies:
+            raise ServerError(ErrorKind.INVALID_REQUEST, f"{where}: the fetch failed", param=where)
+        return bodies[url]
+
+    monkeypatch.setattr(_images, "fetch_image", fetch_image)
+
+    def source(where: str, url: str) -> ImageSource:
+        return ImageSource(where=where, url=url)
+
+    images = await load_images([source("a", "https://a.example/ok.png"), source("b", PNG_URL), source("c", "HTTPS://a.example/ok.png")], config)
+    assert [image.data for image in images] == [PNG, PNG, PNG] and sorted(asked) == ["a", "c"]
+    for url, code, says in [("https://a.example/page.html", 400, "not a PNG"), ("https://a.example/huge.png", 413, "MLX_IMAGE_MAX_BYTES")]:
+        asked.clear()
+        with pytest.raises(ServerError) as refused:
+            await load_images([source("first", "https://a.example/ok.png"), source("second", url)], config)
+        assert status_of(refused.value) == code and refused.value.param == "second" and says in refused.value.message
+    asked.clear()
+    with pytest.raises(ServerError) as refused:
+        await load_images([source("first", "https://a.example/gone.png"), source("second", "https://a.example/page.html")], config)
+    assert refused.value.param == "first"
+    # A bad data: URL is refused before anything is fetched.
+    asked.clear()
+    with pytest.raises(ServerError) as refused:
+        await load_images([source("first", "https://a.example/ok.png"), source("second", "data:image/png;base64,@")], config)
+    assert refused.value.param == "second" and asked == []
+
+
 _B64 = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=", max_size=64)
 _DATA_URLS = st.one_of(
     st.text(max_size=80),
@@ -337,3 +378,70 @@ async def test_junk_data_urls_through_the_server_are_4xx(client):
             response = await client.post(path, json=build(url))
             assert 400 <= response.status_code < 500, (path, url[:40], response.text)
     await _answers(client, "responses")
+
+
+def _noise_png(seed: int) -> bytes:
+    """An image the demo's answers follow (a flat one would look like any other to its random weights)."""
+    pixels = bytes((seed * 97 + index * 31) % 256 for index in range(32 * 32 * 3))
+    out = io.BytesIO()
+    Image.frombytes("RGB", (32, 32), pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+@bounded(180)
+async def test_a_screenshot_in_a_tool_result_reaches_the_vision_model(server, client):
+    """Claude Code's shape: the tool's screenshot is counted in the prompt and steers the answer."""
+    shots = [base64.b64encode(_noise_png(seed)).decode() for seed in (1, 2)]
+
+    def turn(shot: str | None) -> list[dict]:
+        result = [{"type": "text", "text": "Done."}]
+        if shot is not None:
+            result.append({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": shot}})
+        return [
+            {"role": "user", "content": "Take a screenshot"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "screenshot", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": result}]},
+        ]
+
+    tools = [{"name": "screenshot", "input_schema": {"type": "object", "properties": {}}}]
+    async with anthropic.AsyncAnthropic(base_url=server.openai_url, api_key="unused", max_retries=0) as sdk:
+        none = {"type": "none"}
+        counts = [
+            (await sdk.messages.count_tokens(model="demo-vision", messages=turn(shot), tools=tools, tool_choice=none)).input_tokens for shot in (None, *shots)
+        ]
+        assert counts[1] == counts[2] > counts[0], counts
+        answers = [
+            await sdk.messages.create(model="demo-vision", max_tokens=12, messages=turn(shot), tools=tools, tool_choice=none, extra_body={"temperature": 0})
+            for shot in (shots[0], shots[1], shots[0])
+        ]
+    texts = ["".join(block.text for block in answer.content if block.type == "text") for answer in answers]
+    assert texts[0] == texts[2] != texts[1], texts
+    assert answers[0].usage.input_tokens + (answers[0].usage.cache_read_input_tokens or 0) == counts[1]
+
+
+@bounded(180)
+async def test_a_stored_response_replays_its_images_in_a_chain(client):
+    """input_items lists the image as sent; previous_response_id gives the model the image again, as the whole
+    conversation sent anew would."""
+    image = {"type": "input_image", "image_url": "data:image/png;base64," + base64.b64encode(_noise_png(3)).decode(), "detail": "auto"}
+    look = {"role": "user", "content": [{"type": "input_text", "text": "Look:"}, image]}
+    first = await client.post("/v1/responses", json={"model": "demo-vision", "input": [look], "max_output_tokens": 16, "temperature": 0})
+    assert first.status_code == 200, first.text
+    stored = first.json()
+    listed = (await client.get(f"/v1/responses/{stored['id']}/input_items")).json()["data"]
+    assert listed[0]["content"] == [{"type": "input_text", "text": "Look:"}, {**image, "file_id": None}]
+
+    async def count(**fields: object) -> int:
+        response = await client.post("/v1/responses/input_tokens", json={"model": "demo-vision", **fields})
+        assert response.status_code == 200, response.text
+        return response.json()["input_tokens"]
+
+    follow = {"role": "user", "content": "And now?"}
+    answer = [{key: item[key] for key in ("type", "role", "content")} for item in stored["output"] if item["type"] == "message"]
+    chained = await count(previous_response_id=stored["id"], input=[follow])
+    assert chained == await count(input=[look, *answer, follow])
+    assert chained > await count(input=[{**look, "content": look["content"][:1]}, *answer, follow])
+    second = await client.post(
+        "/v1/responses", json={"model": "demo-vision", "previous_response_id": stored["id"], "input": [follow], "max_output_tokens": 16}
+    )
+    assert second.status_code == 200 and second.json()["usage"]["input_tokens"] == chained, second.text

@@ -91,9 +91,24 @@ def test_the_environment_the_readme_runs_examples_with_has_the_client():
     """The README says the .venv that make sets up has `openai`: it comes with the test extras, which make installs."""
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
     assert any(re.match(r"openai\b", requirement) for requirement in extras)
-    assert "pip install -e '.[test]'" in (ROOT / "Makefile").read_text()
+    assert "pip install -e '.[test,vision-light]'" in (ROOT / "Makefile").read_text()
     readme = (ROOT / "README.md").read_text()
     assert "pip install openai" in readme and "make serve" in readme
+
+
+def test_the_light_vision_install_pins_what_the_vision_extra_pins():
+    """The Makefile installs mlx-vlm without its dependencies: the release pyproject.toml's vision extra names,
+    beside the vision-light extra's, and the README says both ways with that release."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pinned = next(requirement for requirement in extras["vision"] if requirement.startswith("mlx-vlm"))
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(rf"^MLX_VLM \?= {re.escape(pinned)}$", makefile, re.MULTILINE)
+    assert "pip install --no-deps '$(MLX_VLM)'" in makefile
+    readme = (ROOT / "README.md").read_text()
+    assert f"pip install --no-deps {pinned}" in readme and "pip install 'mlxtrio[vision]'" in readme
+    import importlib.metadata
+
+    assert importlib.metadata.version("mlx-vlm") == pinned.split("==")[1]
 
 
 def test_json_error_examples_are_openai_errors(openapi):
@@ -111,3 +126,12 @@ def test_toml_examples_are_valid_config_files(tmp_path):
         path.write_text(block)
         settings, models = _read_config_file(path)
         assert settings and models, name
+
+
+def test_every_setting_is_in_the_configuration_table():
+    """CONFIGURATION.md gives each of Config's environment variables, with its config key, in a row of its table."""
+    from mlxtrio._config import _VARIABLES
+
+    rows = [line for line in (ROOT / "docs" / "CONFIGURATION.md").read_text().splitlines() if line.startswith("| ")]
+    for key, variable in _VARIABLES.items():
+        assert any(f"`{variable}`" in row and f"`{key}`" in row for row in rows), f"{variable} ({key}) has no row in docs/CONFIGURATION.md"

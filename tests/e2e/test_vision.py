@@ -201,3 +201,67 @@ async def test_a_worker_killed_under_an_image_request_fails_it_at_once_and_the_n
     answer = await chat(client, [user(image_part(png(2)), "again")])
     assert answer["usage"]["prompt_tokens"] > IMAGE_TOKENS
     assert (await worker_entry(admin, MODEL))["restarts"] == 1
+
+
+@bounded(120)
+async def test_every_surface_gives_the_model_the_same_image_prompt(client, server):
+    import anthropic
+    import openai
+
+    image, question = png(51), "what is it?"
+    reference = await chat(client, [user(image_part(image), question)], max_tokens=16)
+    encoded = base64.b64encode(image).decode()
+    async with anthropic.AsyncAnthropic(base_url=server.openai_url, api_key="unused", max_retries=0) as claude:
+        content = [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": encoded}}, {"type": "text", "text": question}]
+        message = await claude.messages.create(
+            model=MODEL, max_tokens=16, extra_body={"temperature": 0}, messages=[{"role": "user", "content": content}]
+        )
+        counted = await claude.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": content}])
+    assert message.content[0].text == text_of(reference)
+    assert message.usage.input_tokens + (message.usage.cache_read_input_tokens or 0) == reference["usage"]["prompt_tokens"]
+    assert counted.input_tokens == reference["usage"]["prompt_tokens"]
+    async with openai.AsyncOpenAI(base_url=server.openai_url + "/v1", api_key="unused", max_retries=0) as sdk:
+        response = await sdk.responses.create(
+            model=MODEL,
+            max_output_tokens=16,
+            temperature=0,
+            input=[{"role": "user", "content": [{"type": "input_image", "image_url": data_url(image)}, {"type": "input_text", "text": question}]}],
+        )
+        # A later turn by previous_response_id: the stored chain gives the model its image again.
+        follow = await sdk.responses.create(model=MODEL, max_output_tokens=16, temperature=0, previous_response_id=response.id, input="and?")
+    assert response.output_text == text_of(reference)
+    assert response.usage.input_tokens == reference["usage"]["prompt_tokens"]
+    turns = [user(image_part(image), question), {"role": "assistant", "content": response.output_text}, user("and?")]
+    assert follow.output_text == text_of(await chat(client, turns, max_tokens=16))
+
+
+@bounded(60)
+async def test_text_that_spells_the_image_placeholder_stays_text(client):
+    # Were "<image>" in a message's text the template's placeholder, the prompt would hold two images'
+    # places for the one image sent, and forge an image where the client sent text.
+    answer = await chat(client, [user(image_part(png(61)), "what is <image> here?")])
+    plain = await chat(client, [user(image_part(png(61)), "what is  here?")])
+    assert answer["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"]
+    text_only = await chat(client, [user("<image>")])
+    assert text_only["usage"]["prompt_tokens"] < IMAGE_TOKENS
+
+
+@bounded(120)
+async def test_sampling_logprobs_stop_strings_and_structured_output_work_with_an_image(client):
+    import json
+
+    messages = [user(image_part(png(71)), "answer")]
+    seeded = [text_of(await chat(client, messages, temperature=1.0, seed=seed, max_tokens=16)) for seed in (7, 7, 8)]
+    assert seeded[0] == seeded[1] != seeded[2]
+    with_logprobs = await chat(client, messages, logprobs=True, top_logprobs=2)
+    entries = with_logprobs["choices"][0]["logprobs"]["content"]
+    assert len(entries) == with_logprobs["usage"]["completion_tokens"] and all(len(entry["top_logprobs"]) == 2 for entry in entries)
+    greedy = text_of(await chat(client, messages, max_tokens=16))
+    stop = greedy[len(greedy) // 2 : len(greedy) // 2 + 2]
+    stopped = await chat(client, messages, max_tokens=16, stop=[stop])
+    assert stopped["choices"][0]["finish_reason"] == "stop" and text_of(stopped) == greedy[: greedy.index(stop)]
+    schema = {"type": "object", "properties": {"seen": {"type": "boolean"}}, "required": ["seen"], "additionalProperties": False}
+    structured = await chat(
+        client, messages, max_tokens=40, response_format={"type": "json_schema", "json_schema": {"name": "seen", "schema": schema}}
+    )
+    assert isinstance(json.loads(text_of(structured))["seen"], bool)

@@ -165,6 +165,7 @@ def _chat_messages(message: Message, where: str, sources: ImageSources) -> list[
         # Earlier thinking goes back as the template's reasoning_content; redacted thinking cannot be read.
         reasoning = "\n".join(block.thinking for block in message.content if isinstance(block, ThinkingBlock))
         return [p.ChatMessage("assistant", _joined(texts), calls, reasoning=reasoning)]
+    # The tool messages come first, and so do their images: a worker fills the template's image places in order.
     chat = [
         _result_message(block, f"{where}.{number}.content", sources) for number, block in enumerate(message.content) if isinstance(block, ToolResultBlock)
     ]

@@ -1,4 +1,4 @@
-"""The built-in ``demo-vision`` model: a tiny LLaVA with seeded random weights, the demo's tokenizer and ``<image>``.
+"""The built-in ``demo-vision`` model: a tiny LLaVA with seeded random weights and the demo's tokenizer.
 
 Like ``demo`` (worker/_demo.py), its text is nonsense, but it takes the whole
 real path for images offline: mlx-vlm's ``llava`` (a llama language model, a
@@ -10,7 +10,8 @@ so once an image's prompt is prefilled its sequence decodes like a text one.
 Its text is the demo's kind: it never samples a special token but the end of
 a turn (``<image>`` included), a control byte or a piece of a character.
 Different images give different answers to one question, the same image the
-same: the projector is scaled so that image features steer the logits.
+same: the projector is scaled so that image features steer the logits, and
+the layers so that greedy text does not settle into repeating one token.
 """
 
 from __future__ import annotations
@@ -47,11 +48,11 @@ _VISION_ARGS = {
 _PROJECTOR_GAIN = 4.0
 # The language model's layers' scale over their random init's: at their init's, greedy text falls
 # into a loop of one or two tokens within a few steps; this much larger, it keeps moving.
-_LAYER_GAIN = 3.0
+_LAYER_GAIN = 3.5
 # The final norm's weight on the demo's constant dimension: the larger layers grow the residual
 # stream, which shrinks that dimension after the norm; this puts the never-sampled tokens' logits
-# back 90 and more below every other's.
-_CONSTANT_NORM_WEIGHT = 24.0
+# back about 100 below every other's, as far as the demo's.
+_CONSTANT_NORM_WEIGHT = 40.0
 _SEED = 20261206
 
 
@@ -150,7 +151,9 @@ def shape_language_model(language_model: Any, never_sampled: list[int]) -> None:
     moving, and give it the demo's constant dimension, which holds ``never_sampled`` far down."""
     for layer in language_model.model.layers:
         attention, mlp = layer.self_attn, layer.mlp
-        for linear in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+        for linear in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj):
+            linear.weight = linear.weight * _LAYER_GAIN
+        for linear in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
             linear.weight = linear.weight * _LAYER_GAIN
     _demo.push_down_never_sampled(language_model, never_sampled)
     language_model.model.norm.weight[0] = _CONSTANT_NORM_WEIGHT
@@ -177,7 +180,6 @@ def _build(directory: Path) -> None:
     eos = tokenizer.convert_tokens_to_ids("<|end|>")
     image_token = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     never = _demo.never_sampled_ids(directory / "tokenizer.json", keep=(eos,))
-    assert image_token in never
     text_args = dict(_demo._MODEL_ARGS, vocab_size=len(tokenizer))
     config = {
         "model_type": "llava",

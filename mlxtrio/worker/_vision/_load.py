@@ -56,10 +56,6 @@ def load_vision(path: Path) -> VisionParts:
     config = json.loads((path / "config.json").read_text())
     model, processor = load(str(path))
     text_config = _text_config(config, model)
-    if getattr(model.language_model, "get_rope_index", None) is not None:
-        # Multimodal rotary positions (Qwen2-VL and its kin) place the text after an image at positions of
-        # their own, which a text model's cache offset does not give.
-        raise ValueError(f"its language model ({config.get('model_type')!r}) places tokens by multimodal rotary positions, which mlxtrio does not serve yet")
     return VisionParts(model, processor, _text_model(model, config, text_config), text_config)
 
 

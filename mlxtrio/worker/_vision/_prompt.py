@@ -28,6 +28,7 @@ from ..._protocol import ErrorKind, Generate
 from .._failures import RequestError
 from ._images import decode_image
 from ._load import VisionParts
+from ._positions import turn_keys
 
 __all__ = ["Vision", "VisionTokens"]
 
@@ -42,6 +43,8 @@ class VisionTokens(list):
     images_end: int
     # The processor's arrays for all the images together (pixel_values and what the model also takes).
     arrays: dict[str, Any]
+    # Multimodal rotary positions: the shift of the text after the images (see _positions.py); 0 for others.
+    shift: int
 
 
 class Vision:
@@ -49,6 +52,9 @@ class Vision:
 
     def __init__(self, parts: VisionParts, *, max_pixels: int, prefill_step_size: int) -> None:
         self._model = parts.model
+        self._text_model = parts.text_model
+        # Whether the language model places tokens by multimodal rotary positions (see _positions.py).
+        self._multimodal_positions = getattr(parts.model.language_model, "get_rope_index", None) is not None
         self._processor = parts.processor
         self._max_pixels = max_pixels
         self._prefill_step_size = prefill_step_size
@@ -103,7 +109,16 @@ class Vision:
         prompt.key = key
         prompt.first_image, prompt.images_end = first_image, images_end
         prompt.arrays = _joined(arrays)
+        prompt.shift = self._shift(prompt) if self._multimodal_positions else 0
         return prompt
+
+    def _shift(self, prompt: VisionTokens) -> int:
+        """The shift of the text after ``prompt``'s images from its index (see _positions.py)."""
+        import mlx.core as mx
+
+        grid = prompt.arrays.get("image_grid_thw")
+        _, deltas = self._model.language_model.get_rope_index(mx.array(list(prompt))[None], None if grid is None else mx.array(grid))
+        return int(mx.array(deltas).reshape(-1)[0].item())
 
     def _expand(self, text: str, image: Any, where: str) -> tuple[list[int], dict[str, Any]]:
         """What the processor makes of one image's placeholder: its tokens, and its arrays."""
@@ -137,6 +152,15 @@ class Vision:
             language(ids[:, chunk:stop], inputs_embeds=embeddings[:, chunk:stop], cache=cache, **extra)
             mx.eval([layer.state for layer in cache])
             progress()
+        self.to_text_positions(prompt, cache)
+
+    def to_text_positions(self, prompt: VisionTokens, cache: list[Any]) -> None:
+        """A cache of ``prompt`` at its true positions made ready for the text model to decode on."""
+        turn_keys(cache, self._text_model, -prompt.shift)
+
+    def to_true_positions(self, shift: int, cache: list[Any]) -> None:
+        """A finished sequence's cache (of a prompt with this ``shift``) made ready for the prompt cache."""
+        turn_keys(cache, self._text_model, shift)
 
 
 def _image_key(digest: bytes, position: int) -> int:
