@@ -109,7 +109,7 @@ class BatchEngine(EngineCore):
     @property
     def active(self) -> int:
         # Carried deltas and failures count as work: they go out with the next step.
-        return len(self._by_uid) + (self._alone is not None) + (len(self._carried) + len(self._carried_failures) > 0)
+        return len(self._by_uid) + (self._alone is not None) + len(self._prefills) + (len(self._carried) + len(self._carried_failures) > 0)
 
     def _admit(self, request: Generate, prompt: list[int]) -> None:
         alone = self._alone
@@ -117,7 +117,7 @@ class BatchEngine(EngineCore):
             raise RequestError(ErrorKind.INVALID_REQUEST, f"duplicate request id {request.request_id}")
         params = self._sampling(request.params)
         sampler, processors = make_sampler(params), make_processors(params, self.grammars)
-        cache, cached, hit = self._start_cache(prompt)
+        cache, cached, hit = self._start_cache(request, prompt)
         sequence = self._new_sequence(request, params, prompt, hit, processors)
         if alone is None and not self._uid_of:
             decoder = SoloDecoder(
@@ -242,6 +242,8 @@ class BatchEngine(EngineCore):
         self._retries.forget(request_id)
 
     def cancel(self, request_id: int) -> bool:
+        if self._prefills.cancel(request_id):
+            return True
         self._carried = [delta for delta in self._carried if delta.request_id != request_id]
         self._carried_failures = [failure for failure in self._carried_failures if failure[0] != request_id]
         if self._alone is not None and self._alone.request.request_id == request_id:
@@ -256,14 +258,19 @@ class BatchEngine(EngineCore):
         return True
 
     def cancel_all(self) -> None:
+        self._prefills.clear()
         if self._alone is not None:
             self.cancel(self._alone.request.request_id)
         for request_id in list(self._uid_of):
             self.cancel(request_id)
 
     def step(self) -> StepResult:
+        # First: a choice whose prefill ends here may move a sequence into the batch, carrying its next token,
+        # which must go out before the batch's next one.
+        prefill_failures = self._advance_prefills()
         deltas, self._carried = self._carried, []
         failures, self._carried_failures = self._carried_failures, []
+        failures.extend(prefill_failures)
         if self._alone is not None:
             delta, failure = self._step_alone()
             if delta is not None:

@@ -21,7 +21,7 @@ from ._prompt_logprobs import MOST_ECHOED_ENTRIES, prompt_logprobs
 from ._sampling import Processor, model_params
 from ._token_pieces import TokenPieces
 from ._tools import tool_format
-from ._vision import Vision, VisionTokens
+from ._vision import Prefilled, Vision, VisionPrefills, VisionTokens, ready_choices
 
 __all__ = ["EngineCore", "StepResult"]
 
@@ -63,6 +63,9 @@ class EngineCore(FailurePolicy, abc.ABC):
         self._unsettled: list[list[Any]] = []
         # Deltas made outside a step (a count, a sequence moving into the batch), sent with the next.
         self._carried: list[Delta] = []
+        # Prompts with images being prefilled, a chunk per step; and choices prefilled, about to start.
+        self._prefills = VisionPrefills()
+        self._prefilled: dict[int, Prefilled] = {}
 
     def admit(self, request: Generate) -> int:
         """Start the request's sequences, one per choice (of each of its prompts): they share one tokenization of their prompt.
@@ -86,6 +89,19 @@ class EngineCore(FailurePolicy, abc.ABC):
                     f"at most {MOST_ECHOED_ENTRIES}: send a shorter prompt, fewer choices or fewer logprobs",
                     param="echo",
                 )
+        prompt = sequences[0][1]
+        if isinstance(prompt, VisionTokens):
+            self._admit_images([choice for choice, _ in sequences], prompt)
+            return len(prompt)
+        try:
+            self._start(sequences)
+        finally:
+            # The echoed prompt's log probabilities live on in its sequences only.
+            self._echoed = None
+        return len(prompt)
+
+    def _start(self, sequences: list[tuple[Generate, list[int]]]) -> None:
+        """Start each sequence; should one fail, none goes on."""
         started: list[int] = []
         try:
             for choice, prompt in sequences:
@@ -95,10 +111,54 @@ class EngineCore(FailurePolicy, abc.ABC):
             for request_id in started:
                 self.cancel(request_id)
             raise
+
+    def _admit_images(self, choices: list[Generate], prompt: VisionTokens) -> None:
+        """A prompt with images starts from the nearest prompt cache entry, cut back to the start of an image it ends
+        inside (kept caches hold true positions: the text between images is where the prefill puts it); what the
+        entry does not hold is prefilled a chunk per step (``_prefills.py``)."""
+        assert self._vision is not None
+        cache, cached = nearest_cache(self._prompt_cache, prompt.key)
+        if cached >= prompt.images_end:
+            # The images are in the cache: the rest is text, which the engine prefills as any prompt's.
+            self._vision.to_text_positions(prompt, cache)
+            self._start_prefilled(ready_choices(choices, prompt, cache, cached, cached))
+            return
+        inside = next((first for first, end in prompt.spans if first < cached < end), None)
+        if cache is not None and inside is not None:
+            # The entry ends inside an image: the prefill starts over from that image, or from nothing where
+            # the entry cannot be cut back (a sliding window past its size).
+            if can_trim_prompt_cache(cache):
+                trim_prompt_cache(cache, cached - inside)
+                cached = inside
+            else:
+                cache = None
+        if cache is None:
+            cache, cached = make_prompt_cache(self._model), 0
+        self._prefills.add(choices, prompt, cache, cached, self._vision.prefill(prompt, cache, cached))
+
+    def _start_prefilled(self, ready: list[Prefilled]) -> None:
+        for choice in ready:
+            self._prefilled[choice.request.request_id] = choice
+        try:
+            self._start([(choice.request, choice.prompt) for choice in ready])
         finally:
-            # The echoed prompt's log probabilities live on in its sequences only.
-            self._echoed = None
-        return len(sequences[0][1])
+            for choice in ready:
+                self._prefilled.pop(choice.request.request_id, None)
+
+    def _advance_prefills(self) -> list[tuple[int, RequestError]]:
+        """A chunk of the first waiting image prompt's prefill; its choices start once it is done (a step's first work)."""
+        if not self._prefills:
+            return []
+        ready, failed = self._prefills.step()
+        if failed is not None:
+            request_ids, exc = failed
+            return [(request_id, exc if isinstance(exc, RequestError) else self._failed(exc)) for request_id in request_ids]
+        try:
+            self._start_prefilled(ready)
+        except Exception as exc:  # noqa: BLE001 - these choices fail, the batch goes on
+            error = exc if isinstance(exc, RequestError) else self._failed(exc)
+            return [(choice.request.request_id, error) for choice in ready]
+        return []
 
     @abc.abstractmethod
     def _admit(self, request: Generate, prompt: list[int]) -> None:
@@ -113,36 +173,14 @@ class EngineCore(FailurePolicy, abc.ABC):
     def active(self) -> int:
         """How many sequences are running (or have output still to send)."""
 
-    def _start_cache(self, prompt: list[int]) -> tuple[list[Any] | None, int, int]:
-        """Where ``prompt``'s sequence starts: a KV cache (None: a fresh one), how many of its tokens that
-        cache holds, and how many of those came from the prompt cache.
-
-        A prompt with images is prefilled here, all but its last token (see ``_vision/_prompt.py``), from
-        the nearest prompt cache entry, cut back to the start of an image it ends inside (kept caches
-        hold true positions: the text between images is where the prefill puts it).
-        """
-        if not isinstance(prompt, VisionTokens):
-            cache, cached = nearest_cache(self._prompt_cache, prompt)
-            return cache, cached, cached
-        assert self._vision is not None
-        cache, cached = nearest_cache(self._prompt_cache, prompt.key)
-        if cached >= prompt.images_end:
-            # The images are in the cache: the rest is text.
-            self._vision.to_text_positions(prompt, cache)
-            return cache, cached, cached
-        inside = next((first for first, end in prompt.spans if first < cached < end), None)
-        if cache is not None and inside is not None:
-            # The entry ends inside an image: the prefill starts over from that image, or from nothing where
-            # the entry cannot be cut back (a sliding window past its size).
-            if can_trim_prompt_cache(cache):
-                trim_prompt_cache(cache, cached - inside)
-                cached = inside
-            else:
-                cache = None
-        if cache is None:
-            cache, cached = make_prompt_cache(self._model), 0
-        self._vision.prefill(prompt, cache, cached, self._progress)
-        return cache, len(prompt) - 1, cached
+    def _start_cache(self, request: Generate, prompt: list[int]) -> tuple[list[Any] | None, int, int]:
+        """Where ``request``'s sequence starts: a KV cache (None: a fresh one), how many of ``prompt``'s tokens
+        that cache holds, and how many of those came from the prompt cache (a prompt with images: as prefilled)."""
+        prefilled = self._prefilled.get(request.request_id)
+        if prefilled is not None:
+            return prefilled.cache, prefilled.held, prefilled.hit
+        cache, cached = nearest_cache(self._prompt_cache, prompt)
+        return cache, cached, cached
 
     def _sampling(self, params: SamplingParams) -> SamplingParams:
         return model_params(params, getattr(self._tokenizer, "vocab_size", None))

@@ -57,13 +57,13 @@ class SequentialEngine(EngineCore):
     @property
     def active(self) -> int:
         # Carried deltas count as work: they go out with the next step.
-        return len(self._running) + (len(self._carried) > 0)
+        return len(self._running) + len(self._prefills) + (len(self._carried) > 0)
 
     def _admit(self, request: Generate, prompt: list[int]) -> None:
         if request.request_id in self._running:
             raise RequestError(ErrorKind.INVALID_REQUEST, f"duplicate request id {request.request_id}")
         params = self._sampling(request.params)
-        cache, cached, hit = self._start_cache(prompt)
+        cache, cached, hit = self._start_cache(request, prompt)
         if cache is None:
             cache = make_prompt_cache(self._model)
         processors = make_processors(params, self.grammars)
@@ -80,6 +80,8 @@ class SequentialEngine(EngineCore):
         self._running[request.request_id] = _Running(self._new_sequence(request, params, prompt, hit, processors), tokens, cache, list(prompt))
 
     def cancel(self, request_id: int) -> bool:
+        if self._prefills.cancel(request_id):
+            return True
         self._carried = [delta for delta in self._carried if delta.request_id != request_id]
         running = self._running.pop(request_id, None)
         if running is None:
@@ -90,12 +92,13 @@ class SequentialEngine(EngineCore):
         return True
 
     def cancel_all(self) -> None:
+        self._prefills.clear()
         for request_id in list(self._running):
             self.cancel(request_id)
 
     def step(self) -> StepResult:
+        failures = self._advance_prefills()
         deltas, self._carried = self._carried, []
-        failures: list[tuple[int, RequestError]] = []
         for request_id, running in list(self._running.items()):
             try:
                 failpoint("step")

@@ -275,7 +275,7 @@ async def test_the_fields_claude_code_sends_are_accepted(client):
 @pytest.mark.parametrize(
     ("fields", "says"),
     [
-        ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}}]}]}, "messages.0.content.0: not a PNG, JPEG, WebP or GIF image"),
+        ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}}]}]}, "messages.0.content.0: the model 'demo' does not take images"),
         ({"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}]}]}, "documents"),
         ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": {"type": "file", "file_id": "f"}}]}]}]}, "messages.0.content.0.content.0.source: images by file_id"),
         ({"messages": [*HELLO, {"role": "assistant", "content": "The answer is ("}]}, "prefill"),

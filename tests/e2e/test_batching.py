@@ -122,7 +122,7 @@ async def test_sampling_parameters_out_of_range_are_400s(client):
 @pytest.mark.parametrize("server_settings", [{"decode_concurrency": 1, "max_queue": 1}])
 @bounded(120)
 async def test_a_full_queue_answers_429_with_retry_after(client, admin, openapi):
-    long = {"model": "demo", "prompt": "go", "max_tokens": 3000, "ignore_eos": True}
+    long = {"model": "demo", "prompt": "go", "max_tokens": 1000, "ignore_eos": True}
     assert (await admin.post("/admin/load", json={"model": "demo"})).status_code == 200
     finished: list[int] = []
 

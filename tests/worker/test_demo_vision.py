@@ -16,7 +16,6 @@ import shutil
 import mlx.core as mx
 import numpy as np
 import pytest
-from PIL import Image
 
 from mlxtrio.worker._demo import build_demo_model, never_sampled_ids
 from mlxtrio.worker._vision._demo import (
@@ -28,7 +27,15 @@ from mlxtrio.worker._vision._demo import (
     ensure_demo_vision_model,
 )
 
-QUESTION = "What is in this picture?"
+from .vision_models import (
+    MIXED_PARTS,
+    QUESTION,
+    greedy_tokens,
+    image_prompt,
+    mixed_parts_rendered,
+    noise_image,
+    red_image,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,37 +50,8 @@ def loaded(directory):
     return load(str(directory))
 
 
-def _noise(seed: int) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8))
-
-
-def _red() -> Image.Image:
-    return Image.new("RGB", (64, 64), (255, 0, 0))
-
-
-def _prompt(tokenizer, question: str = QUESTION) -> str:
-    content = [{"type": "image"}, {"type": "text", "text": question}]
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
-
-
-def _greedy(loaded, image: Image.Image, question: str = QUESTION) -> list[int]:
-    """24 tokens, greedy, through mlx-vlm's own generation loop from the processor's inputs."""
-    from mlx_vlm import stream_generate
-
-    model, processor = loaded
-    prompt = _prompt(processor.tokenizer, question)
-    inputs = processor(text=prompt, images=[image])
-    *_, last = stream_generate(
-        model,
-        processor,
-        prompt,
-        input_ids=inputs["input_ids"],
-        pixel_values=inputs["pixel_values"],
-        mask=inputs["attention_mask"],
-        max_tokens=24,
-        temperature=0.0,
-    )
-    return last.token_ids
+def _greedy(loaded, image, question: str = QUESTION) -> list[int]:
+    return greedy_tokens(loaded, image, question, max_tokens=24)
 
 
 def test_mlx_vlm_loads_it_offline_as_llava(directory, loaded):
@@ -88,7 +66,7 @@ def test_mlx_vlm_loads_it_offline_as_llava(directory, loaded):
     assert model.config.image_token_index == tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) == len(tokenizer) - 1
     assert tokenizer.convert_tokens_to_ids("<|end|>") == config["eos_token_id"]
     # Each <image> becomes one token per patch, as many as the vision tower gives features.
-    inputs = processor(text=_prompt(tokenizer), images=[_red()])
+    inputs = processor(text=image_prompt(tokenizer), images=[red_image()])
     ids = inputs["input_ids"][0].tolist()
     assert ids.count(model.config.image_token_index) == IMAGE_TOKENS_PER_IMAGE == 16
     assert inputs["pixel_values"].shape == (1, 3, 56, 56)
@@ -98,22 +76,15 @@ def test_the_template_renders_content_parts_in_order(directory, loaded):
     from mlx_lm.tokenizer_utils import load as load_tokenizer
 
     tokenizer = loaded[1].tokenizer
-    parts = [
-        {"type": "text", "text": "first"},
-        {"type": "image"},
-        {"type": "text", "text": "then"},
-        {"type": "image_url", "image_url": {"url": "data:,"}},
-    ]
-    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": parts}]
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert rendered == "<|bos|><|system|>be brief<|end|><|user|>first<image>then<image><|end|><|assistant|>"
+    rendered = tokenizer.apply_chat_template(MIXED_PARTS, tokenize=False, add_generation_prompt=True)
+    assert rendered == mixed_parts_rendered(IMAGE_TOKEN)
     # The demo's tools and thinking, as mlx-lm recognises them.
     wrapper = load_tokenizer(directory)
     assert wrapper.has_tool_calling and wrapper.has_thinking
     assert (wrapper.think_start, wrapper.tool_call_start) == ("<think>", "<tool_call>")
     tools = [{"type": "function", "function": {"name": "look", "parameters": {"type": "object"}}}]
     with_tools = tokenizer.apply_chat_template(
-        messages, tools=tools, tokenize=False, add_generation_prompt=True, enable_thinking=True
+        MIXED_PARTS, tools=tools, tokenize=False, add_generation_prompt=True, enable_thinking=True
     )
     assert "<tool_call>" in with_tools and '"name": "look"' in with_tools and with_tools.endswith("<|assistant|><think>\n")
 
@@ -124,8 +95,8 @@ def test_image_token_is_never_sampled(directory, loaded):
     never = never_sampled_ids(directory / "tokenizer.json", keep=(tokenizer.convert_tokens_to_ids("<|end|>"),))
     assert model.config.image_token_index in never
     allowed = np.array(sorted(set(range(len(tokenizer))) - set(never)))
-    for image in (_red(), _noise(1)):
-        inputs = processor(text=_prompt(tokenizer), images=[image])
+    for image in (red_image(), noise_image(1)):
+        inputs = processor(text=image_prompt(tokenizer), images=[image])
         embeddings = model.get_input_embeddings(inputs["input_ids"], inputs["pixel_values"]).inputs_embeds
         logits = np.array(model.language_model(inputs["input_ids"], inputs_embeds=embeddings).logits[0])
         # At every position, image ones included: far below every other token's, as the demo's are.
@@ -134,10 +105,10 @@ def test_image_token_is_never_sampled(directory, loaded):
 
 
 def test_the_image_steers_the_answer(loaded):
-    red, noise, other_noise = _greedy(loaded, _red()), _greedy(loaded, _noise(1)), _greedy(loaded, _noise(2))
+    red, noise, other_noise = _greedy(loaded, red_image()), _greedy(loaded, noise_image(1)), _greedy(loaded, noise_image(2))
     assert red != noise and noise != other_noise and red != other_noise
-    assert _greedy(loaded, _red()) == red
-    for tokens in (red, noise, other_noise, _greedy(loaded, _noise(1), "Describe it.")):
+    assert _greedy(loaded, red_image()) == red
+    for tokens in (red, noise, other_noise, _greedy(loaded, noise_image(1), "Describe it.")):
         assert len(tokens) == 24 and len(set(tokens)) >= 8, tokens
 
 

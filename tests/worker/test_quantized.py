@@ -170,7 +170,7 @@ def test_the_worker_loads_a_quantized_model_folded(cache_dir: Path, tmp_path: Pa
         dtype="bfloat16",
     )
     config = ModelCatalog(Config.from_environment(env={}, cache_dir=cache_dir)).worker_config(ModelEntry("demo-4bit", "local", str(quantized), ""))
-    model, _, _, _ = _load(config)
+    model, _, _, _, _ = _load(config)
     projections = [module for module in model.modules() if isinstance(module, nn.QuantizedLinear)]
     assert projections
     assert all(type(module) is not nn.QuantizedLinear for module in projections)

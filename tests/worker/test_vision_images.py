@@ -117,3 +117,14 @@ def test_a_jpeg_of_many_scans_is_refused_before_it_is_decoded() -> None:
     # A photo's own progressive scans are a handful.
     photo = encoded(Image.effect_noise((256, 256), 40).convert("RGB"), "JPEG", progressive=True)
     assert decode_image(source(photo), max_pixels=10_000).image.size == (100, 100)
+
+
+def test_a_photo_is_turned_upright_as_its_exif_orientation_says() -> None:
+    # 40 x 20 as stored, to be shown turned a quarter (EXIF orientation 6): 20 x 40, the red end on top.
+    stored = Image.new("RGB", (40, 20), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 10, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    decoded = decode_image(source(encoded(stored, "JPEG", exif=exif.tobytes())), max_pixels=10_000).image
+    assert decoded.size == (20, 40)
+    assert decoded.getpixel((10, 2))[0] > 200

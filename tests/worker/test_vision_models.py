@@ -14,20 +14,24 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
-from PIL import Image
 
 from mlxtrio.worker._demo import never_sampled_ids
 
 from .vision_models import (
     IMAGE_PAD,
+    MIXED_PARTS,
+    QUESTION,
     QWEN2_VL_IMAGE_TOKENS_64,
     QWEN2_VL_VERSION,
     VISION_END,
     VISION_START,
     build_tiny_qwen2_vl,
+    greedy_tokens,
+    image_prompt,
+    mixed_parts_rendered,
+    noise_image,
+    red_image,
 )
-
-QUESTION = "What is in this picture?"
 
 
 @pytest.fixture(scope="module")
@@ -35,40 +39,6 @@ def loaded(tiny_qwen2_vl):
     from mlx_vlm.utils import load
 
     return load(str(tiny_qwen2_vl))
-
-
-def _noise(seed: int, size: tuple[int, int] = (64, 64)) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-
-
-def _red() -> Image.Image:
-    return Image.new("RGB", (64, 64), (255, 0, 0))
-
-
-def _prompt(tokenizer, question: str = QUESTION) -> str:
-    content = [{"type": "image"}, {"type": "text", "text": question}]
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
-
-
-def _greedy(loaded, image: Image.Image, question: str = QUESTION) -> list[int]:
-    """16 tokens, greedy, through mlx-vlm's own generation loop from the processor's inputs."""
-    from mlx_vlm import stream_generate
-
-    model, processor = loaded
-    prompt = _prompt(processor.tokenizer, question)
-    inputs = processor(text=prompt, images=[image])
-    *_, last = stream_generate(
-        model,
-        processor,
-        prompt,
-        input_ids=inputs["input_ids"],
-        pixel_values=inputs["pixel_values"],
-        mask=inputs["attention_mask"],
-        image_grid_thw=inputs["image_grid_thw"],
-        max_tokens=16,
-        temperature=0.0,
-    )
-    return last.token_ids
 
 
 def _text_model(directory, model):
@@ -101,32 +71,24 @@ def test_mlx_vlm_loads_it_offline_as_qwen2_vl(tiny_qwen2_vl, loaded):
         assert getattr(model.config, key) == config[key] == tokenizer.convert_tokens_to_ids(token)
     assert config["eos_token_id"] == tokenizer.convert_tokens_to_ids("<|end|>")
     # A 64x64 image: 84x84 after the resize, 6x6 patches, merged 2x2 into 3x3 image tokens.
-    inputs = processor(text=_prompt(tokenizer), images=[_red()])
+    inputs = processor(text=image_prompt(tokenizer), images=[red_image()])
     assert inputs["image_grid_thw"].tolist() == [[1, 6, 6]]
     assert inputs["pixel_values"].shape == (36, 3 * 2 * 14 * 14)
     assert inputs["input_ids"][0].tolist().count(model.config.image_token_id) == QWEN2_VL_IMAGE_TOKENS_64 == 9
     # A large image is capped at 112x112 pixels: 16 image tokens.
-    large = processor(text=_prompt(tokenizer), images=[_noise(0, (480, 480))])
+    large = processor(text=image_prompt(tokenizer), images=[noise_image(0, (480, 480))])
     assert large["input_ids"][0].tolist().count(model.config.image_token_id) == 16
 
 
 def test_the_template_renders_content_parts_in_order(loaded):
     tokenizer = loaded[1].tokenizer
-    parts = [
-        {"type": "text", "text": "first"},
-        {"type": "image"},
-        {"type": "text", "text": "then"},
-        {"type": "image_url", "image_url": {"url": "data:,"}},
-    ]
-    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": parts}]
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    image = VISION_START + IMAGE_PAD + VISION_END
-    assert rendered == f"<|bos|><|system|>be brief<|end|><|user|>first{image}then{image}<|end|><|assistant|>"
+    rendered = tokenizer.apply_chat_template(MIXED_PARTS, tokenize=False, add_generation_prompt=True)
+    assert rendered == mixed_parts_rendered(VISION_START + IMAGE_PAD + VISION_END)
 
 
 def test_an_image_takes_multimodal_rotary_positions(loaded):
     model, processor = loaded
-    inputs = processor(text=_prompt(processor.tokenizer, "Hi"), images=[_red()])
+    inputs = processor(text=image_prompt(processor.tokenizer, "Hi"), images=[red_image()])
     positions, deltas = model.language_model.get_rope_index(
         inputs["input_ids"], inputs["image_grid_thw"], None, inputs["attention_mask"]
     )
@@ -164,8 +126,13 @@ def test_mlx_vlm_keeps_the_last_prompts_positions(loaded):
     model, processor = loaded
     ids = _text_ids(processor)
     fresh = _plain_logits(model, ids)
-    inputs = processor(text=_prompt(processor.tokenizer, "Hi"), images=[_red()])
-    model(inputs["input_ids"], pixel_values=inputs["pixel_values"], mask=inputs["attention_mask"], image_grid_thw=inputs["image_grid_thw"])
+    inputs = processor(text=image_prompt(processor.tokenizer, "Hi"), images=[red_image()])
+    model(
+        inputs["input_ids"],
+        pixel_values=inputs["pixel_values"],
+        mask=inputs["attention_mask"],
+        image_grid_thw=inputs["image_grid_thw"],
+    )
     # The image prompt's positions, cut to this prompt's length, stand in for this prompt's own.
     assert not np.allclose(np.array(model.language_model(ids).logits), np.array(fresh), atol=1e-3)
     assert np.allclose(np.array(_plain_logits(model, ids)), np.array(fresh))
@@ -193,8 +160,8 @@ def test_vision_tokens_are_never_sampled(tiny_qwen2_vl, loaded):
     never = never_sampled_ids(tiny_qwen2_vl / "tokenizer.json", keep=(tokenizer.convert_tokens_to_ids("<|end|>"),))
     assert {tokenizer.convert_tokens_to_ids(token) for token in (VISION_START, IMAGE_PAD, VISION_END)} <= set(never)
     allowed = np.array(sorted(set(range(len(tokenizer))) - set(never)))
-    for image in (_red(), _noise(1)):
-        inputs = processor(text=_prompt(tokenizer), images=[image])
+    for image in (red_image(), noise_image(1)):
+        inputs = processor(text=image_prompt(tokenizer), images=[image])
         logits = np.array(
             model(
                 inputs["input_ids"],
@@ -208,11 +175,15 @@ def test_vision_tokens_are_never_sampled(tiny_qwen2_vl, loaded):
         assert gap.min() > 60, gap.min()
 
 
+def _greedy(loaded, image, question: str = QUESTION) -> list[int]:
+    return greedy_tokens(loaded, image, question, max_tokens=16)
+
+
 def test_the_image_steers_the_answer(loaded):
-    red, noise, other_noise = _greedy(loaded, _red()), _greedy(loaded, _noise(1)), _greedy(loaded, _noise(2))
+    red, noise, other_noise = _greedy(loaded, red_image()), _greedy(loaded, noise_image(1)), _greedy(loaded, noise_image(2))
     assert red != noise and noise != other_noise and red != other_noise
-    assert _greedy(loaded, _red()) == red
-    for tokens in (red, noise, other_noise, _greedy(loaded, _noise(1), "Describe it.")):
+    assert _greedy(loaded, red_image()) == red
+    for tokens in (red, noise, other_noise, _greedy(loaded, noise_image(1), "Describe it.")):
         assert len(tokens) == 16 and len(set(tokens)) >= 6, tokens
 
 

@@ -13,27 +13,41 @@ Its config.json holds the language model's settings twice, as Qwen's own
 checkpoints do: at the top level, which mlx-vlm's ``qwen2_vl`` reads, and
 in ``text_config``, which transformers 5 writes and mlx-lm's ``qwen2_vl``
 reads, so both build the same language model from one file.
+
+Below it, what the tests of any vision model share: seeded images, a prompt
+of an image and a question, and mlx-vlm's greedy answer to it.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mlxtrio.worker import _demo
 from mlxtrio.worker._vision import _demo as _vision_demo
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 __all__ = [
     "IMAGE_PAD",
+    "MIXED_PARTS",
+    "QUESTION",
     "QWEN2_VL_IMAGE_TOKENS_64",
     "QWEN2_VL_VERSION",
     "VISION_END",
     "VISION_START",
     "build_tiny_qwen2_vl",
+    "greedy_tokens",
+    "image_prompt",
+    "mixed_parts_rendered",
+    "noise_image",
+    "red_image",
 ]
 
-# Bump when anything below changes: a new version is a new build.
-QWEN2_VL_VERSION = 1
+# Bump when anything below, or demo-vision's weight shaping it borrows, changes: a new version is a new build.
+QWEN2_VL_VERSION = 2
 VISION_START = "<|vision_start|>"
 IMAGE_PAD = "<|image_pad|>"
 VISION_END = "<|vision_end|>"
@@ -45,8 +59,7 @@ _MERGE_SIZE = 2
 _MIN_PIXELS = 84 * 84
 _MAX_PIXELS = 112 * 112
 QWEN2_VL_IMAGE_TOKENS_64 = 9
-_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
 _HEAD_DIM = _demo._MODEL_ARGS["hidden_size"] // _demo._MODEL_ARGS["num_attention_heads"]
 # The rotary frequencies' split between time, height and width: half the head dimension, 2:3:3 as Qwen2-VL's.
 _MROPE_SECTION = [2, 3, 3]
@@ -66,19 +79,11 @@ _VISION_ARGS = {
     "spatial_merge_size": _MERGE_SIZE,
     "temporal_patch_size": 2,
 }
-# As demo-vision's, for the same reasons: the merger's output large enough to steer a random model,
-# the layers large enough to keep greedy text moving, the final norm's constant dimension large enough
-# to hold the never-sampled tokens far down.
-_MERGER_GAIN = 4.0
-_LAYER_GAIN = 3.0
-_CONSTANT_NORM_WEIGHT = 24.0
 _SEED = 20261207
-
 
 def build_tiny_qwen2_vl(target: Path) -> Path:
     """The tiny Qwen2-VL built into ``target``, unless it holds this version already."""
     return _demo.build_once(target, key="mlxtrio_tiny_qwen2_vl", version=QWEN2_VL_VERSION, build=_build_qwen2_vl)
-
 
 def _qwen_chat_template() -> str:
     """demo-vision's template, an image part rendered as Qwen's ``<|vision_start|><|image_pad|><|vision_end|>``."""
@@ -86,22 +91,6 @@ def _qwen_chat_template() -> str:
     old = "%}" + _vision_demo.IMAGE_TOKEN + "{%"
     assert template.count(old) == 1, old
     return template.replace(old, "%}" + VISION_START + IMAGE_PAD + VISION_END + "{%")
-
-
-def _build_qwen_tokenizer(directory: Path) -> None:
-    from tokenizers import AddedToken, Tokenizer
-
-    _demo._build_tokenizer(directory)
-    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
-    tokenizer.add_special_tokens(
-        [AddedToken(token, special=True, normalized=False) for token in (VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)]
-    )
-    tokenizer.save(str(directory / "tokenizer.json"))
-    config_file = directory / "tokenizer_config.json"
-    config = json.loads(config_file.read_text())
-    config.update(chat_template=_qwen_chat_template(), processor_class="Qwen2VLProcessor")
-    config_file.write_text(json.dumps(config, indent=2))
-
 
 def _build_qwen_processor(directory: Path) -> None:
     image = {
@@ -115,8 +104,8 @@ def _build_qwen_processor(directory: Path) -> None:
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,
-        "image_mean": _CLIP_MEAN,
-        "image_std": _CLIP_STD,
+        "image_mean": _vision_demo._CLIP_MEAN,
+        "image_std": _vision_demo._CLIP_STD,
         "do_convert_rgb": True,
         "patch_size": _PATCH_SIZE,
         "temporal_patch_size": _VISION_ARGS["temporal_patch_size"],
@@ -127,7 +116,6 @@ def _build_qwen_processor(directory: Path) -> None:
     del video["image_processor_type"]
     (directory / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))
     (directory / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2VLProcessor"}, indent=2))
-
 
 def _qwen2_vl_config(vocab_size: int, ids: dict[str, int]) -> dict:
     text = {
@@ -177,14 +165,18 @@ def _qwen2_vl_config(vocab_size: int, ids: dict[str, int]) -> dict:
         "mlxtrio_tiny_qwen2_vl": QWEN2_VL_VERSION,
     }
 
-
 def _build_qwen2_vl(directory: Path) -> None:
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_vlm.models.qwen2_vl import Model, ModelConfig, TextConfig, VisionConfig
     from transformers import PreTrainedTokenizerFast
 
-    _build_qwen_tokenizer(directory)
+    _vision_demo._build_tokenizer(
+        directory,
+        tokens=(VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD),
+        chat_template=_qwen_chat_template(),
+        processor_class="Qwen2VLProcessor",
+    )
     _build_qwen_processor(directory)
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"))
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in (VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)}
@@ -197,18 +189,70 @@ def _build_qwen2_vl(directory: Path) -> None:
     model_config.text_config = TextConfig.from_dict({key: value for key, value in config.items() if key != "vision_config"})
     model_config.vision_config = VisionConfig.from_dict(_VISION_ARGS)
     model = Model(model_config)
-    for layer in model.language_model.model.layers:
-        attention, mlp = layer.self_attn, layer.mlp
-        for linear in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj):
-            linear.weight = linear.weight * _LAYER_GAIN
-    _demo.push_down_never_sampled(model.language_model, never)
-    model.language_model.model.norm.weight[0] = _CONSTANT_NORM_WEIGHT
-    merger = model.vision_tower.merger.mlp[-1]
-    merger.weight = merger.weight * _MERGER_GAIN
-    merger.bias = merger.bias * _MERGER_GAIN
-    # An image position holds the constant dimension too, like every token's embedding.
-    merger.weight[0, :] = 0.0
-    merger.bias[0] = _demo._CONSTANT
+    _vision_demo.shape_language_model(model.language_model, never)
+    _vision_demo.shape_projector(model.vision_tower.merger.mlp[-1])
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(directory / "model.safetensors"), weights, metadata={"format": "mlx"})
     (directory / "config.json").write_text(json.dumps(config, indent=2))
+
+# Images, prompts and greedy answers for the tests of a vision model, whichever its processor.
+
+QUESTION = "What is in this picture?"
+# A system turn, then a user turn of text and image parts in order, the image part in both of its forms.
+MIXED_PARTS = [
+    {"role": "system", "content": "be brief"},
+    {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "first"},
+            {"type": "image"},
+            {"type": "text", "text": "then"},
+            {"type": "image_url", "image_url": {"url": "data:,"}},
+        ],
+    },
+]
+
+def mixed_parts_rendered(image: str) -> str:
+    """MIXED_PARTS as the demo's template renders it with the generation prompt, each image part as ``image``."""
+    return f"<|bos|><|system|>be brief<|end|><|user|>first{image}then{image}<|end|><|assistant|>"
+
+def noise_image(seed: int, size: tuple[int, int] = (64, 64)) -> Image.Image:
+    """Seeded RGB noise, ``size`` as (width, height)."""
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+def red_image() -> Image.Image:
+    from PIL import Image
+
+    return Image.new("RGB", (64, 64), (255, 0, 0))
+
+def image_prompt(tokenizer: Any, question: str = QUESTION) -> str:
+    """One user turn: an image, then ``question``; the generation prompt after it."""
+    content = [{"type": "image"}, {"type": "text", "text": question}]
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+
+def greedy_tokens(loaded: tuple[Any, Any], image: Image.Image, question: str = QUESTION, *, max_tokens: int) -> list[int]:
+    """The greedy answer's tokens, through mlx-vlm's own generation loop from the processor's inputs.
+
+    The processor is called here, not by mlx-vlm's ``prepare_inputs`` (which fails for some models under
+    transformers 5), and every array it gives goes to the model: Qwen2-VL's places the image by its grid.
+    """
+    from mlx_vlm import stream_generate
+
+    model, processor = loaded
+    prompt = image_prompt(processor.tokenizer, question)
+    inputs = dict(processor(text=prompt, images=[image]))
+    extra = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
+    *_, last = stream_generate(
+        model,
+        processor,
+        prompt,
+        input_ids=inputs["input_ids"],
+        mask=inputs["attention_mask"],
+        max_tokens=max_tokens,
+        temperature=0.0,
+        **extra,
+    )
+    return last.token_ids

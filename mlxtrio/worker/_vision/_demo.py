@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from .. import _demo
 
@@ -93,16 +94,19 @@ def build_demo_vision_model(target: Path) -> Path:
     return _demo.build_once(target, key="mlxtrio_demo_vision", version=DEMO_VISION_VERSION, build=_build)
 
 
-def _build_tokenizer(directory: Path) -> None:
+def _build_tokenizer(
+    directory: Path, *, tokens: tuple[str, ...] = (IMAGE_TOKEN,), chat_template: str = "", processor_class: str = "LlavaProcessor"
+) -> None:
+    """The demo's tokenizer with ``tokens`` added as special tokens, and a template that renders content parts."""
     from tokenizers import AddedToken, Tokenizer
 
     _demo._build_tokenizer(directory)
     tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
-    tokenizer.add_special_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)])
+    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in tokens])
     tokenizer.save(str(directory / "tokenizer.json"))
     config_file = directory / "tokenizer_config.json"
     config = json.loads(config_file.read_text())
-    config.update(chat_template=_chat_template(), processor_class="LlavaProcessor")
+    config.update(chat_template=chat_template or _chat_template(), processor_class=processor_class)
     config_file.write_text(json.dumps(config, indent=2))
 
 
@@ -142,6 +146,28 @@ def _build_processor(directory: Path) -> None:
     )
 
 
+def shape_language_model(language_model: Any, never_sampled: list[int]) -> None:
+    """Scale a random llama-like language model (mlx-vlm's: ``model.layers``, ``lm_head``) to keep greedy text
+    moving, and give it the demo's constant dimension, which holds ``never_sampled`` far down."""
+    for layer in language_model.model.layers:
+        attention, mlp = layer.self_attn, layer.mlp
+        for linear in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj):
+            linear.weight = linear.weight * _LAYER_GAIN
+        for linear in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+            linear.weight = linear.weight * _LAYER_GAIN
+    _demo.push_down_never_sampled(language_model, never_sampled)
+    language_model.model.norm.weight[0] = _CONSTANT_NORM_WEIGHT
+
+
+def shape_projector(projector: Any) -> None:
+    """Scale the vision side's last linear layer (its output is an image position's embedding) to steer the answer."""
+    projector.weight = projector.weight * _PROJECTOR_GAIN
+    projector.bias = projector.bias * _PROJECTOR_GAIN
+    # An image position holds the constant dimension too, like every token's embedding.
+    projector.weight[0, :] = 0.0
+    projector.bias[0] = _demo._CONSTANT
+
+
 def _build(directory: Path) -> None:
     import mlx.core as mx
     from mlx.utils import tree_flatten
@@ -173,20 +199,8 @@ def _build(directory: Path) -> None:
     model_config.text_config = TextConfig.from_dict(text_args)
     model_config.vision_config = VisionConfig.from_dict(_VISION_ARGS)
     model = Model(model_config)
-    for layer in model.language_model.model.layers:
-        attention, mlp = layer.self_attn, layer.mlp
-        for linear in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj):
-            linear.weight = linear.weight * _LAYER_GAIN
-        for linear in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
-            linear.weight = linear.weight * _LAYER_GAIN
-    _demo.push_down_never_sampled(model.language_model, never)
-    model.language_model.model.norm.weight[0] = _CONSTANT_NORM_WEIGHT
-    projector = model.multi_modal_projector.linear_2
-    projector.weight = projector.weight * _PROJECTOR_GAIN
-    projector.bias = projector.bias * _PROJECTOR_GAIN
-    # An image position holds the constant dimension too, like every token's embedding.
-    projector.weight[0, :] = 0.0
-    projector.bias[0] = _demo._CONSTANT
+    shape_language_model(model.language_model, never)
+    shape_projector(model.multi_modal_projector.linear_2)
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(directory / "model.safetensors"), weights, metadata={"format": "mlx"})
     (directory / "config.json").write_text(json.dumps(config, indent=2))

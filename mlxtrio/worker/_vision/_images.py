@@ -36,7 +36,7 @@ class DecodedImage:
 def decode_image(source: ImageInput, *, max_pixels: int) -> DecodedImage:
     """``source`` decoded to RGB, resized (its aspect kept) to at most ``max_pixels`` pixels, or
     ``LOW_DETAIL_PIXELS`` with detail "low"; ``RequestError`` naming ``source.where`` if it cannot be."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     where = source.where
     # A scan begins at its marker, which entropy-coded data cannot hold (its 0xFF bytes are stuffed with 0x00).
@@ -61,7 +61,8 @@ def decode_image(source: ImageInput, *, max_pixels: int) -> DecodedImage:
                 # JPEG decodes at 1/2, 1/4 or 1/8 scale for nearly nothing: a large photo is not decoded whole.
                 image.draft("RGB", _scaled(width, height, limit))
             image.seek(0)  # an animation's first frame
-            image = image.convert("RGB")
+            # A camera's photo is stored as its sensor saw it, with the turn to show it upright in its EXIF data.
+            image = ImageOps.exif_transpose(image).convert("RGB")
     except RequestError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:

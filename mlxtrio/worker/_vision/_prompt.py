@@ -10,18 +10,18 @@ image, so the prompt cache is keyed by a copy of the prompt in which each
 of them is a number drawn from its image's pixels (negative: no token has
 it), and two different images never share a cache entry.
 
-The prefill of an image prompt happens at admission, on the worker's one
-thread: the vision tower embeds the images, the language model (mlx-vlm's)
-runs over the prompt's embeddings into a KV cache, a chunk at a time, and
-the engine takes that cache as it takes a prompt cache hit, with the
-prompt's last token (text, the generation prompt's) still to feed. From
-there on the sequence is text: it decodes in a batch beside others.
+The prefill of an image prompt runs a chunk per engine step
+(``_prefills.py``): the vision tower embeds the images, the language model
+(mlx-vlm's) runs over the prompt's embeddings into a KV cache, and the
+engine takes that cache as it takes a prompt cache hit, with the prompt's
+last token (text, the generation prompt's) still to feed. From there on the
+sequence is text: it decodes in a batch beside others.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 from ..._protocol import ErrorKind, Generate
@@ -142,8 +142,9 @@ class Vision:
         arrays = {name: value for name, value in features.items() if name not in ("input_ids", "attention_mask")}
         return ids, arrays
 
-    def prefill(self, prompt: VisionTokens, cache: list[Any], start: int, progress: Callable[[], None]) -> None:
-        """Run ``prompt[start:-1]`` into ``cache`` (which holds ``prompt[:start]``): its images' embeddings and its text's."""
+    def prefill(self, prompt: VisionTokens, cache: list[Any], start: int) -> Iterator[None]:
+        """Run ``prompt[start:-1]`` into ``cache`` (which holds ``prompt[:start]``), its images' embeddings and its
+        text's, a chunk per ``next``: the vision tower's work with the first."""
         import mlx.core as mx
 
         ids = mx.array(list(prompt))[None]
@@ -158,7 +159,7 @@ class Vision:
             stop = min(chunk + self._prefill_step_size, end)
             language(ids[:, chunk:stop], inputs_embeds=embeddings[:, chunk:stop], cache=cache, **extra)
             mx.eval([layer.state for layer in cache])
-            progress()
+            yield
         self.to_text_positions(prompt, cache)
 
     def to_text_positions(self, prompt: VisionTokens, cache: list[Any]) -> None:
