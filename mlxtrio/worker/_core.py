@@ -21,7 +21,7 @@ from ._prompt_logprobs import MOST_ECHOED_ENTRIES, prompt_logprobs
 from ._sampling import Processor, model_params
 from ._token_pieces import TokenPieces
 from ._tools import tool_format
-from ._vision import Prefilled, Vision, VisionPrefills, VisionTokens, ready_choices
+from ._vision import ImagePreparer, Prefilled, Vision, VisionPrefills, VisionTokens, ready_choices
 
 __all__ = ["EngineCore", "StepResult"]
 
@@ -49,7 +49,9 @@ class EngineCore(FailurePolicy, abc.ABC):
         self._tokenizer = tokenizer
         # A vision model's images: their prompts and prefill (None: the model takes text only).
         self._vision = vision
-        self._prompt_tokens = PromptTokens(tokenizer, context_length=context_length, vision=vision, progress=progress)
+        # A vision model's requests' images, decoded and processed off the loop's thread before admission (None: text only).
+        self.images = ImagePreparer(vision) if vision is not None else None
+        self._prompt_tokens = PromptTokens(tokenizer, context_length=context_length, vision=vision)
         self._eos = frozenset(tokenizer.eos_token_ids)
         # KV caches of finished sequences, by their tokens, bounded in bytes on every insert.
         self._prompt_cache = (

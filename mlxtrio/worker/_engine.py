@@ -28,7 +28,7 @@ from ._core import StepResult
 from ._grammar import GrammarCompiler
 from ._mlx_lm import can_batch
 from ._sequential import SequentialEngine
-from ._vision import Vision
+from ._vision import ImagePreparer, Vision
 
 __all__ = ["Engine", "StepResult", "make_engine"]
 
@@ -41,6 +41,8 @@ class Engine(Protocol):
     kind: str
     # Grammars compile off the loop's thread; the loop admits a request once its grammar is compiled.
     grammars: GrammarCompiler
+    # A vision model's images are decoded and processed off the loop's thread, as grammars compile (None: text only).
+    images: ImagePreparer | None
 
     @property
     def tool_format(self) -> str | None:

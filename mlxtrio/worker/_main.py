@@ -47,7 +47,7 @@ _CORRUPT_FRAME = b"\xc1 not a message"
 # (several times the orchestrator's intake of a request), and for all.
 FOLLOWER_WAIT = 0.002
 FORMING_LIMIT = 0.020
-# Idle but for grammars compiling: how often the loop looks whether one is done.
+# Idle but for grammars compiling or images being prepared: how often the loop looks whether one is done.
 COMPILE_POLL = 0.002
 
 
@@ -257,8 +257,39 @@ def _admit(engine, message: p.Generate, send, admitted: list[tuple[int, int]]) -
         admitted.append((message.request_id, prompt_tokens))
 
 
-def _admit_compiled(engine, compiling: dict, send, admitted: list[tuple[int, int]], *, timeout: float) -> None:  # noqa: ANN001
-    """Admit the requests whose grammars have compiled; refuse those that failed to, or ran past ``timeout``."""
+def _take(engine, message: p.Generate, send, admitted: list[tuple[int, int]], preparing: dict) -> None:  # noqa: ANN001
+    """Admit ``message``, or first prepare its images off this thread (``_vision/_preparer.py``)."""
+    if message.images and engine.images is not None:
+        preparing[message.request_id] = (message, engine.images.submit(message))
+    else:
+        _admit(engine, message, send, admitted)
+
+
+def _admit_prepared(engine, preparing: dict, send, admitted: list[tuple[int, int]]) -> None:  # noqa: ANN001
+    """Admit the requests whose images are ready; refuse those whose images could not be."""
+    from ._failures import RequestError
+
+    for request_id, (message, future) in list(preparing.items()):
+        if not future.done():
+            continue
+        del preparing[request_id]
+        try:
+            prepared = future.result()
+        except RequestError as exc:
+            send(p.RequestFailed(request_id, exc.kind, str(exc), exc.param, exc.code))
+        except Exception as exc:  # noqa: BLE001 - that request's failure only
+            send(p.RequestFailed(request_id, p.ErrorKind.INTERNAL, f"could not prepare the images: {type(exc).__name__}: {exc}"))
+        else:
+            engine.images.hold(message, prepared)
+            try:
+                _admit(engine, message, send, admitted)
+            finally:
+                # Its admission took them, unless it was refused before it came to its images.
+                engine.images.release(message)
+
+
+def _admit_compiled(engine, compiling: dict, send, admitted: list[tuple[int, int]], preparing: dict, *, timeout: float) -> None:  # noqa: ANN001
+    """Admit the requests whose grammars have compiled (or prepare their images); refuse those that failed to, or ran past ``timeout``."""
     from ._grammar import GrammarError
 
     now = time.monotonic()
@@ -273,7 +304,7 @@ def _admit_compiled(engine, compiling: dict, send, admitted: list[tuple[int, int
             except Exception as exc:  # noqa: BLE001 - that request's failure only
                 send(p.RequestFailed(request_id, p.ErrorKind.INTERNAL, f"could not compile the grammar: {type(exc).__name__}: {exc}"))
             else:
-                _admit(engine, message, send, admitted)
+                _take(engine, message, send, admitted, preparing)
         elif now - submitted >= timeout:
             # The compile goes on in its thread (llguidance's own limits bound it); the request is answered now.
             del compiling[request_id]
@@ -302,13 +333,17 @@ def _serve(  # noqa: ANN001
     batches = engine.kind == "batched"
     # Requests waiting for their grammars to compile, off this loop: request id -> (Generate, future, when submitted).
     compiling: dict[int, tuple[p.Generate, object, float]] = {}
+    # Requests waiting for their images to be decoded and processed, off this loop: request id -> (Generate, future).
+    preparing: dict[int, tuple[p.Generate, object]] = {}
+    # Images prepared when the loop last looked: each one more is progress, told as a heartbeat when nothing else is.
+    images_seen = 0
     while True:
         # Busy: take what is there and go on generating. Idle: wait for work (or for a grammar).
         idle = not engine.active
         if not idle:
             frame = receive(timeout=0)
         else:
-            frame = receive(timeout=COMPILE_POLL if compiling else None, interrupt=watch)
+            frame = receive(timeout=COMPILE_POLL if compiling or preparing else None, interrupt=watch)
         forming = idle and batches
         # Not read on the busy path, where a step follows every poll.
         forming_until = time.monotonic() + forming_limit if forming else 0.0
@@ -324,9 +359,9 @@ def _serve(  # noqa: ANN001
                 if grammar is not None and not message.count_only and not engine.grammars.compiled(grammar):
                     compiling[message.request_id] = (message, engine.grammars.submit(grammar), time.monotonic())
                 else:
-                    _admit(engine, message, send, admitted)
+                    _take(engine, message, send, admitted, preparing)
             elif isinstance(message, p.Cancel):
-                if compiling.pop(message.request_id, None) is None:
+                if compiling.pop(message.request_id, None) is None and preparing.pop(message.request_id, None) is None:
                     engine.cancel(message.request_id)
             elif isinstance(message, p.Ping):
                 send(p.Pong(message.nonce, engine.active, engine.prompt_cache_bytes, mx.get_active_memory()))
@@ -339,7 +374,12 @@ def _serve(  # noqa: ANN001
                 if wait > 0:
                     frame = receive(timeout=wait)
         if compiling:
-            _admit_compiled(engine, compiling, send, admitted, timeout=grammar_compile_timeout)
+            _admit_compiled(engine, compiling, send, admitted, preparing, timeout=grammar_compile_timeout)
+        if preparing:
+            _admit_prepared(engine, preparing, send, admitted)
+            if engine.images.prepared != images_seen and not engine.active:
+                send(p.Step(()))
+            images_seen = engine.images.prepared
         if admitted:
             send(p.Admitted(*map(tuple, zip(*admitted))))
         if engine.active:

@@ -12,7 +12,6 @@ a shared system prompt), so that prefix's prefill is skipped.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -78,13 +77,9 @@ def prompt_source(request: Generate) -> str | tuple[int, ...]:
 class PromptTokens:
     """Requests' prompts as token ids, for one model's tokenizer and context."""
 
-    def __init__(
-        self, tokenizer: Any, *, context_length: int | None, vision: Vision | None = None, progress: Callable[[], None] = lambda: None
-    ) -> None:
+    def __init__(self, tokenizer: Any, *, context_length: int | None, vision: Vision | None = None) -> None:
         self._tokenizer = tokenizer
         self._vision = vision
-        # Called after each image is decoded and processed (a request's images can hold the worker's thread for seconds).
-        self._progress = progress
         self._encoder = PromptEncoder(tokenizer)
         self._context_length = context_length
 
@@ -123,7 +118,7 @@ class PromptTokens:
                 raise RequestError(ErrorKind.INVALID_REQUEST, f"the chat template rejected these messages: {exc}", param="messages") from exc
             if request.images:
                 assert self._vision is not None
-                prompt = self._vision.tokens(request, prompt, progress=self._progress)
+                prompt = self._vision.tokens(request, prompt)
         elif isinstance(source := prompt_source(request), tuple):
             prompt = self._token_ids(source)
         else:

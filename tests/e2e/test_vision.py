@@ -274,3 +274,35 @@ async def test_sampling_logprobs_stop_strings_and_structured_output_work_with_an
         client, messages, max_tokens=40, response_format={"type": "json_schema", "json_schema": {"name": "seen", "schema": schema}}
     )
     assert isinstance(json.loads(text_of(structured))["seen"], bool)
+
+
+@bounded(120)
+async def test_a_stream_goes_on_while_another_request_s_large_images_are_decoded(client):
+    # A 5000 x 5000 gradient: a small PNG that takes about a second to decode and resize.
+    row = np.linspace(0, 255, 5000).astype(np.uint8)
+    large = io.BytesIO()
+    Image.fromarray(np.broadcast_to(row[None, :, None], (5000, 5000, 3)).copy()).save(large, format="PNG", compress_level=1)
+    request = {"model": MODEL, "messages": [user("go")], "max_tokens": 4000, "ignore_eos": True, "stream": True}
+    gaps: list[float] = []
+    images_done = trio.Event()
+
+    async def with_images() -> None:
+        await chat(client, [user(image_part(large.getvalue()), "what?")], max_tokens=1)
+        images_done.set()
+
+    async with trio.open_nursery() as nursery, client.stream("POST", "/v1/chat/completions", json=request) as response:
+        assert response.status_code == 200
+        last = None
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            now = time.monotonic()
+            if last is None:
+                nursery.start_soon(with_images)
+            elif not images_done.is_set():
+                gaps.append(now - last)
+            else:
+                break
+            last = now
+    # Decoded on the worker's loop, the image would have held the stream for as long as that took.
+    assert len(gaps) > 10 and max(gaps) < 0.4, max(gaps)

@@ -4,6 +4,7 @@ cannot be cut back out of an image is not used as if it had been, and one that e
 from __future__ import annotations
 
 import msgspec
+import pytest
 from mlx_lm.models.cache import KVCache
 
 import mlx.core as mx
@@ -25,15 +26,27 @@ class _Untrimmable(KVCache):
         return False
 
 
-def test_each_image_decoded_is_a_heartbeat(qwen) -> None:  # noqa: ANN001
+def test_images_prepared_off_the_loop_are_admitted_without_decoding_them_again(qwen, monkeypatch) -> None:  # noqa: ANN001
+    """The worker's loop has a request's images decoded and processed on the preparer's thread, then admits it:
+    the admission takes what was prepared, and each image prepared counts as progress (worker/_main.py)."""
     parts, tokenizer, vision = qwen
-    beats: list[int] = []
-    counted = SequentialEngine(
-        parts.text_model, tokenizer, context_length=4096, prompt_cache_bytes=0, prefill_step_size=7, progress=lambda: beats.append(1), vision=vision
-    )
-    # A count prefills nothing: what it costs is its images' decoding and processing, one after another.
-    counted.admit(msgspec.structs.replace(request(1, (1, 2, 3)), count_only=True))
-    assert len(beats) == 3
+    counted = SequentialEngine(parts.text_model, tokenizer, context_length=4096, prompt_cache_bytes=0, prefill_step_size=7, progress=lambda: None, vision=vision)
+    each = msgspec.structs.replace(request(1, (1, 2, 3)), count_only=True)
+    inline = len(PromptTokens(tokenizer, context_length=4096, vision=vision)(each))
+    before = counted.images.prepared
+    prepared = counted.images.submit(each).result(timeout=60)
+    assert counted.images.prepared == before + 3
+    from mlxtrio.worker._vision import _prompt
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an image prepared is not decoded again")
+
+    monkeypatch.setattr(_prompt, "decode_image", no_decoding)
+    counted.images.hold(each, prepared)
+    assert counted.admit(each) == inline
+    # Taken by that admission: the next one of the same id would prepare its own.
+    with pytest.raises(AssertionError, match="not decoded again"):
+        counted.admit(each)
 
 
 def cached_tokens(engine, each: Generate) -> tuple[str, int]:  # noqa: ANN001

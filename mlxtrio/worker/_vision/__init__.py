@@ -3,11 +3,13 @@
 ``_load.py`` loads a vision model (mlx-vlm) with its language model as
 mlx-lm's; ``_images.py`` decodes an image within limits; ``_prompt.py``
 turns a chat request's images into prompt tokens, a prompt cache key and a
-prefill, which ``_prefills.py`` runs a chunk per engine step. ``_demo.py`` builds the ``demo-vision`` model.
+prefill, which ``_prefills.py`` runs a chunk per engine step; ``_preparer.py``
+decodes and processes a request's images off the loop's thread. ``_demo.py`` builds the ``demo-vision`` model.
 """
 
 from ._load import VisionParts, load_vision
 from ._prefills import Prefilled, VisionPrefills, ready_choices
-from ._prompt import Vision, VisionTokens
+from ._preparer import ImagePreparer
+from ._prompt import PreparedImage, Vision, VisionTokens
 
-__all__ = ["Prefilled", "Vision", "VisionParts", "VisionPrefills", "VisionTokens", "load_vision", "ready_choices"]
+__all__ = ["ImagePreparer", "PreparedImage", "Prefilled", "Vision", "VisionParts", "VisionPrefills", "VisionTokens", "load_vision", "ready_choices"]

@@ -24,6 +24,8 @@ import hashlib
 from collections.abc import Iterator
 from typing import Any
 
+import attrs
+
 from ..._protocol import ErrorKind, Generate
 from .._failures import RequestError
 from ._images import decode_image
@@ -49,6 +51,15 @@ class VisionTokens(list):
     shift: int
 
 
+@attrs.frozen
+class PreparedImage:
+    """An image as its placeholder's expansion: the processor's tokens for it, its arrays, and its pixels' digest."""
+
+    expansion: list[int]
+    arrays: dict[str, Any]
+    digest: bytes
+
+
 class Vision:
     """The images of one vision model's requests: prompt building and prefill."""
 
@@ -68,49 +79,74 @@ class Vision:
             self._image_token = getattr(config, "image_token_id", None)
         # What the chat template writes for an image part: the processor's begin-of-image token where it has one
         # (Gemma 3 expands that), else its image token (LLaVA's "<image>").
-        self._placeholders = [
-            (text, tokenizer.convert_tokens_to_ids(text))
-            for text in (getattr(parts.processor, "boi_token", None), getattr(parts.processor, "image_token", None))
-            if isinstance(text, str)
-        ]
+        placeholder = next(
+            (text for text in (getattr(parts.processor, "boi_token", None), getattr(parts.processor, "image_token", None)) if isinstance(text, str)),
+            None,
+        )
+        self._placeholder = None if placeholder is None else (placeholder, tokenizer.convert_tokens_to_ids(placeholder))
+        # Requests' images prepared off the loop's thread (``prepare``), until their admission takes them.
+        self._held: dict[int, list[PreparedImage]] = {}
+        # Images prepared so far: the loop's sign of progress while it has nothing else to show (worker/_main.py).
+        self.images_prepared = 0
 
-    def tokens(self, request: Generate, ids: list[int], *, progress: Callable[[], None] = lambda: None) -> VisionTokens:
-        """The prompt ``ids`` (the template's rendering, a placeholder per image) with each image put in;
-        ``progress`` called after each (a large image takes a second or more to decode)."""
-        placeholder = next(((text, token) for text, token in self._placeholders if token in ids), None)
-        found = 0 if placeholder is None else ids.count(placeholder[1])
+    def prepare(self, request: Generate) -> list[PreparedImage]:
+        """Each of ``request``'s images decoded, resized and made its tokens and arrays by the model's processor.
+
+        Pillow and the processor only, no MLX: the worker runs this on a thread of its own (``_preparer.py``),
+        so that the batch decodes while a request's images, seconds of work for large ones, are prepared.
+        """
+        placeholder = self._placeholder[0] if self._placeholder is not None else ""
+        prepared = []
+        for source in request.images:
+            decoded = decode_image(source, max_pixels=self._max_pixels)
+            expansion, arrays = self._expand(placeholder, decoded.image, source.where)
+            prepared.append(PreparedImage(expansion, arrays, decoded.digest))
+            self.images_prepared += 1
+        return prepared
+
+    def hold(self, request_id: int, prepared: list[PreparedImage]) -> None:
+        """Keep a request's prepared images for its admission (``tokens``), which follows on this thread."""
+        self._held[request_id] = prepared
+
+    def forget(self, request_id: int) -> None:
+        self._held.pop(request_id, None)
+
+    def tokens(self, request: Generate, ids: list[int]) -> VisionTokens:
+        """The prompt ``ids`` (the template's rendering, a placeholder per image) with each image put in: as
+        ``hold`` kept them for the request, else prepared now."""
+        prepared = self._held.pop(request.request_id, None)
+        token = self._placeholder[1] if self._placeholder is not None else None
+        found = ids.count(token) if token is not None else 0
         if found != len(request.images):
             raise RequestError(
                 ErrorKind.INVALID_REQUEST,
                 f"this model's chat template placed {found} images of the {len(request.images)} the messages hold",
                 param="messages",
             )
-        assert placeholder is not None
-        text, token = placeholder
+        if prepared is None:
+            prepared = self.prepare(request)
         prompt, key = VisionTokens(), []
         prompt.spans = []
         arrays: dict[str, list[Any]] = {}
         start = 0
         first_image = images_end = -1
-        for source in request.images:
+        for image in prepared:
             at = ids.index(token, start)
             prompt.extend(ids[start:at])
             key.extend(ids[start:at])
-            decoded = decode_image(source, max_pixels=self._max_pixels)
-            expansion, image_arrays = self._expand(text, decoded.image, source.where)
+            expansion = image.expansion
             image_positions = [i for i, t in enumerate(expansion) if t == self._image_token]
             if first_image < 0:
                 first_image = len(prompt) + (image_positions[0] if image_positions else 0)
             if image_positions:
                 prompt.spans.append((len(prompt) + image_positions[0], len(prompt) + image_positions[-1] + 1))
             for position, piece in enumerate(expansion):
-                key.append(_image_key(decoded.digest, position) if piece == self._image_token else piece)
+                key.append(_image_key(image.digest, position) if piece == self._image_token else piece)
             prompt.extend(expansion)
             images_end = len(prompt)
-            for name, value in image_arrays.items():
+            for name, value in image.arrays.items():
                 arrays.setdefault(name, []).append(value)
             start = at + 1
-            progress()
         prompt.extend(ids[start:])
         key.extend(ids[start:])
         prompt.key = key
