@@ -21,7 +21,7 @@ from ._prompt_logprobs import MOST_ECHOED_ENTRIES, prompt_logprobs
 from ._sampling import Processor, model_params
 from ._token_pieces import TokenPieces
 from ._tools import tool_format
-from ._vision import ImagePreparer, Prefilled, Vision, VisionPrefills, VisionTokens, ready_choices
+from ._vision import ImagePreparer, Prefilled, Vision, VisionPrefills, VisionTokens, mark_turned, ready_choices
 
 __all__ = ["EngineCore", "StepResult"]
 
@@ -116,8 +116,8 @@ class EngineCore(FailurePolicy, abc.ABC):
 
     def _admit_images(self, choices: list[Generate], prompt: VisionTokens) -> None:
         """A prompt with images starts from the nearest prompt cache entry, cut back to the start of an image it ends
-        inside (kept caches hold true positions: the text between images is where the prefill puts it); what the
-        entry does not hold is prefilled a chunk per step (``_prefills.py``)."""
+        inside (the text between images is where the prefill puts it); what the entry does not hold is prefilled
+        a chunk per step (``_prefills.py``), on from the entry's keys at their true positions (``_positions.py``)."""
         assert self._vision is not None
         cache, cached = nearest_cache(self._prompt_cache, prompt.key)
         if cached >= prompt.images_end:
@@ -136,6 +136,7 @@ class EngineCore(FailurePolicy, abc.ABC):
                 cache = None
         if cache is None:
             cache, cached = make_prompt_cache(self._model), 0
+        self._vision.to_true_positions(cache)
         self._prefills.add(choices, prompt, cache, cached, self._vision.prefill(prompt, cache, cached))
 
     def _start_prefilled(self, ready: list[Prefilled]) -> None:
@@ -182,6 +183,9 @@ class EngineCore(FailurePolicy, abc.ABC):
         if prefilled is not None:
             return prefilled.cache, prefilled.held, prefilled.hit
         cache, cached = nearest_cache(self._prompt_cache, prompt)
+        if cache is not None and self._vision is not None:
+            # The text before a kept prompt's first image, its keys perhaps turned for the text after its images.
+            self._vision.to_true_positions(cache)
         return cache, cached, cached
 
     def _sampling(self, params: SamplingParams) -> SamplingParams:
@@ -217,9 +221,8 @@ class EngineCore(FailurePolicy, abc.ABC):
     def _remember(self, tokens: list[int], cache: list[Any], sequence: SequenceOutput) -> None:
         if self._prompt_cache is not None:
             key = sequence.cache_key
-            if sequence.position_shift:
-                assert self._vision is not None
-                self._vision.to_true_positions(sequence.position_shift, cache)
+            # Kept as it is, its keys turned as its sequence decoded (see _vision/_positions.py).
+            mark_turned(cache, -sequence.position_shift)
             # A prompt with images is kept under its key (its image tokens named by their pixels).
             keep_cache(self._prompt_cache, tokens if key is None else key + tokens[len(key) :], cache)
             self._unsettled.append(cache)

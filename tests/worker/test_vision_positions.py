@@ -118,3 +118,28 @@ def test_a_kept_image_serves_the_next_turn_and_a_text_prefix_serves_an_image_pro
     # The first image's kept cache is at its true positions: a prompt with it and another image after it.
     both = request(5, (3, 5))
     assert run(cached, [both])[5] == reference(qwen, both)
+
+
+def test_a_conversation_s_kept_keys_are_not_turned_to_and_fro_at_every_turn(qwen, monkeypatch) -> None:  # noqa: ANN001
+    """Keys in half precision lose a little at each turn: the next turn of a conversation with the same image
+    takes the kept cache as it is, turned already, and its answer is still the model's at its true positions."""
+    from mlxtrio.worker._vision import _positions
+
+    turns: list[int] = []
+    original = _positions.turn_keys
+
+    def counted(cache, model, by: int) -> None:  # noqa: ANN001
+        if by:
+            turns.append(by)
+        original(cache, model, by)
+
+    monkeypatch.setattr(_positions, "turn_keys", counted)
+    cached = engine(qwen, BatchEngine, prompt_cache_bytes=1 << 26)
+    history: tuple[ChatMessage, ...] = ()
+    for turn in range(4):
+        each = request(turn + 1, (3,), history=history)
+        answer = run(cached, [each])[turn + 1]
+        assert answer == reference(qwen, each)
+        history = (*history, ChatMessage("assistant", answer), ChatMessage("user", f"and {turn}?"))
+    # Once, after the first prefill; never again.
+    assert len(turns) == 1

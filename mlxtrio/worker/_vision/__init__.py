@@ -9,7 +9,8 @@ decodes and processes a request's images off the loop's thread. ``_demo.py`` bui
 
 from ._load import VisionParts, load_vision
 from ._prefills import Prefilled, VisionPrefills, ready_choices
+from ._positions import mark_turned
 from ._preparer import ImagePreparer
 from ._prompt import PreparedImage, Vision, VisionTokens
 
-__all__ = ["ImagePreparer", "PreparedImage", "Prefilled", "Vision", "VisionParts", "VisionPrefills", "VisionTokens", "load_vision", "ready_choices"]
+__all__ = ["ImagePreparer", "PreparedImage", "Prefilled", "Vision", "VisionParts", "VisionPrefills", "VisionTokens", "load_vision", "mark_turned", "ready_choices"]

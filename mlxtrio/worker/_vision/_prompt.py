@@ -30,7 +30,7 @@ from ..._protocol import ErrorKind, Generate
 from .._failures import RequestError
 from ._images import decode_image
 from ._load import VisionParts
-from ._positions import turn_keys
+from ._positions import turn_to
 
 __all__ = ["Vision", "VisionTokens"]
 
@@ -199,12 +199,12 @@ class Vision:
         self.to_text_positions(prompt, cache)
 
     def to_text_positions(self, prompt: VisionTokens, cache: list[Any]) -> None:
-        """A cache of ``prompt`` at its true positions made ready for the text model to decode on."""
-        turn_keys(cache, self._text_model, -prompt.shift)
+        """A cache of ``prompt`` made ready for the text model to decode on: its keys turned by ``-prompt.shift``."""
+        turn_to(cache, self._text_model, -prompt.shift)
 
-    def to_true_positions(self, shift: int, cache: list[Any]) -> None:
-        """A finished sequence's cache (of a prompt with this ``shift``) made ready for the prompt cache."""
-        turn_keys(cache, self._text_model, shift)
+    def to_true_positions(self, cache: list[Any]) -> None:
+        """A cache's keys at their true positions, for a prefill to go on from (or text alone to decode on)."""
+        turn_to(cache, self._text_model, 0)
 
 
 def _image_key(digest: bytes, position: int) -> int:
