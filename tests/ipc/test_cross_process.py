@@ -104,8 +104,9 @@ async def test_sigkill_mid_message_leaves_no_hang():
                 await peer.channel.send(b"go")
         assert outcome, "the reader did not learn that the peer died"
         stats = peer.channel.channel.reader.statistics()
-        # "attached" plus the two chunks the peer managed to publish before dying.
-        assert (stats.messages, stats.chunks) == (1, 3)
+        # "attached" alone: the partial message is none. Of its two published chunks the reader may have read
+        # both, one or none before it saw the peer gone (a loaded machine schedules it late).
+        assert stats.messages == 1 and 1 <= stats.chunks <= 3
 
 
 @bounded(60)
