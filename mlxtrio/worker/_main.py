@@ -157,11 +157,11 @@ def _load_vision(config: p.WorkerConfig, path: Path):  # noqa: ANN202 - (text mo
     try:
         parts = load_vision(path)
         tokenizer = load_tokenizer(path, eos_token_ids=parts.config.get("eos_token_id"))
+        vision = Vision(parts, max_pixels=config.image_max_pixels, prefill_step_size=config.prefill_step_size)
     except ValueError as exc:
         raise _LoadError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - as for a text model: this load's failure, whatever it is
         raise _LoadError(f"mlx-vlm could not load it: {type(exc).__name__}: {exc}") from exc
-    vision = Vision(parts, max_pixels=config.image_max_pixels, prefill_step_size=config.prefill_step_size)
     return parts.text_model, tokenizer, parts.config, vision
 
 

@@ -118,3 +118,15 @@ def test_a_prefill_that_fails_fails_its_request_only(demo_vision, kind: type, mo
         finished.extend(delta.request_id for delta in deltas if delta.finish_reason is not None)
     assert sorted(failed) == [2, 3] and all("the vision tower broke" in message for message in failed.values())
     assert finished == [1] and not running.broken
+
+
+def test_a_model_whose_image_token_is_not_named_is_refused_at_load(demo_vision) -> None:
+    """Images it could neither place nor tell apart in the prompt cache: refused, not served wrong."""
+    from types import SimpleNamespace
+
+    from mlxtrio.worker._vision import VisionParts
+
+    parts = demo_vision[0]
+    unnamed = VisionParts(SimpleNamespace(config=SimpleNamespace(), language_model=parts.model.language_model), parts.processor, parts.text_model, {})
+    with pytest.raises(ValueError, match="names no image token"):
+        Vision(unnamed, max_pixels=1 << 20, prefill_step_size=CHUNK)

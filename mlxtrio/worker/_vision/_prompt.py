@@ -83,7 +83,10 @@ class Vision:
             (text for text in (getattr(parts.processor, "boi_token", None), getattr(parts.processor, "image_token", None)) if isinstance(text, str)),
             None,
         )
-        self._placeholder = None if placeholder is None else (placeholder, tokenizer.convert_tokens_to_ids(placeholder))
+        if self._image_token is None or placeholder is None:
+            # Without them, images could not be placed, nor told apart in the prompt cache.
+            raise ValueError("its config names no image token (image_token_index, image_token_id), or its processor no placeholder")
+        self._placeholder = (placeholder, tokenizer.convert_tokens_to_ids(placeholder))
         # Requests' images prepared off the loop's thread (``prepare``), until their admission takes them.
         self._held: dict[int, list[PreparedImage]] = {}
         # Images prepared so far: the loop's sign of progress while it has nothing else to show (worker/_main.py).
@@ -95,7 +98,7 @@ class Vision:
         Pillow and the processor only, no MLX: the worker runs this on a thread of its own (``_preparer.py``),
         so that the batch decodes while a request's images, seconds of work for large ones, are prepared.
         """
-        placeholder = self._placeholder[0] if self._placeholder is not None else ""
+        placeholder = self._placeholder[0]
         prepared = []
         for source in request.images:
             decoded = decode_image(source, max_pixels=self._max_pixels)
@@ -115,8 +118,8 @@ class Vision:
         """The prompt ``ids`` (the template's rendering, a placeholder per image) with each image put in: as
         ``hold`` kept them for the request, else prepared now."""
         prepared = self._held.pop(request.request_id, None)
-        token = self._placeholder[1] if self._placeholder is not None else None
-        found = ids.count(token) if token is not None else 0
+        token = self._placeholder[1]
+        found = ids.count(token)
         if found != len(request.images):
             raise RequestError(
                 ErrorKind.INVALID_REQUEST,
