@@ -13,9 +13,8 @@ from .._protocol import Delta, ErrorKind, Generate, SamplingParams, TokenLogprob
 from ._failpoints import failpoint
 from ._failures import FailurePolicy, RequestError
 from ._grammar import GrammarCompiler
-from ._mlx_lm import PromptCache, can_trim_prompt_cache, trim_prompt_cache
+from ._mlx_lm import PromptCache, can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from ._output import SequenceOutput, new_output
-from ._mlx_lm import make_prompt_cache
 from ._prompt import PromptTokens, keep_cache, nearest_cache, prompt_source
 from ._prompt_logprobs import MOST_ECHOED_ENTRIES, prompt_logprobs
 from ._sampling import Processor, model_params
@@ -221,8 +220,9 @@ class EngineCore(FailurePolicy, abc.ABC):
     def _remember(self, tokens: list[int], cache: list[Any], sequence: SequenceOutput) -> None:
         if self._prompt_cache is not None:
             key = sequence.cache_key
-            # Kept as it is, its keys turned as its sequence decoded (see _vision/_positions.py).
-            mark_turned(cache, -sequence.position_shift)
+            if sequence.position_shift:
+                # Kept as it is, its keys turned as its sequence decoded (see _vision/_positions.py).
+                mark_turned(cache, -sequence.position_shift)
             # A prompt with images is kept under its key (its image tokens named by their pixels).
             keep_cache(self._prompt_cache, tokens if key is None else key + tokens[len(key) :], cache)
             self._unsettled.append(cache)

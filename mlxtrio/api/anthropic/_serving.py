@@ -181,6 +181,8 @@ def _result_message(block: ToolResultBlock, where: str, sources: ImageSources) -
     content = block.content
     parts = [p.ContentPart(text=content)] if isinstance(content, str) else _parts(content, where, sources)
     if block.is_error:
-        opens_with_text = bool(parts) and parts[0].image < 0
-        parts[: int(opens_with_text)] = [p.ContentPart(text=f"Error: {parts[0].text if opens_with_text else ''}")]
+        if parts and parts[0].image < 0:
+            parts[0] = p.ContentPart(text=f"Error: {parts[0].text}")
+        else:
+            parts.insert(0, p.ContentPart(text="Error: "))
     return parts_message("tool", parts, joiner="\n", tool_call_id=block.tool_use_id)

@@ -8,6 +8,8 @@ import math
 import warnings
 from typing import Any
 
+import attrs
+
 from ..._protocol import LOW_DETAIL_PIXELS, ErrorKind, ImageInput
 from .._failures import RequestError
 
@@ -23,14 +25,12 @@ JPEG_MAX_SCANS = 100
 _FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 
 
+@attrs.frozen
 class DecodedImage:
     """An image as the model's processor takes it (RGB), and the digest of its pixels."""
 
-    __slots__ = ("digest", "image")
-
-    def __init__(self, image: Any, digest: bytes) -> None:
-        self.image = image
-        self.digest = digest
+    image: Any
+    digest: bytes
 
 
 def decode_image(source: ImageInput, *, max_pixels: int) -> DecodedImage:
@@ -71,8 +71,9 @@ def decode_image(source: ImageInput, *, max_pixels: int) -> DecodedImage:
         raise RequestError(ErrorKind.INVALID_REQUEST, f"{where}: the image is corrupt or truncated ({exc})", param=where) from None
     if image.width * image.height > limit:
         image = image.resize(_scaled(image.width, image.height, limit), Image.Resampling.BICUBIC)
-    digest = hashlib.blake2b(image.tobytes(), digest_size=16, person=b"mlxtrio-image").digest()
-    return DecodedImage(image, hashlib.blake2b(f"{image.width}x{image.height}".encode(), key=digest, digest_size=16).digest())
+    digest = hashlib.blake2b(f"{image.width}x{image.height}:".encode(), digest_size=16, person=b"mlxtrio-image")
+    digest.update(image.tobytes())
+    return DecodedImage(image, digest.digest())
 
 
 def _scaled(width: int, height: int, limit: int) -> tuple[int, int]:

@@ -16,19 +16,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 __all__ = ["VisionParts", "load_vision"]
 
 
+@attrs.frozen
 class VisionParts:
-    """A loaded vision model: mlx-vlm's whole model and processor, and its language model as mlx-lm's."""
+    """A loaded vision model: mlx-vlm's whole model and processor, its language model as mlx-lm's, and that one's config."""
 
-    __slots__ = ("config", "model", "processor", "text_model")
-
-    def __init__(self, model: Any, processor: Any, text_model: Any, config: dict) -> None:
-        self.model = model
-        self.processor = processor
-        self.text_model = text_model
-        self.config = config
+    model: Any
+    processor: Any
+    text_model: Any
+    config: dict
 
 
 def load_vision(path: Path) -> VisionParts:

@@ -40,8 +40,7 @@ class VisionTokens(list):
 
     # The prompt with each image token replaced by a number from its image's pixels.
     key: list[int]
-    # Where the first image token is, and where the last one ends.
-    first_image: int
+    # Where the last image's tokens end (its expansion's last token, the image's or the processor's around it).
     images_end: int
     # Each image's tokens: where its first is, and where its last ends.
     spans: list[tuple[int, int]]
@@ -132,15 +131,13 @@ class Vision:
         prompt.spans = []
         arrays: dict[str, list[Any]] = {}
         start = 0
-        first_image = images_end = -1
+        images_end = -1
         for image in prepared:
             at = ids.index(token, start)
             prompt.extend(ids[start:at])
             key.extend(ids[start:at])
             expansion = image.expansion
             image_positions = [i for i, t in enumerate(expansion) if t == self._image_token]
-            if first_image < 0:
-                first_image = len(prompt) + (image_positions[0] if image_positions else 0)
             if image_positions:
                 prompt.spans.append((len(prompt) + image_positions[0], len(prompt) + image_positions[-1] + 1))
             for position, piece in enumerate(expansion):
@@ -153,7 +150,7 @@ class Vision:
         prompt.extend(ids[start:])
         key.extend(ids[start:])
         prompt.key = key
-        prompt.first_image, prompt.images_end = first_image, images_end
+        prompt.images_end = images_end
         prompt.arrays = _joined(arrays)
         prompt.shift = self._shift(prompt) if self._multimodal_positions else 0
         return prompt
