@@ -96,6 +96,26 @@ class _Message(msgspec.Struct, array_like=True, frozen=True, tag=True):
     pass
 
 
+class GroupConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker group: one model over several ranks through mlx.distributed (issue 27).
+
+    Rank 0 is the worker on the channel; the other ranks are started with
+    ``python -m mlxtrio.worker --rank R <WorkerConfig JSON>`` and follow it
+    step by step (worker/_group/). The orchestrator allocates the ports.
+    """
+
+    # Each rank's host, an IP address; rank 0's first.
+    hosts: tuple[str, ...]
+    # "pipeline" (each rank holds a run of layers) or "tensor" (each holds a slice of every layer).
+    parallel: str
+    # mlx.distributed's backend: "ring" (TCP), "jaccl" (RDMA over Thunderbolt 5) or "nccl" (CUDA).
+    backend: str
+    # The ring's port for each rank (ring); the coordinator's port is ports[0] (jaccl, nccl).
+    ports: tuple[int, ...]
+    # Where rank 0 listens (on hosts[0]) for the other ranks' control links.
+    control_port: int
+
+
 class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     """What a worker is started with (JSON on its command line, beside the channel spec).
 
@@ -133,6 +153,8 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     blas_library: str | None
     # Seconds a request's grammar may take to compile (worker/_grammar.py); past it, the request fails as invalid_request (grammar_timeout).
     grammar_compile_timeout: float
+    # A model served by a group of ranks over mlx.distributed (worker/_group/); None: one process.
+    group: GroupConfig | None = None
 
 
 # --- orchestrator -> worker ----------------------------------------------------
@@ -287,6 +309,18 @@ class Hello(_Message, tag="hello"):
     pid: int
 
 
+class RankInfo(msgspec.Struct, array_like=True, frozen=True):
+    """One rank of a worker group, as it reported itself once loaded."""
+
+    rank: int
+    host: str
+    pid: int
+    # Bytes its MLX arrays held once loaded (its shard's weights).
+    memory_bytes: int
+    # Its shard: "layers 0-11 of 24" (pipeline) or "1/2 of every layer" (tensor).
+    shard: str
+
+
 class Ready(_Message, tag="ready"):
     model: str
     load_seconds: float
@@ -304,6 +338,8 @@ class Ready(_Message, tag="ready"):
     blas: str = "mlx"
     # The scheduling policy of its threads: "batch" when pinned to one core (Linux), "normal", "unknown" (macOS), ...
     scheduling: str = "normal"
+    # A worker group's ranks, rank 0 first (memory_bytes is then their sum); empty: one process.
+    ranks: tuple[RankInfo, ...] = ()
 
 
 class LoadFailed(_Message, tag="load_failed"):
