@@ -20,6 +20,7 @@ from pathlib import Path
 
 import attrs
 
+from ._group_settings import check_group_ports, checked_group, parse_hosts
 from .tuning import (
     WorkerAllocator,
     WorkerBlas,
@@ -194,6 +195,11 @@ class ModelSettings:
     decode_concurrency: int | None = None
     # A Jinja chat template to use instead of the tokenizer's.
     chat_template: str | None = None
+    # A worker group (_group_settings.py): its ranks' hosts, rank 0's first; its split, backend and remote interpreter.
+    hosts: tuple[str, ...] = attrs.field(default=(), metadata={"parse": parse_hosts})
+    parallel: str | None = None
+    backend: str | None = None
+    python: str | None = None
 
 
 def _read_config_file(path: Path) -> tuple[dict[str, object], tuple[ModelSettings, ...]]:
@@ -237,7 +243,7 @@ def _model_settings(path: Path, name: str, entry: object) -> ModelSettings:
         raise ValueError(f"{path}: models.{name}: {exc}") from None
     if model.decode_concurrency is not None and model.decode_concurrency < 1:
         raise ValueError(f"{path}: models.{name}: decode_concurrency must be at least 1")
-    return model
+    return checked_group(model, where=f"{path}: models.{name}")
 
 
 def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -300,6 +306,9 @@ class Config:
     prefill_bucket: int = 0
     # Requests that may wait beyond those being decoded; past that: 429.
     max_queue: int = 128
+    # Worker groups: the first port their ranks may listen on (mlx's own), and the command that starts a remote rank.
+    group_port: int = 32323
+    group_ssh: str = "ssh -o BatchMode=yes"
     # CPUs each worker runs on: "auto", "none" or a CPU list (see tuning/_affinity.py).
     worker_cpus: WorkerCpus = WorkerCpus("auto")
     # The malloc each worker runs with: "auto", "system" or a library's path (see tuning/_allocator.py).
@@ -407,6 +416,7 @@ class Config:
             raise ValueError(f"images_per_request must be 0 (no images) or more, not {self.images_per_request}")
         if not self.image_fetch_timeout > 0:
             raise ValueError(f"image_fetch_timeout must be more than 0, not {self.image_fetch_timeout}")
+        check_group_ports(self.group_port, self.group_ssh)
         if self.max_queue < 0:
             raise ValueError(f"max_queue must be 0 or more, not {self.max_queue}")
         if not is_loopback(self.admin_host) and not self.admin_token:
