@@ -25,13 +25,13 @@ from .. import _protocol as p
 from ..ipc import Channel, IPCError, PeerGoneError, ProtocolError, TrioChannel, TrioChannelStatistics
 from ._events import Exited
 
-__all__ = ["WorkerProcess"]
+__all__ = ["WorkerProcess", "exit_reason", "relay_stderr", "worker_command"]
 
 # What the worker writes to stderr (warnings, tracebacks) goes to this logger, line by line.
 worker_log = logging.getLogger("mlxtrio.worker")
 
 # Graceful stop: how long the worker may take to exit after Shutdown.
-_EXIT_WAIT = 5.0
+EXIT_WAIT = 5.0
 # The worker's exits that say why it stopped.
 _EXIT_REASONS = {
     p.WorkerExit.CHANNEL_BROKEN: ("protocol", "the model worker lost its channel to the server"),
@@ -40,7 +40,24 @@ _EXIT_REASONS = {
 }
 
 
-def _exit_reason(returncode: int) -> tuple[str, str]:
+async def relay_stderr(stream: trio.abc.ReceiveStream, label: str, done: trio.Event) -> None:
+    """A worker's stderr into the server's log, a line at a time, each line after ``label`` (its pid, its model)."""
+    pending = b""
+    try:
+        while chunk := await stream.receive_some(65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                if line.strip():
+                    worker_log.warning("%s: %s", label, line.decode(errors="replace").rstrip())
+        if pending.strip():
+            worker_log.warning("%s: %s", label, pending.decode(errors="replace").rstrip())
+    except trio.ClosedResourceError:
+        pass
+    finally:
+        done.set()
+
+
+def exit_reason(returncode: int) -> tuple[str, str]:
     """(cause, reason) for a worker's unexpected exit."""
     if returncode < 0:
         try:
@@ -49,6 +66,11 @@ def _exit_reason(returncode: int) -> tuple[str, str]:
             name = f"signal {-returncode}"
         return "crash", f"the model worker was killed by {name}"
     return _EXIT_REASONS.get(returncode, ("crash", f"the model worker exited unexpectedly (status {returncode})"))
+
+
+def worker_command(config: p.WorkerConfig, channel_spec: str) -> list[str]:
+    """The command line of the worker (a group's rank 0) for ``config``, attached to the channel ``channel_spec``."""
+    return [sys.executable, "-m", "mlxtrio.worker", msgspec.json.encode(config).decode(), channel_spec]
 
 
 class WorkerProcess:
@@ -68,7 +90,7 @@ class WorkerProcess:
         """Start a worker for ``config`` with ``environment`` (None: this process's); OSError if it cannot start."""
         channel = Channel.create()
         trio_channel = TrioChannel(channel, send_timeout=send_timeout)
-        command = [sys.executable, "-m", "mlxtrio.worker", msgspec.json.encode(config).decode(), channel.spec.to_json()]
+        command = worker_command(config, channel.spec.to_json())
         try:
             # Its own session: a terminal's Ctrl-C reaches the orchestrator, which decides.
             process = await trio.lowlevel.open_process(
@@ -90,6 +112,14 @@ class WorkerProcess:
     def running(self) -> bool:
         return self._process.returncode is None
 
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode
+
+    async def wait(self) -> None:
+        """Until the process has exited."""
+        await self._process.wait()
+
     def statistics(self) -> TrioChannelStatistics:
         return self._channel.statistics()
 
@@ -102,7 +132,8 @@ class WorkerProcess:
         async with trio.open_nursery() as nursery:
             relayed = trio.Event()
             nursery.start_soon(self._receive, report)
-            nursery.start_soon(self._relay_stderr, relayed)
+            assert self._process.stderr is not None
+            nursery.start_soon(relay_stderr, self._process.stderr, f"worker {self.pid} ({self._model_id})", relayed)
             await self._process.wait()
             # Its last words (a traceback, say) are in the pipe: read them out, briefly.
             with trio.move_on_after(1):
@@ -123,23 +154,6 @@ class WorkerProcess:
         except IPCError:
             pass  # The process's exit is what ends this.
 
-    async def _relay_stderr(self, done: trio.Event) -> None:
-        """The worker's stderr into the server's log, a line at a time, with its pid."""
-        stream, pid, pending = self._process.stderr, self._process.pid, b""
-        assert stream is not None
-        try:
-            while chunk := await stream.receive_some(65536):
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    if line.strip():
-                        worker_log.warning("worker %d (%s): %s", pid, self._model_id, line.decode(errors="replace").rstrip())
-            if pending.strip():
-                worker_log.warning("worker %d (%s): %s", pid, self._model_id, pending.decode(errors="replace").rstrip())
-        except trio.ClosedResourceError:
-            pass
-        finally:
-            done.set()
-
     def kill(self, cause: str, reason: str) -> None:
         """Kill it for cause: its exit is then put down to ``cause``, whatever its status says."""
         self._killed_for = (cause, reason)
@@ -149,7 +163,7 @@ class WorkerProcess:
         """Ask it to exit, wait a bounded time, then kill it."""
         with contextlib.suppress(IPCError), trio.move_on_after(1):
             await self.send(p.Shutdown())
-        with trio.move_on_after(_EXIT_WAIT):
+        with trio.move_on_after(EXIT_WAIT):
             await self._process.wait()
         if self._process.returncode is None:
             self._process.kill()
@@ -162,7 +176,7 @@ class WorkerProcess:
         await process.wait()
         if process.stderr is not None:
             await process.stderr.aclose()
-        cause, reason = self._killed_for or _exit_reason(process.returncode)
+        cause, reason = self._killed_for or exit_reason(process.returncode)
         return Exited(process.pid, process.returncode, cause, reason)
 
     async def close(self, reason: str) -> None:
