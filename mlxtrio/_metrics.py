@@ -43,6 +43,12 @@ class _WorkerCollector(Collector):
         load_seconds = GaugeMetricFamily("mlxtrio_model_load_seconds", "How long the latest load took", labels=["model"])
         loads = CounterMetricFamily("mlxtrio_model_loads", "Worker processes started", labels=["model"])
         restarts = CounterMetricFamily("mlxtrio_worker_restarts", "Unexpected worker exits, by cause", labels=["model", "cause"])
+        rank_up = GaugeMetricFamily(
+            "mlxtrio_rank_up", "1 while a worker group's rank runs, 0 once it has exited", labels=["model", "rank", "host"]
+        )
+        rank_memory = GaugeMetricFamily(
+            "mlxtrio_rank_memory_bytes", "Memory of a worker group's rank once loaded, as MLX reports it", labels=["model", "rank", "host"]
+        )
         for status in statuses:
             for name in ("unloaded", "loading", "ready", "failed"):
                 state.add_metric([status.model, name], 1.0 if status.state == name else 0.0)
@@ -55,7 +61,12 @@ class _WorkerCollector(Collector):
             loads.add_metric([status.model], status.loads)
             for cause, count in sorted(status.restart_causes.items()):
                 restarts.add_metric([status.model, cause], count)
-        yield from (state, active, queued, memory, load_seconds, loads, restarts)
+            for rank in status.ranks:
+                labels = [status.model, str(rank.rank), rank.host]
+                rank_up.add_metric(labels, 1.0 if rank.state == "running" else 0.0)
+                if rank.memory_bytes is not None:
+                    rank_memory.add_metric(labels, rank.memory_bytes)
+        yield from (state, active, queued, memory, load_seconds, loads, restarts, rank_up, rank_memory)
 
 
 class Metrics:

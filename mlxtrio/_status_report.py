@@ -47,6 +47,19 @@ def _duration(seconds: float) -> str:
     return f"{days} d {hours} h"
 
 
+def _rank_lines(worker: dict) -> list[str]:
+    """A worker group's ranks, one line each: where, which process, what it holds."""
+    lines = []
+    for rank in worker.get("ranks") or ():
+        details = [f"rank {rank['rank']} on {rank['host']}", f"pid {rank['pid']}", rank["state"]]
+        if rank.get("memory_bytes") is not None:
+            details.append(f"{rank['memory_bytes'] / 2**20:.1f} MiB")
+        if rank.get("shard"):
+            details.append(rank["shard"])
+        lines.append("        " + ", ".join(details))
+    return lines
+
+
 def _model_line(worker: dict, width: int, now: float) -> str:
     """One model: its state, then what a person checks about it."""
     state, details = worker["state"], []
@@ -84,7 +97,9 @@ def _summary(status: dict | None, *, health: str, admin_problem: str | None, url
         workers = status.get("workers", [])
         width = max((len(worker["model"]) for worker in workers), default=0)
         lines.append("  models:" if workers else "  models: none")
-        lines.extend(_model_line(worker, width, now) for worker in workers)
+        for worker in workers:
+            lines.append(_model_line(worker, width, now))
+            lines.extend(_rank_lines(worker))
     return "\n".join(lines)
 
 

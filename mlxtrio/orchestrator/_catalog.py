@@ -20,8 +20,9 @@ import attrs
 
 from .._config import Config, ModelSettings
 from .._errors import ErrorKind, ServerError
+from .._group_support import group_refusal
 from .._models import model_directory_problem, takes_images, weights_size
-from .._protocol import WorkerConfig
+from .._protocol import GroupConfig, WorkerConfig
 
 __all__ = ["DEMO_MODEL_ID", "DEMO_VISION_MODEL_ID", "ModelCatalog", "ModelEntry"]
 
@@ -54,6 +55,15 @@ class ModelEntry:
         if self.source == "local":
             return takes_images(Path(self.location))
         return None if self.source == "hub" else self.source == DEMO_VISION_MODEL_ID
+
+    @property
+    def group_refusal(self) -> str | None:
+        """Why its worker group cannot serve it, where its files tell before any rank starts (None: a group can, or only loading tells)."""
+        settings = self.settings
+        if settings is None or not settings.hosts or self.source != "local":
+            return None
+        assert settings.parallel is not None
+        return group_refusal(Path(self.location), settings.parallel)
 
     @property
     def weights_bytes(self) -> int:
@@ -270,7 +280,16 @@ class ModelCatalog:
             cpus_for_cpu_backend_only=cpu_backend_only,
             blas_library=config.worker_blas.library(),
             image_max_pixels=config.image_max_pixels,
+            group=_group(settings),
         )
+
+
+def _group(settings: ModelSettings | None) -> GroupConfig | None:
+    """A model with hosts is a worker group; its ports are taken at each start (orchestrator/_group.py)."""
+    if settings is None or not settings.hosts:
+        return None
+    assert settings.parallel is not None and settings.backend is not None
+    return GroupConfig(hosts=settings.hosts, parallel=settings.parallel, backend=settings.backend, ports=(), control_port=0)
 
 
 def idle_timeout(config: Config, entry: ModelEntry) -> float:

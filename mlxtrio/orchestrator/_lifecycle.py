@@ -25,7 +25,7 @@ from ._events import Exited, ProcessEvent, Started, StartFailed
 if TYPE_CHECKING:
     from ..ipc import RouterStatistics, TrioChannelStatistics
 
-__all__ = ["Kill", "ModelLifecycle", "ModelState", "ModelStatus", "Stop", "Wait"]
+__all__ = ["Kill", "ModelLifecycle", "ModelState", "ModelStatus", "RankStatus", "Stop", "Wait"]
 
 # Back-off after failed loads: 1 s, 2 s, 4 s ... capped.
 _BACKOFF_BASE = 1.0
@@ -37,6 +37,18 @@ class ModelState(str, enum.Enum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
+
+
+@attrs.frozen(kw_only=True)
+class RankStatus:
+    """One rank of a worker group: where it runs, whether its process does, and what it holds once loaded (else None)."""
+
+    rank: int
+    host: str
+    pid: int
+    state: str  # "running" or "exited"
+    memory_bytes: int | None = None
+    shard: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -75,6 +87,8 @@ class ModelStatus:
     # The current worker's channel and its per-request routes, as the IPC layer counts them.
     channel: TrioChannelStatistics | None = None
     routes: RouterStatistics | None = None
+    # A worker group's ranks, rank 0 first; empty for one process.
+    ranks: tuple[RankStatus, ...] = ()
 
 
 @attrs.frozen

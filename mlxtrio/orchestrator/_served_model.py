@@ -31,8 +31,9 @@ from .._errors import ErrorKind, ServerError
 from ..ipc import IPCError
 from ._catalog import ModelEntry, idle_timeout
 from ._events import ProcessEvent, Started, StartFailed
+from ._group import WorkerGroup
 from ._intake import Arrival
-from ._lifecycle import Kill, ModelLifecycle, ModelState, ModelStatus, Stop
+from ._lifecycle import Kill, ModelLifecycle, ModelState, ModelStatus, RankStatus, Stop
 from ._process import WorkerProcess
 from ._streams import PING_TIMEOUT, Events, RequestStreams
 
@@ -60,7 +61,7 @@ class _Attempt:
 class _Run:
     """One process's life: the process, the requests open on it, and the load it was started for."""
 
-    process: WorkerProcess
+    process: WorkerProcess | WorkerGroup
     streams: RequestStreams
     attempt: _Attempt
 
@@ -86,6 +87,10 @@ class ServedModel:
         # Whether it takes images (None: not known until it is downloaded): a request with images to a text
         # model is refused without loading it.
         self.takes_images = entry.takes_images
+        # A worker group mlx-lm cannot run (its mode, a vision model): refused before any rank starts.
+        self._group_refusal = entry.group_refusal
+        # The interpreter of a worker group's ranks on other hosts.
+        self._group_python = entry.settings.python if entry.settings is not None else None
         self._lifecycle = ModelLifecycle(
             model_id=entry.id,
             decode_concurrency=worker_config.decode_concurrency,
@@ -108,6 +113,10 @@ class ServedModel:
     async def ensure_ready(self) -> None:
         """Start the worker if needed and wait for it; raise ServerError if it cannot load."""
         lifecycle = self._lifecycle
+        if self._group_refusal is not None:
+            raise ServerError(
+                ErrorKind.INVALID_REQUEST, f"model {self.model_id!r}: {self._group_refusal}", code="group_unsupported", param="model"
+            )
         while True:
             if self._run is not None:
                 if lifecycle.stop_reason is None and lifecycle.state is ModelState.READY:
@@ -277,7 +286,22 @@ class ServedModel:
         run = self._run
         if run is None:
             return status
-        return attrs.evolve(status, channel=run.process.statistics(), routes=run.streams.statistics())
+        return attrs.evolve(status, channel=run.process.statistics(), routes=run.streams.statistics(), ranks=self._ranks(run))
+
+    def _ranks(self, run: _Run) -> tuple[RankStatus, ...]:
+        """A group's ranks: their processes, and what each reported once loaded."""
+        if not isinstance(run.process, WorkerGroup):
+            return ()
+        ready = self._lifecycle.ready
+        loaded = {info.rank: info for info in ready.ranks} if ready is not None else {}
+        return tuple(
+            RankStatus(
+                rank=rank.rank, host=rank.host, pid=rank.pid, state="running" if rank.running else "exited",
+                memory_bytes=loaded[rank.rank].memory_bytes if rank.rank in loaded else None,
+                shard=loaded[rank.rank].shard if rank.rank in loaded else None,
+            )
+            for rank in run.process.ranks()
+        )
 
     # --- the worker's life ------------------------------------------------------
 
@@ -314,13 +338,20 @@ class ServedModel:
             attempt.finish(failure)
 
     async def _run_process(self, attempt: _Attempt) -> None:
+        config = self._config
+        # This process's environment as it is now, with the worker's malloc preloaded.
+        environment = config.worker_allocator.environment(os.environ)
         try:
-            process = await WorkerProcess.spawn(
-                self._worker_config,
-                # This process's environment as it is now, with the worker's malloc preloaded.
-                environment=self._config.worker_allocator.environment(os.environ),
-                send_timeout=self._config.hang_timeout,
-            )
+            if self._worker_config.group is None:
+                process: WorkerProcess | WorkerGroup = await WorkerProcess.spawn(
+                    self._worker_config, environment=environment, send_timeout=config.hang_timeout
+                )
+            else:
+                assert self._group_python is not None
+                process = await WorkerGroup.spawn(
+                    self._worker_config, environment=environment, send_timeout=config.hang_timeout,
+                    base_port=config.group_port, ssh=config.group_ssh, python=self._group_python,
+                )
         except OSError as exc:
             self._handle(StartFailed(f"could not start a worker for model {self.model_id!r}: {exc}"))
             return
@@ -354,6 +385,8 @@ class ServedModel:
                 message.allocator,
                 message.blas,
             )
+            for rank in message.ranks:
+                log.info("model %r: rank %d on %s (pid %d): %s, %.1f MiB", self.model_id, rank.rank, rank.host, rank.pid, rank.shard, rank.memory_bytes / 2**20)
         else:
             run.streams.deliver(message)
 
