@@ -12,6 +12,7 @@ group's ``Exited`` names the rank that went first.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import shlex
@@ -31,7 +32,7 @@ from . import _process
 from ._events import Exited
 from ._process import WorkerProcess, exit_reason, relay_stderr
 
-__all__ = ["GroupPorts", "RankState", "WorkerGroup", "follower_command"]
+__all__ = ["GroupPorts", "RankState", "WorkerGroup", "follower_command", "runs_here"]
 
 log = logging.getLogger("mlxtrio.orchestrator")
 
@@ -58,7 +59,7 @@ class GroupPorts:
             if candidate >= base + GROUP_PORT_SPAN:
                 raise OSError(f"no free group ports left in {base}-{base + GROUP_PORT_SPAN - 1} (MLX_GROUP_PORT)")
             host = wanted[len(ports)]
-            if candidate not in self._held and candidate not in ports and (not _here(host) or _bindable(host, candidate)):
+            if candidate not in self._held and candidate not in ports and (not runs_here(host) or _bindable(host, candidate)):
                 ports.append(candidate)
             candidate += 1
         self._held.update(ports)
@@ -72,7 +73,9 @@ class GroupPorts:
 GROUP_PORTS = GroupPorts()
 
 
-def _here(host: str) -> bool:
+@functools.cache
+def runs_here(host: str) -> bool:
+    """Whether a rank on ``host`` runs on this machine (a child process), not over ssh."""
     return ipaddress.ip_address(host).is_loopback or is_local_address(host)
 
 
@@ -151,8 +154,8 @@ class WorkerGroup:
         try:
             leader = await WorkerProcess.spawn(config, environment=environment, send_timeout=send_timeout)
             for rank, host in enumerate(group.hosts[1:], start=1):
-                command = follower_command(config, rank, sys.executable if _here(host) else python)
-                if not _here(host):
+                command = follower_command(config, rank, sys.executable if runs_here(host) else python)
+                if not runs_here(host):
                     command = [*shlex.split(ssh), host, shlex.join(command)]
                 process = await trio.lowlevel.open_process(
                     command,
@@ -160,9 +163,9 @@ class WorkerGroup:
                     stderr=subprocess.PIPE,
                     # Its own session, as rank 0's: a terminal's Ctrl-C reaches the orchestrator, which decides.
                     start_new_session=True,
-                    env=environment if _here(host) else None,
+                    env=environment if runs_here(host) else None,
                 )
-                what = f"rank {rank}" if _here(host) else f"rank {rank}'s ssh"
+                what = f"rank {rank}" if runs_here(host) else f"rank {rank}'s ssh"
                 followers.append(_Follower(rank, host, process, f"worker {process.pid} ({config.model_id} {what} on {host})"))
         except BaseException:
             with trio.CancelScope(shield=True):

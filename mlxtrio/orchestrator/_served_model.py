@@ -31,7 +31,7 @@ from .._errors import ErrorKind, ServerError
 from ..ipc import IPCError
 from ._catalog import ModelEntry, idle_timeout
 from ._events import ProcessEvent, Started, StartFailed
-from ._group import WorkerGroup
+from ._group import WorkerGroup, runs_here
 from ._intake import Arrival
 from ._lifecycle import Kill, ModelLifecycle, ModelState, ModelStatus, RankStatus, Stop
 from ._process import WorkerProcess
@@ -84,6 +84,10 @@ class ServedModel:
         self._admit_load = admit_load
         # Bytes of weights, when the files can be measured before loading (0: unknown).
         self.estimated_bytes = entry.weights_bytes
+        group = worker_config.group
+        if group is not None:
+            # A group's ranks on other hosts hold their shares there: this machine's budget counts its own ranks'.
+            self.estimated_bytes = entry.weights_bytes * sum(map(runs_here, group.hosts)) // len(group.hosts)
         # Whether it takes images (None: not known until it is downloaded): a request with images to a text
         # model is refused without loading it.
         self.takes_images = entry.takes_images
@@ -157,7 +161,10 @@ class ServedModel:
     @property
     def resident_bytes(self) -> int:
         ready = self._lifecycle.ready
-        return max(self.estimated_bytes, ready.memory_bytes if ready is not None else 0)
+        if ready is None:
+            return self.estimated_bytes
+        here = sum(rank.memory_bytes for rank in ready.ranks if runs_here(rank.host)) if ready.ranks else ready.memory_bytes
+        return max(self.estimated_bytes, here)
 
     @property
     def tool_format(self) -> str | None:

@@ -172,3 +172,24 @@ async def test_a_rank_that_cannot_start_leaves_nothing(monkeypatch):
     with pytest.raises(OSError):
         await WorkerGroup.spawn(_config(), environment=None, send_timeout=5.0, base_port=BASE, ssh="ssh", python="py", held=held)
     assert _gone(spawned[0].pid) and held.held == frozenset()
+
+
+async def test_the_memory_budget_counts_the_ranks_on_this_machine_only(tmp_path):
+    from mlxtrio.orchestrator import ModelEntry, ServedModel
+    from mlxtrio.orchestrator._events import Started
+
+    from ..helpers import make_config
+
+    (tmp_path / "model.safetensors").write_bytes(bytes(1000))
+    entry = ModelEntry("big", "local", str(tmp_path), "a group across two hosts")
+
+    async def admit_load(served: ServedModel) -> None:
+        raise AssertionError("not loaded here")
+
+    config = make_config(tmp_path, tmp_path)
+    served = ServedModel(entry, _config(("127.0.0.1", "192.0.2.9")), config=config, admit_load=admit_load)
+    assert served.estimated_bytes == 500  # half the weights: one of its two ranks runs here
+    served._handle(Started(1))
+    ranks = (p.RankInfo(0, "127.0.0.1", 1, 700, "layers 1-1 of 2"), p.RankInfo(1, "192.0.2.9", 2, 900, "layers 0-0 of 2"))
+    served._handle(p.Ready("big", 0.1, 1600, ranks=ranks))
+    assert served.resident_bytes == 700 and served.statistics().memory_bytes == 1600
