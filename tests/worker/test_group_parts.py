@@ -15,7 +15,7 @@ import pytest
 from mlxtrio import _protocol as p
 from mlxtrio.ipc import PeerGoneError
 from mlxtrio.worker._group import _join, _link, _token
-from mlxtrio.worker._group._ops import OPS, Admit, Hello, Step, Stop
+from mlxtrio.worker._group._ops import OPS, Admit, Cancel, Hello, Step, Stop
 from mlxtrio.worker._mlx_lm import load_shard
 from mlxtrio.worker._mlx_lm._shard import shard_refusal
 from mlxtrio.worker._model_source import LoadError
@@ -58,10 +58,10 @@ def test_rank_0_takes_only_the_ranks_that_show_the_token_and_they_receive_its_op
     follower.join()
     request = p.Generate(7, p.SamplingParams(max_tokens=3), prompt="hello")
     links.send(Admit(request))
-    links.send(Step())
+    links.send(Step(1))
     links.send(Stop())
     (leader,) = found
-    assert [leader.receive(interrupt=_never) for _ in range(3)] == [Admit(request), Step(), Stop()]
+    assert [leader.receive(interrupt=_never) for _ in range(3)] == [Admit(request), Step(1), Stop()]
     for stranger in strangers[:2]:
         assert stranger.recv(1) == b"", "a stranger was kept"
     # Rank 0 listens no more once the group has formed.
@@ -90,7 +90,9 @@ def test_the_ring_hostfile_is_private_and_gone_once_the_group_has_started(monkey
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(mx.distributed, "init", init)
-    monkeypatch.delenv("MLX_HOSTFILE", raising=False)
+    # Set here so that they are put back as they were after the test.
+    monkeypatch.setenv("MLX_HOSTFILE", "unset")
+    monkeypatch.setenv("MLX_RANK", "unset")
     with pytest.raises(RuntimeError, match="stop here"):
         _join.join(_group(), 1)
     assert seen["hosts"] == [["127.0.0.1:32323"], ["127.0.0.1:32324"]] and seen["mode"] == 0o600
@@ -173,3 +175,60 @@ def msgspec_config(path: Path) -> p.WorkerConfig:
         chat_template=None, cpus=(), cpus_for_cpu_backend_only=True, image_max_pixels=1 << 20, blas_library=None,
         grammar_compile_timeout=5.0, group=_group(),
     )  # fmt: skip
+
+
+class _Ops:
+    def __init__(self, ops: list) -> None:
+        self._ops = list(ops)
+
+    def receive(self, *, interrupt: object) -> object:
+        return self._ops.pop(0)
+
+
+class _Engine:
+    def __init__(self) -> None:
+        self.calls: list = []
+        self.active = 0
+        self.broken = False
+
+    def admit(self, request: p.Generate) -> int:
+        self.calls.append(("admit", request.request_id))
+        if request.prompt == "refused":
+            raise ValueError("rank 0 refuses it too")
+        self.active += 1
+        return 1
+
+    def step(self) -> tuple:
+        self.calls.append("step")
+        return [], []
+
+    def settle(self) -> None:
+        self.calls.append("settle")
+
+    def cancel(self, request_id: int) -> bool:
+        self.calls.append(("cancel", request_id))
+        self.active -= 1
+        return True
+
+
+def _follow(ops: list, engine: _Engine) -> int:
+    from mlxtrio.worker._group._follower import _follow as follow
+    from mlxtrio.worker._group._rank import Member
+
+    return follow(_Ops(ops), engine, Member(mx.distributed.init(), 1, None), _never)
+
+
+def test_a_follower_makes_rank_0s_calls_in_order_and_stops_when_told():
+    def generate(request_id: int, prompt: str = "hi") -> p.Generate:
+        return p.Generate(request_id, p.SamplingParams(max_tokens=3), prompt=prompt)
+
+    engine = _Engine()
+    ops = [Admit(generate(1)), Admit(generate(2, "refused")), Step(1), Cancel(1), Step(0), Stop()]
+    assert _follow(ops, engine) == p.WorkerExit.OK
+    assert engine.calls == [("admit", 1), ("admit", 2), "step", "settle", ("cancel", 1), "step", "settle"]
+
+
+def test_a_follower_whose_batch_differs_from_rank_0s_stops_the_group_before_stepping():
+    engine = _Engine()
+    assert _follow([Step(2)], engine) == p.WorkerExit.GROUP_BROKEN
+    assert engine.calls == []

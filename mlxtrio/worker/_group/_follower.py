@@ -63,6 +63,10 @@ def _follow(link, engine, member, watch) -> int:  # noqa: ANN001
     while True:
         op = link.receive(interrupt=watch)
         if isinstance(op, Step):
+            if engine.active != op.active:
+                # The same calls made different batches: stop before the ranks' collectives pair wrong work.
+                print(f"mlxtrio worker rank {member.rank}: {engine.active} sequences here, {op.active} on rank 0; the group stops", file=sys.stderr)
+                return p.WorkerExit.GROUP_BROKEN
             engine.step()
             engine.settle()
             if engine.broken:

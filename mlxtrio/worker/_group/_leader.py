@@ -77,7 +77,7 @@ class GroupLeader:
         return self._engine.admit(request)
 
     def step(self):  # noqa: ANN201 - StepResult
-        self._links.send(Step())
+        self._links.send(Step(self._engine.active))
         return self._engine.step()
 
     def settle(self) -> None:

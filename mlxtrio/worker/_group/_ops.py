@@ -40,7 +40,9 @@ class CancelAll(msgspec.Struct, tag="cancel_all", frozen=True):
 
 
 class Step(msgspec.Struct, tag="step", frozen=True):
-    """One engine step, then its settle."""
+    """One engine step, then its settle; ``active``: rank 0's sequences before it, which every rank must have too."""
+
+    active: int
 
 
 class Stop(msgspec.Struct, tag="stop", frozen=True):
