@@ -116,8 +116,9 @@ class GroupConfig(msgspec.Struct, frozen=True, kw_only=True):
     ports: tuple[int, ...]
     # Where rank 0 listens (on hosts[0]) for the other ranks' control links.
     control_port: int
-    # jaccl: the RDMA device from each host to each other (None to itself), as ``mlx.distributed_config`` writes it.
-    rdma: tuple[tuple[str | None, ...], ...] = ()
+    # jaccl: the RDMA device (or devices, one per cable) from each host to each other, None where there is no cable
+    # (and to itself), as ``mlx.distributed_config`` writes it.
+    rdma: tuple[tuple[str | tuple[str, ...] | None, ...], ...] = ()
 
 
 class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
