@@ -1,7 +1,7 @@
 """Side by side, same model, same prompts: in-process mlx-lm, mlx_lm.server, mlxtrio.
 
     python -m bench.serve_bench --model demo [--concurrency 1 8 32] [--max-tokens 128] [--rounds 2] [--repeat N]
-        [--servers in-process mlx_lm.server mlxtrio] [--checkout DIR] [--json OUT]
+        [--servers in-process mlx_lm.server mlxtrio] [--checkout DIR] [--json OUT] [--group N [--parallel tensor]]
 
 Run it from a checkout's root. mlxtrio is served from the checkout this
 file is in, or from ``--checkout DIR`` (another checkout's root): its
@@ -40,6 +40,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -52,6 +53,9 @@ from ._common import ROOT, checkout_environment, write_json
 from .bench_models import add_model_options, build_chosen
 from .server_process import stop
 from .sse_client import HttpxClient, LeanClient, RequestFailed
+
+# The name a --group run serves the model under.
+GROUP_MODEL = "bench-group"
 
 PROMPT_WORDS = (
     "Explain how a server keeps many clients happy at once, why each token should reach its "
@@ -271,10 +275,12 @@ async def load(url: str, model: str, concurrency: int, max_tokens: int, rounds: 
 
 @contextlib.asynccontextmanager
 async def serving(
-    kind: str, model_path: str, port: int, *, max_tokens: int, decode_concurrency: int = 32, checkout: Path = ROOT
+    kind: str, model_path: str, port: int, *, max_tokens: int, decode_concurrency: int = 32, checkout: Path = ROOT,
+    group: int = 1, parallel: str = "pipeline",
 ) -> AsyncIterator[str]:
     """mlx_lm.server, or mlxtrio of ``checkout``, on ``port`` with the model, ready; its URL.
 
+    ``group`` > 1: mlxtrio serves the model as ``GROUP_MODEL``, split over that many ranks on this machine.
     Its log in $SERVE_BENCH_LOGS (/tmp).
     """
     url = f"http://127.0.0.1:{port}"
@@ -288,6 +294,12 @@ async def serving(
                    "--admin-port", str(port + 1), "--log-level", "WARNING"]
         env = checkout_environment(checkout, MLX_CACHE_DIR=os.environ.get("MLX_CACHE_DIR", "/tmp/mlxtrio-bench-cache"))
         cwd = checkout
+        if group > 1:
+            # A worker group is a config file's model: its ranks' hosts, all this machine's loopback here.
+            config = Path(tempfile.mkdtemp(prefix="serve-bench-")) / "models.toml"
+            hosts = ", ".join(['"127.0.0.1"'] * group)
+            config.write_text(f'[models.{GROUP_MODEL}]\npath = "{model_path}"\nhosts = [{hosts}]\nparallel = "{parallel}"\n')
+            command[command.index("--model") : command.index("--model") + 2] = ["--config", str(config)]
     log = open(os.environ.get("SERVE_BENCH_LOGS", "/tmp") + f"/serve_bench.{kind}.log", "w+b")  # noqa: SIM115
     process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=log)
     try:
@@ -305,12 +317,14 @@ async def serving(
 
 async def bench_server(
     kind: str, model_path: str, concurrencies: list[int], max_tokens: int, rounds: int, port: int, client_kind: str,
-    checkout: Path,
+    checkout: Path, group: int = 1, parallel: str = "pipeline",
 ) -> dict:
-    # Both serve the model under its path.
-    model_id = model_path
+    # Both serve the model under its path; a group, under its config file's name.
+    model_id = GROUP_MODEL if kind == "mlxtrio" and group > 1 else model_path
     decode_concurrency = max(32, max(concurrencies))
-    async with serving(kind, model_path, port, max_tokens=max_tokens, decode_concurrency=decode_concurrency, checkout=checkout) as url:
+    async with serving(
+        kind, model_path, port, max_tokens=max_tokens, decode_concurrency=decode_concurrency, checkout=checkout, group=group, parallel=parallel
+    ) as url:
         result: dict = {"aggregate_tps": {}, "ttft_p50_s": {}, "ttft_p95_s": {}, "client_cpu_cores": {}, "errors": {},
                         "tokens_per_text_event": {}, "ttfts_s": {}}
         for concurrency in concurrencies:
@@ -429,6 +443,11 @@ def main() -> None:
         choices=["in-process", "mlx_lm.server", "mlxtrio"], help="which of the three to run (default: all)",
     )
     parser.add_argument(
+        "--group", type=int, default=1,
+        help="serve the model with mlxtrio as a worker group of this many ranks on this machine (mlx.distributed's ring)",
+    )
+    parser.add_argument("--parallel", choices=["pipeline", "tensor"], default="pipeline", help="how a --group splits the model")
+    parser.add_argument(
         "--checkout", type=Path, default=ROOT,
         help="the repository root whose mlxtrio is served (default: the one this harness is in)",
     )
@@ -448,6 +467,7 @@ def main() -> None:
         "client": args.client,
         "in_process_pinned": args.pin_in_process,
         "mlx_worker_cpus": os.environ.get("MLX_WORKER_CPUS", "auto"),
+        "mlxtrio_group": {"ranks": args.group, "parallel": args.parallel} if args.group > 1 else None,
         "mlxtrio_checkout": str(checkout),
         "mlxtrio_commit": commit_of(checkout),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -467,7 +487,8 @@ def main() -> None:
         for kind, port in (("mlx_lm.server", args.port), ("mlxtrio", args.port + 10)):
             if kind in args.servers:
                 run[kind] = trio.run(
-                    bench_server, kind, model_path, args.concurrency, args.max_tokens, args.rounds, port, args.client, checkout
+                    bench_server, kind, model_path, args.concurrency, args.max_tokens, args.rounds, port, args.client, checkout,
+                    args.group, args.parallel,
                 )
         runs.append(run)
     results.update(median_over_runs(runs))

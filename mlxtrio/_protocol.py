@@ -90,6 +90,8 @@ class WorkerExit(enum.IntEnum):
     GENERATION_BROKEN = 5
     # A message arrived that the worker could not read.
     PROTOCOL_ERROR = 6
+    # A rank of a worker group failed or went away: the group ends as one.
+    GROUP_BROKEN = 7
 
 
 class _Message(msgspec.Struct, array_like=True, frozen=True, tag=True):
@@ -114,6 +116,9 @@ class GroupConfig(msgspec.Struct, frozen=True, kw_only=True):
     ports: tuple[int, ...]
     # Where rank 0 listens (on hosts[0]) for the other ranks' control links.
     control_port: int
+    # jaccl: the RDMA device (or devices, one per cable) from each host to each other, None where there is no cable
+    # (and to itself), as ``mlx.distributed_config`` writes it.
+    rdma: tuple[tuple[str | tuple[str, ...] | None, ...], ...] = ()
 
 
 class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -24,6 +24,9 @@ from ._mlx_lm import Generator, Processor, Sampler, SoloDecoder, StopSequences, 
 from ._output import SequenceOutput
 from ._sampling import make_processors, make_sampler
 from ._vision import Vision
+
+if TYPE_CHECKING:
+    from ._group import TokenShare
 
 __all__ = ["BatchEngine"]
 
@@ -75,8 +78,11 @@ class BatchEngine(EngineCore):
         first_tokens_always_early: bool,
         progress: Callable[[], None],
         vision: Vision | None = None,
+        share: TokenShare | None = None,
     ) -> None:
-        super().__init__(model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes, progress=progress, vision=vision)
+        super().__init__(
+            model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes, progress=progress, vision=vision, share=share
+        )
         # Whether newcomers to a running batch get their first tokens early too (see the class's docstring).
         self._always_early = first_tokens_always_early
         self._prefill_step_size = prefill_step_size
@@ -116,7 +122,7 @@ class BatchEngine(EngineCore):
         if request.request_id in self._uid_of or (alone is not None and alone.request.request_id == request.request_id):
             raise RequestError(ErrorKind.INVALID_REQUEST, f"duplicate request id {request.request_id}")
         params = self._sampling(request.params)
-        sampler, processors = make_sampler(params), make_processors(params, self.grammars)
+        sampler, processors = make_sampler(params, share=self._share), make_processors(params, self.grammars)
         cache, cached, hit = self._start_cache(request, prompt)
         sequence = self._new_sequence(request, params, prompt, hit, processors)
         if alone is None and not self._uid_of:

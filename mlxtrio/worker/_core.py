@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 
@@ -21,6 +21,9 @@ from ._sampling import Processor, model_params
 from ._token_pieces import TokenPieces
 from ._tools import tool_format
 from ._vision import ImagePreparer, Prefilled, Vision, VisionPrefills, VisionTokens, mark_turned, ready_choices
+
+if TYPE_CHECKING:
+    from ._group import TokenShare
 
 __all__ = ["EngineCore", "StepResult"]
 
@@ -40,8 +43,11 @@ class EngineCore(FailurePolicy, abc.ABC):
         prompt_cache_bytes: int,
         progress: Callable[[], None],
         vision: Vision | None = None,
+        share: TokenShare | None = None,
     ) -> None:
         super().__init__()
+        # A worker group's: every rank samples rank 0's tokens (None: a worker of its own).
+        self._share = share
         # Called between chunks of long work outside a step (a long prompt must not look like a hang).
         self._progress = progress
         self._model = model

@@ -20,7 +20,7 @@ admission of a request's choices, the prompt cache, sampling and output.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .._protocol import Generate, WorkerConfig
 from ._batch import BatchEngine
@@ -29,6 +29,9 @@ from ._grammar import GrammarCompiler
 from ._mlx_lm import can_batch
 from ._sequential import SequentialEngine
 from ._vision import ImagePreparer, Vision
+
+if TYPE_CHECKING:
+    from ._group import TokenShare
 
 __all__ = ["Engine", "StepResult", "make_engine"]
 
@@ -86,6 +89,7 @@ def make_engine(
     first_tokens_always_early: bool,
     progress: Callable[[], None],
     vision: Vision | None = None,
+    share: TokenShare | None = None,
 ) -> Engine:
     """The engine for ``model`` with the worker's settings: batched where its caches batch and
     ``config`` lets more than one sequence decode at once, else sequential.
@@ -93,7 +97,7 @@ def make_engine(
     ``context_length``: the model's (None: unknown); ``first_tokens_always_early``: see
     ``BatchEngine``; ``progress``: called where the worker computes at length outside a step (the
     sequential engine's prefill chunks, an echoed prompt's log probabilities), so that it is no hang;
-    ``vision``: a vision model's images (None: text only).
+    ``vision``: a vision model's images (None: text only); ``share``: a worker group's (None: a worker of its own).
     """
     if config.decode_concurrency > 1 and can_batch(model):
         return BatchEngine(
@@ -108,6 +112,7 @@ def make_engine(
             first_tokens_always_early=first_tokens_always_early,
             progress=progress,
             vision=vision,
+            share=share,
         )
     return SequentialEngine(
         model,
@@ -117,4 +122,5 @@ def make_engine(
         prompt_cache_bytes=config.prompt_cache_bytes,
         progress=progress,
         vision=vision,
+        share=share,
     )

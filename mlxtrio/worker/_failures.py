@@ -49,11 +49,16 @@ class FailurePolicy:
 
     def __init__(self) -> None:
         self._consecutive_failures = 0
+        self._most_failures = MAX_CONSECUTIVE_FAILURES
 
     @property
     def broken(self) -> bool:
         """Whether generation keeps failing whatever runs: time for a fresh process."""
-        return self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES
+        return self._consecutive_failures >= self._most_failures
+
+    def fail_at_first(self) -> None:
+        """Broken at the first failure: a worker group's (its ranks cannot recover apart, see _group/_rank.py)."""
+        self._most_failures = 1
 
     def _failed(self, exc: Exception) -> RequestError:
         self._consecutive_failures += 1

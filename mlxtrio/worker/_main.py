@@ -40,6 +40,8 @@ from ..tuning import (
 from .._models import model_directory_problem, takes_images, weights_size
 from ..ipc import Channel, ChannelSpec, IPCError, PeerGoneError, ProtocolError, parent_watch
 from ._failpoints import failpoint
+from ._group import devices_before_mlx, lead
+from ._model_source import LoadError, model_path
 
 # Not a message: 0xc1 is the one byte MessagePack never uses.
 _CORRUPT_FRAME = b"\xc1 not a message"
@@ -49,15 +51,6 @@ FOLLOWER_WAIT = 0.002
 FORMING_LIMIT = 0.020
 # Idle but for grammars compiling or images being prepared: how often the loop looks whether one is done.
 COMPILE_POLL = 0.002
-
-
-class _LoadError(Exception):
-    """Why the model did not load, in a sentence; unavailable by default: the server tries again after a back-off."""
-
-    def __init__(self, message: str, *, kind: p.ErrorKind = p.ErrorKind.UNAVAILABLE, code: str = "load_failed") -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.code = code
 
 
 def _pin(config: p.WorkerConfig) -> tuple[int, ...]:
@@ -103,30 +96,17 @@ def _pin(config: p.WorkerConfig) -> tuple[int, ...]:
 def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context length, memory, vision)
     import mlx.core as mx
 
-    from ._mlx_lm import download, load, set_chat_template, speed_up_quantized, unsupported_architecture
+    from ._mlx_lm import load, set_chat_template, speed_up_quantized, unsupported_architecture
 
-    if config.source == "demo":
-        from ._demo import ensure_demo_model
-
-        path = ensure_demo_model(Path(config.cache_dir))
-    elif config.source == "demo-vision":
-        from ._vision._demo import ensure_demo_vision_model
-
-        path = ensure_demo_vision_model(Path(config.cache_dir))
-    elif config.source == "local":
-        path = Path(config.location)
-    elif config.source == "hub":
-        path = _download(download, config.location)
-    else:
-        raise _LoadError(f"unknown model source {config.source!r}")
+    path = model_path(config)
     vision = takes_images(path)
     # Checked before mlx-lm reads the files, whose own errors name a file, not the problem.
     problem = model_directory_problem(path) or (None if vision else unsupported_architecture(path))
     if problem is not None:
-        raise _LoadError(problem)
+        raise LoadError(problem)
     size = weights_size(path)
     if size > config.memory_budget_bytes:
-        raise _LoadError(
+        raise LoadError(
             f"its weights are {size} bytes; the memory budget is {config.memory_budget_bytes} bytes",
             kind=p.ErrorKind.OUT_OF_MEMORY,
             code="model_too_large",
@@ -138,7 +118,7 @@ def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context 
         try:
             model, tokenizer, model_config = load(path)
         except Exception as exc:  # noqa: BLE001 - whatever mlx-lm raises (memory, a weight it cannot map) is this load's failure
-            raise _LoadError(f"mlx-lm could not load it: {type(exc).__name__}: {exc}") from exc
+            raise LoadError(f"mlx-lm could not load it: {type(exc).__name__}: {exc}") from exc
     # A batched step hands each quantized projection one matrix of rows; on
     # the CPU backend they compute in float32, many times faster there (see _mlx_lm/_quantized.py).
     speed_up_quantized(model)
@@ -159,25 +139,18 @@ def _load_vision(config: p.WorkerConfig, path: Path):  # noqa: ANN202 - (text mo
         tokenizer = load_tokenizer(path, eos_token_ids=parts.config.get("eos_token_id"))
         vision = Vision(parts, max_pixels=config.image_max_pixels, prefill_step_size=config.prefill_step_size)
     except ValueError as exc:
-        raise _LoadError(str(exc)) from exc
+        raise LoadError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - as for a text model: this load's failure, whatever it is
-        raise _LoadError(f"mlx-vlm could not load it: {type(exc).__name__}: {exc}") from exc
+        raise LoadError(f"mlx-vlm could not load it: {type(exc).__name__}: {exc}") from exc
     return parts.text_model, tokenizer, parts.config, vision
 
 
-def _download(download, repo: str) -> Path:  # noqa: ANN001 - _mlx_lm.download
-    """The repository's files; a repository the Hub does not have is not found, any other failure may pass."""
-    from huggingface_hub.utils import RepositoryNotFoundError
-
-    try:
-        return download(repo)
-    except RepositoryNotFoundError as exc:
-        raise _LoadError("the Hugging Face Hub has no such repository", kind=p.ErrorKind.NOT_FOUND, code="model_not_found") from exc
-    except Exception as exc:  # noqa: BLE001 - the network, the disk: another attempt may succeed
-        raise _LoadError(f"could not fetch it: {type(exc).__name__}: {exc}") from exc
-
-
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--rank"]:
+        # Another rank of a worker group: no channel, it follows rank 0 (_group/_follower.py).
+        from ._group import follow
+
+        return follow(int(argv[1]), msgspec.json.decode(argv[2], type=p.WorkerConfig))
     config = msgspec.json.decode(argv[0], type=p.WorkerConfig)
     channel = Channel.attach(ChannelSpec.from_json(argv[1]))
     watch = parent_watch()
@@ -188,17 +161,30 @@ def main(argv: list[str]) -> int:
             channel.writer.send(_CORRUPT_FRAME, interrupt=watch)
         channel.writer.send(encode(message), interrupt=watch)
 
+    def heartbeat() -> None:
+        # An empty step: progress during a long prefill.
+        send(p.Step(()))
+
+    if config.group is not None:
+        # Before MLX is imported: which GPU this rank takes.
+        devices_before_mlx(config.group, 0)
+    leader = None
     try:
         send(p.Hello(os.getpid()))
         started = time.monotonic()
         try:
             failpoint("load")
             # Before MLX is imported (by _pin): MLX's calls must find this BLAS first.
-            load_worker_blas(config.blas_library, cpus=config.cpus)
-            cpus = _pin(config)
-            model, tokenizer, context, memory, vision = _load(config)
+            load_worker_blas(config.blas_library, cpus=config.cpus if config.group is None else ())
+            if config.group is None:
+                cpus = _pin(config)
+                model, tokenizer, context, memory, vision = _load(config)
+            else:
+                # A group's ranks are not pinned: every rank must read its first tokens alike (_group/_rank.py).
+                cpus = ()
+                leader, ranks = lead(config, interrupt=watch, progress=heartbeat)
         except Exception as exc:  # noqa: BLE001 - any load failure is reported, not swallowed
-            failure = exc if isinstance(exc, _LoadError) else _LoadError(f"{type(exc).__name__}: {exc}")
+            failure = exc if isinstance(exc, LoadError) else LoadError(f"{type(exc).__name__}: {exc}")
             where = f"from {config.location}" if config.location else "(the built-in demo)"
             send(p.LoadFailed(failure.kind, f"cannot load model {config.model_id!r} {where}: {failure}", failure.code))
             return p.WorkerExit.LOAD_FAILED
@@ -208,10 +194,8 @@ def main(argv: list[str]) -> int:
 
         from ._engine import make_engine
 
-        def heartbeat() -> None:
-            # An empty step: progress during a long prefill.
-            send(p.Step(()))
-
+        if leader is not None:
+            return _serve_group(channel, leader, ranks, config, send, watch, started)
         engine = make_engine(
             model,
             tokenizer,
@@ -240,7 +224,27 @@ def main(argv: list[str]) -> int:
         print(f"mlxtrio worker: channel broken: {exc}", file=sys.stderr)
         return p.WorkerExit.CHANNEL_BROKEN
     finally:
+        if leader is not None:
+            leader.close()
         channel.close()
+
+
+def _serve_group(channel, leader, ranks, config: p.WorkerConfig, send, watch, started: float) -> int:  # noqa: ANN001
+    """Rank 0 of a group: Ready with every rank, then the loop; a planned end drains the group."""
+    memory = sum(rank.memory_bytes for rank in ranks)
+    send(p.Ready(config.model_id, time.monotonic() - started, memory, leader.kind, leader.tool_format, (),
+                 allocator_in_use(), blas_in_use(), scheduling_policy(), ranks=ranks))  # fmt: skip
+    try:
+        status = _serve(channel, leader, send, watch, grammar_compile_timeout=config.grammar_compile_timeout)
+    except OSError as exc:
+        # A control link broke: a rank is gone.
+        print(f"mlxtrio worker: a rank of the group is gone: {exc}", file=sys.stderr)
+        return p.WorkerExit.GROUP_BROKEN
+    if status == p.WorkerExit.OK:
+        leader.stop()
+    elif status == p.WorkerExit.GENERATION_BROKEN:
+        return p.WorkerExit.GROUP_BROKEN
+    return status
 
 
 def _admit(engine, message: p.Generate, send, admitted: list[tuple[int, int]]) -> None:  # noqa: ANN001

@@ -8,6 +8,7 @@ processors of its own (penalties, biases, its grammar's matcher).
 from __future__ import annotations
 
 import secrets
+from typing import TYPE_CHECKING
 
 import msgspec
 import mlx.core as mx
@@ -16,6 +17,9 @@ from .._protocol import ErrorKind, SamplingParams
 from ._failures import RequestError
 from ._grammar import GrammarCompiler, GrammarError
 from ._mlx_lm import Processor, Sampler, apply_min_p, apply_top_k, apply_top_p, make_logits_processors
+
+if TYPE_CHECKING:
+    from ._group import TokenShare
 
 __all__ = ["GREEDY_BELOW", "make_processors", "make_sampler", "model_params"]
 
@@ -46,10 +50,18 @@ def model_params(params: SamplingParams, vocabulary: int | None) -> SamplingPara
     return params
 
 
-def make_sampler(params: SamplingParams) -> Sampler:
-    """The request's sampler. Greedy requests share one function: a batch of them samples in one call."""
+def make_sampler(params: SamplingParams, *, share: TokenShare | None = None) -> Sampler:
+    """The request's sampler. Greedy requests share one function: a batch of them samples in one call.
+
+    ``share``: a worker group's (every rank then takes rank 0's tokens); None in a worker of its own.
+    """
     if params.temperature < GREEDY_BELOW:
-        return _greedy
+        return _greedy if share is None else share.greedy
+    sample = _sample(params)
+    return sample if share is None else share.wrap(sample)
+
+
+def _sample(params: SamplingParams) -> Sampler:
     # A key of the request's own: the global MLX key is shared by every sequence.
     # Seeds are signed 64-bit in the API; MLX keys take unsigned.
     key = mx.random.key(params.seed % (1 << 63) if params.seed is not None else secrets.randbits(63))

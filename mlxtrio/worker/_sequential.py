@@ -8,7 +8,7 @@ the worker sends one frame per step for all of them, as for a batch.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import mlx.core as mx
@@ -21,6 +21,9 @@ from ._mlx_lm import generate_step, make_prompt_cache
 from ._output import SequenceOutput
 from ._sampling import make_processors, make_sampler
 from ._vision import Vision
+
+if TYPE_CHECKING:
+    from ._group import TokenShare
 
 __all__ = ["SequentialEngine"]
 
@@ -49,8 +52,11 @@ class SequentialEngine(EngineCore):
         prompt_cache_bytes: int,
         progress: Callable[[], None],
         vision: Vision | None = None,
+        share: TokenShare | None = None,
     ) -> None:
-        super().__init__(model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes, progress=progress, vision=vision)
+        super().__init__(
+            model, tokenizer, context_length=context_length, prompt_cache_bytes=prompt_cache_bytes, progress=progress, vision=vision, share=share
+        )
         self._prefill_step_size = prefill_step_size
         self._running: dict[int, _Running] = {}
 
@@ -72,7 +78,7 @@ class SequentialEngine(EngineCore):
             self._model,
             prompt_cache=cache,
             max_tokens=params.max_tokens,
-            sampler=make_sampler(params),
+            sampler=make_sampler(params, share=self._share),
             logits_processors=processors,
             prefill_step_size=self._prefill_step_size,
             prompt_progress_callback=lambda done, total: self._progress(),

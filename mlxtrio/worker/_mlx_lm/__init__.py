@@ -6,7 +6,7 @@ repeats parts of their code: ``BatchGenerator`` and its prompt batch
 (``_generator.py``), the prompt cache and its trie (``_prompt_cache.py``),
 the quantized layers (``_quantized.py``), the per-token computation of
 ``generate_step`` (``_solo.py``), what sits behind ``TokenizerWrapper``
-(``_tokenizer.py``, the detokenizers' token maps among it), and loading (``_load.py``). The next mlx-lm upgrade
+(``_tokenizer.py``, the detokenizers' token maps among it), and loading (``_load.py``; a group rank's shard: ``_shard.py``). The next mlx-lm upgrade
 touches this folder: every other worker module takes mlx-lm through the
 names below. The batched engine (``_batch.py``) alone also calls the
 generator's ``next``, ``remove`` and ``close`` and reads ``next``'s
@@ -25,6 +25,7 @@ from ._generator import Generator
 from ._load import can_batch, download, llama_model, load, load_tokenizer, unsupported_architecture
 from ._prompt_cache import PromptCache
 from ._quantized import speed_up_quantized
+from ._shard import Shard, load_shard
 from ._solo import Processor, Sampler, SoloDecoder
 from ._tokenizer import apply_chat_template, chat_renderer, detokenizer, opens_thinking, set_chat_template, token_bytes, wrapped_tokenizer
 
@@ -33,6 +34,7 @@ __all__ = [
     "Processor",
     "PromptCache",
     "Sampler",
+    "Shard",
     "SoloDecoder",
     "StopSequences",
     "apply_chat_template",
@@ -47,6 +49,7 @@ __all__ = [
     "generate_step",
     "llama_model",
     "load",
+    "load_shard",
     "load_tokenizer",
     "make_logits_processors",
     "make_prompt_cache",
