@@ -15,6 +15,8 @@ import contextlib
 import functools
 import ipaddress
 import logging
+import os
+import secrets
 import shlex
 import socket
 import subprocess
@@ -35,6 +37,8 @@ from ._process import WorkerProcess, exit_reason, relay_stderr
 __all__ = ["GroupPorts", "RankState", "WorkerGroup", "follower_command", "runs_here"]
 
 log = logging.getLogger("mlxtrio.orchestrator")
+# Where a local rank finds its group's token (worker/_group/_token.py); a rank over ssh reads it from its stdin.
+TOKEN_VARIABLE = "MLXTRIO_GROUP_TOKEN"
 
 
 class GroupPorts:
@@ -149,6 +153,9 @@ class WorkerGroup:
         ring_ports, control_port = held.take(base_port, group.hosts)
         ports = (*ring_ports, control_port)
         config = msgspec.structs.replace(config, group=msgspec.structs.replace(group, ports=ring_ports, control_port=control_port))
+        # A secret of this start, which each rank shows rank 0: nothing else that reaches the control port may join.
+        token = secrets.token_urlsafe(24)
+        environment = {**(os.environ if environment is None else environment), TOKEN_VARIABLE: token}
         followers: list[_Follower] = []
         leader = None
         try:
@@ -159,12 +166,17 @@ class WorkerGroup:
                     command = [*shlex.split(ssh), host, shlex.join(command)]
                 process = await trio.lowlevel.open_process(
                     command,
-                    stdin=subprocess.DEVNULL,
+                    stdin=subprocess.DEVNULL if runs_here(host) else subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     # Its own session, as rank 0's: a terminal's Ctrl-C reaches the orchestrator, which decides.
                     start_new_session=True,
                     env=environment if runs_here(host) else None,
                 )
+                if process.stdin is not None:
+                    # The token's first line: a command line would show it to every user of the other host.
+                    with contextlib.suppress(trio.BrokenResourceError):
+                        await process.stdin.send_all(f"{token}\n".encode())
+                    await process.stdin.aclose()
                 what = f"rank {rank}" if runs_here(host) else f"rank {rank}'s ssh"
                 followers.append(_Follower(rank, host, process, f"worker {process.pid} ({config.model_id} {what} on {host})"))
         except BaseException:

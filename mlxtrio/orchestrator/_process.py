@@ -37,6 +37,7 @@ _EXIT_REASONS = {
     p.WorkerExit.CHANNEL_BROKEN: ("protocol", "the model worker lost its channel to the server"),
     p.WorkerExit.GENERATION_BROKEN: ("generation", "the model worker exited after repeated generation failures; it will be restarted"),
     p.WorkerExit.PROTOCOL_ERROR: ("protocol", "the model worker received a message it could not read, and exited"),
+    p.WorkerExit.GROUP_BROKEN: ("crash", "the model worker exited: a rank of its worker group failed or went away"),
 }
 
 

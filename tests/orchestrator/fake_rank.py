@@ -1,11 +1,13 @@
 """A worker group's rank in orchestrator tests, without MLX: a real process that keeps the seam's promises, and no more.
 
 python fake_rank.py leader CONFIG_JSON CHANNEL_SPEC
-    Rank 0: attaches, sends Hello, waits for every other rank on the control port, sends Ready with their
+    Rank 0: attaches, sends Hello, waits for every other rank on the control port (each shows the group's
+    token, as rank 0 finds it in its environment; a wrong one: exit 9), sends Ready with their
     RankInfo; answers Ping; on Shutdown closes the control links (the followers' stop) and exits 0. A
     follower's exit does not end it: the orchestrator must.
 python fake_rank.py follower MODE RANK CONFIG_JSON
-    Rank R: connects to rank 0's control port and says its rank and pid. MODE "obey": exits 0 when the link
+    Rank R: connects to rank 0's control port and says its rank, pid and token (from its environment, else its
+    standard input's first line, as over ssh). MODE "obey": exits 0 when the link
     closes. "stubborn": ignores SIGTERM and the link's end, and stays until killed (at most a minute).
 """
 
@@ -21,6 +23,7 @@ import msgspec
 
 from mlxtrio import _protocol as p
 from mlxtrio.ipc import Channel, ChannelSpec, PeerGoneError, parent_watch
+from mlxtrio.orchestrator._group import TOKEN_VARIABLE
 
 
 def _leader(config: p.WorkerConfig, spec: str) -> int:
@@ -38,7 +41,11 @@ def _leader(config: p.WorkerConfig, spec: str) -> int:
     links, ranks = [], [p.RankInfo(0, group.hosts[0], os.getpid(), 1000, "layers 1-1 of 2")]
     for _ in group.hosts[1:]:
         link, _ = listener.accept()
-        rank, pid = map(int, link.makefile().readline().split())
+        rank, pid, token = link.makefile().readline().split()
+        if token != os.environ[TOKEN_VARIABLE]:
+            print(f"rank {rank} showed a wrong token", file=sys.stderr)
+            return 9
+        rank, pid = int(rank), int(pid)
         links.append(link)
         ranks.append(p.RankInfo(rank, group.hosts[rank], pid, 1000 * (rank + 1), f"layers 0-0 of {len(group.hosts)}"))
     ranks.sort(key=lambda info: info.rank)
@@ -70,7 +77,8 @@ def _follower(mode: str, rank: int, config: p.WorkerConfig) -> int:
             if time.monotonic() > deadline:
                 return 1
             time.sleep(0.02)
-    link.sendall(f"{rank} {os.getpid()}\n".encode())
+    token = os.environ.pop(TOKEN_VARIABLE, None) or sys.stdin.readline().strip()
+    link.sendall(f"{rank} {os.getpid()} {token}\n".encode())
     link.recv(1)  # until rank 0 closes the link
     if mode == "stubborn":
         time.sleep(60)

@@ -193,3 +193,21 @@ async def test_the_memory_budget_counts_the_ranks_on_this_machine_only(tmp_path)
     ranks = (p.RankInfo(0, "127.0.0.1", 1, 700, "layers 1-1 of 2"), p.RankInfo(1, "192.0.2.9", 2, 900, "layers 0-0 of 2"))
     served._handle(p.Ready("big", 0.1, 1600, ranks=ranks))
     assert served.resident_bytes == 700 and served.statistics().memory_bytes == 1600
+
+
+@bounded(10)
+async def test_a_rank_on_another_host_starts_over_ssh_with_the_token_on_its_stdin(monkeypatch, nursery, caplog):
+    fake_ranks(monkeypatch, "obey")
+    monkeypatch.setattr(_group, "runs_here", lambda host: host == "127.0.0.1")
+    ssh = f"{sys.executable} {Path(__file__).with_name('fake_ssh.py')}"
+    group = await WorkerGroup.spawn(
+        _config(("127.0.0.1", "192.0.2.9")), environment=None, send_timeout=5.0, base_port=BASE, ssh=ssh, python="/remote/python", held=GroupPorts()
+    )
+    ready = trio.Event()
+    nursery.start_soon(group.serve, lambda message: ready.set() if isinstance(message, p.Ready) else None)
+    await ready.wait()  # rank 0 took rank 1's token: it came through ssh's stdin, quoted config and all
+    ssh_pid = group.ranks()[1].pid
+    os.kill(ssh_pid, signal.SIGKILL)  # the connection to the other host ends
+    exited = await group.reap()
+    assert exited.reason == f"rank 1 (pid {ssh_pid}, 192.0.2.9): the model worker was killed by SIGKILL"
+    await group.close(exited.reason)
