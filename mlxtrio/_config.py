@@ -20,7 +20,7 @@ from pathlib import Path
 
 import attrs
 
-from ._group_settings import check_group_ports, checked_group, parse_hosts
+from ._group_settings import checked_group, parse_group_port, parse_group_ssh, parse_hosts
 from .tuning import (
     WorkerAllocator,
     WorkerBlas,
@@ -307,8 +307,8 @@ class Config:
     # Requests that may wait beyond those being decoded; past that: 429.
     max_queue: int = 128
     # Worker groups: the first port their ranks may listen on (mlx's own), and the command that starts a remote rank.
-    group_port: int = 32323
-    group_ssh: str = "ssh -o BatchMode=yes"
+    group_port: int = attrs.field(default=32323, metadata={"parse": parse_group_port})
+    group_ssh: str = attrs.field(default="ssh -o BatchMode=yes", metadata={"parse": parse_group_ssh})
     # CPUs each worker runs on: "auto", "none" or a CPU list (see tuning/_affinity.py).
     worker_cpus: WorkerCpus = WorkerCpus("auto")
     # The malloc each worker runs with: "auto", "system" or a library's path (see tuning/_allocator.py).
@@ -416,7 +416,6 @@ class Config:
             raise ValueError(f"images_per_request must be 0 (no images) or more, not {self.images_per_request}")
         if not self.image_fetch_timeout > 0:
             raise ValueError(f"image_fetch_timeout must be more than 0, not {self.image_fetch_timeout}")
-        check_group_ports(self.group_port, self.group_ssh)
         if self.max_queue < 0:
             raise ValueError(f"max_queue must be 0 or more, not {self.max_queue}")
         if not is_loopback(self.admin_host) and not self.admin_token:

@@ -17,7 +17,7 @@ import attrs
 if typing.TYPE_CHECKING:
     from ._config import ModelSettings
 
-__all__ = ["GROUP_PORT_SPAN", "check_group_ports", "checked_group", "is_local_address", "parse_hosts"]
+__all__ = ["GROUP_PORT_SPAN", "checked_group", "is_local_address", "parse_group_port", "parse_group_ssh", "parse_hosts"]
 
 PARALLEL_MODES = ("pipeline", "tensor")
 BACKENDS = ("ring", "jaccl", "nccl")
@@ -75,16 +75,23 @@ def checked_group(model: ModelSettings, *, where: str) -> ModelSettings:
     )
 
 
-def check_group_ports(port: int, ssh: str) -> None:
-    """The group settings of the server: ValueError if they cannot work."""
+def parse_group_port(value: object) -> int:
+    """The first port of the groups' range: ValueError if the range would not lie between 1024 and the ephemeral ports."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"expected a port number, not {value!r}")
+    port = int(value)
     if not 1024 <= port or port + GROUP_PORT_SPAN > _EPHEMERAL_START:
         raise ValueError(
-            f"group_port must be at least 1024 and at most {_EPHEMERAL_START - GROUP_PORT_SPAN} (groups take ports up to "
-            f"{GROUP_PORT_SPAN} above it, below the ephemeral range at {_EPHEMERAL_START}), not {port}"
+            f"must be at least 1024 and at most {_EPHEMERAL_START - GROUP_PORT_SPAN} (groups take ports up to "
+            f"{GROUP_PORT_SPAN} above it, below the ephemeral range at {_EPHEMERAL_START})"
         )
-    try:
-        words = shlex.split(ssh)
-    except ValueError as exc:
-        raise ValueError(f"group_ssh = {ssh!r}: {exc}") from None
-    if not words:
-        raise ValueError("group_ssh must be a command line (the default: ssh -o BatchMode=yes)")
+    return port
+
+
+def parse_group_ssh(value: object) -> str:
+    """The command line that starts a remote rank (the host and the command follow it)."""
+    if not isinstance(value, str):
+        raise TypeError(f"must be a string, not {type(value).__name__}")
+    if not shlex.split(value):  # ValueError for an unclosed quote
+        raise ValueError("must be a command line (the default: ssh -o BatchMode=yes)")
+    return value

@@ -59,11 +59,13 @@ def test_a_wrong_group_says_what_and_where(tmp_path, text, message):
 @pytest.mark.parametrize(
     ("text", "env", "message"),
     [
-        ("group_port = 80", {}, "group_port must be at least 1024 and at most 32512"),
+        ("group_port = 80", {}, "groups.toml: group_port = 80: must be at least 1024 and at most 32512"),
         ("group_port = 32600", {}, "below the ephemeral range at 32768"),
-        ("", {"MLX_GROUP_PORT": "40000"}, "not 40000"),
-        ('group_ssh = "ssh \'unclosed"', {}, "No closing quotation"),
-        ('group_ssh = " "', {}, "group_ssh must be a command line"),
+        ("group_port = true", {}, "group_port = True: expected a port number"),
+        ("", {"MLX_GROUP_PORT": "40000"}, "MLX_GROUP_PORT='40000': must be at least 1024"),
+        ('group_ssh = "ssh \'unclosed"', {}, "groups.toml: group_ssh = \"ssh 'unclosed\": No closing quotation"),
+        ('group_ssh = " "', {}, "groups.toml: group_ssh = ' ': must be a command line"),
+        ("group_ssh = 5", {}, "group_ssh = 5: must be a string"),
     ],
 )
 def test_wrong_group_ports_or_ssh_are_refused(tmp_path, text, env, message):
