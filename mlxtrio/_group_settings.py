@@ -69,7 +69,9 @@ def checked_group(model: ModelSettings, *, where: str) -> ModelSettings:
     if any(loopback) and not all(loopback):
         raise ValueError(f"{where}: hosts = {list(model.hosts)}: a loopback address cannot be reached from another host")
     if not is_local_address(model.hosts[0]):
-        raise ValueError(f"{where}: hosts = {list(model.hosts)}: the first host is rank 0's, and {model.hosts[0]} is no address of this machine")
+        raise ValueError(
+            f"{where}: hosts = {list(model.hosts)}: the first host is rank 0's, and {model.hosts[0]} is no address of this machine"
+        )
     return attrs.evolve(
         model, parallel=model.parallel or "pipeline", backend=model.backend or "ring", python=model.python or sys.executable
     )

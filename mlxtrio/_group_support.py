@@ -22,7 +22,7 @@ from pathlib import Path
 
 import attrs
 
-__all__ = ["GroupSupport", "group_refusal", "module_support", "mlx_lm_version"]
+__all__ = ["GroupSupport", "group_refusal", "mlx_lm_version", "model_module", "module_support"]
 
 
 @attrs.frozen
@@ -150,7 +150,8 @@ def _attribute_classes(owner: _Class, attribute: str, depth: int = 0) -> list[_C
 
 
 def _is_self_attribute(target: ast.expr, attribute: str) -> bool:
-    return isinstance(target, ast.Attribute) and target.attr == attribute and isinstance(target.value, ast.Name) and target.value.id == "self"
+    is_self = isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self"
+    return is_self and target.attr == attribute
 
 
 def _self_chain(expression: ast.expr) -> list[str] | None:

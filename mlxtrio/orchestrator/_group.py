@@ -116,14 +116,16 @@ class _Follower:
     rank: int
     host: str
     process: trio.Process
-    # The pid of the process that runs the rank here: the rank itself, or its ssh.
+    # What its stderr's lines are logged after: its pid (the rank's, or its ssh's), model, rank and host.
     label: str
 
 
 class WorkerGroup:
     """A running worker group: rank 0's WorkerProcess and the followers' processes."""
 
-    def __init__(self, leader: WorkerProcess, followers: list[_Follower], *, hosts: tuple[str, ...], ports: tuple[int, ...], held: GroupPorts) -> None:
+    def __init__(
+        self, leader: WorkerProcess, followers: list[_Follower], *, hosts: tuple[str, ...], ports: tuple[int, ...], held: GroupPorts
+    ) -> None:
         self._leader = leader
         self._followers = followers
         self._hosts = hosts

@@ -393,7 +393,10 @@ class ServedModel:
                 message.blas,
             )
             for rank in message.ranks:
-                log.info("model %r: rank %d on %s (pid %d): %s, %.1f MiB", self.model_id, rank.rank, rank.host, rank.pid, rank.shard, rank.memory_bytes / 2**20)
+                log.info(
+                    "model %r: rank %d on %s (pid %d): %s, %.1f MiB",
+                    self.model_id, rank.rank, rank.host, rank.pid, rank.shard, rank.memory_bytes / 2**20,
+                )
         else:
             run.streams.deliver(message)
 
