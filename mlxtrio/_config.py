@@ -20,7 +20,7 @@ from pathlib import Path
 
 import attrs
 
-from ._group_settings import checked_group, parse_group_port, parse_group_ssh, parse_hosts
+from ._group_settings import checked_group, parse_group_port, parse_group_ssh, parse_hosts, parse_rdma
 from .tuning import (
     WorkerAllocator,
     WorkerBlas,
@@ -200,6 +200,7 @@ class ModelSettings:
     parallel: str | None = None
     backend: str | None = None
     python: str | None = None
+    rdma: tuple[tuple[str | tuple[str, ...] | None, ...], ...] = attrs.field(default=(), metadata={"parse": parse_rdma})
 
 
 def _read_config_file(path: Path) -> tuple[dict[str, object], tuple[ModelSettings, ...]]:

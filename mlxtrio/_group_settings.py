@@ -41,6 +41,24 @@ def parse_hosts(value: object) -> tuple[str, ...]:
     return tuple(hosts)
 
 
+def parse_rdma(value: object) -> tuple[tuple[str | tuple[str, ...] | None, ...], ...]:
+    """JACCL's RDMA devices: for each rank, for each rank, the device (or devices, a cable each) that joins them; "" for none.
+
+    ``mlx.distributed_config`` writes null for none, which TOML cannot say.
+    """
+    if not isinstance(value, list) or not all(isinstance(row, list) for row in value):
+        raise ValueError("rdma must be a list with a list for each rank")
+
+    def device(entry: object) -> str | tuple[str, ...] | None:
+        if isinstance(entry, str):
+            return entry or None
+        if isinstance(entry, list) and entry and all(isinstance(name, str) and name for name in entry):
+            return tuple(entry)
+        raise ValueError(f"rdma: {entry!r} is not a device name, a list of them, or \"\" for none")
+
+    return tuple(tuple(device(entry) for entry in row) for row in value)
+
+
 def is_local_address(host: str) -> bool:
     """Whether ``host`` (an IP address) is one of this machine's: the kernel lets a socket bind to it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -55,7 +73,7 @@ def is_local_address(host: str) -> bool:
 def checked_group(model: ModelSettings, *, where: str) -> ModelSettings:
     """``model`` with its group settings' defaults filled in; ValueError (starting with ``where``) if they are wrong."""
     if not model.hosts:
-        given = [name for name in ("parallel", "backend", "python") if getattr(model, name) is not None]
+        given = [name for name in ("parallel", "backend", "python") if getattr(model, name) is not None] + ["rdma"] * bool(model.rdma)
         if given:
             raise ValueError(f"{where}: {', '.join(given)} without hosts: only a worker group (hosts = [...]) has them")
         return model
@@ -63,6 +81,10 @@ def checked_group(model: ModelSettings, *, where: str) -> ModelSettings:
         raise ValueError(f'{where}: parallel = {model.parallel!r}: must be "pipeline" or "tensor"')
     if model.backend is not None and model.backend not in BACKENDS:
         raise ValueError(f'{where}: backend = {model.backend!r}: must be "ring", "jaccl" or "nccl"')
+    if (model.backend == "jaccl") != bool(model.rdma):
+        raise ValueError(f'{where}: rdma is the jaccl backend\'s RDMA devices: backend = "jaccl" needs it, and only it takes it')
+    if model.rdma and (len(model.rdma) != len(model.hosts) or any(len(row) != len(model.hosts) for row in model.rdma)):
+        raise ValueError(f"{where}: rdma must have a row for each of the {len(model.hosts)} hosts, each with an entry for each host")
     if model.python is not None and not model.python.strip():
         raise ValueError(f"{where}: python must name the interpreter on the other hosts")
     loopback = [ipaddress.ip_address(host).is_loopback for host in model.hosts]

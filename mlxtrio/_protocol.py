@@ -121,6 +121,11 @@ class GroupConfig(msgspec.Struct, frozen=True, kw_only=True):
     rdma: tuple[tuple[str | tuple[str, ...] | None, ...], ...] = ()
 
 
+# The environment variable that hands a local rank its group's token (a rank over ssh reads it from its stdin):
+# a secret made for each start of a group, shown to rank 0 before it sends a rank anything (worker/_group/_link.py).
+GROUP_TOKEN_VARIABLE = "MLXTRIO_GROUP_TOKEN"
+
+
 class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     """What a worker is started with (JSON on its command line, beside the channel spec).
 

@@ -289,7 +289,9 @@ def _group(settings: ModelSettings | None) -> GroupConfig | None:
     if settings is None or not settings.hosts:
         return None
     assert settings.parallel is not None and settings.backend is not None
-    return GroupConfig(hosts=settings.hosts, parallel=settings.parallel, backend=settings.backend, ports=(), control_port=0)
+    return GroupConfig(
+        hosts=settings.hosts, parallel=settings.parallel, backend=settings.backend, ports=(), control_port=0, rdma=settings.rdma
+    )
 
 
 def idle_timeout(config: Config, entry: ModelEntry) -> float:

@@ -37,8 +37,6 @@ from ._process import WorkerProcess, exit_reason, relay_stderr
 __all__ = ["GroupPorts", "RankState", "WorkerGroup", "follower_command", "runs_here"]
 
 log = logging.getLogger("mlxtrio.orchestrator")
-# Where a local rank finds its group's token (worker/_group/_token.py); a rank over ssh reads it from its stdin.
-TOKEN_VARIABLE = "MLXTRIO_GROUP_TOKEN"
 
 
 class GroupPorts:
@@ -157,7 +155,7 @@ class WorkerGroup:
         config = msgspec.structs.replace(config, group=msgspec.structs.replace(group, ports=ring_ports, control_port=control_port))
         # A secret of this start, which each rank shows rank 0: nothing else that reaches the control port may join.
         token = secrets.token_urlsafe(24)
-        environment = {**(os.environ if environment is None else environment), TOKEN_VARIABLE: token}
+        environment = {**(os.environ if environment is None else environment), p.GROUP_TOKEN_VARIABLE: token}
         followers: list[_Follower] = []
         leader = None
         try:

@@ -23,7 +23,7 @@ import msgspec
 
 from mlxtrio import _protocol as p
 from mlxtrio.ipc import Channel, ChannelSpec, PeerGoneError, parent_watch
-from mlxtrio.orchestrator._group import TOKEN_VARIABLE
+from mlxtrio._protocol import GROUP_TOKEN_VARIABLE as TOKEN_VARIABLE
 
 
 def _leader(config: p.WorkerConfig, spec: str) -> int:

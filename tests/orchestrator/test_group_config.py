@@ -24,9 +24,12 @@ def test_a_model_with_hosts_is_a_group_with_defaults(tmp_path):
     assert config.describe()["models"]["big"]["hosts"] == ("127.0.0.1", "127.0.0.1")
     tensor = _config(
         tmp_path,
-        '[models.big]\npath = "/m"\nhosts = ["::1", "[::1]", "::1"]\nparallel = "tensor"\nbackend = "jaccl"\npython = "/opt/py"\n',
+        '[models.big]\npath = "/m"\nhosts = ["::1", "[::1]", "::1"]\nparallel = "tensor"\nbackend = "jaccl"\npython = "/opt/py"\n'
+        'rdma = [["", "rdma_en2", "rdma_en3"], ["rdma_en2", "", ["rdma_en4", "rdma_en5"]], ["rdma_en3", "rdma_en4", ""]]\n',
     ).model_settings("big")
     assert (tensor.hosts, tensor.parallel, tensor.backend, tensor.python) == (("::1",) * 3, "tensor", "jaccl", "/opt/py")
+    # mlx.distributed_config's null (no cable) is "" in TOML; several cables between two Macs, a list.
+    assert tensor.rdma == ((None, "rdma_en2", "rdma_en3"), ("rdma_en2", None, ("rdma_en4", "rdma_en5")), ("rdma_en3", "rdma_en4", None))
 
 
 def test_group_ports_and_ssh_come_from_the_environment_or_the_file(tmp_path):
@@ -48,6 +51,12 @@ def test_group_ports_and_ssh_come_from_the_environment_or_the_file(tmp_path):
         ('hosts = ["127.0.0.1", "127.0.0.1"]\npython = " "', "python must name the interpreter"),
         ('parallel = "tensor"\nbackend = "ring"', "parallel, backend without hosts"),
         ('python = "/opt/py"', "python without hosts"),
+        ('rdma = [["", "a"], ["a", ""]]', "rdma without hosts"),
+        ('hosts = ["127.0.0.1", "127.0.0.1"]\nbackend = "jaccl"', 'backend = "jaccl" needs it'),
+        ('hosts = ["127.0.0.1", "127.0.0.1"]\nrdma = [["", "a"], ["a", ""]]', "and only it takes it"),
+        ('hosts = ["127.0.0.1", "127.0.0.1"]\nbackend = "jaccl"\nrdma = [["", "a"]]', "a row for each of the 2 hosts"),
+        ('hosts = ["127.0.0.1", "127.0.0.1"]\nbackend = "jaccl"\nrdma = [["", 5], ["a", ""]]', "5 is not a device name"),
+        ('hosts = ["127.0.0.1", "127.0.0.1"]\nbackend = "jaccl"\nrdma = "a"', "rdma must be a list with a list for each rank"),
     ],
 )
 def test_a_wrong_group_says_what_and_where(tmp_path, text, message):
@@ -72,3 +81,21 @@ def test_wrong_group_ports_or_ssh_are_refused(tmp_path, text, env, message):
     with pytest.raises(ValueError) as raised:
         _config(tmp_path, text + "\n", env)
     assert message in str(raised.value)
+
+
+def test_the_worker_is_given_the_group_as_the_file_says(tmp_path):
+    from mlxtrio.orchestrator import ModelCatalog
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "qwen2"}')
+    config = _config(
+        tmp_path,
+        f'[models.big]\npath = "{model}"\nhosts = ["127.0.0.1", "127.0.0.1"]\nparallel = "tensor"\nbackend = "jaccl"\n'
+        'rdma = [["", "rdma_en2"], ["rdma_en2", ""]]\n[models.small]\npath = "' + str(model) + '"\n',
+    )
+    catalog = ModelCatalog(config)
+    group = catalog.worker_config(catalog.resolve("big")).group
+    assert (group.hosts, group.parallel, group.backend) == (("127.0.0.1", "127.0.0.1"), "tensor", "jaccl")
+    assert group.rdma == ((None, "rdma_en2"), ("rdma_en2", None))
+    assert catalog.worker_config(catalog.resolve("small")).group is None

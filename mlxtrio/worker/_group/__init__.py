@@ -15,6 +15,5 @@ from ._follower import follow
 from ._join import devices_before_mlx
 from ._leader import GroupLeader, lead
 from ._share import TokenShare
-from ._token import TOKEN_VARIABLE
 
-__all__ = ["TOKEN_VARIABLE", "GroupLeader", "TokenShare", "devices_before_mlx", "follow", "lead"]
+__all__ = ["GroupLeader", "TokenShare", "devices_before_mlx", "follow", "lead"]

@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import sys
 
+from ..._protocol import GROUP_TOKEN_VARIABLE
+
 __all__ = ["TOKEN_VARIABLE", "group_token"]
 
-TOKEN_VARIABLE = "MLXTRIO_GROUP_TOKEN"
+TOKEN_VARIABLE = GROUP_TOKEN_VARIABLE
 
 
 def group_token() -> str:
