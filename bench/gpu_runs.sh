@@ -26,6 +26,9 @@ step() { echo "=== $* ($(date +%T))"; }
 install() {
     step install
     [ -f /tmp/site/mlx/core.cpython-312-x86_64-linux-gnu.so ] || bash .gpu/b/install.sh /tmp/site >/dev/null
+    # mlxtrio runs from the checkout, not installed, but `mlxtrio serve` reads its version from the package's metadata.
+    local meta=/tmp/site/mlxtrio-0.0.0.dist-info
+    mkdir -p $meta && printf 'Metadata-Version: 2.1\nName: mlxtrio\nVersion: 0.0.0+checkout\n' >$meta/METADATA
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
     python3 -c "import mlx.core as mx; print(mx.__version__, mx.default_device())"
 }

@@ -5,8 +5,9 @@
 
 For each server, by turns in each of ``--repeat`` runs, on one server process:
 
-1. warm-up: a long prompt alone, then ``--streams`` short requests together
-   (kernels for the prefill's and the batch's shapes);
+1. warm-up: two long prompts alone (the second finds the chat template's
+   opening in a prompt cache: a prefill of another shape), then ``--streams``
+   short requests together (kernels for the prefill's and the batch's shapes);
 2. *alone*: one long prompt (about ``--prompt-tokens`` tokens, its own from
    the first word, so no prompt cache serves it) with nothing else running:
    its time to first token;
@@ -86,15 +87,16 @@ def window_figures(streams: list[list[float]], arrival: float, first: float) -> 
 
 async def measure(url: str, model: str, model_path: str, streams: int, prompt_tokens: int, arrivals: int,
                   decode_tokens: int, tag: str) -> dict:
-    long = long_prompts(model_path, arrivals + 3, prompt_tokens, tag)
+    long = long_prompts(model_path, arrivals + 4, prompt_tokens, tag)
     short = prompts(streams)
     client = make_client("lean", connections=streams + 8)
     try:
-        await first_token(client, url, model, long[0])
+        for prompt in long[:2]:
+            await first_token(client, url, model, prompt)
         async with trio.open_nursery() as nursery:
             for prompt in short:
                 nursery.start_soon(timed, client, url, model, prompt, 16, [])
-        alone = await first_token(client, url, model, long[1])
+        alone = await first_token(client, url, model, long[2])
         series: list[list[float]] = [[] for _ in short]
         figures = []
         async with trio.open_nursery() as nursery:
@@ -105,7 +107,7 @@ async def measure(url: str, model: str, model_path: str, streams: int, prompt_to
             for index in range(arrivals + 1):
                 await trio.sleep(SETTLE_S)
                 arrival = time.perf_counter()
-                ttft = await first_token(client, url, model, long[2 + index])
+                ttft = await first_token(client, url, model, long[3 + index])
                 await trio.sleep(AFTER_S)
                 if any(len(times) >= decode_tokens for times in series):
                     raise RuntimeError(f"a decoding stream ended before arrival {index} was measured: raise --decode-tokens")

@@ -269,6 +269,16 @@ async def _stream_one(client: Client, url: str, model: str, prompt: str, max_tok
     )
 
 
+def warm_rounds(concurrency: int) -> int:
+    """Warm-up rounds before prompts of their own: two at least, since only a second prompt finds the chat
+    template's opening in a prompt cache, a prefill of another shape (whose kernels MLX CUDA compiles once)."""
+    return max(1, 2 // concurrency)
+
+
+def unique_prompts(concurrency: int, rounds: int) -> int:
+    return concurrency * rounds + concurrency * warm_rounds(concurrency)
+
+
 async def together(user, concurrency: int, *args) -> float:  # noqa: ANN001
     """``user(index, *args)`` for each of ``concurrency`` clients at once; the seconds until all are done."""
     start = time.perf_counter()
@@ -281,7 +291,7 @@ async def together(user, concurrency: int, *args) -> float:  # noqa: ANN001
 async def load(
     url: str, model: str, concurrency: int, max_tokens: int, rounds: int, client_kind: str, texts: list[str] | None = None
 ) -> dict:
-    """``texts``: every request's own prompt, ``concurrency * (rounds + 1)`` of them (the warm-up's last)."""
+    """``texts``: every request's own prompt, ``unique_prompts(concurrency, rounds)`` of them (the warm-up's last)."""
     unique = texts is not None
     texts = texts or prompts(max(concurrency, 8))
     results: list[Outcome] = []
@@ -295,7 +305,7 @@ async def load(
 
         # An unmeasured pass at the same concurrency first: MLX compiles kernels
         # per shape (on CUDA at run time), which is not what this measures.
-        await together(user, concurrency, 1, [], rounds * concurrency if unique else 0)
+        await together(user, concurrency, warm_rounds(concurrency) if unique else 1, [], rounds * concurrency if unique else 0)
         cpu_before = resource.getrusage(resource.RUSAGE_SELF)
         wall = await together(user, concurrency, rounds, results)
     finally:
@@ -374,7 +384,7 @@ async def bench_server(
                         "prompt_tokens": {}}
         for concurrency in concurrencies:
             # A phase's prompts of its own: a prompt cache holds the earlier phases'.
-            texts = long_prompts(model_path, concurrency * (rounds + 1), prompt_tokens, f"c{concurrency}") if prompt_tokens else None
+            texts = long_prompts(model_path, unique_prompts(concurrency, rounds), prompt_tokens, f"c{concurrency}") if prompt_tokens else None
             measured = await load(url, model_id, concurrency, max_tokens, rounds, client_kind, texts)
             if concurrency == 1:
                 result["single_stream_tps"] = measured["stream_tps_median"]
