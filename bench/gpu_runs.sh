@@ -6,7 +6,9 @@
 #
 # Run from the repository's root. The machine has no registry: `install` takes
 # the offline bundle of ../shared/gpu/stage.sh (first half parked in /tmp by
-# .gpu/a/keep.sh, second half in .gpu/b). The worker runs with jemalloc, which
+# .gpu/a/keep.sh, second half in .gpu/b), staged with what mlxtrio needs beyond the
+# script's list: `stage.sh .gpu prometheus-client python-json-logger llguidance==1.9.1`,
+# then msgspec 0.22.0's wheel in .gpu/a instead of 0.23's (pyproject.toml's bound). The worker runs with jemalloc, which
 # these machines lack: Debian's libjemalloc2 unpacked into .ab/jem
 # (`apt-get download libjemalloc2 && dpkg -x libjemalloc2_*.deb x && cp
 # x/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 .ab/jem/`), or JEMALLOC=PATH.
