@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/PERFORMANCE.md ("Current figures: H100"), as run on a lent Linux CUDA machine.
 #
-#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, machine, table05, serve7b, single7b, prefix05, pack
+#   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, models7b, machine, table05, serve7b, single7b,
+#                                      prefix05, long05, long7b, loadttft05, loadttft7b, surfaces05, pack
 #
 # Run from the repository's root. The machine has no registry: `install` takes
 # the offline bundle of ../shared/gpu/stage.sh (first half parked in /tmp by
-# .gpu/a/keep.sh, second half in .gpu/b). The worker runs with jemalloc, which
+# .gpu/a/keep.sh, second half in .gpu/b), staged with what mlxtrio needs beyond the
+# script's list: `stage.sh .gpu prometheus-client python-json-logger llguidance==1.9.1`,
+# then msgspec 0.22.0's wheel in .gpu/a instead of 0.23's (pyproject.toml's bound). The worker runs with jemalloc, which
 # these machines lack: Debian's libjemalloc2 unpacked into .ab/jem
 # (`apt-get download libjemalloc2 && dpkg -x libjemalloc2_*.deb x && cp
 # x/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 .ab/jem/`), or JEMALLOC=PATH.
 # Each step writes its JSON and logs into /tmp/gpu-results and carries on if
-# another step failed; `pack` puts them all into one file in $OUT.
+# another step failed; `pack` puts them all into one file in $OUT. LIMIT=SECONDS
+# stops each step (its servers too) after that long, so that one slow step
+# leaves the call's time to the next.
 set -uo pipefail
 RESULTS=/tmp/gpu-results
 MODELS=/tmp/bm
@@ -23,6 +28,9 @@ step() { echo "=== $* ($(date +%T))"; }
 install() {
     step install
     [ -f /tmp/site/mlx/core.cpython-312-x86_64-linux-gnu.so ] || bash .gpu/b/install.sh /tmp/site >/dev/null
+    # mlxtrio runs from the checkout, not installed, but `mlxtrio serve` reads its version from the package's metadata.
+    local meta=/tmp/site/mlxtrio-0.0.0.dist-info
+    mkdir -p $meta && printf 'Metadata-Version: 2.1\nName: mlxtrio\nVersion: 0.0.0+checkout\n' >$meta/METADATA
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
     python3 -c "import mlx.core as mx; print(mx.__version__, mx.default_device())"
 }
@@ -38,6 +46,11 @@ models05() {
     # The 0.5B shape alone, for steps that need nothing else (the 7B build takes minutes).
     step models05
     python3 -m bench.bench_models qwen2.5-0.5b-bf16 $MODELS/qwen2.5-0.5b-bf16
+}
+
+models7b() {
+    step models7b
+    /usr/bin/time -f "qwen2.5-7b-4bit built in %e s" python3 -m bench.bench_models qwen2.5-7b-4bit $MODELS/qwen2.5-7b-4bit
 }
 
 machine() {
@@ -78,9 +91,53 @@ prefix05() {
         --prefix-tokens 2000 --requests 8 --repeat ${REPEAT:-3} --json "$RESULTS/prefix-cache-qwen05.json" 2>&1 | grep -v transformers
 }
 
+# Every server sees 64 streams at once: mlxtrio decodes as many together (its default is 32).
+long_prompts() {
+    # $1 model, $2 max_tokens, $3 rounds, then the prompt lengths: all three at 1, 8, 32 and 64 streams, once each.
+    local model=$1 tokens=$2 rounds=$3; shift 3
+    for length in "$@"; do
+        MLX_DECODE_CONCURRENCY=64 MLX_WORKER_ALLOCATOR=$JEMALLOC python3 -m bench.serve_bench --model $model \
+            --models-dir $MODELS --max-tokens $tokens --rounds $rounds --concurrency ${CONCURRENCY:-1 8 32 64} --prompt-tokens $length \
+            --json "$RESULTS/long-$model-$length.json" 2>&1 | tee "$RESULTS/long-$model-$length.log" | grep -E "^\||streams:"
+    done
+}
+
+long05() {
+    step long05
+    long_prompts qwen2.5-0.5b-bf16 128 2 ${LENGTHS05:-512 4096}
+}
+
+long7b() {
+    step long7b
+    long_prompts qwen2.5-7b-4bit ${TOKENS7B:-64} 1 ${LENGTHS7B:-512 4096}
+}
+
+loadttft() {
+    # A 4,096-token prompt arriving while 31 streams decode, mlx_lm.server and mlxtrio by turns.
+    MLX_WORKER_ALLOCATOR=$JEMALLOC python3 -m bench.load_ttft_bench --model $1 --models-dir $MODELS --streams 31 \
+        --prompt-tokens 4096 --arrivals 3 --repeat ${REPEAT:-2} --decode-tokens ${DECODE_TOKENS:-4096} \
+        --json "$RESULTS/loadttft-$1.json" 2>&1 | tee "$RESULTS/loadttft-$1.log" | grep -v "^  run"
+}
+
+loadttft05() { step loadttft05; loadttft qwen2.5-0.5b-bf16; }
+loadttft7b() { step loadttft7b; loadttft qwen2.5-7b-4bit; }
+
+surfaces05() {
+    # Chat completions, Messages, Responses and chat with a JSON schema each, by turns on one mlxtrio.
+    step surfaces05
+    MLX_WORKER_ALLOCATOR=$JEMALLOC python3 -m bench.surface_bench --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
+        --concurrency 1 32 --max-tokens 128 --rounds 2 --repeat ${REPEAT:-3} --json "$RESULTS/surfaces-qwen05.json" 2>&1 \
+        | tee "$RESULTS/surfaces-qwen05.log" | grep -E "^\||^model|failed"
+}
+
 pack() {
     tar czf "${OUT:-/tmp}/gpu-results-$(date +%H%M%S).tgz" -C "$RESULTS" .
 }
 
-for name in "$@"; do "$name"; done
+for name in "$@"; do
+    if [ -z "${LIMIT:-}" ]; then "$name"; continue; fi
+    LIMIT= setsid bash "$0" "$name" & group=$!
+    ( sleep "$LIMIT"; kill -- -$group 2>/dev/null && echo "=== $name stopped after $LIMIT s" ) & watcher=$!
+    wait $group; kill $watcher 2>/dev/null
+done
 echo "=== done ($(date +%T))"

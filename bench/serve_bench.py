@@ -1,7 +1,8 @@
 """Side by side, same model, same prompts: in-process mlx-lm, mlx_lm.server, mlxtrio.
 
     python -m bench.serve_bench --model demo [--concurrency 1 8 32] [--max-tokens 128] [--rounds 2] [--repeat N]
-        [--servers in-process mlx_lm.server mlxtrio] [--checkout DIR] [--json OUT] [--group N [--parallel tensor]]
+        [--servers in-process mlx_lm.server mlxtrio] [--checkout DIR] [--json OUT] [--prompt-tokens N]
+        [--group N [--parallel tensor]]
 
 Run it from a checkout's root. mlxtrio is served from the checkout this
 file is in, or from ``--checkout DIR`` (another checkout's root): its
@@ -24,6 +25,12 @@ the servers' own counts (``stream_options.include_usage``), so a sequence
 that ends early counts as it is and text a detokenizer holds back is not
 undercounted; time to first token is to the first event with text, and
 ``tokens_per_text_event`` says how far apart the two are (1.0: none).
+Inter-token latency is the time between a stream's text events (p50, p99 of
+all of a phase's gaps together); TTFT p99 is beside p50 and p95.
+
+``--prompt-tokens N``: every request's prompt about N tokens long and its
+own from its first word, so that no prompt cache serves any of it (the
+default prompts, about 60 tokens, repeat from round to round).
 
 Models are built by ``bench.bench_models`` (no downloads). Runs the same on
 a Linux CUDA machine (``bench/gpu_runs.sh``).
@@ -36,6 +43,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import resource
 import statistics
 import subprocess
@@ -68,6 +76,23 @@ def prompts(count: int) -> list[str]:
     return [f"Request {index}: " + " ".join(PROMPT_WORDS[index % 7 :] + PROMPT_WORDS[: index % 7]) for index in range(count)]
 
 
+def long_prompts(model_path: str, count: int, tokens: int, tag: str) -> list[str]:
+    """``count`` prompts of about ``tokens`` tokens with the chat template, no two alike from their first word.
+
+    ``tag`` tells one batch of them from another (a phase's warm-up, its measured requests, another phase).
+    """
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(model_path) / "tokenizer.json"))
+    texts = []
+    for index in range(count):
+        rng = random.Random(f"{tag}-{index}")
+        words = f"Request {tag}-{index}: " + " ".join(rng.choice(PROMPT_WORDS) for _ in range(tokens))
+        # The chat template adds about a dozen tokens around the text.
+        texts.append(tokenizer.decode(tokenizer.encode(words, add_special_tokens=False).ids[: max(1, tokens - 12)]))
+    return texts
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
@@ -91,13 +116,14 @@ def timed_stream_generate(model, tokenizer, prompt: list[int], max_tokens: int) 
     return first - start, (tokens - 1) / (end - first), tokens
 
 
-def in_process(model_path: str, concurrencies: list[int], max_tokens: int, samples: int = 3) -> dict:
+def in_process(model_path: str, concurrencies: list[int], max_tokens: int, samples: int = 3, prompt_tokens: int = 0) -> dict:
     import mlx.core as mx
     import mlx_lm
     from mlx_lm.generate import BatchGenerator
 
     model, tokenizer = mlx_lm.load(model_path)
-    texts = prompts(max(*concurrencies, samples, 3))
+    count = max(*concurrencies, samples, 3)
+    texts = long_prompts(model_path, count, prompt_tokens, "in-process") if prompt_tokens else prompts(count)
     encoded = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True) for t in texts]
     # Warm up (kernels, caches).
     for _ in mlx_lm.stream_generate(model, tokenizer, encoded[0], max_tokens=16):
@@ -112,25 +138,39 @@ def in_process(model_path: str, concurrencies: list[int], max_tokens: int, sampl
     result["single_stream_tps"] = statistics.median(rates)
     result["ttft_p50_s"] = {1: statistics.median(ttfts)}
     result["aggregate_tps"] = {}
+    # The batch's own, from its start: each sequence's first token, and the gaps between its tokens.
+    for key in ("batch_ttft_p50_s", "ttft_p99_s", "itl_p50_s", "itl_p99_s"):
+        result[key] = {}
 
-    def run_batch(batch: list, tokens_each: int) -> int:
+    def run_batch(batch: list, tokens_each: int) -> tuple[int, list[float], list[float]]:
+        start = time.perf_counter()
         generator = BatchGenerator(model, max_tokens=tokens_each, completion_batch_size=max(32, len(batch)))
-        generator.insert(batch, max_tokens=[tokens_each] * len(batch))
+        uids = generator.insert(batch, max_tokens=[tokens_each] * len(batch))
+        last = dict.fromkeys(uids, start)
+        ttfts, gaps = [], []
         tokens = finished = 0
         while finished < len(batch):
-            for response in generator.next_generated():
+            responses = generator.next_generated()
+            now = time.perf_counter()
+            for response in responses:
                 tokens += 1
                 finished += response.finish_reason is not None
+                (gaps if last[response.uid] > start else ttfts).append(now - last[response.uid])
+                last[response.uid] = now
         mx.synchronize()
         generator.close()
-        return tokens
+        return tokens, ttfts, gaps
 
     for concurrency in concurrencies:
         batch = (encoded * (concurrency // len(encoded) + 1))[:concurrency]
         run_batch(batch, max_tokens)  # warm-up: kernels for this batch size
         start = time.perf_counter()
-        tokens = run_batch(batch, max_tokens)
+        tokens, ttfts, gaps = run_batch(batch, max_tokens)
         result["aggregate_tps"][concurrency] = tokens / (time.perf_counter() - start)
+        result["batch_ttft_p50_s"][concurrency] = percentile(ttfts, 0.5)
+        result["ttft_p99_s"][concurrency] = percentile(ttfts, 0.99)
+        result["itl_p50_s"][concurrency] = percentile(gaps, 0.5)
+        result["itl_p99_s"][concurrency] = percentile(gaps, 0.99)
     return result
 
 
@@ -160,6 +200,8 @@ class Outcome:
     span: float  # seconds from that event to the last one
     tokens: int  # completion tokens, from the server's own usage count; -1: the request failed
     text_events: int  # events that carried text (fewer than tokens if text was held back)
+    gaps: tuple[float, ...] = ()  # seconds between one text event and the next
+    prompt_tokens: int = 0  # the server's own count
 
 
 FAILED = Outcome(float("nan"), 0.0, -1, 0)
@@ -202,6 +244,7 @@ async def _stream_one(client: Client, url: str, model: str, prompt: str, max_tok
     first = last = None
     text_events = 0
     usage = None
+    gaps = []
     async with client.stream_lines(url + "/v1/chat/completions", body) as lines:
         async for line in lines:
             if not line.startswith("data: {"):
@@ -213,6 +256,8 @@ async def _stream_one(client: Client, url: str, model: str, prompt: str, max_tok
                 continue
             now = time.perf_counter()
             if choices[0].get("delta", {}).get("content"):
+                if first is not None:
+                    gaps.append(now - last)
                 first = first or now
                 text_events += 1
                 last = now
@@ -224,31 +269,50 @@ async def _stream_one(client: Client, url: str, model: str, prompt: str, max_tok
         raise RuntimeError("the server sent no usage although stream_options.include_usage was set")
     if first is None:
         return Outcome(float("nan"), 0.0, usage["completion_tokens"], 0)
-    return Outcome(first - start, last - first, usage["completion_tokens"], text_events)
+    return Outcome(
+        first - start, last - first, usage["completion_tokens"], text_events, tuple(gaps), usage.get("prompt_tokens", 0)
+    )
 
 
-async def load(url: str, model: str, concurrency: int, max_tokens: int, rounds: int, client_kind: str) -> dict:
-    texts = prompts(max(concurrency, 8))
+def warm_rounds(concurrency: int) -> int:
+    """Warm-up rounds before prompts of their own: two at least, since only a second prompt finds the chat
+    template's opening in a prompt cache, a prefill of another shape (whose kernels MLX CUDA compiles once)."""
+    return max(1, 2 // concurrency)
+
+
+def unique_prompts(concurrency: int, rounds: int) -> int:
+    return concurrency * rounds + concurrency * warm_rounds(concurrency)
+
+
+async def together(user, concurrency: int, *args) -> float:  # noqa: ANN001
+    """``user(index, *args)`` for each of ``concurrency`` clients at once; the seconds until all are done."""
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for index in range(concurrency):
+            nursery.start_soon(user, index, *args)
+    return time.perf_counter() - start
+
+
+async def load(
+    url: str, model: str, concurrency: int, max_tokens: int, rounds: int, client_kind: str, texts: list[str] | None = None
+) -> dict:
+    """``texts``: every request's own prompt, ``unique_prompts(concurrency, rounds)`` of them (the warm-up's last)."""
+    unique = texts is not None
+    texts = texts or prompts(max(concurrency, 8))
     results: list[Outcome] = []
     client = make_client(client_kind, connections=concurrency + 4)
     try:
 
-        async def user(index: int, rounds: int, sink: list) -> None:
+        async def user(index: int, rounds: int, sink: list, offset: int = 0) -> None:
             for round_ in range(rounds):
-                prompt = texts[(index + round_ * concurrency) % len(texts)]
+                prompt = texts[(offset + index + round_ * concurrency) % len(texts)]
                 sink.append(await one_request(client, url, model, prompt, max_tokens))
 
         # An unmeasured pass at the same concurrency first: MLX compiles kernels
         # per shape (on CUDA at run time), which is not what this measures.
-        async with trio.open_nursery() as nursery:
-            for index in range(concurrency):
-                nursery.start_soon(user, index, 1, [])
+        await together(user, concurrency, warm_rounds(concurrency) if unique else 1, [], rounds * concurrency if unique else 0)
         cpu_before = resource.getrusage(resource.RUSAGE_SELF)
-        start = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for index in range(concurrency):
-                nursery.start_soon(user, index, rounds, results)
-        wall = time.perf_counter() - start
+        wall = await together(user, concurrency, rounds, results)
     finally:
         await client.aclose()
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
@@ -256,6 +320,7 @@ async def load(url: str, model: str, concurrency: int, max_tokens: int, rounds: 
     errors = sum(1 for result in results if result.tokens < 0)
     results = [result for result in results if result.tokens >= 0]
     ttfts = [result.ttft for result in results]
+    gaps = [gap for result in results for gap in result.gaps]
     per_stream = [(result.tokens - 1) / result.span for result in results if result.tokens > 1 and result.span > 0]
     tokens = sum(result.tokens for result in results)
     return {
@@ -266,6 +331,10 @@ async def load(url: str, model: str, concurrency: int, max_tokens: int, rounds: 
         "stream_tps_median": statistics.median(per_stream) if per_stream else float("nan"),
         "ttft_p50_s": percentile(ttfts, 0.5),
         "ttft_p95_s": percentile(ttfts, 0.95),
+        "ttft_p99_s": percentile(ttfts, 0.99),
+        "itl_p50_s": percentile(gaps, 0.5),
+        "itl_p99_s": percentile(gaps, 0.99),
+        "prompt_tokens": statistics.median(result.prompt_tokens for result in results) if results else 0,
         # Every request's, for percentiles pooled over repeated runs.
         "ttfts_s": sorted(round(ttft, 6) for ttft in ttfts),
         "requests": len(results),
@@ -317,7 +386,7 @@ async def serving(
 
 async def bench_server(
     kind: str, model_path: str, concurrencies: list[int], max_tokens: int, rounds: int, port: int, client_kind: str,
-    checkout: Path, group: int = 1, parallel: str = "pipeline",
+    checkout: Path, prompt_tokens: int = 0, group: int = 1, parallel: str = "pipeline",
 ) -> dict:
     # Both serve the model under its path; a group, under its config file's name.
     model_id = GROUP_MODEL if kind == "mlxtrio" and group > 1 else model_path
@@ -326,9 +395,12 @@ async def bench_server(
         kind, model_path, port, max_tokens=max_tokens, decode_concurrency=decode_concurrency, checkout=checkout, group=group, parallel=parallel
     ) as url:
         result: dict = {"aggregate_tps": {}, "ttft_p50_s": {}, "ttft_p95_s": {}, "client_cpu_cores": {}, "errors": {},
-                        "tokens_per_text_event": {}, "ttfts_s": {}}
+                        "tokens_per_text_event": {}, "ttfts_s": {}, "ttft_p99_s": {}, "itl_p50_s": {}, "itl_p99_s": {},
+                        "prompt_tokens": {}}
         for concurrency in concurrencies:
-            measured = await load(url, model_id, concurrency, max_tokens, rounds, client_kind)
+            # A phase's prompts of its own: a prompt cache holds the earlier phases'.
+            texts = long_prompts(model_path, unique_prompts(concurrency, rounds), prompt_tokens, f"c{concurrency}") if prompt_tokens else None
+            measured = await load(url, model_id, concurrency, max_tokens, rounds, client_kind, texts)
             if concurrency == 1:
                 result["single_stream_tps"] = measured["stream_tps_median"]
             result["aggregate_tps"][concurrency] = measured["aggregate_tps"]
@@ -338,6 +410,8 @@ async def bench_server(
             result["errors"][concurrency] = measured["errors"]
             result["tokens_per_text_event"][concurrency] = measured["tokens_per_text_event"]
             result["ttfts_s"][concurrency] = measured.pop("ttfts_s")
+            for key in ("ttft_p99_s", "itl_p50_s", "itl_p99_s", "prompt_tokens"):
+                result[key][concurrency] = measured[key]
             print(f"  {kind}, {concurrency} streams: {measured}", file=sys.stderr, flush=True)
         return result
 
@@ -397,6 +471,11 @@ def report(results: dict) -> str:
             f"{ours['ttft_p50_s'][concurrency] * 1e3:.0f} / {ours['ttft_p95_s'][concurrency] * 1e3:.0f} | — | "
             f"{ours['ttft_p50_s'][concurrency] / rival['ttft_p50_s'][concurrency]:.2f}× |"
         )
+    for concurrency in results["concurrency"]:
+        for name, key in (("TTFT p99 ms", "ttft_p99_s"), ("inter-token p99 ms", "itl_p99_s")):
+            # In-process: the BatchGenerator's own, from the batch's start.
+            row(f"{name}, {concurrency} streams", base[key][concurrency] * 1e3, rival[key][concurrency] * 1e3,
+                ours[key][concurrency] * 1e3, "{:.0f}" if key == "ttft_p99_s" else "{:.1f}")
     for name, result in (("mlx_lm.server", rival), ("mlxtrio", ours)):
         failed = {c: n for c, n in result["errors"].items() if n}
         if failed:
@@ -417,7 +496,8 @@ def main() -> None:
             # Before MLX starts its threads: all of them on one core under SCHED_BATCH, as mlxtrio's worker.
             os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
             batch_this_process()
-        print(json.dumps(in_process(sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]), int(sys.argv[6]))))
+        prompt_tokens = int(sys.argv[7]) if len(sys.argv) > 7 else 0
+        print(json.dumps(in_process(sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]), int(sys.argv[6]), prompt_tokens)))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_options(parser)
@@ -451,6 +531,10 @@ def main() -> None:
         "--checkout", type=Path, default=ROOT,
         help="the repository root whose mlxtrio is served (default: the one this harness is in)",
     )
+    parser.add_argument(
+        "--prompt-tokens", type=int, default=0,
+        help="prompts of about this many tokens, each request's its own (default: the short prompts, repeated)",
+    )
     args = parser.parse_args()
     if args.pin_in_process and not hasattr(os, "sched_setaffinity"):
         parser.error("--pin-in-process needs Linux (os.sched_setaffinity)")
@@ -464,6 +548,7 @@ def main() -> None:
         "max_tokens": args.max_tokens,
         "concurrency": args.concurrency,
         "rounds": args.rounds,
+        "prompt_tokens": args.prompt_tokens,
         "client": args.client,
         "in_process_pinned": args.pin_in_process,
         "mlx_worker_cpus": os.environ.get("MLX_WORKER_CPUS", "auto"),
@@ -478,17 +563,18 @@ def main() -> None:
         if "in-process" in args.servers:
             baseline = subprocess.run(
                 [sys.executable, "-m", "bench.serve_bench", "--in-process", model_path, json.dumps(args.concurrency),
-                 str(args.max_tokens), "pin" if args.pin_in_process else "free", str(args.rounds)],
+                 str(args.max_tokens), "pin" if args.pin_in_process else "free", str(args.rounds), str(args.prompt_tokens)],
                 capture_output=True, text=True, check=True, cwd=ROOT, env=checkout_environment(),
             )
             run["in_process"] = json.loads(baseline.stdout.strip().splitlines()[-1])
             run["in_process"]["aggregate_tps"] = {int(k): v for k, v in run["in_process"]["aggregate_tps"].items()}
-            run["in_process"]["ttft_p50_s"] = {int(k): v for k, v in run["in_process"]["ttft_p50_s"].items()}
+            for key in ("ttft_p50_s", "batch_ttft_p50_s", "ttft_p99_s", "itl_p50_s", "itl_p99_s"):
+                run["in_process"][key] = {int(k): v for k, v in run["in_process"][key].items()}
         for kind, port in (("mlx_lm.server", args.port), ("mlxtrio", args.port + 10)):
             if kind in args.servers:
                 run[kind] = trio.run(
                     bench_server, kind, model_path, args.concurrency, args.max_tokens, args.rounds, port, args.client, checkout,
-                    args.group, args.parallel,
+                    args.prompt_tokens, args.group, args.parallel,
                 )
         runs.append(run)
     results.update(median_over_runs(runs))
