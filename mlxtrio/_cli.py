@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import logging
 import os
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import attrs
 import trio
 
+from . import __version__
 from ._config import Config
 from ._logging import LOG_FORMATS, configure_logging
 from ._server import main as serve_main
@@ -26,7 +26,7 @@ log = logging.getLogger("mlxtrio")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlxtrio", description="OpenAI-compatible LLM server for MLX")
-    parser.add_argument("--version", action="version", version=f"mlxtrio {importlib.metadata.version('mlxtrio')}")
+    parser.add_argument("--version", action="version", version=f"mlxtrio {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server in the foreground")
     serve.add_argument("--config", type=Path, help="a TOML file of settings and model aliases (MLX_CONFIG)")
