@@ -103,6 +103,10 @@ def _pin(config: p.WorkerConfig) -> tuple[int, ...]:
 def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context length, memory, vision)
     import mlx.core as mx
 
+    from ._transformers_index import keep_transformers_index
+
+    # Before mlx-lm imports transformers.
+    keep_transformers_index(Path(config.cache_dir))
     from ._mlx_lm import download, load, set_chat_template, speed_up_quantized, unsupported_architecture
 
     if config.source == "demo":

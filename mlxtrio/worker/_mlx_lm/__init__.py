@@ -6,8 +6,7 @@ repeats parts of their code: ``BatchGenerator`` and its prompt batch
 (``_generator.py``), the prompt cache and its trie (``_prompt_cache.py``),
 the quantized layers (``_quantized.py``), the per-token computation of
 ``generate_step`` (``_solo.py``), what sits behind ``TokenizerWrapper``
-(``_tokenizer.py``, the detokenizers' token maps among it), and loading (``_load.py``); and, before mlx-lm
-imports it, how transformers indexes its models (``_transformers.py``). The next mlx-lm upgrade
+(``_tokenizer.py``, the detokenizers' token maps among it), and loading (``_load.py``). The next mlx-lm upgrade
 touches this folder: every other worker module takes mlx-lm through the
 names below. The batched engine (``_batch.py``) alone also calls the
 generator's ``next``, ``remove`` and ``close`` and reads ``next``'s
@@ -18,29 +17,16 @@ tests/worker/test_batch_first_token.py and test_generator.py are what
 an upgrade that changes them meets first.
 """
 
-# Before mlx-lm imports transformers' models (see _transformers.py).
-from ._transformers import index_models_once
+from mlx_lm.generate import StopSequences, generate_step
+from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
-index_models_once()
-
-from mlx_lm.generate import StopSequences, generate_step  # noqa: E402
-from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache  # noqa: E402
-from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors  # noqa: E402
-
-from ._generator import Generator  # noqa: E402
-from ._load import can_batch, download, llama_model, load, load_tokenizer, unsupported_architecture  # noqa: E402
-from ._prompt_cache import PromptCache  # noqa: E402
-from ._quantized import speed_up_quantized  # noqa: E402
-from ._solo import Processor, Sampler, SoloDecoder  # noqa: E402
-from ._tokenizer import (  # noqa: E402
-    apply_chat_template,
-    chat_renderer,
-    detokenizer,
-    opens_thinking,
-    set_chat_template,
-    token_bytes,
-    wrapped_tokenizer,
-)
+from ._generator import Generator
+from ._load import can_batch, download, llama_model, load, load_tokenizer, unsupported_architecture
+from ._prompt_cache import PromptCache
+from ._quantized import speed_up_quantized
+from ._solo import Processor, Sampler, SoloDecoder
+from ._tokenizer import apply_chat_template, chat_renderer, detokenizer, opens_thinking, set_chat_template, token_bytes, wrapped_tokenizer
 
 __all__ = [
     "Generator",
