@@ -96,9 +96,10 @@ def _pin(config: p.WorkerConfig) -> tuple[int, ...]:
 def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context length, memory, vision)
     import mlx.core as mx
 
+    # First: it readies transformers' index before mlx-lm imports transformers (_model_source.py).
+    path = model_path(config)
     from ._mlx_lm import load, set_chat_template, speed_up_quantized, unsupported_architecture
 
-    path = model_path(config)
     vision = takes_images(path)
     # Checked before mlx-lm reads the files, whose own errors name a file, not the problem.
     problem = model_directory_problem(path) or (None if vision else unsupported_architecture(path))

@@ -19,7 +19,13 @@ class LoadError(Exception):
 
 
 def model_path(config: p.WorkerConfig) -> Path:
-    """The directory of the model ``config`` names: built on first use for a demo, fetched for a Hub repository."""
+    """The directory of the model ``config`` names: built on first use for a demo, fetched for a Hub repository.
+
+    Called before anything imports mlx-lm, which imports transformers: its index is kept (``_transformers_index.py``).
+    """
+    from ._transformers_index import keep_transformers_index
+
+    keep_transformers_index(Path(config.cache_dir))
     from ._mlx_lm import download
 
     if config.source == "demo":

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 
-from ..helpers import bounded, sse_events
+from ..helpers import bounded, sse_events, worker_entry
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5, "stream": True}
 
 
+async def _kill_wedged(admin) -> None:  # noqa: ANN001
+    """The worker wedged on purpose reads no Shutdown: killed here, as the server's stop would after its wait."""
+    os.kill((await worker_entry(admin))["pid"], signal.SIGKILL)
+
+
 @pytest.mark.parametrize("server_settings", [{"hang_timeout": 30.0}])
 @bounded(60)
-async def test_the_role_chunk_goes_out_when_the_request_is_admitted_before_any_token(client, monkeypatch):
+async def test_the_role_chunk_goes_out_when_the_request_is_admitted_before_any_token(client, admin, monkeypatch):
     # The worker's first step never returns: no token can come, yet the request has been taken in.
     monkeypatch.setenv("MLXTRIO_FAILPOINTS", "step=hang@1")
     async with client.stream("POST", "/v1/chat/completions", json=CHAT) as response:
@@ -25,11 +32,12 @@ async def test_the_role_chunk_goes_out_when_the_request_is_admitted_before_any_t
         chunk = json.loads(line.removeprefix("data: "))
         assert chunk["object"] == "chat.completion.chunk"
         assert chunk["choices"] == [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
+    await _kill_wedged(admin)
 
 
 @pytest.mark.parametrize("server_settings", [{"hang_timeout": 30.0, "stream_keepalive": 0.2}])
 @bounded(60)
-async def test_a_silent_stream_sends_keep_alive_comments_that_clients_skip(client, monkeypatch):
+async def test_a_silent_stream_sends_keep_alive_comments_that_clients_skip(client, admin, monkeypatch):
     """A long prefill sends nothing for a while: proxies and clients that drop idle connections must see it alive."""
     monkeypatch.setenv("MLXTRIO_FAILPOINTS", "step=hang@1")
     async with client.stream("POST", "/v1/chat/completions", json=CHAT) as response:
@@ -42,6 +50,7 @@ async def test_a_silent_stream_sends_keep_alive_comments_that_clients_skip(clien
     # The role chunk first, then only comments (an SSE comment is not an event: readers skip it).
     events = [line for line in seen if line]
     assert events[0].startswith("data: ") and set(events[1:]) == {": keep-alive"}
+    await _kill_wedged(admin)
 
 
 @bounded(60)

@@ -133,6 +133,18 @@ async def test_orchestrator_never_imports_mlx():
 
 
 @bounded(60)
+async def test_the_worker_imports_no_mlx_before_it_has_loaded_its_blas():
+    """The worker loads its BLAS (and a group's rank picks its GPU) before MLX comes in: importing its
+    modules must not bring MLX, mlx-lm or transformers."""
+    code = (
+        "import sys, mlxtrio.worker._main, mlxtrio.worker._group\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'mlx', 'mlx_lm', 'transformers'})\n"
+        "assert not heavy, heavy"
+    )
+    await _python_passes(code)
+
+
+@bounded(60)
 async def test_signals_are_handled_before_the_server_says_it_listens(nursery, cache_dir, tmp_path):
     """A SIGTERM that comes right after "OpenAI API on ..." (a supervisor stopping what it just
     started) must stop the server gracefully: its handlers are in before main() reports started.

@@ -13,16 +13,21 @@ and thrown away.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlx.core as mx
+if TYPE_CHECKING:
+    import mlx.core as mx
 
-from .._mlx_lm import Sampler
+    from .._mlx_lm import Sampler
 
 __all__ = ["TokenShare"]
 
+# MLX is imported where it is used: the worker imports this package before MLX, whose BLAS must be loaded first.
+
 
 def _greedy(logprobs: mx.array) -> mx.array:
+    import mlx.core as mx
+
     return mx.argmax(logprobs, axis=-1)
 
 
@@ -36,6 +41,8 @@ class TokenShare:
         self.greedy = self.wrap(_greedy)
 
     def wrap(self, sampler: Sampler) -> Sampler:
+        import mlx.core as mx
+
         world, leads = self._world, self._leads
 
         def shared(logprobs: mx.array) -> mx.array:
