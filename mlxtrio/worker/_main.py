@@ -40,7 +40,7 @@ from ..tuning import (
 from .._models import model_directory_problem, takes_images, weights_size
 from ..ipc import Channel, ChannelSpec, IPCError, PeerGoneError, ProtocolError, parent_watch
 from ._failpoints import failpoint
-from ._group import devices_before_mlx, lead
+from ._group import GroupBroken, devices_before_mlx, lead
 from ._model_source import LoadError, model_path
 
 # Not a message: 0xc1 is the one byte MessagePack never uses.
@@ -240,6 +240,9 @@ def _serve_group(channel, leader, ranks, config: p.WorkerConfig, send, watch, st
     except OSError as exc:
         # A control link broke: a rank is gone.
         print(f"mlxtrio worker: a rank of the group is gone: {exc}", file=sys.stderr)
+        return p.WorkerExit.GROUP_BROKEN
+    except GroupBroken as exc:
+        print(f"mlxtrio worker: a step failed ({exc}); the group stops", file=sys.stderr)
         return p.WorkerExit.GROUP_BROKEN
     if status == p.WorkerExit.OK:
         leader.stop()

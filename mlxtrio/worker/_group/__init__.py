@@ -13,7 +13,7 @@ kills what is left of it (orchestrator/_group.py).
 
 from ._follower import follow
 from ._join import devices_before_mlx
-from ._leader import GroupLeader, lead
+from ._leader import GroupBroken, GroupLeader, lead
 from ._share import TokenShare
 
-__all__ = ["GroupLeader", "TokenShare", "devices_before_mlx", "follow", "lead"]
+__all__ = ["GroupBroken", "GroupLeader", "TokenShare", "devices_before_mlx", "follow", "lead"]

@@ -22,7 +22,11 @@ from ._ops import Admit, Cancel, CancelAll, Compile, Step, Stop
 from ._rank import form, group_engine, meet
 from ._token import group_token
 
-__all__ = ["GroupLeader", "lead"]
+__all__ = ["GroupBroken", "GroupLeader", "lead"]
+
+
+class GroupBroken(Exception):
+    """A step failed on rank 0: the group ends, and its requests are failed by the server, which names the rank that went first."""
 
 
 class _SharedGrammars:
@@ -78,7 +82,11 @@ class GroupLeader:
 
     def step(self):  # noqa: ANN201 - StepResult
         self._links.send(Step(self._engine.active))
-        return self._engine.step()
+        deltas, failures = self._engine.step()
+        if failures and self._engine.broken:
+            # Most likely a rank went (the backend's "connection to a peer was lost"): the server says which, not this.
+            raise GroupBroken(str(failures[0][1]))
+        return deltas, failures
 
     def settle(self) -> None:
         # The others settle right after their step: the same order of work, as nothing runs the model between.
