@@ -232,3 +232,36 @@ def test_a_follower_whose_batch_differs_from_rank_0s_stops_the_group_before_step
     engine = _Engine()
     assert _follow([Step(2)], engine) == p.WorkerExit.GROUP_BROKEN
     assert engine.calls == []
+
+
+class _Grammars:
+    def __init__(self) -> None:
+        self.kept: list = []
+        self.submitted: list = []
+
+    def compiled(self, grammar: p.Grammar) -> bool:
+        return grammar in self.kept
+
+    def submit(self, grammar: p.Grammar):  # noqa: ANN201 - a Future
+        from concurrent.futures import Future
+
+        self.submitted.append(grammar)
+        future: Future = Future()
+        future.set_result(f"matcher of {grammar.text}")
+        return future
+
+    def keep(self, grammar: p.Grammar, matcher: str) -> None:
+        self.kept.append(grammar)
+
+
+def test_a_follower_compiles_what_rank_0_compiles_and_holds_no_grammar_rank_0_gave_up_on():
+    from mlxtrio.worker._group._ops import Compile
+
+    engine = _Engine()
+    engine.grammars = _Grammars()
+    given_up, used = (p.Grammar("json_schema", text, "response_format") for text in ("{}", '{"type": "object"}'))
+    request = p.Generate(1, p.SamplingParams(max_tokens=3, grammar=used), prompt="hi")
+    # Rank 0 refused given_up's request (it compiled too slowly there) and admitted used's.
+    assert _follow([Compile(given_up), Compile(used), Admit(request), Compile(used), Stop()], engine) == p.WorkerExit.OK
+    assert engine.grammars.submitted == [given_up, used] and engine.grammars.kept == [given_up, used]
+    assert engine.calls == [("admit", 1)]

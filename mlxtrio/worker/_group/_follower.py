@@ -71,15 +71,12 @@ def _follow(link, engine, member, watch) -> int:  # noqa: ANN001
             engine.settle()
             if engine.broken:
                 print(f"mlxtrio worker rank {member.rank}: a step failed; the group stops", file=sys.stderr)
-                return p.WorkerExit.GENERATION_BROKEN
+                return p.WorkerExit.GROUP_BROKEN
         elif isinstance(op, Admit):
             grammar = op.request.params.grammar
             future = compiling.pop(grammar, None) if grammar is not None else None
-            if future is not None and not engine.grammars.compiled(grammar):
-                try:
-                    engine.grammars.keep(grammar, future.result())
-                except Exception:  # noqa: BLE001, S110 - rank 0 compiled it; the admission below compiles it again and fails as rank 0 did
-                    pass
+            if future is not None:
+                _keep(engine, grammar, future)
             try:
                 engine.admit(op.request)
             except Exception:  # noqa: BLE001, S110 - rank 0 refuses it too, with the same error, and says so
@@ -89,9 +86,22 @@ def _follow(link, engine, member, watch) -> int:  # noqa: ANN001
         elif isinstance(op, CancelAll):
             engine.cancel_all()
         elif isinstance(op, Compile):
+            # Those done are kept (bounded, as rank 0's are): rank 0 may have refused their requests for taking too long.
+            for done in [grammar for grammar, future in compiling.items() if future.done()]:
+                _keep(engine, done, compiling.pop(done))
             if not engine.grammars.compiled(op.grammar) and op.grammar not in compiling:
                 compiling[op.grammar] = engine.grammars.submit(op.grammar)
         elif isinstance(op, Stop):
             mx.synchronize()
             mx.eval(mx.distributed.all_sum(mx.array(1), group=member.world))
             return p.WorkerExit.OK
+
+
+def _keep(engine, grammar, future) -> None:  # noqa: ANN001
+    """A grammar compiled here for rank 0's requests (waited for), kept; one that failed is left to the admission, which fails as rank 0's did."""
+    if engine.grammars.compiled(grammar):
+        return
+    try:
+        engine.grammars.keep(grammar, future.result())
+    except Exception:  # noqa: BLE001, S110 - see the docstring
+        pass
