@@ -7,6 +7,7 @@ import os
 import socket
 import stat
 import threading
+import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -51,10 +52,16 @@ def test_rank_0_takes_only_the_ranks_that_show_the_token_and_they_receive_its_op
     # Strangers first: a wrong token, a rank out of range, and a connection that sends no Hello at all.
     strangers = [_raw_hello(port, Hello(1, "guess")), _raw_hello(port, Hello(5, "secret")), socket.create_connection(("127.0.0.1", port))]
     strangers[2].sendall(b"\x00\x00\x00\x03abc")
+    # And one that announces a frame far larger than a Hello, and sends nothing more.
+    strangers.append(socket.create_connection(("127.0.0.1", port)))
+    strangers[3].sendall(b"\x3f\xff\xff\xff")
     found: list[_link.LeaderLink] = []
     follower = threading.Thread(target=lambda: found.append(_link.connect("127.0.0.1", port, rank=1, token="secret", interrupt=_never)))
     follower.start()
+    started = time.monotonic()
     links = listener.accept(2, "secret", interrupt=_never, deadline=float("inf"))
+    # None of them held the forming up for the Hello wait (_HELLO_WAIT, 10 s): each was dropped as soon as it showed itself.
+    assert time.monotonic() - started < 5
     follower.join()
     request = p.Generate(7, p.SamplingParams(max_tokens=3), prompt="hello")
     links.send(Admit(request))
@@ -62,7 +69,7 @@ def test_rank_0_takes_only_the_ranks_that_show_the_token_and_they_receive_its_op
     links.send(Stop())
     (leader,) = found
     assert [leader.receive(interrupt=_never) for _ in range(3)] == [Admit(request), Step(1), Stop()]
-    for stranger in strangers[:2]:
+    for stranger in strangers[:2] + strangers[3:]:
         assert stranger.recv(1) == b"", "a stranger was kept"
     # Rank 0 listens no more once the group has formed.
     with pytest.raises(ConnectionRefusedError):

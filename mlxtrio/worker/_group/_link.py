@@ -28,6 +28,8 @@ _MOST_BYTES = 1 << 30
 # How long a follower may wait for rank 0 to listen, and a connection for its Hello.
 CONNECT_WAIT = 60.0
 _HELLO_WAIT = 10.0
+# A Hello is a rank and a token: a connection that announces more is no rank.
+_HELLO_BYTES = 1024
 # How often a waiting follower looks whether its parent is still there.
 _SLICE = 1.0
 
@@ -56,9 +58,9 @@ def _give_up() -> None:
     raise TimeoutError("no Hello in time")
 
 
-def _read_frame(sock: socket.socket, interrupt: Callable[[], None]) -> Op:
+def _read_frame(sock: socket.socket, interrupt: Callable[[], None], *, most: int = _MOST_BYTES) -> Op:
     (size,) = _LENGTH.unpack(_read_exactly(sock, _LENGTH.size, interrupt))
-    if size > _MOST_BYTES:
+    if size > most:
         raise PeerGoneError(f"a control frame of {size} bytes")
     return OPS.decode(_read_exactly(sock, size, interrupt))
 
@@ -126,7 +128,7 @@ class Listener:
         """The connection's Hello, or None: anything else, or nothing in time, and it is dropped."""
         sock.settimeout(_HELLO_WAIT)
         try:
-            op = _read_frame(sock, _give_up)
+            op = _read_frame(sock, _give_up, most=_HELLO_BYTES)
         except (OSError, PeerGoneError, ValueError):
             return None
         return op if isinstance(op, Hello) else None
