@@ -50,7 +50,14 @@ async def test_sigterm_lets_the_request_in_flight_finish_then_exits_clean(cache_
 
         async def sigterm(client: httpx.AsyncClient) -> None:
             worker_pids.append((await client.get(admin_url + "/admin/status")).json()["workers"][0]["pid"])
-            snapshots.append(json.loads((tmp_path / "state" / "status.json").read_text()))
+            # The snapshot is refreshed within a second of a change: the worker may have started since the last one.
+            with trio.move_on_after(5):
+                while True:
+                    snapshot = json.loads((tmp_path / "state" / "status.json").read_text())
+                    if [entry["pid"] for entry in snapshot["workers"]] == worker_pids:
+                        break
+                    await trio.sleep(0.05)
+            snapshots.append(snapshot)
             process.send_signal(signal.SIGTERM)
 
         rest, status = await _signal_mid_stream(process, url, log, sigterm)
