@@ -245,7 +245,11 @@ def _serve_group(channel, leader, ranks, config: p.WorkerConfig, send, watch, st
         print(f"mlxtrio worker: a step failed ({exc}); the group stops", file=sys.stderr)
         return p.WorkerExit.GROUP_BROKEN
     if status == p.WorkerExit.OK:
-        leader.stop()
+        try:
+            leader.stop()
+        except (OSError, RuntimeError) as exc:
+            # A rank already gone (its link closed, or the backend lost it): nothing is left to drain.
+            print(f"mlxtrio worker: the group stopped without a last meeting: {exc}", file=sys.stderr)
     elif status == p.WorkerExit.GENERATION_BROKEN:
         return p.WorkerExit.GROUP_BROKEN
     return status
