@@ -207,14 +207,7 @@ def main(argv: list[str]) -> int:
             progress=heartbeat,
             vision=vision,
         )
-        send(
-            p.Ready(
-                config.model_id, time.monotonic() - started, memory, engine.kind, engine.tool_format, cpus,
-                allocator_in_use(),
-                blas_in_use(),
-                scheduling_policy(),
-            )
-        )
+        send(_ready(config, started, memory, engine, cpus))
         return _serve(channel, engine, send, watch, grammar_compile_timeout=config.grammar_compile_timeout)
     except PeerGoneError:
         return p.WorkerExit.OK
@@ -230,11 +223,17 @@ def main(argv: list[str]) -> int:
         channel.close()
 
 
+def _ready(config: p.WorkerConfig, started: float, memory: int, engine, cpus: tuple[int, ...], *, ranks=()) -> p.Ready:  # noqa: ANN001
+    """What the worker says once loaded: a group's rank 0 with every rank (``memory`` their sum), else itself."""
+    return p.Ready(
+        config.model_id, time.monotonic() - started, memory, engine.kind, engine.tool_format, cpus,
+        allocator_in_use(), blas_in_use(), scheduling_policy(), ranks=ranks,
+    )  # fmt: skip
+
+
 def _serve_group(channel, leader, ranks, config: p.WorkerConfig, send, watch, started: float) -> int:  # noqa: ANN001
     """Rank 0 of a group: Ready with every rank, then the loop; a planned end drains the group."""
-    memory = sum(rank.memory_bytes for rank in ranks)
-    send(p.Ready(config.model_id, time.monotonic() - started, memory, leader.kind, leader.tool_format, (),
-                 allocator_in_use(), blas_in_use(), scheduling_policy(), ranks=ranks))  # fmt: skip
+    send(_ready(config, started, sum(rank.memory_bytes for rank in ranks), leader, (), ranks=ranks))
     try:
         status = _serve(channel, leader, send, watch, grammar_compile_timeout=config.grammar_compile_timeout)
     except OSError as exc:
