@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import os
+import signal
 from datetime import UTC, datetime
 
 import httpx
@@ -17,7 +20,7 @@ import ollama
 import pytest
 from PIL import Image
 
-from ..helpers import bounded
+from ..helpers import bounded, worker_entry
 
 HELLO = [{"role": "user", "content": "Hello there"}]
 WEATHER = {
@@ -94,8 +97,9 @@ async def test_generate_through_the_template_raw_and_with_a_system_prompt(server
 
 
 @bounded(120)
-async def test_options_are_honoured(server):
+async def test_options_are_honoured(server, caplog):
     """A seed gives the same answer again, and another seed another; num_predict bounds eval_count; a stop string ends it."""
+    caplog.set_level(logging.WARNING, logger="mlxtrio")
     async with _client(server) as client:
 
         async def answer(**options: object) -> ollama.ChatResponse:
@@ -115,6 +119,25 @@ async def test_options_are_honoured(server):
         # Options Ollama itself does not know are ignored, as it ignores them; its runner's change nothing here.
         ignored = await answer(seed=7, num_gpu=99, use_mmap=False, no_such_option=1)
         assert ignored.message.content == first.message.content
+    (warning,) = [record.getMessage() for record in caplog.records if "options" in record.getMessage()]
+    assert warning.endswith("unknown options ignored: no_such_option")
+
+
+@bounded(120)
+async def test_logprobs_of_each_token_and_their_alternatives(server):
+    async with _client(server) as client:
+        whole = await client.chat(model="demo", messages=HELLO, logprobs=True, top_logprobs=2, options={"num_predict": 6, "seed": 4})
+        parts = [
+            part
+            async for part in await client.generate(model="demo", prompt="Hello there", logprobs=True, stream=True, options={"num_predict": 6, "seed": 4})
+        ]
+        plain = await client.chat(model="demo", messages=HELLO, options={"num_predict": 6, "seed": 4})
+    assert len(whole.logprobs) == whole.eval_count == 6
+    assert all(entry.logprob <= 0 and len(entry.top_logprobs) == 2 for entry in whole.logprobs)
+    assert "".join(entry.token for entry in whole.logprobs) == whole.message.content
+    streamed = [entry for part in parts for entry in part.logprobs or ()]
+    assert len(streamed) == 6 and all(not entry.top_logprobs for entry in streamed)
+    assert plain.logprobs is None
 
 
 @bounded(120)
@@ -265,6 +288,23 @@ async def test_the_stream_is_ndjson_and_a_late_failure_is_an_error_line(server):
     assert all("error" not in line for line in received[:-1])
 
 
+@pytest.mark.parametrize("server_settings", [{"prefill_step_size": 8, "stream_keepalive": 0.05}])
+@bounded(120)
+async def test_a_long_prefill_sends_empty_progress_lines_and_a_worker_killed_then_is_an_error_line(server, admin):
+    """Hundreds of prefill steps of 8 tokens: empty progress objects every 50 ms meanwhile, which Ollama's clients read as any other."""
+    body = {"model": "demo", "messages": [{"role": "user", "content": "the " * 3500}], "options": {"num_predict": 10}}
+    received = []
+    async with httpx.AsyncClient(base_url=server.openai_url, timeout=60) as raw, raw.stream("POST", "/api/chat", json=body) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            received.append(json.loads(line))
+            if len(received) == 2:
+                os.kill((await worker_entry(admin))["pid"], signal.SIGKILL)
+    *pings, failure = received
+    assert [ollama.ChatResponse(**ping).message.content for ping in pings] == ["", ""] and not any(ping["done"] for ping in pings)
+    assert list(failure) == ["error"] and ("SIGKILL" in failure["error"] or "crash" in failure["error"])
+
+
 @pytest.mark.parametrize(
     ("path", "body", "names"),
     [
@@ -280,6 +320,7 @@ async def test_the_stream_is_ndjson_and_a_late_failure_is_an_error_line(server):
         ("/api/chat", {"model": "demo", "messages": HELLO, "format": {"type": "object"}, "think": True}, "think"),
         ("/api/chat", {"model": "demo", "messages": HELLO, "think": "very"}, "think"),
         ("/api/chat", {"model": "demo", "messages": HELLO, "keep_alive": "soon"}, "keep_alive"),
+        ("/api/chat", {"model": "demo", "messages": HELLO, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ("/api/chat", {"model": "demo", "messages": HELLO, "tools": [{"type": "function", "function": {"name": "has space"}}]}, "tools.0.function.name"),
         ("/api/chat", {"model": "demo", "messages": [{"role": "user", "content": "see", "images": ["bm90IGFuIGltYWdl"]}]}, "messages.0.images.0"),
         ("/api/chat", {"model": "demo", "messages": [{"role": "user", "content": "see", "images": ["***"]}]}, "messages.0.images.0"),
@@ -323,6 +364,25 @@ async def test_model_management_is_refused_with_how_models_are_managed(server):
             assert refused.value.status_code == 403 and "config file" in refused.value.error
         # A model that is here already: pulled.
         assert (await client.pull("demo")).status == "success"
+
+
+@pytest.mark.parametrize("server_settings", [{"decode_concurrency": 1, "max_queue": 1}])
+@bounded(120)
+async def test_a_full_queue_is_a_429_and_a_stopping_server_a_503_with_retry_after(server):
+    long = {"model": "demo", "prompt": "go", "options": {"num_predict": 3000, "temperature": 0}}
+    async with httpx.AsyncClient(base_url=server.openai_url, timeout=60) as raw:
+        # A stream's 200 comes once the worker has taken it in: then one decodes and one waits, and the queue is full.
+        async with raw.stream("POST", "/api/generate", json=long) as first, raw.stream("POST", "/api/generate", json=long) as second:
+            assert first.status_code == second.status_code == 200
+            refused = await raw.post("/api/chat", json={"model": "demo", "messages": HELLO})
+        server.state.shutting_down = True
+        try:
+            stopping = await raw.post("/api/chat", json={"model": "demo", "messages": HELLO, "stream": False})
+        finally:
+            server.state.shutting_down = False
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert list(refused.json()) == ["error"] and "capacity" in refused.json()["error"]
+    assert stopping.status_code == 503 and stopping.json() == {"error": "the server is shutting down"}
 
 
 @pytest.mark.parametrize("server_settings", [{"api_keys": (KEY,)}])

@@ -13,6 +13,7 @@ is a line ``{"error": "..."}``, the last.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import attrs
@@ -50,6 +51,15 @@ def tool_call_object(call: p.ToolCall) -> dict:
     return {"function": {"name": call.name, "arguments": arguments if isinstance(arguments, dict) else {"arguments": arguments}}}
 
 
+def _logprob(entry: p.TokenLogprob) -> dict:
+    return {"token": entry.token, "logprob": entry.logprob, "bytes": list(entry.token_bytes)}
+
+
+def logprobs_list(entries: Sequence[p.TokenLogprob]) -> list[dict]:
+    """Ollama's logprobs: each token's, with its alternatives where asked for."""
+    return [{**_logprob(entry), "top_logprobs": [_logprob(alternative) for alternative in entry.top]} for entry in entries]
+
+
 def done_reason(last: p.Delta | None) -> str:
     """Ollama's reasons: "length" where the token limit (or the context) ended it, "stop" otherwise."""
     return "length" if last is not None and last.finish_reason == "length" else "stop"
@@ -62,14 +72,24 @@ class OllamaAnswer:
     model: str
     chat: bool
     record: RequestRecord
+    # Whether the request asked for its tokens' log probabilities.
+    logprobs: bool = False
     _last: p.Delta | None = None
 
     @classmethod
-    def new(cls, model: str, *, chat: bool) -> OllamaAnswer:
+    def new(cls, model: str, *, chat: bool, logprobs: bool) -> OllamaAnswer:
         # The record itself: a stream's body runs where the request's context is gone.
-        return cls(model=model, chat=chat, record=current_record())
+        return cls(model=model, chat=chat, record=current_record(), logprobs=logprobs)
 
-    def _object(self, text: str, *, thinking: str = "", calls: tuple[p.ToolCall, ...] | list[p.ToolCall] = (), done: bool = False) -> dict:
+    def _object(
+        self,
+        text: str,
+        *,
+        thinking: str = "",
+        calls: Sequence[p.ToolCall] = (),
+        logprobs: Sequence[p.TokenLogprob] = (),
+        done: bool = False,
+    ) -> dict:
         payload: dict = {"model": self.model, "created_at": created_at()}
         if self.chat:
             message: dict = {"role": "assistant", "content": text}
@@ -82,6 +102,8 @@ class OllamaAnswer:
             payload["response"] = text
             if thinking:
                 payload["thinking"] = thinking
+        if self.logprobs and logprobs:
+            payload["logprobs"] = logprobs_list(logprobs)
         payload["done"] = done
         return payload
 
@@ -102,9 +124,11 @@ class OllamaAnswer:
         return payload
 
     def response(self, collected: Collected) -> dict:
-        (text,), (calls,), (last,), (thinking,) = collected.texts, collected.tool_calls, collected.lasts, collected.reasonings
+        (text,), (calls,), (last,), (thinking,), (logprobs,) = (
+            collected.texts, collected.tool_calls, collected.lasts, collected.reasonings, collected.logprobs
+        )  # fmt: skip
         self._last = last
-        return self._final(self._object(text, thinking=thinking, calls=calls, done=True), collected.usage)
+        return self._final(self._object(text, thinking=thinking, calls=calls, logprobs=logprobs, done=True), collected.usage)
 
     # --- the stream
 
@@ -118,9 +142,9 @@ class OllamaAnswer:
     def delta(self, choice: int, delta: p.Delta) -> bytes:
         if delta.finish_reason is not None:
             self._last = delta
-        if not (delta.text or delta.reasoning or delta.tool_calls):
+        if not (delta.text or delta.reasoning or delta.tool_calls or (self.logprobs and delta.logprobs)):
             return b""
-        return _line(self._object(delta.text, thinking=delta.reasoning, calls=delta.tool_calls))
+        return _line(self._object(delta.text, thinking=delta.reasoning, calls=delta.tool_calls, logprobs=delta.logprobs))
 
     def closing(self, usage: Usage | None) -> bytes:
         return _line(self._final(self._object("", done=True), usage))

@@ -25,6 +25,8 @@ MAX_STOP_SEQUENCES = 16
 MAX_STOP_LENGTH = 512
 # Token ids within int32, as MLX indexes them.
 MAX_TOP_K = 2**31 - 1
+# As OpenAI's chat completions allow.
+MAX_TOP_LOGPROBS = 20
 # Ollama's think levels (for the models that take one): here each turns thinking on.
 THINK_LEVELS = ("high", "medium", "low")
 _ROLES = ("system", "user", "assistant", "tool")
@@ -183,6 +185,9 @@ class _Request(msgspec.Struct, kw_only=True):
     stream: bool | None = None
     keep_alive: float | str | None = None
     think: bool | str | None = None
+    # Each answer token's log probability, and this many alternatives.
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
     @property
     def streams(self) -> bool:
@@ -204,6 +209,7 @@ class _Request(msgspec.Struct, kw_only=True):
             raise invalid("think", "thinking cannot be combined with format here")
         if self.options is not None:
             self.options.validate(limits)
+        _within("top_logprobs", self.top_logprobs, 0, MAX_TOP_LOGPROBS)
         self.keep_alive_seconds()
 
     @property
@@ -221,8 +227,13 @@ class _Request(msgspec.Struct, kw_only=True):
         # A format's grammar holds from the first token: no room for thinking before it.
         return False if self.format_grammar(limits) is not None else self.thinks
 
+    @property
+    def wants_logprobs(self) -> bool:
+        return bool(self.logprobs or self.top_logprobs)
+
     def sampling(self, limits: RequestLimits, grammar: p.Grammar | None) -> p.SamplingParams:
-        return (self.options or Options()).sampling(limits, grammar)
+        params = (self.options or Options()).sampling(limits, grammar)
+        return msgspec.structs.replace(params, logprobs=self.wants_logprobs, top_logprobs=self.top_logprobs or 0)
 
 
 class ChatRequest(_Request, kw_only=True):

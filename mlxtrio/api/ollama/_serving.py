@@ -70,7 +70,7 @@ async def chat(state: ServerState, body: bytes) -> Response:
     resolved(state, request.model)
     if not request.messages:
         return await _load_only(state, request.model, request.keep_alive_seconds(), stream=request.streams, chat=True)
-    answer = OllamaAnswer.new(request.model, chat=True)
+    answer = OllamaAnswer.new(request.model, chat=True, logprobs=request.wants_logprobs)
     return await respond(state, chat_generation(request, state.limits), answer, content_type=NDJSON)
 
 
@@ -80,7 +80,7 @@ async def generate(state: ServerState, body: bytes) -> Response:
     resolved(state, request.model)
     if not request.prompt and not request.images:
         return await _load_only(state, request.model, request.keep_alive_seconds(), stream=request.streams, chat=False)
-    answer = OllamaAnswer.new(request.model, chat=False)
+    answer = OllamaAnswer.new(request.model, chat=False, logprobs=request.wants_logprobs)
     return await respond(state, generate_generation(request, state.limits), answer, content_type=NDJSON)
 
 
