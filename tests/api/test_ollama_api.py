@@ -396,3 +396,7 @@ async def test_an_api_key_is_required_when_set(server):
         assert "demo" in [model.model for model in (await client.list()).models]
         answer = await client.generate(model="demo", prompt="hi", options={"num_predict": 2})
     assert answer.eval_count == 2
+    # The browser checks too: a web page of another origin may not make it generate.
+    async with httpx.AsyncClient(base_url=server.openai_url, headers={"Authorization": f"Bearer {KEY}"}) as raw:
+        foreign = await raw.post("/api/chat", json={"model": "demo", "messages": HELLO}, headers={"Origin": "https://evil.example"})
+    assert foreign.status_code == 403 and list(foreign.json()) == ["error"] and "evil.example" in foreign.json()["error"]
