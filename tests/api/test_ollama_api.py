@@ -18,6 +18,7 @@ import httpx
 import jsonschema
 import ollama
 import pytest
+import trio
 from PIL import Image
 
 from ..helpers import bounded, worker_entry
@@ -265,6 +266,17 @@ async def test_a_request_without_messages_loads_or_unloads_the_model(server, adm
         assert [model["model"] for model in (await raw.get("/api/ps")).json()["models"]] == ["demo"]
         unloaded = _ndjson(await raw.post("/api/chat", json={"model": "demo", "keep_alive": 0}))
         assert [line["done_reason"] for line in unloaded] == ["unload"]
+        assert (await raw.get("/api/ps")).json()["models"] == []
+        # A busy model is not cut short: it unloads once its requests end.
+        long = {"model": "demo", "prompt": "go", "options": {"num_predict": 60, "temperature": 0}}
+        async with raw.stream("POST", "/api/generate", json=long) as streaming:
+            assert streaming.status_code == 200
+            later = await raw.post("/api/generate", json={"model": "demo", "keep_alive": 0, "stream": False})
+            assert later.json()["done_reason"] == "unload"
+            lines = [json.loads(line) async for line in streaming.aiter_lines()]
+        assert lines[-1]["done"] is True and lines[-1]["eval_count"] == 60
+        with trio.fail_after(10):
+            await (await server.state.supervisor.served_model("demo")).wait_stopped()
         assert (await raw.get("/api/ps")).json()["models"] == []
 
 

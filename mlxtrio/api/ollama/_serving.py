@@ -88,7 +88,11 @@ async def _load_only(state: ServerState, model: str, keep_alive: float | None, *
     """Load the model (its keep_alive from now on), or unload it with keep_alive 0: Ollama's answer says which."""
     served = await state.supervisor.served_model(model)
     if keep_alive == 0:
-        await served.unload("unloaded on request (keep_alive 0)")
+        if served.statistics().active_requests:
+            # Others' requests finish first: it unloads once idle (unless a later request's keep_alive says otherwise).
+            served.hold(0)
+        else:
+            await served.unload("unloaded on request (keep_alive 0)")
         reason = "unload"
     else:
         with trio.move_on_after(state.config.request_timeout) as scope:
