@@ -271,6 +271,9 @@ class ChatRequest(_Request, kw_only=True):
             raise invalid("tool_choice", f"{mode!r} is not among the tools")
         if self.forces_tool_call and self.format_grammar(limits) is not None:
             raise invalid("tool_choice", "a required tool call cannot be combined with format")
+        if self.forces_tool_call and self.thinks is True:
+            # The forcing grammar would hold from the first token, inside the thinking.
+            raise invalid("think", "thinking cannot be combined with a required tool call here")
 
     def tool_mode(self) -> str | None:
         """None (no tools), "none", "auto", "required", or the one function's name."""
