@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 from datetime import UTC, datetime
 
@@ -20,6 +21,8 @@ import ollama
 import pytest
 import trio
 from PIL import Image
+
+from mlxtrio.worker._demo import demo_model_path
 
 from ..helpers import bounded, worker_entry
 
@@ -256,6 +259,38 @@ async def test_list_ps_show_and_version(server, admin):
         head = await raw.head("/")
     assert isinstance(version["version"], str) and version["version"].count(".") == 2
     assert probe.status_code == 200 and probe.text == "Ollama is running" and head.status_code == 200
+
+
+@bounded(120)
+async def test_a_model_directory_is_listed_and_shown_from_its_files(server, cache_dir, tmp_path):
+    """The demo model's files, as a repo in the Hugging Face cache: what its config.json and tokenizer_config.json say."""
+    async with _client(server) as client:
+        await client.generate(model="demo", prompt="hi", options={"num_predict": 1})  # built by its worker, if not yet
+        snapshot = tmp_path / "hf-hub" / "models--local--tiny" / "snapshots" / "abc"
+        shutil.copytree(demo_model_path(cache_dir), snapshot)
+        (snapshot.parents[1] / "refs").mkdir()
+        (snapshot.parents[1] / "refs" / "main").write_text("abc")
+        (listed,) = [model for model in (await client.list()).models if model.model == "local/tiny"]
+        shown = await client.show("local/tiny")
+        await client.chat(model="local/tiny", messages=HELLO, options={"num_predict": 2})
+        (running,) = [model for model in (await client.ps()).models if model.model == "local/tiny"]
+    config = json.loads((snapshot / "config.json").read_text())
+    assert listed.size == (snapshot / "model.safetensors").stat().st_size and len(listed.digest) == 64
+    assert listed.details.format == "safetensors" and listed.details.family == "llama" and listed.details.families == ["llama"]
+    assert abs(listed.modified_at.timestamp() - (snapshot / "config.json").stat().st_mtime) < 0.001
+    assert shown.modelinfo == {
+        "general.architecture": "llama",
+        "llama.context_length": config["max_position_embeddings"],
+        "llama.embedding_length": config["hidden_size"],
+        "llama.block_count": config["num_hidden_layers"],
+        "llama.attention.head_count": config["num_attention_heads"],
+        "llama.attention.head_count_kv": config["num_key_value_heads"],
+        "llama.vocab_size": config["vocab_size"],
+    }
+    assert shown.template == json.loads((snapshot / "tokenizer_config.json").read_text())["chat_template"]
+    # The demo's template offers tools and opens a think block when asked: tools and thinking; no vision tower.
+    assert shown.capabilities == ["completion", "tools", "thinking"]
+    assert running.digest == listed.digest and running.context_length == 4096 and running.size >= listed.size
 
 
 @bounded(120)
