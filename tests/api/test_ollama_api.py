@@ -245,9 +245,13 @@ async def test_list_ps_show_and_version(server, admin):
         await client.chat(model="demo", messages=HELLO, options={"num_predict": 2}, keep_alive="10m")
         (running,) = (await client.ps()).models
         shown = await client.show("demo")
+        # Ollama's default tag: "demo:latest" is "demo".
+        assert (await client.show("demo:latest")).capabilities == shown.capabilities
+        tagged = await client.chat(model="demo:latest", messages=HELLO, options={"num_predict": 2}, keep_alive="10m")
         with pytest.raises(ollama.ResponseError) as missing:
             await client.show("no-such-model")
     assert running.model == running.name == "demo" and running.size > 0 and running.size_vram == running.size
+    assert tagged.model == "demo:latest" and tagged.eval_count == 2
     # The keep_alive of the latest request: about ten minutes from now.
     left = (running.expires_at - datetime.now(UTC)).total_seconds()
     assert 540 < left <= 600

@@ -91,7 +91,7 @@ def ollama_routes(state: ServerState) -> Blueprint:
         asked = await _named_model()
         named = asked.model_name()
         try:
-            entry = state.supervisor.catalog.resolve(named)
+            entry = resolved(state, named)
         except ServerError as exc:
             if exc.kind is not ErrorKind.NOT_FOUND:
                 raise

@@ -9,6 +9,7 @@ model, or unloads it with ``keep_alive`` 0, as Ollama's does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import msgspec
@@ -32,6 +33,8 @@ __all__ = ["NDJSON", "chat", "generate", "not_found", "resolved"]
 log = logging.getLogger("mlxtrio.api")
 _json = msgspec.json.Encoder()
 NDJSON = "application/x-ndjson"
+# The tag Ollama gives a name without one: "demo:latest" is "demo".
+_LATEST = ":latest"
 # Of the unknown options a warning names, at most this many.
 _NAMED_OPTIONS = 8
 
@@ -46,13 +49,18 @@ def not_found(model: str, why: str) -> ServerError:
 
 
 def resolved(state: ServerState, model: str) -> ModelEntry:
-    """The catalog's entry for ``model``; Ollama's 404 where there is none."""
+    """The catalog's entry for ``model`` (Ollama's default tag, ``:latest``, left off if the name lacks it); Ollama's 404 where there is none."""
+    catalog = state.supervisor.catalog
     try:
-        return state.supervisor.catalog.resolve(model)
+        return catalog.resolve(model)
     except ServerError as exc:
-        if exc.kind is ErrorKind.NOT_FOUND:
-            raise not_found(model, exc.message) from None
-        raise
+        if exc.kind is not ErrorKind.NOT_FOUND:
+            raise
+        untagged = model.removesuffix(_LATEST)
+        if untagged != model and untagged:
+            with contextlib.suppress(ServerError):
+                return catalog.resolve(untagged)
+        raise not_found(model, exc.message) from None
 
 
 def _warn_of_unknown_options(body: bytes) -> None:
@@ -67,25 +75,26 @@ def _warn_of_unknown_options(body: bytes) -> None:
 async def chat(state: ServerState, body: bytes) -> Response:
     request = decode_request(body, ChatRequest, state.limits)
     _warn_of_unknown_options(body)
-    resolved(state, request.model)
+    model = resolved(state, request.model).id
     if not request.messages:
-        return await _load_only(state, request.model, request.keep_alive_seconds(), stream=request.streams, chat=True)
+        return await _load_only(state, model, request, chat=True)
     answer = OllamaAnswer.new(request.model, chat=True, logprobs=request.wants_logprobs)
-    return await respond(state, chat_generation(request, state.limits), answer, content_type=NDJSON)
+    return await respond(state, chat_generation(request, state.limits, model=model), answer, content_type=NDJSON)
 
 
 async def generate(state: ServerState, body: bytes) -> Response:
     request = decode_request(body, GenerateRequest, state.limits)
     _warn_of_unknown_options(body)
-    resolved(state, request.model)
+    model = resolved(state, request.model).id
     if not request.prompt and not request.images:
-        return await _load_only(state, request.model, request.keep_alive_seconds(), stream=request.streams, chat=False)
+        return await _load_only(state, model, request, chat=False)
     answer = OllamaAnswer.new(request.model, chat=False, logprobs=request.wants_logprobs)
-    return await respond(state, generate_generation(request, state.limits), answer, content_type=NDJSON)
+    return await respond(state, generate_generation(request, state.limits, model=model), answer, content_type=NDJSON)
 
 
-async def _load_only(state: ServerState, model: str, keep_alive: float | None, *, stream: bool, chat: bool) -> Response:
+async def _load_only(state: ServerState, model: str, request: ChatRequest | GenerateRequest, *, chat: bool) -> Response:
     """Load the model (its keep_alive from now on), or unload it with keep_alive 0: Ollama's answer says which."""
+    keep_alive = request.keep_alive_seconds()
     served = await state.supervisor.served_model(model)
     if keep_alive == 0:
         if served.statistics().active_requests:
@@ -101,21 +110,22 @@ async def _load_only(state: ServerState, model: str, keep_alive: float | None, *
             raise ServerError(ErrorKind.TIMEOUT, f"the model did not load within the request timeout ({state.config.request_timeout:g} s)", code="timeout")
         served.hold(keep_alive)
         reason = "load"
-    payload: dict = {"model": model, "created_at": created_at()}
+    payload: dict = {"model": request.model, "created_at": created_at()}
     payload.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
     payload.update(done=True, done_reason=reason)
-    if stream:
+    if request.streams:
         return Response(_json.encode(payload) + b"\n", status=200, content_type=NDJSON)
     return json_response(payload)
 
 
-def chat_generation(request: ChatRequest, limits: RequestLimits) -> GenerationRequest:
+def chat_generation(request: ChatRequest, limits: RequestLimits, *, model: str) -> GenerationRequest:
+    """``model``: the catalog's id for the request's model."""
     mode = request.tool_mode()
     # tool_choice "none": the model is not told of the tools, so as not to call them.
     calls = mode not in (None, "none")
     sources = ImageSources()
     return GenerationRequest(
-        model=request.model,
+        model=model,
         params=request.sampling(limits, request.grammar(limits)),
         messages=tuple(_chat_message(message, f"messages.{index}", sources) for index, message in enumerate(request.messages)),
         images=tuple(sources.found),
@@ -128,10 +138,10 @@ def chat_generation(request: ChatRequest, limits: RequestLimits) -> GenerationRe
     )
 
 
-def generate_generation(request: GenerateRequest, limits: RequestLimits) -> GenerationRequest:
+def generate_generation(request: GenerateRequest, limits: RequestLimits, *, model: str) -> GenerationRequest:
     """The prompt as a user message in the chat template, after the system prompt; with ``raw``, as it is."""
     common = {
-        "model": request.model,
+        "model": model,
         "params": request.sampling(limits, request.format_grammar(limits)),
         "stream": request.streams,
         "keep_alive": request.keep_alive_seconds(),
