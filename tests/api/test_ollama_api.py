@@ -432,11 +432,12 @@ async def test_a_full_queue_is_a_429_and_a_stopping_server_a_503_with_retry_afte
         server.state.shutting_down = True
         try:
             stopping = await raw.post("/api/chat", json={"model": "demo", "messages": HELLO, "stream": False})
+            loading = await raw.post("/api/generate", json={"model": "demo"})
         finally:
             server.state.shutting_down = False
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
     assert list(refused.json()) == ["error"] and "capacity" in refused.json()["error"]
-    assert stopping.status_code == 503 and stopping.json() == {"error": "the server is shutting down"}
+    assert stopping.status_code == loading.status_code == 503 and stopping.json() == loading.json() == {"error": "the server is shutting down"}
 
 
 @pytest.mark.parametrize("server_settings", [{"api_keys": (KEY,)}])

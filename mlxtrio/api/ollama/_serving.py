@@ -94,6 +94,8 @@ async def generate(state: ServerState, body: bytes) -> Response:
 
 async def _load_only(state: ServerState, model: str, request: ChatRequest | GenerateRequest, *, chat: bool) -> Response:
     """Load the model (its keep_alive from now on), or unload it with keep_alive 0: Ollama's answer says which."""
+    if state.shutting_down:
+        raise ServerError(ErrorKind.UNAVAILABLE, "the server is shutting down", code="shutting_down")
     keep_alive = request.keep_alive_seconds()
     served = await state.supervisor.served_model(model)
     if keep_alive == 0:
