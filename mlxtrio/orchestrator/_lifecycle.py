@@ -76,6 +76,9 @@ class ModelStatus:
     last_crash: str | None = None
     # How long the latest successful load took.
     load_seconds: float | None = None
+    # When the idle timeout (or the latest request's keep_alive) unloads the model, if nothing comes first;
+    # None unless it is loaded and idle with a deadline.
+    unload_at: float | None = None
     # The CPUs the loaded worker is pinned to (MLX_WORKER_CPUS); empty: not pinned.
     cpus: tuple[int, ...] = ()
     # The malloc the loaded worker runs with (MLX_WORKER_ALLOCATOR), as it reports it.
@@ -207,8 +210,7 @@ class ModelLifecycle:
         if self.state is not ModelState.READY:
             return Wait(float("inf"))
         if self.active == 0:
-            idle_timeout = self.idle_timeout if self.keep_alive is None else self.keep_alive
-            deadline = float("inf") if idle_timeout < 0 else self.last_used + idle_timeout
+            idle_timeout, deadline = self._idle_deadline()
             return Stop(f"idle for {idle_timeout:g} s") if now >= deadline else Wait(deadline)
         deadline = self.last_progress + self.hang_timeout
         if now >= deadline:
@@ -216,6 +218,11 @@ class ModelLifecycle:
                 "hang", f"the model worker made no progress for {self.hang_timeout:g} s and was killed; it will be restarted"
             )
         return Wait(deadline)
+
+    def _idle_deadline(self) -> tuple[float, float]:
+        """The idle timeout in force, and when it runs out on trio's clock (inf: never)."""
+        idle_timeout = self.idle_timeout if self.keep_alive is None else self.keep_alive
+        return idle_timeout, float("inf") if idle_timeout < 0 else self.last_used + idle_timeout
 
     def begin_stop(self, reason: str) -> None:
         self.stop_reason = reason
@@ -302,6 +309,7 @@ class ModelLifecycle:
             return None if at is None else at + wall_offset
 
         ready = self.ready
+        unload_at = self._idle_deadline()[1] if self.idle and self.unload_reason is None else None
         return ModelStatus(
             model=self.model_id,
             pid=self.pid,
@@ -319,6 +327,7 @@ class ModelLifecycle:
             restart_causes=dict(self.restart_causes),
             last_crash=self.last_crash,
             load_seconds=self.load_seconds,
+            unload_at=None if unload_at is None or unload_at == float("inf") else wall_time(unload_at),
             cpus=ready.cpus if ready is not None else (),
             allocator=ready.allocator if ready is not None else None,
             blas=ready.blas if ready is not None else None,
