@@ -8,6 +8,7 @@ import re
 import signal
 
 import httpx
+from PIL import Image
 from playwright.sync_api import Page, expect
 
 from .conftest import API_KEY, WebServer, enter_credential, screenshot
@@ -172,3 +173,23 @@ def test_the_page_asks_for_the_key_and_keeps_it_in_session_storage_only(page: Pa
     _settings(page, **{"max-tokens": "3"})
     _send(page, "hi")
     expect(page.locator(".turn.assistant .stats").first).to_contain_text("finish length")
+
+
+def test_an_attached_image_reaches_a_vision_model(page: Page, open_server: WebServer, tmp_path):
+    picture = tmp_path / "red.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(picture)
+    _open(page, open_server)
+    page.select_option("#model", "demo-vision")
+    _settings(page, **{"max-tokens": "3", "temperature": "0"})
+    page.set_input_files("#image", str(picture))
+    expect(page.locator("#attachment-preview")).to_be_visible()
+    _send(page, "what is this?")
+    expect(page.locator(".turn.user img.thumb")).to_be_visible()
+    expect(page.locator("#attachment")).to_be_hidden()
+    expect(page.locator(".turn.assistant .stats").first).to_contain_text("finish length")
+    with_image = int(_stat(page, 0, "prompt tokens"))
+    page.click("#new-chat")
+    _send(page, "what is this?")
+    expect(page.locator(".turn.assistant .stats").first).to_contain_text("finish length")
+    # The image's tokens (16 for the demo's 56 x 56 pixels) were in the first prompt.
+    assert with_image - int(_stat(page, 0, "prompt tokens")) >= 16
