@@ -16,7 +16,7 @@ from ._common import ServerState, install_error_handlers, json_response
 from ._decode import decode_body
 from ._observe import current_record, install_observability
 from ._origin import install_browser_checks
-from ._web import WebPage
+from ._pages import WebPage
 
 __all__ = ["create_admin_app"]
 

@@ -19,7 +19,7 @@ from ._generation import install_intake
 from ._observe import install_observability
 from ._origin import install_browser_checks
 from ._surface import Surface, error_body_by_path
-from ._web import WebPage
+from ._pages import WebPage
 
 __all__ = ["SURFACES", "create_api_app"]
 

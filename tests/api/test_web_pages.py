@@ -29,7 +29,7 @@ async def test_each_port_serves_its_page_and_files_without_a_key_and_nothing_els
         assert script.status_code == 200 and script.headers["content-type"] == "text/javascript; charset=utf-8"
         assert (await http.get("/ui/vendor/purify.min.js")).status_code == 200
         # The other port's page, a licence file, a path out of the folder: not served; and the API still wants its key.
-        for path in (f"/ui/{other}/index.html", "/ui/vendor/marked.LICENSE", "/ui/../_web.py", "/ui/common/../../_web.py"):
+        for path in (f"/ui/{other}/index.html", "/ui/vendor/marked.LICENSE", "/ui/../_pages.py", "/ui/common/../../_pages.py", "/ui/%2e%2e/_pages.py"):
             assert (await http.get(path)).status_code in (401, 404), path
     assert (await client.get("/v1/models")).status_code == 401
     assert (await admin.get("/admin/status")).status_code == 401
