@@ -29,6 +29,7 @@ CHROMIUM = os.environ.get("MLXTRIO_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = os.environ.get("MLXTRIO_SCREENSHOTS")
 API_KEY = "sk-web-test-key"
 ADMIN_TOKEN = "web-test-admin-token"
+BROKEN = "broken"
 
 
 class WebServer:
@@ -97,7 +98,12 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture(scope="session")
 def open_server(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
-    server = WebServer(cache_dir, tmp_path_factory.mktemp("web-open"))
+    """Without a key or token; with a configured model, ``broken``, whose directory holds no model (its loads fail)."""
+    home = tmp_path_factory.mktemp("web-open")
+    (home / "not-a-model").mkdir()
+    config = home / "mlxtrio.toml"
+    config.write_text(f'[models]\n{BROKEN} = "{home / "not-a-model"}"\n')
+    server = WebServer(cache_dir, home, MLX_CONFIG=str(config))
     yield server
     server.stop()
 

@@ -7,7 +7,7 @@ import re
 import httpx
 from playwright.sync_api import Page, expect
 
-from .conftest import ADMIN_TOKEN, WebServer, enter_credential, screenshot
+from .conftest import ADMIN_TOKEN, BROKEN, WebServer, enter_credential, screenshot
 
 
 def _row(page: Page, model: str = "demo"):
@@ -29,8 +29,11 @@ def test_the_loaded_model_is_shown_with_its_worker_and_charts_of_its_metrics(pag
     with httpx.Client(base_url=open_server.url, timeout=60) as client:
         for _ in range(3):
             assert client.post("/v1/chat/completions", json=chat).status_code == 200
-    expect(page.locator("#chart-tokens")).to_have_attribute("data-last", re.compile(r"^[1-9]"))
-    expect(page.locator("#chart-ttft")).to_have_attribute("data-last", re.compile(r"^[0-9.]+$"))
+    # One read of /metrics after them drew both (the next, with no new answers, draws 0 and no time).
+    page.wait_for_function(
+        """() => Number(document.querySelector('#chart-tokens').dataset.last) > 0
+            && Number(document.querySelector('#chart-ttft').dataset.last) > 0"""
+    )
     screenshot(page, "dashboard")
 
 
@@ -47,6 +50,18 @@ def test_unload_and_load_through_the_buttons_change_the_state_shown(page: Page, 
     expect(row.locator("td.state")).to_have_text("ready")
     pid = open_server.worker()["pid"]
     expect(row.locator("td.pid")).to_have_text(str(pid))
+
+
+def test_a_configured_model_that_fails_to_load_shows_why_and_when_it_is_tried_again(page: Page, open_server: WebServer):
+    page.goto(open_server.admin_url + "/")
+    # Listed from the config file before anything asked for it.
+    row = _row(page, BROKEN)
+    expect(row.locator("td.state")).to_contain_text(re.compile("unloaded|failed"))
+    row.locator("button.load").click()
+    expect(row.locator("td.state")).to_contain_text("failed")
+    expect(row.locator(".failure")).to_contain_text("no config.json")
+    expect(row.locator(".retry")).to_contain_text(re.compile(r"next attempt in \d+ s"))
+    expect(page.locator("#problem")).to_contain_text(f"503: cannot load model '{BROKEN}'")
 
 
 def test_the_admin_token_is_asked_for_and_required(page: Page, secured_server: WebServer):

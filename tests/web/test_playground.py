@@ -11,7 +11,7 @@ import httpx
 from PIL import Image
 from playwright.sync_api import Page, expect
 
-from .conftest import API_KEY, WebServer, enter_credential, screenshot
+from .conftest import API_KEY, BROKEN, WebServer, enter_credential, screenshot
 
 # Long enough to be still generating when the test acts on it (the demo writes a few hundred tokens a second).
 LONG = '{"ignore_eos": true}'
@@ -149,6 +149,17 @@ def test_a_worker_killed_mid_answer_is_shown_as_an_error_with_a_retry(page: Page
     expect(page.locator(".turn.user")).to_have_count(1)
 
 
+def test_an_error_is_shown_plainly_with_its_retry_time(page: Page, open_server: WebServer):
+    _open(page, open_server)
+    page.select_option("#model", BROKEN)
+    _send(page, "hi")
+    error = page.locator(".turn.assistant .error")
+    expect(error).to_contain_text(f"503: cannot load model '{BROKEN}'")
+    expect(error).to_contain_text("no config.json")
+    expect(error).to_contain_text(re.compile(r"retry in \d+ s"))
+    expect(error.locator("button.retry")).to_be_visible()
+
+
 def test_html_the_model_writes_is_shown_as_text(page: Page, open_server: WebServer):
     attack = "<script>window.pwned = 1</script><img src=x onerror=window.pwned=2> **bold**"
     _open(page, open_server)
@@ -172,7 +183,7 @@ def test_the_page_asks_for_the_key_and_keeps_it_in_session_storage_only(page: Pa
     assert page.evaluate("localStorage.length") == 0 and page.evaluate("document.cookie") == ""
     _settings(page, **{"max-tokens": "3"})
     _send(page, "hi")
-    expect(page.locator(".turn.assistant .stats").first).to_contain_text("finish length")
+    expect(page.locator(".turn.assistant .stats").first).to_contain_text(re.compile("finish (stop|length)"))
 
 
 def test_an_attached_image_reaches_a_vision_model(page: Page, open_server: WebServer, tmp_path):
