@@ -307,6 +307,8 @@ class Config:
     prefill_bucket: int = 0
     # Requests that may wait beyond those being decoded; past that: 429.
     max_queue: int = 128
+    # Embedding models: tokens of one forward pass, padding included (a request's inputs are cut into such passes).
+    embed_batch_tokens: int = 8192
     # Worker groups: the first port their ranks may listen on (mlx's own), and the command that starts a remote rank.
     group_port: int = attrs.field(default=32323, metadata={"parse": parse_group_port})
     group_ssh: str = attrs.field(default="ssh -o BatchMode=yes", metadata={"parse": parse_group_ssh})
@@ -397,7 +399,7 @@ class Config:
 
     def _check(self) -> None:
         """What each setting's type does not say already."""
-        for name in ("decode_concurrency", "prefill_batch_size", "prefill_step_size", "max_body_bytes", "max_tokens_limit", "max_choices", "max_loaded_models", "grammar_max_bytes", "image_max_pixels", "image_max_bytes"):
+        for name in ("decode_concurrency", "prefill_batch_size", "prefill_step_size", "max_body_bytes", "max_tokens_limit", "max_choices", "max_loaded_models", "grammar_max_bytes", "image_max_pixels", "image_max_bytes", "embed_batch_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.prefill_bucket < 0:

@@ -22,7 +22,7 @@ from .._config import Config, ModelSettings
 from .._errors import ErrorKind, ServerError
 from .._group_support import group_refusal
 from .._models import model_directory_problem, takes_images, weights_size
-from .._protocol import GroupConfig, WorkerConfig
+from .._protocol import EmbeddingSettings, GroupConfig, WorkerConfig
 
 __all__ = ["DEMO_MODEL_ID", "DEMO_VISION_MODEL_ID", "ModelCatalog", "ModelEntry"]
 
@@ -280,6 +280,8 @@ class ModelCatalog:
             cpus_for_cpu_backend_only=cpu_backend_only,
             blas_library=config.worker_blas.library(),
             image_max_pixels=config.image_max_pixels,
+            task="auto",
+            embedding=EmbeddingSettings(pooling=None, normalize=None, matryoshka=False, batch_tokens=config.embed_batch_tokens),
             group=_group(settings),
         )
 

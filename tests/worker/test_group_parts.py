@@ -180,7 +180,8 @@ def msgspec_config(path: Path) -> p.WorkerConfig:
         model_id="m", source="local", location=str(path), cache_dir="/nonexistent", memory_budget_bytes=1 << 30,
         prefill_step_size=64, decode_concurrency=4, prefill_batch_size=4, prefill_bucket=0, prompt_cache_bytes=1 << 20,
         chat_template=None, cpus=(), cpus_for_cpu_backend_only=True, image_max_pixels=1 << 20, blas_library=None,
-        grammar_compile_timeout=5.0, group=_group(),
+        grammar_compile_timeout=5.0, task="generate",
+        embedding=p.EmbeddingSettings(pooling=None, normalize=None, matryoshka=False, batch_tokens=8192), group=_group(),
     )  # fmt: skip
 
 
