@@ -172,6 +172,12 @@ async function answer() {
     showError(view, error, null);
     return;
   }
+  // Rendered at most once a frame: a fast model's tokens come faster than a page can lay out its Markdown.
+  let painting = false;
+  const paint = () => {
+    painting = false;
+    view.content.innerHTML = markdown(text);
+  };
   const controller = new AbortController();
   setRunning(controller);
   view.turn.classList.add("streaming");
@@ -191,7 +197,10 @@ async function answer() {
         if (piece) {
           if (times.first === null) times.first = performance.now();
           text += piece;
-          view.content.innerHTML = markdown(text);
+          if (!painting) {
+            painting = true;
+            requestAnimationFrame(paint);
+          }
         }
         if (choice.finish_reason) times.finish = choice.finish_reason;
       }
@@ -212,6 +221,7 @@ async function answer() {
     }
   } finally {
     times.ended = performance.now();
+    paint();
     view.turn.classList.remove("streaming");
     showStats(view, times);
     setRunning(null);
