@@ -7,11 +7,14 @@ AGENTS ?= tests/e2e/agents
 # Vision, light: mlx-vlm without the dependencies serving does not use (README: "Vision models");
 # the same pin as pyproject.toml's vision extra (tests/e2e/test_doc_examples.py checks).
 MLX_VLM ?= mlx-vlm==0.7.10
+# The browser tests/web drives (Playwright cannot download its own here): Debian's Chromium, installed where missing.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: test serve bench-ipc agents clean
 
-test: $(VENV)/.installed $(AGENTS)/node_modules/.installed
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+test: $(VENV)/.installed $(AGENTS)/node_modules/.installed $(CHROMIUM)
+	MLXTRIO_CHROMIUM=$(CHROMIUM) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 serve: $(VENV)/.installed
 	$(VENV)/bin/mlxtrio serve
@@ -27,6 +30,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 agents: $(AGENTS)/node_modules/.installed
+
+# Without refreshing the package lists first where they already know chromium.
+$(CHROMIUM):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 $(AGENTS)/node_modules/.installed: $(AGENTS)/package-lock.json
 	npm ci --prefix $(AGENTS) --no-audit --no-fund

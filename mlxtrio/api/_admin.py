@@ -16,6 +16,7 @@ from ._common import ServerState, install_error_handlers, json_response
 from ._decode import decode_body
 from ._observe import current_record, install_observability
 from ._origin import install_browser_checks
+from ._pages import WebPage
 
 __all__ = ["create_admin_app"]
 
@@ -45,7 +46,10 @@ def create_admin_app(state: ServerState) -> App:
     install_observability(app, state.metrics, own_surface="admin")
     install_browser_checks(app, state.config, bound_host=state.config.admin_host)
     admin_token = [state.config.admin_token] if state.config.admin_token else []
-    require_bearer_token(app, admin_token, code="invalid_admin_token", what="admin token")
+    dashboard = WebPage.read("dashboard")
+    # The page holds no secret; it asks for the token, which every request it makes then carries.
+    require_bearer_token(app, admin_token, code="invalid_admin_token", what="admin token", open_paths=dashboard.paths)
+    dashboard.install(app)
     supervisor = state.supervisor
     started_at = time.time()
 

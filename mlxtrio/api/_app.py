@@ -19,6 +19,7 @@ from ._generation import install_intake
 from ._observe import install_observability
 from ._origin import install_browser_checks
 from ._surface import Surface, error_body_by_path
+from ._pages import WebPage
 
 __all__ = ["SURFACES", "create_api_app"]
 
@@ -32,8 +33,11 @@ def create_api_app(state: ServerState) -> App:
     install_error_handlers(app, error_body_by_path(SURFACES))
     install_observability(app, state.metrics, own_surface="server")
     install_browser_checks(app, state.config, bound_host=state.config.host)
-    # /health stays open: load balancers and the daemon script probe it without a key.
-    require_bearer_token(app, state.config.api_keys, code="invalid_api_key", open_paths={"/health"}, key_header="x-api-key")
+    playground = WebPage.read("playground")
+    # /health stays open: load balancers and the daemon script probe it without a key; the page asks for the key.
+    require_bearer_token(
+        app, state.config.api_keys, code="invalid_api_key", open_paths={"/health", *playground.paths}, key_header="x-api-key"
+    )
     # After the key check.
     install_intake(app, state.supervisor.intake, frozenset().union(*(surface.generation_paths for surface in SURFACES)))
 
@@ -43,6 +47,7 @@ def create_api_app(state: ServerState) -> App:
             return json_response({"status": "shutting_down"}, 503)
         return json_response({"status": "ok"})
 
+    playground.install(app)
     for surface in SURFACES:
         routes = surface.routes(state)
         install_error_handlers(routes, surface.error_body)

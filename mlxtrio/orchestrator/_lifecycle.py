@@ -76,6 +76,9 @@ class ModelStatus:
     last_crash: str | None = None
     # How long the latest successful load took.
     load_seconds: float | None = None
+    # When the idle timeout (or the latest request's keep_alive) unloads the model, if nothing comes first;
+    # None unless it is loaded and idle with a deadline.
+    unload_at: float | None = None
     # The CPUs the loaded worker is pinned to (MLX_WORKER_CPUS); empty: not pinned.
     cpus: tuple[int, ...] = ()
     # The malloc the loaded worker runs with (MLX_WORKER_ALLOCATOR), as it reports it.
@@ -311,6 +314,7 @@ class ModelLifecycle:
             return None if at is None else at + wall_offset
 
         ready = self.ready
+        unload_at = self.unload_deadline(now=now) if self.idle and self.unload_reason is None else None
         return ModelStatus(
             model=self.model_id,
             pid=self.pid,
@@ -328,6 +332,7 @@ class ModelLifecycle:
             restart_causes=dict(self.restart_causes),
             last_crash=self.last_crash,
             load_seconds=self.load_seconds,
+            unload_at=None if unload_at is None or unload_at == float("inf") else wall_time(unload_at),
             cpus=ready.cpus if ready is not None else (),
             allocator=ready.allocator if ready is not None else None,
             blas=ready.blas if ready is not None else None,

@@ -182,7 +182,7 @@ async def test_admin_status_load_health_unload(admin, openapi):
         {
             "model": "demo", "pid": None, "state": "unloaded", "restarts": 0, "loads": 0, "loaded_at": None,
             "last_used_at": None, "memory_bytes": None, "engine": None, "active_requests": 0, "queued_requests": 0, "failure": None, "retry_at": None,
-            "restart_causes": {}, "last_crash": None, "load_seconds": None, "cpus": [], "allocator": None, "blas": None,
+            "restart_causes": {}, "last_crash": None, "load_seconds": None, "unload_at": None, "cpus": [], "allocator": None, "blas": None,
             "scheduling": None, "channel": None, "routes": None, "ranks": [],
         }
     ]

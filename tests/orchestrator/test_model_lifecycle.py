@@ -53,6 +53,23 @@ def test_the_unload_deadline_is_what_the_idle_stop_waits_for_and_a_busy_models_c
     assert lifecycle.unload_deadline(now=109.0) == float("inf")
 
 
+def test_the_status_says_when_an_idle_model_will_be_unloaded():
+    lifecycle = _lifecycle()
+    assert lifecycle.statistics(now=0.0, wall_offset=1000.0).unload_at is None
+    _ready(lifecycle, at=100.0)
+    assert lifecycle.statistics(now=105.0, wall_offset=1000.0).unload_at == 1110.0
+    lifecycle.began(1, now=106.0)
+    assert lifecycle.statistics(now=107.0, wall_offset=1000.0).unload_at is None  # busy: no deadline runs
+    lifecycle.keep_alive = 30
+    lifecycle.ended(1, now=108.0)
+    assert lifecycle.statistics(now=109.0, wall_offset=1000.0).unload_at == 1138.0
+    lifecycle.keep_alive = -1  # kept loaded
+    assert lifecycle.statistics(now=109.0, wall_offset=1000.0).unload_at is None
+    lifecycle.keep_alive = None
+    lifecycle.request_unload("unloaded on request")
+    assert lifecycle.statistics(now=109.0, wall_offset=1000.0).unload_at is None
+
+
 def test_a_worker_with_work_and_no_progress_is_killed_for_hanging():
     lifecycle = _lifecycle()
     _ready(lifecycle, at=0.0)
