@@ -37,9 +37,8 @@ install() {
 
 models() {
     step models
-    for name in qwen2.5-0.5b-bf16 qwen2.5-7b-4bit; do
-        /usr/bin/time -f "$name built in %e s" python3 -m bench.bench_models $name $MODELS/$name
-    done
+    models05
+    models7b
 }
 
 models05() {
@@ -49,8 +48,10 @@ models05() {
 }
 
 models7b() {
+    # Timed by the shell: /usr/bin/time is not on every machine.
     step models7b
-    /usr/bin/time -f "qwen2.5-7b-4bit built in %e s" python3 -m bench.bench_models qwen2.5-7b-4bit $MODELS/qwen2.5-7b-4bit
+    local start=$SECONDS
+    python3 -m bench.bench_models qwen2.5-7b-4bit $MODELS/qwen2.5-7b-4bit && echo "built in $((SECONDS - start)) s"
 }
 
 machine() {
@@ -93,12 +94,14 @@ prefix05() {
 
 # Every server sees 64 streams at once: mlxtrio decodes as many together (its default is 32).
 long_prompts() {
-    # $1 model, $2 max_tokens, $3 rounds, then the prompt lengths: all three at 1, 8, 32 and 64 streams, once each.
-    local model=$1 tokens=$2 rounds=$3; shift 3
+    # $1 model, $2 max_tokens, $3 rounds, then the prompt lengths: at 1, 8, 32 and 64 streams (CONCURRENCY), once each
+    # (REPEAT), all three (SERVERS).
+    local model=$1 tokens=$2 rounds=$3 tag=${TAG:+-$TAG}; shift 3
     for length in "$@"; do
         MLX_DECODE_CONCURRENCY=64 MLX_WORKER_ALLOCATOR=$JEMALLOC python3 -m bench.serve_bench --model $model \
             --models-dir $MODELS --max-tokens $tokens --rounds $rounds --concurrency ${CONCURRENCY:-1 8 32 64} --prompt-tokens $length \
-            --json "$RESULTS/long-$model-$length.json" 2>&1 | tee "$RESULTS/long-$model-$length.log" | grep -E "^\||streams:"
+            --servers ${SERVERS:-in-process mlx_lm.server mlxtrio} --repeat ${REPEAT:-1} \
+            --json "$RESULTS/long-$model-$length$tag.json" 2>&1 | tee "$RESULTS/long-$model-$length$tag.log" | grep -E "^\||streams:|run by run"
     done
 }
 
