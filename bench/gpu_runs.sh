@@ -37,9 +37,8 @@ install() {
 
 models() {
     step models
-    for name in qwen2.5-0.5b-bf16 qwen2.5-7b-4bit; do
-        /usr/bin/time -f "$name built in %e s" python3 -m bench.bench_models $name $MODELS/$name
-    done
+    models05
+    models7b
 }
 
 models05() {
@@ -49,8 +48,10 @@ models05() {
 }
 
 models7b() {
+    # Timed by the shell: /usr/bin/time is not on every machine.
     step models7b
-    /usr/bin/time -f "qwen2.5-7b-4bit built in %e s" python3 -m bench.bench_models qwen2.5-7b-4bit $MODELS/qwen2.5-7b-4bit
+    local start=$SECONDS
+    python3 -m bench.bench_models qwen2.5-7b-4bit $MODELS/qwen2.5-7b-4bit && echo "built in $((SECONDS - start)) s"
 }
 
 machine() {
@@ -65,7 +66,7 @@ table05() {
     step table05
     MLX_WORKER_ALLOCATOR=$JEMALLOC python3 -m bench.serve_bench --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
         --max-tokens 128 --rounds 4 --concurrency 1 8 32 --repeat 2 \
-        --json "$RESULTS/table-qwen05-jemalloc-repeat2.json" 2>&1 | grep -E "^\||run by run"
+        --json "$RESULTS/table-qwen05-jemalloc-repeat2.json" 2>&1 | grep --line-buffered -E "^\||run by run"
 }
 
 serve7b() {
@@ -73,7 +74,7 @@ serve7b() {
     step serve7b
     MLX_WORKER_ALLOCATOR=$JEMALLOC python3 -m bench.serve_bench --model qwen2.5-7b-4bit --models-dir $MODELS \
         --max-tokens 64 --rounds 4 --concurrency 8 32 --servers mlx_lm.server mlxtrio \
-        --json "$RESULTS/serve-qwen7b-jemalloc.json" 2>&1 | grep -E '"(aggregate_tps|ttft_p50_s)"' -A2
+        --json "$RESULTS/serve-qwen7b-jemalloc.json" 2>&1 | grep --line-buffered -E '"(aggregate_tps|ttft_p50_s)"' -A2
 }
 
 single7b() {
@@ -81,24 +82,26 @@ single7b() {
     step single7b
     python3 -m bench.serve_bench --model qwen2.5-7b-4bit --models-dir $MODELS --max-tokens 64 --rounds 4 \
         --concurrency 1 --repeat 3 --servers in-process mlxtrio --json "$RESULTS/single-qwen7b-repeat3.json" \
-        | grep -E "run by run|single_stream_tps"
+        | grep --line-buffered -E "run by run|single_stream_tps"
 }
 
 prefix05() {
     # Time to first token behind a shared prefix of about 2,000 tokens, cached and not, both servers by turns.
     step prefix05
     MLX_WORKER_ALLOCATOR=$JEMALLOC python3 -m bench.prefix_cache_bench --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
-        --prefix-tokens 2000 --requests 8 --repeat ${REPEAT:-3} --json "$RESULTS/prefix-cache-qwen05.json" 2>&1 | grep -v transformers
+        --prefix-tokens 2000 --requests 8 --repeat ${REPEAT:-3} --json "$RESULTS/prefix-cache-qwen05.json" 2>&1 | grep --line-buffered -v transformers
 }
 
 # Every server sees 64 streams at once: mlxtrio decodes as many together (its default is 32).
 long_prompts() {
-    # $1 model, $2 max_tokens, $3 rounds, then the prompt lengths: all three at 1, 8, 32 and 64 streams, once each.
-    local model=$1 tokens=$2 rounds=$3; shift 3
+    # $1 model, $2 max_tokens, $3 rounds, then the prompt lengths: at 1, 8, 32 and 64 streams (CONCURRENCY), once each
+    # (REPEAT), all three (SERVERS).
+    local model=$1 tokens=$2 rounds=$3 tag=${TAG:+-$TAG}; shift 3
     for length in "$@"; do
         MLX_DECODE_CONCURRENCY=64 MLX_WORKER_ALLOCATOR=$JEMALLOC python3 -m bench.serve_bench --model $model \
             --models-dir $MODELS --max-tokens $tokens --rounds $rounds --concurrency ${CONCURRENCY:-1 8 32 64} --prompt-tokens $length \
-            --json "$RESULTS/long-$model-$length.json" 2>&1 | tee "$RESULTS/long-$model-$length.log" | grep -E "^\||streams:"
+            --servers ${SERVERS:-in-process mlx_lm.server mlxtrio} --repeat ${REPEAT:-1} \
+            --json "$RESULTS/long-$model-$length$tag.json" 2>&1 | tee "$RESULTS/long-$model-$length$tag.log" | grep --line-buffered -E "^\||streams:|run by run"
     done
 }
 
@@ -116,7 +119,7 @@ loadttft() {
     # A 4,096-token prompt arriving while 31 streams decode, mlx_lm.server and mlxtrio by turns.
     MLX_WORKER_ALLOCATOR=$JEMALLOC python3 -m bench.load_ttft_bench --model $1 --models-dir $MODELS --streams 31 \
         --prompt-tokens 4096 --arrivals 3 --repeat ${REPEAT:-2} --decode-tokens ${DECODE_TOKENS:-4096} \
-        --json "$RESULTS/loadttft-$1.json" 2>&1 | tee "$RESULTS/loadttft-$1.log" | grep -v "^  run"
+        --json "$RESULTS/loadttft-$1.json" 2>&1 | tee "$RESULTS/loadttft-$1.log" | grep --line-buffered -v "^  run"
 }
 
 loadttft05() { step loadttft05; loadttft qwen2.5-0.5b-bf16; }
@@ -127,7 +130,7 @@ surfaces05() {
     step surfaces05
     MLX_WORKER_ALLOCATOR=$JEMALLOC python3 -m bench.surface_bench --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
         --concurrency 1 32 --max-tokens 128 --rounds 2 --repeat ${REPEAT:-3} --json "$RESULTS/surfaces-qwen05.json" 2>&1 \
-        | tee "$RESULTS/surfaces-qwen05.log" | grep -E "^\||^model|failed"
+        | tee "$RESULTS/surfaces-qwen05.log" | grep --line-buffered -E "^\||^model|failed"
 }
 
 pack() {

@@ -137,6 +137,7 @@ def in_process(model_path: str, concurrencies: list[int], max_tokens: int, sampl
         rates.append(rate)
     result["single_stream_tps"] = statistics.median(rates)
     result["ttft_p50_s"] = {1: statistics.median(ttfts)}
+    print(f"  in-process, single streams: {result['single_stream_tps']:.1f} tok/s, TTFTs {[round(ttft, 3) for ttft in ttfts]} s", file=sys.stderr, flush=True)
     result["aggregate_tps"] = {}
     # The batch's own, from its start: each sequence's first token, and the gaps between its tokens.
     for key in ("batch_ttft_p50_s", "ttft_p99_s", "itl_p50_s", "itl_p99_s"):
@@ -171,6 +172,9 @@ def in_process(model_path: str, concurrencies: list[int], max_tokens: int, sampl
         result["ttft_p99_s"][concurrency] = percentile(ttfts, 0.99)
         result["itl_p50_s"][concurrency] = percentile(gaps, 0.5)
         result["itl_p99_s"][concurrency] = percentile(gaps, 0.99)
+        # As each phase ends, so that a run stopped later keeps what it measured.
+        phase = {key: values[concurrency] for key, values in result.items() if isinstance(values, dict) and concurrency in values}
+        print(f"  in-process, {concurrency} streams: {phase}", file=sys.stderr, flush=True)
     return result
 
 
@@ -564,7 +568,7 @@ def main() -> None:
             baseline = subprocess.run(
                 [sys.executable, "-m", "bench.serve_bench", "--in-process", model_path, json.dumps(args.concurrency),
                  str(args.max_tokens), "pin" if args.pin_in_process else "free", str(args.rounds), str(args.prompt_tokens)],
-                capture_output=True, text=True, check=True, cwd=ROOT, env=checkout_environment(),
+                stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT, env=checkout_environment(),
             )
             run["in_process"] = json.loads(baseline.stdout.strip().splitlines()[-1])
             run["in_process"]["aggregate_tps"] = {int(k): v for k, v in run["in_process"]["aggregate_tps"].items()}
