@@ -47,7 +47,8 @@ def create_api_app(state: ServerState) -> App:
             return json_response({"status": "shutting_down"}, 503)
         return json_response({"status": "ok"})
 
-    playground.install(app)
+    # Ollama's clients probe / for its answer; a browser gets the playground.
+    playground.install(app, for_other_clients=ollama.running)
     for surface in SURFACES:
         routes = surface.routes(state)
         install_error_handlers(routes, surface.error_body)

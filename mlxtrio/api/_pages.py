@@ -17,11 +17,12 @@ writes cannot become a script, even if it reached the page as HTML.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 from importlib.resources.abc import Traversable
 
 import attrs
-from quart import Response
+from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import NotFound
 
@@ -100,12 +101,16 @@ class WebPage:
         """What the page serves: open paths, for the key or token check."""
         return frozenset({"/", *self.files})
 
-    def install(self, app: QuartTrio) -> None:
+    def install(self, app: QuartTrio, *, for_other_clients: Callable[[], Response] | None = None) -> None:
+        """Serve the page; ``/`` answers ``for_other_clients()`` to a client that does not ask for HTML by name."""
         index = self.files[f"{PREFIX}/{self.name}/index.html"]
         files = self.files
 
         @app.get("/")
         async def page_index() -> Response:
+            # A browser names text/html in its Accept header; an API client's probe (Ollama's) sends */* or nothing.
+            if for_other_clients is not None and not any(value == "text/html" and quality > 0 for value, quality in request.accept_mimetypes):
+                return for_other_clients()
             return _response(*index)
 
         @app.get(f"{PREFIX}/<path:name>")

@@ -15,10 +15,24 @@ def server_settings() -> dict:
     return {"api_keys": (KEY,), "admin_token": TOKEN}
 
 
+# What Chromium sends when it opens a page.
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
+
+
+@bounded(60)
+async def test_the_main_ports_root_is_the_page_for_a_browser_and_ollamas_answer_for_its_clients(client):
+    """Ollama's clients probe / (with */*) before anything else; a browser names text/html."""
+    for accept in ("*/*", "application/json", "text/html;q=0"):
+        probe = await client.get("/", headers={"Accept": accept})
+        assert probe.status_code == 200 and probe.text == "Ollama is running", accept
+    page = await client.get("/", headers={"Accept": BROWSER_ACCEPT})
+    assert page.headers["content-type"] == "text/html; charset=utf-8" and "/ui/playground/playground.js" in page.text
+
+
 @bounded(60)
 async def test_each_port_serves_its_page_and_files_without_a_key_and_nothing_else(client, admin):
     for http, page, other in ((client, "playground", "dashboard"), (admin, "dashboard", "playground")):
-        index = await http.get("/")
+        index = await http.get("/", headers={"Accept": BROWSER_ACCEPT})
         assert index.status_code == 200 and index.headers["content-type"] == "text/html; charset=utf-8"
         assert f"/ui/{page}/{page}.js" in index.text
         headers = index.headers

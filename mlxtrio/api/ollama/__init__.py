@@ -9,8 +9,8 @@ checks, ``_serving`` the translation of a request into one
 
 from .._surface import Surface
 from ._errors import ollama_error
-from ._router import GENERATION_PATHS, PREFIX, ollama_routes
+from ._router import GENERATION_PATHS, PREFIX, ollama_routes, running
 
-__all__ = ["SURFACE"]
+__all__ = ["SURFACE", "running"]
 
 SURFACE = Surface(name="ollama", routes=ollama_routes, generation_paths=GENERATION_PATHS, error_body=ollama_error, path_prefixes=(PREFIX,))

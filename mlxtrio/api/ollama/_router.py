@@ -1,7 +1,8 @@
 """Ollama's API routes: generation, what can be served and what is loaded, and the refusals of model management.
 
-Under /api, as Ollama serves them; ``/`` answers the probe Ollama's clients
-make before anything else. Pulling, pushing, creating, copying and deleting
+Under /api, as Ollama serves them; ``running`` is the answer to the probe of
+``/`` Ollama's clients make before anything else (api/_app.py serves it at
+``/`` to every client that is not a browser asking for the playground). Pulling, pushing, creating, copying and deleting
 models are Ollama's own store's: here the operator names the models
 (``--model``, the config file), so each is an error that says so (a pull of a
 model already here succeeds, as Ollama's would).
@@ -20,7 +21,7 @@ from ._models import list_models, running_models, show_model
 from ._schemas import ModelRequest
 from ._serving import NDJSON, chat, generate, resolved
 
-__all__ = ["GENERATION_PATHS", "PREFIX", "ollama_routes"]
+__all__ = ["GENERATION_PATHS", "PREFIX", "ollama_routes", "running"]
 
 PREFIX = "/api"
 CHAT = PREFIX + "/chat"
@@ -28,6 +29,13 @@ GENERATE = PREFIX + "/generate"
 GENERATION_PATHS = frozenset({CHAT, GENERATE})
 # The Ollama release whose API this surface follows: clients check it before using newer fields.
 OLLAMA_VERSION = "0.12.0"
+
+
+def running() -> Response:
+    """Ollama's answer at ``/``: clients probe it to learn that a server is there."""
+    return Response("Ollama is running", status=200, content_type="text/plain; charset=utf-8")
+
+
 _MANAGED_HERE = (
     "mlxtrio serves the models its operator names (--model or MLX_MODEL, the config file's [models]) and those in the "
     "Hugging Face cache; GET /api/tags lists them"
@@ -64,10 +72,6 @@ def ollama_routes(state: ServerState) -> Blueprint:
     @routes.post(GENERATE)
     async def generate_route() -> Response:
         return await generate(state, await request.get_data(cache=False))
-
-    @routes.get("/")
-    async def running() -> Response:
-        return Response("Ollama is running", status=200, content_type="text/plain; charset=utf-8")
 
     @routes.get(PREFIX + "/version")
     async def version() -> Response:
