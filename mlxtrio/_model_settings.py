@@ -13,6 +13,17 @@ from ._setting_parsers import field_parsers
 __all__ = ["ModelSettings", "model_settings"]
 
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
+# The built-in models' names (the catalog's), which no alias may take.
+BUILT_IN_NAMES = ("demo", "demo-vision", "demo-embed", "demo-embed-decoder")
+TASKS = ("auto", "generate", "embed")
+POOLINGS = ("mean", "cls", "last")
+
+
+def _toml_boolean(value: object) -> bool:
+    # A config file's true or false, not a string that a typo would turn into false.
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {value!r}")
+    return value
 
 
 @attrs.frozen(kw_only=True)
@@ -31,11 +42,18 @@ class ModelSettings:
     backend: str | None = None
     python: str | None = None
     rdma: tuple[tuple[str | tuple[str, ...] | None, ...], ...] = attrs.field(default=(), metadata={"parse": parse_rdma})
+    # What the model serves: "generate", "embed", or "auto" (its worker tells from its files). An embedding model's
+    # pooling ("mean", "cls", "last") and normalisation (None: its sentence-transformers files, else the worker's
+    # default), and whether it was trained for shorter vectors (Matryoshka: a request may ask for ``dimensions``).
+    task: str = "auto"
+    pooling: str | None = None
+    normalize: bool | None = attrs.field(default=None, metadata={"parse": _toml_boolean})
+    matryoshka: bool = attrs.field(default=False, metadata={"parse": _toml_boolean})
 
 
 def model_settings(path: Path, name: str, entry: object) -> ModelSettings:
     """One entry of the config file's [models] table."""
-    if not _MODEL_ID.fullmatch(name) or name in ("demo", "demo-vision"):
+    if not _MODEL_ID.fullmatch(name) or name in BUILT_IN_NAMES:
         raise ValueError(f"{path}: {name!r} cannot name a model")
     if isinstance(entry, str):
         entry = {"path": entry}
@@ -44,13 +62,28 @@ def model_settings(path: Path, name: str, entry: object) -> ModelSettings:
     unknown = sorted(set(entry) - set(_MODEL_PARSERS))
     if unknown:
         raise ValueError(f"{path}: models.{name}: unknown settings {', '.join(unknown)}")
-    try:
-        model = ModelSettings(name=name, **{key: _MODEL_PARSERS[key](value) for key, value in entry.items()})
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: models.{name}: {exc}") from None
+    values = {}
+    for key, value in entry.items():
+        try:
+            values[key] = _MODEL_PARSERS[key](value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: models.{name}: {key} = {value!r}: {exc}") from None
+    model = ModelSettings(name=name, **values)
     if model.decode_concurrency is not None and model.decode_concurrency < 1:
         raise ValueError(f"{path}: models.{name}: decode_concurrency must be at least 1")
+    _check_embedding(model, where=f"{path}: models.{name}")
     return checked_group(model, where=f"{path}: models.{name}")
+
+
+def _check_embedding(model: ModelSettings, *, where: str) -> None:
+    if model.task not in TASKS:
+        raise ValueError(f'{where}: task = {model.task!r}: must be "auto", "generate" or "embed"')
+    if model.pooling is not None and model.pooling not in POOLINGS:
+        raise ValueError(f'{where}: pooling = {model.pooling!r}: must be "mean", "cls" or "last"')
+    if model.task == "generate":
+        given = [name for name in ("pooling", "normalize") if getattr(model, name) is not None] + ["matryoshka"] * model.matryoshka
+        if given:
+            raise ValueError(f'{where}: {", ".join(given)} with task = "generate": only an embedding model has them')
 
 
 _MODEL_PARSERS = field_parsers(ModelSettings, [field.name for field in attrs.fields(ModelSettings) if field.name != "name"])

@@ -280,8 +280,13 @@ class ModelCatalog:
             cpus_for_cpu_backend_only=cpu_backend_only,
             blas_library=config.worker_blas.library(),
             image_max_pixels=config.image_max_pixels,
-            task="auto",
-            embedding=EmbeddingSettings(pooling=None, normalize=None, matryoshka=False, batch_tokens=config.embed_batch_tokens),
+            task=settings.task if settings is not None else "auto",
+            embedding=EmbeddingSettings(
+                pooling=settings.pooling if settings is not None else None,
+                normalize=settings.normalize if settings is not None else None,
+                matryoshka=settings.matryoshka if settings is not None else False,
+                batch_tokens=config.embed_batch_tokens,
+            ),
             group=_group(settings),
         )
 

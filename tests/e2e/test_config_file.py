@@ -50,7 +50,7 @@ def test_file_then_environment_then_flags(tmp_path):
         ("[models.tiny]\nidle_timeout = 3\n", "needs a path"),
         ("[models.tiny]\npath = '/x'\ncolour = 1\n", "models.tiny: unknown settings colour"),
         ("[models.tiny]\npath = '/x'\ndecode_concurrency = 0\n", "at least 1"),
-        ("[models.tiny]\npath = '/x'\nchat_template = 5\n", "models.tiny: must be a string, not int"),
+        ("[models.tiny]\npath = '/x'\nchat_template = 5\n", "models.tiny: chat_template = 5: must be a string, not int"),
         ("host = 127\n", "host = 127: must be a string, not int"),
         ("port = \n", "not valid TOML"),
     ],
