@@ -229,7 +229,7 @@ def _read_config_file(path: Path) -> tuple[dict[str, object], tuple[ModelSetting
 
 def _model_settings(path: Path, name: str, entry: object) -> ModelSettings:
     """One entry of the config file's [models] table."""
-    if not _MODEL_ID.fullmatch(name) or name in ("demo", "demo-vision"):
+    if not _MODEL_ID.fullmatch(name) or name in ("demo", "demo-vision", "demo-embed", "demo-embed-decoder"):
         raise ValueError(f"{path}: {name!r} cannot name a model")
     if isinstance(entry, str):
         entry = {"path": entry}
