@@ -24,16 +24,20 @@ from .._group_support import group_refusal
 from .._models import model_directory_problem, takes_images, weights_size
 from .._protocol import EmbeddingSettings, GroupConfig, WorkerConfig
 
-__all__ = ["DEMO_MODEL_ID", "DEMO_VISION_MODEL_ID", "ModelCatalog", "ModelEntry"]
+__all__ = ["DEMO_EMBED_DECODER_MODEL_ID", "DEMO_EMBED_MODEL_ID", "DEMO_MODEL_ID", "DEMO_VISION_MODEL_ID", "ModelCatalog", "ModelEntry"]
 
 log = logging.getLogger("mlxtrio.orchestrator")
 
 DEMO_MODEL_ID = "demo"
 DEMO_VISION_MODEL_ID = "demo-vision"
+DEMO_EMBED_MODEL_ID = "demo-embed"
+DEMO_EMBED_DECODER_MODEL_ID = "demo-embed-decoder"
 # The built-in models, each its own source (the worker builds it into the cache directory), and what it is.
 _BUILT_IN = {
     DEMO_MODEL_ID: "built-in demo model: random weights, nonsense text",
     DEMO_VISION_MODEL_ID: "built-in demo vision model (LLaVA): random weights, nonsense text, reads images",
+    DEMO_EMBED_MODEL_ID: "built-in demo embedding model (BERT, mean pooling): random weights, meaningless vectors",
+    DEMO_EMBED_DECODER_MODEL_ID: "built-in demo decoder embedding model (Qwen3, last token, Matryoshka): random weights, meaningless vectors",
 }
 # A 404 for a model names this many of the models there are.
 _LISTED_IN_404 = 8
@@ -43,7 +47,7 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._
 @attrs.frozen
 class ModelEntry:
     id: str
-    source: str  # "demo", "demo-vision", "local", "hub"
+    source: str  # "demo", "demo-vision", "demo-embed", "demo-embed-decoder", "local", "hub"
     location: str
     description: str
     # Per-model settings from the config file, for an alias.

@@ -46,6 +46,8 @@ def test_file_then_environment_then_flags(tmp_path):
         ("api_keys = ['k']\n", "MLX_API_KEY_FILE"),
         ("[models]\ndemo = '/x'\n", "'demo' cannot name a model"),
         ("[models]\ndemo-vision = '/x'\n", "'demo-vision' cannot name a model"),
+        ("[models]\ndemo-embed = '/x'\n", "'demo-embed' cannot name a model"),
+        ("[models]\ndemo-embed-decoder = '/x'\n", "'demo-embed-decoder' cannot name a model"),
         ("[models]\n'../x' = '/x'\n", "cannot name a model"),
         ("[models.tiny]\nidle_timeout = 3\n", "needs a path"),
         ("[models.tiny]\npath = '/x'\ncolour = 1\n", "models.tiny: unknown settings colour"),

@@ -60,10 +60,3 @@ def test_wrong_values_stop_the_server_naming_file_and_key(tmp_path, entry, named
     assert str(path) in message and "models.emb" in message and named in message, message
     assert "unknown settings" not in message, message
 
-
-@pytest.mark.parametrize("name", ["demo-embed", "demo-embed-decoder"])
-def test_the_built_in_embedding_models_names_are_no_alias(tmp_path, name):
-    path = tmp_path / "mlxtrio.toml"
-    path.write_text(f'[models."{name}"]\npath = "{tmp_path}"\n')
-    with pytest.raises(ValueError, match="cannot name a model"):
-        _read_config_file(path)
