@@ -72,6 +72,8 @@ class RequestRecord:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     first_token_at: float | None = None
+    # An embedding request's inputs were embedded: its prompt tokens count as served.
+    embedded: bool = False
     _completion_tokens: dict[int, int] = attrs.Factory(dict)
     _last_token_at: dict[int, float] = attrs.Factory(dict)
     # This request's inter-token histogram, looked up once (on_delta runs per token).
@@ -105,6 +107,10 @@ class RequestRecord:
             histogram.observe(0.0)
         self._last_token_at[choice] = now
 
+    def on_embedded(self, prompt_tokens: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.embedded = True
+
     def name_model(self, model: str) -> None:
         """The model the request named, as its log line shows it (a label takes only ``model``, once resolved)."""
         self.named_model = loggable(model)
@@ -122,7 +128,7 @@ class RequestRecord:
         metrics.requests.labels(self.surface, self.endpoint, model, str(status)).inc()
         metrics.request_duration.labels(self.endpoint, model).observe(seconds)
         ttft = None if self.first_token_at is None else self.first_token_at - self.started
-        if model and self._completion_tokens:
+        if model and (self._completion_tokens or self.embedded):
             metrics.prompt_tokens.labels(model).inc(self.prompt_tokens)
             metrics.completion_tokens.labels(model).inc(self.completion_tokens)
             if self.cached_tokens:
