@@ -58,6 +58,8 @@ async def test_curl_examples(server, name, block):
     assert output.strip(), "the example printed nothing"
     if "/v1/messages" in block:
         assert '"type":"message"' in output
+    elif "/v1/embeddings" in block:
+        assert '"embedding"' in output
     elif "/v1/" in block and "/v1/models" not in block:
         assert '"choices"' in output
     if '"stream": true' in block:
