@@ -24,8 +24,8 @@ FAKE_EMBEDDER = str(Path(__file__).with_name("fake_embedder.py"))
 
 @pytest.fixture
 def server_settings() -> dict:
-    # One decoding, none waiting: the second request in flight is over capacity.
-    return {"decode_concurrency": 1, "max_queue": 0}
+    # One decoding, none waiting: the second request in flight is over capacity. A request timeout a test waits out.
+    return {"decode_concurrency": 1, "max_queue": 0, "request_timeout": 1.0}
 
 
 @pytest.fixture
@@ -88,6 +88,15 @@ async def test_the_queue_bounds_embeddings_and_a_cancelled_one_is_dropped_in_the
     # The cancel went out before the request left: the worker holds nothing.
     _, pong = await served.ping()
     assert pong.active_sequences == 0 and served.statistics().active_requests == 0
+
+
+@bounded(60)
+async def test_the_request_timeout_applies_over_http_and_the_worker_drops_the_request(embedder, client):
+    served = await embedder()
+    response = await client.post("/v1/embeddings", json={"model": "demo", "input": ["wait"]})
+    assert response.status_code == 504 and response.json()["error"]["code"] == "timeout", response.text
+    _, pong = await served.ping()
+    assert pong.active_sequences == 0
 
 
 @bounded(60)
