@@ -120,3 +120,17 @@ def test_which_models_embed_and_their_context(cache_dir, demo_embed, tmp_path):
     assert is_embedding_model(bare)
     plan = embedding_plan(bare, p.EmbeddingSettings(pooling=None, normalize=None, matryoshka=False, batch_tokens=64))
     assert (plan.architecture, plan.pooling, plan.normalize, plan.matryoshka, plan.max_tokens) == ("encoder", "mean", True, False, 512)
+
+
+def test_a_generating_worker_never_imports_mlx_embeddings(cache_dir):
+    """mlx-embeddings (and the mlx-vlm it imports) cost an embedding worker's start only."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from pathlib import Path; import mlxtrio.worker._main as m; from mlxtrio.worker._embed import load_embedder; "
+        f"from tests.worker.embed_worker import worker_config; m._load(worker_config(Path({str(cache_dir)!r}), 'demo')); "
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in ('mlx_embeddings', 'mlx_vlm')))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
