@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -134,3 +135,30 @@ def test_a_generating_worker_never_imports_mlx_embeddings(cache_dir):
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_a_cut_text_keeps_the_tokens_its_tokenizer_ends_it_with(cache_dir, demo_embed):
+    embedder = _embedder(cache_dir, demo_embed)
+    (cut,) = embedder.inputs.of(p.Embed(1, ("the orchestrator notices " * 300,), truncate=True))
+    whole = embedder.inputs._encoder.text("the orchestrator notices " * 300, add_special_tokens=True)  # noqa: SLF001
+    assert len(cut) == 512 and cut[:511] == whole[:511] and cut[-1] == whole[-1] != whole[511]
+
+
+def test_any_model_mlx_lm_implements_embeds_by_its_last_token_when_told_to(cache_dir):
+    config = msgspec.structs.replace(worker_config(cache_dir, "demo"), task="embed")
+    embedder = load_embedder(config, ensure_demo_model(cache_dir))
+    assert embedder.info == p.EmbeddingInfo(
+        dimensions=64, max_tokens=4096, pooling="last", normalize=True, matryoshka=False, architecture="decoder"
+    )
+    rows = embedder.inputs.of(p.Embed(1, TEXTS))
+    batch = embedder.model.embed(rows)
+    for row, vector in zip(rows, batch):
+        np.testing.assert_allclose(embedder.model.embed([row])[0], vector, atol=1e-6)
+
+
+def test_a_model_that_neither_library_runs_does_not_load(cache_dir, demo_embed, tmp_path):
+    model_dir = _copy(demo_embed, tmp_path / "nomic")
+    config = json.loads((model_dir / "config.json").read_text())
+    _write(model_dir / "config.json", dict(config, model_type="nomic_bert"))
+    with pytest.raises(LoadError, match="'nomic_bert' is not one that mlx-lm .* implements, nor one of the encoders"):
+        _embedder(cache_dir, model_dir)
