@@ -8,7 +8,7 @@ import numpy as np
 
 from mlxtrio import _protocol as p
 
-from .embed_worker import embed_worker, vectors, worker_config
+from .embed_worker import LoadFailedError, embed_worker, vectors, worker_config
 
 TEXTS = (
     "A server is a promise to many people at once.",
@@ -181,3 +181,15 @@ async def test_each_kind_of_worker_refuses_the_other_kinds_request(cache_dir: Pa
         refused = await worker.answer(2)
         assert isinstance(refused, p.RequestFailed) and refused.kind is p.ErrorKind.INVALID_REQUEST
         assert (refused.param, refused.code) == ("model", "model_not_embedding")
+
+
+async def test_a_worker_group_refuses_to_embed(cache_dir: Path):
+    import msgspec
+    import pytest
+
+    group = p.GroupConfig(hosts=("127.0.0.1", "127.0.0.1"), parallel="pipeline", backend="ring", ports=(1, 2), control_port=3)
+    config = msgspec.structs.replace(worker_config(cache_dir, "demo-embed"), task="embed", group=group)
+    with pytest.raises(LoadFailedError) as failed:
+        async with embed_worker(config):
+            pass
+    assert "a worker group serves generation only" in failed.value.args[0].message
