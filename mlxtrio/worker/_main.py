@@ -185,6 +185,8 @@ def main(argv: list[str]) -> int:
                 cpus = _pin(config)
                 model, tokenizer, context, memory, vision = _load(config)
             else:
+                if config.task == "embed":
+                    raise LoadError("a worker group serves generation only; serve an embedding model without hosts")
                 # A group's ranks are not pinned: every rank must read its first tokens alike (_group/_rank.py).
                 cpus = ()
                 leader, ranks = lead(config, interrupt=watch, progress=heartbeat)

@@ -113,6 +113,20 @@ def test_the_light_vision_install_pins_what_the_vision_extra_pins():
     assert importlib.metadata.version("mlx-vlm") == pinned.split("==")[1]
 
 
+def test_the_embeddings_install_pins_what_the_embeddings_extra_pins():
+    """mlx-embeddings, like mlx-vlm: the Makefile installs the embeddings extra's release without dependencies, and the README says so."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (pinned,) = extras["embeddings"]
+    assert pinned.startswith("mlx-embeddings==")
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(rf"^MLX_EMBEDDINGS \?= {re.escape(pinned)}$", makefile, re.MULTILINE)
+    assert "pip install --no-deps '$(MLX_EMBEDDINGS)'" in makefile
+    assert f"pip install --no-deps {pinned}" in (ROOT / "README.md").read_text()
+    import importlib.metadata
+
+    assert importlib.metadata.version("mlx-embeddings") == pinned.split("==")[1]
+
+
 def test_json_error_examples_are_openai_errors(openapi):
     import json
 

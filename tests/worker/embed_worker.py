@@ -61,6 +61,10 @@ def vectors(answer: p.Embedded) -> np.ndarray:
     return np.frombuffer(answer.vectors, dtype="<f4").reshape(-1, answer.dimensions)
 
 
+class LoadFailedError(Exception):
+    """The worker said ``LoadFailed`` (``args[0]``)."""
+
+
 @asynccontextmanager
 async def embed_worker(config: p.WorkerConfig, *, failpoints: str = "") -> AsyncIterator[Worker]:
     """The worker for ``config``, loaded (its Ready in ``ready``), stopped and reaped at the end."""
@@ -74,9 +78,14 @@ async def embed_worker(config: p.WorkerConfig, *, failpoints: str = "") -> Async
                 message = await receiver.receive()
                 while isinstance(message, (p.Hello, p.Step)):
                     message = await receiver.receive()
-            assert isinstance(message, p.Ready), message
-            yield Worker(process, receiver, message)
-            await process.stop()
+            if isinstance(message, p.LoadFailed):
+                nursery.cancel_scope.cancel()
+            else:
+                assert isinstance(message, p.Ready), message
+                yield Worker(process, receiver, message)
+                await process.stop()
+        if isinstance(message, p.LoadFailed):
+            raise LoadFailedError(message)
     finally:
         await process.reap()
         await process.close("the test is over")

@@ -22,7 +22,7 @@ import mlx.core as mx
 import numpy as np
 
 from .._model_source import LoadError
-from ._files import EmbeddingPlan
+from ._files import ENCODERS, EmbeddingPlan
 
 __all__ = ["EmbeddingModel", "load_embedding_model"]
 
@@ -84,7 +84,8 @@ def _decoder(path: Path) -> tuple[Callable[[mx.array, mx.array], mx.array], Any]
 
     problem = unsupported_architecture(path)
     if problem is not None:
-        raise LoadError(problem)
+        encoders = ", ".join(sorted(ENCODERS))
+        raise LoadError(f"{problem}, nor one of the encoders that mlx-embeddings runs here ({encoders})")
     model, _tokenizer, _config = load(path)
     # A pass's projections take a matrix of rows, as a batched step's do (see _mlx_lm/_quantized.py).
     speed_up_quantized(model)
