@@ -58,6 +58,17 @@ async def test_vectors_come_back_in_order_and_the_model_is_loaded_on_demand(embe
 
 
 @bounded(60)
+async def test_keep_alive_rules_the_model_s_life_after_an_embedding(embedder):
+    served = await embedder()
+    await served.embed(("stay",), keep_alive=-1)
+    assert served.statistics().state == "ready"
+    # keep_alive 0: unloaded as soon as it is idle.
+    await served.embed(("go",), keep_alive=0)
+    await served.wait_stopped()
+    assert served.statistics().state == "unloaded"
+
+
+@bounded(60)
 async def test_a_refusal_is_a_server_error_naming_the_input(embedder):
     served = await embedder()
     with pytest.raises(ServerError) as caught:
