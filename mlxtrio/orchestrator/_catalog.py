@@ -39,6 +39,8 @@ _BUILT_IN = {
     DEMO_EMBED_MODEL_ID: "built-in demo embedding model (BERT, mean pooling): random weights, meaningless vectors",
     DEMO_EMBED_DECODER_MODEL_ID: "built-in demo decoder embedding model (Qwen3, last token, Matryoshka): random weights, meaningless vectors",
 }
+# What each built-in serves, known without loading it: a request of the other kind is refused at once.
+_BUILT_IN_TASKS = {DEMO_EMBED_MODEL_ID: "embed", DEMO_EMBED_DECODER_MODEL_ID: "embed"}
 # A 404 for a model names this many of the models there are.
 _LISTED_IN_404 = 8
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -284,7 +286,7 @@ class ModelCatalog:
             cpus_for_cpu_backend_only=cpu_backend_only,
             blas_library=config.worker_blas.library(),
             image_max_pixels=config.image_max_pixels,
-            task=settings.task if settings is not None else "auto",
+            task=settings.task if settings is not None else _task_of(entry),
             embedding=EmbeddingSettings(
                 pooling=settings.pooling if settings is not None else None,
                 normalize=settings.normalize if settings is not None else None,
@@ -303,6 +305,11 @@ def _group(settings: ModelSettings | None) -> GroupConfig | None:
     return GroupConfig(
         hosts=settings.hosts, parallel=settings.parallel, backend=settings.backend, ports=(), control_port=0, rdma=settings.rdma
     )
+
+
+def _task_of(entry: ModelEntry) -> str:
+    """A built-in's task; "auto" for any other model without a config entry: its worker tells from its files."""
+    return _BUILT_IN_TASKS.get(entry.source, "generate") if entry.source in _BUILT_IN else "auto"
 
 
 def idle_timeout(config: Config, entry: ModelEntry) -> float:

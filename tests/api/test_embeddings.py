@@ -170,7 +170,7 @@ async def test_each_malformed_field_is_a_400_naming_it(client, admin, body, para
 
 
 @bounded(120)
-async def test_refusals_by_the_model_and_the_server_is_healthy_after(client, openapi):
+async def test_refusals_by_the_model_and_the_server_is_healthy_after(client, admin, openapi):
     too_long = _error(await client.post("/v1/embeddings", json={"model": ENCODER, "input": ["fine", "word " * 600]}))
     assert (too_long["code"], too_long["param"]) == ("context_length_exceeded", "input[1]")
     assert str(ENCODER_MAX_TOKENS) in too_long["message"], too_long
@@ -178,6 +178,8 @@ async def test_refusals_by_the_model_and_the_server_is_healthy_after(client, ope
     assert outside["param"] == "input[0]", outside
     generative = _error(await client.post("/v1/embeddings", json={"model": "demo", "input": "x"}))
     assert (generative["param"], generative["code"]) == ("model", "model_not_embedding")
+    # A built-in's task is known: demo was refused without loading.
+    assert (await worker_entry(admin, "demo"))["loads"] == 0
     # An embedding model in each generating surface: a 400 in that surface's shape.
     chat = _error(await client.post("/v1/chat/completions", json={"model": ENCODER, "messages": [{"role": "user", "content": "hi"}]}))
     assert (chat["param"], chat["code"]) == ("model", "model_not_generative")

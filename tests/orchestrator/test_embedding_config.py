@@ -28,13 +28,14 @@ def test_the_keys_reach_the_worker_config(tmp_path):
     assert worker.embedding == p.EmbeddingSettings(pooling="cls", normalize=False, matryoshka=True, batch_tokens=1024)
 
 
-def test_without_them_the_model_and_its_files_decide(tmp_path):
+def test_without_them_the_model_and_its_files_decide_but_a_built_in_s_is_known(tmp_path):
     catalog = ModelCatalog(_config(tmp_path, ""))
     worker = catalog.worker_config(catalog.resolve("emb"))
     assert worker.task == "auto"
     assert worker.embedding == p.EmbeddingSettings(pooling=None, normalize=None, matryoshka=False, batch_tokens=1024)
-    # The demo models as well: each decides for itself.
-    assert catalog.worker_config(catalog.resolve("demo")).task == "auto"
+    # The built-ins' are known: a request of the other kind is refused without loading them.
+    tasks = {model: catalog.worker_config(catalog.resolve(model)).task for model in ("demo", "demo-vision", "demo-embed", "demo-embed-decoder")}
+    assert tasks == {"demo": "generate", "demo-vision": "generate", "demo-embed": "embed", "demo-embed-decoder": "embed"}
 
 
 @pytest.mark.parametrize(

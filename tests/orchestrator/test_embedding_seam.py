@@ -14,6 +14,7 @@ import trio.testing
 
 from mlxtrio import ErrorKind, ServerError, ServerHandle
 from mlxtrio import _protocol as p
+from mlxtrio._model_settings import ModelSettings
 from mlxtrio.orchestrator import _process
 
 from ..helpers import bounded
@@ -23,20 +24,25 @@ FAKE_EMBEDDER = str(Path(__file__).with_name("fake_embedder.py"))
 
 
 @pytest.fixture
-def server_settings() -> dict:
+def server_settings(tmp_path: Path) -> dict:
+    # A model of the config file whose task its worker tells ("auto"), served by the fake.
+    (tmp_path / "fake-model").mkdir()
     # One decoding, none waiting: the second request in flight is over capacity. A request timeout a test waits out.
-    return {"decode_concurrency": 1, "max_queue": 0, "request_timeout": 1.0}
+    return {
+        "decode_concurrency": 1, "max_queue": 0, "request_timeout": 1.0,
+        "models": (ModelSettings(name="fake", path=str(tmp_path / "fake-model")),),
+    }
 
 
 @pytest.fixture
 def embedder(server: ServerHandle, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
-    """Every model's worker is the fake embedder; the served model "demo"."""
+    """Every model's worker is the fake embedder; the served model "fake"."""
     monkeypatch.setattr(
         _process, "worker_command", lambda config, spec: [sys.executable, FAKE_EMBEDDER, msgspec.json.encode(config).decode(), spec]
     )
 
     async def served():  # noqa: ANN202
-        return await server.state.supervisor.served_model("demo")
+        return await server.state.supervisor.served_model("fake")
 
     return served
 
@@ -104,7 +110,7 @@ async def test_the_queue_bounds_embeddings_and_a_cancelled_one_is_dropped_in_the
 @bounded(60)
 async def test_the_request_timeout_applies_over_http_and_the_worker_drops_the_request(embedder, client):
     served = await embedder()
-    response = await client.post("/v1/embeddings", json={"model": "demo", "input": ["wait"]})
+    response = await client.post("/v1/embeddings", json={"model": "fake", "input": ["wait"]})
     assert response.status_code == 504 and response.json()["error"]["code"] == "timeout", response.text
     _, pong = await served.ping()
     assert pong.active_sequences == 0
