@@ -203,3 +203,15 @@ async def test_embeddings_count_in_the_metrics_and_the_request_log(client, admin
         line.startswith("mlxtrio_requests_total") and 'endpoint="/v1/embeddings"' in line and f'model="{ENCODER}"' in line and 'status="200"' in line
         for line in metrics.splitlines()
     )
+
+
+@bounded(120)
+async def test_a_large_answer_is_whole_in_both_encodings(client):
+    # 1100 vectors of demo-embed's 64 floats: over the size the server writes in its event loop.
+    texts = [f"input {index}" for index in range(1100)]
+    floats = (await _embed(client, ENCODER, texts))["data"]
+    packed = (await _embed(client, ENCODER, texts, encoding_format="base64"))["data"]
+    assert [row["index"] for row in floats] == list(range(1100)) == [row["index"] for row in packed]
+    raw = base64.b64decode(packed[1099]["embedding"])
+    assert list(struct.unpack(f"<{len(raw) // 4}f", raw)) == pytest.approx(floats[1099]["embedding"], abs=1e-6)
+    assert floats[1099]["embedding"] != pytest.approx(floats[0]["embedding"], abs=1e-3)

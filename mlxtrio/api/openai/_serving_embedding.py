@@ -32,6 +32,8 @@ MAX_EMBEDDING_INPUTS = 2048
 MAX_EMBEDDING_TOKEN_IDS = 300_000
 _ENCODINGS = ("float", "base64")
 _json = msgspec.json.Encoder()
+# Vectors up to this many bytes are written in the event loop (a fraction of a millisecond); larger, in a thread.
+_INLINE_BYTES = 256 * 1024
 
 
 def _input_error(message: str, param: str = "input") -> ServerError:
@@ -133,9 +135,11 @@ async def embeddings(state: ServerState, body: bytes) -> Response:
         raise timed_out(timeout)
     tokens = sum(embedded.token_counts)
     current_record().on_embedded(tokens)
+    answer = (embedded, len(inputs), asked.encoding_format, asked.model, tokens)
+    if len(embedded.vectors) <= _INLINE_BYTES:
+        return Response(_answer(*answer), content_type="application/json")
     # Millions of floats for a large request: written off the event loop, which serves every other request meanwhile.
-    body = await trio.to_thread.run_sync(_answer, embedded, len(inputs), asked.encoding_format, asked.model, tokens)
-    return Response(body, content_type="application/json")
+    return Response(await trio.to_thread.run_sync(_answer, *answer), content_type="application/json")
 
 
 def _answer(embedded: p.Embedded, count: int, encoding: str, model: str, tokens: int) -> bytes:
