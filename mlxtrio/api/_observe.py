@@ -72,6 +72,9 @@ class RequestRecord:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     first_token_at: float | None = None
+    # Seconds this request waited for its model to load (0: it was loaded), and when it was ready for it.
+    load_seconds: float = 0.0
+    ready_at: float | None = None
     _completion_tokens: dict[int, int] = attrs.Factory(dict)
     _last_token_at: dict[int, float] = attrs.Factory(dict)
     # This request's inter-token histogram, looked up once (on_delta runs per token).
@@ -104,6 +107,11 @@ class RequestRecord:
         for _ in range(new_tokens - 1):
             histogram.observe(0.0)
         self._last_token_at[choice] = now
+
+    def model_ready(self, waited_since: float) -> None:
+        """The request's model is loaded: it waited for that since ``waited_since`` (``time.perf_counter``)."""
+        self.ready_at = time.perf_counter()
+        self.load_seconds += self.ready_at - waited_since
 
     def name_model(self, model: str) -> None:
         """The model the request named, as its log line shows it (a label takes only ``model``, once resolved)."""
