@@ -205,3 +205,11 @@ def test_the_other_encoders_mlx_embeddings_has_embed_padded_batches_as_it_does(c
         np.testing.assert_allclose(embedder.model.embed([row])[0], vector, atol=1e-5)
         theirs = model(mx.array([row]), attention_mask=mx.ones((1, len(row)))).text_embeds
         np.testing.assert_allclose(vector, np.array(theirs[0]), atol=1e-5)
+
+
+def test_a_vision_model_told_to_embed_does_not_load(cache_dir):
+    from mlxtrio.worker._vision._demo import ensure_demo_vision_model
+
+    config = msgspec.structs.replace(worker_config(cache_dir, "demo-vision"), task="embed")
+    with pytest.raises(LoadError, match="vision model"):
+        load_embedder(config, ensure_demo_vision_model(cache_dir))
