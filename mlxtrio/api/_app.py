@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from quart import Response
 
-from . import anthropic, openai, responses
+from . import anthropic, ollama, openai, responses
 from ._asgi import App
 from ._auth import require_bearer_token
 from ._common import ServerState, install_error_handlers, json_response
@@ -22,7 +22,7 @@ from ._surface import Surface, error_body_by_path
 
 __all__ = ["SURFACES", "create_api_app"]
 
-SURFACES: tuple[Surface, ...] = (openai.SURFACE, anthropic.SURFACE, responses.SURFACE)
+SURFACES: tuple[Surface, ...] = (openai.SURFACE, anthropic.SURFACE, responses.SURFACE, ollama.SURFACE)
 
 def create_api_app(state: ServerState) -> App:
     app = App("mlxtrio.api.main", in_flight=state.in_flight)

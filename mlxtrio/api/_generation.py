@@ -12,6 +12,7 @@ record.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
@@ -146,11 +147,15 @@ def install_intake(app: QuartTrio, intake: Intake, paths: Collection[str]) -> No
             arrival.leave()  # nothing if its Generate went out
 
 
-async def respond(state: ServerState, generation_request: GenerationRequest, answer: Answer) -> Response:
-    """The response to a generation request: ``answer``'s stream, or its whole response as JSON."""
+# A stream's content type unless its surface names another (Ollama's streams are NDJSON).
+SSE = "text/event-stream; charset=utf-8"
+
+
+async def respond(state: ServerState, generation_request: GenerationRequest, answer: Answer, *, content_type: str = SSE) -> Response:
+    """The response to a generation request: ``answer``'s stream (of ``content_type``), or its whole response as JSON."""
     generation = await Generation.start(state, generation_request)
     if generation_request.stream:
-        return await generation.stream(answer)
+        return await generation.stream(answer, content_type=content_type)
     return json_response(answer.response(await generation.collect()))
 
 
@@ -177,11 +182,18 @@ def timed_out(timeout: float) -> ServerError:
 
 
 async def _ensure_ready_by(served: ServedModel, deadline: float, timeout: float) -> None:
-    """The model loaded (if it was not) by ``deadline``, the request's; a 504 past it."""
+    """The model loaded (if it was not) by ``deadline``, the request's; a 504 past it. The request's record
+    keeps how long it waited (Ollama's load_duration)."""
+    waited_since = time.perf_counter()
     with trio.move_on_at(deadline) as scope:
         await served.ensure_ready()
     if scope.cancelled_caught:
+<<<<<<< HEAD
         raise timed_out(timeout)
+=======
+        raise _timed_out(timeout)
+    current_record().model_ready(waited_since)
+>>>>>>> r-embw
 
 
 @attrs.define(eq=False)
@@ -252,6 +264,9 @@ class Generation:
         calls: list[list[p.ToolCall]] = [[] for _ in range(choices)]
         lasts: list[p.Delta | None] = [None] * choices
         with trio.move_on_after(self.timeout) as scope:
+            # Loaded first, as a stream is: the wait is the request's load time, apart from its generation.
+            self.served.check_capacity(choices)
+            await _ensure_ready_by(self.served, trio.current_time() + self.timeout, self.timeout)
             async with self._generate() as events:
                 async for delta in events:
                     index = events.choice(delta)
@@ -271,7 +286,9 @@ class Generation:
             ["".join(part) for part in reasonings],
         )
 
-    async def stream(self, answer: Answer, *, before_closing: Callable[[], Awaitable[None]] | None = None) -> Response:
+    async def stream(
+        self, answer: Answer, *, before_closing: Callable[[], Awaitable[None]] | None = None, content_type: str = SSE
+    ) -> Response:
         """A streaming response: ``answer``'s events; the error as its last event if it fails after the 200.
 
         ``before_closing`` is awaited once the answer is whole, after its ``closing`` is made and before it
@@ -311,7 +328,7 @@ class Generation:
         # From here the body (or, without one, the request's end) finishes the record, with the stream's outcome.
         record.streaming = True
         response = Response(
-            self._body(held, answer, record, deadline, prompt_tokens, before_closing), status=200, content_type="text/event-stream; charset=utf-8"
+            self._body(held, answer, record, deadline, prompt_tokens, before_closing), status=200, content_type=content_type
         )
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"

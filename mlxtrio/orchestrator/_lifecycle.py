@@ -223,15 +223,24 @@ class ModelLifecycle:
         if self.state is not ModelState.READY:
             return Wait(float("inf"))
         if self.active == 0:
-            idle_timeout = self.idle_timeout if self.keep_alive is None else self.keep_alive
-            deadline = float("inf") if idle_timeout < 0 else self.last_used + idle_timeout
-            return Stop(f"idle for {idle_timeout:g} s") if now >= deadline else Wait(deadline)
+            deadline = self.unload_deadline(now=now)
+            return Stop(f"idle for {self._idle_limit:g} s") if now >= deadline else Wait(deadline)
         deadline = self.last_progress + self.hang_timeout
         if now >= deadline:
             return Kill(
                 "hang", f"the model worker made no progress for {self.hang_timeout:g} s and was killed; it will be restarted"
             )
         return Wait(deadline)
+
+    @property
+    def _idle_limit(self) -> float:
+        """Seconds idle before unloading: the latest request's keep_alive, else the idle timeout (negative: never)."""
+        return self.idle_timeout if self.keep_alive is None else self.keep_alive
+
+    def unload_deadline(self, *, now: float) -> float:
+        """When (trio's clock) the model unloads if no request comes: a busy one's idle time counts from ``now``."""
+        limit = self._idle_limit
+        return float("inf") if limit < 0 else (self.last_used if self.active == 0 else now) + limit
 
     def begin_stop(self, reason: str) -> None:
         self.stop_reason = reason

@@ -276,12 +276,25 @@ class ServedModel:
                             for request_id in events.unfinished():
                                 await run.process.send(p.Cancel(request_id))
 
+<<<<<<< HEAD
     @staticmethod
     async def _send(run: _Run, message: p.ToWorker) -> None:
         try:
             await run.process.send(message)
         except IPCError as exc:
             raise ServerError(ErrorKind.UNAVAILABLE, f"the model worker is unavailable: {exc}", code="worker_unavailable") from exc
+=======
+    def hold(self, keep_alive: float | None) -> None:
+        """Ollama's keep_alive without a generation (a request that only loads the model): it replaces the model's from now."""
+        self._lifecycle.keep_alive = keep_alive
+        self._lifecycle.last_used = trio.current_time()
+        self._changed.set()
+
+    def expires_at(self) -> float | None:
+        """The wall-clock time the model unloads if no request comes (None: never)."""
+        deadline = self._lifecycle.unload_deadline(now=trio.current_time())
+        return None if deadline == math.inf else deadline + self._wall_offset
+>>>>>>> r-embw
 
     async def ping(self) -> tuple[float, p.Pong]:
         """Round trip through the worker: (seconds, its answer). Raises ServerError if not loaded."""

@@ -39,6 +39,20 @@ def test_a_loaded_model_is_stopped_once_idle_for_its_timeout_or_keep_alive():
     assert lifecycle.decide(now=131.0) == Wait(132.0)
 
 
+def test_the_unload_deadline_is_what_the_idle_stop_waits_for_and_a_busy_models_counts_from_now():
+    """What Ollama's /api/ps shows as expires_at."""
+    lifecycle = _lifecycle()
+    _ready(lifecycle, at=100.0)
+    assert lifecycle.unload_deadline(now=105.0) == 110.0 and lifecycle.decide(now=105.0) == Wait(110.0)
+    lifecycle.began(1, now=106.0)
+    assert lifecycle.unload_deadline(now=107.0) == 117.0
+    lifecycle.ended(1, now=108.0)
+    lifecycle.keep_alive = 60
+    assert lifecycle.unload_deadline(now=109.0) == 168.0
+    lifecycle.keep_alive = -1
+    assert lifecycle.unload_deadline(now=109.0) == float("inf")
+
+
 def test_a_worker_with_work_and_no_progress_is_killed_for_hanging():
     lifecycle = _lifecycle()
     _ready(lifecycle, at=0.0)

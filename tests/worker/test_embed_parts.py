@@ -162,3 +162,54 @@ def test_a_model_that_neither_library_runs_does_not_load(cache_dir, demo_embed, 
     _write(model_dir / "config.json", dict(config, model_type="nomic_bert"))
     with pytest.raises(LoadError, match="'nomic_bert' is not one that mlx-lm .* implements, nor one of the encoders"):
         _embedder(cache_dir, model_dir)
+
+
+def _tiny_encoder(demo_embed: Path, target: Path, model_type: str) -> Path:
+    """A tiny random ``model_type`` encoder (mlx-embeddings' class) with demo-embed's tokenizer and sentence-transformers files."""
+    import importlib
+
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    shutil.copytree(demo_embed, target)
+    (target / "model.safetensors").unlink()
+    config = json.loads((target / "config.json").read_text())
+    config = {
+        key: config[key] for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+    }
+    # XLM-RoBERTa numbers positions after its padding id: the tokenizer's.
+    # As real checkpoints spell it: "xlm-roberta".
+    config.update(model_type=model_type.replace("_", "-"), max_position_embeddings=514, pad_token_id=0, architectures=["XLMRobertaModel"])
+    if model_type == "modernbert":
+        config.update(max_position_embeddings=512, architectures=["ModernBertModel"])
+    module = importlib.import_module(f"mlx_embeddings.models.{model_type}")
+    mx.random.seed(3)
+    model = module.Model(module.ModelArgs.from_dict(config))
+    mx.save_safetensors(str(target / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    _write(target / "config.json", config)
+    return target
+
+
+@pytest.mark.parametrize("model_type", ["xlm_roberta", "modernbert"])
+def test_the_other_encoders_mlx_embeddings_has_embed_padded_batches_as_it_does(cache_dir, demo_embed, tmp_path, model_type):
+    import mlx.core as mx
+    from mlx_embeddings.utils import load_model
+
+    model_dir = _tiny_encoder(demo_embed, tmp_path / model_type, model_type)
+    embedder = _embedder(cache_dir, model_dir)
+    assert (embedder.info.architecture, embedder.info.pooling, embedder.info.max_tokens) == ("encoder", "mean", 512)
+    rows = embedder.inputs.of(p.Embed(1, TEXTS))
+    batch = embedder.model.embed(rows)
+    model = load_model(model_dir, path_to_repo=str(model_dir))
+    for row, vector in zip(rows, batch):
+        np.testing.assert_allclose(embedder.model.embed([row])[0], vector, atol=1e-5)
+        theirs = model(mx.array([row]), attention_mask=mx.ones((1, len(row)))).text_embeds
+        np.testing.assert_allclose(vector, np.array(theirs[0]), atol=1e-5)
+
+
+def test_a_vision_model_told_to_embed_does_not_load(cache_dir):
+    from mlxtrio.worker._vision._demo import ensure_demo_vision_model
+
+    config = msgspec.structs.replace(worker_config(cache_dir, "demo-vision"), task="embed")
+    with pytest.raises(LoadError, match="vision model"):
+        load_embedder(config, ensure_demo_vision_model(cache_dir))

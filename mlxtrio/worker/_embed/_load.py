@@ -8,6 +8,7 @@ from pathlib import Path
 import attrs
 
 from ... import _protocol as p
+from ..._models import takes_images
 from .._model_source import LoadError
 from ._files import embedding_plan
 from ._inputs import InputTokens
@@ -33,7 +34,7 @@ def load_embedder(config: p.WorkerConfig, path: Path) -> Embedder:
     """The embedding model in ``path`` with ``config``'s settings; ``LoadError`` for one that cannot embed."""
     from .._mlx_lm import load_tokenizer
 
-    if (path / "config.json").is_file() and isinstance(json.loads((path / "config.json").read_bytes()).get("vision_config"), dict):
+    if takes_images(path):
         raise LoadError("it is a vision model; mlxtrio embeds with text models only")
     plan = embedding_plan(path, config.embedding)
     try:
