@@ -188,12 +188,8 @@ async def _ensure_ready_by(served: ServedModel, deadline: float, timeout: float)
     with trio.move_on_at(deadline) as scope:
         await served.ensure_ready()
     if scope.cancelled_caught:
-<<<<<<< HEAD
         raise timed_out(timeout)
-=======
-        raise _timed_out(timeout)
     current_record().model_ready(waited_since)
->>>>>>> r-embw
 
 
 @attrs.define(eq=False)

@@ -72,14 +72,11 @@ class RequestRecord:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     first_token_at: float | None = None
-<<<<<<< HEAD
     # An embedding request's inputs were embedded: its prompt tokens count as served.
     embedded: bool = False
-=======
     # Seconds this request waited for its model to load (0: it was loaded), and when it was ready for it.
     load_seconds: float = 0.0
     ready_at: float | None = None
->>>>>>> r-embw
     _completion_tokens: dict[int, int] = attrs.Factory(dict)
     _last_token_at: dict[int, float] = attrs.Factory(dict)
     # This request's inter-token histogram, looked up once (on_delta runs per token).
@@ -113,16 +110,14 @@ class RequestRecord:
             histogram.observe(0.0)
         self._last_token_at[choice] = now
 
-<<<<<<< HEAD
     def on_embedded(self, prompt_tokens: int) -> None:
         self.prompt_tokens = prompt_tokens
         self.embedded = True
-=======
+
     def model_ready(self, waited_since: float) -> None:
         """The request's model is loaded: it waited for that since ``waited_since`` (``time.perf_counter``)."""
         self.ready_at = time.perf_counter()
         self.load_seconds += self.ready_at - waited_since
->>>>>>> r-embw
 
     def name_model(self, model: str) -> None:
         """The model the request named, as its log line shows it (a label takes only ``model``, once resolved)."""

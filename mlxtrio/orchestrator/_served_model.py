@@ -218,25 +218,11 @@ class ServedModel:
             # Requests still arriving that may be for this model: the worker may wait for them.
             expected = arrival.hand_over() if arrival is not None else 0
             # One Generate for all the choices: the prompt crosses once and is tokenized once.
-            await self._send(
-                run,
-                p.Generate(
-                    events.first_id,
-                    params,
-                    messages,
-                    prompt,
-                    tools,
-                    parse_tool_calls,
-                    max_tool_calls,
-                    expected,
-                    n,
-                    prompts,
-                    thinking=thinking,
-                    count_only=count_only,
-                    split_reasoning=split_reasoning,
-                    images=images,
-                ),
+            generate = p.Generate(
+                events.first_id, params, messages, prompt, tools, parse_tool_calls, max_tool_calls, expected, n, prompts,
+                thinking=thinking, count_only=count_only, split_reasoning=split_reasoning, images=images,
             )
+            await self._send(run, generate)
             yield events
 
     async def embed(
@@ -276,14 +262,13 @@ class ServedModel:
                             for request_id in events.unfinished():
                                 await run.process.send(p.Cancel(request_id))
 
-<<<<<<< HEAD
     @staticmethod
     async def _send(run: _Run, message: p.ToWorker) -> None:
         try:
             await run.process.send(message)
         except IPCError as exc:
             raise ServerError(ErrorKind.UNAVAILABLE, f"the model worker is unavailable: {exc}", code="worker_unavailable") from exc
-=======
+
     def hold(self, keep_alive: float | None) -> None:
         """Ollama's keep_alive without a generation (a request that only loads the model): it replaces the model's from now."""
         self._lifecycle.keep_alive = keep_alive
@@ -294,7 +279,6 @@ class ServedModel:
         """The wall-clock time the model unloads if no request comes (None: never)."""
         deadline = self._lifecycle.unload_deadline(now=trio.current_time())
         return None if deadline == math.inf else deadline + self._wall_offset
->>>>>>> r-embw
 
     async def ping(self) -> tuple[float, p.Pong]:
         """Round trip through the worker: (seconds, its answer). Raises ServerError if not loaded."""
