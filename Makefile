@@ -7,6 +7,8 @@ AGENTS ?= tests/e2e/agents
 # Vision, light: mlx-vlm without the dependencies serving does not use (README: "Vision models");
 # the same pin as pyproject.toml's vision extra (tests/e2e/test_doc_examples.py checks).
 MLX_VLM ?= mlx-vlm==0.7.10
+# Encoder embedding models: mlx-embeddings the same way (it needs mlx-vlm and what mlx-lm brings); pyproject.toml's embeddings extra's pin.
+MLX_EMBEDDINGS ?= mlx-embeddings==0.1.0
 # The browser tests/web drives (Playwright cannot download its own here): Debian's Chromium, installed where missing.
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -27,6 +29,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -m pip install --upgrade pip
 	$(VENV)/bin/python -m pip install -e '.[test,vision-light]'
 	$(VENV)/bin/python -m pip install --no-deps '$(MLX_VLM)'
+	$(VENV)/bin/python -m pip install --no-deps '$(MLX_EMBEDDINGS)'
 	touch $@
 
 agents: $(AGENTS)/node_modules/.installed

@@ -14,21 +14,15 @@ import ipaddress
 import os
 import re
 import tomllib
-import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
 
-from ._group_settings import checked_group, parse_group_port, parse_group_ssh, parse_hosts, parse_rdma
-from .tuning import (
-    WorkerAllocator,
-    WorkerBlas,
-    WorkerCpus,
-    parse_worker_allocator,
-    parse_worker_blas,
-    parse_worker_cpus,
-)
+from ._group_settings import parse_group_port, parse_group_ssh
+from ._model_settings import ModelSettings, model_settings
+from ._setting_parsers import field_parsers
+from .tuning import WorkerAllocator, WorkerBlas, WorkerCpus
 
 __all__ = ["Config", "ModelSettings", "RamTier", "ram_tier", "total_ram_bytes"]
 
@@ -73,10 +67,6 @@ def _default_hf_hub(env: Mapping[str, str]) -> Path:
         return Path(env["HF_HUB_CACHE"])
     home = env.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
     return Path(home) / "hub"
-
-
-def _flag(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
 def is_loopback(host: str) -> bool:
@@ -126,83 +116,6 @@ def _web_origins(value: object) -> tuple[str, ...]:
     return tuple(origins)
 
 
-def _path(value: object) -> Path:
-    return Path(str(value)).expanduser()
-
-
-def _boolean(value: object) -> bool:
-    return value if isinstance(value, bool) else _flag(str(value))
-
-
-def _number(convert: Callable[[str], object]) -> Callable[[object], object]:
-    def checked(value: object) -> object:
-        if isinstance(value, bool):  # TOML's true is no number
-            raise ValueError(f"expected a number, not {value!r}")
-        return convert(str(value))
-
-    return checked
-
-
-def _text(value: object) -> str:
-    # The environment gives strings; a config file's value may be anything TOML has.
-    if not isinstance(value, str):
-        raise TypeError(f"must be a string, not {type(value).__name__}")
-    return value
-
-
-def _tuning(kind: type, parse: Callable[[str], object]) -> Callable[[object], object]:
-    def parsed(value: object) -> object:
-        return value if isinstance(value, kind) else parse(str(value))
-
-    return parsed
-
-
-# How a value (a string, a TOML value, a flag's) becomes a setting of each type; a field's
-# metadata may name a parser of its own ("parse") and its environment variable ("variable").
-_PARSERS_BY_TYPE: dict[object, Callable[[object], object]] = {
-    str: _text,
-    int: _number(int),
-    float: _number(float),
-    bool: _boolean,
-    Path: _path,
-    WorkerCpus: _tuning(WorkerCpus, parse_worker_cpus),
-    WorkerAllocator: _tuning(WorkerAllocator, parse_worker_allocator),
-    WorkerBlas: _tuning(WorkerBlas, parse_worker_blas),
-}
-
-
-def _parsers(cls: type, names: typing.Iterable[str]) -> dict[str, Callable[[object], object]]:
-    """The parser of each of ``cls``'s fields ``names``: its own, else its type's (``X | None``: X's)."""
-    hints = typing.get_type_hints(cls)
-    fields = attrs.fields_dict(cls)
-    parsers = {}
-    for name in names:
-        types = [kind for kind in typing.get_args(hints[name]) or (hints[name],) if kind is not type(None)]
-        parsers[name] = fields[name].metadata.get("parse") or _PARSERS_BY_TYPE[types[0]]
-    return parsers
-
-
-_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
-
-
-@attrs.frozen(kw_only=True)
-class ModelSettings:
-    """A model the config file names: ``alias = "path or repo id"``, or a table with per-model settings."""
-
-    name: str
-    path: str
-    idle_timeout: float | None = None
-    decode_concurrency: int | None = None
-    # A Jinja chat template to use instead of the tokenizer's.
-    chat_template: str | None = None
-    # A worker group (_group_settings.py): its ranks' hosts, rank 0's first; its split, backend and remote interpreter.
-    hosts: tuple[str, ...] = attrs.field(default=(), metadata={"parse": parse_hosts})
-    parallel: str | None = None
-    backend: str | None = None
-    python: str | None = None
-    rdma: tuple[tuple[str | tuple[str, ...] | None, ...], ...] = attrs.field(default=(), metadata={"parse": parse_rdma})
-
-
 def _read_config_file(path: Path) -> tuple[dict[str, object], tuple[ModelSettings, ...]]:
     """The settings (parsed) and the models of a TOML config file; ValueError, naming the file, if it is wrong."""
     try:
@@ -224,27 +137,7 @@ def _read_config_file(path: Path) -> tuple[dict[str, object], tuple[ModelSetting
             raise ValueError(f"{path}: {key} = {value!r}: {exc}") from None
     if not isinstance(table, dict):
         raise ValueError(f"{path}: [models] must be a table of aliases")
-    return settings, tuple(_model_settings(path, name, entry) for name, entry in table.items())
-
-
-def _model_settings(path: Path, name: str, entry: object) -> ModelSettings:
-    """One entry of the config file's [models] table."""
-    if not _MODEL_ID.fullmatch(name) or name in ("demo", "demo-vision"):
-        raise ValueError(f"{path}: {name!r} cannot name a model")
-    if isinstance(entry, str):
-        entry = {"path": entry}
-    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-        raise ValueError(f"{path}: models.{name} needs a path (a directory or a Hugging Face repo id)")
-    unknown = sorted(set(entry) - set(_MODEL_PARSERS))
-    if unknown:
-        raise ValueError(f"{path}: models.{name}: unknown settings {', '.join(unknown)}")
-    try:
-        model = ModelSettings(name=name, **{key: _MODEL_PARSERS[key](value) for key, value in entry.items()})
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: models.{name}: {exc}") from None
-    if model.decode_concurrency is not None and model.decode_concurrency < 1:
-        raise ValueError(f"{path}: models.{name}: decode_concurrency must be at least 1")
-    return checked_group(model, where=f"{path}: models.{name}")
+    return settings, tuple(model_settings(path, name, entry) for name, entry in table.items())
 
 
 def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -441,11 +334,10 @@ class Config:
 
 # Fields that are no settings of their own: measured, read their own way (secrets), or the file's.
 _NOT_SETTINGS = {"ram_bytes", "ram_tier", "api_keys", "admin_token", "config_file", "models"}
-_SETTING_PARSERS = _parsers(Config, [field.name for field in attrs.fields(Config) if field.name not in _NOT_SETTINGS])
+_SETTING_PARSERS = field_parsers(Config, [field.name for field in attrs.fields(Config) if field.name not in _NOT_SETTINGS])
 # Each setting's environment variable: MLX_ and its name, unless its field names another (or None).
 _VARIABLES = {
     name: variable
     for name, field in attrs.fields_dict(Config).items()
     if name in _SETTING_PARSERS and (variable := field.metadata.get("variable", f"MLX_{name.upper()}")) is not None
 }
-_MODEL_PARSERS = _parsers(ModelSettings, [field.name for field in attrs.fields(ModelSettings) if field.name != "name"])

@@ -15,7 +15,7 @@ import typing
 import attrs
 
 if typing.TYPE_CHECKING:
-    from ._config import ModelSettings
+    from ._model_settings import ModelSettings
 
 __all__ = ["GROUP_PORT_SPAN", "checked_group", "is_local_address", "parse_group_port", "parse_group_ssh", "parse_hosts"]
 

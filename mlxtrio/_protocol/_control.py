@@ -46,7 +46,7 @@ class Ready(_Message, tag="ready"):
     load_seconds: float
     # Bytes of weights resident for this model, as MLX reports them.
     memory_bytes: int
-    # "batched" (continuous batching) or "sequential" (the fallback).
+    # "batched" (continuous batching) or "sequential" (the fallback); "embed" for an embedding model's passes.
     engine: str = "batched"
     # The model's tool-call format (mlx-lm's parser: "json_tools", ...); None: no tool calling.
     tool_format: str | None = None

@@ -32,7 +32,10 @@ from ._images import ImageSource, load_images
 from ._in_flight import InFlight
 from ._observe import CLIENT_CLOSED_REQUEST, RequestRecord, current_record
 
-__all__ = ["Answer", "Collected", "Generation", "GenerationRequest", "Usage", "count_prompt_tokens", "install_intake", "respond"]
+__all__ = [
+    "Answer", "Collected", "Generation", "GenerationRequest", "Usage", "count_prompt_tokens", "install_intake", "respond", "served_model",
+    "timed_out",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -163,7 +166,18 @@ async def count_prompt_tokens(state: ServerState, generation_request: Generation
     return (await generation.collect()).lasts[0].prompt_tokens
 
 
-def _timed_out(timeout: float) -> ServerError:
+async def served_model(state: ServerState, model: str) -> ServedModel:
+    """The model a request names (a 404 if unknown; a 503 while the server stops), and the request's record says which."""
+    if state.shutting_down:
+        raise ServerError(ErrorKind.UNAVAILABLE, "the server is shutting down", code="shutting_down")
+    record = current_record()
+    record.name_model(model)  # logged even if it resolves to nothing (a 404)
+    served = await state.supervisor.served_model(model)
+    record.model = model
+    return served
+
+
+def timed_out(timeout: float) -> ServerError:
     return ServerError(ErrorKind.TIMEOUT, f"the request did not finish within the request timeout ({timeout:g} s)", code="timeout")
 
 
@@ -174,7 +188,7 @@ async def _ensure_ready_by(served: ServedModel, deadline: float, timeout: float)
     with trio.move_on_at(deadline) as scope:
         await served.ensure_ready()
     if scope.cancelled_caught:
-        raise _timed_out(timeout)
+        raise timed_out(timeout)
     current_record().model_ready(waited_since)
 
 
@@ -196,12 +210,7 @@ class Generation:
     async def start(cls, state: ServerState, generation_request: GenerationRequest) -> Generation:
         """The request's model found (a 404 if unknown), its images loaded and checked (a 4xx naming the first bad one),
         and a model that can be forced to call a tool if it must."""
-        if state.shutting_down:
-            raise ServerError(ErrorKind.UNAVAILABLE, "the server is shutting down", code="shutting_down")
-        record = current_record()
-        record.name_model(generation_request.model)  # logged even if it resolves to nothing (a 404)
-        served = await state.supervisor.served_model(generation_request.model)
-        record.model = generation_request.model
+        served = await served_model(state, generation_request.model)
         arrival: Arrival | None = g.get("arrival")
         if arrival is not None:
             # Counted for this model's worker only from here (it may now wait for a load).
@@ -264,7 +273,7 @@ class Generation:
                     calls[index].extend(delta.tool_calls)
                     lasts[index] = delta
         if scope.cancelled_caught or any(last is None for last in lasts):
-            raise _timed_out(self.timeout)
+            raise timed_out(self.timeout)
         return Collected(
             ["".join(part) for part in parts],
             calls,
@@ -311,7 +320,7 @@ class Generation:
         with trio.move_on_at(deadline) as scope:
             prompt_tokens = await held.value.admitted()
         if scope.cancelled_caught:
-            raise _timed_out(self.timeout)
+            raise timed_out(self.timeout)
         # From here the body (or, without one, the request's end) finishes the record, with the stream's outcome.
         record.streaming = True
         response = Response(
@@ -358,7 +367,7 @@ class Generation:
                         continue
                     if scope.cancelled_caught:
                         # Leaving the block cancels the sequence in the worker.
-                        error = self.in_flight.error() if self.in_flight.is_cut else _timed_out(self.timeout)
+                        error = self.in_flight.error() if self.in_flight.is_cut else timed_out(self.timeout)
                         status = status_of(error)
                         yield waiting + answer.error(error)
                         return

@@ -72,6 +72,8 @@ class RequestRecord:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     first_token_at: float | None = None
+    # An embedding request's inputs were embedded: its prompt tokens count as served.
+    embedded: bool = False
     # Seconds this request waited for its model to load (0: it was loaded), and when it was ready for it.
     load_seconds: float = 0.0
     ready_at: float | None = None
@@ -108,6 +110,10 @@ class RequestRecord:
             histogram.observe(0.0)
         self._last_token_at[choice] = now
 
+    def on_embedded(self, prompt_tokens: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.embedded = True
+
     def model_ready(self, waited_since: float) -> None:
         """The request's model is loaded: it waited for that since ``waited_since`` (``time.perf_counter``)."""
         self.ready_at = time.perf_counter()
@@ -130,7 +136,7 @@ class RequestRecord:
         metrics.requests.labels(self.surface, self.endpoint, model, str(status)).inc()
         metrics.request_duration.labels(self.endpoint, model).observe(seconds)
         ttft = None if self.first_token_at is None else self.first_token_at - self.started
-        if model and self._completion_tokens:
+        if model and (self._completion_tokens or self.embedded):
             metrics.prompt_tokens.labels(model).inc(self.prompt_tokens)
             metrics.completion_tokens.labels(model).inc(self.completion_tokens)
             if self.cached_tokens:

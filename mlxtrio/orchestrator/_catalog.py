@@ -24,17 +24,23 @@ from .._group_support import group_refusal
 from .._models import model_directory_problem, takes_images, weights_size
 from .._protocol import EmbeddingSettings, GroupConfig, WorkerConfig
 
-__all__ = ["DEMO_MODEL_ID", "DEMO_VISION_MODEL_ID", "ModelCatalog", "ModelEntry"]
+__all__ = ["DEMO_EMBED_DECODER_MODEL_ID", "DEMO_EMBED_MODEL_ID", "DEMO_MODEL_ID", "DEMO_VISION_MODEL_ID", "ModelCatalog", "ModelEntry"]
 
 log = logging.getLogger("mlxtrio.orchestrator")
 
 DEMO_MODEL_ID = "demo"
 DEMO_VISION_MODEL_ID = "demo-vision"
+DEMO_EMBED_MODEL_ID = "demo-embed"
+DEMO_EMBED_DECODER_MODEL_ID = "demo-embed-decoder"
 # The built-in models, each its own source (the worker builds it into the cache directory), and what it is.
 _BUILT_IN = {
     DEMO_MODEL_ID: "built-in demo model: random weights, nonsense text",
     DEMO_VISION_MODEL_ID: "built-in demo vision model (LLaVA): random weights, nonsense text, reads images",
+    DEMO_EMBED_MODEL_ID: "built-in demo embedding model (BERT, mean pooling): random weights, meaningless vectors",
+    DEMO_EMBED_DECODER_MODEL_ID: "built-in demo decoder embedding model (Qwen3, last token, Matryoshka): random weights, meaningless vectors",
 }
+# What each built-in serves, known without loading it: a request of the other kind is refused at once.
+_BUILT_IN_TASKS = {DEMO_EMBED_MODEL_ID: "embed", DEMO_EMBED_DECODER_MODEL_ID: "embed"}
 # A 404 for a model names this many of the models there are.
 _LISTED_IN_404 = 8
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -43,7 +49,7 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._
 @attrs.frozen
 class ModelEntry:
     id: str
-    source: str  # "demo", "demo-vision", "local", "hub"
+    source: str  # "demo", "demo-vision", "demo-embed", "demo-embed-decoder", "local", "hub"
     location: str
     description: str
     # Per-model settings from the config file, for an alias.
@@ -280,8 +286,13 @@ class ModelCatalog:
             cpus_for_cpu_backend_only=cpu_backend_only,
             blas_library=config.worker_blas.library(),
             image_max_pixels=config.image_max_pixels,
-            task="auto",
-            embedding=EmbeddingSettings(pooling=None, normalize=None, matryoshka=False, batch_tokens=config.embed_batch_tokens),
+            task=settings.task if settings is not None else _task_of(entry),
+            embedding=EmbeddingSettings(
+                pooling=settings.pooling if settings is not None else None,
+                normalize=settings.normalize if settings is not None else None,
+                matryoshka=settings.matryoshka if settings is not None else False,
+                batch_tokens=config.embed_batch_tokens,
+            ),
             group=_group(settings),
         )
 
@@ -294,6 +305,11 @@ def _group(settings: ModelSettings | None) -> GroupConfig | None:
     return GroupConfig(
         hosts=settings.hosts, parallel=settings.parallel, backend=settings.backend, ports=(), control_port=0, rdma=settings.rdma
     )
+
+
+def _task_of(entry: ModelEntry) -> str:
+    """A built-in's task; "auto" for any other model without a config entry: its worker tells from its files."""
+    return _BUILT_IN_TASKS.get(entry.source, "generate") if entry.source in _BUILT_IN else "auto"
 
 
 def idle_timeout(config: Config, entry: ModelEntry) -> float:

@@ -23,7 +23,10 @@ from .._errors import ErrorKind, ServerError
 from ._events import Exited, ProcessEvent, Started, StartFailed
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from ..ipc import RouterStatistics, TrioChannelStatistics
+    from ._group import RankState
 
 __all__ = ["Kill", "ModelLifecycle", "ModelState", "ModelStatus", "RankStatus", "Stop", "Wait"]
 
@@ -126,6 +129,8 @@ class ModelLifecycle:
     hang_timeout: float
     # Trio's clock at the latest load or request's end, which idle time counts from (at first: now).
     last_used: float
+    # What the model serves as configured ("generate", "embed"; "auto": its worker tells, in its Ready).
+    task: str = "auto"
     state: ModelState = ModelState.UNLOADED
     # The current process: its pid, its Ready once loaded, and why we stop it (its exit is then no crash).
     pid: int | None = None
@@ -181,6 +186,17 @@ class ModelLifecycle:
                 code="queue_full",
                 retry_after=1.0,
             )
+
+    def check_task(self, task: str) -> None:
+        """Refuse a request of ``task`` ("generate", "embed") that the model does not serve, as its Ready or its config says."""
+        serves = self.ready.task if self.ready is not None else self.task
+        if serves in ("auto", task):
+            return
+        if task == "embed":
+            message, code = "does not make embeddings: it is a generative model", "model_not_embedding"
+        else:
+            message, code = "is an embedding model: it makes embeddings (POST /v1/embeddings), it does not generate", "model_not_generative"
+        raise ServerError(ErrorKind.INVALID_REQUEST, f"the model {self.model_id!r} {message}", code=code, param="model")
 
     def refusal(self, *, now: float) -> ServerError | None:
         """Why a load may not be tried now (the back-off after a failed one), or None."""
@@ -302,6 +318,18 @@ class ModelLifecycle:
         self.failure = ServerError(error.kind, error.message, code=error.code, retry_after=wait)
 
     # --- status -----------------------------------------------------------------------
+
+    def rank_statuses(self, ranks: Iterable[RankState]) -> tuple[RankStatus, ...]:
+        """A group's ranks: their processes, and what each reported once loaded."""
+        loaded = {info.rank: info for info in self.ready.ranks} if self.ready is not None else {}
+        return tuple(
+            RankStatus(
+                rank=rank.rank, host=rank.host, pid=rank.pid, state="running" if rank.running else "exited",
+                memory_bytes=loaded[rank.rank].memory_bytes if rank.rank in loaded else None,
+                shard=loaded[rank.rank].shard if rank.rank in loaded else None,
+            )
+            for rank in ranks
+        )
 
     def statistics(self, *, now: float, wall_offset: float) -> ModelStatus:
         """The status at trio's ``now``; a time on trio's clock plus ``wall_offset`` is its wall-clock time.

@@ -8,8 +8,9 @@ request wants the model, feeds its events to the state machine and its
 messages to the requests, stops it when the state machine says so, and
 turns its death into an error on every open request at once.
 
-HTTP handlers see only ``generate()``: an async context manager yielding the
-request's events; leaving it early tells the worker to drop the sequence.
+HTTP handlers see ``generate()``, an async context manager yielding the
+request's events (leaving it early tells the worker to drop the sequence),
+and ``embed()``, an embedding request's vectors.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ._catalog import ModelEntry, idle_timeout
 from ._events import ProcessEvent, Started, StartFailed
 from ._group import WorkerGroup, runs_here
 from ._intake import Arrival
-from ._lifecycle import Kill, ModelLifecycle, ModelState, ModelStatus, RankStatus, Stop
+from ._lifecycle import Kill, ModelLifecycle, ModelState, ModelStatus, Stop
 from ._process import WorkerProcess
 from ._streams import PING_TIMEOUT, Events, RequestStreams
 
@@ -102,6 +103,7 @@ class ServedModel:
             max_queue=config.max_queue,
             hang_timeout=config.hang_timeout,
             last_used=trio.current_time(),
+            task=worker_config.task,
         )
         self._run: _Run | None = None
         self._attempt: _Attempt | None = None
@@ -212,44 +214,46 @@ class ServedModel:
         ``arrival``: the request's place in the server's intake, handed over as
         its Generate goes out (its ``followers``: see _intake.py).
         """
+        async with self._request("generate", n, keep_alive) as (run, events):
+            # Requests still arriving that may be for this model: the worker may wait for them.
+            expected = arrival.hand_over() if arrival is not None else 0
+            # One Generate for all the choices: the prompt crosses once and is tokenized once.
+            generate = p.Generate(
+                events.first_id, params, messages, prompt, tools, parse_tool_calls, max_tool_calls, expected, n, prompts,
+                thinking=thinking, count_only=count_only, split_reasoning=split_reasoning, images=images,
+            )
+            await self._send(run, generate)
+            yield events
+
+    async def embed(
+        self, inputs: tuple[str | tuple[int, ...], ...], *, dimensions: int | None = None, truncate: bool = False,
+        param: str = "input", keep_alive: float | None = None,
+    ) -> p.Embedded:
+        """Every input's vector (one request in the model's queue, however many inputs); ServerError if the worker
+        refuses them. Cancelled, the worker drops what is left. ``param``: the inputs' field, for errors."""
+        async with self._request("embed", 1, keep_alive) as (run, events):
+            await self._send(run, p.Embed(events.first_id, inputs, dimensions, truncate, param))
+            return await events.embedded()
+
+    @contextlib.asynccontextmanager
+    async def _request(self, task: str, sequences: int, keep_alive: float | None) -> AsyncIterator[tuple[_Run, Events]]:
+        """A request of ``sequences`` in the queue of the loaded model; on the way out, the worker drops what is unfinished."""
         lifecycle = self._lifecycle
+        lifecycle.check_task(task)  # as configured
         lifecycle.keep_alive = keep_alive
-        lifecycle.check_capacity(n)
+        lifecycle.check_capacity(sequences)
         await self.ensure_ready()
-        lifecycle.check_capacity(n)  # again: others may have come in while it loaded
+        lifecycle.check_task(task)  # as the worker found it
+        lifecycle.check_capacity(sequences)  # again: others may have come in while it loaded
         run = self._run
         assert run is not None
-        with run.streams.open(n) as events:
-            lifecycle.began(n, now=trio.current_time())
+        with run.streams.open(sequences) as events:
+            lifecycle.began(sequences, now=trio.current_time())
             self._changed.set()
             try:
-                try:
-                    # Requests still arriving that may be for this model: the worker may wait for them.
-                    expected = arrival.hand_over() if arrival is not None else 0
-                    # One Generate for all the choices: the prompt crosses once and is tokenized once.
-                    await run.process.send(
-                        p.Generate(
-                            events.first_id,
-                            params,
-                            messages,
-                            prompt,
-                            tools,
-                            parse_tool_calls,
-                            max_tool_calls,
-                            expected,
-                            n,
-                            prompts,
-                            thinking=thinking,
-                            count_only=count_only,
-                            split_reasoning=split_reasoning,
-                            images=images,
-                        )
-                    )
-                except IPCError as exc:
-                    raise ServerError(ErrorKind.UNAVAILABLE, f"the model worker is unavailable: {exc}", code="worker_unavailable") from exc
-                yield events
+                yield run, events
             finally:
-                lifecycle.ended(n, now=trio.current_time())
+                lifecycle.ended(sequences, now=trio.current_time())
                 self._changed.set()
                 if not events.finished:
                     # The client left, timed out, or one choice failed: free the worker's slots now.
@@ -257,6 +261,13 @@ class ServedModel:
                         with contextlib.suppress(IPCError):
                             for request_id in events.unfinished():
                                 await run.process.send(p.Cancel(request_id))
+
+    @staticmethod
+    async def _send(run: _Run, message: p.ToWorker) -> None:
+        try:
+            await run.process.send(message)
+        except IPCError as exc:
+            raise ServerError(ErrorKind.UNAVAILABLE, f"the model worker is unavailable: {exc}", code="worker_unavailable") from exc
 
     def hold(self, keep_alive: float | None) -> None:
         """Ollama's keep_alive without a generation (a request that only loads the model): it replaces the model's from now."""
@@ -304,22 +315,8 @@ class ServedModel:
         run = self._run
         if run is None:
             return status
-        return attrs.evolve(status, channel=run.process.statistics(), routes=run.streams.statistics(), ranks=self._ranks(run))
-
-    def _ranks(self, run: _Run) -> tuple[RankStatus, ...]:
-        """A group's ranks: their processes, and what each reported once loaded."""
-        if not isinstance(run.process, WorkerGroup):
-            return ()
-        ready = self._lifecycle.ready
-        loaded = {info.rank: info for info in ready.ranks} if ready is not None else {}
-        return tuple(
-            RankStatus(
-                rank=rank.rank, host=rank.host, pid=rank.pid, state="running" if rank.running else "exited",
-                memory_bytes=loaded[rank.rank].memory_bytes if rank.rank in loaded else None,
-                shard=loaded[rank.rank].shard if rank.rank in loaded else None,
-            )
-            for rank in run.process.ranks()
-        )
+        ranks = self._lifecycle.rank_statuses(run.process.ranks() if isinstance(run.process, WorkerGroup) else ())
+        return attrs.evolve(status, channel=run.process.statistics(), routes=run.streams.statistics(), ranks=ranks)
 
     # --- the worker's life ------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The requests open on one worker process: each one's Deltas, its failure, and the answers to pings.
+"""The requests open on one worker process: each one's Deltas (or vectors), its failure, and the answers to pings.
 
 A request's ``n`` choices are ``n`` sequences with consecutive ids, read
 through one ``Events``. The worker's messages reach them through a
@@ -80,15 +80,21 @@ class Events:
             raise AssertionError(f"a request's first message was not its admission: {message!r}")
         return message.prompt_tokens
 
+    async def embedded(self) -> p.Embedded:
+        """An embedding request's vectors; raises ServerError if the worker refuses it or dies."""
+        while not isinstance(message := await self._receive(), p.Embedded):
+            pass  # an admission, should the worker tell of one
+        return message
+
     async def __anext__(self) -> p.Delta:
         while True:
             if self.finished:
                 raise StopAsyncIteration
             message = await self._receive()
-            if not isinstance(message, _Admission):
+            if isinstance(message, p.Delta):
                 return message
 
-    async def _receive(self) -> p.Delta | _Admission:
+    async def _receive(self) -> p.Delta | p.Embedded | _Admission:
         try:
             message = await self._route.receive()
         except trio.EndOfChannel:
@@ -103,6 +109,8 @@ class Events:
             raise ServerError(
                 message.kind, message.message, code=message.code or _FAILURE_CODES.get(message.kind), param=message.param
             )
+        if isinstance(message, p.Embedded):
+            self._unfinished.discard(message.request_id)
         if isinstance(message, p.Delta) and message.finish_reason is not None:
             self._unfinished.discard(message.request_id)
             if message.error is not None:
@@ -116,7 +124,7 @@ class _Ping:
     answer: p.Pong | None = None
 
 
-def _request_id(message: p.Delta | p.RequestFailed | _Admission) -> int:
+def _request_id(message: p.Delta | p.Embedded | p.RequestFailed | _Admission) -> int:
     return message.request_id
 
 
@@ -124,7 +132,7 @@ class RequestStreams:
     """The open requests and pings of one worker process, fed by its messages."""
 
     def __init__(self) -> None:
-        self._router: MessageRouter[p.Delta | p.RequestFailed | _Admission] = MessageRouter(key=_request_id)
+        self._router: MessageRouter[p.Delta | p.Embedded | p.RequestFailed | _Admission] = MessageRouter(key=_request_id)
         self._next_id = 1
         self._nonces = itertools.count(1)
         self._pings: dict[int, _Ping] = {}
@@ -148,7 +156,7 @@ class RequestStreams:
         elif isinstance(message, p.Admitted):
             for request_id, prompt_tokens in zip(message.request_ids, message.prompt_tokens, strict=True):
                 self._router.route(_Admission(request_id, prompt_tokens))
-        elif isinstance(message, p.RequestFailed):
+        elif isinstance(message, p.RequestFailed | p.Embedded):
             self._router.route(message)
         elif isinstance(message, p.Pong):
             ping = self._pings.get(message.nonce)

@@ -10,7 +10,8 @@ points
     ``step``   before each generation step (the batched engine's step, or one
                sequence's token on the sequential engine);
     ``send``   before each message to the orchestrator;
-    ``settle`` before the caches of sequences that finished are computed.
+    ``settle`` before the caches of sequences that finished are computed;
+    ``embed``  before each forward pass of an embedding model.
 actions
     ``error``  raise a RuntimeError;
     ``oom``    raise MLX's own out-of-memory error (its exact message);
@@ -32,7 +33,7 @@ from collections import Counter
 __all__ = ["FailpointError", "failpoint", "parse"]
 
 ENVIRONMENT_VARIABLE = "MLXTRIO_FAILPOINTS"
-_POINTS = {"load", "step", "send", "settle"}
+_POINTS = {"load", "step", "send", "settle", "embed"}
 _ACTIONS = {"error", "oom", "hang", "crash", "corrupt"}
 # mlx/allocator.cpp: what MLX raises when an allocation fails.
 OOM_MESSAGE = "[malloc] Unable to allocate 1099511627776 bytes."

@@ -93,16 +93,18 @@ def _pin(config: p.WorkerConfig) -> tuple[int, ...]:
     return cpus
 
 
-def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context length, memory, vision)
+def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model or Embedder, tokenizer, context length, memory, vision)
     import mlx.core as mx
 
     # First: it readies transformers' index before mlx-lm imports transformers (_model_source.py).
     path = model_path(config)
+    from ._embed import is_embedding_model, load_embedder
     from ._mlx_lm import load, set_chat_template, speed_up_quantized, unsupported_architecture
 
     vision = takes_images(path)
+    embeds = is_embedding_model(path) if config.task == "auto" else config.task == "embed"
     # Checked before mlx-lm reads the files, whose own errors name a file, not the problem.
-    problem = model_directory_problem(path) or (None if vision else unsupported_architecture(path))
+    problem = model_directory_problem(path) or (None if vision or embeds else unsupported_architecture(path))
     if problem is not None:
         raise LoadError(problem)
     size = weights_size(path)
@@ -112,6 +114,8 @@ def _load(config: p.WorkerConfig):  # noqa: ANN202 - (model, tokenizer, context 
             kind=p.ErrorKind.OUT_OF_MEMORY,
             code="model_too_large",
         )
+    if embeds:
+        return load_embedder(config, path), None, None, mx.get_active_memory(), None
     images = None
     if vision:
         model, tokenizer, model_config, images = _load_vision(config, path)
@@ -181,6 +185,8 @@ def main(argv: list[str]) -> int:
                 cpus = _pin(config)
                 model, tokenizer, context, memory, vision = _load(config)
             else:
+                if config.task == "embed":
+                    raise LoadError("a worker group serves generation only; serve an embedding model without hosts")
                 # A group's ranks are not pinned: every rank must read its first tokens alike (_group/_rank.py).
                 cpus = ()
                 leader, ranks = lead(config, interrupt=watch, progress=heartbeat)
@@ -193,10 +199,14 @@ def main(argv: list[str]) -> int:
         # could unlink the channel's names while this imports and loads.
         import mlx.core as mx
 
+        from ._embed import Embedder, serve_embed
         from ._engine import make_engine
 
         if leader is not None:
             return _serve_group(channel, leader, ranks, config, send, watch, started)
+        if isinstance(model, Embedder):
+            send(_ready(config, started, memory, None, cpus, embedding=model.info))
+            return serve_embed(channel, model, send, watch)
         engine = make_engine(
             model,
             tokenizer,
@@ -223,11 +233,14 @@ def main(argv: list[str]) -> int:
         channel.close()
 
 
-def _ready(config: p.WorkerConfig, started: float, memory: int, engine, cpus: tuple[int, ...], *, ranks=()) -> p.Ready:  # noqa: ANN001
-    """What the worker says once loaded: a group's rank 0 with every rank (``memory`` their sum), else itself."""
+def _ready(config: p.WorkerConfig, started: float, memory: int, engine, cpus: tuple[int, ...], *, ranks=(), embedding=None) -> p.Ready:  # noqa: ANN001
+    """What the worker says once loaded: a group's rank 0 with every rank (``memory`` their sum), else itself;
+    an embedding model (``embedding``, no engine) as one."""
+    kind, tool_format = ("embed", None) if embedding is not None else (engine.kind, engine.tool_format)
     return p.Ready(
-        config.model_id, time.monotonic() - started, memory, engine.kind, engine.tool_format, cpus,
+        config.model_id, time.monotonic() - started, memory, kind, tool_format, cpus,
         allocator_in_use(), blas_in_use(), scheduling_policy(), ranks=ranks,
+        task="generate" if embedding is None else "embed", embedding=embedding,
     )  # fmt: skip
 
 
@@ -376,6 +389,9 @@ def _serve(  # noqa: ANN001
                     engine.cancel(message.request_id)
             elif isinstance(message, p.Ping):
                 send(p.Pong(message.nonce, engine.active, engine.prompt_cache_bytes, mx.get_active_memory()))
+            elif isinstance(message, p.Embed):
+                text = "this model generates text and does not embed; use an embedding model for /v1/embeddings"
+                send(p.RequestFailed(message.request_id, p.ErrorKind.INVALID_REQUEST, text, "model", "model_not_embedding"))
             elif isinstance(message, p.Shutdown):
                 engine.cancel_all()
                 return p.WorkerExit.OK

@@ -36,6 +36,14 @@ def model_path(config: p.WorkerConfig) -> Path:
         from ._vision._demo import ensure_demo_vision_model
 
         return ensure_demo_vision_model(Path(config.cache_dir))
+    if config.source == "demo-embed":
+        from ._embed import ensure_demo_embed_model
+
+        return ensure_demo_embed_model(Path(config.cache_dir))
+    if config.source == "demo-embed-decoder":
+        from ._embed import ensure_demo_embed_decoder_model
+
+        return ensure_demo_embed_decoder_model(Path(config.cache_dir))
     if config.source == "local":
         return Path(config.location)
     if config.source == "hub":

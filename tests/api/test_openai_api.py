@@ -20,7 +20,7 @@ async def test_health_and_models(client, openapi):
     assert (await client.get("/health")).json() == {"status": "ok"}
     models = (await client.get("/v1/models")).json()
     openapi.validate(models, "ListModelsResponse")
-    assert [model["id"] for model in models["data"]] == ["demo", "demo-vision"]
+    assert [model["id"] for model in models["data"]] == ["demo", "demo-vision", "demo-embed", "demo-embed-decoder"]
     assert "demo" in models["data"][0]["owned_by"]
     one = (await client.get("/v1/models/demo")).json()
     openapi.validate(one, "Model")

@@ -58,6 +58,8 @@ async def test_curl_examples(server, name, block):
     assert output.strip(), "the example printed nothing"
     if "/v1/messages" in block:
         assert '"type":"message"' in output
+    elif "/v1/embeddings" in block:
+        assert '"embedding"' in output
     elif "/v1/" in block and "/v1/models" not in block:
         assert '"choices"' in output
     if '"stream": true' in block:
@@ -109,6 +111,20 @@ def test_the_light_vision_install_pins_what_the_vision_extra_pins():
     import importlib.metadata
 
     assert importlib.metadata.version("mlx-vlm") == pinned.split("==")[1]
+
+
+def test_the_embeddings_install_pins_what_the_embeddings_extra_pins():
+    """mlx-embeddings, like mlx-vlm: the Makefile installs the embeddings extra's release without dependencies, and the README says so."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (pinned,) = extras["embeddings"]
+    assert pinned.startswith("mlx-embeddings==")
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(rf"^MLX_EMBEDDINGS \?= {re.escape(pinned)}$", makefile, re.MULTILINE)
+    assert "pip install --no-deps '$(MLX_EMBEDDINGS)'" in makefile
+    assert f"pip install --no-deps {pinned}" in (ROOT / "README.md").read_text()
+    import importlib.metadata
+
+    assert importlib.metadata.version("mlx-embeddings") == pinned.split("==")[1]
 
 
 def test_json_error_examples_are_openai_errors(openapi):

@@ -65,7 +65,7 @@ def test_catalog_resolves_only_allowed_models(tmp_path):
     assert catalog.resolve("demo-vision").source == "demo-vision"
     assert catalog.resolve(str(local)).location == str(local.resolve())
     assert catalog.resolve("mlx-community/tiny").location == str(snapshot)
-    assert [entry.id for entry in catalog.list()] == ["demo", "demo-vision", str(local), "mlx-community/tiny"]
+    assert [entry.id for entry in catalog.list()] == ["demo", "demo-vision", "demo-embed", "demo-embed-decoder", str(local), "mlx-community/tiny"]
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "config.json").write_text("{}")
@@ -83,7 +83,7 @@ def test_the_vision_demo_is_built_in_and_may_be_the_default_model(tmp_path):
     assert (entry.source, entry.location, entry.weights_bytes) == ("demo-vision", "", 0)
     assert "vision" in entry.description
     assert catalog.worker_config(entry).source == "demo-vision"
-    assert [entry.id for entry in catalog.list()] == ["demo", "demo-vision"]
+    assert [entry.id for entry in catalog.list()] == ["demo", "demo-vision", "demo-embed", "demo-embed-decoder"]
 
 
 def test_catalog_refuses_cache_links_that_lead_out_of_the_cache(tmp_path):
@@ -164,5 +164,5 @@ def test_a_404_lists_what_exists_up_to_a_bound(tmp_path):
     with pytest.raises(ServerError) as caught:
         catalog.resolve("nope")
     message = caught.value.message
-    assert "'demo'" in message and "'alias-00'" in message and "and 8 more" in message, message
+    assert "'demo'" in message and "'alias-00'" in message and "and 10 more" in message, message
     assert "'alias-13'" not in message and "org/cached" not in message

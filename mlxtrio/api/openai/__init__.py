@@ -1,4 +1,4 @@
-"""The OpenAI API surface: chat completions, completions and models.
+"""The OpenAI API surface: chat completions, completions, embeddings and models.
 
 ``_router`` holds the routes, ``_schemas`` the request bodies and their
 checks, and the ``_serving`` modules the translation of a request into a

@@ -7,6 +7,7 @@ from quart import Blueprint, Response, request
 from .._common import ServerState, json_response
 from ._serving_chat import chat_completions
 from ._serving_completion import completions
+from ._serving_embedding import embeddings
 
 __all__ = ["GENERATION_PATHS", "openai_routes"]
 
@@ -14,6 +15,7 @@ __all__ = ["GENERATION_PATHS", "openai_routes"]
 PREFIXES = ("/v1", "")
 CHAT_COMPLETIONS = "/chat/completions"
 COMPLETIONS = "/completions"
+EMBEDDINGS = "/embeddings"
 GENERATION_PATHS = frozenset(prefix + path for prefix in PREFIXES for path in (CHAT_COMPLETIONS, COMPLETIONS))
 
 
@@ -31,6 +33,9 @@ def openai_routes(state: ServerState) -> Blueprint:
     async def completions_route() -> Response:
         return await completions(state, await request.get_data(cache=False))
 
+    async def embeddings_route() -> Response:
+        return await embeddings(state, await request.get_data(cache=False))
+
     async def list_models() -> Response:
         return json_response({"object": "list", "data": [_model_object(entry) for entry in catalog.list()]})
 
@@ -41,6 +46,7 @@ def openai_routes(state: ServerState) -> Blueprint:
         # Quart names a view by its endpoint: one name per path.
         routes.add_url_rule(prefix + CHAT_COMPLETIONS, f"chat_completions{prefix}", chat_completions_route, methods=["POST"])
         routes.add_url_rule(prefix + COMPLETIONS, f"completions{prefix}", completions_route, methods=["POST"])
+        routes.add_url_rule(prefix + EMBEDDINGS, f"embeddings{prefix}", embeddings_route, methods=["POST"])
         routes.add_url_rule(prefix + "/models", f"list_models{prefix}", list_models, methods=["GET"])
         routes.add_url_rule(prefix + "/models/<path:model_id>", f"get_model{prefix}", get_model, methods=["GET"])
 

@@ -1,0 +1,147 @@
+"""POST /v1/embeddings: the request checked, its inputs to the model's worker, and its vectors as OpenAI's response.
+
+The orchestrator never tokenizes: texts go to the worker as they are (the
+body's size bounds them), token ids are checked for what can be known
+without the model (integers, within int32, their count), and the worker
+checks each input against the model's vocabulary and context.
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+from array import array
+
+import msgspec
+import trio
+from quart import Response
+
+from ... import _protocol as p
+from ..._errors import ErrorKind, ServerError
+from .._common import RequestLimits, ServerState
+from .._decode import decode_request
+from .._durations import duration_seconds
+from .._generation import served_model, timed_out
+from .._observe import current_record
+from ._schemas import MAX_TOKEN_ID
+
+__all__ = ["MAX_EMBEDDING_INPUTS", "MAX_EMBEDDING_TOKEN_IDS", "EmbeddingRequest", "embeddings"]
+
+# OpenAI's limits: inputs in one request, and token ids in all of its inputs.
+MAX_EMBEDDING_INPUTS = 2048
+MAX_EMBEDDING_TOKEN_IDS = 300_000
+_ENCODINGS = ("float", "base64")
+_json = msgspec.json.Encoder()
+# Vectors up to this many bytes are written in the event loop (a fraction of a millisecond); larger, in a thread.
+_INLINE_BYTES = 256 * 1024
+
+
+def _input_error(message: str, param: str = "input") -> ServerError:
+    return ServerError(
+        ErrorKind.INVALID_REQUEST,
+        f"input is a string, a list of strings, a list of token ids or a list of lists of them: {message}",
+        param=param,
+    )
+
+
+def _token_ids(value: list, param: str) -> tuple[int, ...]:
+    if not value:
+        raise _input_error("a list of token ids must not be empty", param)
+    # bool is an int to Python, not to JSON.
+    if any(type(token) is not int or not 0 <= token <= MAX_TOKEN_ID for token in value):
+        raise _input_error(f"token ids are integers within [0, {MAX_TOKEN_ID}]", param)
+    return tuple(value)
+
+
+class EmbeddingRequest(msgspec.Struct, kw_only=True):
+    """POST /v1/embeddings. Unknown fields are ignored, as on the other endpoints."""
+
+    model: str
+    # A string, strings, token ids or lists of token ids (``inputs`` reads them).
+    input: str | list[object]
+    encoding_format: str = "float"
+    dimensions: int | None = None
+    user: str | None = None
+    # Extension (Ollama's): how long the model stays loaded after this request.
+    keep_alive: float | str | None = None
+
+    def inputs(self) -> tuple[str | tuple[int, ...], ...]:
+        """The inputs, texts or token ids; a 400 naming ``input`` (or the one input at fault) for anything else."""
+        given = self.input
+        if isinstance(given, str):
+            given = [given]
+        if not given:
+            raise _input_error("the list must not be empty")
+        if len(given) > MAX_EMBEDDING_INPUTS:
+            raise _input_error(f"at most {MAX_EMBEDDING_INPUTS} inputs, not {len(given)}")
+        if all(isinstance(each, str) for each in given):
+            empty = next((index for index, each in enumerate(given) if not each), None)
+            if empty is not None:
+                where = "input" if isinstance(self.input, str) else f"input[{empty}]"
+                raise ServerError(ErrorKind.INVALID_REQUEST, f"{where} must not be an empty string", param=where)
+            return tuple(given)  # type: ignore[arg-type]
+        if all(isinstance(each, list) for each in given):
+            lists: list[list] = given  # type: ignore[assignment]
+        elif not any(isinstance(each, str | list) for each in given):
+            lists = [given]
+        else:
+            raise _input_error("not a mixture")
+        # Counted before any is read: the count is cheap, the reading is not.
+        if sum(map(len, lists)) > MAX_EMBEDDING_TOKEN_IDS:
+            raise _input_error(f"at most {MAX_EMBEDDING_TOKEN_IDS} token ids in all")
+        flat = lists is not given
+        return tuple(_token_ids(each, "input" if flat else f"input[{index}]") for index, each in enumerate(lists))
+
+    def validate(self, limits: RequestLimits) -> None:
+        if not self.model:
+            raise ServerError(ErrorKind.INVALID_REQUEST, "model must not be empty", param="model")
+        if self.encoding_format not in _ENCODINGS:
+            raise ServerError(
+                ErrorKind.INVALID_REQUEST, f"encoding_format is float or base64, not {self.encoding_format!r}", param="encoding_format"
+            )
+        if self.dimensions is not None and not 1 <= self.dimensions <= MAX_TOKEN_ID:
+            raise ServerError(ErrorKind.INVALID_REQUEST, f"dimensions must be a positive integer, not {self.dimensions}", param="dimensions")
+        self.inputs()
+        self.keep_alive_seconds()
+
+    def keep_alive_seconds(self) -> float | None:
+        return duration_seconds(self.keep_alive, param="keep_alive")
+
+
+def _rows(embedded: p.Embedded, count: int, encoding: str) -> list[dict]:
+    """Each input's vector as OpenAI's embedding object: floats, or base64 of float32 little-endian (what the SDKs decode)."""
+    width = embedded.dimensions
+    if width < 1 or len(embedded.vectors) != 4 * width * count:
+        raise ServerError(ErrorKind.INTERNAL, f"the worker sent {len(embedded.vectors)} bytes of vectors for {count} inputs of {width} dimensions")
+    if encoding == "base64":
+        row_bytes, vectors = 4 * width, embedded.vectors
+        values: list = [base64.b64encode(vectors[start : start + row_bytes]).decode("ascii") for start in range(0, len(vectors), row_bytes)]
+    else:
+        floats = array("f", embedded.vectors)
+        if sys.byteorder == "big":
+            floats.byteswap()
+        values = [floats[start : start + width].tolist() for start in range(0, len(floats), width)]
+    return [{"object": "embedding", "index": index, "embedding": value} for index, value in enumerate(values)]
+
+
+async def embeddings(state: ServerState, body: bytes) -> Response:
+    asked = decode_request(body, EmbeddingRequest, state.limits)
+    inputs = asked.inputs()
+    served = await served_model(state, asked.model)
+    timeout = state.config.request_timeout
+    with trio.move_on_after(timeout) as scope:
+        embedded = await served.embed(inputs, dimensions=asked.dimensions, keep_alive=asked.keep_alive_seconds())
+    if scope.cancelled_caught:
+        raise timed_out(timeout)
+    tokens = sum(embedded.token_counts)
+    current_record().on_embedded(tokens)
+    answer = (embedded, len(inputs), asked.encoding_format, asked.model, tokens)
+    if len(embedded.vectors) <= _INLINE_BYTES:
+        return Response(_answer(*answer), content_type="application/json")
+    # Millions of floats for a large request: written off the event loop, which serves every other request meanwhile.
+    return Response(await trio.to_thread.run_sync(_answer, *answer), content_type="application/json")
+
+
+def _answer(embedded: p.Embedded, count: int, encoding: str, model: str, tokens: int) -> bytes:
+    rows = _rows(embedded, count, encoding)
+    return _json.encode({"object": "list", "data": rows, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
