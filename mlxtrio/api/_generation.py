@@ -33,8 +33,8 @@ from ._in_flight import InFlight
 from ._observe import CLIENT_CLOSED_REQUEST, RequestRecord, current_record
 
 __all__ = [
-    "Answer", "Collected", "Generation", "GenerationRequest", "Usage", "count_prompt_tokens", "install_intake", "respond", "served_model",
-    "timed_out",
+    "Answer", "Collected", "Generation", "GenerationRequest", "Usage", "count_prompt_tokens", "ensure_ready_by", "install_intake", "respond",
+    "served_model", "timed_out",
 ]
 
 
@@ -181,7 +181,7 @@ def timed_out(timeout: float) -> ServerError:
     return ServerError(ErrorKind.TIMEOUT, f"the request did not finish within the request timeout ({timeout:g} s)", code="timeout")
 
 
-async def _ensure_ready_by(served: ServedModel, deadline: float, timeout: float) -> None:
+async def ensure_ready_by(served: ServedModel, deadline: float, timeout: float) -> None:
     """The model loaded (if it was not) by ``deadline``, the request's; a 504 past it. The request's record
     keeps how long it waited (Ollama's load_duration)."""
     waited_since = time.perf_counter()
@@ -221,7 +221,7 @@ class Generation:
         images = await load_images(generation_request.images, state.config)
         timeout = state.config.request_timeout
         if generation_request.forced_tool_choice is not None:
-            await _ensure_ready_by(served, trio.current_time() + timeout, timeout)
+            await ensure_ready_by(served, trio.current_time() + timeout, timeout)
             if served.tool_format != "json_tools":
                 raise ServerError(
                     ErrorKind.INVALID_REQUEST,
@@ -262,7 +262,7 @@ class Generation:
         with trio.move_on_after(self.timeout) as scope:
             # Loaded first, as a stream is: the wait is the request's load time, apart from its generation.
             self.served.check_capacity(choices)
-            await _ensure_ready_by(self.served, trio.current_time() + self.timeout, self.timeout)
+            await ensure_ready_by(self.served, trio.current_time() + self.timeout, self.timeout)
             async with self._generate() as events:
                 async for delta in events:
                     index = events.choice(delta)
@@ -312,7 +312,7 @@ class Generation:
         """
         deadline = trio.current_time() + self.timeout
         self.served.check_capacity(self.request.n)
-        await _ensure_ready_by(self.served, deadline, self.timeout)
+        await ensure_ready_by(self.served, deadline, self.timeout)
 
         record = current_record()
         held = await enter_for_body(self._generate(), unused=lambda: record.finish(CLIENT_CLOSED_REQUEST))

@@ -63,6 +63,11 @@ class ModelEntry:
         return None if self.source == "hub" else self.source == DEMO_VISION_MODEL_ID
 
     @property
+    def task(self) -> str:
+        """"generate" or "embed" as configured (the built-ins' own); "auto": its worker tells from its files."""
+        return self.settings.task if self.settings is not None else _task_of(self)
+
+    @property
     def group_refusal(self) -> str | None:
         """Why its worker group cannot serve it, where its files tell before any rank starts (None: a group can, or only loading tells)."""
         settings = self.settings
@@ -286,7 +291,7 @@ class ModelCatalog:
             cpus_for_cpu_backend_only=cpu_backend_only,
             blas_library=config.worker_blas.library(),
             image_max_pixels=config.image_max_pixels,
-            task=settings.task if settings is not None else _task_of(entry),
+            task=entry.task,
             embedding=EmbeddingSettings(
                 pooling=settings.pooling if settings is not None else None,
                 normalize=settings.normalize if settings is not None else None,

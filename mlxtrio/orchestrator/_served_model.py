@@ -182,6 +182,10 @@ class ServedModel:
         """Admission control: a bounded queue in front of the worker, then overloaded."""
         self._lifecycle.check_capacity(sequences)
 
+    def check_task(self, task: str) -> None:
+        """Refuse a request of ``task`` ("generate", "embed") the model does not serve, as far as is known yet."""
+        self._lifecycle.check_task(task)
+
     @contextlib.asynccontextmanager
     async def generate(
         self,

@@ -12,7 +12,6 @@ import struct
 import httpx
 import openai
 import pytest
-import trio
 
 from mlxtrio import ServerHandle
 

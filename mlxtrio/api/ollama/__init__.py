@@ -1,8 +1,9 @@
-"""Ollama's API surface: /api/chat, /api/generate, /api/tags, /api/ps, /api/show, /api/version.
+"""Ollama's API surface: /api/chat, /api/generate, /api/embed, /api/embeddings, /api/tags, /api/ps, /api/show, /api/version.
 
 ``_router`` holds the routes, ``_schemas`` the request bodies and their
 checks, ``_serving`` the translation of a request into one
 ``GenerationRequest``, ``_answer`` the answer and its NDJSON stream,
+``_embed`` the embeddings (on the core OpenAI's /v1/embeddings uses),
 ``_models`` the catalog and the loaded models in Ollama's shapes, and
 ``_errors`` Ollama's error body.
 """

@@ -25,7 +25,7 @@ from .._generation import Collected, Usage
 from .._observe import RequestRecord, current_record
 from ._errors import ollama_error
 
-__all__ = ["OllamaAnswer", "created_at", "tool_call_object"]
+__all__ = ["OllamaAnswer", "created_at", "nanoseconds", "tool_call_object"]
 
 _json = msgspec.json.Encoder()
 
@@ -38,7 +38,8 @@ def created_at() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _nanoseconds(seconds: float) -> int:
+def nanoseconds(seconds: float) -> int:
+    """Ollama's durations are integer nanoseconds."""
     return max(0, round(seconds * 1e9))
 
 
@@ -114,12 +115,12 @@ class OllamaAnswer:
         first = record.first_token_at if record.first_token_at is not None else end
         payload.update(
             done_reason=done_reason(self._last),
-            total_duration=_nanoseconds(end - record.started),
-            load_duration=_nanoseconds(record.load_seconds),
+            total_duration=nanoseconds(end - record.started),
+            load_duration=nanoseconds(record.load_seconds),
             prompt_eval_count=0 if usage is None else usage.prompt_tokens,
-            prompt_eval_duration=_nanoseconds(first - ready),
+            prompt_eval_duration=nanoseconds(first - ready),
             eval_count=0 if usage is None else usage.completion_tokens,
-            eval_duration=_nanoseconds(end - first),
+            eval_duration=nanoseconds(end - first),
         )
         return payload
 

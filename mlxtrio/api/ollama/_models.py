@@ -151,7 +151,8 @@ def _show(entry: ModelEntry) -> dict:
         value = text_config.get(field, config.get(field))
         if isinstance(value, int):
             info[f"{architecture}.{name}"] = value
-    capabilities = ["completion"]
+    # Ollama's capabilities: an embedding model (as configured, or a built-in) only embeds.
+    capabilities = ["embedding"] if entry.task == "embed" else ["completion"]
     if "tools" in template:
         capabilities.append("tools")
     if entry.takes_images:

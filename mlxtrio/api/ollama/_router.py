@@ -17,6 +17,7 @@ from ... import __version__
 from ..._errors import ErrorKind, ServerError
 from .._common import ServerState, json_response
 from .._decode import decode_body
+from ._embed import embed_route, legacy_embeddings_route
 from ._models import list_models, running_models, show_model
 from ._schemas import ModelRequest
 from ._serving import NDJSON, chat, generate, resolved
@@ -76,6 +77,14 @@ def ollama_routes(state: ServerState) -> Blueprint:
     @routes.get(PREFIX + "/version")
     async def version() -> Response:
         return json_response({"version": OLLAMA_VERSION, "mlxtrio": __version__})
+
+    @routes.post(PREFIX + "/embed")
+    async def embed() -> Response:
+        return await embed_route(state, await request.get_data(cache=False))
+
+    @routes.post(PREFIX + "/embeddings")
+    async def embeddings() -> Response:
+        return await legacy_embeddings_route(state, await request.get_data(cache=False))
 
     @routes.get(PREFIX + "/tags")
     async def tags() -> Response:

@@ -8,21 +8,15 @@ checks each input against the model's vocabulary and context.
 
 from __future__ import annotations
 
-import base64
-import sys
-from array import array
-
 import msgspec
 import trio
 from quart import Response
 
-from ... import _protocol as p
 from ..._errors import ErrorKind, ServerError
 from .._common import RequestLimits, ServerState
 from .._decode import decode_request
 from .._durations import duration_seconds
-from .._generation import served_model, timed_out
-from .._observe import current_record
+from .._embedding import Embeddings, embed
 from ._schemas import MAX_TOKEN_ID
 
 __all__ = ["MAX_EMBEDDING_INPUTS", "MAX_EMBEDDING_TOKEN_IDS", "EmbeddingRequest", "embeddings"]
@@ -108,40 +102,20 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True):
         return duration_seconds(self.keep_alive, param="keep_alive")
 
 
-def _rows(embedded: p.Embedded, count: int, encoding: str) -> list[dict]:
-    """Each input's vector as OpenAI's embedding object: floats, or base64 of float32 little-endian (what the SDKs decode)."""
-    width = embedded.dimensions
-    if width < 1 or len(embedded.vectors) != 4 * width * count:
-        raise ServerError(ErrorKind.INTERNAL, f"the worker sent {len(embedded.vectors)} bytes of vectors for {count} inputs of {width} dimensions")
-    if encoding == "base64":
-        row_bytes, vectors = 4 * width, embedded.vectors
-        values: list = [base64.b64encode(vectors[start : start + row_bytes]).decode("ascii") for start in range(0, len(vectors), row_bytes)]
-    else:
-        floats = array("f", embedded.vectors)
-        if sys.byteorder == "big":
-            floats.byteswap()
-        values = [floats[start : start + width].tolist() for start in range(0, len(floats), width)]
-    return [{"object": "embedding", "index": index, "embedding": value} for index, value in enumerate(values)]
-
-
 async def embeddings(state: ServerState, body: bytes) -> Response:
     asked = decode_request(body, EmbeddingRequest, state.limits)
     inputs = asked.inputs()
-    served = await served_model(state, asked.model)
-    timeout = state.config.request_timeout
-    with trio.move_on_after(timeout) as scope:
-        embedded = await served.embed(inputs, dimensions=asked.dimensions, keep_alive=asked.keep_alive_seconds())
-    if scope.cancelled_caught:
-        raise timed_out(timeout)
-    tokens = sum(embedded.token_counts)
-    current_record().on_embedded(tokens)
-    answer = (embedded, len(inputs), asked.encoding_format, asked.model, tokens)
-    if len(embedded.vectors) <= _INLINE_BYTES:
+    embeddings = await embed(state, asked.model, inputs, dimensions=asked.dimensions, keep_alive=asked.keep_alive_seconds())
+    answer = (embeddings, asked.encoding_format, asked.model)
+    if len(embeddings.embedded.vectors) <= _INLINE_BYTES:
         return Response(_answer(*answer), content_type="application/json")
     # Millions of floats for a large request: written off the event loop, which serves every other request meanwhile.
     return Response(await trio.to_thread.run_sync(_answer, *answer), content_type="application/json")
 
 
-def _answer(embedded: p.Embedded, count: int, encoding: str, model: str, tokens: int) -> bytes:
-    rows = _rows(embedded, count, encoding)
+def _answer(embeddings: Embeddings, encoding: str, model: str) -> bytes:
+    """OpenAI's response: each input's vector as floats, or as base64 of float32 little-endian (what the SDKs decode)."""
+    values = embeddings.base64_rows() if encoding == "base64" else embeddings.floats()
+    rows = [{"object": "embedding", "index": index, "embedding": value} for index, value in enumerate(values)]
+    tokens = embeddings.tokens
     return _json.encode({"object": "list", "data": rows, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})

@@ -1,0 +1,100 @@
+"""POST /api/embed and the older /api/embeddings: Ollama's embeddings, on the same core as OpenAI's /v1/embeddings.
+
+``/api/embed`` takes a string or a list of strings and answers every vector
+with Ollama's counts and durations; ``truncate`` (Ollama's default: true)
+cuts an input over the model's context instead of refusing it.
+``/api/embeddings`` takes one ``prompt`` and answers one ``embedding``. An
+empty input is an empty answer without a model call, as Ollama's is.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+from quart import Response
+
+from .._common import RequestLimits, ServerState, json_response
+from .._decode import decode_request
+from .._durations import duration_seconds
+from .._embedding import embed
+from .._observe import current_record
+from ..openai._serving_embedding import MAX_EMBEDDING_INPUTS
+from ._answer import nanoseconds
+from ._schemas import invalid
+from ._serving import resolved
+
+__all__ = ["embed_route", "legacy_embeddings_route"]
+
+
+class _EmbedBody(msgspec.Struct, kw_only=True):
+    model: str
+    keep_alive: float | str | None = None
+    # Ollama's runner options (num_ctx, num_thread ...): nothing of them applies to an embedding here.
+    options: dict[str, object] | None = None
+
+    def keep_alive_seconds(self) -> float | None:
+        return duration_seconds(self.keep_alive, param="keep_alive")
+
+
+class EmbedRequest(_EmbedBody, kw_only=True):
+    """POST /api/embed."""
+
+    input: str | list[str] = ""
+    truncate: bool = True
+    dimensions: int | None = None
+
+    def inputs(self) -> tuple[str, ...]:
+        given = [self.input] if isinstance(self.input, str) else self.input
+        if len(given) > MAX_EMBEDDING_INPUTS:
+            raise invalid("input", f"input has at most {MAX_EMBEDDING_INPUTS} strings, not {len(given)}")
+        # A lone empty string is no input (Ollama's answer is then empty); an empty string in a list is the worker's 400.
+        return tuple(given) if given != [""] else ()
+
+    def validate(self, limits: RequestLimits) -> None:
+        if not self.model:
+            raise invalid("model", "model is required")
+        if self.dimensions is not None and self.dimensions < 1:
+            raise invalid("dimensions", f"dimensions must be a positive integer, not {self.dimensions}")
+        self.inputs()
+        self.keep_alive_seconds()
+
+
+class LegacyEmbeddingRequest(_EmbedBody, kw_only=True):
+    """POST /api/embeddings (Ollama's older endpoint)."""
+
+    prompt: str = ""
+
+    def validate(self, limits: RequestLimits) -> None:
+        if not self.model:
+            raise invalid("model", "model is required")
+        self.keep_alive_seconds()
+
+
+async def embed_route(state: ServerState, body: bytes) -> Response:
+    asked = decode_request(body, EmbedRequest, state.limits)
+    model = resolved(state, asked.model).id
+    inputs = asked.inputs()
+    if not inputs:
+        return json_response({"model": asked.model, "embeddings": []})
+    embeddings = await embed(
+        state, model, inputs, dimensions=asked.dimensions, truncate=asked.truncate, keep_alive=asked.keep_alive_seconds()
+    )
+    record = current_record()
+    return json_response({
+        "model": asked.model,
+        "embeddings": embeddings.floats(),
+        "total_duration": nanoseconds(time.perf_counter() - record.started),
+        "load_duration": nanoseconds(record.load_seconds),
+        "prompt_eval_count": embeddings.tokens,
+    })
+
+
+async def legacy_embeddings_route(state: ServerState, body: bytes) -> Response:
+    asked = decode_request(body, LegacyEmbeddingRequest, state.limits)
+    model = resolved(state, asked.model).id
+    if not asked.prompt:
+        return json_response({"embedding": []})
+    # Ollama's older endpoint cuts a long prompt to the context, as /api/embed does by default.
+    embeddings = await embed(state, model, (asked.prompt,), truncate=True, keep_alive=asked.keep_alive_seconds(), param="prompt")
+    return json_response({"embedding": embeddings.floats()[0]})
