@@ -238,7 +238,9 @@ class ModelCatalog:
         except _Missing as missing:
             # The configured models only: any request may ask for a model that is not there, and the
             # Hugging Face cache's listing reads a directory tree of the operator's size.
-            ids = [repr(entry.id) for entry in self._configured_entries()]
+            # The operator's own first: the built-in demos are the same everywhere.
+            entries = sorted(self._configured_entries(), key=lambda entry: entry.source in _BUILT_IN)
+            ids = [repr(entry.id) for entry in entries]
             shown = ", ".join(ids[:_LISTED_IN_404])
             if len(ids) > _LISTED_IN_404:
                 shown += f" and {len(ids) - _LISTED_IN_404} more"
