@@ -13,6 +13,8 @@ import base64
 import sys
 from array import array
 
+from collections.abc import Callable
+
 import attrs
 import trio
 
@@ -22,7 +24,10 @@ from ._common import ServerState
 from ._generation import ensure_ready_by, served_model, timed_out
 from ._observe import current_record
 
-__all__ = ["Embeddings", "embed"]
+__all__ = ["Embeddings", "embed", "written"]
+
+# Vectors up to this many bytes are written in the event loop (a fraction of a millisecond); larger, in a thread.
+_INLINE_BYTES = 256 * 1024
 
 
 @attrs.frozen
@@ -73,3 +78,11 @@ async def embed(
     embeddings = Embeddings(embedded, len(inputs))
     current_record().on_embedded(embeddings.tokens)
     return embeddings
+
+
+async def written(embeddings: Embeddings, write: Callable[[Embeddings], bytes]) -> bytes:
+    """``write(embeddings)``, a surface's response body: millions of floats for a large request are written off the
+    event loop, which serves every other request meanwhile."""
+    if len(embeddings.embedded.vectors) <= _INLINE_BYTES:
+        return write(embeddings)
+    return await trio.to_thread.run_sync(write, embeddings)

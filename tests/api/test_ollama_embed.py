@@ -71,6 +71,7 @@ async def test_refusals_in_ollamas_shape(server, client):
         ({"model": ENCODER, "input": 3}, 400, "input"),
         ({"model": ENCODER, "input": ["ok", ""]}, 400, "input[1]"),
         ({"model": ENCODER, "input": "ok", "dimensions": 0}, 400, "dimensions"),
+        ({"model": ENCODER, "input": "ok", "dimensions": 2**64}, 400, "dimensions"),
         ({"model": ENCODER, "input": "ok", "truncate": "yes"}, 400, "truncate"),
         ({"model": ENCODER, "input": ["x"] * 2049}, 400, "2048"),
     ]
@@ -88,3 +89,37 @@ async def test_show_names_an_embedding_models_capability(server):
     ollama_client = _client(server)
     assert (await ollama_client.show(ENCODER)).capabilities == ["embedding"]
     assert "completion" in (await ollama_client.show("demo")).capabilities
+
+
+@bounded(120)
+async def test_an_empty_input_loads_or_unloads_the_model_as_ollamas_does(server, client, admin):
+    async def state() -> str:
+        workers = (await admin.get("/admin/status")).json()["workers"]
+        return next((entry["state"] for entry in workers if entry["model"] == DECODER), "unloaded")
+
+    assert (await _client(server).embed(model=DECODER, input=[])).embeddings == []
+    assert await state() == "ready"
+    assert (await client.post("/api/embed", json={"model": DECODER, "input": "", "keep_alive": 0})).json()["embeddings"] == []
+    assert await state() == "unloaded"
+    refused = await client.post("/api/embed", json={"model": "demo", "input": []})
+    assert refused.status_code == 400 and "does not make embeddings" in refused.json()["error"]
+
+
+@bounded(120)
+async def test_a_keep_alive_past_any_date_is_kept_loaded_and_ps_still_answers(server, client):
+    for keep_alive in ("300000000h", 1e300):
+        answered = await client.post("/api/embed", json={"model": ENCODER, "input": "x", "keep_alive": keep_alive})
+        assert answered.status_code == 200, answered.text
+        listed = await client.get("/api/ps")
+        assert listed.status_code == 200 and listed.json()["models"][0]["expires_at"].startswith("9999"), listed.text
+    # Go's durations, as Ollama's clients write them.
+    for keep_alive in ("0", "+5m", "1500ms", "2us"):
+        answered = await client.post("/api/embed", json={"model": ENCODER, "input": "x", "keep_alive": keep_alive})
+        assert answered.status_code == 200, (keep_alive, answered.text)
+
+
+@bounded(120)
+async def test_one_long_list_of_token_ids_is_one_input_over_the_context(client):
+    refused = await client.post("/v1/embeddings", json={"model": DECODER, "input": [5] * 3000})
+    error = refused.json()["error"]
+    assert refused.status_code == 400 and error["code"] == "context_length_exceeded" and "2048 inputs" not in error["message"], error

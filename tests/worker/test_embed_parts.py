@@ -213,3 +213,18 @@ def test_a_vision_model_told_to_embed_does_not_load(cache_dir):
     config = msgspec.structs.replace(worker_config(cache_dir, "demo-vision"), task="embed")
     with pytest.raises(LoadError, match="vision model"):
         load_embedder(config, ensure_demo_vision_model(cache_dir))
+
+
+def test_a_long_text_to_cut_is_tokenized_only_as_far_as_the_cut_needs(cache_dir, demo_embed, monkeypatch):
+    """A request's text may be megabytes; its cut keeps the model's context: tokenizing all of it would stall the worker."""
+    embedder = _embedder(cache_dir, demo_embed)
+    inputs = embedder.inputs
+    text = "the orchestrator notices a worker that hangs " * 100_000
+    whole = inputs._encoder.text(text, add_special_tokens=True)  # noqa: SLF001
+    tokenized: list[int] = []  # noqa: SLF001
+    encode = inputs._encoder.text
+    monkeypatch.setattr(inputs._encoder, "text", lambda given, **options: tokenized.append(len(given)) or encode(given, **options))
+    (cut,) = inputs.of(p.Embed(1, (text,), truncate=True))
+    limit = inputs.max_tokens
+    assert cut == whole[: limit - 1] + whole[-1:]  # the first tokens of the whole text, and its end token
+    assert sum(tokenized) < len(text) / 100, tokenized

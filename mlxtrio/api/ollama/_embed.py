@@ -4,7 +4,8 @@
 with Ollama's counts and durations; ``truncate`` (Ollama's default: true)
 cuts an input over the model's context instead of refusing it.
 ``/api/embeddings`` takes one ``prompt`` and answers one ``embedding``. An
-empty input is an empty answer without a model call, as Ollama's is.
+empty input loads the model (or unloads it with ``keep_alive`` 0) and
+answers no vectors, as Ollama's does.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ from quart import Response
 from .._common import RequestLimits, ServerState, json_response
 from .._decode import decode_request
 from .._durations import duration_seconds
-from .._embedding import embed
+from .._embedding import Embeddings, embed, written
 from .._observe import current_record
+from ..openai._schemas import MAX_TOKEN_ID
 from ..openai._serving_embedding import MAX_EMBEDDING_INPUTS
 from ._answer import nanoseconds
 from ._schemas import invalid
-from ._serving import resolved
+from ._serving import load_or_unload, resolved
 
 __all__ = ["embed_route", "legacy_embeddings_route"]
+
+_json = msgspec.json.Encoder()
 
 
 class _EmbedBody(msgspec.Struct, kw_only=True):
@@ -54,7 +58,7 @@ class EmbedRequest(_EmbedBody, kw_only=True):
     def validate(self, limits: RequestLimits) -> None:
         if not self.model:
             raise invalid("model", "model is required")
-        if self.dimensions is not None and self.dimensions < 1:
+        if self.dimensions is not None and not 1 <= self.dimensions <= MAX_TOKEN_ID:
             raise invalid("dimensions", f"dimensions must be a positive integer, not {self.dimensions}")
         self.inputs()
         self.keep_alive_seconds()
@@ -76,24 +80,31 @@ async def embed_route(state: ServerState, body: bytes) -> Response:
     model = resolved(state, asked.model).id
     inputs = asked.inputs()
     if not inputs:
+        # Nothing to embed: the model loaded (or unloaded with keep_alive 0), as Ollama's empty request does.
+        await load_or_unload(state, model, asked.keep_alive_seconds(), task="embed")
         return json_response({"model": asked.model, "embeddings": []})
     embeddings = await embed(
         state, model, inputs, dimensions=asked.dimensions, truncate=asked.truncate, keep_alive=asked.keep_alive_seconds()
     )
     record = current_record()
-    return json_response({
-        "model": asked.model,
-        "embeddings": embeddings.floats(),
-        "total_duration": nanoseconds(time.perf_counter() - record.started),
-        "load_duration": nanoseconds(record.load_seconds),
-        "prompt_eval_count": embeddings.tokens,
-    })
+
+    def write(embeddings: Embeddings) -> bytes:
+        return _json.encode({
+            "model": asked.model,
+            "embeddings": embeddings.floats(),
+            "total_duration": nanoseconds(time.perf_counter() - record.started),
+            "load_duration": nanoseconds(record.load_seconds),
+            "prompt_eval_count": embeddings.tokens,
+        })
+
+    return Response(await written(embeddings, write), content_type="application/json")
 
 
 async def legacy_embeddings_route(state: ServerState, body: bytes) -> Response:
     asked = decode_request(body, LegacyEmbeddingRequest, state.limits)
     model = resolved(state, asked.model).id
     if not asked.prompt:
+        await load_or_unload(state, model, asked.keep_alive_seconds(), task="embed")
         return json_response({"embedding": []})
     # Ollama's older endpoint cuts a long prompt to the context, as /api/embed does by default.
     embeddings = await embed(state, model, (asked.prompt,), truncate=True, keep_alive=asked.keep_alive_seconds(), param="prompt")

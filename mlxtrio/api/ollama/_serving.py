@@ -28,7 +28,7 @@ from ...orchestrator import ModelEntry
 from ._answer import OllamaAnswer, created_at
 from ._schemas import ChatRequest, GenerateRequest, Message, known_option
 
-__all__ = ["NDJSON", "chat", "generate", "not_found", "resolved"]
+__all__ = ["NDJSON", "chat", "generate", "load_or_unload", "not_found", "resolved"]
 
 log = logging.getLogger("mlxtrio.api")
 _json = msgspec.json.Encoder()
@@ -94,9 +94,20 @@ async def generate(state: ServerState, body: bytes) -> Response:
 
 async def _load_only(state: ServerState, model: str, request: ChatRequest | GenerateRequest, *, chat: bool) -> Response:
     """Load the model (its keep_alive from now on), or unload it with keep_alive 0: Ollama's answer says which."""
+    reason = await load_or_unload(state, model, request.keep_alive_seconds(), task="generate")
+    payload: dict = {"model": request.model, "created_at": created_at()}
+    payload.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
+    payload.update(done=True, done_reason=reason)
+    if request.streams:
+        return Response(_json.encode(payload) + b"\n", status=200, content_type=NDJSON)
+    return json_response(payload)
+
+
+async def load_or_unload(state: ServerState, model: str, keep_alive: float | None, *, task: str) -> str:
+    """A request with nothing to do but keep_alive: unload the model with 0, else load it for ``task`` and hold it
+    that long from now ("unload" or "load", as Ollama's answer says)."""
     if state.shutting_down:
         raise ServerError(ErrorKind.UNAVAILABLE, "the server is shutting down", code="shutting_down")
-    keep_alive = request.keep_alive_seconds()
     served = await state.supervisor.served_model(model)
     if keep_alive == 0:
         if served.statistics().active_requests:
@@ -104,20 +115,15 @@ async def _load_only(state: ServerState, model: str, request: ChatRequest | Gene
             served.hold(0)
         else:
             await served.unload("unloaded on request (keep_alive 0)")
-        reason = "unload"
-    else:
-        with trio.move_on_after(state.config.request_timeout) as scope:
-            await served.ensure_ready()
-        if scope.cancelled_caught:
-            raise ServerError(ErrorKind.TIMEOUT, f"the model did not load within the request timeout ({state.config.request_timeout:g} s)", code="timeout")
-        served.hold(keep_alive)
-        reason = "load"
-    payload: dict = {"model": request.model, "created_at": created_at()}
-    payload.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
-    payload.update(done=True, done_reason=reason)
-    if request.streams:
-        return Response(_json.encode(payload) + b"\n", status=200, content_type=NDJSON)
-    return json_response(payload)
+        return "unload"
+    served.check_task(task)
+    with trio.move_on_after(state.config.request_timeout) as scope:
+        await served.ensure_ready()
+    if scope.cancelled_caught:
+        raise ServerError(ErrorKind.TIMEOUT, f"the model did not load within the request timeout ({state.config.request_timeout:g} s)", code="timeout")
+    served.check_task(task)
+    served.hold(keep_alive)
+    return "load"
 
 
 def chat_generation(request: ChatRequest, limits: RequestLimits, *, model: str) -> GenerationRequest:

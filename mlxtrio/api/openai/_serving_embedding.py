@@ -8,15 +8,16 @@ checks each input against the model's vocabulary and context.
 
 from __future__ import annotations
 
+import functools
+
 import msgspec
-import trio
 from quart import Response
 
 from ..._errors import ErrorKind, ServerError
 from .._common import RequestLimits, ServerState
 from .._decode import decode_request
 from .._durations import duration_seconds
-from .._embedding import Embeddings, embed
+from .._embedding import Embeddings, embed, written
 from ._schemas import MAX_TOKEN_ID
 
 __all__ = ["MAX_EMBEDDING_INPUTS", "MAX_EMBEDDING_TOKEN_IDS", "EmbeddingRequest", "embeddings"]
@@ -26,8 +27,6 @@ MAX_EMBEDDING_INPUTS = 2048
 MAX_EMBEDDING_TOKEN_IDS = 300_000
 _ENCODINGS = ("float", "base64")
 _json = msgspec.json.Encoder()
-# Vectors up to this many bytes are written in the event loop (a fraction of a millisecond); larger, in a thread.
-_INLINE_BYTES = 256 * 1024
 
 
 def _input_error(message: str, param: str = "input") -> ServerError:
@@ -66,7 +65,8 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True):
             given = [given]
         if not given:
             raise _input_error("the list must not be empty")
-        if len(given) > MAX_EMBEDDING_INPUTS:
+        # A flat list of ids is one input: its length is counted with the token ids, below.
+        if len(given) > MAX_EMBEDDING_INPUTS and not all(type(each) is int for each in given):
             raise _input_error(f"at most {MAX_EMBEDDING_INPUTS} inputs, not {len(given)}")
         if all(isinstance(each, str) for each in given):
             empty = next((index for index, each in enumerate(given) if not each), None)
@@ -106,14 +106,11 @@ async def embeddings(state: ServerState, body: bytes) -> Response:
     asked = decode_request(body, EmbeddingRequest, state.limits)
     inputs = asked.inputs()
     embeddings = await embed(state, asked.model, inputs, dimensions=asked.dimensions, keep_alive=asked.keep_alive_seconds())
-    answer = (embeddings, asked.encoding_format, asked.model)
-    if len(embeddings.embedded.vectors) <= _INLINE_BYTES:
-        return Response(_answer(*answer), content_type="application/json")
-    # Millions of floats for a large request: written off the event loop, which serves every other request meanwhile.
-    return Response(await trio.to_thread.run_sync(_answer, *answer), content_type="application/json")
+    body = await written(embeddings, functools.partial(_answer, encoding=asked.encoding_format, model=asked.model))
+    return Response(body, content_type="application/json")
 
 
-def _answer(embeddings: Embeddings, encoding: str, model: str) -> bytes:
+def _answer(embeddings: Embeddings, *, encoding: str, model: str) -> bytes:
     """OpenAI's response: each input's vector as floats, or as base64 of float32 little-endian (what the SDKs decode)."""
     values = embeddings.base64_rows() if encoding == "base64" else embeddings.floats()
     rows = [{"object": "embedding", "index": index, "embedding": value} for index, value in enumerate(values)]

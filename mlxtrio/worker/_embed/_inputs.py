@@ -19,6 +19,10 @@ from .._tokenize import PromptEncoder
 
 __all__ = ["InputTokens"]
 
+# Cutting a long text: tokenize a prefix of this many characters a token kept (more while that yields too few), and
+# keep this many tokens more than the cut needs before trusting the prefix's tokens.
+_CHARACTERS_PER_TOKEN = 8
+_MARGIN_TOKENS = 32
 # A text whose tokens show where the tokenizer's special tokens go: none of its own are special.
 _PROBE = "a"
 
@@ -42,8 +46,7 @@ class InputTokens:
         count = f"at least {tokens}" if at_least else str(tokens)
         return self._refuse(
             param,
-            f"{count} tokens, more than this model's context of {self.max_tokens} tokens "
-            "(shorten the input, or ask for it to be cut)",
+            f"{count} tokens, more than this model's context of {self.max_tokens} tokens",
             "context_length_exceeded",
         )
 
@@ -53,13 +56,26 @@ class InputTokens:
             raise self._refuse(message.param, "no inputs to embed")
         return [self._one(each, f"{message.param}[{index}]", truncate=message.truncate) for index, each in enumerate(message.inputs)]
 
+    def _leading(self, text: str) -> list[int]:
+        """``text``'s tokens, at least its first ``max_tokens`` of them as its whole tokenization has them: only as much
+        of a long text as that needs is tokenized (a request's text may be megabytes; its cut keeps a few hundred tokens)."""
+        wanted = self.max_tokens + _MARGIN_TOKENS
+        span = wanted * _CHARACTERS_PER_TOKEN
+        while span < len(text):
+            ids = self._encoder.text(text[:span], add_special_tokens=True)
+            # The tokens kept lie well before the cut, where the words the cut splits are tokenized otherwise.
+            if len(ids) >= wanted:
+                return ids
+            span *= 4
+        return self._encoder.text(text, add_special_tokens=True)
+
     def _one(self, given: str | tuple[int, ...], param: str, *, truncate: bool) -> list[int]:
         limit = self.max_tokens
         if isinstance(given, str):
             if not given:
                 raise self._refuse(param, "an empty string has nothing to embed")
             try:
-                ids = self._encoder.text(given, add_special_tokens=True, budget=None if truncate else limit)
+                ids = self._leading(given) if truncate else self._encoder.text(given, add_special_tokens=True, budget=limit)
             except PromptTooLong as exc:
                 raise self._too_long(param, exc.fewest_tokens, at_least=True) from exc
             if len(ids) > limit and truncate:

@@ -90,6 +90,8 @@ def serve_embed(channel, embedder: Embedder, send, watch) -> int:  # noqa: ANN00
             message = decode(frame)
             if isinstance(message, p.Embed):
                 take(message)
+                # Progress: tokenizing a queue of large requests must not look like a hang.
+                send(p.Step(()))
             elif isinstance(message, p.Cancel):
                 requests.pop(message.request_id, None)
             elif isinstance(message, p.Ping):
