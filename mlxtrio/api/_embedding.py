@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import sys
 from array import array
-
 from collections.abc import Callable
 
 import attrs
