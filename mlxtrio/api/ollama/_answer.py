@@ -25,7 +25,7 @@ from .._generation import Collected, Usage
 from .._observe import RequestRecord, current_record
 from ._errors import ollama_error
 
-__all__ = ["OllamaAnswer", "created_at", "nanoseconds", "tool_call_object"]
+__all__ = ["OllamaAnswer", "created_at", "request_durations", "tool_call_object"]
 
 _json = msgspec.json.Encoder()
 
@@ -41,6 +41,12 @@ def created_at() -> str:
 def nanoseconds(seconds: float) -> int:
     """Ollama's durations are integer nanoseconds."""
     return max(0, round(seconds * 1e9))
+
+
+def request_durations(record: RequestRecord, end: float) -> dict:
+    """``total_duration`` since the request arrived, until ``end`` (``time.perf_counter``), and ``load_duration``,
+    its wait for the model to load."""
+    return {"total_duration": nanoseconds(end - record.started), "load_duration": nanoseconds(record.load_seconds)}
 
 
 def tool_call_object(call: p.ToolCall) -> dict:
@@ -115,8 +121,7 @@ class OllamaAnswer:
         first = record.first_token_at if record.first_token_at is not None else end
         payload.update(
             done_reason=done_reason(self._last),
-            total_duration=nanoseconds(end - record.started),
-            load_duration=nanoseconds(record.load_seconds),
+            **request_durations(record, end),
             prompt_eval_count=0 if usage is None else usage.prompt_tokens,
             prompt_eval_duration=nanoseconds(first - ready),
             eval_count=0 if usage is None else usage.completion_tokens,

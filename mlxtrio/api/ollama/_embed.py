@@ -22,7 +22,7 @@ from .._embedding import Embeddings, embed, written
 from .._observe import current_record
 from ..openai._schemas import MAX_TOKEN_ID
 from ..openai._serving_embedding import MAX_EMBEDDING_INPUTS
-from ._answer import nanoseconds
+from ._answer import request_durations
 from ._schemas import invalid
 from ._serving import load_or_unload, resolved
 
@@ -92,8 +92,7 @@ async def embed_route(state: ServerState, body: bytes) -> Response:
         return _json.encode({
             "model": asked.model,
             "embeddings": embeddings.floats(),
-            "total_duration": nanoseconds(time.perf_counter() - record.started),
-            "load_duration": nanoseconds(record.load_seconds),
+            **request_durations(record, time.perf_counter()),
             "prompt_eval_count": embeddings.tokens,
         })
 

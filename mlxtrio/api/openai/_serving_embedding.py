@@ -95,7 +95,7 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True):
             )
         if self.dimensions is not None and not 1 <= self.dimensions <= MAX_TOKEN_ID:
             raise ServerError(ErrorKind.INVALID_REQUEST, f"dimensions must be a positive integer, not {self.dimensions}", param="dimensions")
-        self.inputs()
+        # ``input`` is read (and checked) once, by the caller's ``inputs()``: up to 300,000 ids are not walked twice.
         self.keep_alive_seconds()
 
     def keep_alive_seconds(self) -> float | None:
