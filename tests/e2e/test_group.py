@@ -45,18 +45,18 @@ def server_settings(tmp_path: Path, tiny_qwen2: Path, request: pytest.FixtureReq
     return {"config_file": _models_file(tmp_path, tiny_qwen2), **getattr(request, "param", {})}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
 async def _gone(pids: list[int], *, within: float) -> None:
+    """Each process has exited: a pidfd turns readable then (the ranks are the server's children, not ours)."""
     with trio.fail_after(within):
-        while any(_alive(pid) for pid in pids):
-            await trio.sleep(0.02)
+        for pid in pids:
+            try:
+                descriptor = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue  # gone and reaped already
+            try:
+                await trio.lowlevel.wait_readable(descriptor)
+            finally:
+                os.close(descriptor)
 
 
 async def _ranks(admin: httpx.AsyncClient) -> list[dict]:
