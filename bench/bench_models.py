@@ -17,8 +17,11 @@ hold-back instead of the server.
 
 ``demo`` is the server's own demo model (mlxtrio/worker/_demo.py), whose
 text is printable at any temperature, built into DEST like the others.
+``qwen2-vl-2b-bf16`` is a vision-language model, Qwen2-VL-2B's shape, built
+by bench/vision_shapes.py.
 
-    python -m bench.bench_models NAME DEST     # NAME: demo, qwen2.5-0.5b-bf16, qwen2.5-0.5b-4bit, qwen2.5-7b-bf16, qwen2.5-7b-4bit
+    python -m bench.bench_models NAME DEST     # NAME: demo, qwen2.5-0.5b-bf16, qwen2.5-0.5b-4bit, qwen2.5-7b-bf16, qwen2.5-7b-4bit,
+                                               #       qwen2-vl-2b-bf16
 """
 
 from __future__ import annotations
@@ -57,7 +60,9 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-MODEL_NAMES = ["demo"] + [f"{shape}-{dtype}" for shape in SHAPES for dtype in ("bf16", "4bit")]
+# Vision-language shapes (bench/vision_shapes.py), in bf16.
+VISION_MODEL_NAMES = ["qwen2-vl-2b-bf16"]
+MODEL_NAMES = ["demo"] + [f"{shape}-{dtype}" for shape in SHAPES for dtype in ("bf16", "4bit")] + VISION_MODEL_NAMES
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -71,8 +76,11 @@ def build_chosen(args: argparse.Namespace) -> Path:
     return build(args.model, args.models_dir / args.model)
 
 
-def build_tokenizer(directory: Path) -> int:
-    """A byte-level BPE of the real vocabulary size; returns the end-of-sequence id."""
+def build_tokenizer(directory: Path, *, special: list[str] = SPECIAL, chat_template: str = CHAT_TEMPLATE, **config: str) -> int:
+    """A byte-level BPE of the real vocabulary size, ``special`` tokens included; returns the end-of-sequence id.
+
+    ``config``: more of tokenizer_config.json (a vision model's processor class, say).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     rng = random.Random(0)
@@ -82,7 +90,7 @@ def build_tokenizer(directory: Path) -> int:
     text = [symbol for symbol in alphabet if 32 <= byte_of[symbol] <= 126]
     tokens = list(text)
     merges = []
-    target = VOCAB_SIZE - len(SPECIAL)
+    target = VOCAB_SIZE - len(special)
     while len(vocab) < target:
         left = tokens[rng.randrange(min(len(tokens), 4096))]
         right = text[rng.randrange(len(text))]
@@ -95,7 +103,7 @@ def build_tokenizer(directory: Path) -> int:
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens(SPECIAL)
+    tokenizer.add_special_tokens(special)
     tokenizer.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(
         json.dumps(
@@ -103,8 +111,9 @@ def build_tokenizer(directory: Path) -> int:
                 "tokenizer_class": "PreTrainedTokenizerFast",
                 "eos_token": "<|im_end|>",
                 "pad_token": "<|endoftext|>",
-                "chat_template": CHAT_TEMPLATE,
+                "chat_template": chat_template,
                 "model_max_length": 32768,
+                **config,
             }
         )
     )
@@ -116,6 +125,11 @@ def build(name: str, dest: Path) -> Path:
     if name == "demo":
         # The server's own demo model, as its worker builds it into its cache.
         return build_demo_model(dest)
+    if name in VISION_MODEL_NAMES:
+        # That module builds on this one's tokenizer: imported here, not above.
+        from .vision_shapes import build_qwen2_vl
+
+        return build_qwen2_vl(dest)
     if (dest / "config.json").exists():
         if json.loads((dest / "config.json").read_text()).get("mlxtrio_bench_version") == BUILD_VERSION:
             return dest

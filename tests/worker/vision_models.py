@@ -9,10 +9,8 @@ demo's tokenizer plus Qwen's vision tokens, which, like every special token
 but the end of a turn, are never sampled; different images give different
 greedy answers, the same image the same.
 
-Its config.json holds the language model's settings twice, as Qwen's own
-checkpoints do: at the top level, which mlx-vlm's ``qwen2_vl`` reads, and
-in ``text_config``, which transformers 5 writes and mlx-lm's ``qwen2_vl``
-reads, so both build the same language model from one file.
+Its files (config, processor, template) and its mlx-vlm model are made as
+the benchmark's Qwen2-VL-2B's are (bench/vision_shapes.py), at a tiny shape.
 
 Below it, what the tests of any vision model share: seeded images, a prompt
 of an image and a question, and mlx-vlm's greedy answer to it.
@@ -20,10 +18,21 @@ of an image and a question, and mlx-vlm's greedy answer to it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.vision_shapes import (
+    IMAGE_PAD,
+    VIDEO_PAD,
+    VISION_END,
+    VISION_START,
+    qwen2_vl_config,
+    qwen2_vl_model,
+    qwen2_vl_vision_args,
+    qwen_image_parts,
+    save_model,
+    write_qwen2_vl_processor,
+)
 from mlxtrio.worker import _demo
 from mlxtrio.worker._vision import _demo as _vision_demo
 
@@ -48,12 +57,6 @@ __all__ = [
 
 # Bump when anything below, or demo-vision's weight shaping it borrows, changes: a new version is a new build.
 QWEN2_VL_VERSION = 2
-VISION_START = "<|vision_start|>"
-IMAGE_PAD = "<|image_pad|>"
-VISION_END = "<|vision_end|>"
-VIDEO_PAD = "<|video_pad|>"
-_PATCH_SIZE = 14
-_MERGE_SIZE = 2
 # The resize bounds, in pixels: an image is resized to sides that are multiples of 28 (a patch times the merge)
 # with an area between these, so a 64x64 image becomes 84x84: 6x6 patches, merged 2x2 into 3x3 image tokens.
 _MIN_PIXELS = 84 * 84
@@ -65,119 +68,37 @@ _HEAD_DIM = _demo._MODEL_ARGS["hidden_size"] // _demo._MODEL_ARGS["num_attention
 _MROPE_SECTION = [2, 3, 3]
 assert sum(_MROPE_SECTION) == _HEAD_DIM // 2
 _ROPE_THETA = 10000.0
-_VISION_ARGS = {
-    "model_type": "qwen2_vl",
-    "depth": 2,
-    "embed_dim": 32,
-    "hidden_size": _demo._MODEL_ARGS["hidden_size"],
-    "hidden_act": "quick_gelu",
-    "mlp_ratio": 4,
-    "num_heads": 2,
-    "in_channels": 3,
-    "patch_size": _PATCH_SIZE,
-    "spatial_patch_size": _PATCH_SIZE,
-    "spatial_merge_size": _MERGE_SIZE,
-    "temporal_patch_size": 2,
-}
+_VISION_ARGS = qwen2_vl_vision_args(depth=2, embed_dim=32, num_heads=2, hidden_size=_demo._MODEL_ARGS["hidden_size"])
 _SEED = 20261207
 
 def build_tiny_qwen2_vl(target: Path) -> Path:
     """The tiny Qwen2-VL built into ``target``, unless it holds this version already."""
     return _demo.build_once(target, key="mlxtrio_tiny_qwen2_vl", version=QWEN2_VL_VERSION, build=_build_qwen2_vl)
 
-def _qwen_chat_template() -> str:
-    """demo-vision's template, an image part rendered as Qwen's ``<|vision_start|><|image_pad|><|vision_end|>``."""
-    template = _vision_demo._chat_template()
-    old = "%}" + _vision_demo.IMAGE_TOKEN + "{%"
-    assert template.count(old) == 1, old
-    return template.replace(old, "%}" + VISION_START + IMAGE_PAD + VISION_END + "{%")
-
-def _build_qwen_processor(directory: Path) -> None:
-    image = {
-        "image_processor_type": "Qwen2VLImageProcessor",
-        "processor_class": "Qwen2VLProcessor",
-        "do_resize": True,
-        "size": {"shortest_edge": _MIN_PIXELS, "longest_edge": _MAX_PIXELS},
-        "min_pixels": _MIN_PIXELS,
-        "max_pixels": _MAX_PIXELS,
-        "resample": 3,
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": _vision_demo._CLIP_MEAN,
-        "image_std": _vision_demo._CLIP_STD,
-        "do_convert_rgb": True,
-        "patch_size": _PATCH_SIZE,
-        "temporal_patch_size": _VISION_ARGS["temporal_patch_size"],
-        "merge_size": _MERGE_SIZE,
-    }
-    (directory / "preprocessor_config.json").write_text(json.dumps(image, indent=2))
-    video = dict(image, video_processor_type="Qwen2VLVideoProcessor")
-    del video["image_processor_type"]
-    (directory / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))
-    (directory / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2VLProcessor"}, indent=2))
-
 def _qwen2_vl_config(vocab_size: int, ids: dict[str, int]) -> dict:
-    text = {
-        key: _demo._MODEL_ARGS[key]
-        for key in (
-            "hidden_size",
-            "num_hidden_layers",
-            "intermediate_size",
-            "num_attention_heads",
-            "num_key_value_heads",
-            "rms_norm_eps",
-            "max_position_embeddings",
-        )
-    }
-    text.update(
+    text_keys = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads", "rms_norm_eps", "max_position_embeddings")
+    return qwen2_vl_config(
+        {key: _demo._MODEL_ARGS[key] for key in text_keys},
         vocab_size=vocab_size,
-        hidden_act="silu",
         rope_theta=_ROPE_THETA,
-        rope_scaling={"type": "mrope", "mrope_section": _MROPE_SECTION},
+        mrope_section=_MROPE_SECTION,
         tie_word_embeddings=False,
-        use_sliding_window=False,
-        sliding_window=None,
-        bos_token_id=ids["bos"],
-        eos_token_id=ids["eos"],
+        vision=_VISION_ARGS,
+        ids=ids,
+        marker={"mlxtrio_tiny_qwen2_vl": QWEN2_VL_VERSION},
     )
-    text_config = dict(
-        text,
-        model_type="qwen2_vl_text",
-        rope_parameters={
-            "rope_type": "default",
-            "type": "mrope",
-            "mrope_section": _MROPE_SECTION,
-            "rope_theta": _ROPE_THETA,
-        },
-        layer_types=["full_attention"] * text["num_hidden_layers"],
-    )
-    return {
-        "architectures": ["Qwen2VLForConditionalGeneration"],
-        "model_type": "qwen2_vl",
-        **text,
-        "text_config": text_config,
-        "vision_config": _VISION_ARGS,
-        "image_token_id": ids[IMAGE_PAD],
-        "video_token_id": ids[VIDEO_PAD],
-        "vision_start_token_id": ids[VISION_START],
-        "vision_end_token_id": ids[VISION_END],
-        "mlxtrio_tiny_qwen2_vl": QWEN2_VL_VERSION,
-    }
 
 def _build_qwen2_vl(directory: Path) -> None:
     import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_vlm.models.qwen2_vl import Model, ModelConfig, TextConfig, VisionConfig
     from transformers import PreTrainedTokenizerFast
 
     _vision_demo._build_tokenizer(
         directory,
         tokens=(VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD),
-        chat_template=_qwen_chat_template(),
+        chat_template=qwen_image_parts(_vision_demo._chat_template()),
         processor_class="Qwen2VLProcessor",
     )
-    _build_qwen_processor(directory)
+    write_qwen2_vl_processor(directory, vision=_VISION_ARGS, min_pixels=_MIN_PIXELS, max_pixels=_MAX_PIXELS)
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"))
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in (VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)}
     ids.update(bos=tokenizer.convert_tokens_to_ids("<|bos|>"), eos=tokenizer.convert_tokens_to_ids("<|end|>"))
@@ -185,15 +106,10 @@ def _build_qwen2_vl(directory: Path) -> None:
     assert {ids[IMAGE_PAD], ids[VISION_START], ids[VISION_END], ids[VIDEO_PAD]} <= set(never)
     config = _qwen2_vl_config(len(tokenizer), ids)
     mx.random.seed(_SEED)
-    model_config = ModelConfig.from_dict(json.loads(json.dumps(config)))
-    model_config.text_config = TextConfig.from_dict({key: value for key, value in config.items() if key != "vision_config"})
-    model_config.vision_config = VisionConfig.from_dict(_VISION_ARGS)
-    model = Model(model_config)
+    model = qwen2_vl_model(config, _VISION_ARGS)
     _vision_demo.shape_language_model(model.language_model, never)
     _vision_demo.shape_projector(model.vision_tower.merger.mlp[-1])
-    weights = dict(tree_flatten(model.parameters()))
-    mx.save_safetensors(str(directory / "model.safetensors"), weights, metadata={"format": "mlx"})
-    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    save_model(directory, model, config)
 
 # Images, prompts and greedy answers for the tests of a vision model, whichever its processor.
 
