@@ -2,13 +2,15 @@
 # The GPU figures of docs/PERFORMANCE.md ("Current figures: H100"), as run on a lent Linux CUDA machine.
 #
 #   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, models7b, machine, table05, serve7b, single7b,
-#                                      prefix05, long05, long7b, loadttft05, loadttft7b, surfaces05, pack
+#                                      prefix05, long05, long7b, loadttft05, loadttft7b, surfaces05, vision2b, pack
 #
 # Run from the repository's root. The machine has no registry: `install` takes
 # the offline bundle of ../shared/gpu/stage.sh (first half parked in /tmp by
 # .gpu/a/keep.sh, second half in .gpu/b), staged with what mlxtrio needs beyond the
 # script's list: `stage.sh .gpu prometheus-client python-json-logger llguidance==1.9.1`,
-# then msgspec 0.22.0's wheel in .gpu/a instead of 0.23's (pyproject.toml's bound). The worker runs with jemalloc, which
+# then msgspec 0.22.0's wheel in .gpu/a instead of 0.23's (pyproject.toml's bound); vision2b needs mlx-vlm==0.7.10's
+# wheel there too (installed without its requirements, as all are: it needs only transformers, Pillow and requests,
+# which the machine has). The worker runs with jemalloc, which
 # these machines lack: Debian's libjemalloc2 unpacked into .ab/jem
 # (`apt-get download libjemalloc2 && dpkg -x libjemalloc2_*.deb x && cp
 # x/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 .ab/jem/`), or JEMALLOC=PATH.
@@ -131,6 +133,16 @@ surfaces05() {
     MLX_WORKER_ALLOCATOR=$JEMALLOC python3 -m bench.surface_bench --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
         --concurrency 1 32 --max-tokens 128 --rounds 2 --repeat ${REPEAT:-3} --json "$RESULTS/surfaces-qwen05.json" 2>&1 \
         | tee "$RESULTS/surfaces-qwen05.log" | grep --line-buffered -E "^\||^model|failed"
+}
+
+vision2b() {
+    # Qwen2-VL-2B's shape: chat completions with an image each against text-only ones, by turns on one mlxtrio.
+    step vision2b
+    local start=$SECONDS
+    python3 -m bench.bench_models qwen2-vl-2b-bf16 $MODELS/qwen2-vl-2b-bf16 && echo "built in $((SECONDS - start)) s"
+    MLX_WORKER_ALLOCATOR=$JEMALLOC python3 -m bench.surface_bench --model qwen2-vl-2b-bf16 --models-dir $MODELS \
+        --surfaces chat chat-image --concurrency 1 32 --max-tokens 128 --rounds 2 --repeat ${REPEAT:-2} \
+        --json "$RESULTS/surfaces-qwen2vl2b.json" 2>&1 | tee "$RESULTS/surfaces-qwen2vl2b.log" | grep --line-buffered -E "^\||^model|failed"
 }
 
 pack() {

@@ -16,12 +16,12 @@ from bench.bench_models import build
 from bench.load_ttft_bench import window_figures
 from bench.serve_bench import long_prompts
 from bench.sse_client import LeanClient
-from bench.surface_bench import SURFACES, one
+from bench.surface_bench import TEXT_SURFACES, one
 
 from ..helpers import bounded
 
 
-@pytest.mark.parametrize("surface", SURFACES)
+@pytest.mark.parametrize("surface", TEXT_SURFACES)
 @bounded(60)
 async def test_each_surface_is_read_to_the_servers_token_count(server, surface: str) -> None:
     client = LeanClient(timeout=30)
