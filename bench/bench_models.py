@@ -18,7 +18,8 @@ hold-back instead of the server.
 ``demo`` is the server's own demo model (mlxtrio/worker/_demo.py), whose
 text is printable at any temperature, built into DEST like the others.
 
-    python -m bench.bench_models NAME DEST     # NAME: demo, qwen2.5-0.5b-bf16, qwen2.5-0.5b-4bit, qwen2.5-7b-bf16, qwen2.5-7b-4bit
+    python -m bench.bench_models NAME DEST     # NAME: demo, qwen2.5-0.5b-bf16, qwen2.5-0.5b-4bit, qwen2.5-7b-bf16, qwen2.5-7b-4bit,
+                                               # or an embedding shape: bert-base, qwen3-embedding-0.6b (bench/embed_shapes.py)
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import sys
 from pathlib import Path
 
 from mlxtrio.worker._demo import build_demo_model, byte_decoder, never_sampled_ids
+
+from .embed_shapes import EMBED_SHAPES, build_embed_model
 
 SHAPES = {
     "qwen2.5-0.5b": {
@@ -116,6 +119,8 @@ def build(name: str, dest: Path) -> Path:
     if name == "demo":
         # The server's own demo model, as its worker builds it into its cache.
         return build_demo_model(dest)
+    if name in EMBED_SHAPES:
+        return build_embed_model(name, dest)
     if (dest / "config.json").exists():
         if json.loads((dest / "config.json").read_text()).get("mlxtrio_bench_version") == BUILD_VERSION:
             return dest
