@@ -21,7 +21,8 @@ text is printable at any temperature, built into DEST like the others.
 by bench/vision_shapes.py.
 
     python -m bench.bench_models NAME DEST     # NAME: demo, qwen2.5-0.5b-bf16, qwen2.5-0.5b-4bit, qwen2.5-7b-bf16, qwen2.5-7b-4bit,
-                                               #       qwen2-vl-2b-bf16
+                                               #       qwen2-vl-2b-bf16 (bench/vision_shapes.py),
+                                               # or an embedding shape: bert-base, qwen3-embedding-0.6b (bench/embed_shapes.py)
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import sys
 from pathlib import Path
 
 from mlxtrio.worker._demo import build_demo_model, byte_decoder, never_sampled_ids
+
+from .embed_shapes import EMBED_SHAPES, build_embed_model
 
 SHAPES = {
     "qwen2.5-0.5b": {
@@ -130,6 +133,8 @@ def build(name: str, dest: Path) -> Path:
         from .vision_shapes import build_qwen2_vl
 
         return build_qwen2_vl(dest)
+    if name in EMBED_SHAPES:
+        return build_embed_model(name, dest)
     if (dest / "config.json").exists():
         if json.loads((dest / "config.json").read_text()).get("mlxtrio_bench_version") == BUILD_VERSION:
             return dest

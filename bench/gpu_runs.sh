@@ -2,7 +2,7 @@
 # The GPU figures of docs/PERFORMANCE.md ("Current figures: H100"), as run on a lent Linux CUDA machine.
 #
 #   bash bench/gpu_runs.sh STEP...     STEP: install, models, models05, models7b, machine, table05, serve7b, single7b,
-#                                      prefix05, long05, long7b, loadttft05, loadttft7b, surfaces05, vision2b, pack
+#                                      prefix05, long05, long7b, loadttft05, loadttft7b, surfaces05, embed, vision2b, pack
 #
 # Run from the repository's root. The machine has no registry: `install` takes
 # the offline bundle of ../shared/gpu/stage.sh (first half parked in /tmp by
@@ -133,6 +133,17 @@ surfaces05() {
     MLX_WORKER_ALLOCATOR=$JEMALLOC python3 -m bench.surface_bench --model qwen2.5-0.5b-bf16 --models-dir $MODELS \
         --concurrency 1 32 --max-tokens 128 --rounds 2 --repeat ${REPEAT:-3} --json "$RESULTS/surfaces-qwen05.json" 2>&1 \
         | tee "$RESULTS/surfaces-qwen05.log" | grep --line-buffered -E "^\||^model|failed"
+}
+
+embed() {
+    # Embeddings/s of the real embedding shapes (bench/embed_shapes.py) at batches of 1, 32 and 256: short inputs, then
+    # inputs of about 300 tokens (WORDS).
+    step embed
+    for words in 5 ${WORDS:-100}; do
+        MLX_WORKER_ALLOCATOR=$JEMALLOC python3 -m bench.embed_bench --models bert-base qwen3-embedding-0.6b --models-dir $MODELS \
+            --batches 1 32 256 --words $words --rounds ${ROUNDS:-8} --repeat ${REPEAT:-3} --json "$RESULTS/embed-w$words.json" 2>&1 \
+            | tee "$RESULTS/embed-w$words.log" | grep --line-buffered -E "^\||^medians|Error"
+    done
 }
 
 vision2b() {

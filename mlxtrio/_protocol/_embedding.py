@@ -25,6 +25,9 @@ class EmbeddingSettings(msgspec.Struct, array_like=True, frozen=True, kw_only=Tr
     matryoshka: bool
     # Tokens of one forward pass, padding included: a batch of inputs is cut into passes of at most this.
     batch_tokens: int
+    # Seconds a pass aims at: on a model too slow for ``batch_tokens`` in that time, passes hold fewer tokens, so that
+    # the worker tells its progress well inside the hang timeout.
+    pass_seconds: float
 
 
 class EmbeddingInfo(msgspec.Struct, array_like=True, frozen=True):

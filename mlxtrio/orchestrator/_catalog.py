@@ -41,6 +41,8 @@ _BUILT_IN = {
 }
 # What each built-in serves, known without loading it: a request of the other kind is refused at once.
 _BUILT_IN_TASKS = {DEMO_EMBED_MODEL_ID: "embed", DEMO_EMBED_DECODER_MODEL_ID: "embed"}
+# An embedding pass aims at this fraction of the hang timeout (worker/_embed/_passes.py).
+_PASSES_PER_HANG_TIMEOUT = 10
 # A 404 for a model names this many of the models there are.
 _LISTED_IN_404 = 8
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -299,6 +301,7 @@ class ModelCatalog:
                 normalize=settings.normalize if settings is not None else None,
                 matryoshka=settings.matryoshka if settings is not None else False,
                 batch_tokens=config.embed_batch_tokens,
+                pass_seconds=config.hang_timeout / _PASSES_PER_HANG_TIMEOUT,
             ),
             group=_group(settings),
         )

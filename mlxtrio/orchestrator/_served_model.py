@@ -244,11 +244,12 @@ class ServedModel:
         """A request of ``sequences`` in the queue of the loaded model; on the way out, the worker drops what is unfinished."""
         lifecycle = self._lifecycle
         lifecycle.check_task(task)  # as configured
-        lifecycle.keep_alive = keep_alive
         lifecycle.check_capacity(sequences)
         await self.ensure_ready()
         lifecycle.check_task(task)  # as the worker found it
         lifecycle.check_capacity(sequences)  # again: others may have come in while it loaded
+        # Only a request taken in decides how long the model stays (Ollama's keep_alive): a refused one does not.
+        lifecycle.keep_alive = keep_alive
         run = self._run
         assert run is not None
         with run.streams.open(sequences) as events:

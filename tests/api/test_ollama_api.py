@@ -428,7 +428,9 @@ async def test_a_full_queue_is_a_429_and_a_stopping_server_a_503_with_retry_afte
         # A stream's 200 comes once the worker has taken it in: then one decodes and one waits, and the queue is full.
         async with raw.stream("POST", "/api/generate", json=long) as first, raw.stream("POST", "/api/generate", json=long) as second:
             assert first.status_code == second.status_code == 200
-            refused = await raw.post("/api/chat", json={"model": "demo", "messages": HELLO})
+            # Its keep_alive goes with it: a refused request does not decide when the model unloads.
+            refused = await raw.post("/api/chat", json={"model": "demo", "messages": HELLO, "keep_alive": "5h"})
+            (running,) = (await raw.get("/api/ps")).json()["models"]
         server.state.shutting_down = True
         try:
             stopping = await raw.post("/api/chat", json={"model": "demo", "messages": HELLO, "stream": False})
@@ -437,6 +439,7 @@ async def test_a_full_queue_is_a_429_and_a_stopping_server_a_503_with_retry_afte
             server.state.shutting_down = False
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
     assert list(refused.json()) == ["error"] and "capacity" in refused.json()["error"]
+    assert (datetime.fromisoformat(running["expires_at"]) - datetime.now(UTC)).total_seconds() < 3600
     assert stopping.status_code == loading.status_code == 503 and stopping.json() == loading.json() == {"error": "the server is shutting down"}
 
 

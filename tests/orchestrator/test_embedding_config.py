@@ -25,14 +25,14 @@ def test_the_keys_reach_the_worker_config(tmp_path):
     catalog = ModelCatalog(config)
     worker = catalog.worker_config(catalog.resolve("emb"))
     assert worker.task == "embed"
-    assert worker.embedding == p.EmbeddingSettings(pooling="cls", normalize=False, matryoshka=True, batch_tokens=1024)
+    assert worker.embedding == p.EmbeddingSettings(pooling="cls", normalize=False, matryoshka=True, batch_tokens=1024, pass_seconds=6.0)
 
 
 def test_without_them_the_model_and_its_files_decide_but_a_built_in_s_is_known(tmp_path):
     catalog = ModelCatalog(_config(tmp_path, ""))
     worker = catalog.worker_config(catalog.resolve("emb"))
     assert worker.task == "auto"
-    assert worker.embedding == p.EmbeddingSettings(pooling=None, normalize=None, matryoshka=False, batch_tokens=1024)
+    assert worker.embedding == p.EmbeddingSettings(pooling=None, normalize=None, matryoshka=False, batch_tokens=1024, pass_seconds=6.0)
     # The built-ins' are known: a request of the other kind is refused without loading them.
     tasks = {model: catalog.worker_config(catalog.resolve(model)).task for model in ("demo", "demo-vision", "demo-embed", "demo-embed-decoder")}
     assert tasks == {"demo": "generate", "demo-vision": "generate", "demo-embed": "embed", "demo-embed-decoder": "embed"}

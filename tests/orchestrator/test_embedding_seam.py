@@ -96,9 +96,12 @@ async def test_the_queue_bounds_embeddings_and_a_cancelled_one_is_dropped_in_the
         nursery.start_soon(wait)
         while served.statistics().active_requests == 0:
             await trio.testing.wait_all_tasks_blocked()
+        before = served.expires_at()
         with pytest.raises(ServerError) as caught:
-            await served.embed(("other",))
+            await served.embed(("other",), keep_alive=-1)
         assert (caught.value.kind, caught.value.code) == (ErrorKind.OVERLOADED, "queue_full")
+        # A refused request's keep_alive is not the model's: it still unloads when idle.
+        assert served.expires_at() is not None and served.expires_at() >= before
         _, pong = await served.ping()
         assert pong.active_sequences == 1
         waiting.cancel()

@@ -32,7 +32,7 @@ def _config(hosts=("127.0.0.1", "127.0.0.1")) -> p.WorkerConfig:
         prefill_step_size=512, decode_concurrency=4, prefill_batch_size=4, prefill_bucket=0, prompt_cache_bytes=0,
         chat_template=None, cpus=(), cpus_for_cpu_backend_only=False, image_max_pixels=1 << 20, blas_library=None,
         grammar_compile_timeout=5.0, task="generate",
-        embedding=p.EmbeddingSettings(pooling=None, normalize=None, matryoshka=False, batch_tokens=8192), group=p.GroupConfig(hosts=hosts, parallel="pipeline", backend="ring", ports=(), control_port=0),
+        embedding=p.EmbeddingSettings(pooling=None, normalize=None, matryoshka=False, batch_tokens=8192, pass_seconds=6.0), group=p.GroupConfig(hosts=hosts, parallel="pipeline", backend="ring", ports=(), control_port=0),
     )
 
 

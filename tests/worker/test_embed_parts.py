@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +16,7 @@ from mlxtrio import _protocol as p
 from mlxtrio.worker._demo import ensure_demo_model
 from mlxtrio.worker._embed import ensure_demo_embed_model, is_embedding_model, load_embedder
 from mlxtrio.worker._embed._files import embedding_plan
-from mlxtrio.worker._embed._passes import Item, plan_passes
+from mlxtrio.worker._embed._passes import Item, PassSize, next_pass, plan_passes
 from mlxtrio.worker._model_source import LoadError
 
 from .embed_worker import worker_config
@@ -48,6 +50,33 @@ def demo_embed(cache_dir: Path) -> Path:
 def _embedder(cache_dir: Path, path: Path, **embedding: object):  # noqa: ANN202
     return load_embedder(worker_config(cache_dir, "demo-embed", **embedding), path)
 
+
+
+def test_a_pass_holds_what_the_model_ran_in_its_seconds_within_the_limit():
+    size = PassSize(limit=8192, seconds=5.0)
+    # Nothing known of a fresh model: a small first pass.
+    assert size.tokens == 256
+    size.measured(256, 0.01)
+    assert size.tokens == 8192
+    size.measured(8192, 40.0)
+    assert size.tokens == 1024
+    size.measured(1024, 100.0)
+    assert size.tokens == 51
+    # However slow, a pass holds an input.
+    size.measured(10, 1000.0)
+    assert size.tokens == 1
+    size.measured(1, 0.0)
+    assert size.tokens == 8192
+    assert PassSize(limit=16, seconds=5.0).tokens == 16
+
+
+def test_the_next_pass_takes_the_shortest_and_always_one():
+    planned = deque(Item(1, index, [0] * length) for index, length in enumerate([2, 3, 3, 9]))
+    assert [item.index for item in next_pass(planned, 8)] == [0, 1]
+    # Longer than the pass's tokens: a pass of its own.
+    assert [item.index for item in next_pass(planned, 2)] == [2]
+    assert [item.index for item in next_pass(planned, 2)] == [3]
+    assert next_pass(planned, 8) == [] and not planned
 
 def test_demo_embed_vectors_are_mlx_embeddings_own_mean_pooled_normalised_vectors(cache_dir, demo_embed):
     import mlx.core as mx
@@ -100,7 +129,7 @@ def test_a_model_whose_files_ask_for_what_is_not_computed_does_not_load(demo_emb
     model_dir = _copy(demo_embed, tmp_path / "dense")
     modules = json.loads((model_dir / "modules.json").read_text())
     _write(model_dir / "modules.json", [*modules, {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"}])
-    settings = p.EmbeddingSettings(pooling=None, normalize=None, matryoshka=False, batch_tokens=64)
+    settings = p.EmbeddingSettings(pooling=None, normalize=None, matryoshka=False, batch_tokens=64, pass_seconds=6.0)
     with pytest.raises(LoadError, match="sentence_transformers.models.Dense"):
         embedding_plan(model_dir, settings)
     _write(model_dir / "modules.json", modules)
@@ -108,7 +137,7 @@ def test_a_model_whose_files_ask_for_what_is_not_computed_does_not_load(demo_emb
     with pytest.raises(LoadError, match="pooling_mode_max_tokens"):
         embedding_plan(model_dir, settings)
     # A pooling the config file names is taken instead.
-    assert embedding_plan(model_dir, p.EmbeddingSettings(pooling="cls", normalize=None, matryoshka=False, batch_tokens=64)).pooling == "cls"
+    assert embedding_plan(model_dir, p.EmbeddingSettings(pooling="cls", normalize=None, matryoshka=False, batch_tokens=64, pass_seconds=6.0)).pooling == "cls"
 
 
 def test_which_models_embed_and_their_context(cache_dir, demo_embed, tmp_path):
@@ -119,7 +148,7 @@ def test_which_models_embed_and_their_context(cache_dir, demo_embed, tmp_path):
     _write(bare / "config.json", {"model_type": "xlm-roberta", "max_position_embeddings": 514})
     _write(bare / "tokenizer_config.json", {"model_max_length": 512})
     assert is_embedding_model(bare)
-    plan = embedding_plan(bare, p.EmbeddingSettings(pooling=None, normalize=None, matryoshka=False, batch_tokens=64))
+    plan = embedding_plan(bare, p.EmbeddingSettings(pooling=None, normalize=None, matryoshka=False, batch_tokens=64, pass_seconds=6.0))
     assert (plan.architecture, plan.pooling, plan.normalize, plan.matryoshka, plan.max_tokens) == ("encoder", "mean", True, False, 512)
 
 

@@ -193,3 +193,44 @@ async def test_a_worker_group_refuses_to_embed(cache_dir: Path):
         async with embed_worker(config):
             pass
     assert "a worker group serves generation only" in failed.value.args[0].message
+
+
+
+async def _heartbeats_until_answered(worker, request_id: int) -> tuple[int, p.Embedded]:  # noqa: ANN001
+    """The progress messages before ``request_id``'s answer, and the answer, which must be its vectors."""
+    steps = 0
+    while not isinstance(message := await worker.next(), p.Embedded):
+        assert isinstance(message, p.Step), message
+        steps += 1
+    assert message.request_id == request_id, message
+    return steps, message
+
+
+def _first_pass_inputs(token_counts: tuple[int, ...], tokens: int = 256) -> int:
+    """How many of these inputs a first pass of ``tokens`` holds: the shortest, padded to the pass's longest."""
+    counts = sorted(token_counts)
+    taken = 1
+    while taken < len(counts) and (taken + 1) * counts[taken] <= tokens:
+        taken += 1
+    return taken
+
+
+async def test_a_fresh_model_s_first_pass_is_small_and_then_its_passes_are_as_large_as_it_runs_in_time(cache_dir: Path):
+    async with embed_worker(worker_config(cache_dir, "demo-embed")) as worker:
+        # About 2,000 tokens: over the first pass's size, well under MLX_EMBED_BATCH_TOKENS (8,192).
+        await worker.send(p.Embed(1, MANY[:200]))
+        # One heartbeat as it is taken in, one after the first pass; demo-embed runs the rest in one pass of its time.
+        steps, answer = await _heartbeats_until_answered(worker, 1)
+        assert steps == 2 and sum(answer.token_counts) > 1000, answer.token_counts
+        await worker.send(p.Embed(2, MANY[:200]))
+        assert (await _heartbeats_until_answered(worker, 2))[0] == 1
+
+
+async def test_a_model_too_slow_for_its_pass_seconds_runs_smaller_passes_each_telling_its_progress(cache_dir: Path):
+    # No model runs a token in a nanosecond: every pass after the first holds one input, and each tells it went by.
+    async with embed_worker(worker_config(cache_dir, "demo-embed", pass_seconds=1e-9)) as worker:
+        await worker.send(p.Embed(1, MANY[:60]))
+        steps, answer = await _heartbeats_until_answered(worker, 1)
+        # As it is taken in, then after each pass but the last.
+        passes = 1 + (60 - _first_pass_inputs(answer.token_counts))
+        assert steps == 1 + passes - 1 and passes > 30

@@ -181,7 +181,7 @@ def msgspec_config(path: Path) -> p.WorkerConfig:
         prefill_step_size=64, decode_concurrency=4, prefill_batch_size=4, prefill_bucket=0, prompt_cache_bytes=1 << 20,
         chat_template=None, cpus=(), cpus_for_cpu_backend_only=True, image_max_pixels=1 << 20, blas_library=None,
         grammar_compile_timeout=5.0, task="generate",
-        embedding=p.EmbeddingSettings(pooling=None, normalize=None, matryoshka=False, batch_tokens=8192), group=_group(),
+        embedding=p.EmbeddingSettings(pooling=None, normalize=None, matryoshka=False, batch_tokens=8192, pass_seconds=6.0), group=_group(),
     )  # fmt: skip
 
 

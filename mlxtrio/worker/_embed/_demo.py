@@ -17,11 +17,14 @@ Each is built once into the cache directory, like the other demos
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 from .. import _demo
 
-__all__ = ["ensure_demo_embed_decoder_model", "ensure_demo_embed_model"]
+__all__ = ["build_decoder", "build_encoder", "ensure_demo_embed_decoder_model", "ensure_demo_embed_model"]
 
 # Bump when anything below changes: a new version is a new directory.
 DEMO_EMBED_VERSION = 1
@@ -127,30 +130,44 @@ def _build_wordpiece(directory: Path) -> int:
     return tokenizer.get_vocab_size()
 
 
-def _save(directory: Path, model: object, config: dict) -> None:
+def _save(directory: Path, model: Any, config: dict, *, bfloat16: bool) -> None:
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
+    if bfloat16:
+        model.set_dtype(mx.bfloat16)
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(directory / "model.safetensors"), weights, metadata={"format": "mlx"})
     (directory / "config.json").write_text(json.dumps(config, indent=2))
 
 
 def _build_encoder(directory: Path) -> None:
+    build_encoder(directory, marker={"mlxtrio_demo_embed": DEMO_EMBED_VERSION})
+
+
+def _build_decoder(directory: Path) -> None:
+    build_decoder(directory, marker={"mlxtrio_demo_embed_decoder": DEMO_EMBED_DECODER_VERSION})
+
+
+def build_encoder(directory: Path, *, marker: Mapping[str, int], shape: Mapping[str, Any] = MappingProxyType({}), bfloat16: bool = False) -> None:
+    """A BERT with seeded random weights in ``directory``: the demo's, or ``shape``'s settings over it (the
+    benchmarks' real shapes, whose ``vocab_size`` may exceed the demo tokenizer's), ``marker`` in its config."""
     import mlx.core as mx
     from mlx_embeddings.models import bert
 
     vocab_size = _build_wordpiece(directory)
-    config = dict(_BERT_ARGS, vocab_size=vocab_size, mlxtrio_demo_embed=DEMO_EMBED_VERSION)
+    config = {**_BERT_ARGS, "vocab_size": vocab_size, **shape, **marker}
     mx.random.seed(_SEED)
     model = bert.Model(bert.ModelArgs.from_dict(config))
     _sentence_transformers_files(
         directory, width=config["hidden_size"], pooling="mean", max_tokens=config["max_position_embeddings"]
     )
-    _save(directory, model, config)
+    _save(directory, model, config, bfloat16=bfloat16)
 
 
-def _build_decoder(directory: Path) -> None:
+def build_decoder(directory: Path, *, marker: Mapping[str, int], shape: Mapping[str, Any] = MappingProxyType({}), bfloat16: bool = False) -> None:
+    """A Qwen3 pooled at its last token with seeded random weights in ``directory``: the demo's, or ``shape``'s
+    settings over it, ``marker`` in its config."""
     import mlx.core as mx
     from mlx_lm.models import qwen3
     from tokenizers import Tokenizer, processors
@@ -162,15 +179,13 @@ def _build_decoder(directory: Path) -> None:
         single=f"$A {_DECODER_END}", pair=f"$A {_DECODER_END} $B:1 {_DECODER_END}:1", special_tokens=[(_DECODER_END, end)]
     )
     tokenizer.save(str(directory / "tokenizer.json"))
+    config = {**_QWEN3_ARGS, "vocab_size": tokenizer.get_vocab_size(), "eos_token_id": end, **shape, **marker}
     tokenizer_config = json.loads((directory / "tokenizer_config.json").read_text())
-    tokenizer_config.update(model_max_length=_QWEN3_ARGS["max_position_embeddings"], pad_token=_DECODER_END)
+    tokenizer_config.update(model_max_length=config["max_position_embeddings"], pad_token=_DECODER_END)
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
-    config = dict(
-        _QWEN3_ARGS, vocab_size=tokenizer.get_vocab_size(), eos_token_id=end, mlxtrio_demo_embed_decoder=DEMO_EMBED_DECODER_VERSION
-    )
     mx.random.seed(_SEED)
     model = qwen3.Model(qwen3.ModelArgs.from_dict(config))
     _sentence_transformers_files(
         directory, width=config["hidden_size"], pooling="last", max_tokens=config["max_position_embeddings"]
     )
-    _save(directory, model, config)
+    _save(directory, model, config, bfloat16=bfloat16)

@@ -27,7 +27,7 @@ class Embedder:
     model: EmbeddingModel
     inputs: InputTokens
     info: p.EmbeddingInfo
-    batch_tokens: int
+    settings: p.EmbeddingSettings
 
 
 def load_embedder(config: p.WorkerConfig, path: Path) -> Embedder:
@@ -62,4 +62,4 @@ def load_embedder(config: p.WorkerConfig, path: Path) -> Embedder:
         matryoshka=plan.matryoshka,
         architecture=plan.architecture,
     )
-    return Embedder(model, inputs, info, config.embedding.batch_tokens)
+    return Embedder(model, inputs, info, config.embedding)

@@ -2,8 +2,9 @@
 
 Each request's inputs are tokenized and checked as it arrives (a bad one
 fails its request at once). The inputs waiting are planned into passes
-together (``_passes.py``), whatever request each comes from; the loop runs
-one pass, then reads its ring again: a ``Cancel`` drops what is left of a
+together (``_passes.py``), whatever request each comes from, each pass as
+large as the model runs in a few seconds; the loop runs one pass, then
+reads its ring again: a ``Cancel`` drops what is left of a
 request, a ``Ping`` is answered, so that a long batch never looks like a
 hang. Inputs that arrive meanwhile wait for the next plan, so none waits
 behind newcomers for ever. A request's ``Embedded`` goes out when its last
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 from collections import deque
 
+import time
+
 import attrs
 import mlx.core as mx
 import numpy as np
@@ -23,7 +26,7 @@ from ... import _protocol as p
 from .._failpoints import failpoint
 from .._failures import RequestError, generation_failure
 from ._load import Embedder
-from ._passes import Item, plan_passes
+from ._passes import Item, PassSize, next_pass
 
 __all__ = ["serve_embed"]
 
@@ -65,9 +68,10 @@ def serve_embed(channel, embedder: Embedder, send, watch) -> int:  # noqa: ANN00
     receive = channel.reader.receive
     info = embedder.info
     requests: dict[int, _Request] = {}
-    # Inputs tokenized and not yet planned; passes planned and not yet run.
+    # Inputs tokenized and not yet planned; inputs planned (shortest first) and not yet run.
     waiting: list[Item] = []
-    passes: deque[list[Item]] = deque()
+    planned: deque[Item] = deque()
+    size = PassSize(limit=embedder.settings.batch_tokens, seconds=embedder.settings.pass_seconds)
 
     def take(message: p.Embed) -> None:
         try:
@@ -84,7 +88,7 @@ def serve_embed(channel, embedder: Embedder, send, watch) -> int:  # noqa: ANN00
         waiting.extend(Item(message.request_id, index, row) for index, row in enumerate(rows))
 
     while True:
-        busy = bool(waiting or passes)
+        busy = bool(waiting or planned)
         frame = receive(timeout=0) if busy else receive(timeout=None, interrupt=watch)
         while frame is not None:
             message = decode(frame)
@@ -102,21 +106,24 @@ def serve_embed(channel, embedder: Embedder, send, watch) -> int:  # noqa: ANN00
                 text = "this model is an embedding model: it embeds inputs (/v1/embeddings) and does not generate text"
                 send(p.RequestFailed(message.request_id, p.ErrorKind.INVALID_REQUEST, text, "model", "model_not_generative"))
             frame = receive(timeout=0)
-        if not passes:
-            passes.extend(plan_passes(waiting, embedder.batch_tokens))
+        if not planned:
+            planned.extend(sorted(waiting, key=lambda item: len(item.ids)))
             waiting = []
         # A cancelled request's inputs are dropped as their pass comes.
         items: list[Item] = []
-        while passes and not items:
-            items = [item for item in passes.popleft() if item.request_id in requests]
+        while planned and not items:
+            items = [item for item in next_pass(planned, size.tokens) if item.request_id in requests]
         if not items:
             continue
         watch()
-        _run_pass(embedder, items, requests, send)
+        started = time.perf_counter()
+        if _run_pass(embedder, items, requests, send):
+            size.measured(len(items) * max(len(item.ids) for item in items), time.perf_counter() - started)
 
 
-def _run_pass(embedder: Embedder, items: list[Item], requests: dict[int, _Request], send) -> None:  # noqa: ANN001
-    """One forward pass; each request it finishes answered, each it held failed if it fails; else a heartbeat."""
+def _run_pass(embedder: Embedder, items: list[Item], requests: dict[int, _Request], send) -> bool:  # noqa: ANN001
+    """One forward pass; each request it finishes answered, each it held failed if it fails; else a heartbeat.
+    Whether it ran."""
     try:
         failpoint("embed")
         vectors = embedder.model.embed([item.ids for item in items])
@@ -126,7 +133,7 @@ def _run_pass(embedder: Embedder, items: list[Item], requests: dict[int, _Reques
         for request_id in dict.fromkeys(item.request_id for item in items):
             del requests[request_id]
             send(p.RequestFailed(request_id, kind, text))
-        return
+        return False
     answered = False
     for item, vector in zip(items, vectors):
         request = requests[item.request_id]
@@ -140,3 +147,4 @@ def _run_pass(embedder: Embedder, items: list[Item], requests: dict[int, _Reques
     if not answered:
         # Progress: a pass went by with no request finished.
         send(p.Step(()))
+    return True
