@@ -14,9 +14,8 @@ goes on.
 
 from __future__ import annotations
 
-from collections import deque
-
 import time
+from collections import deque
 
 import attrs
 import mlx.core as mx
