@@ -16,7 +16,7 @@ from mlxtrio import _protocol as p
 from mlxtrio.worker._demo import ensure_demo_model
 from mlxtrio.worker._embed import ensure_demo_embed_model, is_embedding_model, load_embedder
 from mlxtrio.worker._embed._files import embedding_plan
-from mlxtrio.worker._embed._passes import Item, PassSize, next_pass, plan_passes
+from mlxtrio.worker._embed._passes import Item, PassSize, next_pass, plan
 from mlxtrio.worker._model_source import LoadError
 
 from .embed_worker import worker_config
@@ -28,9 +28,16 @@ def _item(request_id: int, index: int, length: int) -> Item:
     return Item(request_id, index, [7] * length)
 
 
+def _passes(items: list[Item], batch_tokens: int) -> list[list[Item]]:
+    planned, passes = plan(items), []
+    while planned:
+        passes.append(next_pass(planned, batch_tokens))
+    return passes
+
+
 def test_passes_hold_at_most_batch_tokens_padding_included_and_mix_requests():
     items = [_item(1, 0, 10), _item(2, 0, 3), _item(1, 1, 4), _item(3, 0, 40), _item(2, 1, 9), _item(2, 2, 3)]
-    passes = plan_passes(items, 16)
+    passes = _passes(items, 16)
     # Shortest first; each pass padded to its longest fits; one input over 16 alone.
     assert [[(item.request_id, len(item.ids)) for item in each] for each in passes] == [
         [(2, 3), (2, 3), (1, 4)],
@@ -39,7 +46,7 @@ def test_passes_hold_at_most_batch_tokens_padding_included_and_mix_requests():
         [(3, 40)],
     ]
     assert all(len(each) * max(len(item.ids) for item in each) <= 16 for each in passes if len(each) > 1)
-    assert plan_passes([], 16) == []
+    assert _passes([], 16) == []
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from ... import _protocol as p
 from .._failpoints import failpoint
 from .._failures import RequestError, generation_failure
 from ._load import Embedder
-from ._passes import Item, PassSize, next_pass
+from ._passes import Item, PassSize, next_pass, plan
 
 __all__ = ["serve_embed"]
 
@@ -106,7 +106,7 @@ def serve_embed(channel, embedder: Embedder, send, watch) -> int:  # noqa: ANN00
                 send(p.RequestFailed(message.request_id, p.ErrorKind.INVALID_REQUEST, text, "model", "model_not_generative"))
             frame = receive(timeout=0)
         if not planned:
-            planned.extend(sorted(waiting, key=lambda item: len(item.ids)))
+            planned = plan(waiting)
             waiting = []
         # A cancelled request's inputs are dropped as their pass comes.
         items: list[Item] = []

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import attrs
 
-__all__ = ["Item", "PassSize", "next_pass", "plan_passes"]
+__all__ = ["Item", "PassSize", "next_pass", "plan"]
 
 # A fresh model's first pass, in tokens: small enough for the slowest machine to finish well inside the hang timeout.
 _FIRST_PASS_TOKENS = 256
@@ -62,10 +62,6 @@ def next_pass(planned: deque[Item], batch_tokens: int) -> list[Item]:
     return taken
 
 
-def plan_passes(items: Iterable[Item], batch_tokens: int) -> list[list[Item]]:
-    """``items`` in passes of at most ``batch_tokens`` tokens each once padded to the pass's longest, shortest first."""
-    planned = deque(sorted(items, key=lambda item: len(item.ids)))
-    passes = []
-    while planned:
-        passes.append(next_pass(planned, batch_tokens))
-    return passes
+def plan(items: Iterable[Item]) -> deque[Item]:
+    """``items`` in the order passes take them: shortest first, so that each pass's inputs are of similar length."""
+    return deque(sorted(items, key=lambda item: len(item.ids)))
